@@ -1,0 +1,49 @@
+"""``lada-client``: enroll a device and take part in federation rounds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from lada_client.config import ClientConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lada-client", description="LaDa federated distillation client")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="enroll if needed, then take part in rounds until the federation ends")
+    run.add_argument("--config", type=Path, required=True, help="client JSON config")
+    run.add_argument("--token", help="one-time enrollment token (first run only)")
+    run.add_argument("--coordinator-url")
+    run.add_argument("--max-rounds", type=int)
+    run.add_argument("--results", type=Path, help="write per-round results as JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    from lada_client.client import LadaClient
+    from lada_client.scoring.onnx_slm import ModelLoadError
+    from lada_client.transport import CoordinatorError
+
+    try:
+        config = ClientConfig.load(args.config).with_overrides(token=args.token, coordinator_url=args.coordinator_url)
+        with LadaClient(config) as client:
+            results = client.run(args.max_rounds)
+    except (ValueError, FileNotFoundError, ModelLoadError, CoordinatorError) as exc:
+        print(f"lada-client: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    if args.results:
+        args.results.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

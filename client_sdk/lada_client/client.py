@@ -1,0 +1,247 @@
+"""A LaDa client: one device's part in the federation, round after round.
+
+The loop follows the method (``docs/method.md``): fetch the round's candidates, score their
+learnability on the ONNX SLM, upload features (plus own paths offered to the LLM), wait for the
+allocation, run the LoRA update with L_SFT + α·L_CD, measure the reward as the relative
+perplexity drop on the allocated set, and report it. Private data is read here and never sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lada_client.common.crypto import Identity, PublicIdentity
+from lada_client.common.reasoning import extract_answer, format_prompt, format_target, is_correct
+from lada_client.common.wire import (
+    Allocation,
+    AllocationQuery,
+    Candidate,
+    Capabilities,
+    EnrollRequest,
+    FeatureUpload,
+    PathOffer,
+    RewardReport,
+    RoundInfo,
+    RoundQuery,
+    Ack,
+)
+from lada_client.config import ClientConfig
+from lada_client.data.federation import load_client
+from lada_client.scoring.features import learnability_features, perplexity
+from lada_client.scoring.onnx_slm import OnnxSLM
+from lada_client.transport import CoordinatorError, Transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    round: int
+    n_allocated: int
+    reward: float
+    ppl_before: float
+    ppl_after: float
+    test_accuracy: float
+    seconds: dict[str, float]
+
+
+class LadaClient:
+    """Runs rounds against a coordinator. Use as a context manager to close the connection."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.identity = Identity.load_or_create(config.state_dir / "identity.key")
+        self.transport = Transport(config.coordinator_url, self.identity, config.request_timeout_s)
+        self.data = load_client(config.data_dir, config.name)
+        self.slm = OnnxSLM(self._scoring_path(), max_length=config.distill.max_length)
+        self._trainer = None
+        self._done_rounds: set[int] = set()
+
+    def __enter__(self) -> LadaClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.transport.close()
+
+    # ---------------------------------------------------------------------------------- state
+    @property
+    def _adapter_dir(self) -> Path:
+        return self.config.state_dir / "adapter"
+
+    def _scoring_path(self) -> Path:
+        """The current scoring model: the device's own re-export once it has trained, else the base."""
+        own = self.config.state_dir / "model.onnx"
+        if own.exists():
+            return own
+        return self.config.scoring_model
+
+    def enroll(self) -> str:
+        """Enroll once with the one-time token; later runs reuse the stored enrollment."""
+        record = self.config.state_dir / "enrollment.json"
+        if record.exists():
+            saved = json.loads(record.read_text())
+            self.transport.attach(saved["client_id"], PublicIdentity.from_b64(saved["sign_key"], saved["kex_key"]))
+            return saved["client_id"]
+        if not self.config.token:
+            raise CoordinatorError("this device is not enrolled and no enrollment token was given (--token)")
+        public = self.identity.public.to_b64()
+        reply = self.transport.enroll(
+            EnrollRequest(
+                token=self.config.token,
+                client_name=self.config.name,
+                sign_key=public["sign_key"],
+                kex_key=public["kex_key"],
+                domain=self.config.domain or self.data.domain,
+                model_name=self.config.scoring_model.parent.name,
+                capabilities=Capabilities(can_score=True, can_train=self.config.can_train),
+            )
+        )
+        record.write_text(
+            json.dumps({"client_id": reply.client_id, "sign_key": reply.coordinator_sign_key, "kex_key": reply.coordinator_kex_key})
+        )
+        log.info("%s enrolled as %s", self.config.name, reply.client_id)
+        return reply.client_id
+
+    # --------------------------------------------------------------------------------- rounds
+    def run(self, max_rounds: int | None = None) -> list[RoundResult]:
+        """Take part in rounds until the coordinator says the federation is finished."""
+        self.enroll()
+        results: list[RoundResult] = []
+        known_round = 0
+        deadline = time.monotonic() + self.config.max_wait_s
+        while max_rounds is None or len(results) < max_rounds:
+            info = self.transport.call("round.get", RoundQuery(), known_round, RoundInfo)
+            known_round = info.round
+            if info.phase == "finished":
+                log.info("%s: federation finished after round %d", self.config.name, info.round)
+                break
+            if info.phase != "features" or info.round in self._done_rounds:
+                if time.monotonic() > deadline:
+                    raise CoordinatorError(f"no new round within {self.config.max_wait_s:.0f}s")
+                time.sleep(self.config.poll_interval_s)
+                continue
+            results.append(self.run_round(info))
+            deadline = time.monotonic() + self.config.max_wait_s
+        return results
+
+    def run_round(self, info: RoundInfo) -> RoundResult:
+        t = info.round
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        names = list(info.feature_names or self.config.features)
+        features = learnability_features(self.slm, info.candidates, names, self.config.batch_size)
+        offers = self._offers(info)
+        timings["score"] = time.perf_counter() - started
+        upload = FeatureUpload(
+            round=t,
+            feature_names=names,
+            sample_ids=[c.sample_id for c in info.candidates],
+            features=features.tolist(),
+            offers=offers,
+        )
+        self.transport.call("features.put", upload, t, Ack)
+        log.info("%s round %d: uploaded features for %d candidates, %d offers", self.config.name, t, len(info.candidates), len(offers))
+
+        started = time.perf_counter()
+        allocation = self._wait_allocation(t)
+        timings["wait_allocation"] = time.perf_counter() - started
+        by_id = {c.sample_id: c for c in info.candidates}
+        allocated = [by_id[s] for s in allocation.sample_ids if s in by_id]
+
+        started = time.perf_counter()
+        ppl_before = ppl_after = 1.0
+        if allocated and self.config.can_train:
+            ppl_before = self._ppl(allocated)
+            self._train(allocated, t)
+            ppl_after = self._ppl(allocated)
+        timings["train"] = time.perf_counter() - started
+        reward = float(np.clip((ppl_before - ppl_after) / ppl_before, 0.0, 1.0))
+
+        started = time.perf_counter()
+        accuracy = self.evaluate()
+        timings["evaluate"] = time.perf_counter() - started
+        report = RewardReport(
+            round=t,
+            reward=reward,
+            ppl_before=ppl_before,
+            ppl_after=ppl_after,
+            n_allocated=len(allocated),
+            test_accuracy=accuracy,
+            bytes_sent=self.transport.bytes_sent,
+            bytes_received=self.transport.bytes_received,
+        )
+        self.transport.call("reward.put", report, t, Ack)
+        self._done_rounds.add(t)
+        log.info(
+            "%s round %d: %d allocated (%s), PPL %.3f -> %.3f, reward %.3f, test accuracy %.3f",
+            self.config.name, t, len(allocated), allocation.reason, ppl_before, ppl_after, reward, accuracy,
+        )
+        return RoundResult(t, len(allocated), reward, ppl_before, ppl_after, accuracy, timings)
+
+    def _wait_allocation(self, t: int) -> Allocation:
+        deadline = time.monotonic() + self.config.max_wait_s
+        while True:
+            allocation = self.transport.call("allocation.get", AllocationQuery(round=t), t, Allocation)
+            if allocation.status == "ready":
+                return allocation
+            if time.monotonic() > deadline:
+                raise CoordinatorError(f"round {t}: no allocation within {self.config.max_wait_s:.0f}s")
+            time.sleep(self.config.poll_interval_s)
+
+    def _offers(self, info: RoundInfo) -> list[PathOffer]:
+        """Own paths on public questions this SLM answers correctly (LLM direction, step 6)."""
+        questions = info.offer_questions[: self.config.max_offers]
+        if not questions:
+            return []
+        paths = self.slm.generate([format_prompt(q.question) for q in questions], batch_size=self.config.batch_size)
+        return [PathOffer(sample_id=q.sample_id, path=p.strip()) for q, p in zip(questions, paths) if is_correct(p, q.answer)]
+
+    def _ppl(self, candidates: list[Candidate]) -> float:
+        lps = self.slm.completion_logprobs(
+            [format_prompt(c.question) for c in candidates], [format_target(c.path) for c in candidates], self.config.batch_size
+        )
+        return perplexity(lps)
+
+    def _train(self, allocated: list[Candidate], t: int) -> None:
+        """LoRA update, then re-export the merged SLM so next round's scores reflect it."""
+        from lada_client.models.export import export_scoring_model
+        from lada_client.training.lora import LoraTrainer, PreferencePair
+
+        cfg = self.config
+        if self._trainer is None:
+            self._trainer = LoraTrainer(cfg.base_model_dir, self._adapter_dir, cfg.lora)
+        prompts = [format_prompt(c.question) for c in allocated]
+        own = self.slm.generate(prompts, temperature=cfg.distill.rejected_temperature, seed=cfg.distill.seed + t, batch_size=cfg.batch_size)
+        pairs = [
+            PreferencePair(p, format_target(c.path), format_target(o.strip()))
+            for p, c, o in zip(prompts, allocated, own)
+            if o.strip() and not (cfg.distill.drop_correct_rejected and is_correct(o, extract_answer(c.path) or ""))
+        ]
+        teacher = [(p, format_target(c.path)) for p, c in zip(prompts, allocated)]
+        private = [(format_prompt(s.question), format_target(s.rationale)) for s in self.data.train]
+        self._trainer.train_round(teacher, pairs, private, cfg.distill)
+        self._trainer.save(self._adapter_dir)
+        with tempfile.TemporaryDirectory(prefix="lada-merged-", dir=cfg.state_dir) as tmp:
+            merged = self._trainer.merged_checkpoint(Path(tmp) / "merged")
+            staged = export_scoring_model(merged, Path(tmp) / "onnx" / "model.onnx")
+            os.replace(staged, cfg.state_dir / "model.onnx")
+            shutil.copy(Path(tmp) / "onnx" / "tokenizer.json", cfg.state_dir / "tokenizer.json")
+        self.slm = OnnxSLM(cfg.state_dir / "model.onnx", max_length=cfg.distill.max_length)
+
+    def evaluate(self) -> float:
+        """Exact-match accuracy of greedy answers on (a prefix of) the private test split."""
+        test = self.data.test[: self.config.eval_size]
+        if not test:
+            return 0.0
+        outputs = self.slm.generate([format_prompt(s.question) for s in test], batch_size=self.config.batch_size)
+        return float(np.mean([is_correct(o, s.answer) for o, s in zip(outputs, test)]))

@@ -1,0 +1,189 @@
+"""The wire schema: every message exchanged between a client and the coordinator.
+
+Both sides import these models, so a field renamed here is renamed everywhere. Bodies are JSON.
+Except for enrollment (protected by a one-time token), every request and reply is a
+:class:`SealedEnvelope` whose decrypted payload is one of the ``*Payload`` models below; the
+envelope header's ``kind`` names which one.
+
+Only text and scalars cross the wire (never logits over a vocabulary), so client and coordinator
+models may use different tokenizers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+PROTOCOL_VERSION = 1
+
+ClientId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+B64 = Annotated[str, Field(max_length=64 * 1024 * 1024)]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _finite(values: list[float], what: str) -> list[float]:
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{what} must be finite numbers (got NaN or inf)")
+    return values
+
+
+# --------------------------------------------------------------------------------------- envelope
+class EnvelopeHeader(_Message):
+    """Routing data sent in clear and authenticated as AES-GCM associated data."""
+
+    version: Literal[1] = PROTOCOL_VERSION
+    client_id: ClientId
+    round: int = Field(ge=0)
+    seq: int = Field(ge=1, description="strictly increasing per client; older values are replays")
+    kind: str = Field(min_length=1, max_length=64)
+    sent_at: float
+
+    def canonical_bytes(self) -> bytes:
+        return json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":")).encode()
+
+
+class SealedEnvelope(_Message):
+    header: EnvelopeHeader
+    nonce: B64
+    ciphertext: B64
+    signature: B64
+
+
+class ErrorBody(_Message):
+    """Every 4xx/5xx reply carries this, so clients can show the reason to their user."""
+
+    error: str
+    detail: str
+
+
+# ------------------------------------------------------------------------------------ enrollment
+class Capabilities(_Message):
+    """What a device can do; the coordinator plans rounds around it."""
+
+    can_score: bool = True
+    can_train: bool = True
+    memory_mb: int = Field(default=0, ge=0, description="0 = not declared")
+
+
+class EnrollRequest(_Message):
+    token: str = Field(min_length=8, max_length=256)
+    client_name: ClientId
+    sign_key: str = Field(min_length=40, max_length=64)
+    kex_key: str = Field(min_length=40, max_length=64)
+    domain: str = Field(default="", max_length=64)
+    model_name: str = Field(default="", max_length=128)
+    capabilities: Capabilities = Capabilities()
+
+
+class EnrollResponse(_Message):
+    client_id: ClientId
+    coordinator_sign_key: str
+    coordinator_kex_key: str
+    protocol_version: int = PROTOCOL_VERSION
+
+
+# ---------------------------------------------------------------------------------------- rounds
+Phase = Literal["waiting", "features", "training", "closed", "finished"]
+
+
+class RoundQuery(_Message):
+    """Ask for the current round (kind ``round.get``)."""
+
+
+class Candidate(_Message):
+    """A public sample with the LLM's verified reasoning path and its sequence log-prob."""
+
+    sample_id: str = Field(max_length=128)
+    question: str = Field(max_length=4096)
+    path: str = Field(max_length=8192)
+    llm_logprob: float
+    llm_tokens: int = Field(ge=1)
+
+
+class PublicQuestion(_Message):
+    """A public sample the client may answer with its own path (LLM direction)."""
+
+    sample_id: str = Field(max_length=128)
+    question: str = Field(max_length=4096)
+    answer: str = Field(max_length=64)
+
+
+class RoundInfo(_Message):
+    round: int = Field(ge=0)
+    phase: Phase
+    total_rounds: int = Field(ge=0)
+    candidates: list[Candidate] = []
+    offer_questions: list[PublicQuestion] = []
+    feature_names: list[str] = []
+
+
+class PathOffer(_Message):
+    sample_id: str = Field(max_length=128)
+    path: str = Field(max_length=8192)
+
+
+class FeatureUpload(_Message):
+    """kind ``features.put``: learnability features over this round's candidates."""
+
+    round: int = Field(ge=0)
+    feature_names: list[str] = Field(min_length=1, max_length=32)
+    sample_ids: list[str] = Field(max_length=8192)
+    features: list[list[float]] = Field(max_length=8192)
+    offers: list[PathOffer] = Field(default=[], max_length=1024)
+
+    @field_validator("features")
+    @classmethod
+    def _check_features(cls, rows: list[list[float]]) -> list[list[float]]:
+        for row in rows:
+            _finite(row, "features")
+        return rows
+
+
+class AllocationQuery(_Message):
+    """kind ``allocation.get``."""
+
+    round: int = Field(ge=0)
+
+
+class Allocation(_Message):
+    round: int
+    status: Literal["pending", "ready"]
+    sample_ids: list[str] = []
+    reason: str = ""
+
+
+class RewardReport(_Message):
+    """kind ``reward.put``: the outcome of the client's local update."""
+
+    round: int = Field(ge=0)
+    reward: float = Field(ge=0.0, le=1.0)
+    ppl_before: float = Field(gt=0.0)
+    ppl_after: float = Field(gt=0.0)
+    n_allocated: int = Field(ge=0)
+    test_accuracy: float = Field(ge=0.0, le=1.0)
+    bytes_sent: int = Field(ge=0)
+    bytes_received: int = Field(ge=0)
+
+    @field_validator("ppl_before", "ppl_after")
+    @classmethod
+    def _check_ppl(cls, v: float) -> float:
+        return _finite([v], "perplexity")[0]
+
+
+class Ack(_Message):
+    ok: bool = True
+    message: str = ""
+
+
+KIND_PAYLOADS: dict[str, type[BaseModel]] = {
+    "round.get": RoundQuery,
+    "features.put": FeatureUpload,
+    "allocation.get": AllocationQuery,
+    "reward.put": RewardReport,
+}

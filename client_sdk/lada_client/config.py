@@ -1,0 +1,109 @@
+"""Typed configuration of a LaDa client. One object; JSON file and CLI flags fill it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA shape. Defaults adapt every projection of a Llama block (tiny models need the capacity)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """One round's optimisation. ``alpha`` weighs L_CD (0 = SFT-only distillation), ``beta`` is
+    the L_CD temperature, ``rejected_temperature`` samples the learner's own path r^S."""
+
+    alpha: float = 0.5
+    beta: float = 0.1
+    lr: float = 2e-3
+    epochs: int = 2
+    batch_size: int = 8
+    private_per_batch: int = 4
+    max_length: int = 256
+    rejected_temperature: float = 0.8
+    drop_correct_rejected: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0 or self.beta <= 0 or self.lr <= 0 or self.epochs < 0 or self.batch_size < 1:
+            raise ValueError("distill: alpha must be >= 0, beta and lr > 0, epochs >= 0, batch_size >= 1")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Everything a device needs to take part in a federation.
+
+    ``state_dir`` holds what the device accumulates: its identity key, enrollment record, LoRA
+    adapter and the current ONNX scoring model. ``base_model_dir`` is the SLM checkpoint the LoRA
+    adapter sits on (only needed on devices that train).
+    """
+
+    coordinator_url: str
+    name: str
+    state_dir: Path
+    data_dir: Path
+    scoring_model: Path
+    base_model_dir: Path | None = None
+    token: str | None = None
+    domain: str = ""
+    features: tuple[str, ...] = ("slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct")
+    eval_size: int = 64
+    max_offers: int = 64
+    batch_size: int = 16
+    request_timeout_s: float = 60.0
+    poll_interval_s: float = 0.5
+    max_wait_s: float = 1800.0
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    distill: DistillSettings = field(default_factory=DistillSettings)
+
+    @property
+    def can_train(self) -> bool:
+        return self.base_model_dir is not None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), default=str, indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClientConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown client config key(s): {sorted(unknown)}")
+        missing = {"coordinator_url", "name", "state_dir", "data_dir", "scoring_model"} - set(data)
+        if missing:
+            raise ValueError(f"client config is missing: {sorted(missing)}")
+        d = dict(data)
+        for key in ("state_dir", "data_dir", "scoring_model", "base_model_dir"):
+            if d.get(key) is not None:
+                d[key] = Path(d[key])
+        if "features" in d:
+            d["features"] = tuple(d["features"])
+        if "lora" in d:
+            lora = dict(d["lora"])
+            lora["target_modules"] = tuple(lora.get("target_modules", LoraSettings.target_modules))
+            d["lora"] = LoraSettings(**lora)
+        if "distill" in d:
+            d["distill"] = DistillSettings(**d["distill"])
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: Path) -> ClientConfig:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except OSError as exc:
+            raise ValueError(f"cannot read client config {path}: {exc.strerror}") from exc
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ValueError(f"client config {path} is invalid: {exc}") from exc
+
+    def with_overrides(self, **changes: Any) -> ClientConfig:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})

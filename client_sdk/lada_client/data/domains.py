@@ -1,0 +1,233 @@
+"""Offline generator of GSM8K-style arithmetic word problems with worked rationales.
+
+Each *domain* is one reasoning family (addition, subtraction, multiplication, two-step). Giving
+every client a different domain produces the non-IID federation LaDa is built for, and generating
+the problems procedurally keeps the whole pipeline runnable offline and reproducible from a seed.
+Numbers stay small and rationales short ("3 + 5 = 8. The answer is 8.") so that tiny language
+models can learn them on a CPU; several phrasings per domain keep the questions from collapsing
+into a single template a model could memorise.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from lada_client.common.reasoning import ANSWER_PHRASE
+
+__all__ = ["DOMAINS", "Sample", "generate"]
+
+DOMAINS: tuple[str, ...] = ("add", "sub", "mul", "two_step")
+
+_NAMES = tuple(
+    "Ana Ben Cara Dev Eli Fay Gus Hana Ivan Jo Kim Leo Mia Nia Omar Pia Raj Sam Tara Zoe".split()
+)
+_ITEMS = ("apples", "books", "coins", "stickers", "marbles", "pencils", "shells", "cards", "beads")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One problem: the question, its worked rationale and the gold answer."""
+
+    sample_id: str
+    domain: str
+    question: str
+    rationale: str
+    answer: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Sample:
+        """Inverse of :meth:`to_dict`; rejects records with missing or non-string fields."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"sample record must be a JSON object, got {type(data).__name__}")
+        values: dict[str, str] = {}
+        for field in ("sample_id", "domain", "question", "rationale", "answer"):
+            value = data.get(field)
+            if not isinstance(value, str):
+                raise ValueError(f"sample field {field!r} must be a string, got {value!r}")
+            values[field] = value
+        return cls(**values)
+
+
+def _uniform(rng: np.random.Generator, low: int, high: int) -> int:
+    return int(rng.integers(low, high + 1))
+
+
+def _two_sums(rng: np.random.Generator) -> tuple[int, ...]:
+    return _uniform(rng, 2, 99), _uniform(rng, 2, 99)
+
+
+def _difference(rng: np.random.Generator) -> tuple[int, ...]:
+    a = _uniform(rng, 10, 99)
+    return a, _uniform(rng, 2, a - 1)
+
+
+def _product(rng: np.random.Generator) -> tuple[int, ...]:
+    return _uniform(rng, 2, 12), _uniform(rng, 2, 12)
+
+
+def _add_then_mul(rng: np.random.Generator) -> tuple[int, ...]:
+    return _uniform(rng, 2, 30), _uniform(rng, 2, 30), _uniform(rng, 2, 9)
+
+
+def _add_then_sub(rng: np.random.Generator) -> tuple[int, ...]:
+    a, b = _uniform(rng, 5, 60), _uniform(rng, 2, 40)
+    return a, b, _uniform(rng, 2, a + b - 1)
+
+
+def _mul_then_sub(rng: np.random.Generator) -> tuple[int, ...]:
+    a, b = _uniform(rng, 2, 9), _uniform(rng, 2, 12)
+    return a, b, _uniform(rng, 2, a * b - 1)
+
+
+def _mul_then_add(rng: np.random.Generator) -> tuple[int, ...]:
+    return _uniform(rng, 2, 12), _uniform(rng, 2, 12), _uniform(rng, 2, 30)
+
+
+def _sub_then_mul(rng: np.random.Generator) -> tuple[int, ...]:
+    a = _uniform(rng, 10, 50)
+    return a, _uniform(rng, 2, a - 2), _uniform(rng, 2, 9)
+
+
+@dataclass(frozen=True)
+class _Template:
+    """A phrasing plus the left-to-right operations that solve it (``a op1 b op2 c``)."""
+
+    text: str
+    ops: tuple[str, ...]
+    operands: Callable[[np.random.Generator], tuple[int, ...]]
+
+
+# fmt: off
+_TEMPLATES: dict[str, tuple[_Template, ...]] = {
+    "add": (
+        _Template("{name} has {a} {item}. {name} gets {b} more {item}. "
+                  "How many {item} does {name} have now?", ("+",), _two_sums),
+        _Template("There are {a} {item} on a shelf and {b} {item} in a box. "
+                  "How many {item} are there in all?", ("+",), _two_sums),
+        _Template("{name} found {a} {item} on Monday and {b} {item} on Tuesday. "
+                  "How many {item} did {name} find in total?", ("+",), _two_sums),
+        _Template("A class has {a} boys and {b} girls. How many children are in the class?",
+                  ("+",), _two_sums),
+        _Template("{name} read {a} pages yesterday and {b} pages today. "
+                  "How many pages did {name} read?", ("+",), _two_sums),
+    ),
+    "sub": (
+        _Template("{name} had {a} {item} and gave {b} to a friend. "
+                  "How many {item} does {name} have left?", ("-",), _difference),
+        _Template("A bakery baked {a} muffins and sold {b} of them. How many muffins are left?",
+                  ("-",), _difference),
+        _Template("A bus had {a} passengers. At a stop, {b} passengers got off. "
+                  "How many passengers are on the bus now?", ("-",), _difference),
+        _Template("{name} has {a} {item} and loses {b} of them. "
+                  "How many {item} does {name} have now?", ("-",), _difference),
+        _Template("A tank holds {a} fish. {b} fish are moved to a pond. "
+                  "How many fish stay in the tank?", ("-",), _difference),
+    ),
+    "mul": (
+        _Template("There are {a} boxes with {b} {item} in each box. "
+                  "How many {item} are there in total?", ("*",), _product),
+        _Template("{name} buys {a} packs of {item}. Each pack has {b} {item}. "
+                  "How many {item} does {name} buy?", ("*",), _product),
+        _Template("A garden has {a} rows with {b} plants in each row. "
+                  "How many plants are in the garden?", ("*",), _product),
+        _Template("{name} saves coins for {a} days, {b} coins each day. "
+                  "How many coins does {name} save?", ("*",), _product),
+        _Template("Each of {a} children has {b} {item}. "
+                  "How many {item} do the children have altogether?", ("*",), _product),
+    ),
+    "two_step": (
+        _Template("A shop gets {a} crates on Monday and {b} crates on Tuesday. "
+                  "Each crate holds {c} bottles. How many bottles does the shop get?",
+                  ("+", "*"), _add_then_mul),
+        _Template("{name} has {a} {item}, buys {b} more, then gives {c} away. "
+                  "How many {item} does {name} have now?", ("+", "-"), _add_then_sub),
+        _Template("{name} buys {a} bags with {b} candies in each bag and eats {c} candies. "
+                  "How many candies are left?", ("*", "-"), _mul_then_sub),
+        _Template("A hall has {a} rows of {b} chairs and {c} extra chairs. "
+                  "How many chairs are there in total?", ("*", "+"), _mul_then_add),
+        _Template("A farmer had {a} hens and sold {b}. Each hen left lays {c} eggs a week. "
+                  "How many eggs are laid each week?", ("-", "*"), _sub_then_mul),
+    ),
+}
+# fmt: on
+
+_APPLY: dict[str, Callable[[int, int], int]] = {
+    "+": lambda x, y: x + y,
+    "-": lambda x, y: x - y,
+    "*": lambda x, y: x * y,
+}
+
+
+def _solve(ops: tuple[str, ...], operands: tuple[int, ...]) -> tuple[str, int]:
+    """Chain the operations left to right, writing one short "x op y = z." step per operation."""
+    value = operands[0]
+    steps: list[str] = []
+    for op, operand in zip(ops, operands[1:], strict=True):
+        result = _APPLY[op](value, operand)
+        steps.append(f"{value} {op} {operand} = {result}.")
+        value = result
+    steps.append(f"{ANSWER_PHRASE} {value}.")
+    return " ".join(steps), value
+
+
+def _draw(domain: str, rng: np.random.Generator) -> tuple[str, str, str]:
+    templates = _TEMPLATES[domain]
+    template = templates[int(rng.integers(len(templates)))]
+    operands = template.operands(rng)
+    rationale, answer = _solve(template.ops, operands)
+    if not 0 <= answer < 1000:  # the samplers' ranges guarantee this; a template edit may not
+        raise AssertionError(f"{domain} template produced out-of-range answer {answer}")
+    question = template.text.format(
+        a=operands[0],
+        b=operands[1],
+        c=operands[2] if len(operands) > 2 else "",
+        name=_NAMES[int(rng.integers(len(_NAMES)))],
+        item=_ITEMS[int(rng.integers(len(_ITEMS)))],
+    )
+    return question, rationale, str(answer)
+
+
+def generate(
+    domain: str,
+    n: int,
+    seed: int,
+    id_prefix: str,
+    *,
+    exclude: Collection[str] = (),
+) -> list[Sample]:
+    """Generate ``n`` problems of ``domain`` with distinct questions, deterministically per seed.
+
+    Questions in ``exclude`` are skipped, which is how callers keep splits disjoint. Sample ids are
+    ``f"{id_prefix}-{index:06d}"``. Raises ``ValueError`` for an unknown domain, a negative
+    ``n``/``seed``, or when the domain cannot supply ``n`` new distinct questions.
+    """
+    if domain not in _TEMPLATES:
+        raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(DOMAINS)}")
+    if n < 0 or seed < 0:
+        raise ValueError(f"n and seed must be non-negative, got n={n}, seed={seed}")
+    # The domain is mixed into the seed so that equal seeds still give unrelated domains.
+    rng = np.random.default_rng([seed, zlib.crc32(domain.encode("utf-8"))])
+    seen: set[str] = set()
+    samples: list[Sample] = []
+    budget = 50 * n + 1000
+    while len(samples) < n:
+        if budget == 0:
+            raise ValueError(
+                f"domain {domain!r} could only produce {len(samples)} of {n} distinct questions"
+            )
+        budget -= 1
+        question, rationale, answer = _draw(domain, rng)
+        if question in seen or question in exclude:
+            continue
+        seen.add(question)
+        sample_id = f"{id_prefix}-{len(samples):06d}"
+        samples.append(Sample(sample_id, domain, question, rationale, answer))
+    return samples

@@ -1,0 +1,46 @@
+"""The distillation losses: supervised fine-tuning plus contrastive reasoning distillation (L_CD).
+
+L_CD is DPO-shaped over *sequence* log-probs (the joint probability of a reasoning path, summed
+over its tokens), with the model frozen at the start of the round as the reference:
+
+    L_CD = -log σ(β [(log πθ(r⁺|x) - log π_ref(r⁺|x)) - (log πθ(r⁻|x) - log π_ref(r⁻|x))])
+
+where r⁺ is the teacher's verified path and r⁻ the learner's own path. Minimising it raises the
+learner's likelihood of the teacher's reasoning *relative to* its own mistakes, which plain SFT on
+r⁺ does not do.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``log p(x_t | x_<t)`` for t = 1..T-1, shape ``[B, T-1]``."""
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return torch.gather(logp, 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def sequence_logprob(token_lp: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """Sum of completion-token log-probs per row: the path's joint log-probability."""
+    return (token_lp * completion_mask).sum(dim=1)
+
+
+def sft_loss(token_lp: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood over all completion tokens of the batch."""
+    return -(token_lp * completion_mask).sum() / completion_mask.sum().clamp(min=1.0)
+
+
+def contrastive_distillation_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """L_CD averaged over pairs; all inputs are per-pair sequence log-probs ``[N]``."""
+    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
+    return -F.logsigmoid(beta * margin).mean()

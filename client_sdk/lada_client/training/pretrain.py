@@ -1,0 +1,61 @@
+"""Full-parameter warm start of a freshly initialised tiny model on reasoning text.
+
+Federated distillation assumes the parties already *are* language models: a teacher LLM that can
+reason about the public pool, and SLMs with some competence on their own domain. The models this
+project builds offline start from random weights, so the federation set-up runs this short
+supervised pass first (cached on disk, never repeated for the same inputs).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from lada_client.models.encoding import encode_pairs
+from lada_client.models.factory import load_causal_lm
+from lada_client.training.losses import sft_loss, token_logprobs
+
+log = logging.getLogger(__name__)
+
+
+def pretrain(
+    model_dir: Path,
+    examples: Sequence[tuple[str, str]],
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+    max_length: int = 256,
+) -> float:
+    """Train all weights of the checkpoint in ``model_dir`` in place; returns the last loss."""
+    if not examples:
+        raise ValueError("pretrain needs at least one example")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model, tokenizer = load_causal_lm(model_dir)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    model.train()
+    loss_value = float("nan")
+    started = time.perf_counter()
+    for step in range(steps):
+        batch = rng.sample(list(examples), min(batch_size, len(examples)))
+        enc = encode_pairs(tokenizer, [p for p, _ in batch], [c for _, c in batch], max_length)
+        ids, mask = torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask)
+        loss = sft_loss(token_logprobs(model, ids, mask), torch.from_numpy(enc.completion_mask))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        loss_value = float(loss)
+        if (step + 1) % max(1, steps // 5) == 0:
+            log.info("warm start %s: step %d/%d loss %.3f (%.0fs)", model_dir.name, step + 1, steps, loss_value, time.perf_counter() - started)
+    model.eval()
+    model.save_pretrained(str(model_dir))
+    return loss_value

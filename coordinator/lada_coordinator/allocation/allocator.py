@@ -1,0 +1,68 @@
+"""Where allocation is decided: which candidates go to which learner, in both directions.
+
+One :class:`~lada_coordinator.allocation.eenet.LearnabilityFilter` per (client, direction),
+persisted in SQLite after every change so a restarted coordinator keeps what it learned.
+``mode`` switches LaDa off for the baselines: ``random`` allocates the same budget uniformly at
+random; ``all`` allocates every candidate.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from lada_coordinator.allocation.eenet import FilterConfig, LearnabilityFilter
+from lada_coordinator.store import Store
+
+log = logging.getLogger(__name__)
+
+SLM = "slm"  # coordinator → client: teacher paths the SLM should learn
+LLM = "llm"  # client → coordinator: SLM paths the LLM should learn
+
+
+class Allocator:
+    def __init__(self, store: Store, mode: str, configs: dict[str, FilterConfig], seed: int) -> None:
+        self._store = store
+        self._mode = mode
+        self._configs = configs
+        self._seed = seed
+        self._filters: dict[tuple[str, str], LearnabilityFilter] = {}
+
+    def _filter(self, client_id: str, direction: str, n_features: int) -> LearnabilityFilter:
+        key = (client_id, direction)
+        if key not in self._filters:
+            saved = self._store.load_filter(client_id, direction)
+            if saved is not None:
+                self._filters[key] = LearnabilityFilter.from_bytes(saved)
+            else:
+                self._filters[key] = LearnabilityFilter(n_features, self._configs[direction])
+        return self._filters[key]
+
+    def allocate(
+        self, round_index: int, direction: str, client_id: str, sample_ids: Sequence[str], z: np.ndarray
+    ) -> tuple[list[str], str]:
+        """Return (selected sample ids, reason)."""
+        budget = self._configs[direction].budget
+        if not sample_ids:
+            return [], "empty"
+        if self._mode == "all":
+            return list(sample_ids), "all"
+        if self._mode == "random":
+            rng = np.random.default_rng([self._seed, round_index, zlib.crc32(f"{client_id}/{direction}".encode())])
+            idx = rng.choice(len(sample_ids), size=min(budget, len(sample_ids)), replace=False)
+            return [sample_ids[i] for i in sorted(idx)], "random"
+        selection = self._filter(client_id, direction, z.shape[1]).select(z, sample_ids, round_index)
+        return selection.sample_ids, selection.reason
+
+    def reward(self, direction: str, client_id: str, z_selected: np.ndarray, reward: float) -> dict[str, float]:
+        """Feed the round's common reward to the filter, refit it, persist it."""
+        if self._mode != "lada" or z_selected.shape[0] == 0:
+            return {}
+        flt = self._filter(client_id, direction, z_selected.shape[1])
+        flt.observe(z_selected, reward)
+        losses = flt.refit()
+        self._store.save_filter(client_id, direction, flt.to_bytes())
+        return losses

@@ -1,0 +1,639 @@
+"""EE-Net style learnability filter: one bandit per (client, direction).
+
+Each round the coordinator must decide which public candidates a client (or, in the LLM direction,
+the LLM) should learn from, seeing only a small feature vector z(x) per candidate (the learnability
+gap) and, after training, one *common* reward for the whole allocated set. The filter follows EE-Net
+(Ban et al., ICLR 2022):
+
+* **ExploitNet** f1: MLP ``d -> hidden -> 1`` with a sigmoid output, so predictions live in [0, 1]
+  like the rewards (relative perplexity drops clipped to [0, 1]).
+* **ExploreNet** f2: MLP ``g -> explore_hidden -> 1`` with a tanh output, fed the gradient of f1's
+  output with respect to f1's parameters and trained to predict the residual ``r - f1(z)`` (which
+  lies in [-1, 1]). The gradient encodes where f1 is sensitive, i.e. how much a reward there would
+  move it, which is what makes f2 an exploration bonus rather than a second regressor on z.
+* ``score(x) = f1(z) + lambda * f2(grad f1(z))``.
+
+Design decisions (all configurable through :class:`FilterConfig`):
+
+* ``explore_on="last_layer"`` (default) feeds f2 only the gradient w.r.t. f1's output layer
+  (``hidden + 1`` values, ``sigma'(a) * [h, 1]``), which keeps f2 small and is enough signal when
+  f1 has a reasonably wide hidden layer. ``"all"`` uses every parameter of f1
+  (``d*hidden + 2*hidden + 1`` values), closer to the original EE-Net at a higher cost. Both are
+  computed in closed form for the whole batch: f1 has two layers, so this is exact and far cheaper
+  than per-sample autograd (scoring 256 candidates is a handful of small matrix products).
+* The raw gradient is fed to f2 without normalisation: f2 is refit against the current f1 after
+  every round, so it never sees gradients from a stale f1.
+* **Feature standardisation.** Raw features have very different scales (NLLs ~1-10, lengths ~50),
+  so inputs are standardised with a per-feature mean/std. The statistics are re-estimated from the
+  replay buffer (which includes the batch just observed) at every :meth:`LearnabilityFilter.refit`
+  and then frozen until the next refit, so training and scoring always use the same transform and a
+  candidate's score never depends on which other candidates share its batch. Before the first refit
+  the transform is the identity; scores are uninformative then anyway and selection uses k-means.
+* Refits warm-start from the previous weights (the bandit keeps learning across rounds) with a
+  fresh Adam state, so the persisted state is weights + buffer + statistics only.
+* Determinism: weights are initialised from a generator seeded with ``seed``; the shuffling of
+  each refit uses a generator derived from ``(seed, refit count)``; cold-start k-means uses
+  ``seed + round_index``. The process-global torch/numpy RNGs are never touched.
+* Threads are the caller's choice. The matrices here are tiny, so a multi-threaded BLAS/OpenMP pool
+  only adds latency and, on a loaded host, can stall a call by a whole scheduler slice (~10 ms);
+  a coordinator scoring many clients should run with ``torch.set_num_threads(1)`` (and
+  ``OMP_NUM_THREADS=1``) and parallelise across clients instead.
+
+A filter is not thread-safe; the coordinator should use one instance per (client, direction) and
+serialise access to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cold_start import kmeans_representatives
+
+__all__ = ["FilterConfig", "LearnabilityFilter", "Selection", "SelectionReason"]
+
+logger = logging.getLogger(__name__)
+
+SelectionReason = Literal["cold_start", "threshold", "floor", "cap"]
+ExploreOn = Literal["last_layer", "all"]
+
+_FORMAT_VERSION = 1
+_STD_FLOOR = 1e-6
+_META_KEY = "__meta__"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Hyper-parameters of one learnability filter (immutable: the networks' shapes depend on it).
+
+    Attributes:
+        exploration_weight: lambda, weight of ExploreNet's bonus in the score.
+        threshold: candidates with score above it are selected (0.5 in the method).
+        budget: B, maximum number of candidates allocated per round.
+        floor_fraction: minimum allocation is ``ceil(budget * floor_fraction)`` by top score, so a
+            pessimistic filter still produces a reward signal every round.
+        hidden: width of ExploitNet's hidden layer.
+        explore_hidden: width of ExploreNet's hidden layer.
+        explore_on: which of ExploitNet's parameters ExploreNet's input gradient covers.
+        refit_epochs: passes over the replay buffer per refit (each network).
+        lr: Adam learning rate for both networks.
+        replay_capacity: maximum (z, r) pairs kept; oldest are dropped first.
+        batch_size: minibatch size during refits.
+        seed: seed for initialisation, refit shuffling and cold-start clustering.
+    """
+
+    exploration_weight: float = 1.0
+    threshold: float = 0.5
+    budget: int = 32
+    floor_fraction: float = 0.25
+    hidden: int = 32
+    explore_hidden: int = 64
+    refit_epochs: int = 10
+    lr: float = 1e-2
+    replay_capacity: int = 4096
+    batch_size: int = 64
+    seed: int = 0
+    explore_on: ExploreOn = "last_layer"
+
+    def __post_init__(self) -> None:
+        for name in ("exploration_weight", "threshold", "floor_fraction", "lr"):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value):
+                raise ValueError(f"FilterConfig.{name} must be a finite number, got {value!r}")
+        if self.exploration_weight < 0:
+            raise ValueError(
+                f"FilterConfig.exploration_weight must be >= 0, got {self.exploration_weight}"
+            )
+        if not 0.0 <= self.floor_fraction <= 1.0:
+            raise ValueError(
+                f"FilterConfig.floor_fraction must be in [0, 1], got {self.floor_fraction}"
+            )
+        if self.lr <= 0:
+            raise ValueError(f"FilterConfig.lr must be > 0, got {self.lr}")
+        for name in (
+            "budget",
+            "hidden",
+            "explore_hidden",
+            "refit_epochs",
+            "replay_capacity",
+            "batch_size",
+        ):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"FilterConfig.{name} must be a positive integer, got {value!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"FilterConfig.seed must be a non-negative integer, got {self.seed!r}")
+        if self.explore_on not in ("last_layer", "all"):
+            raise ValueError(
+                f"FilterConfig.explore_on must be 'last_layer' or 'all', got {self.explore_on!r}"
+            )
+
+    @property
+    def floor(self) -> int:
+        """Minimum number of candidates allocated per round (before capping at the pool size).
+
+        ``ceil(budget * floor_fraction)``, with a tolerance so that float products such as
+        ``10 * 0.3`` or ``3 * 0.1`` do not round up past the intended integer.
+        """
+        return math.ceil(self.budget * self.floor_fraction - 1e-9)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able representation."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FilterConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are rejected rather than silently dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown FilterConfig keys: {sorted(unknown)}")
+        return cls(**dict(data))
+
+
+@dataclass
+class Selection:
+    """Outcome of one allocation decision.
+
+    Attributes:
+        sample_ids: selected candidates, highest score first (cluster order for cold start).
+        scores: filter scores of the selected candidates, aligned with ``sample_ids``. During
+            cold start they come from untrained networks and carry no information.
+        reason: which rule determined the set size: ``"cold_start"`` (k-means, no reward history),
+            ``"threshold"`` (all candidates above the threshold), ``"cap"`` (more passed than the
+            budget; top ``budget`` kept) or ``"floor"`` (fewer passed than the floor; filled by
+            top score).
+        indices: positions of the selected candidates in the scored matrix, so the caller can pass
+            ``z[indices]`` to :meth:`LearnabilityFilter.observe` once the reward is known.
+    """
+
+    sample_ids: list[str]
+    scores: np.ndarray
+    reason: SelectionReason
+    indices: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+
+class _Dense(nn.Module):
+    """Affine layer initialised from a private generator.
+
+    ``nn.Linear`` draws its initial weights from the process-global RNG; building the weights here
+    keeps filters deterministic and independent of whatever else the process does with torch.
+    """
+
+    def __init__(self, n_in: int, n_out: int, generator: torch.Generator) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(n_in)  # PyTorch's default Linear bounds
+        self.weight = nn.Parameter(
+            torch.empty(n_out, n_in).uniform_(-bound, bound, generator=generator)
+        )
+        self.bias = nn.Parameter(torch.empty(n_out).uniform_(-bound, bound, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
+class _ExploitNet(nn.Module):
+    """f1: predicts the reward of a candidate from its standardised features."""
+
+    def __init__(self, n_in: int, hidden: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.fc1 = _Dense(n_in, hidden, generator)
+        self.fc2 = _Dense(hidden, 1, generator)
+
+    def hidden_and_output(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.relu(self.fc1(x))
+        return h, torch.sigmoid(self.fc2(h)).squeeze(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hidden_and_output(x)[1]
+
+
+class _ExploreNet(nn.Module):
+    """f2: predicts f1's residual from f1's parameter gradient."""
+
+    def __init__(self, n_in: int, hidden: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.fc1 = _Dense(n_in, hidden, generator)
+        self.fc2 = _Dense(hidden, 1, generator)
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.fc2(torch.relu(self.fc1(g)))).squeeze(-1)
+
+
+def _train(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    generator: torch.Generator,
+) -> float:
+    """Minibatch Adam on MSE; returns the mean loss of the last epoch."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    n = inputs.shape[0]
+    last = float("nan")
+    model.train()
+    with torch.enable_grad():
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=generator)
+            total = 0.0
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                loss = torch.mean((model(inputs[idx]) - targets[idx]) ** 2)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                total += float(loss.detach()) * idx.numel()
+            last = total / n
+    model.eval()
+    return last
+
+
+class LearnabilityFilter:
+    """Per-(client, direction) contextual bandit deciding which candidates are worth learning.
+
+    Typical round::
+
+        sel = flt.select(z, ids, round_index=t)        # allocate
+        ...                                            # client trains, reward r is measured
+        flt.observe(z[sel.indices], r)                 # common reward for the whole set
+        flt.refit()                                    # retrain on the replay buffer
+    """
+
+    def __init__(self, n_features: int, config: FilterConfig | None = None) -> None:
+        if not _is_int(n_features) or n_features < 1:
+            raise ValueError(f"n_features must be a positive integer, got {n_features!r}")
+        self.n_features = int(n_features)
+        self.config = config if config is not None else FilterConfig()
+        if not isinstance(self.config, FilterConfig):
+            raise ValueError(f"config must be a FilterConfig, got {type(self.config).__name__}")
+
+        init_gen = torch.Generator().manual_seed(self.config.seed)
+        self._exploit = _ExploitNet(self.n_features, self.config.hidden, init_gen)
+        self._exploit.eval()
+        self._explore = _ExploreNet(self.gradient_dim, self.config.explore_hidden, init_gen)
+        self._explore.eval()
+
+        self._mean = np.zeros(self.n_features, dtype=np.float32)
+        self._std = np.ones(self.n_features, dtype=np.float32)
+        self._buffer_z = np.empty((0, self.n_features), dtype=np.float32)
+        self._buffer_r = np.empty(0, dtype=np.float32)
+        self._fit_count = 0
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def gradient_dim(self) -> int:
+        """Width of ExploreNet's input (size of the gradient of f1 it sees)."""
+        hidden = self.config.hidden
+        if self.config.explore_on == "last_layer":
+            return hidden + 1
+        return self.n_features * hidden + hidden + hidden + 1
+
+    @property
+    def has_history(self) -> bool:
+        """Whether the networks have been fitted to at least one reward."""
+        return self._fit_count > 0
+
+    @property
+    def fit_count(self) -> int:
+        """Number of refits performed on a non-empty replay buffer."""
+        return self._fit_count
+
+    @property
+    def replay_size(self) -> int:
+        """Number of (z, r) pairs in the replay buffer."""
+        return int(self._buffer_r.shape[0])
+
+    # ------------------------------------------------------------------ validation
+
+    def _check_features(self, z: np.ndarray, name: str = "z") -> np.ndarray:
+        arr = np.asarray(z)
+        if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+        if arr.ndim == 1 and arr.shape[0] == self.n_features:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] != self.n_features:
+            raise ValueError(
+                f"{name} must have shape [n, {self.n_features}] (one row per candidate), "
+                f"got {arr.shape}"
+            )
+        with np.errstate(over="ignore"):
+            arr = arr.astype(np.float32, copy=False)
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name} contains NaN or infinite values (or values beyond float32)")
+        return arr
+
+    # ------------------------------------------------------------------ scoring
+
+    def _standardise(self, z: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy((z - self._mean) / self._std)
+
+    def _gradients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f1(x) and the per-sample gradient of f1 w.r.t. its parameters (as configured).
+
+        Closed form for ``f1 = sigmoid(w2 . relu(W1 x + b1) + b2)``, batched over rows; the column
+        order follows ``named_parameters()`` (fc1.weight, fc1.bias, fc2.weight, fc2.bias).
+        """
+        net = self._exploit
+        with torch.no_grad():
+            pre = net.fc1(x)
+            h = torch.relu(pre)
+            out = torch.sigmoid(net.fc2(h)).squeeze(-1)
+            dsig = (out * (1.0 - out)).unsqueeze(-1)  # sigmoid'(.)
+            last = torch.cat([dsig * h, dsig], dim=1)  # d/d[w2, b2] = sigmoid' * [h, 1]
+            if self.config.explore_on == "last_layer":
+                return out, last
+            # d/db1 = sigmoid' * w2 * 1[pre > 0];  d/dW1 = d/db1 (outer) x
+            g_b1 = dsig * net.fc2.weight * (pre > 0).to(x.dtype)
+            g_w1 = (g_b1.unsqueeze(-1) * x.unsqueeze(1)).reshape(x.shape[0], -1)
+            return out, torch.cat([g_w1, g_b1, last], dim=1)
+
+    def score(self, z: np.ndarray) -> np.ndarray:
+        """Exploit prediction plus weighted exploration bonus per row of ``z`` (shape ``[n]``)."""
+        arr = self._check_features(z)
+        if arr.shape[0] == 0:
+            return np.empty(0, dtype=np.float64)
+        out, g = self._gradients(self._standardise(arr))
+        with torch.no_grad():
+            bonus = self._explore(g)
+            total = out + self.config.exploration_weight * bonus
+        return total.numpy().astype(np.float64)
+
+    # ------------------------------------------------------------------ selection
+
+    def select(self, z: np.ndarray, sample_ids: Sequence[str], round_index: int) -> Selection:
+        """Choose which candidates to allocate this round.
+
+        Without reward history (no successful refit yet) the budget is spread by k-means
+        representatives. Otherwise candidates scoring above ``threshold`` are taken, capped at
+        ``budget`` by top score and, if fewer than the floor pass, filled to the floor by top
+        score. Never returns more candidates than supplied.
+        """
+        arr = self._check_features(z)
+        ids = list(sample_ids)
+        if len(ids) != arr.shape[0]:
+            raise ValueError(f"sample_ids has {len(ids)} entries but z has {arr.shape[0]} rows")
+        if len(set(ids)) != len(ids):
+            raise ValueError("sample_ids contains duplicates")
+        if not _is_int(round_index) or round_index < 0:
+            raise ValueError(f"round_index must be a non-negative integer, got {round_index!r}")
+
+        cfg = self.config
+        scores = self.score(arr)
+        n = arr.shape[0]
+        reason: SelectionReason
+
+        if not self.has_history:
+            chosen = kmeans_representatives(arr, cfg.budget, seed=cfg.seed + int(round_index))
+            reason = "cold_start"
+        else:
+            order = np.argsort(-scores, kind="stable")
+            n_pass = int(np.count_nonzero(scores > cfg.threshold))
+            floor = min(cfg.floor, n)
+            if n_pass > cfg.budget:
+                take, reason = cfg.budget, "cap"
+            elif n_pass < floor:
+                take, reason = floor, "floor"
+            else:
+                take, reason = n_pass, "threshold"
+            chosen = order[:take].astype(np.int64)
+
+        logger.debug(
+            "round %d: selected %d/%d candidates (%s)", round_index, chosen.size, n, reason
+        )
+        return Selection(
+            sample_ids=[ids[i] for i in chosen],
+            scores=scores[chosen],
+            reason=reason,
+            indices=chosen,
+        )
+
+    # ------------------------------------------------------------------ learning
+
+    def observe(self, z: np.ndarray, reward: float | Sequence[float] | np.ndarray) -> None:
+        """Add the allocated candidates' features with their reward to the replay buffer.
+
+        ``reward`` is normally the round's common reward (a scalar shared by every row); a
+        per-row array of the same length is also accepted. The buffer keeps the most recent
+        ``replay_capacity`` pairs.
+        """
+        arr = self._check_features(z)
+        r = np.asarray(reward, dtype=np.float64)
+        if r.ndim == 0:
+            r = np.full(arr.shape[0], float(r))
+        elif r.shape != (arr.shape[0],):
+            raise ValueError(
+                f"reward must be a scalar or have shape ({arr.shape[0]},), got {r.shape}"
+            )
+        if not np.isfinite(r).all():
+            raise ValueError("reward contains NaN or infinite values")
+        if r.size and (r.min() < 0.0 or r.max() > 1.0):
+            raise ValueError(
+                f"reward must lie in [0, 1], got values in [{r.min():.4g}, {r.max():.4g}]"
+            )
+        if arr.shape[0] == 0:
+            return
+        cap = self.config.replay_capacity
+        self._buffer_z = np.concatenate([self._buffer_z, arr])[-cap:]
+        self._buffer_r = np.concatenate([self._buffer_r, r.astype(np.float32)])[-cap:]
+
+    def refit(self) -> dict[str, float]:
+        """Re-estimate standardisation, then train f1 on (z, r) and f2 on (grad f1, r - f1).
+
+        Returns:
+            ``{"exploit_loss", "explore_loss", "n_samples"}`` with last-epoch mean MSEs. With an
+            empty buffer nothing is trained and the losses are NaN.
+        """
+        n = self.replay_size
+        if n == 0:
+            logger.debug("refit skipped: replay buffer is empty")
+            return {"exploit_loss": float("nan"), "explore_loss": float("nan"), "n_samples": 0.0}
+
+        cfg = self.config
+        mean = self._buffer_z.mean(axis=0, dtype=np.float64)
+        std = self._buffer_z.std(axis=0, dtype=np.float64)
+        self._mean = mean.astype(np.float32)
+        self._std = np.where(std < _STD_FLOOR, 1.0, std).astype(np.float32)
+
+        seed_state = np.random.SeedSequence([cfg.seed, self._fit_count]).generate_state(1)[0]
+        gen = torch.Generator().manual_seed(int(seed_state))
+        x = self._standardise(self._buffer_z)
+        y = torch.from_numpy(self._buffer_r)
+
+        exploit_loss = _train(
+            self._exploit,
+            x,
+            y,
+            epochs=cfg.refit_epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            generator=gen,
+        )
+        out, g = self._gradients(x)
+        explore_loss = _train(
+            self._explore,
+            g,
+            (y - out).detach(),
+            epochs=cfg.refit_epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            generator=gen,
+        )
+        self._fit_count += 1
+        logger.debug(
+            "refit %d on %d samples: exploit_loss=%.4g explore_loss=%.4g",
+            self._fit_count,
+            n,
+            exploit_loss,
+            explore_loss,
+        )
+        return {"exploit_loss": exploit_loss, "explore_loss": explore_loss, "n_samples": float(n)}
+
+    # ------------------------------------------------------------------ persistence
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain-data snapshot: numpy arrays plus JSON-able scalars and config."""
+        return {
+            "format_version": _FORMAT_VERSION,
+            "n_features": self.n_features,
+            "config": self.config.to_dict(),
+            "fit_count": self._fit_count,
+            "scaler_mean": self._mean.copy(),
+            "scaler_std": self._std.copy(),
+            "buffer_z": self._buffer_z.copy(),
+            "buffer_r": self._buffer_r.copy(),
+            "exploit": {
+                k: v.detach().numpy().copy() for k, v in self._exploit.state_dict().items()
+            },
+            "explore": {
+                k: v.detach().numpy().copy() for k, v in self._explore.state_dict().items()
+            },
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore from :meth:`state_dict`; the config and feature width must match this filter."""
+        try:
+            version = int(state["format_version"])
+            n_features = int(state["n_features"])
+            config = FilterConfig.from_dict(state["config"])
+            fit_count = int(state["fit_count"])
+            mean = np.asarray(state["scaler_mean"], dtype=np.float32)
+            std = np.asarray(state["scaler_std"], dtype=np.float32)
+            buffer_z = np.asarray(state["buffer_z"], dtype=np.float32)
+            buffer_r = np.asarray(state["buffer_r"], dtype=np.float32)
+            exploit = {k: np.asarray(v, dtype=np.float32) for k, v in state["exploit"].items()}
+            explore = {k: np.asarray(v, dtype=np.float32) for k, v in state["explore"].items()}
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed filter state: {exc!r}") from exc
+        if version != _FORMAT_VERSION:
+            raise ValueError(f"unsupported filter state version {version}")
+        if n_features != self.n_features:
+            raise ValueError(
+                f"state has {n_features} features but this filter expects {self.n_features}"
+            )
+        if config != self.config:
+            raise ValueError("state was saved with a different FilterConfig")
+        if fit_count < 0:
+            raise ValueError(f"fit_count must be >= 0, got {fit_count}")
+        if mean.shape != (n_features,) or std.shape != (n_features,) or (std <= 0).any():
+            raise ValueError("scaler statistics have the wrong shape or non-positive std")
+        if buffer_z.ndim != 2 or buffer_z.shape[1] != n_features:
+            raise ValueError(f"buffer_z has shape {buffer_z.shape}, expected [m, {n_features}]")
+        if buffer_r.shape != (buffer_z.shape[0],):
+            raise ValueError("buffer_r and buffer_z lengths differ")
+        if buffer_r.shape[0] > config.replay_capacity:
+            raise ValueError("replay buffer exceeds replay_capacity")
+        for arr in (mean, std, buffer_z, buffer_r):
+            if not np.isfinite(arr).all():
+                raise ValueError("filter state contains NaN or infinite values")
+
+        new_exploit = self._to_tensors(self._exploit, exploit, "exploit")
+        new_explore = self._to_tensors(self._explore, explore, "explore")
+        self._exploit.load_state_dict(new_exploit)
+        self._explore.load_state_dict(new_explore)
+        self._mean, self._std = mean.copy(), std.copy()
+        self._buffer_z, self._buffer_r = buffer_z.copy(), buffer_r.copy()
+        self._fit_count = fit_count
+
+    @staticmethod
+    def _to_tensors(
+        module: nn.Module, arrays: Mapping[str, np.ndarray], label: str
+    ) -> dict[str, torch.Tensor]:
+        expected = module.state_dict()
+        if set(arrays) != set(expected):
+            raise ValueError(
+                f"{label} parameters {sorted(arrays)} do not match expected {sorted(expected)}"
+            )
+        out: dict[str, torch.Tensor] = {}
+        for name, ref in expected.items():
+            arr = arrays[name]
+            if tuple(arr.shape) != tuple(ref.shape):
+                raise ValueError(
+                    f"{label}.{name} has shape {arr.shape}, expected {tuple(ref.shape)}"
+                )
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{label}.{name} contains NaN or infinite values")
+            out[name] = torch.from_numpy(arr.copy())
+        return out
+
+    def to_bytes(self) -> bytes:
+        """Serialise with ``np.savez`` (no pickled objects) for storage as a database blob."""
+        state = self.state_dict()
+        meta = {k: state[k] for k in ("format_version", "n_features", "config", "fit_count")}
+        arrays: dict[str, np.ndarray] = {_META_KEY: np.asarray(json.dumps(meta, sort_keys=True))}
+        for key in ("scaler_mean", "scaler_std", "buffer_z", "buffer_r"):
+            arrays[key] = state[key]
+        for prefix in ("exploit", "explore"):
+            for name, value in state[prefix].items():
+                arrays[f"{prefix}.{name}"] = value
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LearnabilityFilter:
+        """Rebuild a filter from :meth:`to_bytes` output; corrupt input raises ``ValueError``."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            meta = json.loads(str(arrays.pop(_META_KEY)[()]))
+        except (OSError, KeyError, ValueError, EOFError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot decode filter state: {exc}") from exc
+        if not isinstance(meta, dict):
+            raise ValueError("cannot decode filter state: metadata is not an object")
+        state: dict[str, Any] = dict(meta)
+        state["exploit"], state["explore"] = {}, {}
+        for key, value in arrays.items():
+            prefix, _, name = key.partition(".")
+            if prefix in ("exploit", "explore") and name:
+                state[prefix][name] = value
+            else:
+                state[key] = value
+        try:
+            config = FilterConfig.from_dict(state["config"])
+            flt = cls(int(state["n_features"]), config)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed filter state: {exc!r}") from exc
+        flt.load_state_dict(state)
+        return flt

@@ -1,0 +1,96 @@
+"""Typed configuration of the coordinator: one object, filled from a JSON file and CLI flags."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from lada_client.config import DistillSettings, LoraSettings
+from lada_coordinator.allocation.eenet import FilterConfig
+
+AllocationMode = Literal["lada", "random", "all"]
+HostFramework = Literal["mkt", "cotuning"]
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """Where things live and how rounds run.
+
+    ``allocation`` is the LaDa on/off switch: ``lada`` uses the learnability filters, ``random``
+    allocates the same budget uniformly at random, ``all`` sends every candidate. α = 0 in
+    ``client_distill``/``llm_distill`` gives the SFT-only baseline.
+    """
+
+    db_path: Path
+    state_dir: Path
+    llm_dir: Path
+    public_data: Path
+    host: str = "127.0.0.1"
+    port: int = 8765
+    rounds: int = 3
+    min_clients: int = 3
+    candidates_per_round: int = 256
+    paths_per_question: int = 2
+    path_temperature: float = 0.7
+    path_fallback: Literal["gold", "drop"] = "gold"
+    offer_questions: int = 64
+    allocation: AllocationMode = "lada"
+    host_framework: HostFramework = "mkt"
+    feature_names: tuple[str, ...] = ("slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct")
+    slm_filter: FilterConfig = field(default_factory=FilterConfig)
+    llm_filter: FilterConfig = field(default_factory=lambda: FilterConfig(budget=16))
+    llm_distill: DistillSettings = field(default_factory=lambda: DistillSettings(lr=1e-3, epochs=1))
+    llm_lora: LoraSettings = field(default_factory=LoraSettings)
+    train_llm: bool = True
+    round_timeout_s: float = 3600.0
+    max_body_bytes: int = 16 * 1024 * 1024
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.allocation not in ("lada", "random", "all"):
+            raise ValueError(f"allocation must be 'lada', 'random' or 'all', not {self.allocation!r}")
+        if self.host_framework not in ("mkt", "cotuning"):
+            raise ValueError(f"host_framework must be 'mkt' or 'cotuning', not {self.host_framework!r}")
+        if self.rounds < 1 or self.min_clients < 1 or self.candidates_per_round < 1:
+            raise ValueError("rounds, min_clients and candidates_per_round must be >= 1")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), default=str, indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CoordinatorConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown coordinator config key(s): {sorted(unknown)}")
+        d = dict(data)
+        for key in ("db_path", "state_dir", "llm_dir", "public_data"):
+            if key not in d:
+                raise ValueError(f"coordinator config is missing {key!r}")
+            d[key] = Path(d[key])
+        if "feature_names" in d:
+            d["feature_names"] = tuple(d["feature_names"])
+        for key in ("slm_filter", "llm_filter"):
+            if key in d:
+                d[key] = FilterConfig(**d[key])
+        if "llm_distill" in d:
+            d["llm_distill"] = DistillSettings(**d["llm_distill"])
+        if "llm_lora" in d:
+            lora = dict(d["llm_lora"])
+            lora["target_modules"] = tuple(lora.get("target_modules", LoraSettings.target_modules))
+            d["llm_lora"] = LoraSettings(**lora)
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: Path) -> CoordinatorConfig:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except OSError as exc:
+            raise ValueError(f"cannot read coordinator config {path}: {exc.strerror}") from exc
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ValueError(f"coordinator config {path} is invalid: {exc}") from exc
+
+    def with_overrides(self, **changes: Any) -> CoordinatorConfig:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -1,0 +1,228 @@
+"""A whole federation on one machine: data, models, coordinator and clients on loopback.
+
+``lada-coordinator federation`` builds everything offline (cached in ``--workdir``), then starts
+one real coordinator process and one real client process per client, and prints per-round
+accuracy and bytes as rounds close. It is the quickest way to see LaDa run end to end, and the
+harness the end-to-end tests and benchmarks use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+SLM_PRESETS = ("slm-large", "slm-medium", "slm-small")
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    workdir: Path
+    clients: int = 3
+    rounds: int = 3
+    allocation: str = "lada"
+    candidates: int = 128
+    budget: int = 32
+    port: int = 8765
+    seed: int = 0
+    n_train: int = 300
+    n_test: int = 64
+    n_public: int = 800
+    llm_warmup_steps: int = 400
+    slm_warmup_steps: int = 150
+    offer_questions: int = 32
+    client_overrides: tuple[tuple[str, object], ...] = ()
+    timeout_s: float = 1800.0
+
+
+def _marker(path: Path, key: dict) -> bool:
+    """True if ``path`` was built with exactly ``key`` (so it can be reused)."""
+    f = path / ".lada-built.json"
+    return f.exists() and json.loads(f.read_text()) == key
+
+
+def _mark(path: Path, key: dict) -> None:
+    (path / ".lada-built.json").write_text(json.dumps(key))
+
+
+def prepare(settings: FederationSettings) -> dict[str, Path]:
+    """Build (or reuse) data, tokenizer, LLM and per-client SLMs with their ONNX exports."""
+    from lada_client.common.reasoning import format_prompt, format_target
+    from lada_client.data.domains import DOMAINS
+    from lada_client.data.federation import FederationData, make_federation
+    from lada_client.models.export import export_scoring_model
+    from lada_client.models.factory import create_model
+    from lada_client.models.tokenizer import build_tokenizer, save_tokenizer
+    from lada_client.training.pretrain import pretrain
+
+    work = settings.workdir
+    data_dir, tok_dir, models = work / "data", work / "tokenizer", work / "models"
+    domains = [DOMAINS[i % len(DOMAINS)] for i in range(settings.clients)]
+    key = {"domains": domains, "n": [settings.n_train, settings.n_test, settings.n_public], "seed": settings.seed}
+    if not _marker(work, key):
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        log.info("generating data for %d clients (domains %s)", settings.clients, domains)
+        fed = make_federation(domains, settings.n_train, settings.n_test, settings.n_public, settings.seed)
+        fed.save(data_dir)
+        texts = [f"{format_prompt(s.question)}{format_target(s.rationale)}" for s in fed.public]
+        texts += [f"{format_prompt(s.question)}{format_target(s.rationale)}" for c in fed.clients for s in c.train]
+        save_tokenizer(build_tokenizer(texts), tok_dir)
+        _mark(work, key)
+    fed = FederationData.load(data_dir)
+    pairs = lambda samples: [(format_prompt(s.question), format_target(s.rationale)) for s in samples]  # noqa: E731
+
+    llm_dir = models / "llm"
+    llm_key = {"preset": "llm-tiny", "steps": settings.llm_warmup_steps, "seed": settings.seed}
+    if not (llm_dir.exists() and _marker(llm_dir, llm_key)):
+        shutil.rmtree(llm_dir, ignore_errors=True)
+        create_model("llm-tiny", tok_dir, llm_dir, seed=settings.seed)
+        log.info("warm-starting the LLM teacher on the public pool (%d steps)", settings.llm_warmup_steps)
+        pretrain(llm_dir, pairs(fed.public), settings.llm_warmup_steps, seed=settings.seed)
+        _mark(llm_dir, llm_key)
+    paths = {"data": data_dir, "llm": llm_dir}
+    for i, client in enumerate(fed.clients):
+        cdir = models / client.name
+        ckey = {"preset": SLM_PRESETS[i % len(SLM_PRESETS)], "steps": settings.slm_warmup_steps, "seed": settings.seed}
+        if not (cdir.exists() and _marker(cdir, ckey)):
+            shutil.rmtree(cdir, ignore_errors=True)
+            create_model(ckey["preset"], tok_dir, cdir / "base", seed=settings.seed + i + 1)
+            log.info("warm-starting %s's SLM (%s) on its private data", client.name, ckey["preset"])
+            pretrain(cdir / "base", pairs(client.train), settings.slm_warmup_steps, seed=settings.seed + i)
+            export_scoring_model(cdir / "base", cdir / "onnx" / "model.onnx")
+            _mark(cdir, ckey)
+        paths[client.name] = cdir
+    return paths
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"coordinator exited with code {proc.returncode} during start-up")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"coordinator did not answer on {url} within {timeout_s:.0f}s")
+
+
+def _print_round(m: dict) -> None:
+    clients = m.get("clients", {})
+    accs = ", ".join(f"{n} {c['test_accuracy']:.3f}" for n, c in sorted(clients.items()))
+    sent = sum(c["bytes_client_sent"] for c in clients.values())
+    recv = sum(c["bytes_client_received"] for c in clients.values())
+    llm = m.get("llm", {})
+    llm_acc = llm.get("accuracy")
+    print(
+        f"round {m['round']}: SLM accuracy [{accs}] | LLM accuracy "
+        f"{'n/a' if llm_acc is None else f'{llm_acc:.3f}'} (trained on {llm.get('n_trained', 0)} SLM paths)"
+        f" | bytes up {sent:,} down {recv:,} (cumulative)",
+        flush=True,
+    )
+
+
+def run_federation(settings: FederationSettings) -> int:
+    """Prepare, then run coordinator + clients as processes; returns a process exit code."""
+    from lada_coordinator.store import Store
+
+    started = time.perf_counter()
+    paths = prepare(settings)
+    log.info("set-up done in %.0fs", time.perf_counter() - started)
+    run_dir = settings.workdir / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    url = f"http://127.0.0.1:{settings.port}"
+    coord_cfg = {
+        "db_path": str(run_dir / "coordinator.sqlite"),
+        "state_dir": str(run_dir / "coordinator"),
+        "llm_dir": str(paths["llm"]),
+        "public_data": str(paths["data"]),
+        "host": "127.0.0.1",
+        "port": settings.port,
+        "rounds": settings.rounds,
+        "min_clients": settings.clients,
+        "candidates_per_round": settings.candidates,
+        "offer_questions": settings.offer_questions,
+        "allocation": settings.allocation,
+        "slm_filter": {"budget": settings.budget, "seed": settings.seed},
+        "seed": settings.seed,
+    }
+    (run_dir / "coordinator.json").write_text(json.dumps(coord_cfg, indent=2))
+    store = Store(Path(coord_cfg["db_path"]))
+    tokens = [store.issue_token() for _ in range(settings.clients)]
+    store.close()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    logs = run_dir / "logs"
+    logs.mkdir()
+    coordinator = subprocess.Popen(
+        [sys.executable, "-m", "lada_coordinator.cli", "serve", "--config", str(run_dir / "coordinator.json"),
+         "--llm-eval-data", str(paths["data"])],
+        stdout=open(logs / "coordinator.log", "w"), stderr=subprocess.STDOUT, env=env,
+    )
+    clients: list[subprocess.Popen] = []
+    try:
+        _wait_healthy(url, coordinator)
+        for i in range(settings.clients):
+            name = f"client{i}"
+            cfg = {
+                "coordinator_url": url,
+                "name": name,
+                "state_dir": str(run_dir / name),
+                "data_dir": str(paths["data"]),
+                "scoring_model": str(paths[name] / "onnx" / "model.onnx"),
+                "base_model_dir": str(paths[name] / "base"),
+                **dict(settings.client_overrides),
+            }
+            (run_dir / f"{name}.json").write_text(json.dumps(cfg, indent=2))
+            clients.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "lada_client.cli", "run", "--config", str(run_dir / f"{name}.json"),
+                     "--token", tokens[i], "--results", str(run_dir / f"{name}.results.json")],
+                    stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT, env=env,
+                )
+            )
+        print(f"federation: coordinator + {settings.clients} clients on {url}, {settings.rounds} rounds, allocation={settings.allocation} (logs in {logs})", flush=True)
+        printed: set[int] = set()
+        deadline = time.monotonic() + settings.timeout_s
+        while time.monotonic() < deadline:
+            status = httpx.get(f"{url}/v1/status", timeout=10).json()
+            for m in status["rounds"]:
+                if m["phase"] in ("closed", "finished") and m["round"] not in printed:
+                    _print_round(m)
+                    printed.add(m["round"])
+            if status["engine"]["error"]:
+                print(f"federation: coordinator failed: {status['engine']['error']}", file=sys.stderr)
+                return 1
+            failed = [i for i, p in enumerate(clients) if p.poll() not in (None, 0)]
+            if failed:
+                print(f"federation: client(s) {failed} failed; see {logs}", file=sys.stderr)
+                return 1
+            if all(p.poll() == 0 for p in clients) and len(printed) == settings.rounds:
+                (settings.workdir / "last_run.json").write_text(json.dumps(status, indent=2))
+                print(f"federation: done in {time.perf_counter() - started:.0f}s; metrics in {settings.workdir / 'last_run.json'}")
+                return 0
+            time.sleep(1.0)
+        print(f"federation: timed out after {settings.timeout_s:.0f}s", file=sys.stderr)
+        return 1
+    finally:
+        for p in clients:
+            if p.poll() is None:
+                p.terminate()
+        coordinator.terminate()
+        try:
+            coordinator.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            coordinator.kill()

@@ -1,0 +1,215 @@
+"""The round engine: drives each round through its phases, in a background thread.
+
+Phases of round t (stored in SQLite, so a restarted coordinator resumes where it stopped):
+
+``features``  candidates and LLM paths are published; clients upload learnability features
+``training``  allocations are decided; clients train and report rewards
+``closed``    filters refit on the rewards; the LLM learns from what the SLMs offered
+``finished``  the last round closed
+
+HTTP handlers only record uploads; every decision happens here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from lada_client.common.wire import Candidate, PublicQuestion, RoundInfo
+from lada_client.data.domains import Sample
+from lada_coordinator.allocation.allocator import LLM, SLM, Allocator
+from lada_coordinator.config import CoordinatorConfig
+from lada_coordinator.llm.host import LLMHost
+from lada_coordinator.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineStatus:
+    phase: str = "waiting"
+    round: int = 0
+    error: str = ""
+
+
+class RoundEngine(threading.Thread):
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        store: Store,
+        public: list[Sample],
+        llm_factory: Callable[[], LLMHost],
+        llm_eval: list[Sample] | None = None,
+    ) -> None:
+        super().__init__(name="lada-round-engine", daemon=True)
+        self.config = config
+        self.store = store
+        self.public = public
+        self.public_by_id = {s.sample_id: s for s in public}
+        self._llm_factory = llm_factory
+        self._llm: LLMHost | None = None
+        self._llm_eval = llm_eval or []
+        self.allocator = Allocator(store, config.allocation, {SLM: config.slm_filter, LLM: config.llm_filter}, config.seed)
+        self.stop_event = threading.Event()
+        self.wake = threading.Event()
+        self.status = EngineStatus()
+
+    # ------------------------------------------------------------------------------ helpers
+    @property
+    def llm(self) -> LLMHost:
+        if self._llm is None:
+            self._llm = self._llm_factory()
+        return self._llm
+
+    def _wait(self, ready: Callable[[], bool], what: str) -> bool:
+        """Block until ``ready()`` or the round timeout; True if ready."""
+        deadline = time.monotonic() + self.config.round_timeout_s
+        while not self.stop_event.is_set():
+            if ready():
+                return True
+            if time.monotonic() > deadline:
+                log.warning("timed out waiting for %s; proceeding with what arrived", what)
+                return False
+            self.wake.wait(0.5)
+            self.wake.clear()
+        return False
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # keep the server answering and say what went wrong
+            log.exception("round engine failed")
+            self.status.error = f"{type(exc).__name__}: {exc}"
+
+    def _run(self) -> None:
+        cfg = self.config
+        self._wait(lambda: len(self.store.clients()) >= cfg.min_clients, f"{cfg.min_clients} clients to enroll")
+        current = self.store.current_round()
+        start, phase = (current if current else (0, "closed"))
+        if phase == "finished":
+            return
+        t = start if phase != "closed" else start + 1
+        while t <= cfg.rounds and not self.stop_event.is_set():
+            if self.store.current_round() is None or self.store.current_round()[0] < t:
+                self._open(t)
+            phase = self.store.current_round()[1]
+            if phase == "features":
+                self._wait(lambda: self._have("features.put", t), f"round {t} features")
+                self._allocate(t)
+            self._wait(lambda: self._have("reward.put", t), f"round {t} rewards")
+            self._close(t, final=t == cfg.rounds)
+            t += 1
+
+    def _have(self, kind: str, t: int) -> bool:
+        expected = {c.client_id for c in self.store.clients()}
+        return expected <= set(self.store.uploads(t, kind))
+
+    # ------------------------------------------------------------------------------- phases
+    def _open(self, t: int) -> None:
+        cfg = self.config
+        self.status.phase, self.status.round = "preparing", t
+        started = time.perf_counter()
+        rng = np.random.default_rng([cfg.seed, t])
+        order = rng.permutation(len(self.public))
+        pool = [self.public[i] for i in order[: cfg.candidates_per_round]]
+        offer_pool = [self.public[i] for i in order[cfg.candidates_per_round : cfg.candidates_per_round + cfg.offer_questions]]
+        paths, stats = self.llm.reasoning_paths(pool, cfg.paths_per_question, cfg.path_temperature, cfg.path_fallback, seed=cfg.seed + t)
+        info = RoundInfo(
+            round=t,
+            phase="features",
+            total_rounds=cfg.rounds,
+            candidates=[
+                Candidate(sample_id=p.sample.sample_id, question=p.sample.question, path=p.path, llm_logprob=p.logprob, llm_tokens=p.tokens)
+                for p in paths
+            ],
+            offer_questions=[PublicQuestion(sample_id=s.sample_id, question=s.question, answer=s.answer) for s in offer_pool],
+            feature_names=list(cfg.feature_names),
+        )
+        sources = {p.sample.sample_id: p.source for p in paths}
+        self.store.open_round(t, info.model_dump(), {"path_sources": sources, "path_stats": stats})
+        log.info("round %d open: %d candidates (paths: %s) in %.1fs", t, len(paths), stats, time.perf_counter() - started)
+        self.status.phase = "features"
+
+    def _allocate(self, t: int) -> None:
+        started = time.perf_counter()
+        uploads = self.store.uploads(t, "features.put")
+        decided: dict[str, tuple[list[str], str]] = {}
+        for client_id, up in uploads.items():
+            z = np.asarray(up["features"], dtype=np.float64).reshape(len(up["sample_ids"]), -1)
+            decided[client_id] = self.allocator.allocate(t, SLM, client_id, up["sample_ids"], z)
+        self.store.put_allocations(t, SLM, decided)
+        self.store.set_phase(t, "training")
+        self.status.phase = "training"
+        log.info(
+            "round %d allocated in %.2fs: %s", t, time.perf_counter() - started,
+            {c: f"{len(ids)} ({why})" for c, (ids, why) in decided.items()},
+        )
+
+    def _close(self, t: int, final: bool) -> None:
+        started = time.perf_counter()
+        self.status.phase = "closing"
+        features = self.store.uploads(t, "features.put")
+        rewards = self.store.uploads(t, "reward.put")
+        clients = {c.client_id: c for c in self.store.clients()}
+        per_client: dict[str, dict] = {}
+        for client_id, report in rewards.items():
+            up = features.get(client_id)
+            alloc = self.store.allocation(t, client_id, SLM)
+            if up is None or alloc is None:
+                continue
+            index = {s: i for i, s in enumerate(up["sample_ids"])}
+            z = np.asarray(up["features"], dtype=np.float64).reshape(len(up["sample_ids"]), -1)
+            rows = [index[s] for s in alloc[0] if s in index]
+            self.allocator.reward(SLM, client_id, z[rows], float(report["reward"]))
+            c = clients[client_id]
+            per_client[c.name] = {
+                "test_accuracy": report["test_accuracy"],
+                "reward": report["reward"],
+                "n_allocated": report["n_allocated"],
+                "bytes_client_sent": c.bytes_in,
+                "bytes_client_received": c.bytes_out,
+            }
+        llm_metrics = self._llm_direction(t, features) if self.config.train_llm else {}
+        metrics = {
+            "clients": per_client,
+            "llm": llm_metrics,
+            "seconds_close": round(time.perf_counter() - started, 3),
+        }
+        self.store.set_phase(t, "finished" if final else "closed", metrics)
+        self.status.phase = "finished" if final else "closed"
+        log.info("round %d closed: %s", t, metrics)
+
+    def _llm_direction(self, t: int, features: dict[str, dict]) -> dict:
+        """Method step 6: pick SLM-offered paths that carry knowledge new to the LLM, train on them."""
+        chosen: list[tuple[Sample, str, str, np.ndarray, str]] = []
+        for client_id, up in features.items():
+            offers = [(self.public_by_id[o["sample_id"]], o["path"]) for o in up.get("offers", []) if o["sample_id"] in self.public_by_id]
+            if not offers:
+                continue
+            z, own = self.llm.offer_features([s for s, _ in offers], [p for _, p in offers], seed=self.config.seed + t)
+            ids, _ = self.allocator.allocate(t, LLM, client_id, [s.sample_id for s, _ in offers], z)
+            keep = set(ids)
+            chosen.extend((s, p, o, z[i], client_id) for i, ((s, p), o) in enumerate(zip(offers, own)) if s.sample_id in keep)
+        if not chosen:
+            return {"n_trained": 0, "accuracy": self.llm.accuracy(self._llm_eval) if self._llm_eval else None}
+        samples, paths, own = [c[0] for c in chosen], [c[1] for c in chosen], [c[2] for c in chosen]
+        before = self.llm.perplexity(samples, paths)
+        report = self.llm.train(samples, paths, own, self.config.llm_distill)
+        after = self.llm.perplexity(samples, paths)
+        reward = float(np.clip((before - after) / before, 0.0, 1.0))
+        for client_id in {c[4] for c in chosen}:
+            rows = np.stack([c[3] for c in chosen if c[4] == client_id])
+            self.allocator.reward(LLM, client_id, rows, reward)
+        return {
+            "n_trained": len(chosen),
+            "ppl_before": before,
+            "ppl_after": after,
+            "reward": reward,
+            "sft_loss": report.sft_loss,
+            "accuracy": self.llm.accuracy(self._llm_eval) if self._llm_eval else None,
+        }

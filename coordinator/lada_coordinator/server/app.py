@@ -1,0 +1,215 @@
+"""The coordinator's HTTP API (FastAPI/ASGI).
+
+Handlers authenticate, decrypt, validate and record; the round engine decides. Every rejection is
+a 4xx with an :class:`~lada_client.common.wire.ErrorBody` saying why, raised before or inside the
+database transaction, so a rejected request changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+
+from lada_client.common.crypto import CryptoError, Direction, Identity, PublicIdentity, open_envelope, seal
+from lada_client.common.wire import (
+    KIND_PAYLOADS,
+    Ack,
+    Allocation,
+    AllocationQuery,
+    EnrollRequest,
+    EnrollResponse,
+    EnvelopeHeader,
+    ErrorBody,
+    FeatureUpload,
+    RewardReport,
+    RoundInfo,
+    SealedEnvelope,
+)
+from lada_coordinator.allocation.allocator import SLM
+from lada_coordinator.rounds import RoundEngine
+from lada_coordinator.store import ClientRecord, Store
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
+def _error(status: int, error: str, detail: str) -> JSONResponse:
+    return JSONResponse(ErrorBody(error=error, detail=detail).model_dump(), status_code=status)
+
+
+Handler = Callable[[sqlite3.Connection, ClientRecord, EnvelopeHeader, BaseModel], BaseModel]
+
+
+def create_app(store: Store, identity: Identity, engine: RoundEngine, max_body_bytes: int) -> FastAPI:
+    app = FastAPI(title="LaDa coordinator", version="1", description="Federated reasoning distillation with learnability-aware data allocation.")
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+            return _error(413, "too_large", f"request body over {max_body_bytes} bytes")
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, "malformed", f"{where}: {first.get('msg', 'invalid body')}")
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.error, exc.detail)
+
+    def sealed(kind: str, envelope: SealedEnvelope, handler: Handler) -> SealedEnvelope:
+        header = envelope.header
+        if header.kind != kind:
+            raise ApiError(400, "wrong_kind", f"this endpoint takes {kind!r} messages, not {header.kind!r}")
+        client = store.client(header.client_id)
+        if client is None:
+            raise ApiError(401, "unknown_client", f"client {header.client_id!r} is not enrolled")
+        if header.seq <= client.last_seq:
+            raise ApiError(409, "replay", f"sequence number {header.seq} is not above the last accepted one")
+        sender = PublicIdentity.from_b64(client.sign_key, client.kex_key)
+        try:
+            plain = open_envelope(envelope, sender, identity, Direction.TO_COORDINATOR)
+        except CryptoError as exc:
+            raise ApiError(401, "bad_envelope", str(exc)) from exc
+        try:
+            payload = KIND_PAYLOADS[kind].model_validate_json(plain)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ApiError(422, "malformed_payload", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+        with store.transaction() as db:
+            reply = handler(db, client, header, payload)
+            reply_header = header.model_copy(update={"sent_at": time.time()})
+            out = seal(reply.model_dump_json().encode(), reply_header, identity, sender, Direction.TO_CLIENT)
+            size_in = len(envelope.model_dump_json())
+            if not store.accept(db, client.client_id, header.seq, size_in, len(out.model_dump_json())):
+                raise ApiError(409, "replay", f"sequence number {header.seq} was already used")
+        engine.wake.set()
+        return out
+
+    def current() -> tuple[int, str]:
+        return store.current_round() or (0, "waiting")
+
+    def check_round(header: EnvelopeHeader, payload_round: int, want_phase: str) -> None:
+        t, phase = current()
+        if header.round != payload_round:
+            raise ApiError(400, "round_mismatch", "header round and payload round differ")
+        if payload_round != t:
+            raise ApiError(409, "wrong_round", f"round {payload_round} is not the current round ({t})")
+        if phase != want_phase:
+            raise ApiError(409, "wrong_phase", f"round {t} is in phase {phase!r}, not {want_phase!r}")
+
+    # ---------------------------------------------------------------------------- endpoints
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/status")
+    def status() -> dict:
+        """Public progress: rounds and per-round metrics (no keys, no private data)."""
+        t, phase = current()
+        return {
+            "round": t,
+            "phase": phase,
+            "engine": {"phase": engine.status.phase, "round": engine.status.round, "error": engine.status.error},
+            "clients": len(store.clients()),
+            "rounds": store.round_metrics(),
+        }
+
+    @app.post("/v1/enroll", response_model=EnrollResponse, responses={401: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+    def enroll(request: EnrollRequest) -> EnrollResponse:
+        try:
+            PublicIdentity.from_b64(request.sign_key, request.kex_key)
+        except CryptoError as exc:
+            raise ApiError(422, "bad_keys", str(exc)) from exc
+        client_id = f"{request.client_name}-{secrets.token_hex(4)}"
+        record = ClientRecord(
+            client_id, request.client_name, request.sign_key, request.kex_key, request.domain,
+            request.model_name, request.capabilities.model_dump(), 0, 0, 0,
+        )
+        try:
+            store.enroll(request.token, record)
+        except PermissionError as exc:
+            raise ApiError(401, "bad_token", str(exc)) from exc
+        except ValueError as exc:
+            raise ApiError(409, "duplicate_client", str(exc)) from exc
+        engine.wake.set()
+        keys = identity.public.to_b64()
+        log.info("enrolled %s (domain %r)", client_id, request.domain)
+        return EnrollResponse(client_id=client_id, coordinator_sign_key=keys["sign_key"], coordinator_kex_key=keys["kex_key"])
+
+    errors = {s: {"model": ErrorBody} for s in (400, 401, 409, 413, 422)}
+
+    @app.post("/v1/round", response_model=SealedEnvelope, responses=errors)
+    def get_round(envelope: SealedEnvelope) -> SealedEnvelope:
+        def handle(db, client, header, payload) -> RoundInfo:
+            t, phase = current()
+            if t == 0:
+                return RoundInfo(round=0, phase="waiting", total_rounds=engine.config.rounds)
+            info, _ = store.round_info(t)
+            if phase != "features":  # candidates only matter while features are being collected
+                return RoundInfo(round=t, phase=phase, total_rounds=engine.config.rounds)
+            return RoundInfo.model_validate(info)
+
+        return sealed("round.get", envelope, handle)
+
+    @app.post("/v1/features", response_model=SealedEnvelope, responses=errors)
+    def put_features(envelope: SealedEnvelope) -> SealedEnvelope:
+        def handle(db, client, header, payload: FeatureUpload) -> Ack:
+            check_round(header, payload.round, "features")
+            info, _ = store.round_info(payload.round)
+            expected = [c["sample_id"] for c in info["candidates"]]
+            if payload.sample_ids != expected:
+                raise ApiError(422, "bad_features", "sample_ids must list this round's candidates in order")
+            if payload.feature_names != info["feature_names"]:
+                raise ApiError(422, "bad_features", f"feature_names must be {info['feature_names']}")
+            if len(payload.features) != len(expected) or any(len(r) != len(payload.feature_names) for r in payload.features):
+                raise ApiError(422, "bad_features", "features must be one row per candidate, one column per feature name")
+            offered = {q["sample_id"] for q in info["offer_questions"]}
+            if any(o.sample_id not in offered for o in payload.offers):
+                raise ApiError(422, "bad_offer", "offers must answer this round's offer questions")
+            fresh = store.put_upload(db, payload.round, client.client_id, "features.put", payload.model_dump_json())
+            return Ack(message="stored" if fresh else "already stored")
+
+        return sealed("features.put", envelope, handle)
+
+    @app.post("/v1/allocation", response_model=SealedEnvelope, responses=errors)
+    def get_allocation(envelope: SealedEnvelope) -> SealedEnvelope:
+        def handle(db, client, header, payload: AllocationQuery) -> Allocation:
+            t, _ = current()
+            if payload.round != t:
+                raise ApiError(409, "wrong_round", f"round {payload.round} is not the current round ({t})")
+            found = store.allocation(t, client.client_id, SLM)
+            if found is None:
+                return Allocation(round=t, status="pending")
+            return Allocation(round=t, status="ready", sample_ids=found[0], reason=found[1])
+
+        return sealed("allocation.get", envelope, handle)
+
+    @app.post("/v1/reward", response_model=SealedEnvelope, responses=errors)
+    def put_reward(envelope: SealedEnvelope) -> SealedEnvelope:
+        def handle(db, client, header, payload: RewardReport) -> Ack:
+            check_round(header, payload.round, "training")
+            if store.allocation(payload.round, client.client_id, SLM) is None:
+                raise ApiError(409, "no_allocation", f"client has no allocation in round {payload.round}")
+            fresh = store.put_upload(db, payload.round, client.client_id, "reward.put", payload.model_dump_json())
+            return Ack(message="stored" if fresh else "already stored")
+
+        return sealed("reward.put", envelope, handle)
+
+    return app

@@ -1,0 +1,424 @@
+"""Tests for the EE-Net learnability filter."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lada_coordinator.allocation.eenet import FilterConfig, LearnabilityFilter, Selection
+
+D = 5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny matrices: one intra-op thread is fastest and avoids stalls on a loaded CI host."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation (continuous data, so no ties to handle)."""
+    return float(np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1])
+
+
+def _ids(n: int) -> list[str]:
+    return [f"x{i}" for i in range(n)]
+
+
+def _reward_z0(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-3.0 * z[:, 0]))
+
+
+def _reward_neg_z3(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(3.0 * z[:, 3]))
+
+
+def _trained(
+    config: FilterConfig | None = None,
+    reward_fn=_reward_z0,
+    rounds: int = 6,
+    seed: int = 0,
+) -> tuple[LearnabilityFilter, np.random.Generator]:
+    """Run the select -> observe -> refit loop on a synthetic bandit."""
+    flt = LearnabilityFilter(D, config or FilterConfig())
+    rng = np.random.default_rng(seed)
+    for t in range(1, rounds + 1):
+        z = rng.normal(size=(256, D))
+        sel = flt.select(z, _ids(256), round_index=t)
+        flt.observe(z[sel.indices], reward_fn(z[sel.indices]))
+        flt.refit()
+    return flt, rng
+
+
+def _fit_constant(reward: float, config: FilterConfig | None = None) -> LearnabilityFilter:
+    flt = LearnabilityFilter(D, config or FilterConfig())
+    z = np.random.default_rng(11).normal(size=(512, D))
+    flt.observe(z, reward)
+    flt.refit()
+    return flt
+
+
+# --------------------------------------------------------------------------- learning
+
+
+@pytest.mark.parametrize("explore_on", ["last_layer", "all"])
+@pytest.mark.parametrize("reward_fn", [_reward_z0, _reward_neg_z3])
+def test_bandit_beats_random_and_ranks_by_reward(explore_on: str, reward_fn) -> None:
+    flt, rng = _trained(FilterConfig(explore_on=explore_on), reward_fn)
+    z = rng.normal(size=(256, D))
+    true = reward_fn(z)
+
+    sel = flt.select(z, _ids(256), round_index=7)
+    assert sel.reason != "cold_start"
+    random_idx = np.random.default_rng(0).choice(256, size=len(sel.indices), replace=False)
+    assert true[sel.indices].mean() > true[random_idx].mean() + 0.2
+
+    assert spearman(flt.score(z), true) > 0.5
+
+
+def _with_weight(flt: LearnabilityFilter, weight: float) -> LearnabilityFilter:
+    """Same trained networks, different exploration weight."""
+    state = flt.state_dict()
+    state["config"] = {**state["config"], "exploration_weight": weight}
+    out = LearnabilityFilter(D, FilterConfig.from_dict(state["config"]))
+    out.load_state_dict(state)
+    return out
+
+
+def test_score_is_exploit_plus_weighted_explore() -> None:
+    flt, _ = _trained(rounds=3)
+    z = np.random.default_rng(5).normal(size=(64, D))
+    exploit = _with_weight(flt, 0.0).score(z)
+    bonus = flt.score(z) - exploit
+    assert np.abs(bonus).max() > 0
+    np.testing.assert_allclose(_with_weight(flt, 2.5).score(z) - exploit, 2.5 * bonus, atol=1e-5)
+    assert np.all((exploit >= 0) & (exploit <= 1))  # sigmoid ExploitNet
+    assert np.all(np.abs(bonus) <= 1)  # tanh ExploreNet
+
+
+@pytest.mark.parametrize("explore_on", ["last_layer", "all"])
+def test_explore_net_learns_residual(explore_on: str) -> None:
+    # With few epochs ExploitNet underfits a non-monotone reward; ExploreNet, trained on the
+    # residual r - f1, must close much of the gap on held-out data.
+    flt = LearnabilityFilter(D, FilterConfig(refit_epochs=3, explore_on=explore_on))
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(512, D))
+    flt.observe(z, np.exp(-(z[:, 0] ** 2)))
+    flt.refit()
+    z_test = rng.normal(size=(512, D))
+    r_test = np.exp(-(z_test[:, 0] ** 2))
+    exploit_mse = np.mean((_with_weight(flt, 0.0).score(z_test) - r_test) ** 2)
+    combined_mse = np.mean((flt.score(z_test) - r_test) ** 2)
+    assert combined_mse < 0.6 * exploit_mse
+
+
+@pytest.mark.parametrize("explore_on", ["last_layer", "all"])
+def test_explore_input_is_per_sample_gradient_of_exploit(explore_on: str) -> None:
+    flt, _ = _trained(FilterConfig(explore_on=explore_on), rounds=2)
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(6, D)).astype(np.float32))
+    out, g = flt._gradients(x)
+    net = flt._exploit
+    params = [net.fc2.weight, net.fc2.bias]
+    if explore_on == "all":
+        params = [net.fc1.weight, net.fc1.bias, *params]
+    assert g.shape == (6, flt.gradient_dim)
+    for i in range(6):
+        yi = net(x[i : i + 1]).squeeze()
+        expected = torch.cat([p.flatten() for p in torch.autograd.grad(yi, params)])
+        torch.testing.assert_close(out[i], yi.detach())
+        torch.testing.assert_close(g[i], expected)
+
+
+# --------------------------------------------------------------------------- selection rules
+
+
+def test_cold_start_covers_every_cluster() -> None:
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, D)) * 10.0
+    labels = np.arange(200) % 4
+    z = centers[labels] + rng.normal(scale=0.3, size=(200, D))
+    flt = LearnabilityFilter(D, FilterConfig(budget=4))
+    sel = flt.select(z, _ids(200), round_index=1)
+    assert sel.reason == "cold_start"
+    assert sorted(labels[sel.indices].tolist()) == [0, 1, 2, 3]
+    assert sel.sample_ids == [f"x{i}" for i in sel.indices]
+    assert sel.scores.shape == (4,)
+
+
+def test_cold_start_until_first_refit() -> None:
+    flt = LearnabilityFilter(D, FilterConfig(budget=32))
+    z = np.random.default_rng(0).normal(size=(256, D))
+    assert len(flt.select(z, _ids(256), 1).sample_ids) == 32
+    flt.observe(z[:32], 0.3)
+    assert flt.select(z, _ids(256), 1).reason == "cold_start"  # observed but not yet fitted
+    assert flt.select(z[:10], _ids(10), 1).indices.tolist() == list(range(10))
+    flt.refit()
+    assert flt.has_history
+    assert flt.select(z, _ids(256), 2).reason != "cold_start"
+
+
+def test_many_passing_are_capped_at_budget() -> None:
+    flt = _fit_constant(1.0)
+    z = np.random.default_rng(1).normal(size=(256, D))
+    scores = flt.score(z)
+    assert (scores > 0.5).sum() > 32
+    sel = flt.select(z, _ids(256), round_index=2)
+    assert sel.reason == "cap"
+    assert len(sel.sample_ids) == 32
+    np.testing.assert_array_equal(np.sort(sel.scores)[::-1], np.sort(scores)[::-1][:32])
+
+
+def test_none_passing_are_floored() -> None:
+    flt = _fit_constant(0.0)
+    z = np.random.default_rng(1).normal(size=(256, D))
+    scores = flt.score(z)
+    assert (scores > 0.5).sum() == 0
+    sel = flt.select(z, _ids(256), round_index=2)
+    assert sel.reason == "floor"
+    assert len(sel.sample_ids) == math.ceil(32 * 0.25) == 8
+    np.testing.assert_array_equal(sel.indices, np.argsort(-scores, kind="stable")[:8])
+
+
+def _with_scores(monkeypatch: pytest.MonkeyPatch, scores: np.ndarray) -> LearnabilityFilter:
+    flt = _fit_constant(0.5, FilterConfig(budget=10, floor_fraction=0.3))
+    monkeypatch.setattr(flt, "score", lambda z: scores.copy())
+    return flt
+
+
+def test_threshold_rule_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    scores = np.linspace(0.0, 0.99, 100)[np.random.default_rng(0).permutation(100)]
+    scores[scores > 0.5] -= 0.5  # nothing above the threshold yet
+    top = [3, 50, 71, 90, 12]
+    scores[top] = [0.9, 0.8, 0.7, 0.6, 0.51]
+    flt = _with_scores(monkeypatch, scores)
+    sel = flt.select(np.zeros((100, D)), _ids(100), round_index=3)
+    assert isinstance(sel, Selection)
+    assert sel.reason == "threshold"
+    assert sel.indices.tolist() == top  # highest score first
+    assert sel.sample_ids == [f"x{i}" for i in top]
+    np.testing.assert_array_equal(sel.scores, scores[top])
+
+
+def test_floor_fills_by_top_score(monkeypatch: pytest.MonkeyPatch) -> None:
+    scores = np.full(100, 0.1)
+    scores[7] = 0.9
+    scores[[20, 30, 40]] = [0.45, 0.4, 0.35]
+    flt = _with_scores(monkeypatch, scores)
+    sel = flt.select(np.zeros((100, D)), _ids(100), round_index=3)
+    assert sel.reason == "floor"
+    assert sel.indices.tolist() == [7, 20, 30]  # floor = ceil(10 * 0.3) = 3
+
+
+def test_cap_keeps_top_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    scores = np.linspace(0.6, 0.95, 30)
+    flt = _with_scores(monkeypatch, scores)
+    sel = flt.select(np.zeros((30, D)), _ids(30), round_index=3)
+    assert sel.reason == "cap"
+    assert sel.indices.tolist() == list(range(29, 19, -1))
+
+
+def test_floor_never_exceeds_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    flt = _with_scores(monkeypatch, np.array([0.1, 0.2]))
+    sel = flt.select(np.zeros((2, D)), ["a", "b"], round_index=3)
+    assert sel.reason == "floor"
+    assert sel.sample_ids == ["b", "a"]
+
+
+# --------------------------------------------------------------------------- buffer, state
+
+
+@pytest.mark.parametrize(
+    ("budget", "fraction", "floor"),
+    [(32, 0.25, 8), (10, 0.3, 3), (3, 0.1, 1), (7, 0.0, 0), (5, 1.0, 5)],
+)
+def test_floor_size(budget: int, fraction: float, floor: int) -> None:
+    assert FilterConfig(budget=budget, floor_fraction=fraction).floor == floor
+
+
+def test_replay_buffer_is_bounded_fifo() -> None:
+    flt = LearnabilityFilter(D, FilterConfig(replay_capacity=10))
+    z = np.arange(15 * D, dtype=np.float64).reshape(15, D)
+    flt.observe(z[:8], 0.2)
+    flt.observe(z[8:], np.linspace(0, 1, 7))
+    state = flt.state_dict()
+    assert flt.replay_size == 10
+    np.testing.assert_array_equal(state["buffer_z"], z[5:].astype(np.float32))
+    np.testing.assert_allclose(state["buffer_r"][:3], 0.2)
+
+
+def test_refit_on_empty_buffer_is_a_noop() -> None:
+    flt = LearnabilityFilter(D)
+    losses = flt.refit()
+    assert losses["n_samples"] == 0 and math.isnan(losses["exploit_loss"])
+    assert not flt.has_history
+
+
+def test_refit_reports_losses() -> None:
+    flt, _ = _trained(rounds=2)
+    losses = flt.refit()
+    assert set(losses) == {"exploit_loss", "explore_loss", "n_samples"}
+    assert losses["n_samples"] == 64
+    assert 0 <= losses["exploit_loss"] < 0.1
+
+
+@pytest.mark.parametrize("explore_on", ["last_layer", "all"])
+def test_bytes_round_trip_is_exact_and_continues_identically(explore_on: str) -> None:
+    flt, rng = _trained(FilterConfig(explore_on=explore_on), rounds=2)
+    z = rng.normal(size=(256, D))
+    clone = LearnabilityFilter.from_bytes(flt.to_bytes())
+    np.testing.assert_array_equal(clone.score(z), flt.score(z))
+    assert clone.fit_count == flt.fit_count and clone.replay_size == flt.replay_size
+
+    for f in (flt, clone):
+        sel = f.select(z, _ids(256), round_index=3)
+        f.observe(z[sel.indices], 0.4)
+        f.refit()
+    np.testing.assert_array_equal(clone.score(z), flt.score(z))
+
+
+def test_state_dict_round_trip_into_fresh_filter() -> None:
+    flt, rng = _trained(rounds=2)
+    fresh = LearnabilityFilter(D, FilterConfig())
+    fresh.load_state_dict(flt.state_dict())
+    z = rng.normal(size=(32, D))
+    np.testing.assert_array_equal(fresh.score(z), flt.score(z))
+
+
+def test_bytes_need_no_pickle() -> None:
+    flt, _ = _trained(rounds=1)
+    with np.load(io.BytesIO(flt.to_bytes()), allow_pickle=False) as npz:
+        assert all(npz[k].dtype != object for k in npz.files)
+
+
+def test_deterministic_given_seed_and_seed_matters() -> None:
+    z = np.random.default_rng(9).normal(size=(64, D))
+    a, _ = _trained(FilterConfig(seed=3), rounds=2)
+    b, _ = _trained(FilterConfig(seed=3), rounds=2)
+    c, _ = _trained(FilterConfig(seed=4), rounds=2)
+    np.testing.assert_array_equal(a.score(z), b.score(z))
+    assert not np.array_equal(a.score(z), c.score(z))
+
+
+def test_global_rngs_untouched() -> None:
+    torch_state = torch.get_rng_state()
+    np_state = np.random.get_state()[1].copy()
+    _trained(rounds=2)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    np.testing.assert_array_equal(np.random.get_state()[1], np_state)
+
+
+def test_standardisation_statistics_come_from_replay_buffer() -> None:
+    flt = LearnabilityFilter(D)
+    raw = np.random.default_rng(2).normal(size=(300, D)) * [3, 1, 0.1, 100, 1] + [5, 2, 0, 250, 0]
+    flt.observe(raw, 0.5)
+    flt.refit()
+    state = flt.state_dict()
+    np.testing.assert_allclose(state["scaler_mean"], raw.mean(axis=0), rtol=1e-4)
+    np.testing.assert_allclose(state["scaler_std"], raw.std(axis=0), rtol=1e-4)
+
+
+def test_standardisation_handles_raw_feature_scales() -> None:
+    # Raw features like NLL (~1-10) and path length (~50-500) next to each other.
+    rng = np.random.default_rng(0)
+    scale = np.array([3.0, 1.0, 0.1, 100.0, 1.0])
+    offset = np.array([5.0, 2.0, 0.0, 250.0, 0.5])
+
+    def reward(raw: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-3.0 * (raw[:, 3] - 250.0) / 100.0))
+
+    flt = LearnabilityFilter(D)
+    for t in range(1, 5):
+        raw = rng.normal(size=(256, D)) * scale + offset
+        sel = flt.select(raw, _ids(256), t)
+        flt.observe(raw[sel.indices], reward(raw[sel.indices]))
+        flt.refit()
+    raw = rng.normal(size=(256, D)) * scale + offset
+    assert spearman(flt.score(raw), reward(raw)) > 0.5
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def flt() -> LearnabilityFilter:
+    return LearnabilityFilter(D)
+
+
+@pytest.mark.parametrize(
+    "z",
+    [
+        np.zeros((4, D + 1)),
+        np.zeros((4, D, 1)),
+        np.array([[np.nan] * D]),
+        np.array([[np.inf] + [0.0] * (D - 1)]),
+        np.array([["a"] * D]),
+        np.array([[1e39] + [0.0] * (D - 1)]),
+    ],
+)
+def test_bad_features_raise(flt: LearnabilityFilter, z: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        flt.score(z)
+    with pytest.raises(ValueError):
+        flt.select(z, _ids(len(z)), 1)
+    with pytest.raises(ValueError):
+        flt.observe(z, 0.5)
+
+
+@pytest.mark.parametrize("reward", [1.5, -0.1, float("nan"), float("inf"), [0.2, 0.3]])
+def test_bad_reward_raises(flt: LearnabilityFilter, reward) -> None:
+    with pytest.raises(ValueError, match="reward"):
+        flt.observe(np.zeros((3, D)), reward)
+    assert flt.replay_size == 0
+
+
+def test_bad_selection_arguments_raise(flt: LearnabilityFilter) -> None:
+    z = np.zeros((3, D))
+    with pytest.raises(ValueError, match="sample_ids"):
+        flt.select(z, ["a", "b"], 1)
+    with pytest.raises(ValueError, match="duplicates"):
+        flt.select(z, ["a", "a", "b"], 1)
+    with pytest.raises(ValueError, match="round_index"):
+        flt.select(z, ["a", "b", "c"], -1)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"exploration_weight": -1.0},
+        {"exploration_weight": float("nan")},
+        {"threshold": float("inf")},
+        {"budget": 0},
+        {"budget": 2.5},
+        {"floor_fraction": 1.5},
+        {"hidden": 0},
+        {"refit_epochs": 0},
+        {"lr": 0.0},
+        {"replay_capacity": 0},
+        {"batch_size": True},
+        {"seed": -1},
+        {"explore_on": "first_layer"},
+    ],
+)
+def test_config_validation(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="FilterConfig"):
+        FilterConfig(**kwargs)
+
+
+def test_corrupt_or_mismatched_state_raises(flt: LearnabilityFilter) -> None:
+    with pytest.raises(ValueError):
+        LearnabilityFilter.from_bytes(b"not a filter")
+    with pytest.raises(ValueError, match="features"):
+        LearnabilityFilter(D + 1).load_state_dict(flt.state_dict())
+    state = flt.state_dict()
+    state["exploit"]["fc1.weight"] = np.zeros((2, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        LearnabilityFilter(D).load_state_dict(state)
+    with pytest.raises(ValueError, match="n_features"):
+        LearnabilityFilter(0)
