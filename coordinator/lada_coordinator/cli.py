@@ -37,6 +37,9 @@ def _federation(args: argparse.Namespace) -> int:
     settings = FederationSettings(
         workdir=args.workdir, clients=args.clients, rounds=args.rounds, allocation=args.allocation,
         candidates=args.candidates, budget=args.budget, port=args.port, seed=args.seed,
+        n_train=args.n_train, n_test=args.n_test, n_public=args.n_public,
+        llm_warmup_steps=args.llm_warmup_steps, slm_warmup_steps=args.slm_warmup_steps,
+        offer_questions=args.offer_questions, timeout_s=args.timeout,
     )
     return run_federation(settings)
 
@@ -69,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=32, help="per-client allocation budget B")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=300, help="private training samples per client")
+    p.add_argument("--n-test", type=int, default=64, help="private test samples per client")
+    p.add_argument("--n-public", type=int, default=800, help="public pool size")
+    p.add_argument("--offer-questions", type=int, default=32, help="public questions clients may answer for the LLM")
+    p.add_argument("--llm-warmup-steps", type=int, default=400, help="warm-start steps of the tiny LLM teacher")
+    p.add_argument("--slm-warmup-steps", type=int, default=150, help="warm-start steps of each SLM")
+    p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
     p.set_defaults(func=_federation)
 
     args = parser.parse_args(argv)

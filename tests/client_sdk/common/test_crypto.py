@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from lada_client.common.crypto import CryptoError, Direction, Identity, open_envelope, seal
+from lada_client.common.wire import EnvelopeHeader, SealedEnvelope
+
+
+def _header(round_index: int = 3, seq: int = 7, client_id: str = "c1") -> EnvelopeHeader:
+    return EnvelopeHeader(client_id=client_id, round=round_index, seq=seq, kind="features.put", sent_at=time.time())
+
+
+@pytest.fixture()
+def parties() -> tuple[Identity, Identity]:
+    return Identity.generate(), Identity.generate()
+
+
+def test_round_trip(parties):
+    client, server = parties
+    env = seal(b"payload", _header(), client, server.public, Direction.TO_COORDINATOR)
+    assert b"payload" not in env.ciphertext.encode()
+    assert open_envelope(env, client.public, server, Direction.TO_COORDINATOR) == b"payload"
+
+
+def test_reply_direction_uses_a_different_key(parties):
+    client, server = parties
+    env = seal(b"x", _header(), client, server.public, Direction.TO_COORDINATOR)
+    with pytest.raises(CryptoError, match="decryption failed"):
+        open_envelope(env, client.public, server, Direction.TO_CLIENT)
+
+
+@pytest.mark.parametrize("change", [{"round": 4}, {"seq": 8}, {"client_id": "c2"}, {"kind": "reward.put"}])
+def test_header_is_authenticated(parties, change):
+    client, server = parties
+    env = seal(b"x", _header(), client, server.public, Direction.TO_COORDINATOR)
+    forged = env.model_copy(update={"header": env.header.model_copy(update=change)})
+    with pytest.raises(CryptoError, match="bad signature"):
+        open_envelope(forged, client.public, server, Direction.TO_COORDINATOR)
+
+
+def test_tampered_ciphertext_and_wrong_signer(parties):
+    client, server = parties
+    env = seal(b"hello world", _header(), client, server.public, Direction.TO_COORDINATOR)
+    raw = bytearray(__import__("base64").b64decode(env.ciphertext))
+    raw[0] ^= 1
+    tampered = env.model_copy(update={"ciphertext": __import__("base64").b64encode(bytes(raw)).decode()})
+    with pytest.raises(CryptoError):
+        open_envelope(tampered, client.public, server, Direction.TO_COORDINATOR)
+    impostor = Identity.generate()
+    with pytest.raises(CryptoError, match="bad signature"):
+        open_envelope(env, impostor.public, server, Direction.TO_COORDINATOR)
+
+
+def test_key_bound_to_round_even_with_valid_signature(parties):
+    """Re-signing a captured ciphertext under another round still fails to decrypt."""
+    client, server = parties
+    env = seal(b"x", _header(round_index=3), client, server.public, Direction.TO_COORDINATOR)
+    moved = seal(b"y", _header(round_index=4), client, server.public, Direction.TO_COORDINATOR)
+    spliced = SealedEnvelope(header=moved.header, nonce=env.nonce, ciphertext=env.ciphertext, signature=moved.signature)
+    with pytest.raises(CryptoError):
+        open_envelope(spliced, client.public, server, Direction.TO_COORDINATOR)
+
+
+def test_identity_save_load(tmp_path, parties):
+    client, server = parties
+    path = tmp_path / "id.key"
+    client.save(path)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    loaded = Identity.load(path)
+    assert loaded.public == client.public
+    env = seal(b"z", _header(), loaded, server.public, Direction.TO_COORDINATOR)
+    assert open_envelope(env, client.public, server, Direction.TO_COORDINATOR) == b"z"
+    path.write_text("garbage")
+    with pytest.raises(CryptoError, match="malformed"):
+        Identity.load(path)

@@ -1,0 +1,163 @@
+"""The HTTP API on a real uvicorn server with a real SQLite store: bad input gets a clear 4xx and
+changes nothing in the database."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from lada_client.common.crypto import Direction, Identity
+from lada_client.common.wire import Ack, Candidate, FeatureUpload, RoundInfo, RoundQuery
+from lada_client.transport import CoordinatorError, Transport
+from lada_coordinator.config import CoordinatorConfig
+from lada_coordinator.server.run import build
+
+
+def _dump(db: Path) -> list[str]:
+    conn = sqlite3.connect(str(db))
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+@pytest.fixture()
+def server(tmp_path, tiny_world, free_port):
+    config = CoordinatorConfig(
+        db_path=tmp_path / "c.sqlite", state_dir=tmp_path / "state", llm_dir=tiny_world["llm"],
+        public_data=tiny_world["data"], port=free_port, max_body_bytes=200_000, rounds=2,
+    )
+    app, engine, store = build(config)  # engine not started: rounds are opened by the test
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{config.port}"
+    for _ in range(100):
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    yield url, store, config
+    srv.should_exit = True
+    thread.join(5)
+    store.close()
+
+
+def _enrolled(url: str, store, name: str = "dev1") -> Transport:
+    from lada_client.common.wire import EnrollRequest
+
+    ident = Identity.generate()
+    t = Transport(url, ident)
+    keys = ident.public.to_b64()
+    t.enroll(EnrollRequest(token=store.issue_token(), client_name=name, sign_key=keys["sign_key"], kex_key=keys["kex_key"]))
+    return t
+
+
+def _open_round(store) -> None:
+    info = RoundInfo(
+        round=1, phase="features", total_rounds=2,
+        candidates=[Candidate(sample_id="p1", question="1+1?", path="1 + 1 = 2. The answer is 2.", llm_logprob=-3.0, llm_tokens=9)],
+        feature_names=["slm_path_nll"],
+    )
+    store.open_round(1, info.model_dump(), {})
+
+
+def test_round_trip_and_status(server):
+    url, store, _ = server
+    t = _enrolled(url, store)
+    info = t.call("round.get", RoundQuery(), 0, RoundInfo)
+    assert info.phase == "waiting"
+    _open_round(store)
+    info = t.call("round.get", RoundQuery(), 0, RoundInfo)
+    assert info.round == 1 and info.candidates[0].sample_id == "p1"
+    ack = t.call("features.put", FeatureUpload(round=1, feature_names=["slm_path_nll"], sample_ids=["p1"], features=[[1.5]]), 1, Ack)
+    assert ack.message == "stored"
+    assert store.uploads(1, "features.put")[t.client_id]["features"] == [[1.5]]
+    status = httpx.get(f"{url}/v1/status").json()
+    assert status["clients"] == 1 and status["round"] == 1
+
+
+def test_enrollment_tokens_are_one_time(server):
+    url, store, _ = server
+    token = store.issue_token()
+    body = lambda name: {  # noqa: E731
+        "token": token, "client_name": name, **Identity.generate().public.to_b64()
+    }
+    assert httpx.post(f"{url}/v1/enroll", json=body("a")).status_code == 200
+    before = _dump(store_path := Path(server[2].db_path))
+    r = httpx.post(f"{url}/v1/enroll", json=body("b"))
+    assert r.status_code == 401 and r.json()["error"] == "bad_token" and "already used" in r.json()["detail"]
+    r = httpx.post(f"{url}/v1/enroll", json={**body("c"), "token": "never-issued-token"})
+    assert r.status_code == 401
+    assert _dump(store_path) == before
+
+
+@pytest.mark.parametrize(
+    "attack",
+    ["unknown_client", "bad_signature", "malformed", "replay", "wrong_round", "oversized", "wrong_kind", "nan_features", "truncated"],
+)
+def test_bad_requests_get_4xx_and_change_nothing(server, attack):
+    url, store, config = server
+    t = _enrolled(url, store)
+    _open_round(store)
+    t.call("round.get", RoundQuery(), 1, RoundInfo)  # a first accepted request
+    payload = FeatureUpload(round=1, feature_names=["slm_path_nll"], sample_ids=["p1"], features=[[1.0]])
+    from lada_client.common.crypto import seal
+    from lada_client.common.wire import EnvelopeHeader
+
+    def envelope(round_index=1, seq=None, kind="features.put", client_id=None, signer=None, body=None):
+        header = EnvelopeHeader(client_id=client_id or t.client_id, round=round_index, seq=seq or t._next_seq(), kind=kind, sent_at=time.time())
+        env = seal(body or payload.model_dump_json().encode(), header, signer or t._identity, t.coordinator, Direction.TO_COORDINATOR)
+        return env.model_dump()
+
+    path = "/v1/features"
+    if attack == "unknown_client":
+        body, want = envelope(client_id="ghost"), 401
+    elif attack == "bad_signature":
+        body, want = envelope(signer=Identity.generate()), 401
+    elif attack == "malformed":
+        body, want = {"header": {"client_id": t.client_id}, "nonce": 3}, 422
+    elif attack == "replay":
+        body = envelope()
+        assert httpx.post(url + path, json=body).status_code == 200
+        want = 409
+    elif attack == "wrong_round":
+        p2 = payload.model_copy(update={"round": 2})
+        body, want = envelope(round_index=2, body=p2.model_dump_json().encode()), 409
+    elif attack == "oversized":
+        body, want = {"pad": "x" * (config.max_body_bytes + 1)}, 413
+    elif attack == "wrong_kind":
+        body, want = envelope(kind="reward.put"), 400
+    elif attack == "nan_features":
+        raw = payload.model_dump_json().replace("1.0", "NaN").encode()
+        body, want = envelope(body=raw), 422
+    else:  # truncated ciphertext
+        body = envelope()
+        body["ciphertext"] = body["ciphertext"][:-8]
+        want = 401
+    before = _dump(Path(config.db_path))
+    r = httpx.post(url + path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    assert r.status_code == want, r.text
+    err = r.json()
+    assert err["error"] and err["detail"]  # a message a user can act on
+    assert _dump(Path(config.db_path)) == before
+
+
+def test_transport_surfaces_server_errors(server):
+    url, store, _ = server
+    t = _enrolled(url, store)
+    _open_round(store)
+    with pytest.raises(CoordinatorError, match="wrong_phase|wrong_round|no_allocation"):
+        from lada_client.common.wire import RewardReport
+
+        t.call("reward.put", RewardReport(round=1, reward=0.1, ppl_before=2, ppl_after=1.8, n_allocated=1, test_accuracy=0, bytes_sent=0, bytes_received=0), 1, Ack)
+    with pytest.raises(CoordinatorError, match="cannot reach"):
+        Transport("http://127.0.0.1:9", Identity.generate(), timeout_s=2)._post("/healthz", b"")
