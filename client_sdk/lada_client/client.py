@@ -36,7 +36,7 @@ from lada_client.common.wire import (
 )
 from lada_client.config import ClientConfig
 from lada_client.data.federation import load_client
-from lada_client.scoring.features import learnability_features, perplexity
+from lada_client.scoring.features import learnability_features, perplexity, relative_ppl_reward
 from lada_client.scoring.onnx_slm import OnnxSLM
 from lada_client.transport import CoordinatorError, Transport
 
@@ -61,7 +61,12 @@ class LadaClient:
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.identity = Identity.load_or_create(config.state_dir / "identity.key")
-        self.transport = Transport(config.coordinator_url, self.identity, config.request_timeout_s)
+        self.transport = Transport(
+            config.coordinator_url,
+            self.identity,
+            config.request_timeout_s,
+            verify=str(config.ca_cert) if config.ca_cert else True,
+        )
         self.data = load_client(config.data_dir, config.name)
         self.slm = OnnxSLM(self._scoring_path(), max_length=config.distill.max_length)
         self._trainer = None
@@ -130,7 +135,14 @@ class LadaClient:
                     raise CoordinatorError(f"no new round within {self.config.max_wait_s:.0f}s")
                 time.sleep(self.config.poll_interval_s)
                 continue
-            results.append(self.run_round(info))
+            try:
+                results.append(self.run_round(info))
+            except CoordinatorError as exc:
+                if exc.status != 409:
+                    raise
+                # The round moved on without us (we were too slow and it closed at quorum).
+                log.warning("%s: left round %d: %s", self.config.name, info.round, exc)
+                self._done_rounds.add(info.round)
             deadline = time.monotonic() + self.config.max_wait_s
         return results
 
@@ -165,7 +177,7 @@ class LadaClient:
             self._train(allocated, t)
             ppl_after = self._ppl(allocated)
         timings["train"] = time.perf_counter() - started
-        reward = float(np.clip((ppl_before - ppl_after) / ppl_before, 0.0, 1.0))
+        reward = relative_ppl_reward(ppl_before, ppl_after)
 
         started = time.perf_counter()
         accuracy = self.evaluate()

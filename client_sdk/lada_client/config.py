@@ -55,6 +55,7 @@ class ClientConfig:
     scoring_model: Path
     base_model_dir: Path | None = None
     token: str | None = None
+    ca_cert: Path | None = None  # PEM file to trust for https coordinators (e.g. a self-signed one)
     domain: str = ""
     features: tuple[str, ...] = ("slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct")
     eval_size: int = 64
@@ -83,7 +84,7 @@ class ClientConfig:
         if missing:
             raise ValueError(f"client config is missing: {sorted(missing)}")
         d = dict(data)
-        for key in ("state_dir", "data_dir", "scoring_model", "base_model_dir"):
+        for key in ("state_dir", "data_dir", "scoring_model", "base_model_dir", "ca_cert"):
             if d.get(key) is not None:
                 d[key] = Path(d[key])
         if "features" in d:

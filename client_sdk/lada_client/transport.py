@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import TypeVar
 
 import httpx
@@ -39,9 +40,31 @@ class CoordinatorError(Exception):
         self.error = error
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry connection failures and 5xx with exponential backoff (edge links drop).
+
+    Retrying is safe: every attempt is a freshly sealed request with a new sequence number, and
+    the coordinator stores each (round, client, kind) upload once, so a retried upload whose first
+    attempt was committed is answered "already stored" instead of being applied twice.
+    """
+
+    attempts: int = 6
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 15.0
+
+
 class Transport:
-    def __init__(self, base_url: str, identity: Identity, timeout_s: float = 60.0) -> None:
-        self._http = httpx.Client(base_url=base_url, timeout=timeout_s)
+    def __init__(
+        self,
+        base_url: str,
+        identity: Identity,
+        timeout_s: float = 60.0,
+        retry: RetryPolicy = RetryPolicy(),
+        verify: str | bool = True,
+    ) -> None:
+        self._http = httpx.Client(base_url=base_url, timeout=timeout_s, verify=verify)
+        self._retry = retry
         self._identity = identity
         self._last_seq = 0
         self.bytes_sent = 0
@@ -56,7 +79,7 @@ class Transport:
         try:
             response = self._http.post(path, content=body, headers={"content-type": "application/json"})
         except httpx.HTTPError as exc:
-            raise CoordinatorError(f"cannot reach coordinator at {self._http.base_url}: {exc}") from exc
+            raise CoordinatorError(f"cannot reach coordinator at {self._http.base_url}: {exc}", None, "unreachable") from exc
         self.bytes_sent += len(body)
         self.bytes_received += len(response.content)
         if response.status_code >= 400:
@@ -83,9 +106,27 @@ class Transport:
         return self._last_seq
 
     def call(self, kind: str, payload: BaseModel, round_index: int, reply_type: type[M]) -> M:
-        """Seal ``payload`` as ``kind``, post it, open and validate the sealed reply."""
+        """Seal ``payload`` as ``kind``, post it, open and validate the sealed reply.
+
+        Retries per :class:`RetryPolicy`; 4xx answers are final and raised at once.
+        """
         if self.client_id is None or self.coordinator is None:
             raise CoordinatorError("not enrolled: call enroll() first")
+        backoff = self._retry.initial_backoff_s
+        for attempt in range(1, self._retry.attempts + 1):
+            try:
+                return self._call_once(kind, payload, round_index, reply_type)
+            except CoordinatorError as exc:
+                retriable = exc.status is None or exc.status >= 500
+                if not retriable or attempt == self._retry.attempts:
+                    raise
+                log.warning("%s failed (%s); retry %d/%d in %.1fs", kind, exc, attempt, self._retry.attempts - 1, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self._retry.max_backoff_s)
+        raise AssertionError("unreachable")
+
+    def _call_once(self, kind: str, payload: BaseModel, round_index: int, reply_type: type[M]) -> M:
+        assert self.client_id is not None and self.coordinator is not None
         header = EnvelopeHeader(
             client_id=self.client_id, round=round_index, seq=self._next_seq(), kind=kind, sent_at=time.time()
         )
@@ -98,4 +139,4 @@ class Transport:
             plain = open_envelope(reply, self.coordinator, self._identity, Direction.TO_CLIENT)
             return reply_type.model_validate_json(plain)
         except (ValidationError, CryptoError) as exc:
-            raise CoordinatorError(f"{kind}: invalid reply from coordinator: {exc}") from exc
+            raise CoordinatorError(f"{kind}: invalid reply from coordinator: {exc}", 0, "bad_reply") from exc

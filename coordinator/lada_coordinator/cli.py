@@ -16,7 +16,17 @@ def _serve(args: argparse.Namespace) -> int:
     config = CoordinatorConfig.load(args.config).with_overrides(
         host=args.host, port=args.port, rounds=args.rounds, allocation=args.allocation
     )
-    serve(config, args.llm_eval_data)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    serve(config, args.llm_eval_data, args.tls_cert, args.tls_key)
+    return 0
+
+
+def _gen_cert(args: argparse.Namespace) -> int:
+    from lada_coordinator.server.tls import generate_self_signed
+
+    cert, key = generate_self_signed(args.out, args.host or ["127.0.0.1", "localhost"], args.days)
+    print(f"wrote {cert} and {key}; give clients ca_cert={cert}")
     return 0
 
 
@@ -39,7 +49,7 @@ def _federation(args: argparse.Namespace) -> int:
         candidates=args.candidates, budget=args.budget, port=args.port, seed=args.seed,
         n_train=args.n_train, n_test=args.n_test, n_public=args.n_public,
         llm_warmup_steps=args.llm_warmup_steps, slm_warmup_steps=args.slm_warmup_steps,
-        offer_questions=args.offer_questions, timeout_s=args.timeout,
+        offer_questions=args.offer_questions, timeout_s=args.timeout, tls=args.tls,
     )
     return run_federation(settings)
 
@@ -56,7 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int)
     p.add_argument("--allocation", choices=["lada", "random", "all"])
     p.add_argument("--llm-eval-data", type=Path, help="federation data dir whose test splits evaluate the LLM")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate: serve https")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("gen-cert", help="write a self-signed TLS certificate for local use")
+    p.add_argument("--out", type=Path, required=True, help="directory for cert.pem and key.pem")
+    p.add_argument("--host", action="append", help="host name or IP the certificate is for (repeatable)")
+    p.add_argument("--days", type=int, default=365)
+    p.set_defaults(func=_gen_cert)
 
     p = sub.add_parser("issue-token", help="print one-time enrollment tokens")
     p.add_argument("--config", type=Path, required=True)
@@ -79,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--llm-warmup-steps", type=int, default=400, help="warm-start steps of the tiny LLM teacher")
     p.add_argument("--slm-warmup-steps", type=int, default=150, help="warm-start steps of each SLM")
     p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
+    p.add_argument("--tls", action="store_true", help="serve https with a generated self-signed certificate")
     p.set_defaults(func=_federation)
 
     args = parser.parse_args(argv)

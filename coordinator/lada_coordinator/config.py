@@ -44,7 +44,8 @@ class CoordinatorConfig:
     llm_distill: DistillSettings = field(default_factory=lambda: DistillSettings(lr=1e-3, epochs=1))
     llm_lora: LoraSettings = field(default_factory=LoraSettings)
     train_llm: bool = True
-    round_timeout_s: float = 3600.0
+    phase_timeout_s: float = 600.0  # after this, a phase proceeds with the clients that answered ...
+    quorum_fraction: float = 0.5  # ... if they are at least this fraction of those expected
     max_body_bytes: int = 16 * 1024 * 1024
     seed: int = 0
 
@@ -53,6 +54,8 @@ class CoordinatorConfig:
             raise ValueError(f"allocation must be 'lada', 'random' or 'all', not {self.allocation!r}")
         if self.host_framework not in ("mkt", "cotuning"):
             raise ValueError(f"host_framework must be 'mkt' or 'cotuning', not {self.host_framework!r}")
+        if not 0 < self.quorum_fraction <= 1 or self.phase_timeout_s <= 0:
+            raise ValueError("quorum_fraction must be in (0, 1] and phase_timeout_s > 0")
         if self.rounds < 1 or self.min_clients < 1 or self.candidates_per_round < 1:
             raise ValueError("rounds, min_clients and candidates_per_round must be >= 1")
 

@@ -43,6 +43,7 @@ class FederationSettings:
     offer_questions: int = 32
     client_overrides: tuple[tuple[str, object], ...] = ()
     timeout_s: float = 1800.0
+    tls: bool = False
 
 
 def _marker(path: Path, key: dict) -> bool:
@@ -105,13 +106,13 @@ def prepare(settings: FederationSettings) -> dict[str, Path]:
     return paths
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+def _wait_healthy(url: str, proc: subprocess.Popen, verify: str | bool, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"coordinator exited with code {proc.returncode} during start-up")
         try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/healthz", timeout=2, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -144,7 +145,14 @@ def run_federation(settings: FederationSettings) -> int:
     run_dir = settings.workdir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    url = f"http://127.0.0.1:{settings.port}"
+    url = f"{'https' if settings.tls else 'http'}://127.0.0.1:{settings.port}"
+    serve_tls: list[str] = []
+    verify: str | bool = True
+    if settings.tls:
+        from lada_coordinator.server.tls import generate_self_signed
+
+        cert, key = generate_self_signed(run_dir / "tls")
+        serve_tls, verify = ["--tls-cert", str(cert), "--tls-key", str(key)], str(cert)
     coord_cfg = {
         "db_path": str(run_dir / "coordinator.sqlite"),
         "state_dir": str(run_dir / "coordinator"),
@@ -169,12 +177,12 @@ def run_federation(settings: FederationSettings) -> int:
     logs.mkdir()
     coordinator = subprocess.Popen(
         [sys.executable, "-m", "lada_coordinator.cli", "serve", "--config", str(run_dir / "coordinator.json"),
-         "--llm-eval-data", str(paths["data"])],
+         "--llm-eval-data", str(paths["data"]), *serve_tls],
         stdout=open(logs / "coordinator.log", "w"), stderr=subprocess.STDOUT, env=env,
     )
     clients: list[subprocess.Popen] = []
     try:
-        _wait_healthy(url, coordinator)
+        _wait_healthy(url, coordinator, verify)
         for i in range(settings.clients):
             name = f"client{i}"
             cfg = {
@@ -184,6 +192,7 @@ def run_federation(settings: FederationSettings) -> int:
                 "data_dir": str(paths["data"]),
                 "scoring_model": str(paths[name] / "onnx" / "model.onnx"),
                 "base_model_dir": str(paths[name] / "base"),
+                "ca_cert": str(run_dir / "tls" / "cert.pem") if settings.tls else None,
                 **dict(settings.client_overrides),
             }
             (run_dir / f"{name}.json").write_text(json.dumps(cfg, indent=2))
@@ -198,7 +207,7 @@ def run_federation(settings: FederationSettings) -> int:
         printed: set[int] = set()
         deadline = time.monotonic() + settings.timeout_s
         while time.monotonic() < deadline:
-            status = httpx.get(f"{url}/v1/status", timeout=10).json()
+            status = httpx.get(f"{url}/v1/status", timeout=10, verify=verify).json()
             for m in status["rounds"]:
                 if m["phase"] in ("closed", "finished") and m["round"] not in printed:
                     _print_round(m)

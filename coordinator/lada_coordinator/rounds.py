@@ -13,6 +13,7 @@ HTTP handlers only record uploads; every decision happens here.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import numpy as np
 
 from lada_client.common.wire import Candidate, PublicQuestion, RoundInfo
 from lada_client.data.domains import Sample
+from lada_client.scoring.features import relative_ppl_reward
 from lada_coordinator.allocation.allocator import LLM, SLM, Allocator
 from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.llm.host import LLMHost
@@ -66,18 +68,33 @@ class RoundEngine(threading.Thread):
             self._llm = self._llm_factory()
         return self._llm
 
-    def _wait(self, ready: Callable[[], bool], what: str) -> bool:
-        """Block until ``ready()`` or the round timeout; True if ready."""
-        deadline = time.monotonic() + self.config.round_timeout_s
-        while not self.stop_event.is_set():
-            if ready():
-                return True
-            if time.monotonic() > deadline:
-                log.warning("timed out waiting for %s; proceeding with what arrived", what)
-                return False
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        while not self.stop_event.is_set() and not ready():
             self.wake.wait(0.5)
             self.wake.clear()
-        return False
+
+    def _wait_quorum(self, t: int, kind: str, expected: set[str]) -> None:
+        """Wait for every expected client; after ``phase_timeout_s``, settle for the quorum.
+
+        A client that vanished mid-round is left out of the rest of it; below quorum the round
+        keeps waiting rather than deciding on too little.
+        """
+        need = max(1, math.ceil(self.config.quorum_fraction * len(expected)))
+        deadline = time.monotonic() + self.config.phase_timeout_s
+        warned = False
+        while not self.stop_event.is_set():
+            got = expected & set(self.store.uploads(t, kind))
+            if got == expected:
+                return
+            if time.monotonic() > deadline:
+                if len(got) >= need:
+                    log.warning("round %d: %s timed out; proceeding at quorum %d/%d without %s", t, kind, len(got), len(expected), sorted(expected - got))
+                    return
+                if not warned:
+                    log.warning("round %d: %s below quorum (%d/%d, need %d); still waiting", t, kind, len(got), len(expected), need)
+                    warned = True
+            self.wake.wait(0.5)
+            self.wake.clear()
 
     def run(self) -> None:
         try:
@@ -88,7 +105,7 @@ class RoundEngine(threading.Thread):
 
     def _run(self) -> None:
         cfg = self.config
-        self._wait(lambda: len(self.store.clients()) >= cfg.min_clients, f"{cfg.min_clients} clients to enroll")
+        self._wait(lambda: len(self.store.clients()) >= cfg.min_clients)
         current = self.store.current_round()
         start, phase = (current if current else (0, "closed"))
         if phase == "finished":
@@ -99,15 +116,12 @@ class RoundEngine(threading.Thread):
                 self._open(t)
             phase = self.store.current_round()[1]
             if phase == "features":
-                self._wait(lambda: self._have("features.put", t), f"round {t} features")
+                self._wait_quorum(t, "features.put", {c.client_id for c in self.store.clients()})
                 self._allocate(t)
-            self._wait(lambda: self._have("reward.put", t), f"round {t} rewards")
+            allocated = {c.client_id for c in self.store.clients() if self.store.allocation(t, c.client_id, SLM)}
+            self._wait_quorum(t, "reward.put", allocated)
             self._close(t, final=t == cfg.rounds)
             t += 1
-
-    def _have(self, kind: str, t: int) -> bool:
-        expected = {c.client_id for c in self.store.clients()}
-        return expected <= set(self.store.uploads(t, kind))
 
     # ------------------------------------------------------------------------------- phases
     def _open(self, t: int) -> None:
@@ -165,7 +179,7 @@ class RoundEngine(threading.Thread):
             index = {s: i for i, s in enumerate(up["sample_ids"])}
             z = np.asarray(up["features"], dtype=np.float64).reshape(len(up["sample_ids"]), -1)
             rows = [index[s] for s in alloc[0] if s in index]
-            self.allocator.reward(SLM, client_id, z[rows], float(report["reward"]))
+            self.allocator.reward(t, SLM, client_id, z[rows], float(report["reward"]))
             c = clients[client_id]
             per_client[c.name] = {
                 "test_accuracy": report["test_accuracy"],
@@ -201,10 +215,10 @@ class RoundEngine(threading.Thread):
         before = self.llm.perplexity(samples, paths)
         report = self.llm.train(samples, paths, own, self.config.llm_distill)
         after = self.llm.perplexity(samples, paths)
-        reward = float(np.clip((before - after) / before, 0.0, 1.0))
+        reward = relative_ppl_reward(before, after)
         for client_id in {c[4] for c in chosen}:
             rows = np.stack([c[3] for c in chosen if c[4] == client_id])
-            self.allocator.reward(LLM, client_id, rows, reward)
+            self.allocator.reward(t, LLM, client_id, rows, reward)
         return {
             "n_trained": len(chosen),
             "ppl_before": before,

@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS allocations (
 CREATE TABLE IF NOT EXISTS filters (
     client_id TEXT NOT NULL, direction TEXT NOT NULL, state BLOB NOT NULL,
     PRIMARY KEY (client_id, direction));
+CREATE TABLE IF NOT EXISTS filter_updates (
+    round INTEGER NOT NULL, client_id TEXT NOT NULL, direction TEXT NOT NULL,
+    PRIMARY KEY (round, client_id, direction));
 """
 
 
@@ -199,9 +202,18 @@ class Store:
         return (json.loads(row[0]), row[1]) if row else None
 
     # ------------------------------------------------------------------------------- filters
-    def save_filter(self, client_id: str, direction: str, state: bytes) -> None:
+    def save_filter(self, client_id: str, direction: str, state: bytes, round_index: int) -> None:
+        """Persist a refit filter and mark round ``round_index``'s reward as consumed, atomically."""
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO filters VALUES (?, ?, ?)", (client_id, direction, state))
+            db.execute("INSERT OR IGNORE INTO filter_updates VALUES (?, ?, ?)", (round_index, client_id, direction))
+
+    def filter_updated(self, round_index: int, client_id: str, direction: str) -> bool:
+        """Whether this round's reward already reached the filter (so a resumed round skips it)."""
+        return self._one(
+            "SELECT 1 FROM filter_updates WHERE round = ? AND client_id = ? AND direction = ?",
+            (round_index, client_id, direction),
+        ) is not None
 
     def load_filter(self, client_id: str, direction: str) -> bytes | None:
         row = self._one("SELECT state FROM filters WHERE client_id = ? AND direction = ?", (client_id, direction))

@@ -16,7 +16,7 @@ def test_local_federation_runs_rounds(tiny_world, free_port):
         sys.executable, "-m", "lada_coordinator.cli", "federation", "--workdir", str(work),
         "--clients", "3", "--rounds", "2", "--candidates", "24", "--budget", "6", "--port", str(free_port),
         "--n-train", "40", "--n-test", "16", "--n-public", "160", "--offer-questions", "8",
-        "--llm-warmup-steps", "4", "--slm-warmup-steps", "4", "--timeout", "600",
+        "--llm-warmup-steps", "4", "--slm-warmup-steps", "4", "--timeout", "600", "--tls",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=660)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

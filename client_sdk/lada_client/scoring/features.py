@@ -62,3 +62,10 @@ def perplexity(token_logprobs: Sequence[np.ndarray]) -> float:
     if not token_logprobs:
         raise ValueError("perplexity of an empty set is undefined")
     return float(np.mean([np.exp(-lp.mean()) for lp in token_logprobs]))
+
+
+def relative_ppl_reward(ppl_before: float, ppl_after: float) -> float:
+    """Method step 5: clip((PPL_before − PPL_after) / PPL_before, 0, 1). Learning → positive."""
+    if not (ppl_before > 0 and np.isfinite(ppl_before) and np.isfinite(ppl_after)):
+        raise ValueError(f"perplexities must be finite and positive (got {ppl_before}, {ppl_after})")
+    return float(np.clip((ppl_before - ppl_after) / ppl_before, 0.0, 1.0))

@@ -57,12 +57,17 @@ class Allocator:
         selection = self._filter(client_id, direction, z.shape[1]).select(z, sample_ids, round_index)
         return selection.sample_ids, selection.reason
 
-    def reward(self, direction: str, client_id: str, z_selected: np.ndarray, reward: float) -> dict[str, float]:
-        """Feed the round's common reward to the filter, refit it, persist it."""
+    def reward(
+        self, round_index: int, direction: str, client_id: str, z_selected: np.ndarray, reward: float
+    ) -> dict[str, float]:
+        """Feed the round's common reward to the filter, refit it, persist it — once per round,
+        so a round resumed after a crash does not count a reward twice."""
         if self._mode != "lada" or z_selected.shape[0] == 0:
+            return {}
+        if self._store.filter_updated(round_index, client_id, direction):
             return {}
         flt = self._filter(client_id, direction, z_selected.shape[1])
         flt.observe(z_selected, reward)
         losses = flt.refit()
-        self._store.save_filter(client_id, direction, flt.to_bytes())
+        self._store.save_filter(client_id, direction, flt.to_bytes(), round_index)
         return losses

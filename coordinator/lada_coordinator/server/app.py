@@ -191,11 +191,13 @@ def create_app(store: Store, identity: Identity, engine: RoundEngine, max_body_b
     @app.post("/v1/allocation", response_model=SealedEnvelope, responses=errors)
     def get_allocation(envelope: SealedEnvelope) -> SealedEnvelope:
         def handle(db, client, header, payload: AllocationQuery) -> Allocation:
-            t, _ = current()
+            t, phase = current()
             if payload.round != t:
                 raise ApiError(409, "wrong_round", f"round {payload.round} is not the current round ({t})")
             found = store.allocation(t, client.client_id, SLM)
             if found is None:
+                if phase != "features":
+                    raise ApiError(409, "not_allocated", f"round {t} was allocated without this client's features")
                 return Allocation(round=t, status="pending")
             return Allocation(round=t, status="ready", sample_ids=found[0], reason=found[1])
 

@@ -1,0 +1,960 @@
+"""Secure aggregation of adapter updates (SecAgg, Bonawitz et al. 2017; SecAgg+, Bell et al. 2020).
+
+The coordinator must learn the *sum* of the surviving clients' LoRA updates and nothing about any
+single update, even when clients drop out mid-round. This module is the protocol only: it produces
+and consumes typed messages (dataclasses with ``to_dict``/``from_dict``) and does no networking;
+the coordinator and client carry them inside their sealed envelopes (:mod:`.crypto`). As there,
+the hazardous primitives (X25519, HKDF, AES-GCM, AES-CTR) stay inside; callers see
+:class:`SecAggClient`, :class:`SecAggServer`, the messages and a few pure helpers.
+
+Round, with ``U1 ⊇ U2 ⊇ U3`` the clients still present after each step::
+
+    client.advertise()               -> AdvertiseKeys      server.receive_advertise(); roster()
+    client.share_keys(roster)        -> ShareKeys          server.receive_shares(); route_shares()
+    client.masked_input(x, shares)   -> MaskedInput        server.receive_masked_input(); unmask_request()
+    client.unmask(survivors, dropped)-> UnmaskResponse     server.receive_unmask(); aggregate()
+
+* Each client has two fresh X25519 key pairs per round: one for pairwise masks, one for the channel
+  that carries its secret shares to its neighbours *through* the coordinator (AES-256-GCM under
+  ``HKDF(X25519(channel_i, channel_j))``, bound to round, sender and recipient).
+* Client ``i`` adds a self mask ``PRG(b_i)`` and, for each neighbour ``j`` that shared keys,
+  ``+PRG(s_ij)`` if ``i < j`` else ``-PRG(s_ij)`` with ``s_ij = HKDF(X25519(mask_i, mask_j))``.
+  Pair masks cancel in the sum; the PRG is AES-256-CTR read as little-endian ``uint32``.
+* ``b_i`` and the masking private key are Shamir-shared (threshold ``t``) among the neighbours.
+  To unmask, every survivor reveals the ``b`` shares of survivors and the mask-key shares of
+  clients that dropped after sharing, and *never both for one client*: both would let the
+  coordinator strip every mask off that client's input. Clients enforce this across calls.
+* Neighbours: ``None`` pairs everyone with everyone (SecAgg, ``O(n)`` work per client);
+  ``k`` builds a ``k``-regular circulant graph over a ring shuffled by a seed hashed from the
+  roster (SecAgg+, ``O(k)`` work per client). The threshold then counts within a neighbourhood.
+
+Threat model: the coordinator is honest-but-curious and may collude with fewer than ``t``
+neighbours of a client. With ``2t > degree`` an actively lying coordinator still cannot collect
+both share kinds for one client from honest neighbours (a warning is logged otherwise). The
+consistency-check round of Bonawitz et al. (signed survivor lists) is not implemented, so the
+protocol does not claim security against a coordinator colluding with malicious clients.
+
+Precision: values are clipped to ``[-clip, clip]`` and rounded to multiples of ``1/scale``, then
+summed modulo ``2**32`` as two's-complement integers. The decoded sum is exact up to
+``n/(2*scale)`` per entry as long as ``n * ceil(clip * scale) < 2**31`` (checked, see
+:meth:`SecAggConfig.max_clients`); e.g. ``scale=2**16, clip=1`` allows 32 767 clients with an
+absolute error below ``n * 7.7e-6`` per entry.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import math
+import os
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+__all__ = [
+    "SHAMIR_PRIME",
+    "AdvertiseKeys",
+    "Aggregate",
+    "EncryptedShare",
+    "MaskedInput",
+    "Roster",
+    "SecAggClient",
+    "SecAggConfig",
+    "SecAggError",
+    "SecAggServer",
+    "Share",
+    "ShareKeys",
+    "UnmaskRequest",
+    "UnmaskResponse",
+    "dequantize",
+    "fedavg",
+    "neighbour_graph",
+    "quantize",
+    "shamir_reconstruct",
+    "shamir_split",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The Mersenne prime 2**521 - 1: any 32-byte secret is one field element, and a reconstruction
+#: from inconsistent shares lands below 2**256 only with probability 2**-265, so it is detected.
+SHAMIR_PRIME = 2**521 - 1
+_SHARE_BYTES = 66
+_SECRET_BYTES = 32
+_KEY_BYTES = 32
+_NONCE_BYTES = 12
+_GCM_TAG_BYTES = 16
+_SHARE_CIPHERTEXT_BYTES = 2 * _SHARE_BYTES + _GCM_TAG_BYTES
+_GROUP_HALF = 2**31
+_PROTOCOL = b"lada/secagg/v1"
+_MAX_ID_CHARS = 256
+_RAW_PUBLIC = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+_RAW_PRIVATE = (serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+
+
+class SecAggError(Exception):
+    """The protocol cannot proceed safely; the message says which check failed and for whom."""
+
+
+# ----------------------------------------------------------------------------------- primitives
+def _encode(*parts: str | bytes) -> bytes:
+    """Length-prefixed concatenation, so no two distinct contexts serialise to the same bytes."""
+    out = bytearray()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        out += len(data).to_bytes(4, "big") + data
+    return bytes(out)
+
+
+def _kdf(secret: bytes, *context: str | bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_PROTOCOL, info=_encode(*context)).derive(secret)
+
+
+def _expand(key: bytes, length: int) -> npt.NDArray[np.uint32]:
+    """Mask stream: AES-256-CTR keystream as ``uint32``. Each key is used for one stream only."""
+    encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+    return np.frombuffer(encryptor.update(bytes(4 * length)), dtype="<u4")
+
+
+def _exchange(private: X25519PrivateKey, public: bytes, what: str) -> bytes:
+    try:
+        return private.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError as exc:  # a low-order point gives an all-zero secret
+        raise SecAggError(f"key agreement with {what} failed: invalid public key") from exc
+
+
+def _pair_seed(private: X25519PrivateKey, peer_public: bytes, round_id: str, a: str, b: str) -> bytes:
+    low, high = sorted((a, b))
+    return _kdf(_exchange(private, peer_public, f"the mask key of {b}"), "pair", round_id, low, high)
+
+
+def _self_mask_key(seed: bytes, round_id: str, client_id: str) -> bytes:
+    return _kdf(seed, "self", round_id, client_id)
+
+
+def _commitment(seed: bytes, round_id: str, client_id: str) -> bytes:
+    """Binds a client to its self-mask seed so a corrupted reconstruction is caught, not summed."""
+    return hashlib.sha256(_PROTOCOL + _encode("commit", round_id, client_id, seed)).digest()
+
+
+def _share_aead(private: X25519PrivateKey, peer: AdvertiseKeys, round_id: str, sender: str, recipient: str) -> AESGCM:
+    """Key for the shares ``sender`` sends ``recipient``: only the two channel private keys give it."""
+    shared = _exchange(private, peer.channel_key, f"the channel key of {peer.client_id}")
+    return AESGCM(_kdf(shared, "share", round_id, sender, recipient))
+
+
+def _share_ad(round_id: str, sender: str, recipient: str) -> bytes:
+    return _PROTOCOL + _encode("share", round_id, sender, recipient)
+
+
+def _public_bytes(private: X25519PrivateKey) -> bytes:
+    return private.public_key().public_bytes(*_RAW_PUBLIC)
+
+
+def _b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _b64d(text: Any, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise SecAggError(f"malformed message: {what} must be a base64 string")
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise SecAggError(f"malformed message: {what} is not valid base64") from exc
+
+
+def _get(data: Any, key: str, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(data, Mapping) or key not in data:
+        raise SecAggError(f"malformed message: missing field {key!r}")
+    value = data[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise SecAggError(f"malformed message: field {key!r} must be {names}")
+    return value
+
+
+def _check_id(client_id: Any, what: str = "client id") -> str:
+    if not isinstance(client_id, str) or not 0 < len(client_id) <= _MAX_ID_CHARS:
+        raise SecAggError(f"{what} must be a non-empty string of at most {_MAX_ID_CHARS} characters")
+    return client_id
+
+
+def _check_key(key: Any, what: str) -> bytes:
+    if not isinstance(key, bytes) or len(key) != _KEY_BYTES:
+        raise SecAggError(f"{what} must be a {_KEY_BYTES}-byte X25519 public key")
+    return key
+
+
+# ------------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Parameters every party of a round must agree on; the roster carries them for checking.
+
+    ``threshold`` is the number of a client's neighbours needed to rebuild its secrets: more
+    tolerates less dropout but more collusion. ``neighbours`` is ``None`` for all pairs, or the
+    degree ``k`` of the SecAgg+ graph (an odd ``k`` with an odd roster rounds up to ``k + 1``).
+    """
+
+    threshold: int
+    neighbours: int | None = None
+    scale: float = 2.0**16
+    clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or self.threshold < 1:
+            raise SecAggError("threshold must be a positive integer")
+        if self.neighbours is not None:
+            if isinstance(self.neighbours, bool) or not isinstance(self.neighbours, int):
+                raise SecAggError("neighbours must be None or a positive integer")
+            if self.neighbours < self.threshold:
+                raise SecAggError(f"neighbours ({self.neighbours}) must be at least the threshold ({self.threshold})")
+        for name in ("scale", "clip"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+                raise SecAggError(f"{name} must be a positive finite number")
+        if self.max_clients() < 1:
+            raise SecAggError("clip * scale must stay below 2**31 so one update fits the group")
+
+    def max_clients(self) -> int:
+        """Most contributors whose sum cannot wrap around: ``n * ceil(clip * scale) < 2**31``."""
+        return (_GROUP_HALF - 1) // math.ceil(self.clip * self.scale)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "neighbours": self.neighbours, "scale": self.scale, "clip": self.clip}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SecAggConfig:
+        neighbours = data.get("neighbours") if isinstance(data, Mapping) else None
+        if neighbours is not None and (not isinstance(neighbours, int) or isinstance(neighbours, bool)):
+            raise SecAggError("malformed message: field 'neighbours' must be int or null")
+        return cls(
+            threshold=_get(data, "threshold", int),
+            neighbours=neighbours,
+            scale=float(_get(data, "scale", (int, float))),  # type: ignore[arg-type]
+            clip=float(_get(data, "clip", (int, float))),  # type: ignore[arg-type]
+        )
+
+
+# --------------------------------------------------------------------------------- quantisation
+def quantize(vector: npt.ArrayLike, config: SecAggConfig) -> npt.NDArray[np.uint32]:
+    """Clip to ``±clip``, round to ``1/scale`` and map to ``Z/2**32`` (two's complement)."""
+    values = np.asarray(vector, dtype=np.float64)
+    if values.ndim != 1:
+        raise SecAggError(f"the update must be a 1-D vector (got shape {values.shape})")
+    if not np.all(np.isfinite(values)):
+        raise SecAggError("the update contains NaN or infinite values")
+    clipped = np.clip(values, -config.clip, config.clip)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("secagg: clipped %d of %d entries to ±%g", int(np.count_nonzero(clipped != values)), values.size, config.clip)
+    return np.rint(clipped * config.scale).astype(np.int32).view(np.uint32)
+
+
+def dequantize(total: npt.NDArray[np.uint32], n_contributors: int, config: SecAggConfig) -> npt.NDArray[np.float64]:
+    """Decode a sum of ``n_contributors`` quantised vectors; refuses counts that could have wrapped."""
+    if n_contributors > config.max_clients():
+        raise SecAggError(
+            f"{n_contributors} contributors exceed the {config.max_clients()} that clip={config.clip} and "
+            f"scale={config.scale} allow without wrap-around"
+        )
+    return np.asarray(total, dtype=np.uint32).view(np.int32).astype(np.float64) / config.scale
+
+
+def fedavg(plain_vectors: Sequence[npt.ArrayLike], weights: Sequence[float] | None = None) -> npt.NDArray[np.float64]:
+    """Weighted mean of plain (unmasked) updates: the baseline that secure aggregation replaces.
+
+    For a weighted mean under SecAgg, clients submit ``w_k * x_k`` and the coordinator divides
+    the aggregate by the sum of the (non-secret) weights.
+    """
+    arrays = [np.asarray(v, dtype=np.float64) for v in plain_vectors]
+    if not arrays or len({a.shape for a in arrays}) != 1:
+        raise SecAggError("fedavg needs at least one vector, all of the same shape")
+    stacked = np.stack(arrays)
+    w = np.ones(len(plain_vectors)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(plain_vectors),) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise SecAggError("fedavg weights must be one non-negative finite number per vector, not all zero")
+    return np.tensordot(w / w.sum(), stacked, axes=1)
+
+
+# -------------------------------------------------------------------------------------- Shamir
+@dataclass(frozen=True)
+class Share:
+    """One point ``(x, y)`` of a Shamir polynomial over GF(:data:`SHAMIR_PRIME`)."""
+
+    x: int
+    y: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.x < SHAMIR_PRIME or not 0 <= self.y < SHAMIR_PRIME:
+            raise SecAggError("malformed share: coordinates outside the field")
+
+    def to_bytes(self) -> bytes:
+        return self.y.to_bytes(_SHARE_BYTES, "big")
+
+    @classmethod
+    def from_bytes(cls, x: int, data: bytes) -> Share:
+        if len(data) != _SHARE_BYTES:
+            raise SecAggError(f"malformed share: expected {_SHARE_BYTES} bytes, got {len(data)}")
+        return cls(x, int.from_bytes(data, "big"))
+
+
+def shamir_split(secret: bytes, threshold: int, holders: Sequence[int]) -> list[Share]:
+    """Split ``secret`` so that any ``threshold`` of the ``holders`` (distinct x > 0) rebuild it
+    and fewer learn nothing about it."""
+    if len(secret) >= _SHARE_BYTES - 1:
+        raise SecAggError(f"a Shamir secret must be shorter than {_SHARE_BYTES - 1} bytes")
+    if len(set(holders)) != len(holders) or not all(0 < x < SHAMIR_PRIME for x in holders):
+        raise SecAggError("Shamir holders must be distinct non-zero field elements")
+    if not 1 <= threshold <= len(holders):
+        raise SecAggError(f"threshold {threshold} needs between 1 and {len(holders)} holders")
+    coefficients = [int.from_bytes(secret, "big")] + [secrets.randbelow(SHAMIR_PRIME) for _ in range(threshold - 1)]
+    shares = []
+    for x in holders:
+        y = 0
+        for c in reversed(coefficients):
+            y = (y * x + c) % SHAMIR_PRIME
+        shares.append(Share(x, y))
+    return shares
+
+
+def _interpolate(points: Sequence[Share], at: int = 0) -> int:
+    """Lagrange interpolation of the polynomial through ``points``, evaluated at ``at``."""
+    total = 0
+    for i, pi in enumerate(points):
+        num, den = 1, 1
+        for j, pj in enumerate(points):
+            if i != j:
+                num = num * (at - pj.x) % SHAMIR_PRIME
+                den = den * (pi.x - pj.x) % SHAMIR_PRIME
+        total = (total + pi.y * num * pow(den, -1, SHAMIR_PRIME)) % SHAMIR_PRIME
+    return total
+
+
+def shamir_reconstruct(shares: Iterable[Share], threshold: int, secret_len: int = _SECRET_BYTES) -> bytes:
+    """Rebuild a ``secret_len``-byte secret from at least ``threshold`` shares.
+
+    Raises :class:`SecAggError` when there are too few shares, duplicates, or when the result is
+    not a ``secret_len``-byte value (the signature of inconsistent or tampered shares).
+    """
+    points = sorted(shares, key=lambda s: s.x)
+    if len({s.x for s in points}) != len(points):
+        raise SecAggError("malformed share: two shares have the same x coordinate")
+    if len(points) < threshold:
+        raise SecAggError(f"need at least {threshold} shares to reconstruct, got {len(points)}")
+    value = _interpolate(points[:threshold])
+    if value >= 1 << (8 * secret_len):
+        raise SecAggError("malformed share: the shares are inconsistent")
+    return value.to_bytes(secret_len, "big")
+
+
+# ------------------------------------------------------------------------------------- messages
+@dataclass(frozen=True)
+class AdvertiseKeys:
+    """Client → server: the public keys of a fresh round key pair for masks and for the channel."""
+
+    client_id: str
+    round_id: str
+    mask_key: bytes
+    channel_key: bytes
+
+    def __post_init__(self) -> None:
+        _check_id(self.client_id)
+        _check_id(self.round_id, "round id")
+        _check_key(self.mask_key, f"mask key of {self.client_id}")
+        _check_key(self.channel_key, f"channel key of {self.client_id}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "round_id": self.round_id,
+            "mask_key": _b64e(self.mask_key),
+            "channel_key": _b64e(self.channel_key),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AdvertiseKeys:
+        return cls(
+            _get(data, "client_id", str),
+            _get(data, "round_id", str),
+            _b64d(_get(data, "mask_key", str), "mask_key"),
+            _b64d(_get(data, "channel_key", str), "channel_key"),
+        )
+
+
+def neighbour_graph(client_ids: Sequence[str], neighbours: int | None, seed: bytes) -> dict[str, frozenset[str]]:
+    """Who masks with whom: everyone (``None``) or a ``k``-regular circulant graph on a ring
+    shuffled by ``seed``, so the coordinator cannot choose a client's neighbours by naming it."""
+    ids = sorted(client_ids)
+    n = len(ids)
+    if neighbours is None or neighbours >= n - 1:
+        return {c: frozenset(ids) - {c} for c in ids}
+    ring = sorted(ids, key=lambda c: hmac.new(seed, c.encode(), hashlib.sha256).digest())
+    offsets = set(range(1, neighbours // 2 + 1))
+    if neighbours % 2:
+        offsets.add(n // 2 if n % 2 == 0 else neighbours // 2 + 1)
+    graph: dict[str, set[str]] = {c: set() for c in ids}
+    for pos, c in enumerate(ring):
+        for off in offsets:
+            for other in (ring[(pos + off) % n], ring[(pos - off) % n]):
+                if other != c:
+                    graph[c].add(other)
+    return {c: frozenset(peers) for c, peers in graph.items()}
+
+
+@dataclass(frozen=True)
+class Roster:
+    """Server → all: who takes part, with their keys, plus the parameters everyone must share.
+
+    A client's Shamir x coordinate is its 1-based position in ``participants`` (sorted by id).
+    """
+
+    round_id: str
+    config: SecAggConfig
+    vector_length: int
+    participants: tuple[AdvertiseKeys, ...]
+
+    def __post_init__(self) -> None:
+        _check_id(self.round_id, "round id")
+        if isinstance(self.vector_length, bool) or not isinstance(self.vector_length, int) or self.vector_length < 1:
+            raise SecAggError("vector_length must be a positive integer")
+        ids = [p.client_id for p in self.participants]
+        if ids != sorted(set(ids)):
+            raise SecAggError("roster participants must have distinct ids, sorted")
+        if any(p.round_id != self.round_id for p in self.participants):
+            raise SecAggError("roster mixes keys advertised for another round")
+        if len(ids) > self.config.max_clients():
+            raise SecAggError(f"{len(ids)} participants exceed the {self.config.max_clients()} the group can sum")
+        short = sorted(c for c, peers in self.graph.items() if len(peers) < self.config.threshold)
+        if short:
+            raise SecAggError(
+                f"threshold {self.config.threshold} exceeds the number of neighbours of {', '.join(short)}; "
+                f"need more participants or a lower threshold"
+            )
+
+    @cached_property
+    def keys(self) -> dict[str, AdvertiseKeys]:
+        return {p.client_id: p for p in self.participants}
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {p.client_id: i for i, p in enumerate(self.participants, start=1)}
+
+    @cached_property
+    def graph(self) -> dict[str, frozenset[str]]:
+        seed = hashlib.sha256(
+            _PROTOCOL + _encode("graph", self.round_id, *(p.client_id.encode() + p.mask_key for p in self.participants))
+        ).digest()
+        return neighbour_graph(list(self.keys), self.config.neighbours, seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "round_id": self.round_id,
+            "config": self.config.to_dict(),
+            "vector_length": self.vector_length,
+            "participants": [p.to_dict() for p in self.participants],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Roster:
+        return cls(
+            _get(data, "round_id", str),
+            SecAggConfig.from_dict(_get(data, "config", Mapping)),
+            _get(data, "vector_length", int),
+            tuple(AdvertiseKeys.from_dict(p) for p in _get(data, "participants", list)),
+        )
+
+
+@dataclass(frozen=True)
+class EncryptedShare:
+    """A sender's shares for one recipient; the coordinator routes it but cannot open it."""
+
+    sender: str
+    recipient: str
+    nonce: bytes
+    ciphertext: bytes
+
+    def __post_init__(self) -> None:
+        _check_id(self.sender, "share sender")
+        _check_id(self.recipient, "share recipient")
+        if len(self.nonce) != _NONCE_BYTES or len(self.ciphertext) != _SHARE_CIPHERTEXT_BYTES:
+            raise SecAggError(f"malformed share from {self.sender} to {self.recipient}: wrong size")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sender": self.sender,
+            "recipient": self.recipient,
+            "nonce": _b64e(self.nonce),
+            "ciphertext": _b64e(self.ciphertext),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EncryptedShare:
+        return cls(
+            _get(data, "sender", str),
+            _get(data, "recipient", str),
+            _b64d(_get(data, "nonce", str), "nonce"),
+            _b64d(_get(data, "ciphertext", str), "ciphertext"),
+        )
+
+
+@dataclass(frozen=True)
+class ShareKeys:
+    """Client → server: one encrypted share bundle per neighbour, and a commitment to ``b_i``."""
+
+    client_id: str
+    round_id: str
+    self_mask_commitment: bytes
+    shares: tuple[EncryptedShare, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "round_id": self.round_id,
+            "self_mask_commitment": _b64e(self.self_mask_commitment),
+            "shares": [s.to_dict() for s in self.shares],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ShareKeys:
+        return cls(
+            _get(data, "client_id", str),
+            _get(data, "round_id", str),
+            _b64d(_get(data, "self_mask_commitment", str), "self_mask_commitment"),
+            tuple(EncryptedShare.from_dict(s) for s in _get(data, "shares", list)),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class MaskedInput:
+    """Client → server: the masked, quantised update and the peers whose pair masks it holds."""
+
+    client_id: str
+    round_id: str
+    peers: tuple[str, ...]
+    vector: npt.NDArray[np.uint32]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "round_id": self.round_id,
+            "peers": list(self.peers),
+            "vector": _b64e(np.asarray(self.vector, dtype="<u4").tobytes()),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MaskedInput:
+        raw = _b64d(_get(data, "vector", str), "vector")
+        if len(raw) % 4:
+            raise SecAggError("malformed message: vector is not a whole number of uint32 values")
+        peers = _get(data, "peers", list)
+        if not all(isinstance(p, str) for p in peers):
+            raise SecAggError("malformed message: peers must be client ids")
+        return cls(
+            _get(data, "client_id", str),
+            _get(data, "round_id", str),
+            tuple(peers),
+            np.frombuffer(raw, dtype="<u4").astype(np.uint32),
+        )
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Server → survivors: who sent a masked input and who dropped after sharing keys."""
+
+    round_id: str
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"round_id": self.round_id, "survivors": list(self.survivors), "dropped": list(self.dropped)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UnmaskRequest:
+        survivors, dropped = _get(data, "survivors", list), _get(data, "dropped", list)
+        if not all(isinstance(c, str) for c in [*survivors, *dropped]):
+            raise SecAggError("malformed message: survivors and dropped must be client ids")
+        return cls(_get(data, "round_id", str), tuple(survivors), tuple(dropped))
+
+
+@dataclass(frozen=True)
+class UnmaskResponse:
+    """Survivor → server: its shares of survivors' self-mask seeds and of dropped clients' mask keys.
+
+    The share's x coordinate is the responder's roster index, so it is not sent.
+    """
+
+    client_id: str
+    round_id: str
+    self_mask_shares: dict[str, bytes]
+    mask_key_shares: dict[str, bytes]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "round_id": self.round_id,
+            "self_mask_shares": {k: _b64e(v) for k, v in self.self_mask_shares.items()},
+            "mask_key_shares": {k: _b64e(v) for k, v in self.mask_key_shares.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UnmaskResponse:
+        def decode(field: str) -> dict[str, bytes]:
+            return {str(k): _b64d(v, f"{field}[{k}]") for k, v in _get(data, field, Mapping).items()}
+
+        return cls(
+            _get(data, "client_id", str),
+            _get(data, "round_id", str),
+            decode("self_mask_shares"),
+            decode("mask_key_shares"),
+        )
+
+
+class Aggregate(NamedTuple):
+    """The decoded sum of the contributors' updates, and who contributed."""
+
+    total: npt.NDArray[np.float64]
+    contributors: list[str]
+
+
+# --------------------------------------------------------------------------------------- client
+_SELF, _KEY = "self-mask seed", "mask key"
+
+
+class SecAggClient:
+    """One client's side of one round. Create a new instance per round: keys are single-use."""
+
+    def __init__(self, client_id: str, round_id: str, config: SecAggConfig) -> None:
+        self.client_id = _check_id(client_id)
+        self.round_id = _check_id(round_id, "round id")
+        self.config = config
+        self._mask_key: X25519PrivateKey | None = X25519PrivateKey.generate()
+        self._channel_key: X25519PrivateKey | None = X25519PrivateKey.generate()
+        self._advert = AdvertiseKeys(
+            client_id, round_id, _public_bytes(self._mask_key), _public_bytes(self._channel_key)
+        )
+        self._roster: Roster | None = None
+        self._seed: bytes | None = None
+        self._held: dict[str, tuple[Share, Share]] = {}
+        self._masked = False
+        self._revealed: dict[str, str] = {}
+
+    def advertise(self) -> AdvertiseKeys:
+        return self._advert
+
+    def share_keys(self, roster: Roster) -> ShareKeys:
+        """Check the roster, pick ``b_i`` and Shamir-share it and the mask key with the neighbours."""
+        if self._roster is not None:
+            raise SecAggError(f"{self.client_id} already shared its keys this round")
+        if self._mask_key is None or self._channel_key is None:
+            raise SecAggError(f"{self.client_id} has no round keys left")
+        if roster.round_id != self.round_id:
+            raise SecAggError(f"roster is for round {roster.round_id!r}, not {self.round_id!r}")
+        if roster.config != self.config:
+            raise SecAggError(f"roster config {roster.config} differs from the client's {self.config}")
+        if roster.keys.get(self.client_id) != self._advert:
+            raise SecAggError(f"roster does not carry {self.client_id}'s advertised keys")
+        peers = sorted(roster.graph[self.client_id])
+        holders = [roster.index[p] for p in peers]
+        seed = os.urandom(_SECRET_BYTES)
+        seed_shares = shamir_split(seed, self.config.threshold, holders)
+        key_shares = shamir_split(self._mask_key.private_bytes(*_RAW_PRIVATE), self.config.threshold, holders)
+        out = []
+        for peer, s_share, k_share in zip(peers, seed_shares, key_shares):
+            aead = _share_aead(self._channel_key, roster.keys[peer], self.round_id, self.client_id, peer)
+            nonce = os.urandom(_NONCE_BYTES)
+            ciphertext = aead.encrypt(nonce, s_share.to_bytes() + k_share.to_bytes(), _share_ad(self.round_id, self.client_id, peer))
+            out.append(EncryptedShare(self.client_id, peer, nonce, ciphertext))
+        self._roster, self._seed = roster, seed
+        logger.debug("secagg %s: %s shared keys with %d neighbours", self.round_id, self.client_id, len(peers))
+        return ShareKeys(self.client_id, self.round_id, _commitment(seed, self.round_id, self.client_id), tuple(out))
+
+    def masked_input(self, vector: npt.ArrayLike, encrypted_shares_for_me: Iterable[EncryptedShare]) -> MaskedInput:
+        """Open the neighbours' shares and mask the update against exactly those neighbours.
+
+        Callable once: two inputs under the same masks would reveal their difference.
+        """
+        roster = self._roster
+        if roster is None or self._seed is None or self._mask_key is None or self._channel_key is None:
+            raise SecAggError(f"{self.client_id} must share keys before sending a masked input")
+        if self._masked:
+            raise SecAggError(f"{self.client_id} already sent a masked input this round")
+        values = quantize(vector, self.config)
+        if values.size != roster.vector_length:
+            raise SecAggError(f"update has {values.size} entries; the round expects {roster.vector_length}")
+        neighbours = roster.graph[self.client_id]
+        my_x = roster.index[self.client_id]
+        held: dict[str, tuple[Share, Share]] = {}
+        for share in encrypted_shares_for_me:
+            sender = share.sender
+            if share.recipient != self.client_id or sender not in neighbours:
+                raise SecAggError(f"malformed share: {sender} → {share.recipient} is not for {self.client_id}")
+            if sender in held:
+                raise SecAggError(f"malformed share: two share bundles from {sender}")
+            aead = _share_aead(self._channel_key, roster.keys[sender], self.round_id, sender, self.client_id)
+            try:
+                plain = aead.decrypt(share.nonce, share.ciphertext, _share_ad(self.round_id, sender, self.client_id))
+            except InvalidTag as exc:
+                raise SecAggError(f"malformed share from {sender}: decryption failed") from exc
+            held[sender] = (Share.from_bytes(my_x, plain[:_SHARE_BYTES]), Share.from_bytes(my_x, plain[_SHARE_BYTES:]))
+        if len(held) < self.config.threshold:
+            raise SecAggError(
+                f"only {len(held)} neighbours of {self.client_id} shared keys; threshold is {self.config.threshold}"
+            )
+        masked = values.copy()
+        masked += _expand(_self_mask_key(self._seed, self.round_id, self.client_id), values.size)
+        for peer in held:
+            stream = _expand(
+                _pair_seed(self._mask_key, roster.keys[peer].mask_key, self.round_id, self.client_id, peer), values.size
+            )
+            if self.client_id < peer:
+                masked += stream
+            else:
+                masked -= stream
+        # The secrets are now only recoverable through the neighbours' shares.
+        self._seed = self._mask_key = self._channel_key = None
+        self._held, self._masked = held, True
+        return MaskedInput(self.client_id, self.round_id, tuple(sorted(held)), masked)
+
+    def unmask(self, survivors: Iterable[str], dropped: Iterable[str]) -> UnmaskResponse:
+        """Reveal self-mask shares of survivors and mask-key shares of dropped clients, never both."""
+        if not self._masked or self._roster is None:
+            raise SecAggError(f"{self.client_id} cannot unmask before sending its masked input")
+        alive, gone = set(survivors), set(dropped)
+        both = sorted(alive & gone)
+        if both:
+            raise SecAggError(f"refusing to reveal both the self-mask seed and the mask key of {', '.join(both)}")
+        if self.client_id not in alive:
+            raise SecAggError(f"{self.client_id} sent its masked input but is not listed as a survivor")
+        unknown = sorted((alive | gone) - set(self._roster.keys))
+        if unknown:
+            raise SecAggError(f"unmask request names clients outside the roster: {', '.join(unknown)}")
+        if len(alive) < self.config.threshold:
+            raise SecAggError(f"only {len(alive)} survivors; threshold is {self.config.threshold}")
+        wanted: dict[str, str] = {}
+        for owner in self._held:
+            if owner not in alive and owner not in gone:
+                raise SecAggError(f"unmask request does not say whether {owner} survived")
+            wanted[owner] = _SELF if owner in alive else _KEY
+            if self._revealed.get(owner, wanted[owner]) != wanted[owner]:
+                raise SecAggError(
+                    f"refusing to reveal the {wanted[owner]} of {owner}: its {self._revealed[owner]} was already revealed"
+                )
+        self._revealed.update(wanted)
+        seeds = {o: self._held[o][0].to_bytes() for o, kind in wanted.items() if kind == _SELF}
+        keys = {o: self._held[o][1].to_bytes() for o, kind in wanted.items() if kind == _KEY}
+        return UnmaskResponse(self.client_id, self.round_id, seeds, keys)
+
+
+# --------------------------------------------------------------------------------------- server
+class SecAggServer:
+    """The coordinator's side of one round: collects messages and sums what survives.
+
+    Phases close in order (``roster``, ``route_shares``, ``unmask_request``); a message for a
+    closed phase is refused, above all a masked input arriving after the drop list was fixed.
+    """
+
+    def __init__(self, round_id: str, config: SecAggConfig, vector_length: int) -> None:
+        self.round_id = _check_id(round_id, "round id")
+        self.config = config
+        if isinstance(vector_length, bool) or not isinstance(vector_length, int) or vector_length < 1:
+            raise SecAggError("vector_length must be a positive integer")
+        self.vector_length = vector_length
+        self._adverts: dict[str, AdvertiseKeys] = {}
+        self._roster: Roster | None = None
+        self._share_keys: dict[str, ShareKeys] = {}
+        self._routed: dict[str, list[EncryptedShare]] | None = None
+        self._inputs: dict[str, MaskedInput] = {}
+        self._request: UnmaskRequest | None = None
+        self._responses: dict[str, UnmaskResponse] = {}
+
+    def _check_round(self, round_id: str, sender: str) -> None:
+        if round_id != self.round_id:
+            raise SecAggError(f"message from {sender} is for round {round_id!r}, not {self.round_id!r}")
+
+    @property
+    def sharers(self) -> tuple[str, ...]:
+        """Clients whose shares were routed (U2)."""
+        return tuple(sorted(self._share_keys)) if self._routed is not None else ()
+
+    @property
+    def survivors(self) -> tuple[str, ...]:
+        """Clients whose masked input counts (U3); final once :meth:`unmask_request` was called."""
+        return tuple(sorted(self._inputs))
+
+    def receive_advertise(self, message: AdvertiseKeys) -> None:
+        self._check_round(message.round_id, message.client_id)
+        if self._roster is not None:
+            raise SecAggError(f"keys from {message.client_id} arrived after the roster was sent")
+        if message.client_id in self._adverts and self._adverts[message.client_id] != message:
+            raise SecAggError(f"{message.client_id} advertised two different key sets")
+        self._adverts[message.client_id] = message
+
+    def roster(self) -> Roster:
+        """Close key advertisement and return the roster to broadcast (same object on every call)."""
+        if self._roster is None:
+            participants = tuple(self._adverts[c] for c in sorted(self._adverts))
+            self._roster = Roster(self.round_id, self.config, self.vector_length, participants)
+            degree = min(len(p) for p in self._roster.graph.values())
+            if 2 * self.config.threshold <= degree:
+                logger.warning(
+                    "secagg %s: threshold %d is at most half the neighbourhood (%d); a lying coordinator could "
+                    "collect both share kinds of one client",
+                    self.round_id, self.config.threshold, degree,
+                )
+            logger.info("secagg %s: roster of %d clients", self.round_id, len(participants))
+        return self._roster
+
+    def receive_shares(self, message: ShareKeys) -> None:
+        roster = self._roster
+        sender = message.client_id
+        self._check_round(message.round_id, sender)
+        if roster is None or self._routed is not None:
+            raise SecAggError(f"shares from {sender} arrived outside the share phase")
+        if sender not in roster.keys:
+            raise SecAggError(f"{sender} is not in the roster")
+        if sender in self._share_keys:
+            raise SecAggError(f"{sender} already sent its shares")
+        if len(message.self_mask_commitment) != 32:
+            raise SecAggError(f"malformed share bundle from {sender}: bad commitment")
+        recipients = [s.recipient for s in message.shares]
+        if any(s.sender != sender for s in message.shares) or sorted(recipients) != sorted(roster.graph[sender]):
+            raise SecAggError(f"malformed share bundle from {sender}: must hold one share per neighbour")
+        self._share_keys[sender] = message
+
+    def route_shares(self) -> dict[str, list[EncryptedShare]]:
+        """Close the share phase; return, per client that shared, the shares addressed to it."""
+        if self._roster is None:
+            raise SecAggError("route_shares before the roster was sent")
+        if self._routed is None:
+            graph = self._roster.graph
+            sharers = set(self._share_keys)
+            short = sorted(c for c in sharers if len(graph[c] & sharers) < self.config.threshold)
+            if short:
+                raise SecAggError(
+                    f"fewer than {self.config.threshold} neighbours of {', '.join(short)} shared keys; round aborted"
+                )
+            routed: dict[str, list[EncryptedShare]] = {c: [] for c in sorted(sharers)}
+            for bundle in self._share_keys.values():
+                for share in bundle.shares:
+                    if share.recipient in routed:
+                        routed[share.recipient].append(share)
+            self._routed = routed
+            logger.info("secagg %s: routed shares of %d clients", self.round_id, len(sharers))
+        return {c: list(v) for c, v in self._routed.items()}
+
+    def receive_masked_input(self, message: MaskedInput) -> None:
+        sender = message.client_id
+        self._check_round(message.round_id, sender)
+        if self._routed is None or self._roster is None:
+            raise SecAggError(f"masked input from {sender} arrived before the shares were routed")
+        if self._request is not None:
+            raise SecAggError(f"masked input from {sender} arrived after the drop list was fixed; discarded")
+        if sender not in self._share_keys:
+            raise SecAggError(f"{sender} did not share keys this round")
+        if sender in self._inputs:
+            raise SecAggError(f"{sender} already sent a masked input")
+        vector = np.asarray(message.vector)
+        if vector.dtype != np.uint32 or vector.shape != (self.vector_length,):
+            raise SecAggError(f"masked input from {sender} must be {self.vector_length} uint32 values")
+        expected = sorted(self._roster.graph[sender] & set(self._share_keys))
+        if sorted(message.peers) != expected:
+            raise SecAggError(f"{sender} masked against {sorted(message.peers)}, expected {expected}")
+        self._inputs[sender] = message
+
+    def unmask_request(self) -> UnmaskRequest:
+        """Fix the survivor and drop lists (same object on every call) and return them to send."""
+        if self._routed is None:
+            raise SecAggError("unmask_request before the shares were routed")
+        if self._request is None:
+            survivors = tuple(sorted(self._inputs))
+            if len(survivors) < self.config.threshold:
+                raise SecAggError(f"only {len(survivors)} survivors; threshold is {self.config.threshold}")
+            dropped = tuple(sorted(set(self._share_keys) - set(survivors)))
+            self._request = UnmaskRequest(self.round_id, survivors, dropped)
+            logger.info("secagg %s: %d survivors, %d dropped", self.round_id, len(survivors), len(dropped))
+        return self._request
+
+    def receive_unmask(self, message: UnmaskResponse) -> None:
+        request, roster = self._request, self._roster
+        sender = message.client_id
+        self._check_round(message.round_id, sender)
+        if request is None or roster is None:
+            raise SecAggError(f"unmask response from {sender} arrived before the unmask request")
+        if sender not in request.survivors:
+            raise SecAggError(f"unmask response from {sender}, which is not a survivor")
+        if sender in self._responses:
+            if self._responses[sender] != message:
+                raise SecAggError(f"{sender} sent two different unmask responses")
+            return
+        neighbours = roster.graph[sender]
+        seeds, keys = set(message.self_mask_shares), set(message.mask_key_shares)
+        if seeds & keys:
+            raise SecAggError(f"{sender} revealed both share kinds of {', '.join(sorted(seeds & keys))}")
+        if not seeds <= set(request.survivors) & neighbours or not keys <= set(request.dropped) & neighbours:
+            raise SecAggError(f"malformed unmask response from {sender}: shares for the wrong clients")
+        x = roster.index[sender]
+        for value in [*message.self_mask_shares.values(), *message.mask_key_shares.values()]:
+            Share.from_bytes(x, value)
+        self._responses[sender] = message
+
+    def aggregate(self) -> Aggregate:
+        """Remove every mask and decode the sum; raises while too few shares have arrived."""
+        request, roster = self._request, self._roster
+        if request is None or roster is None:
+            raise SecAggError("aggregate before the unmask request")
+        t, n = self.config.threshold, self.vector_length
+        total = np.zeros(n, dtype=np.uint32)
+        for client in request.survivors:
+            total += self._inputs[client].vector
+        for client in request.survivors:
+            seed = self._reconstruct(client, "self_mask_shares", _SELF)
+            if not hmac.compare_digest(
+                _commitment(seed, self.round_id, client), self._share_keys[client].self_mask_commitment
+            ):
+                raise SecAggError(f"malformed share: the self-mask seed of {client} does not match its commitment")
+            total -= _expand(_self_mask_key(seed, self.round_id, client), n)
+        for client in request.dropped:
+            affected = [s for s in request.survivors if client in self._inputs[s].peers]
+            if not affected:
+                continue
+            raw = self._reconstruct(client, "mask_key_shares", _KEY)
+            private = X25519PrivateKey.from_private_bytes(raw)
+            if _public_bytes(private) != roster.keys[client].mask_key:
+                raise SecAggError(f"malformed share: the mask key of {client} does not match its public key")
+            for survivor in affected:
+                stream = _expand(_pair_seed(private, roster.keys[survivor].mask_key, self.round_id, client, survivor), n)
+                if survivor < client:
+                    total -= stream
+                else:
+                    total += stream
+        logger.info("secagg %s: aggregated %d clients (threshold %d)", self.round_id, len(request.survivors), t)
+        return Aggregate(dequantize(total, len(request.survivors), self.config), list(request.survivors))
+
+    def _reconstruct(self, owner: str, field: str, what: str) -> bytes:
+        assert self._roster is not None
+        shares = [
+            Share.from_bytes(self._roster.index[responder], getattr(response, field)[owner])
+            for responder, response in self._responses.items()
+            if owner in getattr(response, field)
+        ]
+        if len(shares) < self.config.threshold:
+            raise SecAggError(
+                f"only {len(shares)} shares of the {what} of {owner} so far; threshold is {self.config.threshold}"
+            )
+        try:
+            return shamir_reconstruct(shares, self.config.threshold)
+        except SecAggError as exc:
+            raise SecAggError(f"cannot rebuild the {what} of {owner}: {exc}") from exc

@@ -1,0 +1,35 @@
+"""The LoRA step on a real tiny SLM: adapters learn, save/load symmetrically, base stays intact."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from lada_client.common.reasoning import format_prompt, format_target  # noqa: E402
+from lada_client.config import DistillSettings  # noqa: E402
+from lada_client.data.federation import load_client  # noqa: E402
+from lada_client.training.lora import LoraTrainer, PreferencePair  # noqa: E402
+
+
+def test_lora_round_raises_chosen_over_rejected_and_round_trips(tiny_world, tmp_path):
+    data = load_client(tiny_world["data"], "client1")
+    samples = data.train[:8]
+    prompts = [format_prompt(s.question) for s in samples]
+    chosen = [format_target(s.rationale) for s in samples]
+    rejected = [format_target(s.rationale.replace("The answer is", "So it is 0. The answer is 0 and")) for s in samples]
+    trainer = LoraTrainer(tiny_world["client1"] / "base")
+    before_c = trainer.sequence_logprobs(prompts, chosen)
+    before_r = trainer.sequence_logprobs(prompts, rejected)
+    settings = DistillSettings(alpha=1.0, beta=0.5, lr=5e-3, epochs=6, batch_size=8)
+    report = trainer.train_round(list(zip(prompts, chosen)), [PreferencePair(p, c, r) for p, c, r in zip(prompts, chosen, rejected)], [], settings)
+    assert report.steps == 6 and report.n_pairs == 8
+    after_c = trainer.sequence_logprobs(prompts, chosen)
+    after_r = trainer.sequence_logprobs(prompts, rejected)
+    assert ((after_c - before_c) - (after_r - before_r)).mean() > 0
+
+    trainer.save(tmp_path / "adapter")
+    reloaded = LoraTrainer(tiny_world["client1"] / "base", tmp_path / "adapter")
+    torch.testing.assert_close(reloaded.sequence_logprobs(prompts, chosen), after_c)
+    fresh = LoraTrainer(tiny_world["client1"] / "base")  # base checkpoint untouched by training
+    torch.testing.assert_close(fresh.sequence_logprobs(prompts, chosen), before_c)

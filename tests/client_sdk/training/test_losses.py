@@ -1,0 +1,50 @@
+"""Tests that fail if the distillation objective is wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from lada_client.scoring.features import relative_ppl_reward  # noqa: E402
+from lada_client.training.losses import contrastive_distillation_loss, sequence_logprob, sft_loss  # noqa: E402
+
+
+def test_cd_gradient_raises_chosen_and_lowers_rejected():
+    chosen = torch.tensor([-10.0, -12.0], requires_grad=True)
+    rejected = torch.tensor([-9.0, -8.0], requires_grad=True)
+    ref_c, ref_r = torch.tensor([-10.0, -12.0]), torch.tensor([-9.0, -8.0])
+    loss = contrastive_distillation_loss(chosen, rejected, ref_c, ref_r, beta=0.1)
+    loss.backward()
+    # gradient descent moves along -grad: chosen log-prob must go up, rejected down
+    assert (chosen.grad < 0).all() and (rejected.grad > 0).all()
+    assert loss.item() == pytest.approx(torch.log(torch.tensor(2.0)).item())  # margin 0 at π = π_ref
+
+
+def test_cd_loss_falls_as_margin_grows_and_beta_scales_it():
+    ref = torch.zeros(1)
+    small = contrastive_distillation_loss(torch.tensor([1.0]), torch.tensor([0.0]), ref, ref, beta=0.1)
+    large = contrastive_distillation_loss(torch.tensor([5.0]), torch.tensor([0.0]), ref, ref, beta=0.1)
+    sharper = contrastive_distillation_loss(torch.tensor([5.0]), torch.tensor([0.0]), ref, ref, beta=1.0)
+    assert large < small and sharper < large
+
+
+def test_reference_cancels_a_prior_preference():
+    """What counts is the change relative to π_ref, not the absolute log-probs."""
+    a = contrastive_distillation_loss(torch.tensor([-5.0]), torch.tensor([-1.0]), torch.tensor([-5.0]), torch.tensor([-1.0]), 0.1)
+    assert a.item() == pytest.approx(torch.log(torch.tensor(2.0)).item())
+
+
+def test_sequence_logprob_and_sft_use_only_completion_tokens():
+    lp = torch.tensor([[-1.0, -2.0, -3.0], [-4.0, -5.0, -6.0]])
+    mask = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+    assert sequence_logprob(lp, mask).tolist() == [-5.0, -6.0]
+    assert sft_loss(lp, mask).item() == pytest.approx((2 + 3 + 6) / 3)
+
+
+def test_reward_sign():
+    assert relative_ppl_reward(10.0, 8.0) == pytest.approx(0.2)
+    assert relative_ppl_reward(10.0, 12.0) == 0.0  # got worse: no reward, never negative
+    assert relative_ppl_reward(10.0, 0.0) == 1.0
+    with pytest.raises(ValueError):
+        relative_ppl_reward(0.0, 1.0)
