@@ -36,6 +36,7 @@ from lada_client.common.wire import (
 )
 from lada_client.config import ClientConfig
 from lada_client.data.federation import load_client
+from lada_client.privacy.dp import GaussianMechanism
 from lada_client.scoring.features import learnability_features, perplexity, relative_ppl_reward
 from lada_client.scoring.onnx_slm import OnnxSLM
 from lada_client.transport import CoordinatorError, Transport
@@ -71,6 +72,7 @@ class LadaClient:
         self.slm = OnnxSLM(self._scoring_path(), max_length=config.distill.max_length)
         self._trainer = None
         self._done_rounds: set[int] = set()
+        self.privacy = GaussianMechanism(config.dp)
 
     def __enter__(self) -> LadaClient:
         return self
@@ -152,6 +154,7 @@ class LadaClient:
         started = time.perf_counter()
         names = list(info.feature_names or self.config.features)
         features = learnability_features(self.slm, info.candidates, names, self.config.batch_size)
+        features = self.privacy.privatize_features(features, names)
         offers = self._offers(info)
         timings["score"] = time.perf_counter() - started
         upload = FeatureUpload(
@@ -191,6 +194,7 @@ class LadaClient:
             test_accuracy=accuracy,
             bytes_sent=self.transport.bytes_sent,
             bytes_received=self.transport.bytes_received,
+            dp_epsilon=self.privacy.accountant.epsilon,
         )
         self.transport.call("reward.put", report, t, Ack)
         self._done_rounds.add(t)

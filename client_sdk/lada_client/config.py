@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from lada_client.privacy.dp import DPSettings
+
 
 @dataclass(frozen=True)
 class LoraSettings:
@@ -66,6 +68,7 @@ class ClientConfig:
     max_wait_s: float = 1800.0
     lora: LoraSettings = field(default_factory=LoraSettings)
     distill: DistillSettings = field(default_factory=DistillSettings)
+    dp: DPSettings = field(default_factory=DPSettings)
 
     @property
     def can_train(self) -> bool:
@@ -95,6 +98,8 @@ class ClientConfig:
             d["lora"] = LoraSettings(**lora)
         if "distill" in d:
             d["distill"] = DistillSettings(**d["distill"])
+        if "dp" in d:
+            d["dp"] = DPSettings(**d["dp"])
         return cls(**d)
 
     @classmethod

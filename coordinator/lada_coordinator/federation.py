@@ -41,7 +41,10 @@ class FederationSettings:
     llm_warmup_steps: int = 400
     slm_warmup_steps: int = 150
     offer_questions: int = 32
-    client_overrides: tuple[tuple[str, object], ...] = ()
+    alpha: float = 0.5
+    dp_noise: float = 0.0
+    host_framework: str = "mkt"
+    slm_presets: tuple[str, ...] = SLM_PRESETS
     timeout_s: float = 1800.0
     tls: bool = False
 
@@ -94,7 +97,7 @@ def prepare(settings: FederationSettings) -> dict[str, Path]:
     paths = {"data": data_dir, "llm": llm_dir}
     for i, client in enumerate(fed.clients):
         cdir = models / client.name
-        ckey = {"preset": SLM_PRESETS[i % len(SLM_PRESETS)], "steps": settings.slm_warmup_steps, "seed": settings.seed}
+        ckey = {"preset": settings.slm_presets[i % len(settings.slm_presets)], "steps": settings.slm_warmup_steps, "seed": settings.seed}
         if not (cdir.exists() and _marker(cdir, ckey)):
             shutil.rmtree(cdir, ignore_errors=True)
             create_model(ckey["preset"], tok_dir, cdir / "base", seed=settings.seed + i + 1)
@@ -165,6 +168,7 @@ def run_federation(settings: FederationSettings) -> int:
         "candidates_per_round": settings.candidates,
         "offer_questions": settings.offer_questions,
         "allocation": settings.allocation,
+        "host_framework": settings.host_framework,
         "slm_filter": {"budget": settings.budget, "seed": settings.seed},
         "seed": settings.seed,
     }
@@ -193,7 +197,8 @@ def run_federation(settings: FederationSettings) -> int:
                 "scoring_model": str(paths[name] / "onnx" / "model.onnx"),
                 "base_model_dir": str(paths[name] / "base"),
                 "ca_cert": str(run_dir / "tls" / "cert.pem") if settings.tls else None,
-                **dict(settings.client_overrides),
+                "distill": {"alpha": settings.alpha, "seed": settings.seed},
+                "dp": {"noise_multiplier": settings.dp_noise},
             }
             (run_dir / f"{name}.json").write_text(json.dumps(cfg, indent=2))
             clients.append(

@@ -187,6 +187,7 @@ class RoundEngine(threading.Thread):
                 "n_allocated": report["n_allocated"],
                 "bytes_client_sent": c.bytes_in,
                 "bytes_client_received": c.bytes_out,
+                "dp_epsilon": report.get("dp_epsilon", 0.0),
             }
         llm_metrics = self._llm_direction(t, features) if self.config.train_llm else {}
         metrics = {

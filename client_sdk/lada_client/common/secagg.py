@@ -90,7 +90,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The Mersenne prime 2**521 - 1: any 32-byte secret is one field element, and a reconstruction
-#: from inconsistent shares lands below 2**256 only with probability 2**-265, so it is detected.
+#: from garbled shares lands below 2**256 only with probability 2**-265, so it is detected. A
+#: deliberate tamper can stay in range; the server also checks each rebuilt secret against the
+#: owner's commitment (self-mask seed) or advertised public key (mask key).
 SHAMIR_PRIME = 2**521 - 1
 _SHARE_BYTES = 66
 _SECRET_BYTES = 32
@@ -224,7 +226,8 @@ class SecAggConfig:
                 raise SecAggError(f"neighbours ({self.neighbours}) must be at least the threshold ({self.threshold})")
         for name in ("scale", "clip"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            valid = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (valid and math.isfinite(value) and value > 0):
                 raise SecAggError(f"{name} must be a positive finite number")
         if self.max_clients() < 1:
             raise SecAggError("clip * scale must stay below 2**31 so one update fits the group")
@@ -259,7 +262,8 @@ def quantize(vector: npt.ArrayLike, config: SecAggConfig) -> npt.NDArray[np.uint
         raise SecAggError("the update contains NaN or infinite values")
     clipped = np.clip(values, -config.clip, config.clip)
     if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("secagg: clipped %d of %d entries to ±%g", int(np.count_nonzero(clipped != values)), values.size, config.clip)
+        n_clipped = int(np.count_nonzero(clipped != values))
+        logger.debug("secagg: clipped %d of %d entries to ±%g", n_clipped, values.size, config.clip)
     return np.rint(clipped * config.scale).astype(np.int32).view(np.uint32)
 
 
@@ -396,7 +400,8 @@ class AdvertiseKeys:
 
 def neighbour_graph(client_ids: Sequence[str], neighbours: int | None, seed: bytes) -> dict[str, frozenset[str]]:
     """Who masks with whom: everyone (``None``) or a ``k``-regular circulant graph on a ring
-    shuffled by ``seed``, so the coordinator cannot choose a client's neighbours by naming it."""
+    shuffled by ``seed``. :class:`Roster` hashes the seed from the round and every advertised
+    mask key, so all parties derive the same graph and no single party picks it."""
     ids = sorted(client_ids)
     n = len(ids)
     if neighbours is None or neighbours >= n - 1:
@@ -652,6 +657,7 @@ class SecAggClient:
         self._revealed: dict[str, str] = {}
 
     def advertise(self) -> AdvertiseKeys:
+        """The round's public keys; the same message on every call, so it can be resent."""
         return self._advert
 
     def share_keys(self, roster: Roster) -> ShareKeys:
@@ -672,10 +678,11 @@ class SecAggClient:
         seed_shares = shamir_split(seed, self.config.threshold, holders)
         key_shares = shamir_split(self._mask_key.private_bytes(*_RAW_PRIVATE), self.config.threshold, holders)
         out = []
-        for peer, s_share, k_share in zip(peers, seed_shares, key_shares):
+        for peer, s_share, k_share in zip(peers, seed_shares, key_shares, strict=True):
             aead = _share_aead(self._channel_key, roster.keys[peer], self.round_id, self.client_id, peer)
             nonce = os.urandom(_NONCE_BYTES)
-            ciphertext = aead.encrypt(nonce, s_share.to_bytes() + k_share.to_bytes(), _share_ad(self.round_id, self.client_id, peer))
+            plain = s_share.to_bytes() + k_share.to_bytes()
+            ciphertext = aead.encrypt(nonce, plain, _share_ad(self.round_id, self.client_id, peer))
             out.append(EncryptedShare(self.client_id, peer, nonce, ciphertext))
         self._roster, self._seed = roster, seed
         logger.debug("secagg %s: %s shared keys with %d neighbours", self.round_id, self.client_id, len(peers))
@@ -687,10 +694,10 @@ class SecAggClient:
         Callable once: two inputs under the same masks would reveal their difference.
         """
         roster = self._roster
-        if roster is None or self._seed is None or self._mask_key is None or self._channel_key is None:
-            raise SecAggError(f"{self.client_id} must share keys before sending a masked input")
         if self._masked:
             raise SecAggError(f"{self.client_id} already sent a masked input this round")
+        if roster is None or self._seed is None or self._mask_key is None or self._channel_key is None:
+            raise SecAggError(f"{self.client_id} must share keys before sending a masked input")
         values = quantize(vector, self.config)
         if values.size != roster.vector_length:
             raise SecAggError(f"update has {values.size} entries; the round expects {roster.vector_length}")
@@ -750,7 +757,8 @@ class SecAggClient:
             wanted[owner] = _SELF if owner in alive else _KEY
             if self._revealed.get(owner, wanted[owner]) != wanted[owner]:
                 raise SecAggError(
-                    f"refusing to reveal the {wanted[owner]} of {owner}: its {self._revealed[owner]} was already revealed"
+                    f"refusing to reveal the {wanted[owner]} of {owner}: "
+                    f"its {self._revealed[owner]} was already revealed"
                 )
         self._revealed.update(wanted)
         seeds = {o: self._held[o][0].to_bytes() for o, kind in wanted.items() if kind == _SELF}
@@ -812,7 +820,9 @@ class SecAggServer:
                 logger.warning(
                     "secagg %s: threshold %d is at most half the neighbourhood (%d); a lying coordinator could "
                     "collect both share kinds of one client",
-                    self.round_id, self.config.threshold, degree,
+                    self.round_id,
+                    self.config.threshold,
+                    degree,
                 )
             logger.info("secagg %s: roster of %d clients", self.round_id, len(participants))
         return self._roster
@@ -935,7 +945,8 @@ class SecAggServer:
             if _public_bytes(private) != roster.keys[client].mask_key:
                 raise SecAggError(f"malformed share: the mask key of {client} does not match its public key")
             for survivor in affected:
-                stream = _expand(_pair_seed(private, roster.keys[survivor].mask_key, self.round_id, client, survivor), n)
+                seed = _pair_seed(private, roster.keys[survivor].mask_key, self.round_id, client, survivor)
+                stream = _expand(seed, n)
                 if survivor < client:
                     total -= stream
                 else:

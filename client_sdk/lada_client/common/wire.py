@@ -169,6 +169,7 @@ class RewardReport(_Message):
     test_accuracy: float = Field(ge=0.0, le=1.0)
     bytes_sent: int = Field(ge=0)
     bytes_received: int = Field(ge=0)
+    dp_epsilon: float = Field(default=0.0, ge=0.0, description="privacy budget spent so far (0 = DP off)")
 
     @field_validator("ppl_before", "ppl_after")
     @classmethod

@@ -4,61 +4,15 @@ changes nothing in the database."""
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from lada_client.common.crypto import Direction, Identity
 from lada_client.common.wire import Ack, Candidate, FeatureUpload, RoundInfo, RoundQuery
 from lada_client.transport import CoordinatorError, Transport
-from lada_coordinator.config import CoordinatorConfig
-from lada_coordinator.server.run import build
-
-
-def _dump(db: Path) -> list[str]:
-    conn = sqlite3.connect(str(db))
-    try:
-        return list(conn.iterdump())
-    finally:
-        conn.close()
-
-
-@pytest.fixture()
-def server(tmp_path, tiny_world, free_port):
-    config = CoordinatorConfig(
-        db_path=tmp_path / "c.sqlite", state_dir=tmp_path / "state", llm_dir=tiny_world["llm"],
-        public_data=tiny_world["data"], port=free_port, max_body_bytes=200_000, rounds=2,
-    )
-    app, engine, store = build(config)  # engine not started: rounds are opened by the test
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{config.port}"
-    for _ in range(100):
-        try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    yield url, store, config
-    srv.should_exit = True
-    thread.join(5)
-    store.close()
-
-
-def _enrolled(url: str, store, name: str = "dev1") -> Transport:
-    from lada_client.common.wire import EnrollRequest
-
-    ident = Identity.generate()
-    t = Transport(url, ident)
-    keys = ident.public.to_b64()
-    t.enroll(EnrollRequest(token=store.issue_token(), client_name=name, sign_key=keys["sign_key"], kex_key=keys["kex_key"]))
-    return t
 
 
 def _open_round(store) -> None:
@@ -70,9 +24,9 @@ def _open_round(store) -> None:
     store.open_round(1, info.model_dump(), {})
 
 
-def test_round_trip_and_status(server):
+def test_round_trip_and_status(server, enroll):
     url, store, _ = server
-    t = _enrolled(url, store)
+    t = enroll(url, store)
     info = t.call("round.get", RoundQuery(), 0, RoundInfo)
     assert info.phase == "waiting"
     _open_round(store)
@@ -85,28 +39,28 @@ def test_round_trip_and_status(server):
     assert status["clients"] == 1 and status["round"] == 1
 
 
-def test_enrollment_tokens_are_one_time(server):
+def test_enrollment_tokens_are_one_time(server, db_dump):
     url, store, _ = server
     token = store.issue_token()
     body = lambda name: {  # noqa: E731
         "token": token, "client_name": name, **Identity.generate().public.to_b64()
     }
     assert httpx.post(f"{url}/v1/enroll", json=body("a")).status_code == 200
-    before = _dump(store_path := Path(server[2].db_path))
+    before = db_dump(store_path := Path(server[2].db_path))
     r = httpx.post(f"{url}/v1/enroll", json=body("b"))
     assert r.status_code == 401 and r.json()["error"] == "bad_token" and "already used" in r.json()["detail"]
     r = httpx.post(f"{url}/v1/enroll", json={**body("c"), "token": "never-issued-token"})
     assert r.status_code == 401
-    assert _dump(store_path) == before
+    assert db_dump(store_path) == before
 
 
 @pytest.mark.parametrize(
     "attack",
     ["unknown_client", "bad_signature", "malformed", "replay", "wrong_round", "oversized", "wrong_kind", "nan_features", "truncated"],
 )
-def test_bad_requests_get_4xx_and_change_nothing(server, attack):
+def test_bad_requests_get_4xx_and_change_nothing(server, attack, enroll, db_dump):
     url, store, config = server
-    t = _enrolled(url, store)
+    t = enroll(url, store)
     _open_round(store)
     t.call("round.get", RoundQuery(), 1, RoundInfo)  # a first accepted request
     payload = FeatureUpload(round=1, feature_names=["slm_path_nll"], sample_ids=["p1"], features=[[1.0]])
@@ -143,17 +97,17 @@ def test_bad_requests_get_4xx_and_change_nothing(server, attack):
         body = envelope()
         body["ciphertext"] = body["ciphertext"][:-8]
         want = 401
-    before = _dump(Path(config.db_path))
+    before = db_dump(Path(config.db_path))
     r = httpx.post(url + path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
     assert r.status_code == want, r.text
     err = r.json()
     assert err["error"] and err["detail"]  # a message a user can act on
-    assert _dump(Path(config.db_path)) == before
+    assert db_dump(Path(config.db_path)) == before
 
 
-def test_transport_surfaces_server_errors(server):
+def test_transport_surfaces_server_errors(server, enroll):
     url, store, _ = server
-    t = _enrolled(url, store)
+    t = enroll(url, store)
     _open_round(store)
     with pytest.raises(CoordinatorError, match="wrong_phase|wrong_round|no_allocation"):
         from lada_client.common.wire import RewardReport

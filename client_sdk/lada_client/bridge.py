@@ -1,0 +1,723 @@
+"""A string-in/string-out JSON API over the client SDK, for embedding it in a mobile app.
+
+A Kotlin or Java app reaches Python through Chaquopy or a JNI bridge. Across that boundary,
+Python exceptions surface as opaque platform errors and Python objects are awkward to hold, so
+everything crosses as one JSON string each way, through one entry point::
+
+    reply = Bridge().call('{"method": "score", "params": {"candidates": [...]}}')
+
+    {"ok": true,  "result": ...}
+    {"ok": false, "error": {"code": "not_configured", "message": "..."}}
+
+:meth:`Bridge.call` never raises and never returns a stack trace: unexpected failures are logged
+(with their traceback) and reported as ``internal``. A request may carry an ``"id"``; the reply
+echoes it so an app can match replies to requests.
+
+Methods
+=======
+
+``configure``   params: :class:`~lada_client.config.ClientConfig` fields, plus an optional
+                ``runtime`` object (``providers``, ``intra_op_threads``). Builds the client;
+                offline. Reconfiguring replaces the previous client.
+``enroll``      params: ``token`` (needed once; later calls reuse the stored enrollment).
+``score``       params: ``candidates`` (list of ``{question, path, llm_logprob, llm_tokens}``,
+                optional ``sample_id``), optional ``feature_names``. Learnability feature rows from
+                the on-device SLM; needs no coordinator.
+``round_step``  Takes part in ONE round if the coordinator has one collecting features, else
+                reports the phase; meant to be scheduled by a background worker.
+``train``       params: optional ``epochs``, ``max_samples``. A local-only LoRA update on the
+                device's private data; needs the ``train`` extra (torch).
+``status``      Never blocks, even while another method runs: enrollment, model, providers, last
+                results, bytes exchanged with the coordinator.
+``shutdown``    Closes the connection and forgets the client.
+
+Error codes
+===========
+
+``bad_request`` (malformed JSON, bad params), ``unknown_method``, ``not_configured``,
+``bad_config``, ``model_load_failed``, ``not_enrolled``, ``coordinator_unreachable``,
+``coordinator_rejected`` (4xx: bad token, wrong round...), ``coordinator_error`` (5xx, invalid or
+late replies), ``unsupported``, ``busy``, ``internal``.
+
+Threading
+=========
+
+Methods other than ``status`` run one at a time. A second one arriving while the first runs is
+answered ``busy`` at once instead of blocking the caller's thread: a round can take minutes, and a
+blocked UI thread is an "application not responding" kill. Workers should retry later on ``busy``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from lada_client.client import LadaClient
+from lada_client.common.crypto import CryptoError
+from lada_client.common.reasoning import format_prompt, format_target
+from lada_client.common.wire import Candidate, RoundInfo, RoundQuery
+from lada_client.config import ClientConfig
+from lada_client.scoring.features import FEATURE_NAMES, learnability_features, perplexity
+from lada_client.scoring.onnx_slm import ModelLoadError, OnnxSLM, select_providers
+from lada_client.transport import CoordinatorError
+
+__all__ = ["Bridge", "BridgeError", "ERROR_CODES", "RuntimeOptions"]
+
+log = logging.getLogger(__name__)
+
+ERROR_CODES: frozenset[str] = frozenset(
+    {
+        "bad_request",
+        "unknown_method",
+        "not_configured",
+        "bad_config",
+        "model_load_failed",
+        "not_enrolled",
+        "coordinator_unreachable",
+        "coordinator_rejected",
+        "coordinator_error",
+        "unsupported",
+        "busy",
+        "internal",
+    }
+)
+
+#: Larger requests are refused before parsing: a phone should not build a huge object graph.
+MAX_REQUEST_CHARS = 32 * 1024 * 1024
+#: The most candidates one ``score`` call takes (the wire's own limit on a feature upload).
+MAX_SCORE_CANDIDATES = 8192
+
+# Files LadaClient keeps in ``state_dir``. The bridge reads the enrollment record to report and
+# restore enrollment without network access, and writes the re-exported model where LadaClient
+# looks for it on the next start.
+_ENROLLMENT_RECORD = "enrollment.json"
+_OWN_MODEL = "model.onnx"
+_ADAPTER_DIR = "adapter"
+# The bridge's own bookkeeping, kept next to LadaClient's so it survives app restarts.
+_BRIDGE_STATE = "bridge_state.json"
+
+_REQUEST_KEYS = frozenset({"method", "params", "id"})
+
+
+class BridgeError(Exception):
+    """An expected failure with an error code from :data:`ERROR_CODES` and a readable message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in ERROR_CODES:
+            raise ValueError(f"unknown bridge error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """onnxruntime settings for the scoring model (``configure``'s optional ``runtime`` object).
+
+    Phones have a few fast and several slow cores: pinning ``intra_op_threads`` to the fast ones
+    often scores faster, and always heats the device less, than onnxruntime's default of one
+    thread per core. ``providers`` lists execution providers in order of preference.
+    """
+
+    providers: tuple[str, ...] | None = None
+    intra_op_threads: int = 0
+
+    @property
+    def is_default(self) -> bool:
+        return self.providers is None and self.intra_op_threads == 0
+
+    @classmethod
+    def from_params(cls, value: object) -> RuntimeOptions:
+        if value is None:
+            return cls()
+        if not isinstance(value, Mapping):
+            raise BridgeError("bad_config", "runtime must be an object with 'providers' and/or 'intra_op_threads'")
+        unknown = set(value) - {"providers", "intra_op_threads"}
+        if unknown:
+            raise BridgeError("bad_config", f"unknown runtime key(s): {sorted(unknown)}")
+        providers = value.get("providers")
+        if providers is not None and (
+            not isinstance(providers, list) or not providers or not all(isinstance(p, str) and p for p in providers)
+        ):
+            raise BridgeError("bad_config", "runtime.providers must be a non-empty list of provider names")
+        threads = value.get("intra_op_threads", 0)
+        if not _is_int(threads) or threads < 0:
+            raise BridgeError("bad_config", "runtime.intra_op_threads must be an integer >= 0 (0 = onnxruntime's default)")
+        return cls(tuple(providers) if providers is not None else None, threads)
+
+
+@dataclass
+class _History:
+    """What the app shows between runs: rounds taken part in, last round and training results.
+
+    Stored per enrolled client id, so enrolling against a new federation (whose round numbers
+    start again at 1) does not make the device skip its rounds.
+    """
+
+    client_id: str | None = None
+    done_rounds: list[int] | None = None
+    last_round: dict[str, Any] | None = None
+    last_train: dict[str, Any] | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> _History:
+        if not path.exists():
+            return cls(done_rounds=[])
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            history = cls(
+                client_id=data.get("client_id"),
+                done_rounds=[int(r) for r in data.get("done_rounds", [])],
+                last_round=data.get("last_round"),
+                last_train=data.get("last_train"),
+            )
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("ignoring unreadable bridge state %s: %s", path, exc)
+            return cls(done_rounds=[])
+        return history
+
+    def save(self, path: Path) -> None:
+        """Write atomically, so a process killed mid-write never leaves a truncated file."""
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), allow_nan=False, default=str), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def for_client(self, client_id: str) -> None:
+        if self.client_id != client_id:
+            self.client_id = client_id
+            self.done_rounds = []
+            self.last_round = None
+
+
+class Bridge:
+    """One device's SDK behind a JSON-string API. Create one per process and keep it.
+
+    Holds no global state: an app that wants two clients (say, two federations) creates two
+    bridges with different ``state_dir``.
+    """
+
+    def __init__(self) -> None:
+        self._client: LadaClient | None = None
+        self._runtime = RuntimeOptions()
+        self._tuned_slm: OnnxSLM | None = None
+        self._history = _History(done_rounds=[])
+        self._known_round = 0
+        # _op_lock serialises the methods that use the client; _state_lock guards the references
+        # status reads, so status answers while a round runs.
+        self._op_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "configure": self._configure,
+            "enroll": self._enroll,
+            "score": self._score,
+            "round_step": self._round_step,
+            "train": self._train,
+            "status": self._status,
+            "shutdown": self._shutdown,
+        }
+
+    # ------------------------------------------------------------------------------ entry point
+    def call(self, request_json: str) -> str:
+        """Run one JSON request and return the JSON reply. Never raises."""
+        started = time.perf_counter()
+        method = "?"
+        request_id: object = None
+        try:
+            method, params, request_id = _parse_request(request_json)
+            handler = self._handlers.get(method)
+            if handler is None:
+                raise BridgeError("unknown_method", f"unknown method {method!r}; methods: {sorted(self._handlers)}")
+            if method == "status":
+                result = handler(params)
+            else:
+                if not self._op_lock.acquire(blocking=False):
+                    raise BridgeError("busy", f"another call is running; retry {method!r} when it has finished")
+                try:
+                    result = handler(params)
+                finally:
+                    self._op_lock.release()
+            reply: dict[str, Any] = {"ok": True, "result": result}
+            log.debug("bridge %s: ok in %.2fs", method, time.perf_counter() - started)
+        except BridgeError as exc:
+            reply = _error_reply(exc.code, exc.message)
+        except CoordinatorError as exc:
+            reply = _error_reply(_coordinator_code(exc), str(exc))
+        except ModelLoadError as exc:
+            reply = _error_reply("model_load_failed", str(exc))
+        except ValidationError as exc:
+            reply = _error_reply("bad_request", _validation_message(exc))
+        except Exception as exc:  # noqa: BLE001 - the host app must never see a Python exception
+            log.exception("bridge %s: unexpected failure", method)
+            reply = _error_reply("internal", f"internal error in {method!r} ({type(exc).__name__}); see the app log")
+        if not reply["ok"]:
+            log.warning("bridge %s: %s: %s", method, reply["error"]["code"], reply["error"]["message"])
+        if request_id is not None:
+            reply["id"] = request_id
+        return _dumps(reply)
+
+    # ------------------------------------------------------------------------- thin wrappers
+    def configure(self, config: Mapping[str, Any], runtime: Mapping[str, Any] | None = None) -> str:
+        params = dict(config)
+        if runtime is not None:
+            params["runtime"] = dict(runtime)
+        return self._request("configure", params)
+
+    def enroll(self, token: str | None = None) -> str:
+        return self._request("enroll", {} if token is None else {"token": token})
+
+    def score(self, candidates: Sequence[Mapping[str, Any]], feature_names: Sequence[str] | None = None) -> str:
+        params: dict[str, Any] = {"candidates": [dict(c) for c in candidates]}
+        if feature_names is not None:
+            params["feature_names"] = list(feature_names)
+        return self._request("score", params)
+
+    def round_step(self) -> str:
+        return self._request("round_step", {})
+
+    def train(self, epochs: int | None = None, max_samples: int | None = None) -> str:
+        params = {k: v for k, v in (("epochs", epochs), ("max_samples", max_samples)) if v is not None}
+        return self._request("train", params)
+
+    def status(self) -> str:
+        return self._request("status", {})
+
+    def shutdown(self) -> str:
+        return self._request("shutdown", {})
+
+    def _request(self, method: str, params: dict[str, Any]) -> str:
+        try:
+            request = json.dumps({"method": method, "params": params}, default=str, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return _dumps(_error_reply("bad_request", f"params of {method!r} are not JSON-serialisable: {exc}"))
+        return self.call(request)
+
+    # ------------------------------------------------------------------------------- methods
+    def _configure(self, params: dict[str, Any]) -> dict[str, Any]:
+        params = dict(params)
+        runtime = RuntimeOptions.from_params(params.pop("runtime", None))
+        _check_config_types(params)
+        try:
+            config = ClientConfig.from_dict(params)
+        except (ValueError, TypeError) as exc:
+            raise BridgeError("bad_config", str(exc)) from exc
+        try:
+            client = LadaClient(config)
+        except ModelLoadError:
+            raise
+        except FileNotFoundError as exc:
+            raise BridgeError("bad_config", str(exc)) from exc
+        except (ValueError, CryptoError) as exc:
+            raise BridgeError("bad_config", str(exc)) from exc
+        except OSError as exc:
+            raise BridgeError("bad_config", f"cannot use {exc.filename or 'a configured path'}: {exc.strerror}") from exc
+        try:
+            tuned = _load_slm(client.slm.model_path, runtime, config) if not runtime.is_default else client.slm
+            client.slm = tuned
+            history = _History.load(config.state_dir / _BRIDGE_STATE)
+            client_id = _stored_client_id(config.state_dir)
+            if client_id is not None:
+                client.enroll()  # attaches the stored enrollment; no network
+                history.for_client(client_id)
+        except BaseException:
+            client.transport.close()
+            raise
+        with self._state_lock:
+            previous, self._client = self._client, client
+            self._runtime, self._tuned_slm = runtime, tuned
+            self._history, self._known_round = history, 0
+        if previous is not None:
+            previous.transport.close()
+        log.info("bridge configured for %s (model %s)", config.name, client.slm.model_path)
+        return self._snapshot(busy=False)
+
+    def _enroll(self, params: dict[str, Any]) -> dict[str, Any]:
+        _check_keys(params, {"token"})
+        client = self._require_client()
+        token = params.get("token")
+        if token is not None and (not isinstance(token, str) or not token):
+            raise BridgeError("bad_request", "token must be a non-empty string")
+        if token:
+            client.config = client.config.with_overrides(token=token)
+        if _stored_client_id(client.config.state_dir) is None and not client.config.token:
+            raise BridgeError("bad_request", "this device is not enrolled yet: pass the one-time enrollment token as params.token")
+        client_id = client.enroll()
+        with self._state_lock:
+            self._history.for_client(client_id)
+            self._save_history(client)
+        return {"enrolled": True, "client_id": client_id}
+
+    def _score(self, params: dict[str, Any]) -> dict[str, Any]:
+        _check_keys(params, {"candidates", "feature_names"})
+        client = self._require_client()
+        raw = params.get("candidates")
+        if not isinstance(raw, list):
+            raise BridgeError("bad_request", "params.candidates must be a list of {question, path, llm_logprob, llm_tokens}")
+        if len(raw) > MAX_SCORE_CANDIDATES:
+            raise BridgeError("bad_request", f"at most {MAX_SCORE_CANDIDATES} candidates per call (got {len(raw)})")
+        candidates: list[Candidate] = []
+        for i, item in enumerate(raw):
+            if not isinstance(item, Mapping):
+                raise BridgeError("bad_request", f"candidates[{i}] must be an object")
+            try:
+                candidates.append(Candidate.model_validate({"sample_id": f"local-{i}", **item}))
+            except ValidationError as exc:
+                raise BridgeError("bad_request", f"candidates[{i}]: {_validation_message(exc)}") from exc
+        names = params.get("feature_names", list(client.config.features))
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise BridgeError("bad_request", f"feature_names must be a non-empty list of: {list(FEATURE_NAMES)}")
+        try:
+            rows = learnability_features(client.slm, candidates, names, client.config.batch_size)
+        except ValueError as exc:
+            raise BridgeError("bad_request", str(exc)) from exc
+        return {"feature_names": names, "sample_ids": [c.sample_id for c in candidates], "rows": rows.tolist()}
+
+    def _round_step(self, params: dict[str, Any]) -> dict[str, Any]:
+        _check_keys(params, set())
+        client = self._require_client()
+        if client.transport.client_id is None:
+            if _stored_client_id(client.config.state_dir) is None:
+                raise BridgeError("not_enrolled", "this device is not enrolled: call enroll with the one-time token first")
+            client.enroll()
+        info = client.transport.call("round.get", RoundQuery(), self._known_round, RoundInfo)
+        self._known_round = info.round
+        reply: dict[str, Any] = {"round": info.round, "phase": info.phase, "total_rounds": info.total_rounds, "ran": False}
+        if info.phase != "features":
+            return reply
+        if info.round in (self._history.done_rounds or []):
+            return {**reply, "reason": f"already took part in round {info.round}"}
+        result = asdict(client.run_round(info))
+        self._keep_runtime(client)
+        with self._state_lock:
+            self._history.done_rounds = sorted({*(self._history.done_rounds or []), info.round})
+            self._history.last_round = result
+            self._save_history(client)
+        return {**reply, "ran": True, "result": result}
+
+    def _train(self, params: dict[str, Any]) -> dict[str, Any]:
+        _check_keys(params, {"epochs", "max_samples"})
+        client = self._require_client()
+        cfg = client.config
+        epochs = params.get("epochs", max(1, cfg.distill.epochs))
+        max_samples = params.get("max_samples", max(1, len(client.data.train)))
+        if not _is_int(epochs) or epochs < 1 or not _is_int(max_samples) or max_samples < 1:
+            raise BridgeError("bad_request", "epochs and max_samples must be integers >= 1")
+        if cfg.base_model_dir is None:
+            raise BridgeError(
+                "unsupported",
+                "local training needs a trainable checkpoint: configure base_model_dir (the SLM the LoRA adapter sits on)",
+            )
+        if not _has_module("torch"):
+            raise BridgeError(
+                "unsupported",
+                "local training needs the 'train' extra (torch, transformers, peft), which is not installed here; "
+                "this device can still score and take part in rounds without training",
+            )
+        samples = client.data.train[:max_samples]
+        if not samples:
+            raise BridgeError("bad_request", f"client {cfg.name!r} has no private training data in {cfg.data_dir}")
+        started = time.perf_counter()
+        prompts = [format_prompt(s.question) for s in samples]
+        targets = [format_target(s.rationale) for s in samples]
+        ppl_before = perplexity(client.slm.completion_logprobs(prompts, targets, cfg.batch_size))
+        try:
+            from lada_client.training.lora import LoraTrainer
+
+            trainer = LoraTrainer(cfg.base_model_dir, cfg.state_dir / _ADAPTER_DIR, cfg.lora)
+        except ImportError as exc:
+            raise BridgeError("unsupported", f"local training needs the 'train' extra: {exc}") from exc
+        report = trainer.train_round([], [], list(zip(prompts, targets)), replace(cfg.distill, epochs=epochs))
+        trainer.save(cfg.state_dir / _ADAPTER_DIR)
+        _forget_cached_trainer(client)
+        exported, reason = self._reexport(client, trainer)
+        del trainer  # a torch model is the largest object on the device; free it before scoring
+        ppl_after = perplexity(client.slm.completion_logprobs(prompts, targets, cfg.batch_size)) if exported else None
+        result = {
+            "steps": report.steps,
+            "epochs": epochs,
+            "n_samples": len(samples),
+            "sft_loss": report.sft_loss,
+            "ppl_before": ppl_before,
+            "ppl_after": ppl_after,
+            "exported": exported,
+            "export_note": reason,
+            "adapter_dir": str(cfg.state_dir / _ADAPTER_DIR),
+            "model_path": str(client.slm.model_path),
+            "seconds": time.perf_counter() - started,
+        }
+        with self._state_lock:
+            self._history.last_train = result
+            self._save_history(client)
+        return result
+
+    def _status(self, params: dict[str, Any]) -> dict[str, Any]:
+        _check_keys(params, set())
+        return self._snapshot(busy=self._op_lock.locked())
+
+    def _snapshot(self, busy: bool) -> dict[str, Any]:
+        with self._state_lock:
+            client, history, known_round = self._client, self._history, self._known_round
+        if client is None:
+            return {"configured": False, "busy": busy}
+        cfg = client.config
+        client_id = client.transport.client_id or _stored_client_id(cfg.state_dir)
+        return {
+            "configured": True,
+            "busy": busy,
+            "client_name": cfg.name,
+            "coordinator_url": cfg.coordinator_url,
+            "enrolled": client_id is not None,
+            "client_id": client_id,
+            "model_path": str(client.slm.model_path),
+            "providers": _session_providers(client.slm),
+            "can_train": cfg.can_train,
+            "torch_available": _has_module("torch"),
+            "known_round": known_round,
+            "rounds_completed": list(history.done_rounds or []),
+            "last_round": history.last_round,
+            "last_train": history.last_train,
+            "bytes_sent": client.transport.bytes_sent,
+            "bytes_received": client.transport.bytes_received,
+        }
+
+    def _shutdown(self, params: dict[str, Any]) -> dict[str, Any]:
+        _check_keys(params, set())
+        with self._state_lock:
+            client, self._client, self._tuned_slm = self._client, None, None
+        if client is not None:
+            client.transport.close()
+            log.info("bridge shut down for %s", client.config.name)
+        return {"closed": client is not None}
+
+    # ------------------------------------------------------------------------------- helpers
+    def _require_client(self) -> LadaClient:
+        with self._state_lock:
+            client = self._client
+        if client is None:
+            raise BridgeError("not_configured", "call configure first")
+        return client
+
+    def _save_history(self, client: LadaClient) -> None:
+        try:
+            self._history.save(client.config.state_dir / _BRIDGE_STATE)
+        except OSError as exc:  # bookkeeping only: the round itself has succeeded
+            log.warning("cannot save bridge state in %s: %s", client.config.state_dir, exc)
+
+    def _keep_runtime(self, client: LadaClient) -> None:
+        """Reload with the app's runtime options if LadaClient swapped in a re-exported model.
+
+        LadaClient loads a model it has just re-exported with default session options; without
+        this, a phone pinned to two threads would jump to one thread per core after a round.
+        """
+        if self._runtime.is_default or client.slm is self._tuned_slm:
+            self._tuned_slm = client.slm
+            return
+        self._tuned_slm = _load_slm(client.slm.model_path, self._runtime, client.config)
+        client.slm = self._tuned_slm
+
+    def _reexport(self, client: LadaClient, trainer: Any) -> tuple[bool, str]:
+        """Merge the adapter and export the ONNX scoring model, so scores reflect the update.
+
+        Export needs the ``export`` extra (optimum); without it the adapter is still saved and
+        LadaClient's next in-round update starts from it, but scoring keeps the old model.
+        """
+        cfg = client.config
+        if not (_has_module("optimum.exporters.onnx") and _has_module("onnx")):
+            return False, "the 'export' extra (optimum-onnx) is not installed: adapter saved, scoring model unchanged"
+        from lada_client.models.export import export_scoring_model
+
+        with tempfile.TemporaryDirectory(prefix="lada-merged-", dir=cfg.state_dir) as tmp:
+            merged = trainer.merged_checkpoint(Path(tmp) / "merged")
+            staged = export_scoring_model(merged, Path(tmp) / "onnx" / _OWN_MODEL)
+            os.replace(staged, cfg.state_dir / _OWN_MODEL)
+            shutil.copy(Path(tmp) / "onnx" / "tokenizer.json", cfg.state_dir / "tokenizer.json")
+        self._tuned_slm = _load_slm(cfg.state_dir / _OWN_MODEL, self._runtime, cfg)
+        client.slm = self._tuned_slm
+        return True, ""
+
+
+# --------------------------------------------------------------------------------- functions
+def _parse_request(request_json: object) -> tuple[str, dict[str, Any], object]:
+    if isinstance(request_json, bytes):
+        try:
+            request_json = request_json.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BridgeError("bad_request", f"request is not UTF-8: {exc.reason}") from exc
+    if not isinstance(request_json, str):
+        raise BridgeError("bad_request", f"request must be a JSON string, not {type(request_json).__name__}")
+    if len(request_json) > MAX_REQUEST_CHARS:
+        raise BridgeError("bad_request", f"request is over {MAX_REQUEST_CHARS} characters")
+    try:
+        request = json.loads(request_json, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise BridgeError("bad_request", f"request is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except ValueError as exc:  # NaN / Infinity, or numbers too long to parse
+        raise BridgeError("bad_request", f"request is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise BridgeError("bad_request", "request is nested too deeply") from exc
+    if not isinstance(request, dict):
+        raise BridgeError("bad_request", 'request must be a JSON object like {"method": ..., "params": {...}}')
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, (str, int)):
+        raise BridgeError("bad_request", "id must be a string or an integer")
+    unknown = set(request) - _REQUEST_KEYS
+    if unknown:
+        raise BridgeError("bad_request", f"unknown request key(s) {sorted(unknown)}; expected 'method', 'params' and optional 'id'")
+    method = request.get("method")
+    if not isinstance(method, str) or not method:
+        raise BridgeError("bad_request", "request needs a 'method' string")
+    params = request.get("params")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise BridgeError("bad_request", "params must be a JSON object")
+    return method, params, request_id
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _check_keys(params: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = set(params) - allowed
+    if unknown:
+        expected = f"expected {sorted(allowed)}" if allowed else "this method takes none"
+        raise BridgeError("bad_request", f"unknown param(s) {sorted(unknown)}; {expected}")
+
+
+def _has_module(name: str) -> bool:
+    """Whether ``name`` is importable, without importing it (torch takes seconds on a phone)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a parent package of a dotted name is missing
+        return False
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ClientConfig does not check the JSON types of its scalar fields; a "16" for batch_size would
+# only fail deep inside scoring, so the bridge checks them where the app can still be told.
+_SCALAR_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "Path": (str,),
+}
+
+
+def _check_config_types(params: Mapping[str, Any]) -> None:
+    features = params.get("features")
+    if "features" in params and (not isinstance(features, list) or not all(isinstance(n, str) for n in features)):
+        raise BridgeError("bad_config", f"features must be a list of feature names from {list(FEATURE_NAMES)}")
+    for f in fields(ClientConfig):
+        if f.name not in params:
+            continue
+        value = params[f.name]
+        declared = str(f.type).replace(" ", "")
+        optional = declared.endswith("|None")
+        base = declared.removesuffix("|None")
+        if value is None and optional:
+            continue
+        allowed = _SCALAR_TYPES.get(base)
+        if allowed is None:
+            continue
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            raise BridgeError("bad_config", f"{f.name} must be a {base if base != 'Path' else 'path string'}, not {value!r}")
+
+
+def _load_slm(model_path: Path, runtime: RuntimeOptions, config: ClientConfig) -> OnnxSLM:
+    return OnnxSLM(
+        model_path,
+        providers=runtime.providers,
+        max_length=config.distill.max_length,
+        intra_op_threads=runtime.intra_op_threads,
+    )
+
+
+def _session_providers(slm: OnnxSLM) -> list[str]:
+    """Providers the session really uses (onnxruntime falls back silently if one fails to load)."""
+    session = getattr(slm, "_session", None)
+    if session is not None and hasattr(session, "get_providers"):
+        return list(session.get_providers())
+    return select_providers()
+
+
+def _forget_cached_trainer(client: LadaClient) -> None:
+    """Make LadaClient reload the adapter from disk on its next in-round update.
+
+    LadaClient keeps its LoRA trainer in memory between rounds; left alone, it would train on from
+    the adapter it had before this local update and save over it.
+    """
+    if getattr(client, "_trainer", None) is not None:
+        client._trainer = None  # noqa: SLF001 - LadaClient has no public way to drop its trainer
+
+
+def _stored_client_id(state_dir: Path) -> str | None:
+    path = state_dir / _ENROLLMENT_RECORD
+    if not path.exists():
+        return None
+    try:
+        client_id = json.loads(path.read_text(encoding="utf-8"))["client_id"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("unreadable enrollment record %s: %s", path, exc)
+        return None
+    return client_id if isinstance(client_id, str) else None
+
+
+def _coordinator_code(exc: CoordinatorError) -> str:
+    if isinstance(exc.__cause__, httpx.HTTPError) and exc.status is None:
+        return "coordinator_unreachable"
+    if exc.status is not None and 400 <= exc.status < 500:
+        return "coordinator_rejected"
+    return "coordinator_error"
+
+
+def _validation_message(exc: ValidationError) -> str:
+    """The first problem, as 'field: message' (pydantic's full text carries URLs and input dumps)."""
+    errors = exc.errors()
+    if not errors:
+        return "invalid value"
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "value"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid value')}{more}"
+
+
+def _error_reply(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN or infinity (org.json rejects them), so they travel as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def _dumps(reply: dict[str, Any]) -> str:
+    """Serialise a reply. ASCII-only: JNI's modified UTF-8 mangles characters outside the BMP."""
+    try:
+        return json.dumps(_finite_or_none(reply), allow_nan=False, default=str)
+    except (TypeError, ValueError):
+        log.exception("bridge reply is not serialisable")
+        return json.dumps(_error_reply("internal", "internal error: reply could not be serialised; see the app log"))

@@ -1,0 +1,1 @@
+"""Client-side privacy mechanisms (differential privacy on what leaves the device)."""

@@ -1,0 +1,117 @@
+"""The coordinator is SIGKILLed mid-round and restarted: no accepted upload is lost, the round resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+
+from lada_client.common.crypto import Identity
+from lada_client.common.wire import (
+    Ack, Allocation, AllocationQuery, EnrollRequest, FeatureUpload, RewardReport, RoundInfo, RoundQuery,
+)
+from lada_client.transport import Transport
+
+
+def _start(config_path, log_path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lada_coordinator.cli", "serve", "--config", str(config_path)],
+        stdout=open(log_path, "a"), stderr=subprocess.STDOUT,
+    )
+
+
+def _wait_round(url: str, t: int, phase: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            s = httpx.get(f"{url}/v1/status", timeout=5).json()
+            if s["round"] == t and s["phase"] == phase:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"round {t} never reached phase {phase}")
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def test_sigkill_mid_round_loses_nothing(tiny_world, tmp_path, free_port):
+    url = f"http://127.0.0.1:{free_port}"
+    cfg = {
+        "db_path": str(tmp_path / "c.sqlite"), "state_dir": str(tmp_path / "state"),
+        "llm_dir": str(tiny_world["llm"]), "public_data": str(tiny_world["data"]),
+        "port": free_port, "rounds": 2, "min_clients": 3, "candidates_per_round": 12, "offer_questions": 0,
+        "slm_filter": {"budget": 4}, "train_llm": False,
+    }
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    from lada_coordinator.store import Store
+
+    store = Store(tmp_path / "c.sqlite")
+    tokens = [store.issue_token() for _ in range(3)]
+    store.close()
+    log = tmp_path / "coordinator.log"
+    proc = _start(tmp_path / "c.json", log)
+    try:
+        clients = []
+        for i, token in enumerate(tokens):
+            ident = Identity.generate()
+            t = Transport(url, ident, timeout_s=10)
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    keys = ident.public.to_b64()
+                    t.enroll(EnrollRequest(token=token, client_name=f"d{i}", sign_key=keys["sign_key"], kex_key=keys["kex_key"]))
+                    break
+                except Exception:
+                    assert time.monotonic() < deadline, log.read_text()[-2000:]
+                    time.sleep(0.3)
+            clients.append(t)
+        _wait_round(url, 1, "features")
+        info = clients[0].call("round.get", RoundQuery(), 1, RoundInfo)
+        names = info.feature_names
+        rng = np.random.default_rng(0)
+
+        def upload(t: Transport) -> None:
+            z = rng.uniform(0, 3, size=(len(info.candidates), len(names))).tolist()
+            ack = t.call("features.put", FeatureUpload(round=1, feature_names=names, sample_ids=[c.sample_id for c in info.candidates], features=z), 1, Ack)
+            assert ack.ok
+
+        upload(clients[0])
+        upload(clients[1])
+        _kill(proc)  # two uploads accepted, one missing
+        proc = _start(tmp_path / "c.json", log)
+        _wait_round(url, 1, "features")
+        upload(clients[2])  # the transports retry with backoff while the coordinator restarts
+        _wait_round(url, 1, "training")
+        allocations = [t.call("allocation.get", AllocationQuery(round=1), 1, Allocation) for t in clients]
+        assert all(a.status == "ready" and a.sample_ids for a in allocations)  # all 3 uploads were there
+
+        def report(t: Transport) -> None:
+            r = RewardReport(round=1, reward=0.2, ppl_before=3.0, ppl_after=2.4, n_allocated=4, test_accuracy=0.1, bytes_sent=1, bytes_received=1)
+            assert t.call("reward.put", r, 1, Ack).ok
+
+        report(clients[0])
+        _kill(proc)
+        proc = _start(tmp_path / "c.json", log)
+        _wait_round(url, 1, "training")
+        report(clients[1])
+        report(clients[2])
+        _wait_round(url, 2, "features")
+        status = httpx.get(f"{url}/v1/status").json()
+        r1 = status["rounds"][0]
+        assert r1["phase"] == "closed" and len(r1["clients"]) == 3  # every accepted reward survived
+        # retried upload after restart is idempotent, not a duplicate
+        again = clients[0].call("features.put", FeatureUpload(round=2, feature_names=names, sample_ids=[c.sample_id for c in clients[0].call("round.get", RoundQuery(), 2, RoundInfo).candidates], features=[[0.0] * len(names)] * len(info.candidates)), 2, Ack)
+        assert again.message == "stored"
+    finally:
+        proc.terminate()
+        proc.wait(10)
