@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -230,7 +229,7 @@ class LadaClient:
 
     def _train(self, allocated: list[Candidate], t: int) -> None:
         """LoRA update, then re-export the merged SLM so next round's scores reflect it."""
-        from lada_client.models.export import export_scoring_model
+        from lada_client.models.export import SCORING_FILES, export_scoring_model
         from lada_client.training.lora import LoraTrainer, PreferencePair
 
         cfg = self.config
@@ -249,9 +248,9 @@ class LadaClient:
         self._trainer.save(self._adapter_dir)
         with tempfile.TemporaryDirectory(prefix="lada-merged-", dir=cfg.state_dir) as tmp:
             merged = self._trainer.merged_checkpoint(Path(tmp) / "merged")
-            staged = export_scoring_model(merged, Path(tmp) / "onnx" / "model.onnx")
-            os.replace(staged, cfg.state_dir / "model.onnx")
-            shutil.copy(Path(tmp) / "onnx" / "tokenizer.json", cfg.state_dir / "tokenizer.json")
+            staged = export_scoring_model(merged, Path(tmp) / "onnx" / "model.onnx").parent
+            for name in SCORING_FILES[1:] + SCORING_FILES[:1]:  # model last: its presence means complete
+                os.replace(staged / name, cfg.state_dir / name)
         self.slm = OnnxSLM(cfg.state_dir / "model.onnx", max_length=cfg.distill.max_length)
 
     def evaluate(self) -> float:

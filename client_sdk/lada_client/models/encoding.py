@@ -8,12 +8,52 @@ right-padded with the pad id. Log-probs are summed over completion tokens (and `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, Sequence
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
 from lada_client.models.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+SPECIAL_TOKENS_FILE = "special_tokens.json"
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Ids framing a sequence. Models differ (ours: <pad>=0 <s>=1 </s>=2; SmolLM2 has no BOS and
+    pads with EOS), so they travel with the model: in ``config.json`` for checkpoints and in
+    ``special_tokens.json`` beside an ONNX scoring model."""
+
+    bos: int | None = BOS_ID
+    eos: int = EOS_ID
+    pad: int = PAD_ID
+
+    @classmethod
+    def from_model_config(cls, config: Any) -> SpecialTokens:
+        eos = config.eos_token_id
+        eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+        if eos is None:
+            raise ValueError("the model config has no eos_token_id")
+        pad = config.pad_token_id if config.pad_token_id is not None else eos
+        return cls(bos=config.bos_token_id, eos=int(eos), pad=int(pad))
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / SPECIAL_TOKENS_FILE
+        path.write_text(json.dumps(asdict(self)))
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> SpecialTokens:
+        """From ``special_tokens.json`` in ``directory``; the project's defaults if absent."""
+        path = Path(directory) / SPECIAL_TOKENS_FILE
+        if not path.exists():
+            return cls()
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ValueError(f"{path} is not a valid special-tokens file: {exc}") from exc
 
 
 class _Tokenizer(Protocol):
@@ -43,6 +83,7 @@ def encode_pairs(
     prompts: Sequence[str],
     completions: Sequence[str],
     max_length: int,
+    special: SpecialTokens = SpecialTokens(),
     add_eos: bool = True,
 ) -> EncodedBatch:
     """Encode pairs; an over-long pair is cut from the *left* of the prompt to keep the path."""
@@ -50,14 +91,14 @@ def encode_pairs(
         raise ValueError("prompts and completions must have the same length")
     rows: list[tuple[list[int], int]] = []
     for prompt, completion in zip(prompts, completions):
-        p = [BOS_ID] + _ids(tokenizer, prompt)
-        c = _ids(tokenizer, completion) + ([EOS_ID] if add_eos else [])
+        p = _bos(special) + _ids(tokenizer, prompt)
+        c = _ids(tokenizer, completion) + ([special.eos] if add_eos else [])
         if len(c) >= max_length:
             c = c[: max_length - 1]
         p = p[max(0, len(p) + len(c) - max_length) :]
         rows.append((p + c, len(p)))
     width = max(len(ids) for ids, _ in rows)
-    input_ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+    input_ids = np.full((len(rows), width), special.pad, dtype=np.int64)
     attention = np.zeros((len(rows), width), dtype=np.int64)
     completion_mask = np.zeros((len(rows), max(width - 1, 1)), dtype=np.float32)
     for b, (ids, n_prompt) in enumerate(rows):
@@ -67,6 +108,12 @@ def encode_pairs(
     return EncodedBatch(input_ids, attention, completion_mask)
 
 
-def encode_prompts(tokenizer: _Tokenizer, prompts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Prompt ids (with ``<s>``) for generation, cut from the left to fit ``max_length``."""
-    return [([BOS_ID] + _ids(tokenizer, p))[-max_length:] for p in prompts]
+def encode_prompts(
+    tokenizer: _Tokenizer, prompts: Sequence[str], max_length: int, special: SpecialTokens = SpecialTokens()
+) -> list[list[int]]:
+    """Prompt ids (with BOS) for generation, cut from the left to fit ``max_length``."""
+    return [(_bos(special) + _ids(tokenizer, p))[-max_length:] for p in prompts]
+
+
+def _bos(special: SpecialTokens) -> list[int]:
+    return [] if special.bos is None else [special.bos]

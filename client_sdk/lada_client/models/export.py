@@ -22,7 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from lada_client.models.encoding import SpecialTokens
+
 log = logging.getLogger(__name__)
+
+#: what a scoring model directory holds (the client moves them together)
+SCORING_FILES = ("model.onnx", "tokenizer.json", "special_tokens.json")
 
 OPSET = 18
 
@@ -80,8 +85,15 @@ def add_logprob_head(model_path: Path, out_path: Path) -> Path:
     return out_path
 
 
+def special_tokens_of(model_dir: Path) -> SpecialTokens:
+    from transformers import AutoConfig
+
+    return SpecialTokens.from_model_config(AutoConfig.from_pretrained(str(model_dir)))
+
+
 def export_scoring_model(model_dir: Path, out_path: Path) -> Path:
-    """Export ``model_dir`` (a HF checkpoint, adapters merged) to one ONNX scoring file."""
+    """Export ``model_dir`` (a HF checkpoint, adapters merged) to an ONNX scoring file, with the
+    tokenizer and special-token ids beside it (see :data:`SCORING_FILES`)."""
     from optimum.exporters.onnx import main_export
 
     started = time.perf_counter()
@@ -96,9 +108,8 @@ def export_scoring_model(model_dir: Path, out_path: Path) -> Path:
             device="cpu",
         )
         add_logprob_head(Path(tmp) / "model.onnx", out_path)
-        for name in ("tokenizer.json",):
-            if (Path(model_dir) / name).exists():
-                shutil.copy(Path(model_dir) / name, out_path.parent / name)
+        shutil.copy(Path(model_dir) / "tokenizer.json", out_path.parent / "tokenizer.json")
+        special_tokens_of(Path(model_dir)).save(out_path.parent)
     log.info("exported %s -> %s in %.1fs", model_dir, out_path, time.perf_counter() - started)
     return out_path
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lada_client.models.encoding import encode_pairs, encode_prompts
-from lada_client.models.tokenizer import EOS_ID, PAD_ID, load_tokenizer
+from lada_client.models.encoding import SpecialTokens, encode_pairs, encode_prompts
+from lada_client.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class OnnxSLM:
             )
         self._inputs = {i.name for i in self._session.get_inputs()}
         self.tokenizer = load_tokenizer(tokenizer_path or model_path.parent / "tokenizer.json")
+        self.special = SpecialTokens.load(model_path.parent)
         self.max_length = max_length
         self.model_path = model_path
 
@@ -90,7 +91,7 @@ class OnnxSLM:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = encode_pairs(
-                self.tokenizer, [prompts[i] for i in idx], [completions[i] for i in idx], self.max_length
+                self.tokenizer, [prompts[i] for i in idx], [completions[i] for i in idx], self.max_length, self.special
             )
             token_lp, _ = self._run(batch.input_ids, batch.attention_mask)
             for row, i in enumerate(idx):
@@ -111,13 +112,13 @@ class OnnxSLM:
         texts: list[str] = []
         newline_ids = set(self.tokenizer.encode("\n", add_special_tokens=False).ids)
         for start in range(0, len(prompts), batch_size):
-            rows = encode_prompts(self.tokenizer, prompts[start : start + batch_size], self.max_length)
+            rows = encode_prompts(self.tokenizer, prompts[start : start + batch_size], self.max_length, self.special)
             generated: list[list[int]] = [[] for _ in rows]
             done = np.zeros(len(rows), dtype=bool)
             for _ in range(max_new_tokens):
                 seqs = [r + g for r, g in zip(rows, generated)]
                 width = max(len(s) for s in seqs)
-                ids = np.full((len(seqs), width), PAD_ID, dtype=np.int64)
+                ids = np.full((len(seqs), width), self.special.pad, dtype=np.int64)
                 mask = np.zeros_like(ids)
                 for b, s in enumerate(seqs):
                     ids[b, : len(s)] = s
@@ -133,7 +134,7 @@ class OnnxSLM:
                 for b, tok in enumerate(tokens):
                     if done[b]:
                         continue
-                    if tok == EOS_ID or tok in newline_ids or len(seqs[b]) >= self.max_length:
+                    if tok == self.special.eos or tok in newline_ids or len(seqs[b]) >= self.max_length:
                         done[b] = True
                     else:
                         generated[b].append(tok)

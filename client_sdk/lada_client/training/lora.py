@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from lada_client.config import DistillSettings, LoraSettings
-from lada_client.models.encoding import encode_pairs
+from lada_client.models.encoding import SpecialTokens, encode_pairs
 from lada_client.models.factory import load_causal_lm
 from lada_client.training.losses import (
     contrastive_distillation_loss,
@@ -64,6 +64,7 @@ class LoraTrainer:
             model = get_peft_model(model, config)
         self.model = model
         self.base_dir = Path(base_dir)
+        self.special = SpecialTokens.from_model_config(model.config)
 
     def save(self, adapter_dir: Path) -> Path:
         adapter_dir.mkdir(parents=True, exist_ok=True)
@@ -71,7 +72,7 @@ class LoraTrainer:
         return adapter_dir
 
     def _batch(self, prompts: Sequence[str], completions: Sequence[str], max_length: int):
-        enc = encode_pairs(self.tokenizer, prompts, completions, max_length)
+        enc = encode_pairs(self.tokenizer, prompts, completions, max_length, self.special)
         return (
             torch.from_numpy(enc.input_ids),
             torch.from_numpy(enc.attention_mask),

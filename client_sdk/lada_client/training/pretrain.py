@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lada_client.models.encoding import encode_pairs
+from lada_client.models.encoding import SpecialTokens, encode_pairs
 from lada_client.models.factory import load_causal_lm
 from lada_client.training.losses import sft_loss, token_logprobs
 
@@ -38,6 +38,7 @@ def pretrain(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model, tokenizer = load_causal_lm(model_dir)
+    special = SpecialTokens.from_model_config(model.config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
     model.train()
@@ -45,7 +46,7 @@ def pretrain(
     started = time.perf_counter()
     for step in range(steps):
         batch = rng.sample(list(examples), min(batch_size, len(examples)))
-        enc = encode_pairs(tokenizer, [p for p, _ in batch], [c for _, c in batch], max_length)
+        enc = encode_pairs(tokenizer, [p for p, _ in batch], [c for _, c in batch], max_length, special)
         ids, mask = torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask)
         loss = sft_loss(token_logprobs(model, ids, mask), torch.from_numpy(enc.completion_mask))
         optimizer.zero_grad()

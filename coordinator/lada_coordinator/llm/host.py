@@ -20,7 +20,6 @@ from lada_client.common.reasoning import format_prompt, format_target, is_correc
 from lada_client.config import DistillSettings, LoraSettings
 from lada_client.data.domains import Sample
 from lada_client.models.encoding import encode_pairs, encode_prompts
-from lada_client.models.tokenizer import EOS_ID, PAD_ID
 from lada_client.training.lora import LoraTrainer, PreferencePair, TrainReport
 
 log = logging.getLogger(__name__)
@@ -51,9 +50,10 @@ class LLMHost:
         out: list[list[str]] = []
         newline = self.tokenizer.encode("\n", add_special_tokens=False)
         for start in range(0, len(prompts), batch_size):
-            rows = encode_prompts(self.tokenizer, prompts[start : start + batch_size], self.max_length)
+            special = self.trainer.special
+            rows = encode_prompts(self.tokenizer, prompts[start : start + batch_size], self.max_length, special)
             width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+            ids = torch.full((len(rows), width), special.pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
             for b, r in enumerate(rows):  # left padding for generation
                 ids[b, width - len(r) :] = torch.tensor(r)
@@ -68,8 +68,8 @@ class LLMHost:
                     top_k=None,
                     top_p=None,
                     num_return_sequences=n,
-                    pad_token_id=PAD_ID,
-                    eos_token_id=[EOS_ID, *newline],
+                    pad_token_id=special.pad,
+                    eos_token_id=[special.eos, *newline],
                 )
             texts = self.tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
             for b in range(len(rows)):
@@ -82,7 +82,7 @@ class LLMHost:
         for start in range(0, len(prompts), batch_size):
             p, c = prompts[start : start + batch_size], completions[start : start + batch_size]
             sums.append(self.trainer.sequence_logprobs(p, c, self.max_length).numpy())
-            counts.append(encode_pairs(self.tokenizer, p, c, self.max_length).completion_mask.sum(axis=1))
+            counts.append(encode_pairs(self.tokenizer, p, c, self.max_length, self.trainer.special).completion_mask.sum(axis=1))
         return np.concatenate(sums), np.concatenate(counts)
 
     def reasoning_paths(
