@@ -54,7 +54,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -156,7 +155,9 @@ class RuntimeOptions:
             raise BridgeError("bad_config", "runtime.providers must be a non-empty list of provider names")
         threads = value.get("intra_op_threads", 0)
         if not _is_int(threads) or threads < 0:
-            raise BridgeError("bad_config", "runtime.intra_op_threads must be an integer >= 0 (0 = onnxruntime's default)")
+            raise BridgeError(
+                "bad_config", "runtime.intra_op_threads must be an integer >= 0 (0 = onnxruntime's default)"
+            )
         return cls(tuple(providers) if providers is not None else None, threads)
 
 
@@ -263,13 +264,15 @@ class Bridge:
         except Exception as exc:  # noqa: BLE001 - the host app must never see a Python exception
             log.exception("bridge %s: unexpected failure", method)
             reply = _error_reply("internal", f"internal error in {method!r} ({type(exc).__name__}); see the app log")
-        if not reply["ok"]:
+        if not reply["ok"] and reply["error"]["code"] != "internal":  # internal is logged above
             log.warning("bridge %s: %s: %s", method, reply["error"]["code"], reply["error"]["message"])
         if request_id is not None:
             reply["id"] = request_id
         return _dumps(reply)
 
     # ------------------------------------------------------------------------- thin wrappers
+    # For Python hosts and tests. Each builds the request JSON and goes through call(), so it
+    # answers exactly what the app would get for the same request.
     def configure(self, config: Mapping[str, Any], runtime: Mapping[str, Any] | None = None) -> str:
         params = dict(config)
         if runtime is not None:
@@ -314,16 +317,17 @@ class Bridge:
             config = ClientConfig.from_dict(params)
         except (ValueError, TypeError) as exc:
             raise BridgeError("bad_config", str(exc)) from exc
+        # The new client is built before the old one is dropped, so a failed reconfigure leaves the
+        # working client in place.
         try:
             client = LadaClient(config)
-        except ModelLoadError:
-            raise
         except FileNotFoundError as exc:
             raise BridgeError("bad_config", str(exc)) from exc
         except (ValueError, CryptoError) as exc:
             raise BridgeError("bad_config", str(exc)) from exc
         except OSError as exc:
-            raise BridgeError("bad_config", f"cannot use {exc.filename or 'a configured path'}: {exc.strerror}") from exc
+            where = exc.filename or "a configured path"
+            raise BridgeError("bad_config", f"cannot use {where}: {exc.strerror}") from exc
         try:
             tuned = _load_slm(client.slm.model_path, runtime, config) if not runtime.is_default else client.slm
             client.slm = tuned
@@ -353,7 +357,9 @@ class Bridge:
         if token:
             client.config = client.config.with_overrides(token=token)
         if _stored_client_id(client.config.state_dir) is None and not client.config.token:
-            raise BridgeError("bad_request", "this device is not enrolled yet: pass the one-time enrollment token as params.token")
+            raise BridgeError(
+                "bad_request", "this device is not enrolled yet: pass the one-time enrollment token as params.token"
+            )
         client_id = client.enroll()
         with self._state_lock:
             self._history.for_client(client_id)
@@ -361,11 +367,15 @@ class Bridge:
         return {"enrolled": True, "client_id": client_id}
 
     def _score(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Raw features for the app's own use. They stay on the device, so unlike a round's
+        upload they are not privatised (``ClientConfig.dp`` applies to what rounds send)."""
         _check_keys(params, {"candidates", "feature_names"})
         client = self._require_client()
         raw = params.get("candidates")
         if not isinstance(raw, list):
-            raise BridgeError("bad_request", "params.candidates must be a list of {question, path, llm_logprob, llm_tokens}")
+            raise BridgeError(
+                "bad_request", "params.candidates must be a list of {question, path, llm_logprob, llm_tokens}"
+            )
         if len(raw) > MAX_SCORE_CANDIDATES:
             raise BridgeError("bad_request", f"at most {MAX_SCORE_CANDIDATES} candidates per call (got {len(raw)})")
         candidates: list[Candidate] = []
@@ -390,17 +400,36 @@ class Bridge:
         client = self._require_client()
         if client.transport.client_id is None:
             if _stored_client_id(client.config.state_dir) is None:
-                raise BridgeError("not_enrolled", "this device is not enrolled: call enroll with the one-time token first")
+                raise BridgeError(
+                    "not_enrolled", "this device is not enrolled: call enroll with the one-time token first"
+                )
             client.enroll()
         info = client.transport.call("round.get", RoundQuery(), self._known_round, RoundInfo)
         self._known_round = info.round
-        reply: dict[str, Any] = {"round": info.round, "phase": info.phase, "total_rounds": info.total_rounds, "ran": False}
+        reply: dict[str, Any] = {
+            "round": info.round,
+            "phase": info.phase,
+            "total_rounds": info.total_rounds,
+            "ran": False,
+        }
         if info.phase != "features":
             return reply
         if info.round in (self._history.done_rounds or []):
             return {**reply, "reason": f"already took part in round {info.round}"}
-        result = asdict(client.run_round(info))
-        self._keep_runtime(client)
+        try:
+            result = asdict(client.run_round(info))
+        except CoordinatorError as exc:
+            if exc.status != 409:
+                raise
+            # The round closed without this device (it was too slow and the round closed at
+            # quorum): as LadaClient.run does, leave it and wait for the next one.
+            log.warning("left round %d: %s", info.round, exc)
+            with self._state_lock:
+                self._history.done_rounds = sorted({*(self._history.done_rounds or []), info.round})
+                self._save_history(client)
+            return {**reply, "reason": f"left round {info.round}: it moved on without this device ({exc.error or exc})"}
+        finally:
+            self._keep_runtime(client)
         with self._state_lock:
             self._history.done_rounds = sorted({*(self._history.done_rounds or []), info.round})
             self._history.last_round = result
@@ -418,7 +447,8 @@ class Bridge:
         if cfg.base_model_dir is None:
             raise BridgeError(
                 "unsupported",
-                "local training needs a trainable checkpoint: configure base_model_dir (the SLM the LoRA adapter sits on)",
+                "local training needs a trainable checkpoint: "
+                "configure base_model_dir (the SLM the LoRA adapter sits on)",
             )
         if not _has_module("torch"):
             raise BridgeError(
@@ -537,13 +567,15 @@ class Bridge:
         cfg = client.config
         if not (_has_module("optimum.exporters.onnx") and _has_module("onnx")):
             return False, "the 'export' extra (optimum-onnx) is not installed: adapter saved, scoring model unchanged"
-        from lada_client.models.export import export_scoring_model
+        from lada_client.models.export import SCORING_FILES, export_scoring_model
 
         with tempfile.TemporaryDirectory(prefix="lada-merged-", dir=cfg.state_dir) as tmp:
             merged = trainer.merged_checkpoint(Path(tmp) / "merged")
-            staged = export_scoring_model(merged, Path(tmp) / "onnx" / _OWN_MODEL)
-            os.replace(staged, cfg.state_dir / _OWN_MODEL)
-            shutil.copy(Path(tmp) / "onnx" / "tokenizer.json", cfg.state_dir / "tokenizer.json")
+            staged = export_scoring_model(merged, Path(tmp) / "onnx" / _OWN_MODEL).parent
+            # The model file goes last: LadaClient takes its presence to mean the set is complete.
+            for name in (*(n for n in SCORING_FILES if n != _OWN_MODEL), _OWN_MODEL):
+                if (staged / name).exists():
+                    os.replace(staged / name, cfg.state_dir / name)
         self._tuned_slm = _load_slm(cfg.state_dir / _OWN_MODEL, self._runtime, cfg)
         client.slm = self._tuned_slm
         return True, ""
@@ -563,7 +595,8 @@ def _parse_request(request_json: object) -> tuple[str, dict[str, Any], object]:
     try:
         request = json.loads(request_json, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise BridgeError("bad_request", f"request is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise BridgeError("bad_request", f"request is not valid JSON: {exc.msg} at {where}") from exc
     except ValueError as exc:  # NaN / Infinity, or numbers too long to parse
         raise BridgeError("bad_request", f"request is not valid JSON: {exc}") from exc
     except RecursionError as exc:
@@ -575,7 +608,9 @@ def _parse_request(request_json: object) -> tuple[str, dict[str, Any], object]:
         raise BridgeError("bad_request", "id must be a string or an integer")
     unknown = set(request) - _REQUEST_KEYS
     if unknown:
-        raise BridgeError("bad_request", f"unknown request key(s) {sorted(unknown)}; expected 'method', 'params' and optional 'id'")
+        raise BridgeError(
+            "bad_request", f"unknown request key(s) {sorted(unknown)}; expected 'method', 'params' and optional 'id'"
+        )
     method = request.get("method")
     if not isinstance(method, str) or not method:
         raise BridgeError("bad_request", "request needs a 'method' string")
@@ -638,7 +673,8 @@ def _check_config_types(params: Mapping[str, Any]) -> None:
         if allowed is None:
             continue
         if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
-            raise BridgeError("bad_config", f"{f.name} must be a {base if base != 'Path' else 'path string'}, not {value!r}")
+            kind = "path string" if base == "Path" else base
+            raise BridgeError("bad_config", f"{f.name} must be a {kind}, not {value!r}")
 
 
 def _load_slm(model_path: Path, runtime: RuntimeOptions, config: ClientConfig) -> OnnxSLM:
@@ -681,7 +717,7 @@ def _stored_client_id(state_dir: Path) -> str | None:
 
 
 def _coordinator_code(exc: CoordinatorError) -> str:
-    if isinstance(exc.__cause__, httpx.HTTPError) and exc.status is None:
+    if exc.status is None and (exc.error == "unreachable" or isinstance(exc.__cause__, httpx.HTTPError)):
         return "coordinator_unreachable"
     if exc.status is not None and 400 <= exc.status < 500:
         return "coordinator_rejected"

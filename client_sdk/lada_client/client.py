@@ -8,6 +8,7 @@ perplexity drop on the allocated set, and report it. Private data is read here a
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lada_client.common.crypto import Identity, PublicIdentity
+from lada_client.common.secagg import EncryptedShare, Roster, SecAggClient, SecAggConfig
 from lada_client.common.reasoning import extract_answer, format_prompt, format_target, is_correct
 from lada_client.common.wire import (
     Allocation,
@@ -32,6 +34,10 @@ from lada_client.common.wire import (
     RoundInfo,
     RoundQuery,
     Ack,
+    SecAggQuery,
+    SecAggReply,
+    SecAggUpload,
+    secagg_round_id,
 )
 from lada_client.config import ClientConfig
 from lada_client.data.federation import load_client
@@ -68,10 +74,12 @@ class LadaClient:
             verify=str(config.ca_cert) if config.ca_cert else True,
         )
         self.data = load_client(config.data_dir, config.name)
-        self.slm = OnnxSLM(self._scoring_path(), max_length=config.distill.max_length)
+        self.slm = self._load_slm(self._scoring_path())
         self._trainer = None
+        self._round_start_adapter: np.ndarray | None = None
         self._done_rounds: set[int] = set()
         self.privacy = GaussianMechanism(config.dp)
+        self.model_name = config.model_name or self._default_model_name()
 
     def __enter__(self) -> LadaClient:
         return self
@@ -83,6 +91,24 @@ class LadaClient:
     @property
     def _adapter_dir(self) -> Path:
         return self.config.state_dir / "adapter"
+
+    def _load_slm(self, path: Path) -> OnnxSLM:
+        return OnnxSLM(path, max_length=self.config.distill.max_length, max_new_tokens=self.config.max_new_tokens)
+
+    def _default_model_name(self) -> str:
+        if self.config.base_model_dir is not None:
+            from lada_client.models.factory import architecture_id
+
+            return architecture_id(self.config.base_model_dir)
+        return self.config.scoring_model.stem
+
+    @property
+    def trainer(self):  # -> LoraTrainer; imported lazily: scoring-only devices have no torch
+        if self._trainer is None:
+            from lada_client.training.lora import LoraTrainer
+
+            self._trainer = LoraTrainer(self.config.base_model_dir, self._adapter_dir, self.config.lora, self.config.distill.seed)
+        return self._trainer
 
     def _scoring_path(self) -> Path:
         """The current scoring model: the device's own re-export once it has trained, else the base."""
@@ -108,7 +134,7 @@ class LadaClient:
                 sign_key=public["sign_key"],
                 kex_key=public["kex_key"],
                 domain=self.config.domain or self.data.domain,
-                model_name=self.config.scoring_model.parent.name,
+                model_name=self.model_name,
                 capabilities=Capabilities(can_score=True, can_train=self.config.can_train),
             )
         )
@@ -149,6 +175,7 @@ class LadaClient:
 
     def run_round(self, info: RoundInfo) -> RoundResult:
         t = info.round
+        self._round_start_adapter = None
         timings: dict[str, float] = {}
         started = time.perf_counter()
         names = list(info.feature_names or self.config.features)
@@ -156,12 +183,15 @@ class LadaClient:
         features = self.privacy.privatize_features(features, names)
         offers = self._offers(info)
         timings["score"] = time.perf_counter() - started
+        secagg = self._secagg_client(info)
         upload = FeatureUpload(
             round=t,
             feature_names=names,
             sample_ids=[c.sample_id for c in info.candidates],
             features=features.tolist(),
             offers=offers,
+            secagg_keys=secagg.advertise().to_dict() if secagg else None,
+            adapter_size=int(self.trainer.adapter_vector().size) if secagg else 0,
         )
         self.transport.call("features.put", upload, t, Ack)
         log.info("%s round %d: uploaded features for %d candidates, %d offers", self.config.name, t, len(info.candidates), len(offers))
@@ -171,6 +201,11 @@ class LadaClient:
         timings["wait_allocation"] = time.perf_counter() - started
         by_id = {c.sample_id: c for c in info.candidates}
         allocated = [by_id[s] for s in allocation.sample_ids if s in by_id]
+        if secagg is not None and allocation.secagg_roster is None:
+            secagg = None  # the group could not form this round
+        if secagg is not None:
+            shares = secagg.share_keys(Roster.from_dict(allocation.secagg_roster))
+            self.transport.call("secagg.put", SecAggUpload(round=t, step="shares", body=shares.to_dict()), t, Ack)
 
         started = time.perf_counter()
         ppl_before = ppl_after = 1.0
@@ -180,6 +215,8 @@ class LadaClient:
             ppl_after = self._ppl(allocated)
         timings["train"] = time.perf_counter() - started
         reward = relative_ppl_reward(ppl_before, ppl_after)
+        if secagg is not None:
+            self._send_masked_adapter(t, secagg)
 
         started = time.perf_counter()
         accuracy = self.evaluate()
@@ -196,12 +233,60 @@ class LadaClient:
             dp_epsilon=self.privacy.accountant.epsilon,
         )
         self.transport.call("reward.put", report, t, Ack)
+        if secagg is not None:
+            started = time.perf_counter()
+            self._finish_secagg(t, secagg)
+            timings["secure_aggregation"] = time.perf_counter() - started
         self._done_rounds.add(t)
         log.info(
             "%s round %d: %d allocated (%s), PPL %.3f -> %.3f, reward %.3f, test accuracy %.3f",
             self.config.name, t, len(allocated), allocation.reason, ppl_before, ppl_after, reward, accuracy,
         )
         return RoundResult(t, len(allocated), reward, ppl_before, ppl_after, accuracy, timings)
+
+    # ------------------------------------------------------------- co-tuning (secure FedAvg)
+    def _secagg_client(self, info: RoundInfo) -> SecAggClient | None:
+        cfg = info.secagg_configs.get(self.model_name)
+        if info.host_framework != "cotuning" or cfg is None or not self.config.can_train:
+            return None
+        assert self.transport.client_id is not None
+        return SecAggClient(self.transport.client_id, secagg_round_id(info.round, self.model_name), SecAggConfig.from_dict(cfg))
+
+    def _poll_secagg(self, t: int, step: str) -> SecAggReply:
+        deadline = time.monotonic() + self.config.max_wait_s
+        while True:
+            reply = self.transport.call("secagg.get", SecAggQuery(round=t, step=step), t, SecAggReply)
+            if reply.status != "pending":
+                return reply
+            if time.monotonic() > deadline:
+                raise CoordinatorError(f"round {t}: secure aggregation step {step!r} timed out")
+            time.sleep(self.config.poll_interval_s)
+
+    def _send_masked_adapter(self, t: int, secagg: SecAggClient) -> None:
+        """Mask this device's adapter (DP-noised update if enabled) against its group's peers."""
+        inbox = self._poll_secagg(t, "inbox")
+        if inbox.status != "ready" or inbox.body is None:
+            return
+        start = self._round_start_adapter if self._round_start_adapter is not None else self.trainer.adapter_vector()
+        update = self.privacy.privatize_update(self.trainer.adapter_vector() - start)
+        shares = [EncryptedShare.from_dict(s) for s in inbox.body["shares"]]
+        masked = secagg.masked_input(start + update, shares)
+        self.transport.call("secagg.put", SecAggUpload(round=t, step="masked", body=masked.to_dict()), t, Ack)
+
+    def _finish_secagg(self, t: int, secagg: SecAggClient) -> None:
+        """Answer the unmask request, then adopt the group's average adapter."""
+        request = self._poll_secagg(t, "unmask")
+        if request.status == "ready" and request.body is not None:
+            response = secagg.unmask(request.body["survivors"], request.body["dropped"])
+            self.transport.call("secagg.put", SecAggUpload(round=t, step="unmask", body=response.to_dict()), t, Ack)
+        result = self._poll_secagg(t, "result")
+        if result.status != "ready" or result.body is None:
+            log.warning("%s round %d: no group average (%s)", self.config.name, t, (result.body or {}).get("error", "not in group"))
+            return
+        average = np.frombuffer(base64.b64decode(result.body["vector"]), dtype=np.float32).astype(np.float64)
+        self.trainer.load_adapter_vector(average)
+        self._export_adapter()
+        log.info("%s round %d: adopted the average adapter of %d clients", self.config.name, t, len(result.body["contributors"]))
 
     def _wait_allocation(self, t: int) -> Allocation:
         deadline = time.monotonic() + self.config.max_wait_s
@@ -229,12 +314,9 @@ class LadaClient:
 
     def _train(self, allocated: list[Candidate], t: int) -> None:
         """LoRA update, then re-export the merged SLM so next round's scores reflect it."""
-        from lada_client.models.export import SCORING_FILES, export_scoring_model
-        from lada_client.training.lora import LoraTrainer, PreferencePair
+        from lada_client.training.lora import PreferencePair
 
         cfg = self.config
-        if self._trainer is None:
-            self._trainer = LoraTrainer(cfg.base_model_dir, self._adapter_dir, cfg.lora)
         prompts = [format_prompt(c.question) for c in allocated]
         own = self.slm.generate(prompts, temperature=cfg.distill.rejected_temperature, seed=cfg.distill.seed + t, batch_size=cfg.batch_size)
         pairs = [
@@ -244,14 +326,22 @@ class LadaClient:
         ]
         teacher = [(p, format_target(c.path)) for p, c in zip(prompts, allocated)]
         private = [(format_prompt(s.question), format_target(s.rationale)) for s in self.data.train]
-        self._trainer.train_round(teacher, pairs, private, cfg.distill)
-        self._trainer.save(self._adapter_dir)
+        self._round_start_adapter = self.trainer.adapter_vector()
+        self.trainer.train_round(teacher, pairs, private, cfg.distill)
+        self._export_adapter()
+
+    def _export_adapter(self) -> None:
+        """Save the adapter and re-export the merged SLM so scoring reflects it."""
+        from lada_client.models.export import SCORING_FILES, export_scoring_model
+
+        cfg = self.config
+        self.trainer.save(self._adapter_dir)
         with tempfile.TemporaryDirectory(prefix="lada-merged-", dir=cfg.state_dir) as tmp:
-            merged = self._trainer.merged_checkpoint(Path(tmp) / "merged")
+            merged = self.trainer.merged_checkpoint(Path(tmp) / "merged")
             staged = export_scoring_model(merged, Path(tmp) / "onnx" / "model.onnx").parent
             for name in SCORING_FILES[1:] + SCORING_FILES[:1]:  # model last: its presence means complete
                 os.replace(staged / name, cfg.state_dir / name)
-        self.slm = OnnxSLM(cfg.state_dir / "model.onnx", max_length=cfg.distill.max_length)
+        self.slm = self._load_slm(cfg.state_dir / "model.onnx")
 
     def evaluate(self) -> float:
         """Exact-match accuracy of greedy answers on (a prefix of) the private test split."""

@@ -59,8 +59,10 @@ class ClientConfig:
     token: str | None = None
     ca_cert: Path | None = None  # PEM file to trust for https coordinators (e.g. a self-signed one)
     domain: str = ""
+    model_name: str = ""  # architecture id; derived from base_model_dir when empty
     features: tuple[str, ...] = ("slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct")
     eval_size: int = 64
+    max_new_tokens: int = 48  # generation cap for own paths, offers and evaluation
     max_offers: int = 64
     batch_size: int = 16
     request_timeout_s: float = 60.0

@@ -28,6 +28,8 @@ ENDPOINTS: dict[str, str] = {
     "features.put": "/v1/features",
     "allocation.get": "/v1/allocation",
     "reward.put": "/v1/reward",
+    "secagg.put": "/v1/secagg/put",
+    "secagg.get": "/v1/secagg/get",
 }
 
 

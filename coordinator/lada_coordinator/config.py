@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lada_client.config import DistillSettings, LoraSettings
+from lada_coordinator.aggregation.secure import SecAggSettings
 from lada_coordinator.allocation.eenet import FilterConfig
 
 AllocationMode = Literal["lada", "random", "all"]
@@ -35,6 +36,7 @@ class CoordinatorConfig:
     paths_per_question: int = 2
     path_temperature: float = 0.7
     path_fallback: Literal["gold", "drop"] = "gold"
+    max_new_tokens: int = 48  # generation cap for LLM paths (longer is never a right answer here)
     offer_questions: int = 64
     allocation: AllocationMode = "lada"
     host_framework: HostFramework = "mkt"
@@ -43,6 +45,7 @@ class CoordinatorConfig:
     llm_filter: FilterConfig = field(default_factory=lambda: FilterConfig(budget=16))
     llm_distill: DistillSettings = field(default_factory=lambda: DistillSettings(lr=1e-3, epochs=1))
     llm_lora: LoraSettings = field(default_factory=LoraSettings)
+    secagg: SecAggSettings = field(default_factory=SecAggSettings)
     train_llm: bool = True
     phase_timeout_s: float = 600.0  # after this, a phase proceeds with the clients that answered ...
     quorum_fraction: float = 0.5  # ... if they are at least this fraction of those expected
@@ -78,6 +81,8 @@ class CoordinatorConfig:
         for key in ("slm_filter", "llm_filter"):
             if key in d:
                 d[key] = FilterConfig(**d[key])
+        if "secagg" in d:
+            d["secagg"] = SecAggSettings(**d["secagg"])
         if "llm_distill" in d:
             d["llm_distill"] = DistillSettings(**d["llm_distill"])
         if "llm_lora" in d:

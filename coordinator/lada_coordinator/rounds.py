@@ -24,6 +24,8 @@ import numpy as np
 from lada_client.common.wire import Candidate, PublicQuestion, RoundInfo
 from lada_client.data.domains import Sample
 from lada_client.scoring.features import relative_ppl_reward
+from lada_client.common.secagg import SecAggError
+from lada_coordinator.aggregation.secure import SecureAggregation
 from lada_coordinator.allocation.allocator import LLM, SLM, Allocator
 from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.llm.host import LLMHost
@@ -56,6 +58,7 @@ class RoundEngine(threading.Thread):
         self._llm_factory = llm_factory
         self._llm: LLMHost | None = None
         self._llm_eval = llm_eval or []
+        self.secure = SecureAggregation(store, config.secagg)
         self.allocator = Allocator(store, config.allocation, {SLM: config.slm_filter, LLM: config.llm_filter}, config.seed)
         self.stop_event = threading.Event()
         self.wake = threading.Event()
@@ -74,27 +77,29 @@ class RoundEngine(threading.Thread):
             self.wake.clear()
 
     def _wait_quorum(self, t: int, kind: str, expected: set[str]) -> None:
-        """Wait for every expected client; after ``phase_timeout_s``, settle for the quorum.
-
-        A client that vanished mid-round is left out of the rest of it; below quorum the round
-        keeps waiting rather than deciding on too little.
-        """
+        """Wait for every expected client's ``kind`` upload; after ``phase_timeout_s``, settle for
+        the quorum. A client that vanished mid-round is left out of the rest of it; below quorum
+        the round keeps waiting rather than deciding on too little."""
         need = max(1, math.ceil(self.config.quorum_fraction * len(expected)))
+        self._wait_arrivals(lambda: expected & set(self.store.uploads(t, kind)), expected, need, f"round {t} {kind}")
+
+    def _wait_arrivals(self, arrived: Callable[[], set[str]], expected: set[str], need: int, what: str) -> set[str]:
         deadline = time.monotonic() + self.config.phase_timeout_s
         warned = False
         while not self.stop_event.is_set():
-            got = expected & set(self.store.uploads(t, kind))
+            got = arrived()
             if got == expected:
-                return
+                return got
             if time.monotonic() > deadline:
                 if len(got) >= need:
-                    log.warning("round %d: %s timed out; proceeding at quorum %d/%d without %s", t, kind, len(got), len(expected), sorted(expected - got))
-                    return
+                    log.warning("%s timed out; proceeding with %d/%d, without %s", what, len(got), len(expected), sorted(expected - got))
+                    return got
                 if not warned:
-                    log.warning("round %d: %s below quorum (%d/%d, need %d); still waiting", t, kind, len(got), len(expected), need)
+                    log.warning("%s below quorum (%d/%d, need %d); still waiting", what, len(got), len(expected), need)
                     warned = True
             self.wake.wait(0.5)
             self.wake.clear()
+        return arrived()
 
     def run(self) -> None:
         try:
@@ -118,6 +123,8 @@ class RoundEngine(threading.Thread):
             if phase == "features":
                 self._wait_quorum(t, "features.put", {c.client_id for c in self.store.clients()})
                 self._allocate(t)
+            if cfg.host_framework == "cotuning":
+                self._secure_aggregation(t)
             allocated = {c.client_id for c in self.store.clients() if self.store.allocation(t, c.client_id, SLM)}
             self._wait_quorum(t, "reward.put", allocated)
             self._close(t, final=t == cfg.rounds)
@@ -143,6 +150,8 @@ class RoundEngine(threading.Thread):
             ],
             offer_questions=[PublicQuestion(sample_id=s.sample_id, question=s.question, answer=s.answer) for s in offer_pool],
             feature_names=list(cfg.feature_names),
+            host_framework=cfg.host_framework,
+            secagg_configs=self.secure.configs(self.store.clients()) if cfg.host_framework == "cotuning" else {},
         )
         sources = {p.sample.sample_id: p.source for p in paths}
         self.store.open_round(t, info.model_dump(), {"path_sources": sources, "path_stats": stats})
@@ -156,6 +165,9 @@ class RoundEngine(threading.Thread):
         for client_id, up in uploads.items():
             z = np.asarray(up["features"], dtype=np.float64).reshape(len(up["sample_ids"]), -1)
             decided[client_id] = self.allocator.allocate(t, SLM, client_id, up["sample_ids"], z)
+        if self.config.host_framework == "cotuning":
+            info, _ = self.store.round_info(t)
+            self.secure.setup(t, uploads, self.store.clients(), info["secagg_configs"])
         self.store.put_allocations(t, SLM, decided)
         self.store.set_phase(t, "training")
         self.status.phase = "training"
@@ -163,6 +175,34 @@ class RoundEngine(threading.Thread):
             "round %d allocated in %.2fs: %s", t, time.perf_counter() - started,
             {c: f"{len(ids)} ({why})" for c, (ids, why) in decided.items()},
         )
+
+    def _secure_aggregation(self, t: int) -> None:
+        """Co-tuning: run each architecture group's secure FedAvg through its three server steps.
+
+        Each step is skipped when its output is already stored, so a restarted coordinator
+        resumes the protocol. A group that cannot finish (too many dropouts) gets no average
+        this round; its clients keep their own adapters.
+        """
+        info, _ = self.store.round_info(t)
+        for group, cfg in info["secagg_configs"].items():
+            if self.store.secagg(t, group, "roster") is None or self.store.secagg(t, group, "result") is not None:
+                continue
+            threshold = int(cfg["threshold"])
+            try:
+                for step, done_item, action in (
+                    ("shares", "routed", self.secure.route),
+                    ("masked", "unmask_request", self.secure.request_unmask),
+                    ("unmask", "result", self.secure.finish),
+                ):
+                    if self.store.secagg(t, group, done_item) is not None:
+                        continue
+                    expected, _ = self.secure.progress(t, group, step)
+                    need = max(threshold, math.ceil(self.config.quorum_fraction * len(expected)))
+                    self._wait_arrivals(lambda: self.secure.progress(t, group, step)[1], expected, need, f"round {t} secagg {group} {step}")
+                    action(t, group)
+            except SecAggError as exc:
+                log.warning("round %d group %s: secure aggregation failed: %s", t, group, exc)
+                self.store.put_secagg(t, group, "result", {"error": str(exc)})
 
     def _close(self, t: int, final: bool) -> None:
         started = time.perf_counter()
@@ -190,8 +230,15 @@ class RoundEngine(threading.Thread):
                 "dp_epsilon": report.get("dp_epsilon", 0.0),
             }
         llm_metrics = self._llm_direction(t, features) if self.config.train_llm else {}
+        secagg = {}
+        if self.config.host_framework == "cotuning":
+            info, _ = self.store.round_info(t)
+            for group in info["secagg_configs"]:
+                result = self.store.secagg(t, group, "result") or {}
+                secagg[group] = {"contributors": len(result.get("contributors", [])), "error": result.get("error")}
         metrics = {
             "clients": per_client,
+            "secagg": secagg,
             "llm": llm_metrics,
             "seconds_close": round(time.perf_counter() - started, 3),
         }

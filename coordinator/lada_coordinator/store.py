@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS allocations (
 CREATE TABLE IF NOT EXISTS filters (
     client_id TEXT NOT NULL, direction TEXT NOT NULL, state BLOB NOT NULL,
     PRIMARY KEY (client_id, direction));
+CREATE TABLE IF NOT EXISTS secagg (
+    round INTEGER NOT NULL, group_id TEXT NOT NULL, item TEXT NOT NULL, payload TEXT NOT NULL,
+    PRIMARY KEY (round, group_id, item));
 CREATE TABLE IF NOT EXISTS filter_updates (
     round INTEGER NOT NULL, client_id TEXT NOT NULL, direction TEXT NOT NULL,
     PRIMARY KEY (round, client_id, direction));
@@ -200,6 +203,16 @@ class Store:
             (round_index, client_id, direction),
         )
         return (json.loads(row[0]), row[1]) if row else None
+
+    # ------------------------------------------------------------------------- secure aggregation
+    def put_secagg(self, round_index: int, group_id: str, item: str, payload: dict[str, Any]) -> None:
+        """Coordinator-side protocol output (roster, routed shares, unmask request, result)."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO secagg VALUES (?, ?, ?, ?)", (round_index, group_id, item, json.dumps(payload)))
+
+    def secagg(self, round_index: int, group_id: str, item: str) -> dict[str, Any] | None:
+        row = self._one("SELECT payload FROM secagg WHERE round = ? AND group_id = ? AND item = ?", (round_index, group_id, item))
+        return json.loads(row[0]) if row else None
 
     # ------------------------------------------------------------------------------- filters
     def save_filter(self, client_id: str, direction: str, state: bytes, round_index: int) -> None:

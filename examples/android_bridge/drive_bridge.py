@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", help="one-time enrollment token (first run only)")
     parser.add_argument("--round-steps", type=int, default=0, help="how many round_step calls to make")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between round steps")
-    parser.add_argument("--train", action="store_true", help='also press "Train locally" (answered "unsupported", as in the app)')
+    parser.add_argument(
+        "--train", action="store_true", help='also press "Train locally" (answered "unsupported", as in the app)'
+    )
     parser.add_argument("--build-demo", action="store_true", help="first build a tiny offline model and data set")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)

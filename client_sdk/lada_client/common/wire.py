@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -121,6 +121,10 @@ class RoundInfo(_Message):
     candidates: list[Candidate] = []
     offer_questions: list[PublicQuestion] = []
     feature_names: list[str] = []
+    host_framework: Literal["mkt", "cotuning"] = "mkt"
+    secagg_configs: dict[str, dict[str, Any]] = Field(
+        default={}, description="co-tuning: secure-aggregation parameters per architecture group"
+    )
 
 
 class PathOffer(_Message):
@@ -136,6 +140,8 @@ class FeatureUpload(_Message):
     sample_ids: list[str] = Field(max_length=8192)
     features: list[list[float]] = Field(max_length=8192)
     offers: list[PathOffer] = Field(default=[], max_length=1024)
+    secagg_keys: dict[str, Any] | None = Field(default=None, description="co-tuning: AdvertiseKeys of this round")
+    adapter_size: int = Field(default=0, ge=0, description="co-tuning: length of the flattened LoRA adapter")
 
     @field_validator("features")
     @classmethod
@@ -156,6 +162,7 @@ class Allocation(_Message):
     status: Literal["pending", "ready"]
     sample_ids: list[str] = []
     reason: str = ""
+    secagg_roster: dict[str, Any] | None = Field(default=None, description="co-tuning: Roster of the client's group")
 
 
 class RewardReport(_Message):
@@ -177,9 +184,38 @@ class RewardReport(_Message):
         return _finite([v], "perplexity")[0]
 
 
+SecAggStep = Literal["shares", "masked", "unmask"]
+
+
+class SecAggUpload(_Message):
+    """kind ``secagg.put``: one client message of the secure-aggregation protocol (co-tuning)."""
+
+    round: int = Field(ge=0)
+    step: SecAggStep
+    body: dict[str, Any]
+
+
+class SecAggQuery(_Message):
+    """kind ``secagg.get``: poll for what the coordinator routes to this client."""
+
+    round: int = Field(ge=0)
+    step: Literal["inbox", "unmask", "result"]
+
+
+class SecAggReply(_Message):
+    round: int
+    status: Literal["pending", "ready", "none"]
+    body: dict[str, Any] | None = None
+
+
 class Ack(_Message):
     ok: bool = True
     message: str = ""
+
+
+def secagg_round_id(round_index: int, group: str) -> str:
+    """The secure-aggregation round id of an architecture group (keys are bound to it)."""
+    return f"r{round_index}/{group}"
 
 
 KIND_PAYLOADS: dict[str, type[BaseModel]] = {
@@ -187,4 +223,6 @@ KIND_PAYLOADS: dict[str, type[BaseModel]] = {
     "features.put": FeatureUpload,
     "allocation.get": AllocationQuery,
     "reward.put": RewardReport,
+    "secagg.put": SecAggUpload,
+    "secagg.get": SecAggQuery,
 }

@@ -77,6 +77,20 @@ def create_model(spec: str | ModelSpec, tokenizer_dir: Path, out_dir: Path, seed
     return out_dir
 
 
+def architecture_id(model_dir: Path) -> str:
+    """A short name of a checkpoint's architecture: clients with equal ids can average adapters."""
+    import json
+
+    try:
+        c = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(f"{model_dir} has no readable config.json") from exc
+    return "{}-h{}-l{}-a{}-v{}".format(
+        c.get("model_type", "model"), c.get("hidden_size"), c.get("num_hidden_layers"),
+        c.get("num_attention_heads"), c.get("vocab_size"),
+    )
+
+
 def copy_checkpoint(src: Path, dst: Path) -> Path:
     """Copy a checkpoint directory (e.g. to give each client its own SLM)."""
     if dst.exists():

@@ -100,8 +100,19 @@ def save_tokenizer(tokenizer: Tokenizer, directory: Path) -> Path:
     return directory
 
 
-def load_tokenizer(path: Path | str) -> Tokenizer:
-    """Load from a directory written by :func:`save_tokenizer` or from a ``tokenizer.json`` file."""
+def load_tokenizer(path: Path | str, strict: bool | None = None) -> Tokenizer:
+    """Load from a directory written by :func:`save_tokenizer` or from a ``tokenizer.json`` file.
+
+    ``strict`` enforces this project's special-token layout (``<pad>``, ``<s>``, ``</s>``,
+    ``<unk>`` at ids 0-3). By default (``None``) it is enforced only when no
+    ``special_tokens.json`` lies beside the file: without one, scoring falls back to the project's
+    ids, and a tokenizer of another family would be fed the wrong framing tokens. An exported model
+    of another family (SmolLM2 frames with ``<|im_start|>`` = 1 and ``<|im_end|>`` = 2 and has no
+    ``<pad>``) declares its ids in that file instead, and they are checked to exist in the
+    vocabulary.
+    """
+    from lada_client.models.encoding import SPECIAL_TOKENS_FILE, SpecialTokens  # imports this module
+
     path = Path(path)
     file = path / TOKENIZER_FILE if path.is_dir() else path
     if not file.is_file():
@@ -110,7 +121,17 @@ def load_tokenizer(path: Path | str) -> Tokenizer:
         tokenizer = Tokenizer.from_file(str(file))
     except Exception as exc:  # the Rust side raises a bare Exception on malformed JSON
         raise ValueError(f"cannot parse tokenizer file {file}: {exc}") from exc
-    _check_special_ids(tokenizer)
+    declared = (file.parent / SPECIAL_TOKENS_FILE).is_file()
+    if strict or (strict is None and not declared):
+        _check_special_ids(tokenizer)
+    if declared:
+        special = SpecialTokens.load(file.parent)
+        for role, token_id in (("bos", special.bos), ("eos", special.eos), ("pad", special.pad)):
+            if token_id is not None and tokenizer.id_to_token(token_id) is None:
+                raise ValueError(
+                    f"{file.parent / SPECIAL_TOKENS_FILE} gives {role} id {token_id}, "
+                    f"which is not in the vocabulary of {file}"
+                )
     return tokenizer
 
 

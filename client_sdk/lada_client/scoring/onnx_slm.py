@@ -48,6 +48,7 @@ class OnnxSLM:
         providers: Sequence[str] | None = None,
         max_length: int = 256,
         intra_op_threads: int = 0,
+        max_new_tokens: int = 48,
     ) -> None:
         import onnxruntime as ort
 
@@ -73,6 +74,7 @@ class OnnxSLM:
         self.tokenizer = load_tokenizer(tokenizer_path or model_path.parent / "tokenizer.json")
         self.special = SpecialTokens.load(model_path.parent)
         self.max_length = max_length
+        self.max_new_tokens = max_new_tokens
         self.model_path = model_path
 
     def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,12 +104,13 @@ class OnnxSLM:
     def generate(
         self,
         prompts: Sequence[str],
-        max_new_tokens: int = 64,
+        max_new_tokens: int | None = None,
         temperature: float = 0.0,
         seed: int = 0,
         batch_size: int = 16,
     ) -> list[str]:
-        """Continue each prompt; ``temperature == 0`` is greedy. Stops at ``</s>`` or a newline."""
+        """Continue each prompt; ``temperature == 0`` is greedy. Stops at EOS, a newline or
+        ``max_new_tokens`` (default: the instance's, sized to the longest useful reasoning path)."""
         rng = np.random.default_rng(seed)
         texts: list[str] = []
         newline_ids = set(self.tokenizer.encode("\n", add_special_tokens=False).ids)
@@ -115,7 +118,7 @@ class OnnxSLM:
             rows = encode_prompts(self.tokenizer, prompts[start : start + batch_size], self.max_length, self.special)
             generated: list[list[int]] = [[] for _ in rows]
             done = np.zeros(len(rows), dtype=bool)
-            for _ in range(max_new_tokens):
+            for _ in range(max_new_tokens or self.max_new_tokens):
                 seqs = [r + g for r, g in zip(rows, generated)]
                 width = max(len(s) for s in seqs)
                 ids = np.full((len(seqs), width), self.special.pad, dtype=np.int64)

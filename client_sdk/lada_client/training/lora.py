@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lada_client.config import DistillSettings, LoraSettings
@@ -49,7 +50,9 @@ class TrainReport:
 class LoraTrainer:
     """Holds a base model with a trainable LoRA adapter for one party."""
 
-    def __init__(self, base_dir: Path, adapter_dir: Path | None = None, lora: LoraSettings = LoraSettings()) -> None:
+    def __init__(
+        self, base_dir: Path, adapter_dir: Path | None = None, lora: LoraSettings = LoraSettings(), seed: int = 0
+    ) -> None:
         from peft import LoraConfig, PeftModel, get_peft_model
 
         model, self.tokenizer = load_causal_lm(Path(base_dir), adapter_dir)
@@ -61,10 +64,29 @@ class LoraTrainer:
                 target_modules=list(lora.target_modules),
                 task_type="CAUSAL_LM",
             )
+            torch.manual_seed(seed)  # same seed → same LoRA init, so co-tuned adapters start aligned
             model = get_peft_model(model, config)
         self.model = model
         self.base_dir = Path(base_dir)
         self.special = SpecialTokens.from_model_config(model.config)
+
+    def _lora_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for n, p in sorted(self.model.named_parameters()) if "lora_" in n]
+
+    def adapter_vector(self) -> np.ndarray:
+        """All LoRA weights flattened in a fixed order (what co-tuning averages)."""
+        return torch.cat([p.detach().reshape(-1) for p in self._lora_parameters()]).numpy().astype("float64")
+
+    def load_adapter_vector(self, vector: np.ndarray) -> None:
+        params = self._lora_parameters()
+        total = sum(p.numel() for p in params)
+        if vector.shape != (total,):
+            raise ValueError(f"adapter vector has {vector.shape} values; this adapter has {total}")
+        with torch.no_grad():
+            offset = 0
+            for p in params:
+                p.copy_(torch.from_numpy(vector[offset : offset + p.numel()].reshape(p.shape)).to(p.dtype))
+                offset += p.numel()
 
     def save(self, adapter_dir: Path) -> Path:
         adapter_dir.mkdir(parents=True, exist_ok=True)

@@ -37,12 +37,13 @@ class TeacherPath:
 
 
 class LLMHost:
-    def __init__(self, llm_dir: Path, adapter_dir: Path, lora: LoraSettings, max_length: int = 256) -> None:
+    def __init__(self, llm_dir: Path, adapter_dir: Path, lora: LoraSettings, max_length: int = 256, max_new_tokens: int = 48) -> None:
         self.adapter_dir = adapter_dir
         self.trainer = LoraTrainer(llm_dir, adapter_dir, lora)
         self.model = self.trainer.model
         self.tokenizer = self.trainer.tokenizer
         self.max_length = max_length
+        self.max_new_tokens = max_new_tokens
 
     def _generate(self, prompts: Sequence[str], n: int, temperature: float, max_new_tokens: int, seed: int, batch_size: int = 64) -> list[list[str]]:
         torch.manual_seed(seed)
@@ -90,7 +91,7 @@ class LLMHost:
     ) -> tuple[list[TeacherPath], dict[str, int]]:
         """Sample ``n`` paths per question and keep one whose answer matches gold (method step 1)."""
         prompts = [format_prompt(s.question) for s in samples]
-        sampled = self._generate(prompts, n, temperature, max_new_tokens=64, seed=seed)
+        sampled = self._generate(prompts, n, temperature, max_new_tokens=self.max_new_tokens, seed=seed)
         chosen: list[tuple[Sample, str, str]] = []
         stats = {"llm": 0, "gold": 0, "dropped": 0}
         for s, paths in zip(samples, sampled):
@@ -114,7 +115,7 @@ class LLMHost:
             return np.zeros((0, len(LLM_FEATURE_NAMES))), []
         prompts = [format_prompt(s.question) for s in samples]
         lp, tok = self.sequence_logprobs(prompts, [format_target(p) for p in paths])
-        own = [g[0] for g in self._generate(prompts, 1, 0.0, max_new_tokens=64, seed=seed)]
+        own = [g[0] for g in self._generate(prompts, 1, 0.0, max_new_tokens=self.max_new_tokens, seed=seed)]
         correct = np.array([float(is_correct(o, s.answer)) for o, s in zip(own, samples)])
         agreement = np.array([difflib.SequenceMatcher(None, o, p).ratio() for o, p in zip(own, paths)])
         z = np.stack([-lp / np.maximum(tok, 1), correct, agreement, tok.astype(float)], axis=1)
@@ -140,5 +141,5 @@ class LLMHost:
     def accuracy(self, samples: Sequence[Sample], seed: int = 0) -> float:
         if not samples:
             return 0.0
-        own = self._generate([format_prompt(s.question) for s in samples], 1, 0.0, 64, seed)
+        own = self._generate([format_prompt(s.question) for s in samples], 1, 0.0, self.max_new_tokens, seed)
         return float(np.mean([is_correct(o[0], s.answer) for o, s in zip(own, samples)]))

@@ -32,7 +32,12 @@ from lada_client.common.wire import (
     RewardReport,
     RoundInfo,
     SealedEnvelope,
+    SecAggQuery,
+    SecAggReply,
+    SecAggUpload,
+    secagg_round_id,
 )
+from lada_client.common.secagg import AdvertiseKeys, MaskedInput, SecAggError, ShareKeys, UnmaskResponse
 from lada_coordinator.allocation.allocator import SLM
 from lada_coordinator.rounds import RoundEngine
 from lada_coordinator.store import ClientRecord, Store
@@ -101,6 +106,16 @@ def create_app(store: Store, identity: Identity, engine: RoundEngine, max_body_b
                 raise ApiError(409, "replay", f"sequence number {header.seq} was already used")
         engine.wake.set()
         return out
+
+    def check_advert(client: ClientRecord, payload: FeatureUpload) -> None:
+        try:
+            advert = AdvertiseKeys.from_dict(payload.secagg_keys or {})
+        except SecAggError as exc:
+            raise ApiError(422, "bad_secagg", str(exc)) from exc
+        if advert.client_id != client.client_id or advert.round_id != secagg_round_id(payload.round, client.model_name):
+            raise ApiError(422, "bad_secagg", "secagg keys must name this client and its group's round")
+        if payload.adapter_size < 1:
+            raise ApiError(422, "bad_secagg", "adapter_size is required with secagg keys")
 
     def current() -> tuple[int, str]:
         return store.current_round() or (0, "waiting")
@@ -180,6 +195,8 @@ def create_app(store: Store, identity: Identity, engine: RoundEngine, max_body_b
                 raise ApiError(422, "bad_features", f"feature_names must be {info['feature_names']}")
             if len(payload.features) != len(expected) or any(len(r) != len(payload.feature_names) for r in payload.features):
                 raise ApiError(422, "bad_features", "features must be one row per candidate, one column per feature name")
+            if payload.secagg_keys is not None:
+                check_advert(client, payload)
             offered = {q["sample_id"] for q in info["offer_questions"]}
             if any(o.sample_id not in offered for o in payload.offers):
                 raise ApiError(422, "bad_offer", "offers must answer this round's offer questions")
@@ -199,7 +216,9 @@ def create_app(store: Store, identity: Identity, engine: RoundEngine, max_body_b
                 if phase != "features":
                     raise ApiError(409, "not_allocated", f"round {t} was allocated without this client's features")
                 return Allocation(round=t, status="pending")
-            return Allocation(round=t, status="ready", sample_ids=found[0], reason=found[1])
+            group = engine.secure.group_of(t, client.client_id, client.model_name)
+            roster = store.secagg(t, group, "roster") if group else None
+            return Allocation(round=t, status="ready", sample_ids=found[0], reason=found[1], secagg_roster=roster)
 
         return sealed("allocation.get", envelope, handle)
 
@@ -213,5 +232,57 @@ def create_app(store: Store, identity: Identity, engine: RoundEngine, max_body_b
             return Ack(message="stored" if fresh else "already stored")
 
         return sealed("reward.put", envelope, handle)
+
+    secagg_parsers = {"shares": ShareKeys.from_dict, "masked": MaskedInput.from_dict, "unmask": UnmaskResponse.from_dict}
+
+    @app.post("/v1/secagg/put", response_model=SealedEnvelope, responses=errors)
+    def put_secagg(envelope: SealedEnvelope) -> SealedEnvelope:
+        """Co-tuning: a client's secure-aggregation message (shares, masked adapter, unmask shares)."""
+
+        def handle(db, client, header, payload: SecAggUpload) -> Ack:
+            check_round(header, payload.round, "training")
+            group = engine.secure.group_of(payload.round, client.client_id, client.model_name)
+            if group is None:
+                raise ApiError(409, "no_secagg", f"client takes no part in secure aggregation in round {payload.round}")
+            try:
+                message = secagg_parsers[payload.step](payload.body)
+            except SecAggError as exc:
+                raise ApiError(422, "bad_secagg", str(exc)) from exc
+            if message.client_id != client.client_id or message.round_id != secagg_round_id(payload.round, group):
+                raise ApiError(422, "bad_secagg", "message must come from this client for its group's round")
+            fresh = store.put_upload(db, payload.round, client.client_id, f"secagg.{payload.step}", payload.model_dump_json())
+            return Ack(message="stored" if fresh else "already stored")
+
+        return sealed("secagg.put", envelope, handle)
+
+    @app.post("/v1/secagg/get", response_model=SealedEnvelope, responses=errors)
+    def get_secagg(envelope: SealedEnvelope) -> SealedEnvelope:
+        """Co-tuning: poll for the shares routed to this client, the unmask request, or the average."""
+
+        def handle(db, client, header, payload: SecAggQuery) -> SecAggReply:
+            t = payload.round
+            group = engine.secure.group_of(t, client.client_id, client.model_name)
+            if group is None:
+                return SecAggReply(round=t, status="none")
+            if payload.step == "inbox":
+                routed = store.secagg(t, group, "routed")
+                if routed is None:
+                    return SecAggReply(round=t, status="pending")
+                return SecAggReply(round=t, status="ready", body={"shares": routed["inbox"].get(client.client_id, [])})
+            if payload.step == "unmask":
+                request = store.secagg(t, group, "unmask_request")
+                if request is None:
+                    return SecAggReply(round=t, status="pending")
+                if client.client_id not in request["survivors"]:
+                    return SecAggReply(round=t, status="none")
+                return SecAggReply(round=t, status="ready", body=request)
+            result = store.secagg(t, group, "result")
+            if result is None:
+                return SecAggReply(round=t, status="pending")
+            if "vector" not in result:
+                return SecAggReply(round=t, status="none", body=result)
+            return SecAggReply(round=t, status="ready", body=result)
+
+        return sealed("secagg.get", envelope, handle)
 
     return app

@@ -28,7 +28,9 @@ def build(config: CoordinatorConfig, llm_eval_dir: Path | None = None):
         llm_eval = [s for c in FederationData.load(llm_eval_dir).clients for s in c.test[:64]]
 
     def llm_factory() -> LLMHost:
-        return LLMHost(config.llm_dir, config.state_dir / "llm_adapter", config.llm_lora, config.llm_distill.max_length)
+        return LLMHost(
+            config.llm_dir, config.state_dir / "llm_adapter", config.llm_lora, config.llm_distill.max_length, config.max_new_tokens
+        )
 
     engine = RoundEngine(config, store, public, llm_factory, llm_eval)
     app = create_app(store, identity, engine, config.max_body_bytes)

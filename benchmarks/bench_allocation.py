@@ -1,0 +1,259 @@
+"""Allocation cost: one round of EE-Net allocation for N clients x M candidates on a real SQLite store.
+
+A round's allocation is what the round engine does once every client's features are in: read the
+``features.put`` uploads from SQLite, run each client's learnability filter
+(:class:`lada_coordinator.allocation.allocator.Allocator` in ``lada`` mode) and write the
+allocations back in one transaction (the same steps as ``RoundEngine._allocate``). Three cases:
+
+* **cold**: round 1, no filter has a reward yet, so each filter is created and picks k-means
+  representatives (:mod:`lada_coordinator.allocation.cold_start`);
+* **warm (memory)**: every filter has a reward history (one observe + refit per client beforehand)
+  and is already in the allocator's memory, as in a running coordinator;
+* **warm (store)**: the same, but from a fresh allocator, so every filter is first deserialised from
+  SQLite, as after a coordinator restart.
+
+Each case runs with ``torch.set_num_threads(1)`` and with all CPUs, interleaved within each repeat.
+
+    python benchmarks/bench_allocation.py [--quick] [--clients 10 100 1000] [--candidates 64 256]
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import os
+import pstats
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+NAME = "bench_allocation"
+TARGET_S = 5.0
+TARGET_SIZE = (1000, 256)
+FEATURES = ("slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct")
+
+
+def features(rng: np.random.Generator, m: int) -> np.ndarray:
+    """Plausible learnability features: NLLs of a few nats, a gap around 1, paths of 20-120 tokens."""
+    return np.stack(
+        [
+            rng.uniform(0.5, 4.0, m),
+            rng.uniform(0.3, 6.0, m),
+            rng.normal(1.0, 1.0, m),
+            rng.integers(20, 120, m).astype(np.float64),
+            (rng.random(m) < 0.3).astype(np.float64),
+        ],
+        axis=1,
+    )
+
+
+def open_round(store, t: int, clients: list[str], m: int, seed: int) -> dict[str, np.ndarray]:
+    """Open round ``t`` with ``m`` candidates and store every client's feature upload."""
+    from lada_client.common.wire import Candidate, FeatureUpload, RoundInfo
+
+    ids = [f"r{t}-c{j}" for j in range(m)]
+    info = RoundInfo(
+        round=t, phase="features", total_rounds=1000,
+        candidates=[Candidate(sample_id=i, question="q?", path="p. The answer is 1.", llm_logprob=-5.0, llm_tokens=9) for i in ids],
+        feature_names=list(FEATURES),
+    )
+    store.open_round(t, info.model_dump(), {})
+    zs = {}
+    with store.transaction() as db:
+        for k, cid in enumerate(clients):
+            z = features(np.random.default_rng([seed, t, k]), m)
+            zs[cid] = z
+            up = FeatureUpload(round=t, feature_names=list(FEATURES), sample_ids=ids, features=z.tolist())
+            store.put_upload(db, t, cid, "features.put", up.model_dump_json())
+    return zs
+
+
+def allocate_round(store, allocator, t: int) -> dict[str, float]:
+    """``RoundEngine._allocate`` for the ``mkt`` host framework, with its three stages timed."""
+    from lada_coordinator.allocation.allocator import SLM
+
+    t_read, uploads = C.timed(lambda: store.uploads(t, "features.put"))
+
+    def decide():
+        out = {}
+        for client_id, up in uploads.items():
+            z = np.asarray(up["features"], dtype=np.float64).reshape(len(up["sample_ids"]), -1)
+            out[client_id] = allocator.allocate(t, SLM, client_id, up["sample_ids"], z)
+        return out
+
+    t_alloc, decided = C.timed(decide)
+    t_write, _ = C.timed(lambda: store.put_allocations(t, SLM, decided))
+    reasons = sorted({why for _, why in decided.values()})
+    return {"total_s": t_read + t_alloc + t_write, "read_s": t_read, "allocate_s": t_alloc, "write_s": t_write,
+            "reasons": reasons, "clients": len(decided)}
+
+
+def make_allocator(store, seed: int = 0):
+    from lada_coordinator.allocation.allocator import LLM, SLM, Allocator
+    from lada_coordinator.allocation.eenet import FilterConfig
+
+    return Allocator(store, "lada", {SLM: FilterConfig(), LLM: FilterConfig(budget=16)}, seed)
+
+
+def profile_call(fn, top: int = 12) -> dict:
+    """cProfile ``fn``; the functions with the most own time, as % of the profiled total."""
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    stats = pstats.Stats(prof, stream=io.StringIO())
+    total = stats.total_tt or 1.0
+    rows = []
+    for (filename, line, func), (_, ncalls, tottime, cumtime, _) in stats.stats.items():
+        rows.append({
+            "function": f"{Path(filename).name}:{line}({func})",
+            "calls": ncalls,
+            "own_pct": round(100 * tottime / total, 1),
+            "cumulative_pct": round(100 * cumtime / total, 1),
+        })
+    own = sorted(rows, key=lambda r: -r["own_pct"])[:top]
+    lada = sorted((r for r in rows if "lada" in r["function"] or "eenet" in r["function"] or "allocator" in r["function"]
+                   or "cold_start" in r["function"] or "store" in r["function"]),
+                  key=lambda r: -r["cumulative_pct"])[:top]
+    return {"total_s": total, "by_own_time": own, "project_functions_by_cumulative": lada}
+
+
+def main() -> int:
+    p = C.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, nargs="+", default=None, help="N values (default 10 100 1000; quick 10 100)")
+    p.add_argument("--candidates", type=int, nargs="+", default=[64, 256], help="M values")
+    p.add_argument("--threads", type=int, nargs="+", default=None, help="torch thread counts (default: 1 and all CPUs)")
+    p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the cProfile of the largest case")
+    args = p.parse_args()
+    import torch
+
+    cpus = len(os.sched_getaffinity(0))
+    thread_counts = args.threads or sorted({1, cpus})
+    ns = sorted(args.clients or ([10, 100] if args.quick else [10, 100, 1000]))
+    repeats = args.repeats or (2 if args.quick else 3)
+    C.say(f"allocation of one round, N clients x M candidates, torch threads {thread_counts}, {repeats} repeats, median")
+
+    rows, setup, profiles = [], [], []
+    with tempfile.TemporaryDirectory(prefix="lada-bench-alloc-") as tmp:
+        for m in args.candidates:
+            from lada_coordinator.store import Store
+
+            store = Store(Path(tmp) / f"m{m}.sqlite")
+            clients = [f"client{k:05d}" for k in range(max(ns))]
+            rounds = {}
+            t = 0
+            # ---- cold start: one fresh round per N (no filter has history yet)
+            for n in ns:
+                t += 1
+                open_round(store, t, clients[:n], m, seed=m)
+                rounds[("cold", n)] = t
+            for n in ns:
+                for rep in range(repeats):
+                    for threads in thread_counts if rep % 2 == 0 else thread_counts[::-1]:
+                        torch.set_num_threads(threads)
+                        res = allocate_round(store, make_allocator(store), rounds[("cold", n)])
+                        rows.append({"case": "cold", "clients": n, "candidates": m, "threads": threads, **res})
+            if args.profile and m == max(args.candidates):  # before any filter is saved: a true cold start
+                torch.set_num_threads(1)
+                n = max(ns)
+                profiles.append({"case": "cold", "clients": n, "candidates": m, "threads": 1,
+                                 **profile_call(lambda: allocate_round(store, make_allocator(store), rounds[("cold", n)]))})
+            # ---- history: allocate once more, then one observe + refit + save per client
+            from lada_coordinator.allocation.allocator import SLM
+
+            torch.set_num_threads(1)
+            t += 1
+            zs = open_round(store, t, clients, m, seed=m)
+            warm = make_allocator(store)
+            allocate_round(store, warm, t)
+            rng = np.random.default_rng(m)
+
+            def refit_all():
+                for cid in clients:
+                    ids, _ = store.allocation(t, cid, SLM)
+                    pos = [int(s.rsplit("c", 1)[1]) for s in ids]
+                    warm.reward(t, SLM, cid, zs[cid][pos], float(rng.uniform(0.0, 0.6)))
+
+            t_refit, _ = C.timed(refit_all)
+            setup.append({"candidates": m, "clients": len(clients), "observe_refit_save_s": t_refit,
+                          "per_client_ms": 1000 * t_refit / len(clients)})
+            C.say(f"  M={m}: observe+refit+save for {len(clients)} clients took {t_refit:.1f}s "
+                  f"({1000 * t_refit / len(clients):.1f} ms/client, 1 thread)")
+            # ---- warm rounds
+            for n in ns:
+                t += 1
+                open_round(store, t, clients[:n], m, seed=m)
+                rounds[("warm", n)] = t
+            for n in ns:
+                for rep in range(repeats):
+                    for threads in thread_counts if rep % 2 == 0 else thread_counts[::-1]:
+                        torch.set_num_threads(threads)
+                        res = allocate_round(store, warm, rounds[("warm", n)])
+                        rows.append({"case": "warm (memory)", "clients": n, "candidates": m, "threads": threads, **res})
+                        torch.set_num_threads(threads)
+                        res = allocate_round(store, make_allocator(store), rounds[("warm", n)])
+                        rows.append({"case": "warm (store)", "clients": n, "candidates": m, "threads": threads, **res})
+            if args.profile and m == max(args.candidates):
+                torch.set_num_threads(1)
+                n = max(ns)
+                profiles.append({"case": "warm (store)", "clients": n, "candidates": m, "threads": 1,
+                                 **profile_call(lambda: allocate_round(store, make_allocator(store), rounds[("warm", n)]))})
+            store.close()
+
+    # ---- aggregate: median per (case, N, M, threads)
+    keyed: dict[tuple, list[dict]] = {}
+    for r in rows:
+        keyed.setdefault((r["case"], r["clients"], r["candidates"], r["threads"]), []).append(r)
+    summary = []
+    for (case, n, m, threads), rs in keyed.items():
+        total = C.median([r["total_s"] for r in rs])
+        summary.append({
+            "case": case, "clients": n, "candidates": m, "threads": threads,
+            "total_s": total, "total_range_s": [min(r["total_s"] for r in rs), max(r["total_s"] for r in rs)],
+            "read_s": C.median([r["read_s"] for r in rs]), "allocate_s": C.median([r["allocate_s"] for r in rs]),
+            "write_s": C.median([r["write_s"] for r in rs]), "per_client_ms": 1000 * total / n,
+            "reasons": rs[0]["reasons"], "repeats": len(rs),
+            "meets_target": total < TARGET_S if (n, m) == TARGET_SIZE else None,
+        })
+    order = {"cold": 0, "warm (memory)": 1, "warm (store)": 2}
+    summary.sort(key=lambda r: (order[r["case"]], r["candidates"], r["clients"], r["threads"]))
+    # threads ratio: time with all CPUs / time with 1 thread, per configuration
+    by = {(r["case"], r["clients"], r["candidates"], r["threads"]): r["total_s"] for r in summary}
+    for r in summary:
+        one = by.get((r["case"], r["clients"], r["candidates"], 1))
+        r["vs_1_thread"] = r["total_s"] / one if one else None
+
+    C.say()
+    C.say(C.table(
+        ["case", "N", "M", "threads", "total s", "per client ms", "read s", "allocate s", "write s", "vs 1 thread",
+         "reason", "target <5s"],
+        [[r["case"], r["clients"], r["candidates"], r["threads"], r["total_s"], r["per_client_ms"], r["read_s"],
+          r["allocate_s"], r["write_s"], f"{r['vs_1_thread']:.2f}x" if r["vs_1_thread"] else "",
+          ",".join(r["reasons"]), "" if r["meets_target"] is None else ("met" if r["meets_target"] else "MISSED")]
+         for r in summary],
+    ))
+    for prof in profiles:
+        C.say(f"\ncProfile, {prof['case']}, N={prof['clients']} M={prof['candidates']}, 1 thread "
+              f"({prof['total_s']:.2f}s profiled), top own time:")
+        for f in prof["by_own_time"][:8]:
+            C.say(f"  {f['own_pct']:5.1f}% own {f['cumulative_pct']:5.1f}% cum  {f['calls']:>8} calls  {f['function']}")
+        C.say("  project functions by cumulative time:")
+        for f in prof["project_functions_by_cumulative"][:8]:
+            C.say(f"  {f['cumulative_pct']:5.1f}% cum  {f['calls']:>8} calls  {f['function']}")
+    path = C.write_results(NAME, {
+        "settings": {"clients": ns, "candidates": args.candidates, "threads": thread_counts, "repeats": repeats,
+                     "quick": args.quick},
+        "target": {"clients": TARGET_SIZE[0], "candidates": TARGET_SIZE[1], "seconds": TARGET_S},
+        "summary": summary, "history_setup": setup, "profiles": profiles, "runs": rows,
+    }, args.out)
+    C.say(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

