@@ -18,6 +18,7 @@ The figures go to stdout as one table; progress goes to the log (stderr).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ class Figures:
     round_info: dict[str, dict[str, float]] = field(default_factory=dict)
     peak_rss_bytes: dict[str, int] = field(default_factory=dict)
     round_wall_seconds: float = 0.0
+    scoring_only: dict[str, float] = field(default_factory=dict)
 
 
 def _free_port() -> int:
@@ -113,6 +115,53 @@ def check_agreement(checkpoint: Path, onnx_path: Path, data_dir: Path, n: int, f
     figures.setup_seconds[f"ONNX vs torch check ({n} pairs)"] = time.perf_counter() - started
 
 
+def score_only(onnx_path: Path, data_dir: Path, n: int) -> dict[str, float]:
+    """What a scoring-only device does with SmolLM2 (no torch): runs in its own process.
+
+    The NLL features and the greedy answers behind ``slm_greedy_correct`` are timed apart, since
+    generation without a KV cache dominates the score phase.
+    """
+    from lada_client.common.reasoning import format_prompt
+    from lada_client.common.wire import Candidate
+    from lada_client.data.federation import load_client
+    from lada_client.scoring.features import learnability_features
+    from lada_client.scoring.onnx_slm import OnnxSLM
+
+    samples = load_client(data_dir, "client0").train[:n]
+    candidates = [
+        Candidate(sample_id=s.sample_id, question=s.question, path=s.rationale, llm_logprob=-10.0, llm_tokens=20)
+        for s in samples
+    ]
+    started = time.perf_counter()
+    slm = OnnxSLM(onnx_path)
+    loaded = time.perf_counter()
+    learnability_features(slm, candidates, ["slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens"])
+    scored = time.perf_counter()
+    slm.generate([format_prompt(s.question) for s in samples])
+    generated = time.perf_counter()
+    return {
+        "load_s": loaded - started,
+        "nll_features_s": scored - loaded,
+        "greedy_s": generated - scored,
+        "torch_imported": float("torch" in sys.modules),
+    }
+
+
+def measure_scoring_only(onnx_path: Path, data_dir: Path, n: int, figures: Figures) -> None:
+    """Run :func:`score_only` in a fresh interpreter and record its times and peak RSS."""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--score-only", str(onnx_path), "--data", str(data_dir), "--n", str(n)],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the scoring-only run failed with exit code {proc.returncode}")
+    figures.scoring_only = {**json.loads(output), "n": n, "peak_rss_bytes": usage.ru_maxrss * 1024}
+
+
 def _reap(proc: subprocess.Popen) -> int | None:
     """Non-blocking reap that also returns the child's peak RSS (``wait4``'s ``ru_maxrss``, KiB).
 
@@ -156,10 +205,11 @@ def run_round(args: argparse.Namespace, world: dict[str, Path], smol: tuple[Path
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     logs = run_dir / "logs"
     started = time.perf_counter()
+    log_files = contextlib.ExitStack()
     coordinator = subprocess.Popen(
         [sys.executable, "-m", "lada_coordinator.cli", "serve", "--config", str(run_dir / "coordinator.json"),
          "--llm-eval-data", str(world["data"])],
-        stdout=open(logs / "coordinator.log", "w"), stderr=subprocess.STDOUT, env=env,
+        stdout=log_files.enter_context(open(logs / "coordinator.log", "w")), stderr=subprocess.STDOUT, env=env,
     )
     clients: dict[str, subprocess.Popen] = {}
     try:
@@ -183,7 +233,7 @@ def run_round(args: argparse.Namespace, world: dict[str, Path], smol: tuple[Path
             clients[name] = subprocess.Popen(
                 [sys.executable, "-m", "lada_client.cli", "run", "--config", str(run_dir / f"{name}.json"),
                  "--token", tokens[i], "--results", str(run_dir / f"{name}.results.json")],
-                stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT, env=env,
+                stdout=log_files.enter_context(open(logs / f"{name}.log", "w")), stderr=subprocess.STDOUT, env=env,
             )
         log.info("coordinator + %d clients on %s (logs in %s)", args.clients, url, logs)
         deadline = time.monotonic() + args.timeout
@@ -213,6 +263,7 @@ def run_round(args: argparse.Namespace, world: dict[str, Path], smol: tuple[Path
             coordinator.wait(timeout=15)
         except subprocess.TimeoutExpired:
             coordinator.kill()
+        log_files.close()
     for name in clients:
         (result,) = json.loads((run_dir / f"{name}.results.json").read_text())
         figures.round_seconds[name] = result["seconds"]
@@ -239,6 +290,13 @@ def print_table(args: argparse.Namespace, figures: Figures) -> None:
     )
     print("\n".join(rows))
     print(f"{'round wall time (s)':<{width}}{figures.round_wall_seconds:>20.1f}")
+    if figures.scoring_only:
+        so = figures.scoring_only
+        print(
+            f"\nScoring-only device (ONNX Runtime, torch imported: {bool(so['torch_imported'])}), "
+            f"{so['n']:.0f} candidates: load {so['load_s']:.1f}s, NLL features {so['nll_features_s']:.1f}s, "
+            f"greedy answers {so['greedy_s']:.1f}s, peak RSS {so['peak_rss_bytes'] / 2**20:.0f} MiB"
+        )
     print("\nSet-up (once per device, cached):")
     for step, seconds in figures.setup_seconds.items():
         print(f"  {step:<40}{seconds:>8.1f}s")
@@ -260,8 +318,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agreement-pairs", type=int, default=8, help="0 skips the ONNX-vs-torch check")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("--score-only", type=Path, help=argparse.SUPPRESS)  # internal: child process
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, default=16, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.score_only:
+        print(json.dumps(score_only(args.score_only, args.data, args.n)))
+        return 0
     for noisy in ("transformers", "optimum", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -284,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.agreement_pairs:
         check_agreement(*smol, world["data"], args.agreement_pairs, figures)
+    measure_scoring_only(smol[1], world["data"], args.candidates, figures)
     run_round(args, world, smol, figures)
     print_table(args, figures)
     return 0

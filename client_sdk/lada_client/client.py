@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -209,10 +210,11 @@ class LadaClient:
 
         started = time.perf_counter()
         ppl_before = ppl_after = 1.0
-        if allocated and self.config.can_train:
-            ppl_before = self._ppl(allocated)
+        if self.config.can_train and (allocated or self.data.train):
+            # L_SFT on private data every round; teacher paths and L_CD on top when allocated.
+            ppl_before = self._ppl(allocated) if allocated else 1.0
             self._train(allocated, t)
-            ppl_after = self._ppl(allocated)
+            ppl_after = self._ppl(allocated) if allocated else 1.0
         timings["train"] = time.perf_counter() - started
         reward = relative_ppl_reward(ppl_before, ppl_after)
         if secagg is not None:
@@ -331,11 +333,33 @@ class LadaClient:
         self._export_adapter()
 
     def _export_adapter(self) -> None:
-        """Save the adapter and re-export the merged SLM so scoring reflects it."""
+        """Save the adapter and refresh the ONNX scorer so scoring reflects it.
+
+        ``scorer_refresh="swap"`` writes the merged projection weights into the exported graph
+        (no tracing; see ``models/weight_swap.py``); it falls back to a full re-export when the
+        graph's weights cannot be matched. ``"export"`` always re-exports.
+        """
+        cfg = self.config
+        self.trainer.save(self._adapter_dir)
+        if cfg.scorer_refresh == "swap":
+            from lada_client.models.weight_swap import WeightMapError, load_or_build_map, swap_weights
+
+            try:
+                mapping = load_or_build_map(cfg.state_dir, cfg.scoring_model, self.trainer.projection_weights(merged=False))
+                for name in ("tokenizer.json", "special_tokens.json"):
+                    if (cfg.scoring_model.parent / name).exists() and not (cfg.state_dir / name).exists():
+                        shutil.copy(cfg.scoring_model.parent / name, cfg.state_dir / name)
+                swap_weights(cfg.scoring_model, cfg.state_dir / "model.onnx", mapping, self.trainer.projection_weights())
+                self.slm = self._load_slm(cfg.state_dir / "model.onnx")
+                return
+            except WeightMapError as exc:
+                log.warning("weight swap not possible (%s); re-exporting the scoring model", exc)
+        self._reexport()
+
+    def _reexport(self) -> None:
         from lada_client.models.export import SCORING_FILES, export_scoring_model
 
         cfg = self.config
-        self.trainer.save(self._adapter_dir)
         with tempfile.TemporaryDirectory(prefix="lada-merged-", dir=cfg.state_dir) as tmp:
             merged = self.trainer.merged_checkpoint(Path(tmp) / "merged")
             staged = export_scoring_model(merged, Path(tmp) / "onnx" / "model.onnx").parent

@@ -63,6 +63,7 @@ class ClientConfig:
     features: tuple[str, ...] = ("slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct")
     eval_size: int = 64
     max_new_tokens: int = 48  # generation cap for own paths, offers and evaluation
+    scorer_refresh: str = "swap"  # after a LoRA step: "swap" weights into the ONNX graph, or "export" again
     max_offers: int = 64
     batch_size: int = 16
     request_timeout_s: float = 60.0

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--rounds", type=int)
-    p.add_argument("--allocation", choices=["lada", "random", "all"])
+    p.add_argument("--allocation", choices=["lada", "random", "all", "none"])
     p.add_argument("--llm-eval-data", type=Path, help="federation data dir whose test splits evaluate the LLM")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate: serve https")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=Path(".lada-federation"))
     p.add_argument("--clients", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--allocation", choices=["lada", "random", "all"], default="lada")
+    p.add_argument("--allocation", choices=["lada", "random", "all", "none"], default="lada",
+                   help="lada: learnability filters; random: same budget at random; all: every candidate; none: local-only")
     p.add_argument("--candidates", type=int, default=128, help="candidates per round")
     p.add_argument("--budget", type=int, default=32, help="per-client allocation budget B")
     p.add_argument("--port", type=int, default=8765)

@@ -11,7 +11,7 @@ from lada_client.config import DistillSettings, LoraSettings
 from lada_coordinator.aggregation.secure import SecAggSettings
 from lada_coordinator.allocation.eenet import FilterConfig
 
-AllocationMode = Literal["lada", "random", "all"]
+AllocationMode = Literal["lada", "random", "all", "none"]
 HostFramework = Literal["mkt", "cotuning"]
 
 
@@ -20,7 +20,8 @@ class CoordinatorConfig:
     """Where things live and how rounds run.
 
     ``allocation`` is the LaDa on/off switch: ``lada`` uses the learnability filters, ``random``
-    allocates the same budget uniformly at random, ``all`` sends every candidate. α = 0 in
+    allocates the same budget uniformly at random, ``all`` sends every candidate, ``none`` sends
+    nothing (local-only baseline: clients train on their private data alone). α = 0 in
     ``client_distill``/``llm_distill`` gives the SFT-only baseline.
     """
 
@@ -53,8 +54,8 @@ class CoordinatorConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.allocation not in ("lada", "random", "all"):
-            raise ValueError(f"allocation must be 'lada', 'random' or 'all', not {self.allocation!r}")
+        if self.allocation not in ("lada", "random", "all", "none"):
+            raise ValueError(f"allocation must be 'lada', 'random', 'all' or 'none', not {self.allocation!r}")
         if self.host_framework not in ("mkt", "cotuning"):
             raise ValueError(f"host_framework must be 'mkt' or 'cotuning', not {self.host_framework!r}")
         if not 0 < self.quorum_fraction <= 1 or self.phase_timeout_s <= 0:

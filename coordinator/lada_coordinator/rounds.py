@@ -162,7 +162,13 @@ class RoundEngine(threading.Thread):
         started = time.perf_counter()
         uploads = self.store.uploads(t, "features.put")
         decided: dict[str, tuple[list[str], str]] = {}
+        can_train = {c.client_id: c.capabilities.get("can_train", True) for c in self.store.clients()}
         for client_id, up in uploads.items():
+            if not can_train.get(client_id, True):
+                # Capability respected: a score-only device contributes features and offered paths,
+                # but nothing is allocated to it, so no reward from it reaches its filter.
+                decided[client_id] = ([], "score_only")
+                continue
             z = np.asarray(up["features"], dtype=np.float64).reshape(len(up["sample_ids"]), -1)
             decided[client_id] = self.allocator.allocate(t, SLM, client_id, up["sample_ids"], z)
         if self.config.host_framework == "cotuning":

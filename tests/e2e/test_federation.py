@@ -6,22 +6,24 @@ import json
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from lada_client.data.federation import FederationData
 
+TINY = [
+    "--clients", "3", "--rounds", "2", "--candidates", "24", "--budget", "6",
+    "--n-train", "40", "--n-test", "16", "--n-public", "160", "--offer-questions", "8",
+    "--llm-warmup-steps", "4", "--slm-warmup-steps", "4", "--timeout", "600",
+]
 
-def test_local_federation_runs_rounds(tiny_world, free_port):
-    work = tiny_world["workdir"]
-    cmd = [
-        sys.executable, "-m", "lada_coordinator.cli", "federation", "--workdir", str(work),
-        "--clients", "3", "--rounds", "2", "--candidates", "24", "--budget", "6", "--port", str(free_port),
-        "--n-train", "40", "--n-test", "16", "--n-public", "160", "--offer-questions", "8",
-        "--llm-warmup-steps", "4", "--slm-warmup-steps", "4", "--timeout", "600", "--tls",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=660)
+
+def _run(work: Path, port: int, *extra: str) -> dict:
+    cmd = [sys.executable, "-m", "lada_coordinator.cli", "federation", "--workdir", str(work), "--port", str(port), *TINY, *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "round 1: SLM accuracy" in proc.stdout and "round 2: SLM accuracy" in proc.stdout
-
     status = json.loads((work / "last_run.json").read_text())
     assert [r["phase"] for r in status["rounds"]] == ["closed", "finished"]
     for r in status["rounds"]:
@@ -29,19 +31,46 @@ def test_local_federation_runs_rounds(tiny_world, free_port):
         for c in r["clients"].values():
             assert 0 <= c["reward"] <= 1 and c["n_allocated"] >= 1
             assert c["bytes_client_sent"] > 0 and c["bytes_client_received"] > 0
-
-    # Every client trained: an adapter and a re-exported scoring model exist on its "device".
     for name in ("client0", "client1", "client2"):
+        # every client trained: an adapter and a re-exported scoring model exist on its "device"
         assert (work / "run" / name / "adapter" / "adapter_config.json").exists()
         assert (work / "run" / name / "model.onnx").exists()
         results = json.loads((work / "run" / f"{name}.results.json").read_text())
         assert [r["round"] for r in results] == [1, 2]
+    return status
 
-    # Private data never reached the coordinator: no private question appears in its database.
-    db_bytes = b"".join(
-        line.encode() for line in sqlite3.connect(str(work / "run" / "coordinator.sqlite")).iterdump()
-    )
+
+def _private_questions_absent(work: Path) -> None:
+    db_bytes = b"".join(line.encode() for line in sqlite3.connect(str(work / "run" / "coordinator.sqlite")).iterdump())
     fed = FederationData.load(work / "data")
     private = [s.question for c in fed.clients for s in c.train + c.test]
     assert not [q for q in private if q.encode() in db_bytes]
     assert any(s.question.encode() in db_bytes for s in fed.public)  # sanity: public ones are there
+
+
+def test_mutual_knowledge_transfer_over_tls(tiny_world, free_port):
+    """Heterogeneous SLMs (three sizes), LaDa allocation, https with a generated certificate."""
+    work = tiny_world["workdir"]
+    _run(work, free_port, "--tls")
+    _private_questions_absent(work)
+
+
+@pytest.mark.parametrize("dp_noise", ["0.8"])
+def test_cotuning_with_secure_aggregation_and_dp(tmp_path, free_port, dp_noise):
+    """Same-architecture SLMs average adapters through secure aggregation; features carry DP noise."""
+    status = _run(tmp_path / "fed", free_port, "--host-framework", "cotuning", "--slm-presets", "slm-small", "--dp-noise", dp_noise)
+    for r in status["rounds"]:
+        (group, summary), = r["secagg"].items()
+        assert summary == {"contributors": 3, "error": None}
+        assert all(c["dp_epsilon"] > 0 for c in r["clients"].values())
+    eps = [[c["dp_epsilon"] for c in r["clients"].values()] for r in status["rounds"]]
+    assert all(b > a for a, b in zip(eps[0], eps[1]))  # the budget accumulates over rounds
+    # members adopted the same average: their saved adapters are identical
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    adapters = [load_file(str(tmp_path / "fed" / "run" / n / "adapter" / "adapter_model.safetensors")) for n in ("client0", "client1", "client2")]
+    for key in adapters[0]:
+        np.testing.assert_allclose(adapters[0][key], adapters[1][key], atol=1e-6)
+        np.testing.assert_allclose(adapters[0][key], adapters[2][key], atol=1e-6)
+    _private_questions_absent(tmp_path / "fed")

@@ -95,11 +95,13 @@ def _repair_tokenizer(hf_tokenizer: Any, config: Any, pre_type: str) -> Any:
     """Rebuild the tokenizer as SmolLM2 defines it from what transformers' GGUF loader produced.
 
     The loader keeps the vocabulary and merges but gets the rest wrong for this byte-level BPE
-    model: it drops the "smollm" digit splitting (one token per digit, which column arithmetic in
-    the reasoning data depends on), decodes with SentencePiece rules (``▁`` becomes a space, so
-    decoding is not exact), prepends ``<|im_start|>`` on every encode and names ``<|im_start|>``
-    as the end-of-sequence token. Special tokens are taken from the ids in the model config (from
-    the GGUF metadata), so the tokenizer and :class:`SpecialTokens` agree by construction.
+    model: it decodes with SentencePiece rules (``▁`` becomes a space, so decoding is not exact,
+    which the grader relies on), prepends ``<|im_start|>`` whenever special tokens are added,
+    names ``<|im_start|>`` as the end-of-sequence token and sets no padding token. It also drops
+    the "smollm" pre-tokenizer's one-token-per-digit split; the vocabulary has no multi-digit
+    tokens, so ids do not change, but it is restored to match the model's own definition. Special
+    tokens are taken from the ids in the model config (from the GGUF metadata), so the tokenizer
+    and :class:`~lada_client.models.encoding.SpecialTokens` agree by construction.
     """
     from tokenizers import decoders, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -156,14 +158,14 @@ def convert_smollm2(out_dir: Path, gguf: Path | None = None) -> Path:
     ``gguf`` defaults to :func:`locate_gguf`. The checkpoint is written to a temporary sibling and
     renamed into place, so an interrupted conversion never leaves a directory that looks complete.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     out_dir = Path(out_dir)
     gguf = Path(gguf) if gguf is not None else locate_gguf()
     if is_converted(out_dir, gguf):
         log.info("reusing SmolLM2 checkpoint in %s", out_dir)
         return out_dir
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     started = time.perf_counter()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-", dir=out_dir.parent) as tmp:

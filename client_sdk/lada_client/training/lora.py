@@ -174,6 +174,22 @@ class LoraTrainer:
         log.info("LoRA round: %d steps, L_SFT=%.3f, L_CD=%.3f, %d pairs", report.steps, report.sft_loss, report.cd_loss, len(pairs))
         return report
 
+    def projection_weights(self, merged: bool = True) -> dict[str, np.ndarray]:
+        """Weights of the LoRA-adapted projections, named as in the base checkpoint: base only, or
+        merged with the adapter (``W + scale·B·A``) — what the ONNX weight swap writes."""
+        from peft.tuners.lora import LoraLayer
+
+        out: dict[str, np.ndarray] = {}
+        with torch.no_grad():
+            for name, module in self.model.named_modules():
+                if isinstance(module, LoraLayer):
+                    w = module.base_layer.weight.detach().float()
+                    if merged:
+                        for adapter in module.active_adapters:
+                            w = w + module.get_delta_weight(adapter).float()
+                    out[name.removeprefix("base_model.model.") + ".weight"] = w.numpy()
+        return out
+
     def merged_checkpoint(self, out_dir: Path) -> Path:
         """Write base+adapter merged to ``out_dir`` (for ONNX export), leaving this trainer intact."""
         import copy

@@ -3,7 +3,7 @@
 One :class:`~lada_coordinator.allocation.eenet.LearnabilityFilter` per (client, direction),
 persisted in SQLite after every change so a restarted coordinator keeps what it learned.
 ``mode`` switches LaDa off for the baselines: ``random`` allocates the same budget uniformly at
-random; ``all`` allocates every candidate.
+random; ``all`` allocates every candidate; ``none`` allocates nothing (local-only).
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ class Allocator:
             return [], "empty"
         if self._mode == "all":
             return list(sample_ids), "all"
+        if self._mode == "none":
+            return [], "local_only"
         if self._mode == "random":
             rng = np.random.default_rng([self._seed, round_index, zlib.crc32(f"{client_id}/{direction}".encode())])
             idx = rng.choice(len(sample_ids), size=min(budget, len(sample_ids)), replace=False)

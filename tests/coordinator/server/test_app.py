@@ -115,3 +115,28 @@ def test_transport_surfaces_server_errors(server, enroll):
         t.call("reward.put", RewardReport(round=1, reward=0.1, ppl_before=2, ppl_after=1.8, n_allocated=1, test_accuracy=0, bytes_sent=0, bytes_received=0), 1, Ack)
     with pytest.raises(CoordinatorError, match="cannot reach"):
         Transport("http://127.0.0.1:9", Identity.generate(), timeout_s=2)._post("/healthz", b"")
+
+
+def test_score_only_device_contributes_features_but_gets_no_allocation(server):
+    """Capabilities declared at enrollment are respected by the round engine."""
+    from lada_client.common.wire import Allocation, AllocationQuery, Capabilities, EnrollRequest
+
+    url, store, config = server
+    transports = []
+    for name, can_train in (("phone", False), ("laptop", True)):
+        ident = Identity.generate()
+        t = Transport(url, ident)
+        keys = ident.public.to_b64()
+        t.enroll(EnrollRequest(token=store.issue_token(), client_name=name, capabilities=Capabilities(can_train=can_train), **keys))
+        transports.append(t)
+    _open_round(store)
+    for t in transports:
+        t.call("features.put", FeatureUpload(round=1, feature_names=["slm_path_nll"], sample_ids=["p1"], features=[[1.0]]), 1, Ack)
+    from lada_coordinator.server.run import build  # the same engine class the server runs
+
+    _, engine, engine_store = build(config)
+    engine._allocate(1)
+    phone, laptop = (t.call("allocation.get", AllocationQuery(round=1), 1, Allocation) for t in transports)
+    assert (phone.sample_ids, phone.reason) == ([], "score_only")
+    assert laptop.sample_ids == ["p1"]
+    engine_store.close()

@@ -1,0 +1,92 @@
+"""Refresh an ONNX scoring model after a LoRA update by swapping weights, not re-exporting.
+
+A LoRA step changes only the adapted projections. Re-exporting means tracing the whole model
+again (optimum + torch.onnx: seconds, and a heavy import on a device); swapping writes the merged
+weights ``W + scale·B·A`` straight into the matching ONNX initializers of the graph exported once.
+
+The exporter renames and transposes initializers (``q_proj.weight`` becomes ``onnx::MatMul_123``
+holding ``Wᵀ``), so the map from parameter names to initializers is found by *value* against the
+checkpoint that produced the graph, once, and cached beside the model. If any weight cannot be
+matched unambiguously, :func:`build_weight_map` says so and callers fall back to re-exporting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+WEIGHT_MAP_FILE = "weight_map.json"
+
+
+class WeightMapError(Exception):
+    """The graph's initializers do not match the given weights one to one."""
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
+
+
+def build_weight_map(onnx_path: Path, weights: Mapping[str, np.ndarray]) -> dict[str, dict[str, object]]:
+    """Map each of ``weights`` (name → array as in the checkpoint) to ``{"initializer", "transposed"}``."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path), load_external_data=True)
+    by_digest: dict[str, list[str]] = {}
+    for init in model.graph.initializer:
+        by_digest.setdefault(_digest(numpy_helper.to_array(init)), []).append(init.name)
+    mapping: dict[str, dict[str, object]] = {}
+    for name, w in weights.items():
+        for transposed, candidate in ((True, w.T), (False, w)):
+            found = by_digest.get(_digest(candidate), [])
+            if len(found) == 1:
+                mapping[name] = {"initializer": found[0], "transposed": transposed}
+                break
+            if len(found) > 1:
+                raise WeightMapError(f"{name} matches several initializers {found}; cannot swap safely")
+        else:
+            raise WeightMapError(f"no initializer of {onnx_path.name} holds {name}")
+    return mapping
+
+
+def swap_weights(onnx_path: Path, out_path: Path, mapping: Mapping[str, Mapping[str, object]], weights: Mapping[str, np.ndarray]) -> Path:
+    """Write ``weights`` into a copy of ``onnx_path`` at ``out_path`` (atomic replace)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path), load_external_data=True)
+    index = {init.name: i for i, init in enumerate(model.graph.initializer)}
+    for name, w in weights.items():
+        entry = mapping.get(name)
+        if entry is None:
+            raise WeightMapError(f"{name} is not in the weight map")
+        i = index[str(entry["initializer"])]
+        old = model.graph.initializer[i]
+        value = np.ascontiguousarray(w.T if entry["transposed"] else w, dtype=np.float32)
+        if tuple(old.dims) != value.shape:
+            raise WeightMapError(f"{name}: shape {value.shape} does not fit initializer {old.name} {tuple(old.dims)}")
+        model.graph.initializer[i].CopyFrom(numpy_helper.from_array(value, old.name))
+    tmp = out_path.with_suffix(".onnx.tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def load_or_build_map(directory: Path, onnx_path: Path, weights: Mapping[str, np.ndarray]) -> dict[str, dict[str, object]]:
+    """The cached map in ``directory``, built from ``onnx_path`` and ``weights`` on first use."""
+    cached = directory / WEIGHT_MAP_FILE
+    if cached.exists():
+        mapping = json.loads(cached.read_text())
+        if set(mapping) >= set(weights):
+            return mapping
+    mapping = build_weight_map(onnx_path, weights)
+    cached.write_text(json.dumps(mapping))
+    return mapping

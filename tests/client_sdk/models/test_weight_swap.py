@@ -1,0 +1,46 @@
+"""Refreshing the ONNX scorer by weight swap gives the same model as a full re-export."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from lada_client.common.reasoning import format_prompt, format_target  # noqa: E402
+from lada_client.config import DistillSettings  # noqa: E402
+from lada_client.data.federation import load_client  # noqa: E402
+from lada_client.models.export import export_scoring_model  # noqa: E402
+from lada_client.models.weight_swap import WeightMapError, build_weight_map, swap_weights  # noqa: E402
+from lada_client.scoring.onnx_slm import OnnxSLM  # noqa: E402
+from lada_client.training.lora import LoraTrainer  # noqa: E402
+
+
+def test_swap_equals_reexport(tiny_world, tmp_path):
+    base = tiny_world["client1"]
+    trainer = LoraTrainer(base / "base")
+    data = load_client(tiny_world["data"], "client1")
+    pairs = [(format_prompt(s.question), format_target(s.rationale)) for s in data.train[:12]]
+    trainer.train_round(pairs, [], [], DistillSettings(epochs=3, lr=1e-2))
+
+    mapping = build_weight_map(base / "onnx" / "model.onnx", trainer.projection_weights(merged=False))
+    assert len(mapping) == 7 * 2  # q,k,v,o,gate,up,down × 2 layers (slm-medium)
+    swapped = tmp_path / "swap"
+    swapped.mkdir()
+    for name in ("tokenizer.json",):
+        shutil.copy(base / "onnx" / name, swapped / name)
+    swap_weights(base / "onnx" / "model.onnx", swapped / "model.onnx", mapping, trainer.projection_weights())
+    exported = export_scoring_model(trainer.merged_checkpoint(tmp_path / "merged"), tmp_path / "export" / "model.onnx")
+
+    prompts, targets = [p for p, _ in pairs[:6]], [c for _, c in pairs[:6]]
+    a = OnnxSLM(swapped / "model.onnx").completion_logprobs(prompts, targets)
+    b = OnnxSLM(exported).completion_logprobs(prompts, targets)
+    before = OnnxSLM(base / "onnx" / "model.onnx").completion_logprobs(prompts, targets)
+    assert max(np.abs(x - y).max() for x, y in zip(a, b)) < 1e-5
+    assert max(np.abs(x - y).max() for x, y in zip(before, b)) > 1e-3  # the update did change the model
+
+    wrong = {k: v + 1.0 for k, v in trainer.projection_weights(merged=False).items()}
+    with pytest.raises(WeightMapError, match="no initializer"):
+        build_weight_map(base / "onnx" / "model.onnx", wrong)
