@@ -128,6 +128,8 @@ def main() -> int:
     p.add_argument("--clients", type=int, nargs="+", default=None, help="N values (default 10 100 1000; quick 10 100)")
     p.add_argument("--candidates", type=int, nargs="+", default=[64, 256], help="M values")
     p.add_argument("--threads", type=int, nargs="+", default=None, help="torch thread counts (default: 1 and all CPUs)")
+    p.add_argument("--multi-thread-repeat-max-n", type=int, default=100,
+                   help="repeat multi-thread runs only up to this N (larger N: one multi-thread run)")
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the cProfile of the largest case")
     args = p.parse_args()
     import torch
@@ -136,7 +138,14 @@ def main() -> int:
     thread_counts = args.threads or sorted({1, cpus})
     ns = sorted(args.clients or ([10, 100] if args.quick else [10, 100, 1000]))
     repeats = args.repeats or (2 if args.quick else 3)
-    C.say(f"allocation of one round, N clients x M candidates, torch threads {thread_counts}, {repeats} repeats, median")
+    C.say(f"allocation of one round, N clients x M candidates, torch threads {thread_counts}, {repeats} repeats, median"
+          f" (multi-thread runs once for N > {args.multi_thread_repeat_max_n})")
+
+    def threads_for(rep: int, n: int) -> list[int]:
+        """Thread counts for repeat ``rep`` (order alternates); the slow multi-thread case of large N
+        runs once only, to keep the benchmark within minutes on a small machine."""
+        order = thread_counts if rep % 2 == 0 else thread_counts[::-1]
+        return [t for t in order if t == 1 or rep == 0 or n <= args.multi_thread_repeat_max_n]
 
     rows, setup, profiles = [], [], []
     with tempfile.TemporaryDirectory(prefix="lada-bench-alloc-") as tmp:
@@ -154,7 +163,7 @@ def main() -> int:
                 rounds[("cold", n)] = t
             for n in ns:
                 for rep in range(repeats):
-                    for threads in thread_counts if rep % 2 == 0 else thread_counts[::-1]:
+                    for threads in threads_for(rep, n):
                         torch.set_num_threads(threads)
                         res = allocate_round(store, make_allocator(store), rounds[("cold", n)])
                         rows.append({"case": "cold", "clients": n, "candidates": m, "threads": threads, **res})
@@ -173,17 +182,25 @@ def main() -> int:
             allocate_round(store, warm, t)
             rng = np.random.default_rng(m)
 
-            def refit_all():
-                for cid in clients:
+            def refit_all(group):
+                for cid in group:
                     ids, _ = store.allocation(t, cid, SLM)
                     pos = [int(s.rsplit("c", 1)[1]) for s in ids]
                     warm.reward(t, SLM, cid, zs[cid][pos], float(rng.uniform(0.0, 0.6)))
 
-            t_refit, _ = C.timed(refit_all)
-            setup.append({"candidates": m, "clients": len(clients), "observe_refit_save_s": t_refit,
-                          "per_client_ms": 1000 * t_refit / len(clients)})
-            C.say(f"  M={m}: observe+refit+save for {len(clients)} clients took {t_refit:.1f}s "
-                  f"({1000 * t_refit / len(clients):.1f} ms/client, 1 thread)")
+            # Allocator.reward (observe + refit + persist) is the per-client work of closing a round;
+            # profile it on the first clients, time it on the rest.
+            refit_all(clients[:1])  # the first refit of a process pays torch's lazy imports: not timed
+            k = min(100, len(clients) // 2) if args.profile and m == max(args.candidates) else 0
+            if k:
+                profiles.append({"case": "reward (observe+refit+save)", "clients": k, "candidates": m, "threads": 1,
+                                 **profile_call(lambda: refit_all(clients[1 : k + 1]))})
+            t_refit, _ = C.timed(lambda: refit_all(clients[k + 1 :]))
+            timed_n = len(clients) - k - 1
+            setup.append({"candidates": m, "clients": timed_n, "observe_refit_save_s": t_refit,
+                          "per_client_ms": 1000 * t_refit / timed_n})
+            C.say(f"  M={m}: Allocator.reward (observe+refit+save) for {timed_n} clients took {t_refit:.1f}s "
+                  f"({1000 * t_refit / timed_n:.1f} ms/client, 1 thread)")
             # ---- warm rounds
             for n in ns:
                 t += 1
@@ -191,7 +208,7 @@ def main() -> int:
                 rounds[("warm", n)] = t
             for n in ns:
                 for rep in range(repeats):
-                    for threads in thread_counts if rep % 2 == 0 else thread_counts[::-1]:
+                    for threads in threads_for(rep, n):
                         torch.set_num_threads(threads)
                         res = allocate_round(store, warm, rounds[("warm", n)])
                         rows.append({"case": "warm (memory)", "clients": n, "candidates": m, "threads": threads, **res})

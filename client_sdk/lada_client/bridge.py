@@ -54,11 +54,10 @@ import json
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +66,9 @@ from pydantic import ValidationError
 
 from lada_client.client import LadaClient
 from lada_client.common.crypto import CryptoError
-from lada_client.common.reasoning import format_prompt, format_target
 from lada_client.common.wire import Candidate, RoundInfo, RoundQuery
 from lada_client.config import ClientConfig
-from lada_client.scoring.features import FEATURE_NAMES, learnability_features, perplexity
+from lada_client.scoring.features import FEATURE_NAMES, learnability_features
 from lada_client.scoring.onnx_slm import ModelLoadError, OnnxSLM, select_providers
 from lada_client.transport import CoordinatorError
 
@@ -100,11 +98,7 @@ MAX_REQUEST_CHARS = 32 * 1024 * 1024
 #: The most candidates one ``score`` call takes (the wire's own limit on a feature upload).
 MAX_SCORE_CANDIDATES = 8192
 
-# Files LadaClient keeps in ``state_dir``. The bridge reads the enrollment record to report and
-# restore enrollment without network access, and writes the re-exported model where LadaClient
-# looks for it on the next start.
-_ENROLLMENT_RECORD = "enrollment.json"
-_OWN_MODEL = "model.onnx"
+# Where LadaClient saves the LoRA adapter in ``state_dir`` (reported by ``train``).
 _ADAPTER_DIR = "adapter"
 # The bridge's own bookkeeping, kept next to LadaClient's so it survives app restarts.
 _BRIDGE_STATE = "bridge_state.json"
@@ -135,10 +129,6 @@ class RuntimeOptions:
     providers: tuple[str, ...] | None = None
     intra_op_threads: int = 0
 
-    @property
-    def is_default(self) -> bool:
-        return self.providers is None and self.intra_op_threads == 0
-
     @classmethod
     def from_params(cls, value: object) -> RuntimeOptions:
         if value is None:
@@ -159,6 +149,24 @@ class RuntimeOptions:
                 "bad_config", "runtime.intra_op_threads must be an integer >= 0 (0 = onnxruntime's default)"
             )
         return cls(tuple(providers) if providers is not None else None, threads)
+
+
+class _TunedClient(LadaClient):
+    """A :class:`LadaClient` whose scoring model runs with the app's :class:`RuntimeOptions`, at
+    start-up and after every adapter refresh."""
+
+    def __init__(self, config: ClientConfig, runtime: RuntimeOptions) -> None:
+        self.runtime = runtime  # set first: LadaClient.__init__ loads the model
+        super().__init__(config)
+
+    def load_slm(self, path: Path) -> OnnxSLM:
+        return OnnxSLM(
+            path,
+            providers=self.runtime.providers,
+            max_length=self.config.distill.max_length,
+            intra_op_threads=self.runtime.intra_op_threads,
+            max_new_tokens=self.config.max_new_tokens,
+        )
 
 
 @dataclass
@@ -213,8 +221,6 @@ class Bridge:
 
     def __init__(self) -> None:
         self._client: LadaClient | None = None
-        self._runtime = RuntimeOptions()
-        self._tuned_slm: OnnxSLM | None = None
         self._history = _History(done_rounds=[])
         self._known_round = 0
         # _op_lock serialises the methods that use the client; _state_lock guards the references
@@ -320,7 +326,7 @@ class Bridge:
         # The new client is built before the old one is dropped, so a failed reconfigure leaves the
         # working client in place.
         try:
-            client = LadaClient(config)
+            client = _TunedClient(config, runtime)
         except FileNotFoundError as exc:
             raise BridgeError("bad_config", str(exc)) from exc
         except (ValueError, CryptoError) as exc:
@@ -329,19 +335,15 @@ class Bridge:
             where = exc.filename or "a configured path"
             raise BridgeError("bad_config", f"cannot use {where}: {exc.strerror}") from exc
         try:
-            tuned = _load_slm(client.slm.model_path, runtime, config) if not runtime.is_default else client.slm
-            client.slm = tuned
             history = _History.load(config.state_dir / _BRIDGE_STATE)
-            client_id = _stored_client_id(config.state_dir)
-            if client_id is not None:
-                client.enroll()  # attaches the stored enrollment; no network
-                history.for_client(client_id)
+            client_id = client.client_id  # restores a stored enrollment; no network
         except BaseException:
             client.transport.close()
             raise
+        if client_id is not None:
+            history.for_client(client_id)
         with self._state_lock:
             previous, self._client = self._client, client
-            self._runtime, self._tuned_slm = runtime, tuned
             self._history, self._known_round = history, 0
         if previous is not None:
             previous.transport.close()
@@ -356,7 +358,7 @@ class Bridge:
             raise BridgeError("bad_request", "token must be a non-empty string")
         if token:
             client.config = client.config.with_overrides(token=token)
-        if _stored_client_id(client.config.state_dir) is None and not client.config.token:
+        if client.client_id is None and not client.config.token:
             raise BridgeError(
                 "bad_request", "this device is not enrolled yet: pass the one-time enrollment token as params.token"
             )
@@ -398,12 +400,8 @@ class Bridge:
     def _round_step(self, params: dict[str, Any]) -> dict[str, Any]:
         _check_keys(params, set())
         client = self._require_client()
-        if client.transport.client_id is None:
-            if _stored_client_id(client.config.state_dir) is None:
-                raise BridgeError(
-                    "not_enrolled", "this device is not enrolled: call enroll with the one-time token first"
-                )
-            client.enroll()
+        if client.client_id is None:
+            raise BridgeError("not_enrolled", "this device is not enrolled: call enroll with the one-time token first")
         info = client.transport.call("round.get", RoundQuery(), self._known_round, RoundInfo)
         self._known_round = info.round
         reply: dict[str, Any] = {
@@ -428,8 +426,6 @@ class Bridge:
                 self._history.done_rounds = sorted({*(self._history.done_rounds or []), info.round})
                 self._save_history(client)
             return {**reply, "reason": f"left round {info.round}: it moved on without this device ({exc.error or exc})"}
-        finally:
-            self._keep_runtime(client)
         with self._state_lock:
             self._history.done_rounds = sorted({*(self._history.done_rounds or []), info.round})
             self._history.last_round = result
@@ -456,34 +452,17 @@ class Bridge:
                 "local training needs the 'train' extra (torch, transformers, peft), which is not installed here; "
                 "this device can still score and take part in rounds without training",
             )
-        samples = client.data.train[:max_samples]
-        if not samples:
+        if not client.data.train:
             raise BridgeError("bad_request", f"client {cfg.name!r} has no private training data in {cfg.data_dir}")
         started = time.perf_counter()
-        prompts = [format_prompt(s.question) for s in samples]
-        targets = [format_target(s.rationale) for s in samples]
-        ppl_before = perplexity(client.slm.completion_logprobs(prompts, targets, cfg.batch_size))
         try:
-            from lada_client.training.lora import LoraTrainer
-
-            trainer = LoraTrainer(cfg.base_model_dir, cfg.state_dir / _ADAPTER_DIR, cfg.lora)
+            report = client.train_local(epochs=epochs, max_samples=max_samples)
         except ImportError as exc:
-            raise BridgeError("unsupported", f"local training needs the 'train' extra: {exc}") from exc
-        report = trainer.train_round([], [], list(zip(prompts, targets)), replace(cfg.distill, epochs=epochs))
-        trainer.save(cfg.state_dir / _ADAPTER_DIR)
-        _forget_cached_trainer(client)
-        exported, reason = self._reexport(client, trainer)
-        del trainer  # a torch model is the largest object on the device; free it before scoring
-        ppl_after = perplexity(client.slm.completion_logprobs(prompts, targets, cfg.batch_size)) if exported else None
+            raise BridgeError("unsupported", f"local training needs a package not installed here: {exc}") from exc
         result = {
-            "steps": report.steps,
+            **report,
             "epochs": epochs,
-            "n_samples": len(samples),
-            "sft_loss": report.sft_loss,
-            "ppl_before": ppl_before,
-            "ppl_after": ppl_after,
-            "exported": exported,
-            "export_note": reason,
+            "exported": True,  # train_local refreshes the scoring model or fails
             "adapter_dir": str(cfg.state_dir / _ADAPTER_DIR),
             "model_path": str(client.slm.model_path),
             "seconds": time.perf_counter() - started,
@@ -503,7 +482,7 @@ class Bridge:
         if client is None:
             return {"configured": False, "busy": busy}
         cfg = client.config
-        client_id = client.transport.client_id or _stored_client_id(cfg.state_dir)
+        client_id = client.transport.client_id  # set by configure and enroll; reading it never blocks
         return {
             "configured": True,
             "busy": busy,
@@ -526,7 +505,7 @@ class Bridge:
     def _shutdown(self, params: dict[str, Any]) -> dict[str, Any]:
         _check_keys(params, set())
         with self._state_lock:
-            client, self._client, self._tuned_slm = self._client, None, None
+            client, self._client = self._client, None
         if client is not None:
             client.transport.close()
             log.info("bridge shut down for %s", client.config.name)
@@ -545,40 +524,6 @@ class Bridge:
             self._history.save(client.config.state_dir / _BRIDGE_STATE)
         except OSError as exc:  # bookkeeping only: the round itself has succeeded
             log.warning("cannot save bridge state in %s: %s", client.config.state_dir, exc)
-
-    def _keep_runtime(self, client: LadaClient) -> None:
-        """Reload with the app's runtime options if LadaClient swapped in a re-exported model.
-
-        LadaClient loads a model it has just re-exported with default session options; without
-        this, a phone pinned to two threads would jump to one thread per core after a round.
-        """
-        if self._runtime.is_default or client.slm is self._tuned_slm:
-            self._tuned_slm = client.slm
-            return
-        self._tuned_slm = _load_slm(client.slm.model_path, self._runtime, client.config)
-        client.slm = self._tuned_slm
-
-    def _reexport(self, client: LadaClient, trainer: Any) -> tuple[bool, str]:
-        """Merge the adapter and export the ONNX scoring model, so scores reflect the update.
-
-        Export needs the ``export`` extra (optimum); without it the adapter is still saved and
-        LadaClient's next in-round update starts from it, but scoring keeps the old model.
-        """
-        cfg = client.config
-        if not (_has_module("optimum.exporters.onnx") and _has_module("onnx")):
-            return False, "the 'export' extra (optimum-onnx) is not installed: adapter saved, scoring model unchanged"
-        from lada_client.models.export import SCORING_FILES, export_scoring_model
-
-        with tempfile.TemporaryDirectory(prefix="lada-merged-", dir=cfg.state_dir) as tmp:
-            merged = trainer.merged_checkpoint(Path(tmp) / "merged")
-            staged = export_scoring_model(merged, Path(tmp) / "onnx" / _OWN_MODEL).parent
-            # The model file goes last: LadaClient takes its presence to mean the set is complete.
-            for name in (*(n for n in SCORING_FILES if n != _OWN_MODEL), _OWN_MODEL):
-                if (staged / name).exists():
-                    os.replace(staged / name, cfg.state_dir / name)
-        self._tuned_slm = _load_slm(cfg.state_dir / _OWN_MODEL, self._runtime, cfg)
-        client.slm = self._tuned_slm
-        return True, ""
 
 
 # --------------------------------------------------------------------------------- functions
@@ -677,43 +622,12 @@ def _check_config_types(params: Mapping[str, Any]) -> None:
             raise BridgeError("bad_config", f"{f.name} must be a {kind}, not {value!r}")
 
 
-def _load_slm(model_path: Path, runtime: RuntimeOptions, config: ClientConfig) -> OnnxSLM:
-    return OnnxSLM(
-        model_path,
-        providers=runtime.providers,
-        max_length=config.distill.max_length,
-        intra_op_threads=runtime.intra_op_threads,
-    )
-
-
 def _session_providers(slm: OnnxSLM) -> list[str]:
     """Providers the session really uses (onnxruntime falls back silently if one fails to load)."""
     session = getattr(slm, "_session", None)
     if session is not None and hasattr(session, "get_providers"):
         return list(session.get_providers())
     return select_providers()
-
-
-def _forget_cached_trainer(client: LadaClient) -> None:
-    """Make LadaClient reload the adapter from disk on its next in-round update.
-
-    LadaClient keeps its LoRA trainer in memory between rounds; left alone, it would train on from
-    the adapter it had before this local update and save over it.
-    """
-    if getattr(client, "_trainer", None) is not None:
-        client._trainer = None  # noqa: SLF001 - LadaClient has no public way to drop its trainer
-
-
-def _stored_client_id(state_dir: Path) -> str | None:
-    path = state_dir / _ENROLLMENT_RECORD
-    if not path.exists():
-        return None
-    try:
-        client_id = json.loads(path.read_text(encoding="utf-8"))["client_id"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("unreadable enrollment record %s: %s", path, exc)
-        return None
-    return client_id if isinstance(client_id, str) else None
 
 
 def _coordinator_code(exc: CoordinatorError) -> str:

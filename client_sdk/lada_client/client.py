@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lada_client.common.crypto import Identity, PublicIdentity
+from lada_client.common.crypto import CryptoError, Identity, PublicIdentity
 from lada_client.common.secagg import EncryptedShare, Roster, SecAggClient, SecAggConfig
 from lada_client.common.reasoning import extract_answer, format_prompt, format_target, is_correct
 from lada_client.common.wire import (
@@ -75,7 +75,7 @@ class LadaClient:
             verify=str(config.ca_cert) if config.ca_cert else True,
         )
         self.data = load_client(config.data_dir, config.name)
-        self.slm = self._load_slm(self._scoring_path())
+        self.slm = self.load_slm(self._scoring_path())
         self._trainer = None
         self._round_start_adapter: np.ndarray | None = None
         self._done_rounds: set[int] = set()
@@ -93,8 +93,37 @@ class LadaClient:
     def _adapter_dir(self) -> Path:
         return self.config.state_dir / "adapter"
 
-    def _load_slm(self, path: Path) -> OnnxSLM:
+    def load_slm(self, path: Path) -> OnnxSLM:
+        """Load a scoring model; override to choose execution providers or session options
+        (the client reloads through here after every adapter refresh)."""
         return OnnxSLM(path, max_length=self.config.distill.max_length, max_new_tokens=self.config.max_new_tokens)
+
+    @property
+    def client_id(self) -> str | None:
+        """The id given at enrollment (restored from ``state_dir``), or None before it."""
+        if self.transport.client_id is None and (self.config.state_dir / "enrollment.json").exists():
+            self.enroll()
+        return self.transport.client_id
+
+    def train_local(self, epochs: int | None = None, max_samples: int | None = None) -> dict[str, float]:
+        """A LoRA update on private data alone (no round, no coordinator), then a scorer refresh.
+
+        For devices that learn between rounds, e.g. while charging. Returns steps, loss and the
+        perplexity of the private samples before and after.
+        """
+        from dataclasses import replace
+
+        samples = self.data.train[: max_samples or len(self.data.train)]
+        if not samples:
+            raise ValueError(f"client {self.config.name!r} has no private training data")
+        pairs = [(format_prompt(s.question), format_target(s.rationale)) for s in samples]
+        prompts, targets = [p for p, _ in pairs], [c for _, c in pairs]
+        before = perplexity(self.slm.completion_logprobs(prompts, targets, self.config.batch_size))
+        settings = replace(self.config.distill, epochs=epochs or self.config.distill.epochs)
+        report = self.trainer.train_round([], [], pairs, settings)
+        self.export_adapter()
+        after = perplexity(self.slm.completion_logprobs(prompts, targets, self.config.batch_size))
+        return {"steps": report.steps, "sft_loss": report.sft_loss, "ppl_before": before, "ppl_after": after, "n_samples": len(samples)}
 
     def _default_model_name(self) -> str:
         if self.config.base_model_dir is not None:
@@ -122,8 +151,12 @@ class LadaClient:
         """Enroll once with the one-time token; later runs reuse the stored enrollment."""
         record = self.config.state_dir / "enrollment.json"
         if record.exists():
-            saved = json.loads(record.read_text())
-            self.transport.attach(saved["client_id"], PublicIdentity.from_b64(saved["sign_key"], saved["kex_key"]))
+            try:
+                saved = json.loads(record.read_text())
+                coordinator = PublicIdentity.from_b64(saved["sign_key"], saved["kex_key"])
+            except (ValueError, KeyError, TypeError, CryptoError) as exc:
+                raise ValueError(f"enrollment record {record} is damaged ({exc}); remove it and enroll again") from exc
+            self.transport.attach(saved["client_id"], coordinator)
             return saved["client_id"]
         if not self.config.token:
             raise CoordinatorError("this device is not enrolled and no enrollment token was given (--token)")
@@ -139,9 +172,11 @@ class LadaClient:
                 capabilities=Capabilities(can_score=True, can_train=self.config.can_train),
             )
         )
-        record.write_text(
+        staged = record.with_suffix(".tmp")
+        staged.write_text(
             json.dumps({"client_id": reply.client_id, "sign_key": reply.coordinator_sign_key, "kex_key": reply.coordinator_kex_key})
         )
+        os.replace(staged, record)  # a crash never leaves a half-written enrollment
         log.info("%s enrolled as %s", self.config.name, reply.client_id)
         return reply.client_id
 
@@ -287,7 +322,7 @@ class LadaClient:
             return
         average = np.frombuffer(base64.b64decode(result.body["vector"]), dtype=np.float32).astype(np.float64)
         self.trainer.load_adapter_vector(average)
-        self._export_adapter()
+        self.export_adapter()
         log.info("%s round %d: adopted the average adapter of %d clients", self.config.name, t, len(result.body["contributors"]))
 
     def _wait_allocation(self, t: int) -> Allocation:
@@ -330,9 +365,9 @@ class LadaClient:
         private = [(format_prompt(s.question), format_target(s.rationale)) for s in self.data.train]
         self._round_start_adapter = self.trainer.adapter_vector()
         self.trainer.train_round(teacher, pairs, private, cfg.distill)
-        self._export_adapter()
+        self.export_adapter()
 
-    def _export_adapter(self) -> None:
+    def export_adapter(self) -> None:
         """Save the adapter and refresh the ONNX scorer so scoring reflects it.
 
         ``scorer_refresh="swap"`` writes the merged projection weights into the exported graph
@@ -350,7 +385,7 @@ class LadaClient:
                     if (cfg.scoring_model.parent / name).exists() and not (cfg.state_dir / name).exists():
                         shutil.copy(cfg.scoring_model.parent / name, cfg.state_dir / name)
                 swap_weights(cfg.scoring_model, cfg.state_dir / "model.onnx", mapping, self.trainer.projection_weights())
-                self.slm = self._load_slm(cfg.state_dir / "model.onnx")
+                self.slm = self.load_slm(cfg.state_dir / "model.onnx")
                 return
             except WeightMapError as exc:
                 log.warning("weight swap not possible (%s); re-exporting the scoring model", exc)
@@ -365,7 +400,7 @@ class LadaClient:
             staged = export_scoring_model(merged, Path(tmp) / "onnx" / "model.onnx").parent
             for name in SCORING_FILES[1:] + SCORING_FILES[:1]:  # model last: its presence means complete
                 os.replace(staged / name, cfg.state_dir / name)
-        self.slm = self._load_slm(cfg.state_dir / "model.onnx")
+        self.slm = self.load_slm(cfg.state_dir / "model.onnx")
 
     def evaluate(self) -> float:
         """Exact-match accuracy of greedy answers on (a prefix of) the private test split."""

@@ -75,7 +75,10 @@ class ClientConfig:
 
     @property
     def can_train(self) -> bool:
-        return self.base_model_dir is not None
+        """Training needs a base checkpoint and the ``train`` extra (torch) installed."""
+        import importlib.util
+
+        return self.base_model_dir is not None and importlib.util.find_spec("torch") is not None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=str, indent=2)

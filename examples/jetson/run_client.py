@@ -164,7 +164,9 @@ class TunedOnnxSLM(OnnxSLM):
     with the options, and scoring and generation stay OnnxSLM's.
     """
 
-    def __init__(self, model_path: Path, device: DeviceSettings, max_length: int = 256) -> None:
+    def __init__(
+        self, model_path: Path, device: DeviceSettings, max_length: int = 256, max_new_tokens: int = 48
+    ) -> None:
         providers = choose_providers(device)
         per_provider = provider_options(providers, device)
         rebuild = any(per_provider) or bool(device.memory_limit_mb)
@@ -173,6 +175,7 @@ class TunedOnnxSLM(OnnxSLM):
             providers=["CPUExecutionProvider"] if rebuild else providers,
             max_length=max_length,
             intra_op_threads=device.intra_op_threads,
+            max_new_tokens=max_new_tokens,
         )
         if rebuild:
             # OnnxSLM keeps the session in _session; it is the one attribute replaced here.
@@ -206,29 +209,15 @@ def _tuned_session(
 
 
 class JetsonClient(LadaClient):
-    """A :class:`LadaClient` whose scoring model always runs with the device settings.
-
-    LadaClient loads its model with default session options, at start-up and again after each
-    round's local update re-exports it. Assignments to ``slm`` are intercepted and reloaded with
-    :class:`TunedOnnxSLM`, so a re-exported model keeps the providers and memory limits.
-    """
+    """A :class:`LadaClient` whose scoring model runs with the device settings, at start-up and
+    after every adapter refresh."""
 
     def __init__(self, config: ClientConfig, device: DeviceSettings) -> None:
-        self._device = device
-        self._slm: OnnxSLM | None = None
+        self.device = device  # set first: LadaClient.__init__ loads the model
         super().__init__(config)
 
-    @property
-    def slm(self) -> OnnxSLM:
-        if self._slm is None:
-            raise RuntimeError("the scoring model is not loaded yet")
-        return self._slm
-
-    @slm.setter
-    def slm(self, model: OnnxSLM) -> None:
-        if not isinstance(model, TunedOnnxSLM):
-            model = TunedOnnxSLM(model.model_path, self._device, max_length=model.max_length)
-        self._slm = model
+    def load_slm(self, path: Path) -> OnnxSLM:
+        return TunedOnnxSLM(path, self.device, self.config.distill.max_length, self.config.max_new_tokens)
 
 
 # -------------------------------------------------------------------------- power and memory
@@ -317,7 +306,7 @@ def check(config: ClientConfig, device: DeviceSettings) -> dict[str, Any]:
     if not model_path.exists():
         model_path = config.scoring_model
     started = time.perf_counter()
-    slm = TunedOnnxSLM(model_path, device, max_length=config.distill.max_length)
+    slm = TunedOnnxSLM(model_path, device, config.distill.max_length, config.max_new_tokens)
     loaded = time.perf_counter() - started
     started = time.perf_counter()
     lps = slm.completion_logprobs([format_prompt("What is 2 + 3?")], [format_target("2 + 3 = 5. The answer is 5.")])

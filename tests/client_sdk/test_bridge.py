@@ -186,6 +186,22 @@ def test_enroll_without_coordinator(device_root, tmp_path, free_port):
     assert scored["ok"] and len(scored["result"]["rows"]) == 1
 
 
+def test_stored_enrollment_is_restored_offline(device_root, tmp_path, free_port):
+    from lada_client.common.crypto import Identity
+
+    state = tmp_path / "state"
+    state.mkdir()
+    coordinator = Identity.generate().public.to_b64()
+    (state / "enrollment.json").write_text(json.dumps({"client_id": "c-42", **coordinator}))
+    bridge = Bridge()
+    url = f"http://127.0.0.1:{free_port}"
+    configured = send(bridge, configure_json(device_root, state, coordinator_url=url))
+    assert configured["ok"] and configured["result"]["enrolled"] and configured["result"]["client_id"] == "c-42"
+    assert send(bridge, '{"method": "enroll", "params": {}}')["result"] == {"enrolled": True, "client_id": "c-42"}
+    # Enrolled, so round_step goes to the coordinator (which is down) instead of asking for a token.
+    assert error_code(send(bridge, '{"method": "round_step", "params": {}}')) == "coordinator_unreachable"
+
+
 def test_local_training_updates_the_scoring_model(device_root, tmp_path):
     bridge = Bridge()
     extra = {"base_model_dir": str(device_root / "build" / "base")}
@@ -199,11 +215,26 @@ def test_local_training_updates_the_scoring_model(device_root, tmp_path):
     status = send(bridge, '{"method": "status"}')["result"]
     assert status["model_path"] == result["model_path"] and status["last_train"]["steps"] == result["steps"]
     assert (tmp_path / "state" / "adapter" / "adapter_config.json").exists()
+    # The refreshed model still runs with the app's runtime options (configure_json pins 2 threads).
+    assert bridge._client.slm._session.get_session_options().intra_op_num_threads == 2
 
     # A device configured without a trainable checkpoint says so instead of failing.
     other = Bridge()
     assert send(other, configure_json(device_root, tmp_path / "other"))["ok"]
     assert error_code(send(other, '{"method": "train", "params": {}}')) == "unsupported"
+
+
+def test_training_without_torch_is_unsupported(device_root, tmp_path, monkeypatch):
+    import lada_client.bridge as bridge_module
+
+    monkeypatch.setattr(bridge_module, "_has_module", lambda name: name != "torch")
+    bridge = Bridge()
+    extra = {"base_model_dir": str(device_root / "build" / "base")}
+    configured = send(bridge, configure_json(device_root, tmp_path / "state", **extra))
+    assert configured["ok"] and configured["result"]["torch_available"] is False
+    reply = send(bridge, '{"method": "train", "params": {}}')
+    assert error_code(reply) == "unsupported" and "torch" in reply["error"]["message"]
+    assert not (tmp_path / "state" / "adapter").exists()
 
 
 def test_drive_bridge_script_runs_offline(device_root, free_port):

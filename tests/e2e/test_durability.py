@@ -44,37 +44,43 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait(10)
 
 
-def test_sigkill_mid_round_loses_nothing(tiny_world, tmp_path, free_port):
-    url = f"http://127.0.0.1:{free_port}"
+def _coordinator_with_clients(tiny_world, tmp_path, port: int, n: int = 3, **overrides):
+    """Start ``lada-coordinator serve`` on a fresh database and enroll ``n`` sealed clients."""
+    from lada_coordinator.store import Store
+
     cfg = {
         "db_path": str(tmp_path / "c.sqlite"), "state_dir": str(tmp_path / "state"),
         "llm_dir": str(tiny_world["llm"]), "public_data": str(tiny_world["data"]),
-        "port": free_port, "rounds": 2, "min_clients": 3, "candidates_per_round": 12, "offer_questions": 0,
-        "slm_filter": {"budget": 4}, "train_llm": False,
+        "port": port, "min_clients": n, "candidates_per_round": 8, "offer_questions": 0,
+        "slm_filter": {"budget": 4}, "train_llm": False, **overrides,
     }
     (tmp_path / "c.json").write_text(json.dumps(cfg))
-    from lada_coordinator.store import Store
-
     store = Store(tmp_path / "c.sqlite")
-    tokens = [store.issue_token() for _ in range(3)]
+    tokens = [store.issue_token() for _ in range(n)]
     store.close()
     log = tmp_path / "coordinator.log"
     proc = _start(tmp_path / "c.json", log)
+    clients = []
+    for i, token in enumerate(tokens):
+        ident = Identity.generate()
+        t = Transport(f"http://127.0.0.1:{port}", ident, timeout_s=10)
+        keys = ident.public.to_b64()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                t.enroll(EnrollRequest(token=token, client_name=f"d{i}", sign_key=keys["sign_key"], kex_key=keys["kex_key"]))
+                break
+            except Exception:
+                assert time.monotonic() < deadline, log.read_text()[-2000:]
+                time.sleep(0.3)
+        clients.append(t)
+    return proc, clients, log
+
+
+def test_sigkill_mid_round_loses_nothing(tiny_world, tmp_path, free_port):
+    url = f"http://127.0.0.1:{free_port}"
+    proc, clients, log = _coordinator_with_clients(tiny_world, tmp_path, free_port, rounds=2)
     try:
-        clients = []
-        for i, token in enumerate(tokens):
-            ident = Identity.generate()
-            t = Transport(url, ident, timeout_s=10)
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    keys = ident.public.to_b64()
-                    t.enroll(EnrollRequest(token=token, client_name=f"d{i}", sign_key=keys["sign_key"], kex_key=keys["kex_key"]))
-                    break
-                except Exception:
-                    assert time.monotonic() < deadline, log.read_text()[-2000:]
-                    time.sleep(0.3)
-            clients.append(t)
         _wait_round(url, 1, "features")
         info = clients[0].call("round.get", RoundQuery(), 1, RoundInfo)
         names = info.feature_names
@@ -112,6 +118,38 @@ def test_sigkill_mid_round_loses_nothing(tiny_world, tmp_path, free_port):
         # retried upload after restart is idempotent, not a duplicate
         again = clients[0].call("features.put", FeatureUpload(round=2, feature_names=names, sample_ids=[c.sample_id for c in clients[0].call("round.get", RoundQuery(), 2, RoundInfo).candidates], features=[[0.0] * len(names)] * len(info.candidates)), 2, Ack)
         assert again.message == "stored"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_vanished_client_is_timed_out_and_round_proceeds_at_quorum(tiny_world, tmp_path, free_port):
+    url = f"http://127.0.0.1:{free_port}"
+    proc, clients, _ = _coordinator_with_clients(
+        tiny_world, tmp_path, free_port, rounds=1, phase_timeout_s=3.0, quorum_fraction=0.6
+    )
+    try:
+        _wait_round(url, 1, "features")
+        info = clients[0].call("round.get", RoundQuery(), 1, RoundInfo)
+        ids = [c.sample_id for c in info.candidates]
+        for t in clients[:2]:  # the third device vanishes before uploading anything
+            t.call("features.put", FeatureUpload(round=1, feature_names=info.feature_names, sample_ids=ids,
+                                                 features=[[1.0] * len(info.feature_names)] * len(ids)), 1, Ack)
+        _wait_round(url, 1, "training", timeout=60)  # after the 3 s phase timeout, at quorum 2/3
+        from lada_client.transport import CoordinatorError
+
+        try:  # the late device is told clearly that the round moved on
+            clients[2].call("features.put", FeatureUpload(round=1, feature_names=info.feature_names, sample_ids=ids,
+                                                          features=[[1.0] * len(info.feature_names)] * len(ids)), 1, Ack)
+            raise AssertionError("a late upload was accepted")
+        except CoordinatorError as exc:
+            assert exc.status == 409 and exc.error == "wrong_phase"
+        for t in clients[:2]:
+            r = RewardReport(round=1, reward=0.1, ppl_before=2.0, ppl_after=1.8, n_allocated=4, test_accuracy=0.0, bytes_sent=1, bytes_received=1)
+            t.call("reward.put", r, 1, Ack)
+        _wait_round(url, 1, "finished", timeout=60)
+        r1 = httpx.get(f"{url}/v1/status").json()["rounds"][0]
+        assert sorted(r1["clients"]) == ["d0", "d1"]
     finally:
         proc.terminate()
         proc.wait(10)

@@ -103,8 +103,6 @@ def device_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_check_and_client_run_on_cpu_with_device_settings(run_client, device_files, tmp_path, capsys):
-    from lada_client.scoring.onnx_slm import OnnxSLM
-
     settings = json.loads((EXAMPLE / "jetson.json").read_text())
     settings["client"].update(
         name="client0",
@@ -125,7 +123,8 @@ def test_check_and_client_run_on_cpu_with_device_settings(run_client, device_fil
     with run_client.JetsonClient(config, device) as client:
         assert isinstance(client.slm, run_client.TunedOnnxSLM)
         assert client.slm.providers == ["CPUExecutionProvider"]
-        # A model LadaClient reloads after a local update comes back with the device settings.
-        client.slm = OnnxSLM(device_files / "model" / "model.onnx")
-        assert isinstance(client.slm, run_client.TunedOnnxSLM)
+        assert client.slm.max_new_tokens == config.max_new_tokens
+        # LadaClient reloads its model through load_slm after every adapter refresh.
+        reloaded = client.load_slm(device_files / "model" / "model.onnx")
+        assert isinstance(reloaded, run_client.TunedOnnxSLM) and reloaded.providers == ["CPUExecutionProvider"]
         assert 0.0 <= client.evaluate() <= 1.0
