@@ -33,10 +33,13 @@ NAME = "bench_crypto"
 
 
 # ------------------------------------------------------------------------------------ payloads
-def payloads(m: int, offers: int) -> dict[str, tuple[str, object]]:
-    """(kind, payload model) per message of a client round, built from the public pool."""
+def payloads(m: int, offers: int, adapter_floats: int) -> dict[str, tuple[str, object]]:
+    """(kind, payload model) per message of a client round, built from the public pool, plus the
+    co-tuning message that carries a masked adapter of ``adapter_floats`` values."""
+    from lada_client.common.secagg import MaskedInput
     from lada_client.common.wire import (
         Ack, Allocation, AllocationQuery, FeatureUpload, PathOffer, PublicQuestion, RewardReport, RoundInfo, RoundQuery,
+        SecAggUpload,
     )
     from lada_client.scoring.features import FEATURE_NAMES
 
@@ -62,10 +65,14 @@ def payloads(m: int, offers: int) -> dict[str, tuple[str, object]]:
         "round query": ("round.get", RoundQuery()),
         "allocation query": ("allocation.get", AllocationQuery(round=3)),
         "ack": ("reply", Ack(message="stored")),
+        f"secagg masked adapter ({adapter_floats:,} floats)": ("secagg.put", SecAggUpload(
+            round=3, step="masked",
+            body=MaskedInput("client-0001", "r3/g", ("client-0002",),
+                             rng.integers(0, 2**32, adapter_floats, dtype=np.uint32)).to_dict())),
     }
 
 
-def bench_envelopes(m: int, offers: int, repeats: int) -> list[dict]:
+def bench_envelopes(m: int, offers: int, adapter_floats: int, repeats: int) -> list[dict]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from lada_client.common import crypto
@@ -74,10 +81,10 @@ def bench_envelopes(m: int, offers: int, repeats: int) -> list[dict]:
 
     client, coordinator = Identity.generate(), Identity.generate()
     rows = []
-    for label, (kind, model) in payloads(m, offers).items():
+    for label, (kind, model) in payloads(m, offers, adapter_floats).items():
         raw = model.model_dump_json().encode()
         header = EnvelopeHeader(client_id="client-0001", round=3, seq=1, kind=kind.split()[0], sent_at=time.time())
-        n = max(20, repeats)
+        n = max(20, repeats) if len(raw) < 1_000_000 else 3
         env = seal(raw, header, client, coordinator.public, Direction.TO_COORDINATOR)
         wire = env.model_dump_json().encode()
         signed = crypto._signed_bytes(header.canonical_bytes(), crypto.b64d(env.nonce, "nonce"), crypto.b64d(env.ciphertext, "c"))
@@ -229,10 +236,12 @@ def run_secagg(n: int, length: int, neighbours: int | None, dropouts: int, seed:
     aggregate = on_server(server.aggregate)
     mean_secure = aggregate.total / len(survivors)
     plain = [vectors[ids.index(c)] for c in survivors]
+    first, mean_plain = C.timed(lambda: fedavg(plain))
+    loops = max(1, min(200, math.ceil(0.05 / max(first, 1e-6))))  # >= 50 ms per sample: above scheduler noise
     t_fedavg = []
-    for _ in range(3):
-        elapsed, mean_plain = C.timed(lambda: fedavg(plain))
-        t_fedavg.append(elapsed)
+    for _ in range(5):
+        elapsed, _ = C.timed(lambda: [fedavg(plain) for _ in range(loops)])
+        t_fedavg.append(elapsed / loops)
     error = float(np.max(np.abs(mean_secure - mean_plain)))
     per_client = [client_s[c] for c in survivors]
     return {
@@ -246,10 +255,43 @@ def run_secagg(n: int, length: int, neighbours: int | None, dropouts: int, seed:
     }
 
 
+def profile_aggregate(n: int, length: int, neighbours: int | None) -> dict:
+    """cProfile of ``SecAggServer.aggregate`` (the server's unmasking) in one protocol run."""
+    import cProfile
+    import pstats
+
+    from lada_client.common import secagg
+
+    prof = cProfile.Profile()
+    original = secagg.SecAggServer.aggregate
+
+    def profiled(self):
+        prof.enable()
+        try:
+            return original(self)
+        finally:
+            prof.disable()
+
+    secagg.SecAggServer.aggregate = profiled
+    try:
+        run_secagg(n, length, neighbours, 0)
+    finally:
+        secagg.SecAggServer.aggregate = original
+    stats = pstats.Stats(prof)
+    total = max((v[3] for k, v in stats.stats.items() if k[2] == "aggregate"), default=stats.total_tt) or 1.0
+    rows = sorted(
+        ({"function": f"{Path(f).name}:{line}({fn})", "calls": v[1], "cumulative_pct": round(100 * v[3] / total, 1)}
+         for (f, line, fn), v in stats.stats.items() if "secagg" in f),
+        key=lambda r: -r["cumulative_pct"],
+    )
+    return {"clients": n, "length": length, "aggregate_s": total, "functions": rows[:8]}
+
+
 def main() -> int:
     p = C.parser(__doc__.split("\n\n")[0])
     p.add_argument("--candidates", type=int, default=256, help="M: candidates in a round")
     p.add_argument("--offer-questions", type=int, default=64, help="public questions offered in a round")
+    p.add_argument("--adapter-floats", type=int, default=100_000, help="masked adapter size in the envelope table")
     p.add_argument("--round-time-s", type=float, default=None,
                    help="reference round time; default: measure a client scoring pass of M candidates")
     p.add_argument("--clients", type=int, nargs="+", default=None, help="secagg n values (default 5 10 20 50)")
@@ -263,8 +305,8 @@ def main() -> int:
     sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
     secagg_repeats = 1 if args.quick else 3
 
-    C.say(f"sealed envelopes, per message (median of 5 x >= {max(20, repeats)} calls)")
-    rows = bench_envelopes(args.candidates, args.offer_questions, repeats)
+    C.say(f"sealed envelopes, per message (median of 5 x >= {max(20, repeats)} calls; 5 x 3 for payloads over 1 MB)")
+    rows = bench_envelopes(args.candidates, args.offer_questions, args.adapter_floats, repeats)
     if args.round_time_s is not None:
         reference = {"given_round_time_s": args.round_time_s}
         round_s = args.round_time_s
@@ -314,6 +356,11 @@ def main() -> int:
                 secagg_rows.append(r)
                 C.say(f"  n={n:<3} L={length:>9,}  client {r['client_s_mean']:.3f}s  server {r['server_s']:.3f}s  "
                       f"fedavg {r['fedavg_s'] * 1000:.2f}ms  max|err| {r['max_abs_error']:.1e}")
+        prof = profile_aggregate(max(clients), min(sizes), args.neighbours)
+        C.say(f"\nprofile of SecAggServer.aggregate, n={prof['clients']}, L={prof['length']:,} "
+              f"({1000 * prof['aggregate_s']:.0f} ms):")
+        for f in prof["functions"]:
+            C.say(f"  {f['cumulative_pct']:5.1f}% cum  {f['calls']:>6} calls  {f['function']}")
         C.say()
         C.say(C.table(
             ["n", "floats", "threshold", "client ms (mean)", "client ms (max)", "server ms", "all parties ms",
@@ -331,6 +378,7 @@ def main() -> int:
         "envelopes": rows,
         "client_round": per_round,
         "secagg": secagg_rows,
+        "secagg_server_profile": prof if args.secagg else None,
     }, args.out)
     C.say(f"\nresults: {path}")
     return 0 if all(r["equal"] for r in secagg_rows) else 1

@@ -51,6 +51,7 @@ class Figures:
     round_info: dict[str, dict[str, float]] = field(default_factory=dict)
     peak_rss_bytes: dict[str, int] = field(default_factory=dict)
     round_wall_seconds: float = 0.0
+    load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)  # over the round (1, 5, 15 min) at its end
     scoring_only: dict[str, float] = field(default_factory=dict)
 
 
@@ -144,35 +145,34 @@ def score_only(onnx_path: Path, data_dir: Path, n: int) -> dict[str, float]:
         "nll_features_s": scored - loaded,
         "greedy_s": generated - scored,
         "torch_imported": float("torch" in sys.modules),
+        "peak_rss_bytes": float(_high_water_mark(os.getpid()) or 0),
     }
 
 
 def measure_scoring_only(onnx_path: Path, data_dir: Path, n: int, figures: Figures) -> None:
     """Run :func:`score_only` in a fresh interpreter and record its times and peak RSS."""
-    proc = subprocess.Popen(
+    output = subprocess.run(
         [sys.executable, __file__, "--score-only", str(onnx_path), "--data", str(data_dir), "--n", str(n)],
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the scoring-only run failed with exit code {proc.returncode}")
-    figures.scoring_only = {**json.loads(output), "n": n, "peak_rss_bytes": usage.ru_maxrss * 1024}
+        stdout=subprocess.PIPE, check=True,
+    ).stdout
+    figures.scoring_only = {**json.loads(output), "n": n}
 
 
-def _reap(proc: subprocess.Popen) -> int | None:
-    """Non-blocking reap that also returns the child's peak RSS (``wait4``'s ``ru_maxrss``, KiB).
+def _high_water_mark(pid: int) -> int | None:
+    """Peak resident memory of ``pid`` so far, in bytes (``VmHWM``; Linux), None once it is gone.
 
-    Polling RSS from outside can miss short peaks (the ONNX re-export holds the model twice for a
-    moment); the kernel's high-water mark cannot. Sets ``proc.returncode`` so Popen stays usable.
+    ``VmHWM`` belongs to the process's own address space, created at ``exec``. ``wait4``'s
+    ``ru_maxrss`` would be wrong here: Linux folds the parent's high-water mark at ``fork`` into
+    it, and this parent holds torch and a 135M model by the time it starts the clients.
     """
-    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-    if pid == 0:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
         return None
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss
+    return None
 
 
 def run_round(args: argparse.Namespace, world: dict[str, Path], smol: tuple[Path, Path], figures: Figures) -> None:
@@ -237,13 +237,13 @@ def run_round(args: argparse.Namespace, world: dict[str, Path], smol: tuple[Path
             )
         log.info("coordinator + %d clients on %s (logs in %s)", args.clients, url, logs)
         deadline = time.monotonic() + args.timeout
-        while any(p.returncode is None for p in clients.values()):
+        while any(p.poll() is None for p in clients.values()):
             for name, proc in clients.items():
-                if proc.returncode is None and (peak_kib := _reap(proc)) is not None:
-                    figures.peak_rss_bytes[name] = peak_kib * 1024
-                    log.info("%s exited with %d after %.0fs", name, proc.returncode, time.perf_counter() - started)
-                    if proc.returncode != 0:
-                        raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {logs / (name + '.log')}")
+                if proc.returncode is None and (peak := _high_water_mark(proc.pid)) is not None:
+                    figures.peak_rss_bytes[name] = peak  # monotonic; the last reading is the peak
+            failed = {name: p.returncode for name, p in clients.items() if p.returncode not in (None, 0)}
+            if failed:
+                raise RuntimeError(f"client(s) failed with exit codes {failed}; see {logs}")
             if coordinator.poll() is not None:
                 raise RuntimeError(f"coordinator exited with {coordinator.returncode}; see {logs / 'coordinator.log'}")
             error = httpx.get(f"{url}/v1/status", timeout=10).json()["engine"]["error"]
@@ -253,6 +253,7 @@ def run_round(args: argparse.Namespace, world: dict[str, Path], smol: tuple[Path
                 raise TimeoutError(f"the round did not finish within {args.timeout:.0f}s; see {logs}")
             time.sleep(0.5)
         figures.round_wall_seconds = time.perf_counter() - started
+        figures.load_average = os.getloadavg()  # other work on the machine skews every time above
     finally:
         for proc in clients.values():
             if proc.returncode is None:
@@ -281,12 +282,13 @@ def print_table(args: argparse.Namespace, figures: Figures) -> None:
     totals = "".join(f"{sum(figures.round_seconds[n].values()):>19.1f}s" for n in names)
     rows.append(f"{'round total (s)':<{width}}" + totals)
     rss = "".join(f"{figures.peak_rss_bytes.get(n, 0) / 2**20:>17.0f}MiB" for n in names)
-    rows.append(f"{'peak RSS':<{width}}" + rss)
+    rows.append(f"{'peak RSS (VmHWM)':<{width}}" + rss)
     for key in ("n_allocated", "ppl_before", "ppl_after", "test_accuracy"):
         rows.append(f"{key:<{width}}" + "".join(f"{figures.round_info[n][key]:>20.3f}" for n in names))
     print(
         f"\nOne LaDa round: {args.clients} clients, {args.candidates} candidates, budget {args.budget}, "
-        f"eval_size {args.eval_size}, {args.offer_questions} offer questions; {os.cpu_count()} CPU cores"
+        f"eval_size {args.eval_size}, {args.offer_questions} offer questions; {os.cpu_count()} CPU cores, "
+        "load average at the end %.1f / %.1f / %.1f (1 / 5 / 15 min)" % figures.load_average
     )
     print("\n".join(rows))
     print(f"{'round wall time (s)':<{width}}{figures.round_wall_seconds:>20.1f}")

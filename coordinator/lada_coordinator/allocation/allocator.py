@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -18,6 +19,20 @@ from lada_coordinator.allocation.eenet import FilterConfig, LearnabilityFilter
 from lada_coordinator.store import Store
 
 log = logging.getLogger(__name__)
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """The filters are tiny MLPs: torch's thread pool costs more than it saves (3–26× measured in
+    ``benchmarks/bench_allocation.py``), but the LLM in the same process wants every core."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
 
 SLM = "slm"  # coordinator → client: teacher paths the SLM should learn
 LLM = "llm"  # client → coordinator: SLM paths the LLM should learn
@@ -56,7 +71,8 @@ class Allocator:
             rng = np.random.default_rng([self._seed, round_index, zlib.crc32(f"{client_id}/{direction}".encode())])
             idx = rng.choice(len(sample_ids), size=min(budget, len(sample_ids)), replace=False)
             return [sample_ids[i] for i in sorted(idx)], "random"
-        selection = self._filter(client_id, direction, z.shape[1]).select(z, sample_ids, round_index)
+        with _one_thread():
+            selection = self._filter(client_id, direction, z.shape[1]).select(z, sample_ids, round_index)
         return selection.sample_ids, selection.reason
 
     def reward(
@@ -70,6 +86,7 @@ class Allocator:
             return {}
         flt = self._filter(client_id, direction, z_selected.shape[1])
         flt.observe(z_selected, reward)
-        losses = flt.refit()
+        with _one_thread():
+            losses = flt.refit()
         self._store.save_filter(client_id, direction, flt.to_bytes(), round_index)
         return losses
