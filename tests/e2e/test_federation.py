@@ -13,8 +13,8 @@ import pytest
 from lada_client.data.federation import FederationData
 
 TINY = [
-    "--clients", "3", "--rounds", "2", "--candidates", "24", "--budget", "6",
-    "--n-train", "40", "--n-test", "16", "--n-public", "160", "--offer-questions", "8",
+    "--clients", "3", "--rounds", "2", "--candidates", "16", "--budget", "6",
+    "--n-train", "40", "--n-test", "16", "--n-public", "160", "--offer-questions", "4",
     "--llm-warmup-steps", "4", "--slm-warmup-steps", "4", "--timeout", "600",
 ]
 
