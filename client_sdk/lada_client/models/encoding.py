@@ -22,8 +22,8 @@ SPECIAL_TOKENS_FILE = "special_tokens.json"
 
 @dataclass(frozen=True)
 class SpecialTokens:
-    """Ids framing a sequence. Models differ (ours: <pad>=0 <s>=1 </s>=2; SmolLM2 has no BOS and
-    pads with EOS), so they travel with the model: in ``config.json`` for checkpoints and in
+    """Ids framing a sequence. Models differ (ours: <pad>=0 <s>=1 </s>=2; SmolLM2-Instruct frames
+    with <|im_start|>=1 … <|im_end|>=2 and pads with EOS), so they travel with the model: in ``config.json`` for checkpoints and in
     ``special_tokens.json`` beside an ONNX scoring model."""
 
     bos: int | None = BOS_ID
