@@ -1,11 +1,15 @@
 """Reliability figures: faults injected into a real coordinator, uploads lost, requests fuzzed.
 
-    python benchmarks/reliability.py [--rounds 3] [--kills-per-round 2] [--fuzz 1000]
+    python benchmarks/reliability.py [--rounds 3] [--kills-per-round 2] [--fuzz 1000] [--upload-mib 40]
+    python benchmarks/reliability.py --upload-only        # just the resumed large upload
 
 Runs a real coordinator process (SQLite, HTTP on 127.0.0.1) with real sealed clients; while the
 clients upload features and rewards, the coordinator is SIGKILLed and restarted at random moments.
 Every upload the coordinator acknowledged must be in its database afterwards ("lost" must be 0).
 Then the schema fuzzer runs against the API (no 5xx, no state change on rejected input).
+Finally a large sealed ``secagg.put`` (``--upload-mib``, a masked adapter vector) goes as a chunked
+upload while the coordinator is SIGKILLed mid-body and restarted: it must resume with the missing
+chunks only.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ import httpx
 import numpy as np
 
 from lada_client.common.crypto import Identity
+from lada_client.common.secagg import MaskedInput
 from lada_client.common.wire import (
-    Ack, Allocation, AllocationQuery, EnrollRequest, FeatureUpload, RewardReport, RoundInfo, RoundQuery,
+    Ack, Allocation, AllocationQuery, EnrollRequest, FeatureUpload, RewardReport, RoundInfo, RoundQuery, SecAggUpload,
+    secagg_round_id,
 )
 from lada_client.transport import RetryPolicy, Transport
 from lada_coordinator.federation import FederationSettings, prepare
@@ -59,6 +65,74 @@ def _wait(url: str, t: int, phases: tuple[str, ...], timeout: float = 300) -> No
     raise RuntimeError(f"round {t} did not reach {phases}")
 
 
+def resumed_upload(paths: dict, port: int, mib: float, seed: int) -> dict:
+    """One large ``secagg.put`` in 4 MiB chunks; the coordinator is SIGKILLed after 40% of them."""
+    url = f"http://127.0.0.1:{port}"
+    tmp = Path(tempfile.mkdtemp(prefix="lada-upload-"))
+    cfg = {"db_path": str(tmp / "c.sqlite"), "state_dir": str(tmp / "state"), "llm_dir": str(paths["llm"]),
+           "public_data": str(paths["data"]), "port": port, "min_clients": 99}  # the engine idles; we drive the round
+    (tmp / "c.json").write_text(json.dumps(cfg))
+    store = Store(tmp / "c.sqlite")
+    token = store.issue_token()
+    store.open_round(1, RoundInfo(round=1, phase="features", total_rounds=1, host_framework="cotuning").model_dump(), {})
+    store.set_phase(1, "training")
+    log = tmp / "coordinator.log"
+    proc = _start(tmp / "c.json", log)
+    ident = Identity.generate()
+    t = Transport(url, ident, timeout_s=60, retry=RetryPolicy(attempts=40, initial_backoff_s=0.3, max_backoff_s=1.0))
+    while True:
+        try:
+            t.enroll(EnrollRequest(token=token, client_name="big", model_name="smollm2", **ident.public.to_b64()))
+            break
+        except Exception:
+            time.sleep(0.3)
+    store.put_secagg(1, "smollm2", "roster", {"participants": [{"client_id": t.client_id}]})
+    n_values = int(mib * 2**20 * 9 / 64)  # sealed body ~ 16/9 x 4 bytes per value
+    vector = np.random.default_rng(seed).integers(0, 2**32, n_values, dtype=np.uint64).astype(np.uint32)
+    masked = MaskedInput(t.client_id, secagg_round_id(1, "smollm2"), (), vector)
+    payload = SecAggUpload(round=1, step="masked", body=masked.to_dict())
+    sealed_bytes = len(t._seal("secagg.put", payload.model_dump_json().encode(), 1)[1])
+    n_chunks = -(-sealed_bytes // t.upload_chunk_bytes)
+    kill_after = max(1, int(n_chunks * 0.4))
+    stats = {"ok": 0, "refused": 0, "delivered_bytes": 0}
+    post = t._http.post
+
+    def post_and_kill(path, **kw):
+        nonlocal proc
+        try:
+            response = post(path, **kw)
+        except httpx.HTTPError:
+            stats["refused"] += path == "/v1/upload/chunk"
+            raise
+        stats["delivered_bytes"] += len(kw.get("content", b""))
+        if path == "/v1/upload/chunk" and response.status_code == 200:
+            stats["ok"] += 1
+            if stats["ok"] == kill_after:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+                proc = _start(tmp / "c.json", log)
+        return response
+
+    t._http.post = post_and_kill
+    started = time.perf_counter()
+    try:
+        ack = t.call("secagg.put", payload, 1, Ack)
+        seconds = time.perf_counter() - started
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    stored = store.uploads(1, "secagg.masked").get(t.client_id)
+    intact = stored is not None and MaskedInput.from_dict(stored["body"]).vector.tobytes() == vector.tobytes()
+    store.close()
+    return {
+        "sealed_body_mib": round(sealed_bytes / 2**20, 1), "vector_values": n_values, "chunk_mib": t.upload_chunk_bytes / 2**20,
+        "chunks": n_chunks, "sigkill_after_chunks": kill_after, "chunk_requests_refused_while_down": stats["refused"],
+        "chunks_delivered": stats["ok"], "chunks_resent": stats["ok"] - n_chunks,
+        "mib_on_the_wire": round(stats["delivered_bytes"] / 2**20, 1), "ack": ack.message, "stored_intact": intact,
+        "seconds_including_restart": round(seconds, 1),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -67,9 +141,19 @@ def main() -> None:
     ap.add_argument("--fuzz", type=int, default=1000, help="requests generated by the schema fuzzer")
     ap.add_argument("--port", type=int, default=8931)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--upload-mib", type=float, default=40.0, help="sealed size of the resumed chunked upload (0 = skip)")
+    ap.add_argument("--upload-only", action="store_true", help="only the resumed chunked upload")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     paths = prepare(FederationSettings(workdir=CACHE, clients=3, n_train=20, n_test=8, n_public=120, llm_warmup_steps=2, slm_warmup_steps=2))
+    out = ROOT / "benchmarks" / "results" / "reliability.json"
+    if args.upload_only:
+        upload = resumed_upload(paths, args.port, args.upload_mib, args.seed)
+        print(json.dumps(upload, indent=2))
+        results = json.loads(out.read_text()) if out.exists() else {}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**results, "resumed_upload": upload}, indent=2))
+        sys.exit(0 if upload["stored_intact"] and upload["chunks_resent"] == 0 else 1)
     url = f"http://127.0.0.1:{args.port}"
     tmp = Path(tempfile.mkdtemp(prefix="lada-reliability-"))
     cfg = {
@@ -159,10 +243,11 @@ def main() -> None:
     fuzz = json.loads(fuzz_report.read_text()) if fuzz_report.exists() else {}
     fuzz["passed"] = rc == 0
     print(json.dumps(fuzz, indent=2))
-    out = ROOT / "benchmarks" / "results" / "reliability.json"
+    upload = resumed_upload(paths, args.port, args.upload_mib, args.seed) if args.upload_mib > 0 else None
+    print(json.dumps(upload, indent=2))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"faults": faults, "fuzz": fuzz}, indent=2))
-    if lost or rc != 0:
+    out.write_text(json.dumps({"faults": faults, "fuzz": fuzz, "resumed_upload": upload}, indent=2))
+    if lost or rc != 0 or (upload is not None and not (upload["stored_intact"] and upload["chunks_resent"] == 0)):
         sys.exit(1)
 
 

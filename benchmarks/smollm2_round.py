@@ -18,21 +18,19 @@ The figures go to stdout as one table; progress goes to the log (stderr).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
 
-from lada_coordinator.federation import FederationSettings, _wait_healthy, prepare
+from lada_coordinator.federation import FederationSettings, prepare, start_processes
 
 log = logging.getLogger("smollm2_round")
 
@@ -175,66 +173,19 @@ def _high_water_mark(pid: int) -> int | None:
     return None
 
 
-def run_round(args: argparse.Namespace, world: dict[str, Path], smol: tuple[Path, Path], figures: Figures) -> None:
+def run_round(
+    args: argparse.Namespace, settings: FederationSettings, world: dict[str, Path], smol: tuple[Path, Path], figures: Figures
+) -> None:
     """Start the coordinator and the clients, wait for the one round to finish, collect figures."""
-    from lada_coordinator.store import Store
-
-    run_dir = args.workdir / "run"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    (run_dir / "logs").mkdir(parents=True)
-    port = args.port or _free_port()
-    url = f"http://127.0.0.1:{port}"
-    coordinator_config = {
-        "db_path": str(run_dir / "coordinator.sqlite"),
-        "state_dir": str(run_dir / "coordinator"),
-        "llm_dir": str(world["llm"]),
-        "public_data": str(world["data"]),
-        "port": port,
-        "rounds": 1,
-        "min_clients": args.clients,
-        "candidates_per_round": args.candidates,
-        "offer_questions": args.offer_questions,
-        "slm_filter": {"budget": args.budget, "seed": 0},
-        # the SmolLM2 device is an order of magnitude slower than the tiny ones: wait for it
-        "phase_timeout_s": args.timeout,
-    }
-    (run_dir / "coordinator.json").write_text(json.dumps(coordinator_config, indent=2))
-    store = Store(Path(coordinator_config["db_path"]))
-    tokens = [store.issue_token() for _ in range(args.clients)]
-    store.close()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
-    logs = run_dir / "logs"
+    settings = replace(settings, port=args.port or _free_port())
+    every = {"eval_size": args.eval_size, "max_offers": args.offer_questions, "max_wait_s": args.timeout}
+    overrides = {f"client{i}": dict(every) for i in range(args.clients)}
+    overrides["client0"].update(base_model_dir=str(smol[0]), scoring_model=str(smol[1]))
     started = time.perf_counter()
-    log_files = contextlib.ExitStack()
-    coordinator = subprocess.Popen(
-        [sys.executable, "-m", "lada_coordinator.cli", "serve", "--config", str(run_dir / "coordinator.json"),
-         "--llm-eval-data", str(world["data"])],
-        stdout=log_files.enter_context(open(logs / "coordinator.log", "w")), stderr=subprocess.STDOUT, env=env,
-    )
-    clients: dict[str, subprocess.Popen] = {}
+    # the SmolLM2 device is an order of magnitude slower than the tiny ones: the coordinator waits for it
+    procs = start_processes(settings, world, {"phase_timeout_s": args.timeout}, overrides)
+    clients, url, logs = procs.clients, procs.url, procs.logs
     try:
-        _wait_healthy(url, coordinator, True)
-        for i in range(args.clients):
-            name = f"client{i}"
-            config = {
-                "coordinator_url": url,
-                "name": name,
-                "state_dir": str(run_dir / name),
-                "data_dir": str(world["data"]),
-                "scoring_model": str(world[name] / "onnx" / "model.onnx"),
-                "base_model_dir": str(world[name] / "base"),
-                "eval_size": args.eval_size,
-                "max_offers": args.offer_questions,
-                "max_wait_s": args.timeout,
-            }
-            if i == 0:
-                config["base_model_dir"], config["scoring_model"] = str(smol[0]), str(smol[1])
-            (run_dir / f"{name}.json").write_text(json.dumps(config, indent=2))
-            clients[name] = subprocess.Popen(
-                [sys.executable, "-m", "lada_client.cli", "run", "--config", str(run_dir / f"{name}.json"),
-                 "--token", tokens[i], "--results", str(run_dir / f"{name}.results.json")],
-                stdout=log_files.enter_context(open(logs / f"{name}.log", "w")), stderr=subprocess.STDOUT, env=env,
-            )
         log.info("coordinator + %d clients on %s (logs in %s)", args.clients, url, logs)
         deadline = time.monotonic() + args.timeout
         while any(p.poll() is None for p in clients.values()):
@@ -244,8 +195,8 @@ def run_round(args: argparse.Namespace, world: dict[str, Path], smol: tuple[Path
             failed = {name: p.returncode for name, p in clients.items() if p.returncode not in (None, 0)}
             if failed:
                 raise RuntimeError(f"client(s) failed with exit codes {failed}; see {logs}")
-            if coordinator.poll() is not None:
-                raise RuntimeError(f"coordinator exited with {coordinator.returncode}; see {logs / 'coordinator.log'}")
+            if procs.coordinator.poll() is not None:
+                raise RuntimeError(f"coordinator exited with {procs.coordinator.returncode}; see {logs / 'coordinator.log'}")
             error = httpx.get(f"{url}/v1/status", timeout=10).json()["engine"]["error"]
             if error:
                 raise RuntimeError(f"coordinator failed: {error}")
@@ -255,16 +206,8 @@ def run_round(args: argparse.Namespace, world: dict[str, Path], smol: tuple[Path
         figures.round_wall_seconds = time.perf_counter() - started
         figures.load_average = os.getloadavg()  # other work on the machine skews every time above
     finally:
-        for proc in clients.values():
-            if proc.returncode is None:
-                proc.terminate()
-                proc.wait(timeout=15)
-        coordinator.terminate()
-        try:
-            coordinator.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            coordinator.kill()
-        log_files.close()
+        procs.stop()
+    run_dir = procs.run_dir
     for name in clients:
         (result,) = json.loads((run_dir / f"{name}.results.json").read_text())
         figures.round_seconds[name] = result["seconds"]
@@ -335,13 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     figures = Figures()
     smol = prepare_smollm2(args.workdir / "model", figures)
     started = time.perf_counter()
-    world = prepare(
-        FederationSettings(
-            workdir=args.workdir / "world", clients=args.clients, rounds=1, candidates=args.candidates,
-            budget=args.budget, n_train=60, n_test=max(16, args.eval_size), n_public=200,
-            llm_warmup_steps=60, slm_warmup_steps=30, offer_questions=args.offer_questions,
-        )
+    settings = FederationSettings(
+        workdir=args.workdir / "world", clients=args.clients, rounds=1, candidates=args.candidates,
+        budget=args.budget, n_train=60, n_test=max(16, args.eval_size), n_public=200,
+        llm_warmup_steps=60, slm_warmup_steps=30, offer_questions=args.offer_questions,
     )
+    world = prepare(settings)
     figures.setup_seconds["tiny federation world"] = time.perf_counter() - started
     tiny = world["client1"] / "base" if args.clients > 1 else None
     if tiny is not None:
@@ -351,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.agreement_pairs:
         check_agreement(*smol, world["data"], args.agreement_pairs, figures)
     measure_scoring_only(smol[1], world["data"], args.candidates, figures)
-    run_round(args, world, smol, figures)
+    run_round(args, settings, world, smol, figures)
     print_table(args, figures)
     return 0
 

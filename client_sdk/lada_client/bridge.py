@@ -440,13 +440,19 @@ class Bridge:
         max_samples = params.get("max_samples", max(1, len(client.data.train)))
         if not _is_int(epochs) or epochs < 1 or not _is_int(max_samples) or max_samples < 1:
             raise BridgeError("bad_request", "epochs and max_samples must be integers >= 1")
-        if cfg.base_model_dir is None:
+        if cfg.train_backend == "ort" and not cfg.can_train:
+            raise BridgeError(
+                "unsupported",
+                "train_backend 'ort' needs ort_artifacts (built off the device with lada_client.training.ort_artifacts) "
+                "and onnxruntime-training installed (see scripts/setup_ort_training.sh)",
+            )
+        if cfg.base_model_dir is None and cfg.train_backend != "ort":
             raise BridgeError(
                 "unsupported",
                 "local training needs a trainable checkpoint: "
                 "configure base_model_dir (the SLM the LoRA adapter sits on)",
             )
-        if not _has_module("torch"):
+        if not _has_module("torch") and cfg.train_backend != "ort":
             raise BridgeError(
                 "unsupported",
                 "local training needs the 'train' extra (torch, transformers, peft), which is not installed here; "
@@ -494,6 +500,8 @@ class Bridge:
             "providers": _session_providers(client.slm),
             "can_train": cfg.can_train,
             "torch_available": _has_module("torch"),
+            "can_train_ort": cfg.can_train_ort,
+            "train_backend": cfg.train_backend,
             "known_round": known_round,
             "rounds_completed": list(history.done_rounds or []),
             "last_round": history.last_round,

@@ -29,13 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     from lada_client.client import LadaClient
     from lada_client.scoring.onnx_slm import ModelLoadError
+    from lada_client.training.backend import BackendUnavailable
     from lada_client.transport import CoordinatorError
 
     try:
         config = ClientConfig.load(args.config).with_overrides(token=args.token, coordinator_url=args.coordinator_url)
         with LadaClient(config) as client:
             results = client.run(args.max_rounds)
-    except (ValueError, FileNotFoundError, ModelLoadError, CoordinatorError) as exc:
+    except (ValueError, FileNotFoundError, ModelLoadError, CoordinatorError, BackendUnavailable) as exc:
         print(f"lada-client: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -73,6 +73,7 @@ class LadaClient:
             self.identity,
             config.request_timeout_s,
             verify=str(config.ca_cert) if config.ca_cert else True,
+            upload_chunk_bytes=config.upload_chunk_bytes,
         )
         self.data = load_client(config.data_dir, config.name)
         self.slm = self.load_slm(self._scoring_path())
@@ -81,6 +82,11 @@ class LadaClient:
         self._done_rounds: set[int] = set()
         self.privacy = GaussianMechanism(config.dp)
         self.model_name = config.model_name or self._default_model_name()
+        if config.train_backend == "ort" and not config.can_train:
+            from lada_client.training.backend import ORT_INSTALL_HINT
+
+            reason = "no ort_artifacts configured" if config.ort_artifacts is None else f"onnxruntime.training is missing ({ORT_INSTALL_HINT})"
+            log.warning("%s: train_backend='ort' but this device cannot train: %s; it will only score", config.name, reason)
 
     def __enter__(self) -> LadaClient:
         return self
@@ -130,14 +136,18 @@ class LadaClient:
             from lada_client.models.factory import architecture_id
 
             return architecture_id(self.config.base_model_dir)
+        if self.config.train_backend == "ort" and self.config.ort_artifacts is not None:
+            from lada_client.training.ort_backend import artifact_architecture_id
+
+            return artifact_architecture_id(self.config.ort_artifacts) or self.config.scoring_model.stem
         return self.config.scoring_model.stem
 
     @property
-    def trainer(self):  # -> LoraTrainer; imported lazily: scoring-only devices have no torch
+    def trainer(self):  # -> TrainerBackend (training/backend.py); imported lazily: scoring-only devices have no torch
         if self._trainer is None:
-            from lada_client.training.lora import LoraTrainer
+            from lada_client.training.backend import trainer_for
 
-            self._trainer = LoraTrainer(self.config.base_model_dir, self._adapter_dir, self.config.lora, self.config.distill.seed)
+            self._trainer = trainer_for(self.config, self._adapter_dir)  # config.train_backend: "torch" or "ort"
         return self._trainer
 
     def _scoring_path(self) -> Path:
@@ -169,7 +179,7 @@ class LadaClient:
                 kex_key=public["kex_key"],
                 domain=self.config.domain or self.data.domain,
                 model_name=self.model_name,
-                capabilities=Capabilities(can_score=True, can_train=self.config.can_train),
+                capabilities=Capabilities(can_score=True, can_train=self.config.can_train, can_train_ort=self.config.can_train_ort),
             )
         )
         staged = record.with_suffix(".tmp")
@@ -351,7 +361,7 @@ class LadaClient:
 
     def _train(self, allocated: list[Candidate], t: int) -> None:
         """LoRA update, then re-export the merged SLM so next round's scores reflect it."""
-        from lada_client.training.lora import PreferencePair
+        from lada_client.training.backend import PreferencePair
 
         cfg = self.config
         prompts = [format_prompt(c.question) for c in allocated]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lada_client.common.config_io import from_mapping, load_json
 from lada_client.privacy.dp import DPSettings
 
 
@@ -30,7 +31,6 @@ class DistillSettings:
     lr: float = 2e-3
     epochs: int = 2
     batch_size: int = 8
-    private_per_batch: int = 4
     max_length: int = 256
     rejected_temperature: float = 0.8
     drop_correct_rejected: bool = True
@@ -67,55 +67,46 @@ class ClientConfig:
     max_offers: int = 64
     batch_size: int = 16
     request_timeout_s: float = 60.0
+    upload_chunk_bytes: int = 4 * 1024 * 1024  # larger sealed uploads go in resumable chunks of this size
     poll_interval_s: float = 0.5
     max_wait_s: float = 1800.0
     lora: LoraSettings = field(default_factory=LoraSettings)
     distill: DistillSettings = field(default_factory=DistillSettings)
     dp: DPSettings = field(default_factory=DPSettings)
+    # LoRA training backend: "torch" (torch + peft on base_model_dir) or "ort" (ONNX Runtime
+    # training artifacts in ort_artifacts, no torch; see lada_client/training/ort_backend.py)
+    train_backend: str = "torch"
+    ort_artifacts: Path | None = None
 
     @property
     def can_train(self) -> bool:
-        """Training needs a base checkpoint and the ``train`` extra (torch) installed."""
+        """Training needs, with ``train_backend="torch"``, a base checkpoint and the ``train`` extra
+        (torch) installed; with ``"ort"``, training artifacts and onnxruntime-training."""
         import importlib.util
 
+        if self.train_backend == "ort":
+            return self.ort_artifacts is not None and self.can_train_ort
         return self.base_model_dir is not None and importlib.util.find_spec("torch") is not None
+
+    @property
+    def can_train_ort(self) -> bool:
+        """onnxruntime.training is importable here (declared at enrollment)."""
+        from lada_client.training.backend import can_train_ort
+
+        return can_train_ort()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=str, indent=2)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClientConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown client config key(s): {sorted(unknown)}")
-        missing = {"coordinator_url", "name", "state_dir", "data_dir", "scoring_model"} - set(data)
-        if missing:
-            raise ValueError(f"client config is missing: {sorted(missing)}")
-        d = dict(data)
-        for key in ("state_dir", "data_dir", "scoring_model", "base_model_dir", "ca_cert"):
-            if d.get(key) is not None:
-                d[key] = Path(d[key])
-        if "features" in d:
-            d["features"] = tuple(d["features"])
-        if "lora" in d:
-            lora = dict(d["lora"])
-            lora["target_modules"] = tuple(lora.get("target_modules", LoraSettings.target_modules))
-            d["lora"] = LoraSettings(**lora)
-        if "distill" in d:
-            d["distill"] = DistillSettings(**d["distill"])
-        if "dp" in d:
-            d["dp"] = DPSettings(**d["dp"])
-        return cls(**d)
+        if isinstance(data, dict) and data.get("train_backend", "torch") not in ("torch", "ort"):
+            raise ValueError(f"train_backend must be 'torch' or 'ort', not {data['train_backend']!r}")
+        return from_mapping(cls, data, "client config")
 
     @classmethod
     def load(cls, path: Path) -> ClientConfig:
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except OSError as exc:
-            raise ValueError(f"cannot read client config {path}: {exc.strerror}") from exc
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise ValueError(f"client config {path} is invalid: {exc}") from exc
+        return load_json(cls, path, "client config")
 
     def with_overrides(self, **changes: Any) -> ClientConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

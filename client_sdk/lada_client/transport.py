@@ -4,13 +4,21 @@ Every call seals its payload under a key bound to (client, round, direction), si
 and opens the sealed reply with the coordinator's pinned keys. Sequence numbers are derived from
 the clock (microseconds, strictly increasing within a process), so they keep increasing across
 restarts without a counter on disk.
+
+A sealed upload larger than ``upload_chunk_bytes`` (a big masked adapter in ``secagg.put``) is sent
+as a chunked upload session (``upload.begin`` / ``upload.chunk`` / ``upload.status`` /
+``upload.commit``, see ``docs/protocol.md``): each chunk is retried on its own, after a failure the
+coordinator is asked which chunks it holds and only the missing ones are sent, and a call that
+failed can be repeated with the same payload to resume the same session.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -18,10 +26,28 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from lada_client.common.crypto import CryptoError, Direction, Identity, PublicIdentity, open_envelope, seal
-from lada_client.common.wire import EnrollRequest, EnrollResponse, EnvelopeHeader, SealedEnvelope
+from lada_client.common.wire import (
+    UPLOAD_KINDS,
+    Ack,
+    EnrollRequest,
+    EnrollResponse,
+    EnvelopeHeader,
+    SealedEnvelope,
+    UploadBegin,
+    UploadChunk,
+    UploadCommit,
+    UploadCommitted,
+    UploadStatus,
+    UploadStatusQuery,
+    encode_chunk,
+)
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+DEFAULT_UPLOAD_CHUNK_BYTES = 4 * 1024 * 1024  # well under the coordinator's max_body_bytes (16 MiB)
+_RESTART_ERRORS = ("replay", "unknown_upload", "upload_conflict")  # a resumable session is gone: reseal
 
 ENDPOINTS: dict[str, str] = {
     "round.get": "/v1/round",
@@ -30,7 +56,20 @@ ENDPOINTS: dict[str, str] = {
     "reward.put": "/v1/reward",
     "secagg.put": "/v1/secagg/put",
     "secagg.get": "/v1/secagg/get",
+    "upload.begin": "/v1/upload/begin",
+    "upload.chunk": "/v1/upload/chunk",
+    "upload.status": "/v1/upload/status",
+    "upload.commit": "/v1/upload/commit",
 }
+
+
+def _sealed_size(payload_bytes: int) -> int:
+    """Length of the sealed envelope of a payload: base64 of payload + GCM tag, plus header JSON."""
+    return 4 * -(-(payload_bytes + 16) // 3) + 512
+
+
+def _retriable(exc: CoordinatorError) -> bool:
+    return exc.status is None or exc.status >= 500
 
 
 class CoordinatorError(Exception):
@@ -56,6 +95,16 @@ class RetryPolicy:
     max_backoff_s: float = 15.0
 
 
+@dataclass
+class _PendingUpload:
+    """A sealed body being uploaded in chunks; kept until committed so a repeated call resumes it."""
+
+    header: EnvelopeHeader
+    body: bytes
+    sha256: str
+    chunk_bytes: int
+
+
 class Transport:
     def __init__(
         self,
@@ -64,13 +113,19 @@ class Transport:
         timeout_s: float = 60.0,
         retry: RetryPolicy = RetryPolicy(),
         verify: str | bool = True,
+        upload_chunk_bytes: int = DEFAULT_UPLOAD_CHUNK_BYTES,
     ) -> None:
+        if upload_chunk_bytes < 1024:
+            raise ValueError("upload_chunk_bytes must be at least 1024")
         self._http = httpx.Client(base_url=base_url, timeout=timeout_s, verify=verify)
         self._retry = retry
         self._identity = identity
         self._last_seq = 0
+        self.upload_chunk_bytes = upload_chunk_bytes
+        self._pending: dict[tuple[str, int, str], _PendingUpload] = {}
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.chunks_sent = 0
         self.client_id: str | None = None
         self.coordinator: PublicIdentity | None = None
 
@@ -110,35 +165,124 @@ class Transport:
     def call(self, kind: str, payload: BaseModel, round_index: int, reply_type: type[M]) -> M:
         """Seal ``payload`` as ``kind``, post it, open and validate the sealed reply.
 
-        Retries per :class:`RetryPolicy`; 4xx answers are final and raised at once.
+        Retries per :class:`RetryPolicy`; 4xx answers are final and raised at once. An upload whose
+        sealed body is over ``upload_chunk_bytes`` goes as a chunked upload session (resumable).
         """
         if self.client_id is None or self.coordinator is None:
             raise CoordinatorError("not enrolled: call enroll() first")
+        plain = payload.model_dump_json().encode()
+        if kind in UPLOAD_KINDS and _sealed_size(len(plain)) > self.upload_chunk_bytes:
+            return self._call_chunked(kind, plain, round_index, reply_type)
+        return self._retrying(kind, lambda: self._call_once(kind, plain, round_index, reply_type))
+
+    def _retrying(self, what: str, attempt: Callable[[], T], recovered: Callable[[], bool] | None = None) -> T | None:
+        """Run ``attempt`` per the retry policy; ``recovered`` (asked after each backoff) may end it early."""
         backoff = self._retry.initial_backoff_s
-        for attempt in range(1, self._retry.attempts + 1):
+        for n in range(1, self._retry.attempts + 1):
             try:
-                return self._call_once(kind, payload, round_index, reply_type)
+                return attempt()
             except CoordinatorError as exc:
-                retriable = exc.status is None or exc.status >= 500
-                if not retriable or attempt == self._retry.attempts:
+                if not _retriable(exc) or n == self._retry.attempts:
                     raise
-                log.warning("%s failed (%s); retry %d/%d in %.1fs", kind, exc, attempt, self._retry.attempts - 1, backoff)
+                log.warning("%s failed (%s); retry %d/%d in %.1fs", what, exc, n, self._retry.attempts - 1, backoff)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self._retry.max_backoff_s)
+                if recovered is not None and recovered():
+                    return None
         raise AssertionError("unreachable")
 
-    def _call_once(self, kind: str, payload: BaseModel, round_index: int, reply_type: type[M]) -> M:
+    def _seal(self, kind: str, plain: bytes, round_index: int) -> tuple[EnvelopeHeader, bytes]:
         assert self.client_id is not None and self.coordinator is not None
         header = EnvelopeHeader(
             client_id=self.client_id, round=round_index, seq=self._next_seq(), kind=kind, sent_at=time.time()
         )
-        envelope = seal(payload.model_dump_json().encode(), header, self._identity, self.coordinator, Direction.TO_COORDINATOR)
-        response = self._post(ENDPOINTS[kind], envelope.model_dump_json().encode())
+        envelope = seal(plain, header, self._identity, self.coordinator, Direction.TO_COORDINATOR)
+        return header, envelope.model_dump_json().encode()
+
+    def _open_reply(self, kind: str, reply: SealedEnvelope, header: EnvelopeHeader, reply_type: type[M]) -> M:
+        assert self.coordinator is not None
         try:
-            reply = SealedEnvelope.model_validate_json(response.content)
             if reply.header.client_id != self.client_id or reply.header.seq != header.seq:
                 raise CoordinatorError("reply does not answer this request (client id or sequence differs)")
             plain = open_envelope(reply, self.coordinator, self._identity, Direction.TO_CLIENT)
             return reply_type.model_validate_json(plain)
         except (ValidationError, CryptoError) as exc:
             raise CoordinatorError(f"{kind}: invalid reply from coordinator: {exc}", 0, "bad_reply") from exc
+
+    def _call_once(self, kind: str, payload: BaseModel | bytes, round_index: int, reply_type: type[M]) -> M:
+        plain = payload if isinstance(payload, bytes) else payload.model_dump_json().encode()
+        header, body = self._seal(kind, plain, round_index)
+        response = self._post(ENDPOINTS[kind], body)
+        try:
+            reply = SealedEnvelope.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise CoordinatorError(f"{kind}: invalid reply from coordinator: {exc}", 0, "bad_reply") from exc
+        return self._open_reply(kind, reply, header, reply_type)
+
+    # ------------------------------------------------------------------------ chunked uploads
+    def _call_chunked(self, kind: str, plain: bytes, round_index: int, reply_type: type[M]) -> M:
+        """Upload one sealed body in chunks. A repeated call with the same payload resumes it."""
+        key = (kind, round_index, hashlib.sha256(plain).hexdigest())
+        for first in (True, False):
+            pending = self._pending.get(key)
+            if pending is None:
+                header, body = self._seal(kind, plain, round_index)
+                pending = _PendingUpload(header, body, hashlib.sha256(body).hexdigest(), self.upload_chunk_bytes)
+                # only the current round's uploads can still be resumed
+                self._pending = {k: v for k, v in self._pending.items() if k[1] == round_index}
+                self._pending[key] = pending
+            try:
+                reply = self._upload(kind, pending, round_index, reply_type)
+            except CoordinatorError as exc:
+                if first and exc.error in _RESTART_ERRORS:
+                    log.info("%s: the coordinator no longer has this upload (%s); sealing it afresh", kind, exc.error)
+                    self._pending.pop(key, None)
+                    continue
+                if exc.status is not None and 400 <= exc.status < 500:
+                    self._pending.pop(key, None)  # refused for good: nothing left to resume
+                raise
+            self._pending.pop(key, None)
+            return reply
+        raise AssertionError("unreachable")
+
+    def _upload(self, kind: str, up: _PendingUpload, round_index: int, reply_type: type[M]) -> M:
+        begin = UploadBegin(target=up.header, total_bytes=len(up.body), sha256=up.sha256, chunk_bytes=up.chunk_bytes)
+        status = self._retrying("upload.begin", lambda: self._call_once("upload.begin", begin, round_index, UploadStatus))
+        assert status is not None
+        sid = status.session_id
+        held = set(status.received)
+        missing = [] if status.committed else [i for i in range(status.n_chunks) if i not in held]
+        log.info(
+            "%s: uploading a %.1f MiB sealed body as %d chunks of %d bytes (session %s, %d already held)",
+            kind, len(up.body) / 2**20, status.n_chunks, up.chunk_bytes, sid, status.n_chunks - len(missing),
+        )
+        step = max(1, len(missing) // 10)
+        for done, index in enumerate(missing, 1):
+            self._send_chunk(up, sid, index, round_index)
+            if done % step == 0 or done == len(missing):
+                log.info("%s: upload %s: %d/%d chunks sent (%.0f%%)", kind, sid, done, len(missing), 100 * done / len(missing))
+        commit = UploadCommit(session_id=sid)
+        committed = self._retrying("upload.commit", lambda: self._call_once("upload.commit", commit, round_index, UploadCommitted))
+        assert committed is not None
+        log.info("%s: upload %s committed", kind, sid)
+        return self._open_reply(kind, committed.reply, up.header, reply_type)
+
+    def _send_chunk(self, up: _PendingUpload, session_id: str, index: int, round_index: int) -> None:
+        """Send one chunk per the retry policy; after a failure, skip it if the coordinator holds it."""
+        data = up.body[index * up.chunk_bytes:(index + 1) * up.chunk_bytes]
+        message = UploadChunk(session_id=session_id, index=index, data=encode_chunk(data))
+
+        def attempt() -> None:
+            self._call_once("upload.chunk", message, round_index, Ack)
+            self.chunks_sent += 1
+
+        def held() -> bool:  # the reply may have been lost after the chunk was stored
+            try:
+                status = self._call_once("upload.status", UploadStatusQuery(session_id=session_id), round_index, UploadStatus)
+            except CoordinatorError as exc:
+                if _retriable(exc):
+                    return False
+                raise
+            return index in status.received
+
+        self._retrying(f"upload.chunk {index}", attempt, held)

@@ -14,7 +14,9 @@ def _serve(args: argparse.Namespace) -> int:
     from lada_coordinator.server.run import serve
 
     config = CoordinatorConfig.load(args.config).with_overrides(
-        host=args.host, port=args.port, rounds=args.rounds, allocation=args.allocation
+        host=args.host, port=args.port, rounds=args.rounds, allocation=args.allocation,
+        max_body_bytes=args.max_body_bytes, upload_ttl_s=args.upload_ttl,
+        upload_max_client_bytes=args.upload_max_client_bytes,
     )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("--tls-cert and --tls-key go together")
@@ -51,7 +53,7 @@ def _federation(args: argparse.Namespace) -> int:
         llm_warmup_steps=args.llm_warmup_steps, slm_warmup_steps=args.slm_warmup_steps,
         offer_questions=args.offer_questions, timeout_s=args.timeout, tls=args.tls,
         alpha=args.alpha, dp_noise=args.dp_noise, host_framework=args.host_framework,
-        slm_presets=tuple(args.slm_presets.split(",")),
+        slm_presets=tuple(args.slm_presets.split(",")), llm_checkpoint=args.llm_checkpoint,
     )
     return run_federation(settings)
 
@@ -70,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--llm-eval-data", type=Path, help="federation data dir whose test splits evaluate the LLM")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate: serve https")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument("--max-body-bytes", type=int, help="largest request body; larger uploads come in chunks")
+    p.add_argument("--upload-ttl", type=float, help="seconds a chunked upload session lives after its last chunk")
+    p.add_argument("--upload-max-client-bytes", type=int, help="bytes of open chunked uploads one client may hold")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("gen-cert", help="write a self-signed TLS certificate for local use")
@@ -107,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="mkt: mutual knowledge transfer; cotuning: + secure FedAvg of same-architecture SLM adapters")
     p.add_argument("--slm-presets", default="slm-large,slm-medium,slm-small",
                    help="comma-separated SLM sizes, assigned to clients in turn")
+    p.add_argument("--llm-checkpoint", type=Path,
+                   help="local transformers checkpoint to use as the teacher instead of warm-starting llm-tiny")
     p.set_defaults(func=_federation)
 
     args = parser.parse_args(argv)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from lada_client.common.config_io import from_mapping, load_json
 from lada_client.config import DistillSettings, LoraSettings
 from lada_coordinator.aggregation.secure import SecAggSettings
 from lada_coordinator.allocation.eenet import FilterConfig
@@ -51,6 +52,8 @@ class CoordinatorConfig:
     phase_timeout_s: float = 600.0  # after this, a phase proceeds with the clients that answered ...
     quorum_fraction: float = 0.5  # ... if they are at least this fraction of those expected
     max_body_bytes: int = 16 * 1024 * 1024
+    upload_ttl_s: float = 3600.0  # a chunked upload session expires this long after its last chunk
+    upload_max_client_bytes: int = 1024**3  # bytes of open upload sessions one client may hold
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -62,44 +65,19 @@ class CoordinatorConfig:
             raise ValueError("quorum_fraction must be in (0, 1] and phase_timeout_s > 0")
         if self.rounds < 1 or self.min_clients < 1 or self.candidates_per_round < 1:
             raise ValueError("rounds, min_clients and candidates_per_round must be >= 1")
+        if self.upload_ttl_s <= 0 or self.upload_max_client_bytes < 1 or self.max_body_bytes < 4096:
+            raise ValueError("upload_ttl_s and upload_max_client_bytes must be > 0, max_body_bytes >= 4096")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=str, indent=2)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CoordinatorConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown coordinator config key(s): {sorted(unknown)}")
-        d = dict(data)
-        for key in ("db_path", "state_dir", "llm_dir", "public_data"):
-            if key not in d:
-                raise ValueError(f"coordinator config is missing {key!r}")
-            d[key] = Path(d[key])
-        if "feature_names" in d:
-            d["feature_names"] = tuple(d["feature_names"])
-        for key in ("slm_filter", "llm_filter"):
-            if key in d:
-                d[key] = FilterConfig(**d[key])
-        if "secagg" in d:
-            d["secagg"] = SecAggSettings(**d["secagg"])
-        if "llm_distill" in d:
-            d["llm_distill"] = DistillSettings(**d["llm_distill"])
-        if "llm_lora" in d:
-            lora = dict(d["llm_lora"])
-            lora["target_modules"] = tuple(lora.get("target_modules", LoraSettings.target_modules))
-            d["llm_lora"] = LoraSettings(**lora)
-        return cls(**d)
+        return from_mapping(cls, data, "coordinator config")
 
     @classmethod
     def load(cls, path: Path) -> CoordinatorConfig:
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except OSError as exc:
-            raise ValueError(f"cannot read coordinator config {path}: {exc.strerror}") from exc
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise ValueError(f"coordinator config {path} is invalid: {exc}") from exc
+        return load_json(cls, path, "coordinator config")
 
     def with_overrides(self, **changes: Any) -> CoordinatorConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

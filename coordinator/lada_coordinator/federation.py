@@ -47,6 +47,7 @@ class FederationSettings:
     slm_presets: tuple[str, ...] = SLM_PRESETS
     timeout_s: float = 1800.0
     tls: bool = False
+    llm_checkpoint: Path | None = None  # a local transformers checkpoint used as the teacher as is
 
 
 def _marker(path: Path, key: dict) -> bool:
@@ -62,9 +63,9 @@ def _mark(path: Path, key: dict) -> None:
 def prepare(settings: FederationSettings) -> dict[str, Path]:
     """Build (or reuse) data, tokenizer, LLM and per-client SLMs with their ONNX exports."""
     from lada_client.common.reasoning import format_prompt, format_target
-    from lada_client.data.domains import DOMAINS
+    from lada_client.data.domains import DOMAINS, GENERATOR_VERSION
     from lada_client.data.federation import FederationData, make_federation
-    from lada_client.models.export import export_scoring_model
+    from lada_client.models.export import SCORING_GRAPH_VERSION, export_scoring_model, scoring_graph_version
     from lada_client.models.factory import create_model
     from lada_client.models.tokenizer import build_tokenizer, save_tokenizer
     from lada_client.training.pretrain import pretrain
@@ -72,7 +73,12 @@ def prepare(settings: FederationSettings) -> dict[str, Path]:
     work = settings.workdir
     data_dir, tok_dir, models = work / "data", work / "tokenizer", work / "models"
     domains = [DOMAINS[i % len(DOMAINS)] for i in range(settings.clients)]
-    key = {"domains": domains, "n": [settings.n_train, settings.n_test, settings.n_public], "seed": settings.seed}
+    key = {
+        "domains": domains,
+        "n": [settings.n_train, settings.n_test, settings.n_public],
+        "seed": settings.seed,
+        "generator": GENERATOR_VERSION,
+    }
     if not _marker(work, key):
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
@@ -88,7 +94,12 @@ def prepare(settings: FederationSettings) -> dict[str, Path]:
 
     llm_dir = models / "llm"
     llm_key = {"preset": "llm-tiny", "steps": settings.llm_warmup_steps, "seed": settings.seed}
-    if not (llm_dir.exists() and _marker(llm_dir, llm_key)):
+    if settings.llm_checkpoint is not None:
+        llm_dir = Path(settings.llm_checkpoint)
+        if not (llm_dir / "config.json").is_file():
+            raise ValueError(f"--llm-checkpoint {llm_dir}: not a transformers checkpoint directory (no config.json)")
+        log.info("teacher: using the checkpoint in %s as is (no warm start)", llm_dir)
+    elif not (llm_dir.exists() and _marker(llm_dir, llm_key)):
         shutil.rmtree(llm_dir, ignore_errors=True)
         create_model("llm-tiny", tok_dir, llm_dir, seed=settings.seed)
         log.info("warm-starting the LLM teacher on the public pool (%d steps)", settings.llm_warmup_steps)
@@ -105,6 +116,9 @@ def prepare(settings: FederationSettings) -> dict[str, Path]:
             pretrain(cdir / "base", pairs(client.train), settings.slm_warmup_steps, seed=settings.seed + i)
             export_scoring_model(cdir / "base", cdir / "onnx" / "model.onnx")
             _mark(cdir, ckey)
+        elif scoring_graph_version(cdir / "onnx" / "model.onnx") != SCORING_GRAPH_VERSION:
+            log.info("re-exporting %s's scoring graph (older export format)", client.name)
+            export_scoring_model(cdir / "base", cdir / "onnx" / "model.onnx")
         paths[client.name] = cdir
     return paths
 
@@ -138,16 +152,46 @@ def _print_round(m: dict) -> None:
     )
 
 
-def run_federation(settings: FederationSettings) -> int:
-    """Prepare, then run coordinator + clients as processes; returns a process exit code."""
+@dataclass
+class Processes:
+    """A running coordinator and its clients, as :func:`start_processes` started them."""
+
+    url: str
+    verify: str | bool
+    run_dir: Path
+    coordinator: subprocess.Popen
+    clients: dict[str, subprocess.Popen]
+
+    @property
+    def logs(self) -> Path:
+        return self.run_dir / "logs"
+
+    def stop(self) -> None:
+        """Terminate whatever still runs (clients first), killing what does not exit in time."""
+        for proc in [*self.clients.values(), self.coordinator]:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in [*self.clients.values(), self.coordinator]:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def start_processes(
+    settings: FederationSettings,
+    paths: dict[str, Path],
+    coordinator_overrides: dict | None = None,
+    client_overrides: dict[str, dict] | None = None,
+) -> Processes:
+    """Write the configs, issue enrollment tokens, start the coordinator, wait until it answers,
+    then start one client process per client. Overrides are merged into the generated JSON
+    configs (``client_overrides`` by client name), e.g. to give one client another model."""
     from lada_coordinator.store import Store
 
-    started = time.perf_counter()
-    paths = prepare(settings)
-    log.info("set-up done in %.0fs", time.perf_counter() - started)
     run_dir = settings.workdir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
+    (run_dir / "logs").mkdir(parents=True)
     url = f"{'https' if settings.tls else 'http'}://127.0.0.1:{settings.port}"
     serve_tls: list[str] = []
     verify: str | bool = True
@@ -171,6 +215,7 @@ def run_federation(settings: FederationSettings) -> int:
         "host_framework": settings.host_framework,
         "slm_filter": {"budget": settings.budget, "seed": settings.seed},
         "seed": settings.seed,
+        **(coordinator_overrides or {}),
     }
     (run_dir / "coordinator.json").write_text(json.dumps(coord_cfg, indent=2))
     store = Store(Path(coord_cfg["db_path"]))
@@ -178,13 +223,17 @@ def run_federation(settings: FederationSettings) -> int:
     store.close()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     logs = run_dir / "logs"
-    logs.mkdir()
-    coordinator = subprocess.Popen(
-        [sys.executable, "-m", "lada_coordinator.cli", "serve", "--config", str(run_dir / "coordinator.json"),
+
+    def spawn(args: list[str], log_name: str) -> subprocess.Popen:
+        with open(logs / log_name, "w") as out:  # the child keeps its own copy of the descriptor
+            return subprocess.Popen([sys.executable, "-m", *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    coordinator = spawn(
+        ["lada_coordinator.cli", "serve", "--config", str(run_dir / "coordinator.json"),
          "--llm-eval-data", str(paths["data"]), *serve_tls],
-        stdout=open(logs / "coordinator.log", "w"), stderr=subprocess.STDOUT, env=env,
+        "coordinator.log",
     )
-    clients: list[subprocess.Popen] = []
+    procs = Processes(url, verify, run_dir, coordinator, {})
     try:
         _wait_healthy(url, coordinator, verify)
         for i in range(settings.clients):
@@ -199,15 +248,28 @@ def run_federation(settings: FederationSettings) -> int:
                 "ca_cert": str(run_dir / "tls" / "cert.pem") if settings.tls else None,
                 "distill": {"alpha": settings.alpha, "seed": settings.seed},
                 "dp": {"noise_multiplier": settings.dp_noise},
+                **(client_overrides or {}).get(name, {}),
             }
             (run_dir / f"{name}.json").write_text(json.dumps(cfg, indent=2))
-            clients.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "lada_client.cli", "run", "--config", str(run_dir / f"{name}.json"),
-                     "--token", tokens[i], "--results", str(run_dir / f"{name}.results.json")],
-                    stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT, env=env,
-                )
+            procs.clients[name] = spawn(
+                ["lada_client.cli", "run", "--config", str(run_dir / f"{name}.json"),
+                 f"--token={tokens[i]}", "--results", str(run_dir / f"{name}.results.json")],
+                f"{name}.log",
             )
+    except BaseException:
+        procs.stop()
+        raise
+    return procs
+
+
+def run_federation(settings: FederationSettings) -> int:
+    """Prepare, then run coordinator + clients as processes; returns a process exit code."""
+    started = time.perf_counter()
+    paths = prepare(settings)
+    log.info("set-up done in %.0fs", time.perf_counter() - started)
+    procs = start_processes(settings, paths)
+    url, verify, logs, clients = procs.url, procs.verify, procs.logs, list(procs.clients.values())
+    try:
         print(f"federation: coordinator + {settings.clients} clients on {url}, {settings.rounds} rounds, allocation={settings.allocation} (logs in {logs})", flush=True)
         printed: set[int] = set()
         deadline = time.monotonic() + settings.timeout_s
@@ -232,11 +294,4 @@ def run_federation(settings: FederationSettings) -> int:
         print(f"federation: timed out after {settings.timeout_s:.0f}s", file=sys.stderr)
         return 1
     finally:
-        for p in clients:
-            if p.poll() is None:
-                p.terminate()
-        coordinator.terminate()
-        try:
-            coordinator.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            coordinator.kill()
+        procs.stop()

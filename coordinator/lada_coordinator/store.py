@@ -3,6 +3,8 @@
 Every accepted upload is committed before the reply leaves, in the same transaction that advances
 the client's sequence number, so a crash never loses an acknowledged message and a rejected
 request changes nothing. WAL mode lets the HTTP threads read while the round engine writes.
+Chunks of large uploads (``upload_sessions``, ``upload_chunks``) are kept the same way, so a
+restarted coordinator still holds every chunk it acknowledged (``server/uploads.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic_core import from_json
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -45,6 +49,14 @@ CREATE TABLE IF NOT EXISTS secagg (
 CREATE TABLE IF NOT EXISTS filter_updates (
     round INTEGER NOT NULL, client_id TEXT NOT NULL, direction TEXT NOT NULL,
     PRIMARY KEY (round, client_id, direction));
+CREATE TABLE IF NOT EXISTS upload_sessions (
+    session_id TEXT PRIMARY KEY, client_id TEXT NOT NULL, target TEXT NOT NULL,
+    target_seq INTEGER NOT NULL, total_bytes INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    chunk_bytes INTEGER NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL,
+    committed_at REAL, UNIQUE (client_id, target_seq));
+CREATE TABLE IF NOT EXISTS upload_chunks (
+    session_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (session_id, idx));
 """
 
 
@@ -102,8 +114,12 @@ class Store:
 
     # ---------------------------------------------------------------------------- enrollment
     def issue_token(self) -> str:
-        """A one-time enrollment token; only its hash is stored."""
-        token = secrets.token_urlsafe(24)
+        """A one-time enrollment token; only its hash is stored.
+
+        Hex, not URL-safe base64: a base64 token can start with "-", which command lines then
+        read as an option (``lada-client run --token -x...`` fails to parse).
+        """
+        token = secrets.token_hex(24)
         with self.transaction() as db:
             db.execute("INSERT INTO tokens VALUES (?, ?, NULL, NULL)", (_hash(token), time.time()))
         return token
@@ -187,7 +203,9 @@ class Store:
 
     def uploads(self, round_index: int, kind: str) -> dict[str, dict[str, Any]]:
         rows = self._all("SELECT client_id, payload FROM uploads WHERE round = ? AND kind = ?", (round_index, kind))
-        return {cid: json.loads(p) for cid, p in rows}
+        # pydantic-core's JSON parser gives the same objects as json.loads ~3x faster on the
+        # number-heavy feature uploads (1000 x 256 x 5 floats per round: ~0.55 s -> ~0.17 s)
+        return {cid: from_json(p) for cid, p in rows}
 
     def put_allocations(self, round_index: int, direction: str, allocations: dict[str, tuple[list[str], str]]) -> None:
         with self.transaction() as db:

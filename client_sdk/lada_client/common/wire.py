@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 PROTOCOL_VERSION = 1
 
 ClientId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+# the coordinator appends "-" + 8 hex digits to a name to form the client id, which must fit ClientId
+ClientName = Annotated[str, Field(min_length=1, max_length=55, pattern=r"^[A-Za-z0-9_.-]+$")]
 B64 = Annotated[str, Field(max_length=64 * 1024 * 1024)]
 
 
@@ -68,12 +70,13 @@ class Capabilities(_Message):
 
     can_score: bool = True
     can_train: bool = True
+    can_train_ort: bool = False  # onnxruntime-training importable (LoRA training without torch)
     memory_mb: int = Field(default=0, ge=0, description="0 = not declared")
 
 
 class EnrollRequest(_Message):
     token: str = Field(min_length=8, max_length=256)
-    client_name: ClientId
+    client_name: ClientName
     sign_key: str = Field(min_length=40, max_length=64)
     kex_key: str = Field(min_length=40, max_length=64)
     domain: str = Field(default="", max_length=64)
@@ -218,6 +221,96 @@ def secagg_round_id(round_index: int, group: str) -> str:
     return f"r{round_index}/{group}"
 
 
+# ------------------------------------------------------------------------------- chunked uploads
+# A sealed request body too large for one HTTP request (a big masked adapter in ``secagg.put``)
+# travels in pieces: ``upload.begin`` announces it, ``upload.chunk`` carries its bytes (each chunk
+# request is itself a sealed, signed, sequence-numbered envelope), ``upload.status`` says which
+# chunks the coordinator holds (resume), ``upload.commit`` reassembles the body, checks its SHA-256
+# and hands the original sealed envelope to its endpoint's handler. See docs/protocol.md.
+
+UPLOAD_KINDS: tuple[str, ...] = ("features.put", "reward.put", "secagg.put")  # kinds that may be chunked
+MAX_UPLOAD_BYTES = 4 * 1024**3
+SessionId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+
+
+class UploadBegin(_Message):
+    """kind ``upload.begin``: announce a sealed request body (``target`` is its envelope header).
+
+    Idempotent: beginning again with the same target returns the existing session (resume).
+    """
+
+    target: EnvelopeHeader
+    total_bytes: int = Field(ge=1, le=MAX_UPLOAD_BYTES, description="length of the whole sealed body")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 (hex) of the whole sealed body")
+    chunk_bytes: int = Field(ge=1024, le=64 * 1024 * 1024, description="every chunk but the last has this length")
+
+
+class UploadChunk(_Message):
+    """kind ``upload.chunk``: bytes ``[index * chunk_bytes, ...)`` of the sealed body.
+
+    ``data`` holds one character per byte (latin-1, see :func:`encode_chunk`): the sealed body is
+    ASCII JSON, so a chunk costs its own length inside the payload instead of 4/3 of it in base64.
+    """
+
+    session_id: SessionId
+    index: int = Field(ge=0)
+    data: str = Field(max_length=64 * 1024 * 1024)
+
+
+class UploadStatusQuery(_Message):
+    """kind ``upload.status``: which chunks of a session the coordinator holds."""
+
+    session_id: SessionId
+
+
+class UploadCommit(_Message):
+    """kind ``upload.commit``: reassemble, verify and process the body. Committing again is idempotent."""
+
+    session_id: SessionId
+
+
+class UploadStatus(_Message):
+    session_id: SessionId
+    total_bytes: int
+    chunk_bytes: int
+    n_chunks: int
+    received: list[int] = Field(default=[], description="indices of the chunks held (durably)")
+    committed: bool = False
+    expires_at: float
+
+
+class UploadCommitted(_Message):
+    """The target endpoint's own sealed reply (it echoes the target envelope's ``seq``)."""
+
+    session_id: SessionId
+    reply: SealedEnvelope
+
+
+def upload_chunk_count(total_bytes: int, chunk_bytes: int) -> int:
+    return -(-total_bytes // chunk_bytes)
+
+
+def encode_chunk(data: bytes) -> str:
+    """Bytes as text, one character per byte (ASCII stays ASCII, so JSON adds almost nothing)."""
+    return data.decode("latin-1")
+
+
+def decode_chunk(text: str) -> bytes:
+    """Inverse of :func:`encode_chunk`; ``ValueError`` for characters above U+00FF."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise ValueError("chunk data must be one character per byte (U+0000..U+00FF)") from exc
+
+
+def max_chunk_bytes(max_body_bytes: int) -> int:
+    """The largest chunk of a sealed (ASCII JSON) body whose ``upload.chunk`` request still fits in
+    ``max_body_bytes``: the payload is sealed and base64-encoded (×4/3), plus under 1 KiB of JSON,
+    header, nonce and signature, and a few escaped quotes of the body's own JSON.
+    """
+    return max(0, (max_body_bytes - 1024) * 3 // 4 - 256)
+
+
 KIND_PAYLOADS: dict[str, type[BaseModel]] = {
     "round.get": RoundQuery,
     "features.put": FeatureUpload,
@@ -225,4 +318,8 @@ KIND_PAYLOADS: dict[str, type[BaseModel]] = {
     "reward.put": RewardReport,
     "secagg.put": SecAggUpload,
     "secagg.get": SecAggQuery,
+    "upload.begin": UploadBegin,
+    "upload.chunk": UploadChunk,
+    "upload.status": UploadStatusQuery,
+    "upload.commit": UploadCommit,
 }

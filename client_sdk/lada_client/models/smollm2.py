@@ -188,13 +188,13 @@ def convert_smollm2(out_dir: Path, gguf: Path | None = None) -> Path:
 
 def is_exported(cache_dir: Path) -> bool:
     """True if ``cache_dir/onnx`` holds a finished export of the checkpoint now in ``cache_dir``."""
-    from lada_client.models.export import SCORING_FILES
+    from lada_client.models.export import SCORING_FILES, SCORING_GRAPH_VERSION
 
     onnx_dir = Path(cache_dir) / "onnx"
     checkpoint = _read_marker(Path(cache_dir) / "checkpoint")
     return (
         checkpoint is not None
-        and _read_marker(onnx_dir) == {"checkpoint": checkpoint}
+        and _read_marker(onnx_dir) == {"checkpoint": checkpoint, "graph": SCORING_GRAPH_VERSION}
         and all((onnx_dir / name).is_file() for name in SCORING_FILES)
     )
 
@@ -205,7 +205,7 @@ def prepare_smollm2_slm(cache_dir: Path, gguf: Path | None = None) -> tuple[Path
     ``checkpoint_dir`` is a client's ``base_model_dir`` and ``onnx_path`` its ``scoring_model``.
     The export is reused while the checkpoint it came from is unchanged.
     """
-    from lada_client.models.export import SCORING_FILES, export_scoring_model
+    from lada_client.models.export import SCORING_FILES, SCORING_GRAPH_VERSION, export_scoring_model
 
     cache_dir = Path(cache_dir)
     checkpoint = convert_smollm2(cache_dir / "checkpoint", gguf)
@@ -214,7 +214,7 @@ def prepare_smollm2_slm(cache_dir: Path, gguf: Path | None = None) -> tuple[Path
     if is_exported(cache_dir):
         log.info("reusing SmolLM2 scoring model %s", onnx_path)
         return checkpoint, onnx_path
-    key = {"checkpoint": _read_marker(checkpoint)}
+    key = {"checkpoint": _read_marker(checkpoint), "graph": SCORING_GRAPH_VERSION}
     with tempfile.TemporaryDirectory(prefix=".onnx-", dir=cache_dir) as tmp:
         staged = Path(tmp) / "onnx"
         export_scoring_model(checkpoint, staged / SCORING_FILES[0])

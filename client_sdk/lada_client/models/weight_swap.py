@@ -68,7 +68,9 @@ def swap_weights(onnx_path: Path, out_path: Path, mapping: Mapping[str, Mapping[
         entry = mapping.get(name)
         if entry is None:
             raise WeightMapError(f"{name} is not in the weight map")
-        i = index[str(entry["initializer"])]
+        i = index.get(str(entry["initializer"]))
+        if i is None:  # a map built for another export of the model
+            raise WeightMapError(f"{name}: initializer {entry['initializer']} is not in {onnx_path.name}")
         old = model.graph.initializer[i]
         value = np.ascontiguousarray(w.T if entry["transposed"] else w, dtype=np.float32)
         if tuple(old.dims) != value.shape:
@@ -81,12 +83,16 @@ def swap_weights(onnx_path: Path, out_path: Path, mapping: Mapping[str, Mapping[
 
 
 def load_or_build_map(directory: Path, onnx_path: Path, weights: Mapping[str, np.ndarray]) -> dict[str, dict[str, object]]:
-    """The cached map in ``directory``, built from ``onnx_path`` and ``weights`` on first use."""
+    """The cached map in ``directory``, built from ``onnx_path`` and ``weights`` on first use, and
+    again when ``onnx_path`` changed since (a re-export renames the initializers)."""
     cached = directory / WEIGHT_MAP_FILE
+    stat = Path(onnx_path).stat()
+    source = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     if cached.exists():
-        mapping = json.loads(cached.read_text())
-        if set(mapping) >= set(weights):
+        stored = json.loads(cached.read_text())
+        mapping = stored.get("map", {}) if isinstance(stored, dict) else {}
+        if stored.get("source") == source and set(mapping) >= set(weights):
             return mapping
     mapping = build_weight_map(onnx_path, weights)
-    cached.write_text(json.dumps(mapping))
+    cached.write_text(json.dumps({"source": source, "map": mapping}))
     return mapping

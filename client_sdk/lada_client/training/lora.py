@@ -8,9 +8,7 @@ written here loads in any peft tool, and the base weights never change.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import torch
 from lada_client.config import DistillSettings, LoraSettings
 from lada_client.models.encoding import SpecialTokens, encode_pairs
 from lada_client.models.factory import load_causal_lm
+from lada_client.training.backend import PreferencePair, TrainReport, batch_schedule  # torch-free, shared with ORT
 from lada_client.training.losses import (
     contrastive_distillation_loss,
     sequence_logprob,
@@ -27,24 +26,6 @@ from lada_client.training.losses import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PreferencePair:
-    """chosen = the teacher's verified path; rejected = the learner's own (wrong) path."""
-
-    prompt: str
-    chosen: str
-    rejected: str
-
-
-@dataclass
-class TrainReport:
-    steps: int = 0
-    sft_loss: float = float("nan")
-    cd_loss: float = float("nan")
-    n_pairs: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 class LoraTrainer:
@@ -117,59 +98,47 @@ class LoraTrainer:
     ) -> TrainReport:
         """Fit the adapter on the allocated teacher paths, the pairs and private data.
 
-        ``teacher`` and ``private`` are (prompt, completion) pairs for L_SFT; each batch mixes
-        ``batch_size`` teacher items with ``private_per_batch`` private ones so local knowledge is
-        not forgotten. ``pairs`` feed L_CD against references computed once, before any step.
+        ``teacher`` and ``private`` are (prompt, completion) pairs for L_SFT. Each epoch is one
+        shuffled pass over their union, so a round trains on all private data whatever the
+        allocation: allocated teacher paths add steps on top of what local-only training does
+        instead of replacing it (otherwise a small allocation would also mean less training on
+        the client's own task). ``pairs`` feed L_CD against references computed once, before any
+        step, spread evenly over the round's batches.
         """
         report = TrainReport(n_pairs=len(pairs))
         if not teacher and not private:
             return report
-        rng = random.Random(settings.seed)
         ref_chosen = ref_rejected = None
         if pairs and settings.alpha > 0:
             ref_chosen = self.sequence_logprobs([p.prompt for p in pairs], [p.chosen for p in pairs], settings.max_length)
             ref_rejected = self.sequence_logprobs([p.prompt for p in pairs], [p.rejected for p in pairs], settings.max_length)
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=settings.lr)
         self.model.train()
-        primary = list(teacher) or list(private)
-        n_batches = max(1, (len(primary) + settings.batch_size - 1) // settings.batch_size)
-        pair_order = list(range(len(pairs)))
-        for _ in range(settings.epochs):
-            order = list(range(len(primary)))
-            rng.shuffle(order)
-            rng.shuffle(pair_order)
-            for b in range(n_batches):
-                items = [primary[i] for i in order[b * settings.batch_size : (b + 1) * settings.batch_size]]
-                if teacher and private:
-                    items += rng.sample(list(private), min(settings.private_per_batch, len(private)))
-                ids, mask, cmask = self._batch([p for p, _ in items], [c for _, c in items], settings.max_length)
-                loss_sft = sft_loss(token_logprobs(self.model, ids, mask), cmask)
-                loss = loss_sft
-                loss_cd = torch.tensor(float("nan"))
-                if ref_chosen is not None:
-                    per = max(1, (len(pairs) + n_batches - 1) // n_batches)
-                    sel = pair_order[b * per : (b + 1) * per] or pair_order[:per]
-                    batch_pairs = [pairs[i] for i in sel]
-                    c_ids, c_mask, c_cmask = self._batch(
-                        [p.prompt for p in batch_pairs], [p.chosen for p in batch_pairs], settings.max_length
-                    )
-                    r_ids, r_mask, r_cmask = self._batch(
-                        [p.prompt for p in batch_pairs], [p.rejected for p in batch_pairs], settings.max_length
-                    )
-                    pol_c = sequence_logprob(token_logprobs(self.model, c_ids, c_mask), c_cmask)
-                    pol_r = sequence_logprob(token_logprobs(self.model, r_ids, r_mask), r_cmask)
-                    index = torch.tensor(sel)
-                    loss_cd = contrastive_distillation_loss(
-                        pol_c, pol_r, ref_chosen[index], ref_rejected[index], settings.beta
-                    )
-                    loss = loss_sft + settings.alpha * loss_cd
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                report.steps += 1
-                report.sft_loss = float(loss_sft)
-                report.cd_loss = float(loss_cd)
-                report.history.append({"sft": report.sft_loss, "cd": report.cd_loss})
+        for items, sel in batch_schedule(teacher, pairs, private, settings, with_pairs=ref_chosen is not None):
+            ids, mask, cmask = self._batch([p for p, _ in items], [c for _, c in items], settings.max_length)
+            loss_sft = sft_loss(token_logprobs(self.model, ids, mask), cmask)
+            loss = loss_sft
+            loss_cd = torch.tensor(float("nan"))
+            if sel is not None:
+                batch_pairs = [pairs[i] for i in sel]
+                c_ids, c_mask, c_cmask = self._batch(
+                    [p.prompt for p in batch_pairs], [p.chosen for p in batch_pairs], settings.max_length
+                )
+                r_ids, r_mask, r_cmask = self._batch(
+                    [p.prompt for p in batch_pairs], [p.rejected for p in batch_pairs], settings.max_length
+                )
+                pol_c = sequence_logprob(token_logprobs(self.model, c_ids, c_mask), c_cmask)
+                pol_r = sequence_logprob(token_logprobs(self.model, r_ids, r_mask), r_cmask)
+                index = torch.tensor(sel)
+                loss_cd = contrastive_distillation_loss(pol_c, pol_r, ref_chosen[index], ref_rejected[index], settings.beta)
+                loss = loss_sft + settings.alpha * loss_cd
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            report.steps += 1
+            report.sft_loss = float(loss_sft)
+            report.cd_loss = float(loss_cd)
+            report.history.append({"sft": report.sft_loss, "cd": report.cd_loss})
         self.model.eval()
         log.info("LoRA round: %d steps, L_SFT=%.3f, L_CD=%.3f, %d pairs", report.steps, report.sft_loss, report.cd_loss, len(pairs))
         return report

@@ -54,7 +54,7 @@ def pretrain(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        loss_value = float(loss)
+        loss_value = loss.item()
         if (step + 1) % max(1, steps // 5) == 0:
             log.info("warm start %s: step %d/%d loss %.3f (%.0fs)", model_dir.name, step + 1, steps, loss_value, time.perf_counter() - started)
     model.eval()

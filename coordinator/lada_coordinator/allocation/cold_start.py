@@ -8,8 +8,11 @@ examples from many regions rather than one arbitrary corner.
 
 The implementation is plain numpy (k-means++ seeding, Lloyd iterations) rather than scikit-learn:
 the coordinator runs this for every client in round 1 (e.g. 1,000 clients x 256 candidates x 32
-clusters), and a fixed-size numpy loop costs well under a millisecond per call where a
-general-purpose estimator costs tens.
+clusters), and a fixed-size numpy loop costs about a millisecond per call where a general-purpose
+estimator costs tens. At this size the cost is the number of numpy calls, not arithmetic, so the
+seeding gets a candidate's distances to all points from one matmul of augmented rows, and Lloyd
+assigns points by ``-2 x.c + ||c||^2`` (about 1.3 ms per call instead of 2.4 ms on the benchmark
+machine, same selections; ``benchmarks/bench_allocation.py``).
 """
 
 from __future__ import annotations
@@ -41,19 +44,24 @@ def _sq_distances(x: np.ndarray, centers: np.ndarray, x_sq: np.ndarray | None = 
     return np.maximum(x_sq[:, None] - 2.0 * (x @ centers.T) + c_sq[None, :], 0.0)
 
 
-def _kmeans_pp_init(
-    x: np.ndarray, x_sq: np.ndarray, k: int, rng: np.random.Generator
-) -> np.ndarray:
+def _kmeans_pp_init(x: np.ndarray, x_sq: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Greedy k-means++ seeding (as in scikit-learn): spread centres by squared distance.
 
     Each step draws ``2 + ln k`` candidates proportionally to squared distance and keeps the one
     that lowers the total cost most, which makes a single seeding reliable enough to skip restarts.
+    Returns the indices of the picked rows. The loop runs ``k`` times per client, so each step is
+    kept to a dozen small numpy calls on preallocated buffers.
     """
     n = x.shape[0]
     trials = 2 + int(np.log(k))
+    # ||x_i - x_j||^2 = [-2 x_j, ||x_j||^2, 1] . [x_i, 1, ||x_i||^2]: a candidate's distances to
+    # every point are one small matmul (the loop runs k times per client, so each call counts)
+    ones = np.ones((n, 1))
+    lhs = np.hstack([-2.0 * x, x_sq[:, None], ones])
+    rhs = np.hstack([x, ones, x_sq[:, None]]).T.copy()
     picks = np.empty(k, dtype=np.int64)
     picks[0] = rng.integers(n)
-    closest = _sq_distances(x, x[picks[:1]], x_sq)[:, 0]
+    closest = np.maximum(lhs[picks[0]] @ rhs, 0.0)
     for c in range(1, k):
         cum = np.cumsum(closest)
         total = float(cum[-1])
@@ -61,44 +69,54 @@ def _kmeans_pp_init(
             # Every point coincides with a chosen centre (duplicates): any point will do.
             picks[c] = rng.integers(n)
             continue
-        cand = np.minimum(np.searchsorted(cum, rng.random(trials) * total, side="right"), n - 1)
-        cand_dist = np.minimum(closest[None, :], _sq_distances(x, x[cand], x_sq).T)
+        cand = np.minimum(cum.searchsorted(rng.random(trials) * total, side="right"), n - 1)
+        cand_dist = lhs[cand] @ rhs  # [trials, n]
+        np.maximum(cand_dist, 0.0, out=cand_dist)
+        np.minimum(cand_dist, closest, out=cand_dist)
         best = int(cand_dist.sum(axis=1).argmin())
         picks[c] = cand[best]
         closest = cand_dist[best]
-    return x[picks].copy()
+    return picks
 
 
 def _lloyd(
     x: np.ndarray, x_sq: np.ndarray, centers: np.ndarray, max_iter: int
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Lloyd iterations; an emptied cluster is re-seeded at the worst-fit point."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Lloyd iterations; an emptied cluster is re-seeded at the worst-fit point.
+
+    Returns the centres, the labels, the point-to-centre distances ``[n, k]`` and the inertia.
+    """
     n, k = x.shape[0], centers.shape[0]
     rows = np.arange(n)
     cluster_ids = np.arange(k)
     labels = np.full(n, -1, dtype=np.int64)
+    minus_2x = -2.0 * x
     for _ in range(max_iter):
-        dist = _sq_distances(x, centers, x_sq)
-        new_labels = dist.argmin(axis=1)
+        # ||x||^2 is the same for every centre, so the assignment needs only -2 x.c + ||c||^2
+        rel = minus_2x @ centers.T
+        rel += np.einsum("ij,ij->i", centers, centers)
+        new_labels = rel.argmin(axis=1)
         if np.array_equal(new_labels, labels):
             break
         labels = new_labels
         onehot = (labels[None, :] == cluster_ids[:, None]).astype(x.dtype)
         counts = onehot.sum(axis=1)
         sums = onehot @ x
+        if counts.all():
+            centers = sums / counts[:, None]
+            continue
         nonempty = counts > 0
         centers = centers.copy()
         centers[nonempty] = sums[nonempty] / counts[nonempty, None]
-        if not nonempty.all():
-            point_cost = dist[rows, labels]
-            for c in np.flatnonzero(~nonempty):
-                worst = int(point_cost.argmax())
-                centers[c] = x[worst]
-                point_cost[worst] = -1.0
+        point_cost = rel[rows, labels] + x_sq
+        for c in np.flatnonzero(~nonempty):
+            worst = int(point_cost.argmax())
+            centers[c] = x[worst]
+            point_cost[worst] = -np.inf
     dist = _sq_distances(x, centers, x_sq)
     labels = dist.argmin(axis=1)
     inertia = float(dist[rows, labels].sum())
-    return centers, labels, inertia
+    return centers, labels, dist, inertia
 
 
 def kmeans_representatives(
@@ -146,32 +164,30 @@ def kmeans_representatives(
     x = _standardise(z)
     x_sq = np.einsum("ij,ij->i", x, x)
     rng = np.random.default_rng(seed)
-    best: tuple[np.ndarray, np.ndarray, float] | None = None
+    best: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
     for _ in range(n_init):
-        result = _lloyd(x, x_sq, _kmeans_pp_init(x, x_sq, k, rng), max_iter)
-        if best is None or result[2] < best[2]:
+        result = _lloyd(x, x_sq, x[_kmeans_pp_init(x, x_sq, k, rng)], max_iter)
+        if best is None or result[3] < best[3]:
             best = result
     assert best is not None
-    centers, labels, _ = best
+    _, labels, dist, _ = best
 
-    dist = _sq_distances(x, centers, x_sq)
-    chosen: list[int] = []
-    for c in range(k):
-        members = np.flatnonzero(labels == c)
-        if members.size:
-            chosen.append(int(members[dist[members, c].argmin()]))
+    # per cluster, the member nearest the centroid (one masked argmin over all clusters)
+    member = labels[:, None] == np.arange(k)[None, :]
+    nearest = np.where(member, dist, np.inf).argmin(axis=0)
+    chosen: list[int] = nearest[member.any(axis=0)].tolist()
 
     if len(chosen) < k:
         # Farthest-point fill: with duplicate rows some clusters end up empty.
         logger.debug("k-means left %d empty clusters; filling by farthest point", k - len(chosen))
         taken = np.zeros(n, dtype=bool)
         taken[chosen] = True
-        nearest = _sq_distances(x, x[chosen]).min(axis=1)
+        nearest_d = _sq_distances(x, x[chosen], x_sq).min(axis=1)
         while len(chosen) < k:
-            cand = np.where(taken, -np.inf, nearest)
+            cand = np.where(taken, -np.inf, nearest_d)
             idx = int(cand.argmax())
             chosen.append(idx)
             taken[idx] = True
-            nearest = np.minimum(nearest, _sq_distances(x, x[idx : idx + 1])[:, 0])
+            nearest_d = np.minimum(nearest_d, _sq_distances(x, x[idx : idx + 1], x_sq)[:, 0])
 
     return np.array(sorted(chosen), dtype=np.int64)

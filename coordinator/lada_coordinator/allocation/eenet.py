@@ -50,6 +50,7 @@ import io
 import json
 import logging
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -66,10 +67,12 @@ logger = logging.getLogger(__name__)
 
 SelectionReason = Literal["cold_start", "threshold", "floor", "cap"]
 ExploreOn = Literal["last_layer", "all"]
+ThresholdScale = Literal["absolute", "reward_max"]
 
 _FORMAT_VERSION = 1
 _STD_FLOOR = 1e-6
 _META_KEY = "__meta__"
+_BLOB_MAGIC = b"LADAEEN2"  # to_bytes layout 2 (layout 1 was an npz archive)
 
 
 def _is_int(value: object) -> bool:
@@ -87,6 +90,13 @@ class FilterConfig:
     Attributes:
         exploration_weight: lambda, weight of ExploreNet's bonus in the score.
         threshold: candidates with score above it are selected (0.5 in the method).
+        threshold_scale: ``"absolute"`` compares scores with ``threshold`` itself; ``"reward_max"``
+            (default) with ``threshold`` times the largest reward in the replay buffer. The
+            method's 0.5 assumes rewards spread over [0, 1], but a relative PPL drop after one
+            round of LoRA steps is mostly 0.05-0.4, so with the absolute threshold nearly every
+            score falls under it after the first refit and the floor, not the filter, sizes the
+            allocation (measured in docs/benchmarks_quality.md). On the reward's own scale the
+            threshold keeps its meaning: "at least half as learnable as the best seen so far".
         budget: B, maximum number of candidates allocated per round.
         floor_fraction: minimum allocation is ``ceil(budget * floor_fraction)`` by top score, so a
             pessimistic filter still produces a reward signal every round.
@@ -102,6 +112,7 @@ class FilterConfig:
 
     exploration_weight: float = 1.0
     threshold: float = 0.5
+    threshold_scale: ThresholdScale = "reward_max"
     budget: int = 32
     floor_fraction: float = 0.25
     hidden: int = 32
@@ -141,6 +152,11 @@ class FilterConfig:
                 raise ValueError(f"FilterConfig.{name} must be a positive integer, got {value!r}")
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"FilterConfig.seed must be a non-negative integer, got {self.seed!r}")
+        if self.threshold_scale not in ("absolute", "reward_max"):
+            raise ValueError(
+                "FilterConfig.threshold_scale must be 'absolute' or 'reward_max', "
+                f"got {self.threshold_scale!r}"
+            )
         if self.explore_on not in ("last_layer", "all"):
             raise ValueError(
                 f"FilterConfig.explore_on must be 'last_layer' or 'all', got {self.explore_on!r}"
@@ -198,13 +214,15 @@ class _Dense(nn.Module):
     keeps filters deterministic and independent of whatever else the process does with torch.
     """
 
-    def __init__(self, n_in: int, n_out: int, generator: torch.Generator) -> None:
+    def __init__(self, n_in: int, n_out: int, generator: torch.Generator | None) -> None:
         super().__init__()
-        bound = 1.0 / math.sqrt(n_in)  # PyTorch's default Linear bounds
-        self.weight = nn.Parameter(
-            torch.empty(n_out, n_in).uniform_(-bound, bound, generator=generator)
-        )
-        self.bias = nn.Parameter(torch.empty(n_out).uniform_(-bound, bound, generator=generator))
+        self.weight = nn.Parameter(torch.empty(n_out, n_in))
+        self.bias = nn.Parameter(torch.empty(n_out))
+        if generator is not None:  # None: the caller loads saved weights next
+            bound = 1.0 / math.sqrt(n_in)  # PyTorch's default Linear bounds
+            with torch.no_grad():
+                self.weight.uniform_(-bound, bound, generator=generator)
+                self.bias.uniform_(-bound, bound, generator=generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.weight, self.bias)
@@ -213,7 +231,7 @@ class _Dense(nn.Module):
 class _ExploitNet(nn.Module):
     """f1: predicts the reward of a candidate from its standardised features."""
 
-    def __init__(self, n_in: int, hidden: int, generator: torch.Generator) -> None:
+    def __init__(self, n_in: int, hidden: int, generator: torch.Generator | None) -> None:
         super().__init__()
         self.fc1 = _Dense(n_in, hidden, generator)
         self.fc2 = _Dense(hidden, 1, generator)
@@ -229,7 +247,7 @@ class _ExploitNet(nn.Module):
 class _ExploreNet(nn.Module):
     """f2: predicts f1's residual from f1's parameter gradient."""
 
-    def __init__(self, n_in: int, hidden: int, generator: torch.Generator) -> None:
+    def __init__(self, n_in: int, hidden: int, generator: torch.Generator | None) -> None:
         super().__init__()
         self.fc1 = _Dense(n_in, hidden, generator)
         self.fc2 = _Dense(hidden, 1, generator)
@@ -280,7 +298,9 @@ class LearnabilityFilter:
         flt.refit()                                    # retrain on the replay buffer
     """
 
-    def __init__(self, n_features: int, config: FilterConfig | None = None) -> None:
+    def __init__(
+        self, n_features: int, config: FilterConfig | None = None, *, _random_init: bool = True
+    ) -> None:
         if not _is_int(n_features) or n_features < 1:
             raise ValueError(f"n_features must be a positive integer, got {n_features!r}")
         self.n_features = int(n_features)
@@ -288,7 +308,8 @@ class LearnabilityFilter:
         if not isinstance(self.config, FilterConfig):
             raise ValueError(f"config must be a FilterConfig, got {type(self.config).__name__}")
 
-        init_gen = torch.Generator().manual_seed(self.config.seed)
+        # _random_init=False (from_bytes): the weights are loaded right after, skip drawing them
+        init_gen = torch.Generator().manual_seed(self.config.seed) if _random_init else None
         self._exploit = _ExploitNet(self.n_features, self.config.hidden, init_gen)
         self._exploit.eval()
         self._explore = _ExploreNet(self.gradient_dim, self.config.explore_hidden, init_gen)
@@ -314,6 +335,14 @@ class LearnabilityFilter:
     def has_history(self) -> bool:
         """Whether the networks have been fitted to at least one reward."""
         return self._fit_count > 0
+
+    @property
+    def effective_threshold(self) -> float:
+        """The score a candidate must exceed, on the scale ``threshold_scale`` names."""
+        cfg = self.config
+        if cfg.threshold_scale == "reward_max" and self._buffer_r.size and float(self._buffer_r.max()) > 0:
+            return cfg.threshold * float(self._buffer_r.max())
+        return cfg.threshold
 
     @property
     def fit_count(self) -> int:
@@ -409,7 +438,7 @@ class LearnabilityFilter:
             reason = "cold_start"
         else:
             order = np.argsort(-scores, kind="stable")
-            n_pass = int(np.count_nonzero(scores > cfg.threshold))
+            n_pass = int(np.count_nonzero(scores > self.effective_threshold))
             floor = min(cfg.floor, n)
             if n_pass > cfg.budget:
                 take, reason = cfg.budget, "cap"
@@ -570,8 +599,10 @@ class LearnabilityFilter:
 
         new_exploit = self._to_tensors(self._exploit, exploit, "exploit")
         new_explore = self._to_tensors(self._explore, explore, "explore")
-        self._exploit.load_state_dict(new_exploit)
-        self._explore.load_state_dict(new_explore)
+        with torch.no_grad():  # names and shapes were checked: copy straight into the parameters
+            for module, tensors in ((self._exploit, new_exploit), (self._explore, new_explore)):
+                for name, param in module.named_parameters():
+                    param.copy_(tensors[name])
         self._mean, self._std = mean.copy(), std.copy()
         self._buffer_z, self._buffer_r = buffer_z.copy(), buffer_r.copy()
         self._fit_count = fit_count
@@ -594,26 +625,87 @@ class LearnabilityFilter:
                 )
             if not np.isfinite(arr).all():
                 raise ValueError(f"{label}.{name} contains NaN or infinite values")
-            out[name] = torch.from_numpy(arr.copy())
+            out[name] = torch.from_numpy(arr)
         return out
 
     def to_bytes(self) -> bytes:
-        """Serialise with ``np.savez`` (no pickled objects) for storage as a database blob."""
-        state = self.state_dict()
-        meta = {k: state[k] for k in ("format_version", "n_features", "config", "fit_count")}
-        arrays: dict[str, np.ndarray] = {_META_KEY: np.asarray(json.dumps(meta, sort_keys=True))}
-        for key in ("scaler_mean", "scaler_std", "buffer_z", "buffer_r"):
-            arrays[key] = state[key]
-        for prefix in ("exploit", "explore"):
-            for name, value in state[prefix].items():
-                arrays[f"{prefix}.{name}"] = value
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        return buf.getvalue()
+        """Serialise for storage as a database blob (no pickled objects).
+
+        Layout: :data:`_BLOB_MAGIC`, a little-endian ``uint32`` header length, a JSON header
+        (format version, feature width, config, fit count, and the name and shape of every
+        array), then all arrays as one little-endian float32 buffer in header order. A restarted
+        coordinator decodes one header and one buffer per filter (:meth:`from_bytes`) instead of a
+        13-member npz archive. Blobs of the older npz layout are still read.
+        """
+        arrays: list[tuple[str, np.ndarray]] = [
+            ("scaler_mean", self._mean),
+            ("scaler_std", self._std),
+            ("buffer_z", self._buffer_z),
+            ("buffer_r", self._buffer_r),
+        ]
+        for prefix, module in (("exploit", self._exploit), ("explore", self._explore)):
+            arrays += [(f"{prefix}.{k}", v.detach().numpy()) for k, v in module.state_dict().items()]
+        header = json.dumps(
+            {
+                "format_version": _FORMAT_VERSION,
+                "n_features": self.n_features,
+                "config": self.config.to_dict(),
+                "fit_count": self._fit_count,
+                "arrays": [[name, list(arr.shape)] for name, arr in arrays],
+            },
+            sort_keys=True,
+        ).encode()
+        body = b"".join(np.ascontiguousarray(arr, dtype="<f4").tobytes() for _, arr in arrays)
+        return _BLOB_MAGIC + struct.pack("<I", len(header)) + header + body
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LearnabilityFilter:
         """Rebuild a filter from :meth:`to_bytes` output; corrupt input raises ``ValueError``."""
+        data = bytes(data)
+        if data.startswith(_BLOB_MAGIC):
+            state = cls._decode_blob(data)
+        else:
+            state = cls._decode_npz(data)
+        try:
+            config = FilterConfig.from_dict(state["config"])
+            flt = cls(int(state["n_features"]), config, _random_init=False)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed filter state: {exc!r}") from exc
+        flt.load_state_dict(state)
+        return flt
+
+    @staticmethod
+    def _decode_blob(data: bytes) -> dict[str, Any]:
+        """The state dict of a :meth:`to_bytes` blob (validated later by ``load_state_dict``)."""
+        try:
+            start = len(_BLOB_MAGIC) + 4
+            (size,) = struct.unpack_from("<I", data, len(_BLOB_MAGIC))
+            meta = json.loads(data[start : start + size])
+            layout = [(str(name), tuple(int(d) for d in shape)) for name, shape in meta.pop("arrays")]
+            flat = np.frombuffer(data, dtype="<f4", offset=start + size).astype(np.float32)
+        except (struct.error, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"cannot decode filter state: {exc}") from exc
+        if not isinstance(meta, dict):
+            raise ValueError("cannot decode filter state: metadata is not an object")
+        if sum(math.prod(shape) for _, shape in layout) != flat.size:
+            raise ValueError("cannot decode filter state: array sizes do not match the buffer")
+        state: dict[str, Any] = dict(meta)
+        state["exploit"], state["explore"] = {}, {}
+        offset = 0
+        for name, shape in layout:
+            size = math.prod(shape)
+            arr = flat[offset : offset + size].reshape(shape)
+            offset += size
+            prefix, _, param = name.partition(".")
+            if prefix in ("exploit", "explore") and param:
+                state[prefix][param] = arr
+            else:
+                state[name] = arr
+        return state
+
+    @staticmethod
+    def _decode_npz(data: bytes) -> dict[str, Any]:
+        """The state dict of a blob written by the first format (``np.savez``)."""
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
@@ -630,10 +722,4 @@ class LearnabilityFilter:
                 state[prefix][name] = value
             else:
                 state[key] = value
-        try:
-            config = FilterConfig.from_dict(state["config"])
-            flt = cls(int(state["n_features"]), config)
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"malformed filter state: {exc!r}") from exc
-        flt.load_state_dict(state)
-        return flt
+        return state

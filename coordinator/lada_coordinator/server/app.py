@@ -40,6 +40,7 @@ from lada_client.common.wire import (
 from lada_client.common.secagg import AdvertiseKeys, MaskedInput, SecAggError, ShareKeys, UnmaskResponse
 from lada_coordinator.allocation.allocator import SLM
 from lada_coordinator.rounds import RoundEngine
+from lada_coordinator.server.uploads import UploadError, UploadSessions
 from lada_coordinator.store import ClientRecord, Store
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,21 @@ def _error(status: int, error: str, detail: str) -> JSONResponse:
 Handler = Callable[[sqlite3.Connection, ClientRecord, EnvelopeHeader, BaseModel], BaseModel]
 
 
-def create_app(store: Store, identity: Identity, engine: RoundEngine, max_body_bytes: int) -> FastAPI:
+def create_app(
+    store: Store,
+    identity: Identity,
+    engine: RoundEngine,
+    max_body_bytes: int,
+    upload_ttl_s: float = 3600.0,
+    upload_max_client_bytes: int = 1024**3,
+) -> FastAPI:
     app = FastAPI(title="LaDa coordinator", version="1", description="Federated reasoning distillation with learnability-aware data allocation.")
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            return _error(413, "too_large", f"request body over {max_body_bytes} bytes")
+            return _error(413, "too_large", f"request body over {max_body_bytes} bytes (send larger bodies as a chunked upload)")
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
@@ -75,17 +83,23 @@ def create_app(store: Store, identity: Identity, engine: RoundEngine, max_body_b
         return _error(422, "malformed", f"{where}: {first.get('msg', 'invalid body')}")
 
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+    @app.exception_handler(UploadError)
+    async def api_error(_: Request, exc: ApiError | UploadError) -> JSONResponse:
         return _error(exc.status, exc.error, exc.detail)
 
-    def sealed(kind: str, envelope: SealedEnvelope, handler: Handler) -> SealedEnvelope:
+    def authenticate(kind: str, envelope: SealedEnvelope, check_seq: bool = True) -> tuple[ClientRecord, PublicIdentity, BaseModel]:
+        """Kind, client, replay, signature, decryption and payload checks of one sealed request.
+
+        ``check_seq=False`` only for the body of a committed chunked upload, whose sequence number
+        was checked when its session began (``uploads.py``).
+        """
         header = envelope.header
         if header.kind != kind:
             raise ApiError(400, "wrong_kind", f"this endpoint takes {kind!r} messages, not {header.kind!r}")
         client = store.client(header.client_id)
         if client is None:
             raise ApiError(401, "unknown_client", f"client {header.client_id!r} is not enrolled")
-        if header.seq <= client.last_seq:
+        if check_seq and header.seq <= client.last_seq:
             raise ApiError(409, "replay", f"sequence number {header.seq} is not above the last accepted one")
         sender = PublicIdentity.from_b64(client.sign_key, client.kex_key)
         try:
@@ -97,10 +111,18 @@ def create_app(store: Store, identity: Identity, engine: RoundEngine, max_body_b
         except ValidationError as exc:
             first = exc.errors()[0]
             raise ApiError(422, "malformed_payload", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+        return client, sender, payload
+
+    def seal_reply(header: EnvelopeHeader, reply: BaseModel, recipient: PublicIdentity) -> SealedEnvelope:
+        reply_header = header.model_copy(update={"sent_at": time.time()})
+        return seal(reply.model_dump_json().encode(), reply_header, identity, recipient, Direction.TO_CLIENT)
+
+    def sealed(kind: str, envelope: SealedEnvelope, handler: Handler) -> SealedEnvelope:
+        header = envelope.header
+        client, sender, payload = authenticate(kind, envelope)
         with store.transaction() as db:
             reply = handler(db, client, header, payload)
-            reply_header = header.model_copy(update={"sent_at": time.time()})
-            out = seal(reply.model_dump_json().encode(), reply_header, identity, sender, Direction.TO_CLIENT)
+            out = seal_reply(header, reply, sender)
             size_in = len(envelope.model_dump_json())
             if not store.accept(db, client.client_id, header.seq, size_in, len(out.model_dump_json())):
                 raise ApiError(409, "replay", f"sequence number {header.seq} was already used")
@@ -168,7 +190,7 @@ def create_app(store: Store, identity: Identity, engine: RoundEngine, max_body_b
         log.info("enrolled %s (domain %r)", client_id, request.domain)
         return EnrollResponse(client_id=client_id, coordinator_sign_key=keys["sign_key"], coordinator_kex_key=keys["kex_key"])
 
-    errors = {s: {"model": ErrorBody} for s in (400, 401, 409, 413, 422)}
+    errors = {s: {"model": ErrorBody} for s in (400, 401, 404, 409, 413, 422)}
 
     @app.post("/v1/round", response_model=SealedEnvelope, responses=errors)
     def get_round(envelope: SealedEnvelope) -> SealedEnvelope:
@@ -183,27 +205,27 @@ def create_app(store: Store, identity: Identity, engine: RoundEngine, max_body_b
 
         return sealed("round.get", envelope, handle)
 
+    def handle_features(db, client, header, payload: FeatureUpload) -> Ack:
+        check_round(header, payload.round, "features")
+        info, _ = store.round_info(payload.round)
+        expected = [c["sample_id"] for c in info["candidates"]]
+        if payload.sample_ids != expected:
+            raise ApiError(422, "bad_features", "sample_ids must list this round's candidates in order")
+        if payload.feature_names != info["feature_names"]:
+            raise ApiError(422, "bad_features", f"feature_names must be {info['feature_names']}")
+        if len(payload.features) != len(expected) or any(len(r) != len(payload.feature_names) for r in payload.features):
+            raise ApiError(422, "bad_features", "features must be one row per candidate, one column per feature name")
+        if payload.secagg_keys is not None:
+            check_advert(client, payload)
+        offered = {q["sample_id"] for q in info["offer_questions"]}
+        if any(o.sample_id not in offered for o in payload.offers):
+            raise ApiError(422, "bad_offer", "offers must answer this round's offer questions")
+        fresh = store.put_upload(db, payload.round, client.client_id, "features.put", payload.model_dump_json())
+        return Ack(message="stored" if fresh else "already stored")
+
     @app.post("/v1/features", response_model=SealedEnvelope, responses=errors)
     def put_features(envelope: SealedEnvelope) -> SealedEnvelope:
-        def handle(db, client, header, payload: FeatureUpload) -> Ack:
-            check_round(header, payload.round, "features")
-            info, _ = store.round_info(payload.round)
-            expected = [c["sample_id"] for c in info["candidates"]]
-            if payload.sample_ids != expected:
-                raise ApiError(422, "bad_features", "sample_ids must list this round's candidates in order")
-            if payload.feature_names != info["feature_names"]:
-                raise ApiError(422, "bad_features", f"feature_names must be {info['feature_names']}")
-            if len(payload.features) != len(expected) or any(len(r) != len(payload.feature_names) for r in payload.features):
-                raise ApiError(422, "bad_features", "features must be one row per candidate, one column per feature name")
-            if payload.secagg_keys is not None:
-                check_advert(client, payload)
-            offered = {q["sample_id"] for q in info["offer_questions"]}
-            if any(o.sample_id not in offered for o in payload.offers):
-                raise ApiError(422, "bad_offer", "offers must answer this round's offer questions")
-            fresh = store.put_upload(db, payload.round, client.client_id, "features.put", payload.model_dump_json())
-            return Ack(message="stored" if fresh else "already stored")
-
-        return sealed("features.put", envelope, handle)
+        return sealed("features.put", envelope, handle_features)
 
     @app.post("/v1/allocation", response_model=SealedEnvelope, responses=errors)
     def get_allocation(envelope: SealedEnvelope) -> SealedEnvelope:
@@ -222,38 +244,37 @@ def create_app(store: Store, identity: Identity, engine: RoundEngine, max_body_b
 
         return sealed("allocation.get", envelope, handle)
 
+    def handle_reward(db, client, header, payload: RewardReport) -> Ack:
+        check_round(header, payload.round, "training")
+        if store.allocation(payload.round, client.client_id, SLM) is None:
+            raise ApiError(409, "no_allocation", f"client has no allocation in round {payload.round}")
+        fresh = store.put_upload(db, payload.round, client.client_id, "reward.put", payload.model_dump_json())
+        return Ack(message="stored" if fresh else "already stored")
+
     @app.post("/v1/reward", response_model=SealedEnvelope, responses=errors)
     def put_reward(envelope: SealedEnvelope) -> SealedEnvelope:
-        def handle(db, client, header, payload: RewardReport) -> Ack:
-            check_round(header, payload.round, "training")
-            if store.allocation(payload.round, client.client_id, SLM) is None:
-                raise ApiError(409, "no_allocation", f"client has no allocation in round {payload.round}")
-            fresh = store.put_upload(db, payload.round, client.client_id, "reward.put", payload.model_dump_json())
-            return Ack(message="stored" if fresh else "already stored")
-
-        return sealed("reward.put", envelope, handle)
+        return sealed("reward.put", envelope, handle_reward)
 
     secagg_parsers = {"shares": ShareKeys.from_dict, "masked": MaskedInput.from_dict, "unmask": UnmaskResponse.from_dict}
+
+    def handle_secagg(db, client, header, payload: SecAggUpload) -> Ack:
+        check_round(header, payload.round, "training")
+        group = engine.secure.group_of(payload.round, client.client_id, client.model_name)
+        if group is None:
+            raise ApiError(409, "no_secagg", f"client takes no part in secure aggregation in round {payload.round}")
+        try:
+            message = secagg_parsers[payload.step](payload.body)
+        except SecAggError as exc:
+            raise ApiError(422, "bad_secagg", str(exc)) from exc
+        if message.client_id != client.client_id or message.round_id != secagg_round_id(payload.round, group):
+            raise ApiError(422, "bad_secagg", "message must come from this client for its group's round")
+        fresh = store.put_upload(db, payload.round, client.client_id, f"secagg.{payload.step}", payload.model_dump_json())
+        return Ack(message="stored" if fresh else "already stored")
 
     @app.post("/v1/secagg/put", response_model=SealedEnvelope, responses=errors)
     def put_secagg(envelope: SealedEnvelope) -> SealedEnvelope:
         """Co-tuning: a client's secure-aggregation message (shares, masked adapter, unmask shares)."""
-
-        def handle(db, client, header, payload: SecAggUpload) -> Ack:
-            check_round(header, payload.round, "training")
-            group = engine.secure.group_of(payload.round, client.client_id, client.model_name)
-            if group is None:
-                raise ApiError(409, "no_secagg", f"client takes no part in secure aggregation in round {payload.round}")
-            try:
-                message = secagg_parsers[payload.step](payload.body)
-            except SecAggError as exc:
-                raise ApiError(422, "bad_secagg", str(exc)) from exc
-            if message.client_id != client.client_id or message.round_id != secagg_round_id(payload.round, group):
-                raise ApiError(422, "bad_secagg", "message must come from this client for its group's round")
-            fresh = store.put_upload(db, payload.round, client.client_id, f"secagg.{payload.step}", payload.model_dump_json())
-            return Ack(message="stored" if fresh else "already stored")
-
-        return sealed("secagg.put", envelope, handle)
+        return sealed("secagg.put", envelope, handle_secagg)
 
     @app.post("/v1/secagg/get", response_model=SealedEnvelope, responses=errors)
     def get_secagg(envelope: SealedEnvelope) -> SealedEnvelope:
@@ -284,5 +305,46 @@ def create_app(store: Store, identity: Identity, engine: RoundEngine, max_body_b
             return SecAggReply(round=t, status="ready", body=result)
 
         return sealed("secagg.get", envelope, handle)
+
+    # --------------------------------------------------------------------- chunked uploads
+    upload_handlers: dict[str, Handler] = {
+        "features.put": handle_features, "reward.put": handle_reward, "secagg.put": handle_secagg,
+    }
+
+    def run_target(db: sqlite3.Connection, client: ClientRecord, envelope: SealedEnvelope) -> SealedEnvelope:
+        """A reassembled upload goes through its endpoint's own checks and handler, in ``db``."""
+        kind = envelope.header.kind
+        owner, sender, payload = authenticate(kind, envelope, check_seq=False)
+        if owner.client_id != client.client_id:
+            raise ApiError(422, "bad_upload", "the uploaded envelope must come from this client")
+        return seal_reply(envelope.header, upload_handlers[kind](db, client, envelope.header, payload), sender)
+
+    uploads = UploadSessions(
+        store, max_body_bytes, upload_ttl_s, upload_max_client_bytes, run_target,
+        lambda client, header, reply: seal_reply(header, reply, PublicIdentity.from_b64(client.sign_key, client.kex_key)),
+    )
+    uploads.cleanup()
+    app.state.uploads = uploads
+
+    @app.post("/v1/upload/begin", response_model=SealedEnvelope, responses=errors)
+    def upload_begin(envelope: SealedEnvelope) -> SealedEnvelope:
+        """A sealed body over max_body_bytes: declare it (header, length, SHA-256, chunk length);
+        beginning again returns the same session and the chunks already held (resume)."""
+        return sealed("upload.begin", envelope, uploads.begin)
+
+    @app.post("/v1/upload/chunk", response_model=SealedEnvelope, responses=errors)
+    def upload_chunk(envelope: SealedEnvelope) -> SealedEnvelope:
+        """One chunk of the sealed body, stored durably before the reply."""
+        return sealed("upload.chunk", envelope, uploads.chunk)
+
+    @app.post("/v1/upload/status", response_model=SealedEnvelope, responses=errors)
+    def upload_status(envelope: SealedEnvelope) -> SealedEnvelope:
+        """Which chunks of a session the coordinator holds."""
+        return sealed("upload.status", envelope, uploads.status)
+
+    @app.post("/v1/upload/commit", response_model=SealedEnvelope, responses=errors)
+    def upload_commit(envelope: SealedEnvelope) -> SealedEnvelope:
+        """Reassemble, verify and process the body through its endpoint; idempotent."""
+        return sealed("upload.commit", envelope, uploads.commit)
 
     return app

@@ -33,7 +33,9 @@ def build(config: CoordinatorConfig, llm_eval_dir: Path | None = None):
         )
 
     engine = RoundEngine(config, store, public, llm_factory, llm_eval)
-    app = create_app(store, identity, engine, config.max_body_bytes)
+    app = create_app(
+        store, identity, engine, config.max_body_bytes, config.upload_ttl_s, config.upload_max_client_bytes
+    )
     return app, engine, store
 
 

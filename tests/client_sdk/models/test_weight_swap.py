@@ -44,3 +44,27 @@ def test_swap_equals_reexport(tiny_world, tmp_path):
     wrong = {k: v + 1.0 for k, v in trainer.projection_weights(merged=False).items()}
     with pytest.raises(WeightMapError, match="no initializer"):
         build_weight_map(base / "onnx" / "model.onnx", wrong)
+
+
+def test_cached_map_is_rebuilt_after_a_reexport(tiny_world, tmp_path):
+    from lada_client.models.weight_swap import WEIGHT_MAP_FILE, load_or_build_map
+
+    base = tiny_world["client2"]
+    weights = LoraTrainer(base / "base").projection_weights(merged=False)
+    graph = tmp_path / "onnx" / "model.onnx"
+    graph.parent.mkdir()
+    shutil.copy(base / "onnx" / "model.onnx", graph)
+    state = tmp_path / "state"
+    state.mkdir()
+    first = load_or_build_map(state, graph, weights)
+    assert (state / WEIGHT_MAP_FILE).exists() and load_or_build_map(state, graph, weights) == first
+
+    # a stale map (another export's initializer names) is refused, not applied
+    stale = {k: {**v, "initializer": f"gone/{v['initializer']}"} for k, v in first.items()}
+    with pytest.raises(WeightMapError, match="not in"):
+        swap_weights(graph, tmp_path / "out.onnx", stale, weights)
+
+    export_scoring_model(base / "base", graph)  # re-export: the cache must not be reused blindly
+    again = load_or_build_map(state, graph, weights)
+    swap_weights(graph, tmp_path / "out.onnx", again, weights)
+    assert set(again) == set(first)

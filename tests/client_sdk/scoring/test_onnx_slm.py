@@ -74,3 +74,70 @@ def test_bad_model_files(tmp_path, tiny_world):
     junk.write_bytes(b"this is not an onnx file")
     with pytest.raises(ModelLoadError, match="not a valid ONNX model"):
         OnnxSLM(junk, tokenizer_path=tiny_world["tokenizer"] / "tokenizer.json")
+
+
+def test_scoring_graph_has_head_and_kv_cache(tiny_world):
+    from lada_client.models.export import HEAD_INPUTS, SCORING_GRAPH_VERSION, scoring_graph_version
+    from lada_client.scoring import onnx_slm
+
+    assert onnx_slm._HEAD_INPUTS == HEAD_INPUTS
+    path = tiny_world["client0"] / "onnx" / "model.onnx"
+    assert scoring_graph_version(path) == SCORING_GRAPH_VERSION
+    slm = OnnxSLM(path)
+    assert slm._head and slm._past and slm.kv_cache
+
+
+def test_kv_cache_step_matches_full_prefix(tiny_world, client0):
+    """Left-padded prefill + one token per step gives the distributions of a full re-run."""
+    slm = OnnxSLM(tiny_world["client0"] / "onnx" / "model.onnx")
+    rows = [slm.tokenizer.encode(format_prompt(s.question), add_special_tokens=False).ids for s in client0.test[:3]]
+    rows = [[1] + r[: 10 + 7 * i] for i, r in enumerate(rows)]  # different lengths
+    extra = [[5, 9, 17], [3, 3, 8], [40, 2, 11]]
+    n, width = len(rows), max(len(r) for r in rows)
+    ids = np.zeros((n, width), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r) :], mask[b, width - len(r) :] = r, 1
+    pos = np.maximum(mask.cumsum(1) - 1, 0)
+    feeds = {**slm._head_feeds(ids, mask, pos, np.full(n, width - 1)), **slm._empty_past(n)}
+    names = [present for _, present, _, _ in slm._past]
+    pos = pos[:, -1:]
+    for step in range(len(extra[0]) + 1):
+        next_lp, *present = slm._session.run(["next_logprobs", *names], feeds)
+        full = []
+        for b, r in enumerate(rows):
+            seq = np.array([r + extra[b][:step]], dtype=np.int64)
+            one = slm._head_feeds(seq, np.ones_like(seq), np.arange(seq.shape[1])[None], np.array([seq.shape[1] - 1]))
+            full.append(slm._session.run(["next_logprobs"], {**one, **slm._empty_past(1)})[0][0])
+        np.testing.assert_allclose(next_lp, np.stack(full), atol=1e-4)
+        if step == len(extra[0]):
+            break
+        mask = np.concatenate([mask, np.ones((n, 1), dtype=np.int64)], axis=1)
+        pos = pos + 1
+        step_ids = np.array([[e[step]] for e in extra])
+        feeds = {**slm._head_feeds(step_ids, mask, pos, np.zeros(n)),
+                 **{name: p for (name, _, _, _), p in zip(slm._past, present)}}
+
+
+def test_padding_does_not_change_scores(tiny_world, client0):
+    """Rows scored alone and in a padded batch (where the graph skips the padding) agree."""
+    slm = OnnxSLM(tiny_world["client0"] / "onnx" / "model.onnx")
+    samples = client0.train[:7]
+    prompts = [format_prompt(s.question) for s in samples]
+    targets = [format_target(s.rationale) for s in samples]
+    batched = slm.completion_logprobs(prompts, targets, batch_size=7)
+    alone = slm.completion_logprobs(prompts, targets, batch_size=1)
+    for a, b in zip(batched, alone):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_cached_generation_equals_full_prefix_generation(tiny_world, client0):
+    prompts = [format_prompt(s.question) for s in client0.test[:5]]
+    cached = OnnxSLM(tiny_world["client0"] / "onnx" / "model.onnx")
+    full = OnnxSLM(tiny_world["client0"] / "onnx" / "model.onnx")
+    full.kv_cache = False
+    assert cached.generate(prompts, max_new_tokens=6, batch_size=3) == full.generate(prompts, max_new_tokens=6, batch_size=3)
+    assert cached.generate(prompts[:1], max_new_tokens=6) == cached.generate(prompts, max_new_tokens=6)[:1]
+    sampled = cached.generate(prompts, max_new_tokens=6, temperature=1.0, seed=3)
+    assert sampled == cached.generate(prompts, max_new_tokens=6, temperature=1.0, seed=3)
+    assert len(sampled) == len(prompts)

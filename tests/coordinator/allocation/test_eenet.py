@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import math
+import struct
 
 import numpy as np
 import pytest
@@ -58,7 +60,7 @@ def _trained(
 
 
 def _fit_constant(reward: float, config: FilterConfig | None = None) -> LearnabilityFilter:
-    flt = LearnabilityFilter(D, config or FilterConfig())
+    flt = LearnabilityFilter(D, config or FilterConfig(threshold_scale="absolute"))
     z = np.random.default_rng(11).normal(size=(512, D))
     flt.observe(z, reward)
     flt.refit()
@@ -186,8 +188,20 @@ def test_none_passing_are_floored() -> None:
     np.testing.assert_array_equal(sel.indices, np.argsort(-scores, kind="stable")[:8])
 
 
+def test_threshold_on_the_reward_scale() -> None:
+    """With rewards far below 0.5, the default threshold follows the largest reward seen, so a
+    filter that predicts its usual reward selects up to the budget instead of falling to the floor."""
+    z = np.random.default_rng(1).normal(size=(256, D))
+    relative = _fit_constant(0.2, FilterConfig())
+    absolute = _fit_constant(0.2, FilterConfig(threshold_scale="absolute"))
+    assert relative.effective_threshold == pytest.approx(0.5 * 0.2)
+    assert absolute.effective_threshold == 0.5
+    assert relative.select(z, _ids(256), round_index=2).reason == "cap"
+    assert absolute.select(z, _ids(256), round_index=2).reason == "floor"
+
+
 def _with_scores(monkeypatch: pytest.MonkeyPatch, scores: np.ndarray) -> LearnabilityFilter:
-    flt = _fit_constant(0.5, FilterConfig(budget=10, floor_fraction=0.3))
+    flt = _fit_constant(0.5, FilterConfig(budget=10, floor_fraction=0.3, threshold_scale="absolute"))
     monkeypatch.setattr(flt, "score", lambda z: scores.copy())
     return flt
 
@@ -292,9 +306,34 @@ def test_state_dict_round_trip_into_fresh_filter() -> None:
 
 
 def test_bytes_need_no_pickle() -> None:
+    """A JSON header and one float32 buffer: nothing to unpickle, one decode per filter."""
     flt, _ = _trained(rounds=1)
-    with np.load(io.BytesIO(flt.to_bytes()), allow_pickle=False) as npz:
-        assert all(npz[k].dtype != object for k in npz.files)
+    blob = flt.to_bytes()
+    magic = b"LADAEEN2"
+    assert blob.startswith(magic)
+    (size,) = struct.unpack_from("<I", blob, len(magic))
+    header = json.loads(blob[len(magic) + 4 : len(magic) + 4 + size])
+    n_floats = sum(math.prod(shape) for _, shape in header["arrays"])
+    assert len(blob) == len(magic) + 4 + size + 4 * n_floats
+    with pytest.raises(ValueError, match="sizes"):
+        LearnabilityFilter.from_bytes(blob[:-4])
+
+
+def test_bytes_of_the_npz_layout_still_load() -> None:
+    """Filters saved by the first format (an np.savez archive) load into the same filter."""
+    flt, rng = _trained(rounds=2)
+    state = flt.state_dict()
+    meta = {k: state[k] for k in ("format_version", "n_features", "config", "fit_count")}
+    arrays = {"__meta__": np.asarray(json.dumps(meta, sort_keys=True))}
+    arrays.update({k: state[k] for k in ("scaler_mean", "scaler_std", "buffer_z", "buffer_r")})
+    for prefix in ("exploit", "explore"):
+        arrays.update({f"{prefix}.{name}": value for name, value in state[prefix].items()})
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    old = LearnabilityFilter.from_bytes(buf.getvalue())
+    z = rng.normal(size=(64, D))
+    np.testing.assert_array_equal(old.score(z), flt.score(z))
+    assert old.fit_count == flt.fit_count and old.replay_size == flt.replay_size
 
 
 def test_deterministic_given_seed_and_seed_matters() -> None:

@@ -54,6 +54,17 @@ def test_enrollment_tokens_are_one_time(server, db_dump):
     assert db_dump(store_path) == before
 
 
+def test_overlong_client_name_is_a_clear_422(server, db_dump):
+    url, store, _ = server
+    body = {"token": store.issue_token(), "client_name": "n" * 56, **Identity.generate().public.to_b64()}
+    before = db_dump(Path(server[2].db_path))
+    r = httpx.post(f"{url}/v1/enroll", json=body)
+    assert r.status_code == 422 and "client_name" in r.text
+    assert db_dump(Path(server[2].db_path)) == before
+    body["client_name"] = "n" * 55  # the longest name whose client id still fits
+    assert httpx.post(f"{url}/v1/enroll", json=body).status_code == 200
+
+
 @pytest.mark.parametrize(
     "attack",
     ["unknown_client", "bad_signature", "malformed", "replay", "wrong_round", "oversized", "wrong_kind", "nan_features", "truncated"],

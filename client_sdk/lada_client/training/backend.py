@@ -1,0 +1,210 @@
+"""What the client needs from a training backend, and choosing one by name.
+
+Two backends implement :class:`TrainerBackend`:
+
+* ``"torch"`` — :class:`~lada_client.training.lora.LoraTrainer`: torch + transformers + peft on
+  the base checkpoint (the ``train`` extra).
+* ``"ort"`` — :class:`~lada_client.training.ort_backend.OrtTrainer`: ONNX Runtime training
+  artifacts built once off the device (:mod:`~lada_client.training.ort_artifacts`) and trained
+  with ``onnxruntime.training.api``; no torch on the device.
+
+Both take the same round (:meth:`TrainerBackend.train_round`) with the same batching, expose the
+LoRA weights as one flat vector in the same order (co-tuning averages it) and as merged projection
+weights (the ONNX scorer's weight swap writes them), and save a peft-format adapter directory that
+either backend loads. This module imports neither torch nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from lada_client.config import ClientConfig, DistillSettings, LoraSettings
+
+#: the backend names a config may ask for
+BACKENDS = ("torch", "ort")
+
+ORT_INSTALL_HINT = (
+    "install onnxruntime-training in its own environment (it replaces onnxruntime and needs onnx 1.17): "
+    "`bash scripts/setup_ort_training.sh`, or `pip install onnxruntime-training-cpu==1.19.2 onnx==1.17.0 'numpy<2'` "
+    "then `pip install --no-deps ./client_sdk`; or use train_backend='torch'"
+)
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """chosen = the teacher's verified path; rejected = the learner's own (wrong) path."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+@dataclass
+class TrainReport:
+    steps: int = 0
+    sft_loss: float = float("nan")
+    cd_loss: float = float("nan")
+    n_pairs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@runtime_checkable
+class TrainerBackend(Protocol):
+    """The LoRA trainer as :class:`~lada_client.client.LadaClient` uses it."""
+
+    def train_round(
+        self,
+        teacher: Sequence[tuple[str, str]],
+        pairs: Sequence[PreferencePair],
+        private: Sequence[tuple[str, str]],
+        settings: DistillSettings,
+    ) -> TrainReport:
+        """One round: L_SFT on teacher + private (prompt, completion) pairs, α·L_CD on ``pairs``."""
+        ...
+
+    def sequence_logprobs(self, prompts: Sequence[str], completions: Sequence[str], max_length: int = 256) -> Any:
+        """Summed completion-token log-probs per row under the current weights ([N], array-like)."""
+        ...
+
+    def adapter_vector(self) -> np.ndarray:
+        """All LoRA weights flattened (float64), parameters sorted by their peft name."""
+        ...
+
+    def load_adapter_vector(self, vector: np.ndarray) -> None: ...
+
+    def save(self, adapter_dir: Path) -> Path:
+        """Write a peft-format adapter (``adapter_config.json`` + weights) to ``adapter_dir``."""
+        ...
+
+    def projection_weights(self, merged: bool = True) -> dict[str, np.ndarray]:
+        """The LoRA-adapted projections by checkpoint name: base ``W`` or ``W + scale·B·A``."""
+        ...
+
+    def merged_checkpoint(self, out_dir: Path) -> Path:
+        """A merged Hugging Face checkpoint for a full ONNX re-export (torch backend only)."""
+        ...
+
+
+def batch_schedule(
+    teacher: Sequence[tuple[str, str]],
+    pairs: Sequence[PreferencePair],
+    private: Sequence[tuple[str, str]],
+    settings: DistillSettings,
+    with_pairs: bool,
+) -> Iterator[tuple[list[tuple[str, str]], list[int] | None]]:
+    """The batches of one round, as :meth:`LoraTrainer.train_round` draws them: per step the
+    L_SFT items and (when ``with_pairs``) the indices of the pairs for L_CD.
+
+    Every epoch is one shuffled pass over teacher + private items in ``batch_size`` batches; the
+    pairs are shuffled too and spread evenly over the epoch's batches, each pair once per epoch
+    (with fewer pairs than batches, some steps have no L_CD term). Same seed, same RNG calls,
+    same batches on every backend (``tests/client_sdk/training/test_ort_backend.py`` compares).
+    """
+    rng = random.Random(settings.seed)
+    items_all = list(teacher) + list(private)
+    n_batches = max(1, (len(items_all) + settings.batch_size - 1) // settings.batch_size)
+    pair_order = list(range(len(pairs)))
+    for _ in range(settings.epochs):
+        order = list(range(len(items_all)))
+        rng.shuffle(order)
+        rng.shuffle(pair_order)
+        for b in range(n_batches):
+            items = [items_all[i] for i in order[b * settings.batch_size : (b + 1) * settings.batch_size]]
+            sel = None
+            if with_pairs:  # each pair once per epoch, like each L_SFT item; None: no L_CD this step
+                sel = pair_order[b * len(pairs) // n_batches : (b + 1) * len(pairs) // n_batches] or None
+            yield items, sel
+
+
+class BackendUnavailable(ImportError):
+    """The requested training backend's packages are not installed here."""
+
+
+def can_train_torch() -> bool:
+    """torch, transformers and peft are installed (the ``train`` extra)."""
+    return all(_has_module(m) for m in ("torch", "transformers", "peft"))
+
+
+def can_train_ort() -> bool:
+    """``onnxruntime.training.api`` is installed (the onnxruntime-training wheel), found without
+    importing anything: the plain onnxruntime wheel ships no ``training`` package, and importing
+    ``onnxruntime.training`` itself would pull torch in (see :mod:`~lada_client.training.ort_backend`)."""
+    try:
+        spec = importlib.util.find_spec("onnxruntime")
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    return any((Path(p) / "training" / "api" / "__init__.py").is_file() for p in spec.submodule_search_locations)
+
+
+def available_backends() -> dict[str, bool]:
+    return {"torch": can_train_torch(), "ort": can_train_ort()}
+
+
+def make_trainer(
+    backend: str,
+    *,
+    base_dir: Path | None = None,
+    artifacts_dir: Path | None = None,
+    adapter_dir: Path | None = None,
+    lora: LoraSettings | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+) -> TrainerBackend:
+    """A trainer of the named backend; a clear :class:`BackendUnavailable` if it is not installed.
+
+    ``torch`` needs ``base_dir`` (the SLM checkpoint); ``ort`` needs ``artifacts_dir`` (from
+    ``python -m lada_client.training.ort_artifacts``). ``adapter_dir`` resumes a saved adapter.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown training backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        if not can_train_torch():
+            raise BackendUnavailable(
+                "the 'torch' training backend needs the train extra (torch, transformers, peft), which is not "
+                "installed here: pip install torch==2.13.0 './client_sdk[train]'; or use train_backend='ort'"
+            )
+        if base_dir is None:
+            raise ValueError("the 'torch' training backend needs base_model_dir (the SLM checkpoint)")
+        from lada_client.config import LoraSettings
+        from lada_client.training.lora import LoraTrainer
+
+        return LoraTrainer(Path(base_dir), adapter_dir, lora or LoraSettings(), seed)
+    if not can_train_ort():
+        raise BackendUnavailable(f"the 'ort' training backend needs onnxruntime.training, which is not importable here; {ORT_INSTALL_HINT}")
+    if artifacts_dir is None:
+        raise ValueError(
+            "the 'ort' training backend needs ort_artifacts: a directory built by "
+            "`python -m lada_client.training.ort_artifacts build --base-model <base_model_dir> --out <dir>`"
+        )
+    from lada_client.training.ort_backend import OrtTrainer
+
+    return OrtTrainer(Path(artifacts_dir), adapter_dir, threads=threads)
+
+
+def trainer_for(config: ClientConfig, adapter_dir: Path | None) -> TrainerBackend:
+    """The trainer a client config asks for (``train_backend``, default ``"torch"``)."""
+    return make_trainer(
+        getattr(config, "train_backend", "torch"),
+        base_dir=config.base_model_dir,
+        artifacts_dir=getattr(config, "ort_artifacts", None),
+        adapter_dir=adapter_dir,
+        lora=config.lora,
+        seed=config.distill.seed,
+    )
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False

@@ -1,0 +1,33 @@
+"""Smoke test of the learning-quality benchmark: ``benchmarks/quality.py --quick`` runs to the end.
+
+It builds a tiny federation and runs two real federations (coordinator + three client processes,
+about four minutes on two cores). Everything it writes (work directories, per-run results, report,
+plots) goes to a temporary directory.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_quality_quick_writes_its_report(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    out = tmp_path / "report" / "quality_quick.md"
+    cmd = [
+        sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick",
+        "--cache-dir", str(tmp_path / "cache"),
+        "--results-dir", str(tmp_path / "results"),
+        "--out", str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert out.exists() and "# Learning quality" in out.read_text()
+    assert (out.parent / "quality_quick_accuracy.png").stat().st_size > 0
+    assert (out.parent / "quality_quick_bytes.png").stat().st_size > 0
+    assert (tmp_path / "results" / "summary.json").exists()
