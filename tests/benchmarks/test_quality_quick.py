@@ -1,7 +1,7 @@
 """Smoke test of the learning-quality benchmark: ``benchmarks/quality.py --quick`` runs to the end.
 
 It builds a tiny federation and runs two real federations (coordinator + three client processes,
-about four minutes on two cores). Everything it writes (work directories, per-run results, report,
+about a minute on two cores). Everything it writes (work directories, per-run results, report,
 plots) goes to a temporary directory.
 """
 
