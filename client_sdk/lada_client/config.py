@@ -21,13 +21,27 @@ class LoraSettings:
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+CD_LOGPROBS = ("mean", "sum")
+#: L_CD's β when none is given: the method's 0.1 for summed log-probs; for per-token means the
+#: margin is ~1/length as large, and 1.0 is what measured best (docs/method.md, step 4)
+DEFAULT_BETA = {"sum": 0.1, "mean": 1.0}
+
+
 @dataclass(frozen=True)
 class DistillSettings:
     """One round's optimisation. ``alpha`` weighs L_CD (0 = SFT-only distillation), ``beta`` is
-    the L_CD temperature, ``rejected_temperature`` samples the learner's own path r^S."""
+    the L_CD temperature (None: :data:`DEFAULT_BETA` for ``cd_logprob``), ``rejected_temperature``
+    samples the learner's own path r^S.
+
+    ``cd_logprob`` is how L_CD scores a path: ``"mean"`` (default) the mean token log-prob,
+    ``"sum"`` the summed one (the joint probability, as the method is written). Why the default
+    departs from the method: with sums a path's margin grows with its length and, for tiny SLMs,
+    L_CD lowered accuracy against α = 0 under the same allocation; per-token means removed that
+    loss (docs/benchmarks.md, learning quality)."""
 
     alpha: float = 0.5
-    beta: float = 0.1
+    beta: float | None = None
+    cd_logprob: str = "mean"
     lr: float = 2e-3
     epochs: int = 2
     batch_size: int = 8
@@ -37,8 +51,15 @@ class DistillSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.alpha < 0 or self.beta <= 0 or self.lr <= 0 or self.epochs < 0 or self.batch_size < 1:
+        if self.cd_logprob not in CD_LOGPROBS:
+            raise ValueError(f"distill: cd_logprob must be one of {', '.join(CD_LOGPROBS)}, got {self.cd_logprob!r}")
+        if self.alpha < 0 or self.cd_beta <= 0 or self.lr <= 0 or self.epochs < 0 or self.batch_size < 1:
             raise ValueError("distill: alpha must be >= 0, beta and lr > 0, epochs >= 0, batch_size >= 1")
+
+    @property
+    def cd_beta(self) -> float:
+        """The β L_CD uses: ``beta`` if set, else the default for ``cd_logprob``."""
+        return DEFAULT_BETA[self.cd_logprob] if self.beta is None else self.beta
 
 
 @dataclass(frozen=True)

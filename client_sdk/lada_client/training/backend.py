@@ -47,6 +47,17 @@ class PreferencePair:
     rejected: str
 
 
+def path_weights(completion_mask: np.ndarray, cd_logprob: str) -> np.ndarray:
+    """Per-token weights that turn a row's summed log-probs into L_CD's path score: the
+    completion mask itself (``"sum"``) or the mask over its row's token count (``"mean"``).
+    Both backends score paths as ``sum(token_logprob * weights)``, so one helper decides it."""
+    if cd_logprob == "sum":
+        return completion_mask
+    if cd_logprob == "mean":
+        return completion_mask / np.maximum(completion_mask.sum(axis=1, keepdims=True), 1.0)
+    raise ValueError(f"unknown cd_logprob {cd_logprob!r}; choose 'mean' or 'sum'")
+
+
 @dataclass
 class TrainReport:
     steps: int = 0

@@ -17,7 +17,7 @@ import torch
 from lada_client.config import DistillSettings, LoraSettings
 from lada_client.models.encoding import SpecialTokens, encode_pairs
 from lada_client.models.factory import load_causal_lm
-from lada_client.training.backend import PreferencePair, TrainReport, batch_schedule  # torch-free, shared with ORT
+from lada_client.training.backend import PreferencePair, TrainReport, batch_schedule, path_weights  # torch-free, shared with ORT
 from lada_client.training.losses import (
     contrastive_distillation_loss,
     sequence_logprob,
@@ -74,13 +74,19 @@ class LoraTrainer:
         self.model.save_pretrained(str(adapter_dir))
         return adapter_dir
 
-    def _batch(self, prompts: Sequence[str], completions: Sequence[str], max_length: int):
+    def _batch(self, prompts: Sequence[str], completions: Sequence[str], max_length: int, cd_logprob: str = "sum"):
+        """ids, attention mask and per-token weights (the completion mask, or L_CD's path weights)."""
         enc = encode_pairs(self.tokenizer, prompts, completions, max_length, self.special)
         return (
             torch.from_numpy(enc.input_ids),
             torch.from_numpy(enc.attention_mask),
-            torch.from_numpy(enc.completion_mask),
+            torch.from_numpy(path_weights(enc.completion_mask, cd_logprob)),
         )
+
+    def _path_scores(self, prompts: Sequence[str], completions: Sequence[str], settings: DistillSettings) -> torch.Tensor:
+        """L_CD's path scores (summed or mean token log-probs) with gradients."""
+        ids, mask, weights = self._batch(prompts, completions, settings.max_length, settings.cd_logprob)
+        return sequence_logprob(token_logprobs(self.model, ids, mask), weights)
 
     def sequence_logprobs(self, prompts: Sequence[str], completions: Sequence[str], max_length: int = 256) -> torch.Tensor:
         """Path log-probs under the current weights, without gradients (π_ref at round start)."""
@@ -110,8 +116,10 @@ class LoraTrainer:
             return report
         ref_chosen = ref_rejected = None
         if pairs and settings.alpha > 0:
-            ref_chosen = self.sequence_logprobs([p.prompt for p in pairs], [p.chosen for p in pairs], settings.max_length)
-            ref_rejected = self.sequence_logprobs([p.prompt for p in pairs], [p.rejected for p in pairs], settings.max_length)
+            self.model.eval()
+            with torch.no_grad():
+                ref_chosen = self._path_scores([p.prompt for p in pairs], [p.chosen for p in pairs], settings)
+                ref_rejected = self._path_scores([p.prompt for p in pairs], [p.rejected for p in pairs], settings)
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=settings.lr)
         self.model.train()
         for items, sel in batch_schedule(teacher, pairs, private, settings, with_pairs=ref_chosen is not None):
@@ -121,16 +129,10 @@ class LoraTrainer:
             loss_cd = torch.tensor(float("nan"))
             if sel is not None:
                 batch_pairs = [pairs[i] for i in sel]
-                c_ids, c_mask, c_cmask = self._batch(
-                    [p.prompt for p in batch_pairs], [p.chosen for p in batch_pairs], settings.max_length
-                )
-                r_ids, r_mask, r_cmask = self._batch(
-                    [p.prompt for p in batch_pairs], [p.rejected for p in batch_pairs], settings.max_length
-                )
-                pol_c = sequence_logprob(token_logprobs(self.model, c_ids, c_mask), c_cmask)
-                pol_r = sequence_logprob(token_logprobs(self.model, r_ids, r_mask), r_cmask)
+                pol_c = self._path_scores([p.prompt for p in batch_pairs], [p.chosen for p in batch_pairs], settings)
+                pol_r = self._path_scores([p.prompt for p in batch_pairs], [p.rejected for p in batch_pairs], settings)
                 index = torch.tensor(sel)
-                loss_cd = contrastive_distillation_loss(pol_c, pol_r, ref_chosen[index], ref_rejected[index], settings.beta)
+                loss_cd = contrastive_distillation_loss(pol_c, pol_r, ref_chosen[index], ref_rejected[index], settings.cd_beta)
                 loss = loss_sft + settings.alpha * loss_cd
             optimizer.zero_grad()
             loss.backward()

@@ -1,7 +1,9 @@
 """The distillation losses: supervised fine-tuning plus contrastive reasoning distillation (L_CD).
 
-L_CD is DPO-shaped over *sequence* log-probs (the joint probability of a reasoning path, summed
-over its tokens), with the model frozen at the start of the round as the reference:
+L_CD is DPO-shaped over path scores, with the model frozen at the start of the round as the
+reference; a path's score is its mean token log-prob (``DistillSettings.cd_logprob="mean"``,
+default) or its summed one, the joint probability of the path (``"sum"``, as the method is
+written; :func:`~lada_client.training.backend.path_weights` applies the choice):
 
     L_CD = -log σ(β [(log πθ(r⁺|x) - log π_ref(r⁺|x)) - (log πθ(r⁻|x) - log π_ref(r⁻|x))])
 
@@ -24,9 +26,10 @@ def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
     return torch.gather(logp, 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
 
 
-def sequence_logprob(token_lp: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
-    """Sum of completion-token log-probs per row: the path's joint log-probability."""
-    return (token_lp * completion_mask).sum(dim=1)
+def sequence_logprob(token_lp: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of token log-probs per row: with the completion mask as weights, the path's
+    joint log-probability; with :func:`~lada_client.training.backend.path_weights`, L_CD's score."""
+    return (token_lp * weights).sum(dim=1)
 
 
 def sft_loss(token_lp: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
@@ -41,6 +44,6 @@ def contrastive_distillation_loss(
     reference_rejected: torch.Tensor,
     beta: float,
 ) -> torch.Tensor:
-    """L_CD averaged over pairs; all inputs are per-pair sequence log-probs ``[N]``."""
+    """L_CD averaged over pairs; all inputs are per-pair path scores ``[N]``."""
     margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
     return -F.logsigmoid(beta * margin).mean()

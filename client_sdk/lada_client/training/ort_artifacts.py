@@ -13,10 +13,12 @@ on a build machine, in two steps:
    −log σ(z) as a stable softplus instead of Log(Sigmoid)):
 
    * ``input_ids``, ``attention_mask`` ``[R, T]`` and ``completion_mask`` ``[R, T-1]``: all rows of
-     one step (the L_SFT rows, then the chosen paths, then the rejected paths), right-padded;
+     one step (the L_SFT rows, then the chosen paths, then the rejected paths), right-padded; the
+     rows of the paths carry L_CD's token weights (``backend.path_weights``: the mask, or the mask
+     over the row's length for mean log-probs), so the graph serves either ``cd_logprob``;
    * ``sft_weight`` ``[R]``: 1 for the rows of L_SFT, 0 elsewhere;
    * ``chosen_index``, ``rejected_index`` ``[N]`` (int64): the rows of each pair;
-   * ``ref_chosen``, ``ref_rejected`` ``[N]``: π_ref sequence log-probs, computed before the step;
+   * ``ref_chosen``, ``ref_rejected`` ``[N]``: π_ref path scores, computed before the step;
    * ``alpha``, ``beta``: scalars.
 
    Outputs: ``loss = L_SFT + α·L_CD`` (what is differentiated), ``sft_loss``, ``cd_loss`` and

@@ -46,6 +46,7 @@ from lada_client.training.backend import (
     TrainReport,
     batch_schedule,
     can_train_ort,
+    path_weights,
 )
 
 log = logging.getLogger(__name__)
@@ -177,8 +178,13 @@ class OrtTrainer:
         alpha: float,
         beta: float,
         max_length: int,
+        cd_logprob: str = "sum",
     ) -> list[np.ndarray]:
+        """The graph's inputs. Rows from ``n_sft`` on are L_CD paths: their completion mask carries
+        the path weights (:func:`path_weights`), which the SFT term never sees (weight 0)."""
         enc = encode_pairs(self.tokenizer, [p for p, _ in rows], [c for _, c in rows], max_length, self.special)
+        completion_mask = enc.completion_mask.copy()
+        completion_mask[n_sft:] = path_weights(completion_mask[n_sft:], cd_logprob)
         sft_weight = np.zeros(len(rows), dtype=np.float32)
         sft_weight[:n_sft] = 1.0
         if not len(chosen):  # no pairs: one row against itself, zero references, α = 0 → zero gradient
@@ -186,7 +192,7 @@ class OrtTrainer:
         return [
             enc.input_ids,
             enc.attention_mask,
-            enc.completion_mask,
+            completion_mask,
             sft_weight,
             np.asarray(chosen, dtype=np.int64),
             np.asarray(rejected, dtype=np.int64),
@@ -199,12 +205,15 @@ class OrtTrainer:
     # ------------------------------------------------------------------------------ training
     def sequence_logprobs(self, prompts: Sequence[str], completions: Sequence[str], max_length: int = 256) -> np.ndarray:
         """Path log-probs under the current weights (the eval graph), shape ``[N]``."""
+        return self._path_scores(prompts, completions, max_length, "sum")
+
+    def _path_scores(self, prompts: Sequence[str], completions: Sequence[str], max_length: int, cd_logprob: str) -> np.ndarray:
         self._module.eval()
         out: list[np.ndarray] = []
         rows = list(zip(prompts, completions))
         for start in range(0, len(rows), EVAL_BATCH):
             chunk = rows[start : start + EVAL_BATCH]
-            outputs = self._module(*self._inputs(chunk, 0, [], [], np.zeros(0), np.zeros(0), 0.0, 1.0, max_length))
+            outputs = self._module(*self._inputs(chunk, 0, [], [], np.zeros(0), np.zeros(0), 0.0, 1.0, max_length, cd_logprob))
             out.append(np.asarray(outputs[3], dtype=np.float32))
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
@@ -222,8 +231,9 @@ class OrtTrainer:
         self._open(fresh_optimizer=True)
         ref_chosen = ref_rejected = None
         if pairs and settings.alpha > 0:
-            ref_chosen = self.sequence_logprobs([p.prompt for p in pairs], [p.chosen for p in pairs], settings.max_length)
-            ref_rejected = self.sequence_logprobs([p.prompt for p in pairs], [p.rejected for p in pairs], settings.max_length)
+            prompts = [p.prompt for p in pairs]
+            ref_chosen = self._path_scores(prompts, [p.chosen for p in pairs], settings.max_length, settings.cd_logprob)
+            ref_rejected = self._path_scores(prompts, [p.rejected for p in pairs], settings.max_length, settings.cd_logprob)
         self._optimizer.set_learning_rate(settings.lr)
         for items, sel in batch_schedule(teacher, pairs, private, settings, with_pairs=ref_chosen is not None):
             rows = list(items)
@@ -237,7 +247,9 @@ class OrtTrainer:
                 rejected = list(range(len(rows), len(rows) + len(sel)))
                 rows += [(p.prompt, p.rejected) for p in batch_pairs]
                 ref_c, ref_r = ref_chosen[sel], ref_rejected[sel]
-            inputs = self._inputs(rows, len(items), chosen, rejected, ref_c, ref_r, settings.alpha, settings.beta, settings.max_length)
+            inputs = self._inputs(
+                rows, len(items), chosen, rejected, ref_c, ref_r, settings.alpha, settings.cd_beta, settings.max_length, settings.cd_logprob
+            )
             self._module.train()
             _, loss_sft, loss_cd, _ = self._module(*inputs)
             self._optimizer.step()

@@ -48,3 +48,29 @@ def test_reward_sign():
     assert relative_ppl_reward(10.0, 0.0) == 1.0
     with pytest.raises(ValueError):
         relative_ppl_reward(0.0, 1.0)
+
+
+def test_path_weights_give_summed_or_mean_token_logprobs():
+    import numpy as np
+
+    from lada_client.training.backend import path_weights
+
+    lp = torch.tensor([[-1.0, -2.0, -3.0], [-4.0, -5.0, -6.0]])
+    mask = np.array([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+    assert sequence_logprob(lp, torch.from_numpy(path_weights(mask, "sum"))).tolist() == [-5.0, -6.0]
+    assert sequence_logprob(lp, torch.from_numpy(path_weights(mask, "mean"))).tolist() == [-2.5, -6.0]
+    assert path_weights(np.zeros((1, 3), dtype=np.float32), "mean").tolist() == [[0.0, 0.0, 0.0]]  # no NaN
+    with pytest.raises(ValueError, match="mean"):
+        path_weights(mask, "max")
+
+
+def test_beta_default_follows_the_path_score():
+    from lada_client.config import DistillSettings
+
+    assert DistillSettings().cd_logprob == "mean" and DistillSettings().cd_beta == 1.0
+    assert DistillSettings(cd_logprob="sum").cd_beta == 0.1  # the method's β for joint log-probs
+    assert DistillSettings(cd_logprob="sum", beta=0.3).cd_beta == 0.3
+    with pytest.raises(ValueError, match="cd_logprob"):
+        DistillSettings(cd_logprob="max")
+    with pytest.raises(ValueError, match="beta"):
+        DistillSettings(beta=0.0)
