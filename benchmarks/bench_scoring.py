@@ -163,7 +163,6 @@ def bench_model(spec: dict, pairs: list[tuple[str, str]], batch_sizes: list[int]
             f"(cpu {row['cpu_ratio_onnx_over_torch']:.2f}x)  "
             f"max|diff| {row['max_abs_diff']:.2e}"
         )
-    del slm, model
     gc.collect()
     return rows
 

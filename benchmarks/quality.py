@@ -675,6 +675,8 @@ def write_report(
     out: Path, summary: dict, warm: dict, sizes: Sizes, methods: tuple[str, ...], hosts: tuple[str, ...],
     timing: dict, args: argparse.Namespace, plots: tuple[Path, Path],
 ) -> None:
+    from lada_client.config import DistillSettings
+
     hosts = tuple(h for h in hosts if h in summary)
     lines: list[str] = []
     add = lines.append
@@ -729,6 +731,8 @@ def write_report(
     add(f"| teacher warm-up steps | {sizes.llm_warmup_steps} (batch 32) |")
     add(f"| SLM warm-up steps | {sizes.slm_warmup_steps} (batch 32) |")
     add(f"| processes | coordinator + 3 clients, {args.client_threads} torch/OMP thread(s) each |")
+    d = DistillSettings()
+    add(f"| L_CD | path score = {d.cd_logprob} token log-prob, β = {d.cd_beta:g} (`DistillSettings` defaults); α per method, below |")
     add("| everything else | library defaults (`CoordinatorConfig`, `ClientConfig`, `DistillSettings`, `FilterConfig`) |")
     add("")
     if "local" in methods and "cotuning" in hosts:

@@ -138,8 +138,8 @@ class LoraTrainer:
             loss.backward()
             optimizer.step()
             report.steps += 1
-            report.sft_loss = float(loss_sft)
-            report.cd_loss = float(loss_cd)
+            report.sft_loss = loss_sft.item()
+            report.cd_loss = loss_cd.item()
             report.history.append({"sft": report.sft_loss, "cd": report.cd_loss})
         self.model.eval()
         log.info("LoRA round: %d steps, L_SFT=%.3f, L_CD=%.3f, %d pairs", report.steps, report.sft_loss, report.cd_loss, len(pairs))
