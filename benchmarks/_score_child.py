@@ -6,7 +6,7 @@ own peak RSS (``VmHWM`` of ``/proc/self/status``: the high-water mark of this pr
 unlike ``ru_maxrss``, which keeps the peak of the process that forked it) and whether torch was
 ever imported.
 
-    python benchmarks/_score_child.py --mode onnx-features --model-dir DIR --public FILE --candidates 256
+    python benchmarks/_score_child.py --mode onnx-features --model-dir DIR --public FILE --candidates 256 [--seal]
 """
 
 from __future__ import annotations
@@ -31,6 +31,21 @@ def load_candidates(public: Path, n: int):
     return out
 
 
+def seal_upload(cands, features) -> int:
+    """The upload half of a device's round: the features.put message, signed and encrypted with
+    fresh identities (the coordinator's keys would be pinned at enrollment); returns its size."""
+    from lada_client.common.crypto import Direction, Identity, seal
+    from lada_client.common.wire import EnvelopeHeader, FeatureUpload
+    from lada_client.scoring.features import FEATURE_NAMES
+
+    device, coordinator = Identity.generate(), Identity.generate()
+    upload = FeatureUpload(round=1, feature_names=list(FEATURE_NAMES), sample_ids=[c.sample_id for c in cands],
+                           features=[[float(v) for v in row] for row in features])
+    header = EnvelopeHeader(client_id="device-0000abcd", round=1, seq=1, kind="features.put", sent_at=time.time())
+    envelope = seal(upload.model_dump_json().encode(), header, device, coordinator.public, Direction.TO_COORDINATOR)
+    return len(envelope.model_dump_json().encode())
+
+
 def vm_hwm_mib() -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -48,8 +63,11 @@ def main() -> None:
     p.add_argument("--public", type=Path, required=True, help="public.jsonl of the federation data")
     p.add_argument("--candidates", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seal", action="store_true",
+                   help="onnx-features: also build the round's features.put message and seal it (sign + encrypt) as the device sends it")
     args = p.parse_args()
     started = time.perf_counter()
+    sealed_bytes = None
     cands = load_candidates(args.public, args.candidates)
     from lada_client.common.reasoning import format_prompt, format_target
 
@@ -65,6 +83,8 @@ def main() -> None:
 
             result = learnability_features(slm, cands, batch_size=args.batch_size)
             shape = list(result.shape)
+            if args.seal:
+                sealed_bytes = seal_upload(cands, result)
         else:
             result = slm.completion_logprobs(prompts, paths, batch_size=args.batch_size)
             shape = [len(result)]
@@ -88,6 +108,7 @@ def main() -> None:
                 shape[0] += enc.input_ids.shape[0]
     done = time.perf_counter()
     print(json.dumps({
+        "sealed_upload_bytes": sealed_bytes,
         "mode": args.mode,
         "candidates": args.candidates,
         "output_shape": shape,
