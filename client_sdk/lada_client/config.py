@@ -23,7 +23,7 @@ class LoraSettings:
 
 CD_LOGPROBS = ("mean", "sum")
 #: L_CD's β when none is given: the method's 0.1 for summed log-probs; for per-token means the
-#: margin is ~1/length as large, and 1.0 is what measured best (docs/method.md, step 4)
+#: margin is ~1/length as large, and 1.0 is the value measured (docs/method.md, step 4)
 DEFAULT_BETA = {"sum": 0.1, "mean": 1.0}
 
 
