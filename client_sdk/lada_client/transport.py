@@ -9,7 +9,8 @@ A sealed upload larger than ``upload_chunk_bytes`` (a big masked adapter in ``se
 as a chunked upload session (``upload.begin`` / ``upload.chunk`` / ``upload.status`` /
 ``upload.commit``, see ``docs/protocol.md``): each chunk is retried on its own, after a failure the
 coordinator is asked which chunks it holds and only the missing ones are sent, and a call that
-failed can be repeated with the same payload to resume the same session.
+failed can be repeated with the same payload to resume the same session. A session the
+coordinator refuses for good (a 4xx) is aborted (``upload.abort``) so it stops holding quota.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from lada_client.common.wire import (
     EnrollResponse,
     EnvelopeHeader,
     SealedEnvelope,
+    UploadAbort,
     UploadBegin,
     UploadChunk,
     UploadCommit,
@@ -60,6 +62,7 @@ ENDPOINTS: dict[str, str] = {
     "upload.chunk": "/v1/upload/chunk",
     "upload.status": "/v1/upload/status",
     "upload.commit": "/v1/upload/commit",
+    "upload.abort": "/v1/upload/abort",
 }
 
 
@@ -257,15 +260,29 @@ class Transport:
             kind, len(up.body) / 2**20, status.n_chunks, up.chunk_bytes, sid, status.n_chunks - len(missing),
         )
         step = max(1, len(missing) // 10)
-        for done, index in enumerate(missing, 1):
-            self._send_chunk(up, sid, index, round_index)
-            if done % step == 0 or done == len(missing):
-                log.info("%s: upload %s: %d/%d chunks sent (%.0f%%)", kind, sid, done, len(missing), 100 * done / len(missing))
         commit = UploadCommit(session_id=sid)
-        committed = self._retrying("upload.commit", lambda: self._call_once("upload.commit", commit, round_index, UploadCommitted))
+        try:
+            for done, index in enumerate(missing, 1):
+                self._send_chunk(up, sid, index, round_index)
+                if done % step == 0 or done == len(missing):
+                    log.info("%s: upload %s: %d/%d chunks sent (%.0f%%)", kind, sid, done, len(missing), 100 * done / len(missing))
+            committed = self._retrying("upload.commit", lambda: self._call_once("upload.commit", commit, round_index, UploadCommitted))
+        except CoordinatorError as exc:
+            if exc.status is not None and 400 <= exc.status < 500:  # refused for good: free the session now
+                self._abort(sid, round_index)
+            raise  # unreachable coordinator: keep the session, a repeated call resumes it
         assert committed is not None
         log.info("%s: upload %s committed", kind, sid)
         return self._open_reply(kind, committed.reply, up.header, reply_type)
+
+    def _abort(self, session_id: str, round_index: int) -> None:
+        """Best effort: tell the coordinator to drop a session this client gave up on (else it
+        expires after the server's TTL, counting against this client's quota until then)."""
+        try:
+            self._call_once("upload.abort", UploadAbort(session_id=session_id), round_index, Ack)
+            log.info("upload %s aborted", session_id)
+        except CoordinatorError as exc:
+            log.warning("could not abort upload %s (%s); it expires on the coordinator", session_id, exc)
 
     def _send_chunk(self, up: _PendingUpload, session_id: str, index: int, round_index: int) -> None:
         """Send one chunk per the retry policy; after a failure, skip it if the coordinator holds it."""

@@ -226,7 +226,8 @@ def secagg_round_id(round_index: int, group: str) -> str:
 # travels in pieces: ``upload.begin`` announces it, ``upload.chunk`` carries its bytes (each chunk
 # request is itself a sealed, signed, sequence-numbered envelope), ``upload.status`` says which
 # chunks the coordinator holds (resume), ``upload.commit`` reassembles the body, checks its SHA-256
-# and hands the original sealed envelope to its endpoint's handler. See docs/protocol.md.
+# and hands the original sealed envelope to its endpoint's handler; ``upload.abort`` drops a session
+# the client gives up on. See docs/protocol.md.
 
 UPLOAD_KINDS: tuple[str, ...] = ("features.put", "reward.put", "secagg.put")  # kinds that may be chunked
 MAX_UPLOAD_BYTES = 4 * 1024**3
@@ -265,6 +266,13 @@ class UploadStatusQuery(_Message):
 
 class UploadCommit(_Message):
     """kind ``upload.commit``: reassemble, verify and process the body. Committing again is idempotent."""
+
+    session_id: SessionId
+
+
+class UploadAbort(_Message):
+    """kind ``upload.abort``: drop an uncommitted session and its chunks now instead of at expiry,
+    which also frees the client's upload quota. Aborting a session that is gone is not an error."""
 
     session_id: SessionId
 
@@ -322,4 +330,5 @@ KIND_PAYLOADS: dict[str, type[BaseModel]] = {
     "upload.chunk": UploadChunk,
     "upload.status": UploadStatusQuery,
     "upload.commit": UploadCommit,
+    "upload.abort": UploadAbort,
 }

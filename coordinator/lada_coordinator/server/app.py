@@ -347,4 +347,9 @@ def create_app(
         """Reassemble, verify and process the body through its endpoint; idempotent."""
         return sealed("upload.commit", envelope, uploads.commit)
 
+    @app.post("/v1/upload/abort", response_model=SealedEnvelope, responses=errors)
+    def upload_abort(envelope: SealedEnvelope) -> SealedEnvelope:
+        """Drop an uncommitted session and its chunks; a session that is gone is not an error."""
+        return sealed("upload.abort", envelope, uploads.abort)
+
     return app

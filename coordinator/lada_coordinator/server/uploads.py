@@ -13,6 +13,8 @@ checks as every other request):
                    original envelope to its endpoint's own handler (signature, decryption, payload
                    and round checks included) inside the same transaction that marks the session
                    committed. Committing again answers "already stored".
+``upload.abort``   drops an uncommitted session and its chunks (the client gave up on it), so they
+                   stop counting against its quota before they would expire.
 
 Replay: the target envelope's ``seq`` must be above the client's last accepted one when the session
 begins (and below the begin request's own ``seq``, which then advances it), so the body can neither
@@ -42,6 +44,7 @@ from lada_client.common.wire import (
     Ack,
     EnvelopeHeader,
     SealedEnvelope,
+    UploadAbort,
     UploadBegin,
     UploadChunk,
     UploadCommit,
@@ -234,6 +237,20 @@ class UploadSessions:
 
     def status(self, db: sqlite3.Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadStatusQuery) -> UploadStatus:
         return self._status(db, self._load(db, client, header, p.session_id))
+
+    def abort(self, db: sqlite3.Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadAbort) -> Ack:
+        row = db.execute(
+            "SELECT committed_at IS NOT NULL FROM upload_sessions WHERE session_id = ? AND client_id = ?",
+            (p.session_id, client.client_id),
+        ).fetchone()
+        if row is None:  # never begun, expired and swept, or aborted before: nothing to drop
+            return Ack(message="no such session")
+        if row[0]:
+            raise UploadError(409, "upload_committed", f"upload session {p.session_id} is committed; its body was processed")
+        db.execute("DELETE FROM upload_chunks WHERE session_id = ?", (p.session_id,))
+        db.execute("DELETE FROM upload_sessions WHERE session_id = ?", (p.session_id,))
+        log.info("upload %s aborted by %s", p.session_id, client.client_id)
+        return Ack(message="aborted")
 
     def commit(self, db: sqlite3.Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadCommit) -> UploadCommitted:
         s = self._load(db, client, header, p.session_id)

@@ -22,8 +22,8 @@ import uvicorn
 
 from lada_client.common.crypto import Direction, Identity, open_envelope, seal
 from lada_client.common.wire import (
-    Ack, Candidate, EnrollRequest, EnvelopeHeader, FeatureUpload, RoundInfo, RoundQuery, UploadBegin, UploadChunk,
-    UploadCommit, UploadCommitted, UploadStatus, UploadStatusQuery, encode_chunk, max_chunk_bytes,
+    Ack, Candidate, EnrollRequest, EnvelopeHeader, FeatureUpload, RoundInfo, RoundQuery, UploadAbort, UploadBegin,
+    UploadChunk, UploadCommit, UploadCommitted, UploadStatus, UploadStatusQuery, encode_chunk, max_chunk_bytes,
 )
 from lada_client.transport import CoordinatorError, RetryPolicy, Transport
 from lada_coordinator.config import CoordinatorConfig
@@ -124,6 +124,9 @@ class Manual:
 
     def status(self, sid: str) -> UploadStatus:
         return self.t._call_once("upload.status", UploadStatusQuery(session_id=sid), 1, UploadStatus)
+
+    def abort(self, sid: str) -> Ack:
+        return self.t._call_once("upload.abort", UploadAbort(session_id=sid), 1, Ack)
 
     def commit(self, sid: str) -> Ack:
         committed = self.t._call_once("upload.commit", UploadCommit(session_id=sid), 1, UploadCommitted)
@@ -295,6 +298,65 @@ def test_begin_again_resumes_and_repeated_chunks_are_noops(start_server, enroll)
     with pytest.raises(CoordinatorError) as exc:  # a different body under the same sequence number
         m.begin(sha256="1" * 64)
     assert exc.value.status == 409 and exc.value.error == "upload_conflict"
+
+
+def test_abort_drops_the_session_and_its_chunks(start_server, enroll):
+    url, store, config = start_server()
+    t, other = enroll(url, store), enroll(url, store, "dev2")
+    info = _open_round(store)
+    m = Manual(t, _features(info))
+    s = m.begin()
+    m.put(s.session_id, 0)
+    o = Manual(other, _features(info, 2))
+    theirs = o.begin()
+    assert o.abort(s.session_id).message == "no such session"  # not theirs to drop
+    assert m.abort(s.session_id).message == "aborted"
+    assert [r[0] for r in _sessions(config.db_path)] == [theirs.session_id]  # chunks gone with the session
+    with pytest.raises(CoordinatorError) as exc:
+        m.put(s.session_id, 1)
+    assert exc.value.status == 404 and exc.value.error == "unknown_upload"
+    assert m.abort(s.session_id).message == "no such session"  # idempotent
+
+
+def test_abort_refuses_a_committed_session(start_server, enroll):
+    url, store, _ = start_server()
+    t = enroll(url, store)
+    info = _open_round(store)
+    m = Manual(t, _features(info))
+    s = m.begin()
+    for i in range(m.n):
+        m.put(s.session_id, i)
+    assert m.commit(s.session_id).message == "stored"
+    with pytest.raises(CoordinatorError) as exc:
+        m.abort(s.session_id)
+    assert exc.value.status == 409 and exc.value.error == "upload_committed"
+
+
+def test_quota_is_freed_by_abort(start_server, enroll):
+    url, store, config = start_server(upload_max_client_bytes=250_000)
+    t = enroll(url, store)
+    info = _open_round(store)
+    first = Manual(t, _features(info, 1))
+    s = first.begin()
+    second = Manual(t, _features(info, 2))  # sealed after the first began (sequence numbers)
+    assert 125_000 < len(first.body) <= 250_000 and 125_000 < len(second.body) <= 250_000  # room for one, not two
+    with pytest.raises(CoordinatorError) as exc:
+        second.begin()
+    assert exc.value.status == 413 and exc.value.error == "upload_quota"
+    first.abort(s.session_id)
+    again = Manual(t, _features(info, 2))  # sealed anew: the abort request advanced the sequence number
+    assert again.begin().received == []
+
+
+def test_transport_aborts_an_upload_the_coordinator_refuses(start_server, enroll):
+    url, store, config = start_server()
+    t = enroll(url, store)
+    info = _open_round(store)
+    t.upload_chunk_bytes = CHUNK
+    with pytest.raises(CoordinatorError) as exc:  # sealed for round 1, but the payload says round 2
+        t.call("features.put", _features(info).model_copy(update={"round": 2}), 1, Ack)
+    assert exc.value.status == 400 and exc.value.error == "round_mismatch"
+    assert _sessions(config.db_path) == []  # the refused session was aborted, not left to expire
 
 
 def test_sessions_expire_and_are_cleaned_up(start_server, enroll):
