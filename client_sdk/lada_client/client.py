@@ -30,6 +30,7 @@ from lada_client.common.wire import (
     Capabilities,
     EnrollRequest,
     FeatureUpload,
+    LoraFactor,
     PathOffer,
     RewardReport,
     RoundInfo,
@@ -260,6 +261,10 @@ class LadaClient:
             ppl_before = self._ppl(allocated) if allocated else 1.0
             self._train(allocated, t)
             ppl_after = self._ppl(allocated) if allocated else 1.0
+        elif allocation.server_update is not None:  # score-only: the coordinator trained our adapter
+            ppl_before = self._ppl(allocated) if allocated else 1.0
+            self._apply_server_update(allocation.server_update)
+            ppl_after = self._ppl(allocated) if allocated else 1.0
         timings["train"] = time.perf_counter() - started
         reward = relative_ppl_reward(ppl_before, ppl_after)
         if secagg is not None:
@@ -376,6 +381,20 @@ class LadaClient:
         self._round_start_adapter = self.trainer.adapter_vector()
         self.trainer.train_round(teacher, pairs, private, cfg.distill)
         self.export_adapter()
+
+    def _apply_server_update(self, factors: list[LoraFactor]) -> None:
+        """Merge an adapter the coordinator trained for this score-only device into the base
+        scoring model (numpy + onnx, no torch) and score with the result from now on."""
+        from lada_client.models.weight_swap import apply_lora_factors
+
+        cfg = self.config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("tokenizer.json", "special_tokens.json"):
+            if (cfg.scoring_model.parent / name).exists() and not (cfg.state_dir / name).exists():
+                shutil.copy(cfg.scoring_model.parent / name, cfg.state_dir / name)
+        apply_lora_factors(cfg.scoring_model, cfg.state_dir / "model.onnx", factors)
+        self.slm = self.load_slm(cfg.state_dir / "model.onnx")
+        log.info("%s: applied the adapter the coordinator trained for it (%d projections)", cfg.name, len(factors))
 
     def export_adapter(self) -> None:
         """Save the adapter and refresh the ONNX scorer so scoring reflects it.

@@ -54,6 +54,12 @@ class CoordinatorConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     upload_ttl_s: float = 3600.0  # a chunked upload session expires this long after its last chunk
     upload_max_client_bytes: int = 1024**3  # bytes of open upload sessions one client may hold
+    # A device that can score but not train: "skip" its adapter update (nothing is allocated to it),
+    # or train it here ("server") on the teacher paths allocated to it, from the base checkpoint of
+    # its model named in slm_checkpoints, and send it the adapter (see rounds.py, _server_updates).
+    score_only_update: str = "skip"
+    slm_checkpoints: dict[str, Path] = field(default_factory=dict)
+    score_only_distill: DistillSettings = field(default_factory=lambda: DistillSettings(alpha=0.0))
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -61,6 +67,11 @@ class CoordinatorConfig:
             raise ValueError(f"allocation must be 'lada', 'random', 'all' or 'none', not {self.allocation!r}")
         if self.host_framework not in ("mkt", "cotuning"):
             raise ValueError(f"host_framework must be 'mkt' or 'cotuning', not {self.host_framework!r}")
+        if self.score_only_update not in ("skip", "server"):
+            raise ValueError(f"score_only_update must be 'skip' or 'server', not {self.score_only_update!r}")
+        object.__setattr__(self, "slm_checkpoints", {str(k): Path(v) for k, v in dict(self.slm_checkpoints).items()})
+        if self.score_only_update == "server" and not self.slm_checkpoints:
+            raise ValueError("score_only_update='server' needs slm_checkpoints: model name -> base checkpoint directory")
         if not 0 < self.quorum_fraction <= 1 or self.phase_timeout_s <= 0:
             raise ValueError("quorum_fraction must be in (0, 1] and phase_timeout_s > 0")
         if self.rounds < 1 or self.min_clients < 1 or self.candidates_per_round < 1:

@@ -12,12 +12,14 @@ HTTP handlers only record uploads; every decision happens here.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -29,7 +31,7 @@ from lada_coordinator.aggregation.secure import SecureAggregation
 from lada_coordinator.allocation.allocator import LLM, SLM, Allocator
 from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.llm.host import LLMHost
-from lada_coordinator.store import Store
+from lada_coordinator.store import ClientRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -162,25 +164,64 @@ class RoundEngine(threading.Thread):
         started = time.perf_counter()
         uploads = self.store.uploads(t, "features.put")
         decided: dict[str, tuple[list[str], str]] = {}
-        can_train = {c.client_id: c.capabilities.get("can_train", True) for c in self.store.clients()}
+        clients = {c.client_id: c for c in self.store.clients()}
+        server_side: list[str] = []
         for client_id, up in uploads.items():
-            if not can_train.get(client_id, True):
-                # Capability respected: a score-only device contributes features and offered paths,
-                # but nothing is allocated to it, so no reward from it reaches its filter.
-                decided[client_id] = ([], "score_only")
-                continue
+            client = clients.get(client_id)
+            if client is not None and not client.capabilities.get("can_train", True):
+                if self._server_checkpoint(client) is None:
+                    # Capability respected: a score-only device contributes features and offered
+                    # paths, but nothing is allocated to it, so no reward from it reaches its filter.
+                    decided[client_id] = ([], "score_only")
+                    continue
+                server_side.append(client_id)
             z = np.asarray(up["features"], dtype=np.float64).reshape(len(up["sample_ids"]), -1)
             decided[client_id] = self.allocator.allocate(t, SLM, client_id, up["sample_ids"], z)
+        updates = {c: self._server_update(t, clients[c], decided[c][0]) for c in server_side}
         if self.config.host_framework == "cotuning":
             info, _ = self.store.round_info(t)
             self.secure.setup(t, uploads, self.store.clients(), info["secagg_configs"])
-        self.store.put_allocations(t, SLM, decided)
+        self.store.put_allocations(t, SLM, decided, updates)
         self.store.set_phase(t, "training")
         self.status.phase = "training"
         log.info(
             "round %d allocated in %.2fs: %s", t, time.perf_counter() - started,
             {c: f"{len(ids)} ({why})" for c, (ids, why) in decided.items()},
         )
+
+    def _server_checkpoint(self, client: ClientRecord) -> Path | None:
+        """Where a score-only device's model lives here, if its update is to be trained here."""
+        if self.config.score_only_update != "server":
+            return None
+        ckpt = self.config.slm_checkpoints.get(client.model_name)
+        if ckpt is None:
+            log.warning("%s is score-only and no slm_checkpoints entry names its model %r: update skipped", client.name, client.model_name)
+        return ckpt
+
+    def _server_update(self, t: int, client: ClientRecord, sample_ids: list[str]) -> str:
+        """Train a score-only device's LoRA adapter here, on the teacher paths allocated to it
+        (there is no private data on this side, and L_CD's rejected paths would be the device's
+        own, so ``score_only_distill`` defaults to α = 0), and return it as ``LoraFactor`` JSON.
+        The adapter persists in the state directory, so it keeps learning across rounds."""
+        from lada_client.common.reasoning import format_prompt, format_target
+        from lada_client.training.lora import LoraTrainer
+
+        started = time.perf_counter()
+        info, _ = self.store.round_info(t)
+        by_id = {c["sample_id"]: c for c in info["candidates"]}
+        teacher = [(format_prompt(by_id[s]["question"]), format_target(by_id[s]["path"])) for s in sample_ids if s in by_id]
+        adapter_dir = self.config.state_dir / "score_only" / client.client_id
+        trainer = LoraTrainer(
+            self.config.slm_checkpoints[client.model_name],
+            adapter_dir if (adapter_dir / "adapter_config.json").exists() else None,
+            seed=self.config.seed,
+        )
+        if teacher:
+            trainer.train_round(teacher, [], [], self.config.score_only_distill)
+        trainer.save(adapter_dir)
+        factors = trainer.lora_factors()
+        log.info("round %d: trained %s's adapter here on %d teacher paths in %.1fs", t, client.name, len(teacher), time.perf_counter() - started)
+        return json.dumps([f.model_dump() for f in factors])
 
     def _secure_aggregation(self, t: int) -> None:
         """Co-tuning: run each architecture group's secure FedAvg through its three server steps.

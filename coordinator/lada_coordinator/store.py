@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS uploads (
 CREATE TABLE IF NOT EXISTS allocations (
     round INTEGER NOT NULL, client_id TEXT NOT NULL, direction TEXT NOT NULL,
     sample_ids TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (round, client_id, direction));
+CREATE TABLE IF NOT EXISTS server_updates (
+    round INTEGER NOT NULL, client_id TEXT NOT NULL, factors TEXT NOT NULL,
+    PRIMARY KEY (round, client_id));
 CREATE TABLE IF NOT EXISTS filters (
     client_id TEXT NOT NULL, direction TEXT NOT NULL, state BLOB NOT NULL,
     PRIMARY KEY (client_id, direction));
@@ -207,13 +210,24 @@ class Store:
         # number-heavy feature uploads (1000 x 256 x 5 floats per round: ~0.55 s -> ~0.17 s)
         return {cid: from_json(p) for cid, p in rows}
 
-    def put_allocations(self, round_index: int, direction: str, allocations: dict[str, tuple[list[str], str]]) -> None:
+    def put_allocations(
+        self, round_index: int, direction: str, allocations: dict[str, tuple[list[str], str]],
+        server_updates: dict[str, str] | None = None,
+    ) -> None:
+        """Store a round's allocations and, in the same transaction, the adapters trained for
+        score-only devices (JSON lists of ``LoraFactor``), so a device never sees one without the other."""
         with self.transaction() as db:
             for client_id, (ids, reason) in allocations.items():
                 db.execute(
                     "INSERT OR REPLACE INTO allocations VALUES (?, ?, ?, ?, ?)",
                     (round_index, client_id, direction, json.dumps(ids), reason),
                 )
+            for client_id, factors in (server_updates or {}).items():
+                db.execute("INSERT OR REPLACE INTO server_updates VALUES (?, ?, ?)", (round_index, client_id, factors))
+
+    def server_update(self, round_index: int, client_id: str) -> list[dict[str, Any]] | None:
+        row = self._one("SELECT factors FROM server_updates WHERE round = ? AND client_id = ?", (round_index, client_id))
+        return json.loads(row[0]) if row else None
 
     def allocation(self, round_index: int, client_id: str, direction: str) -> tuple[list[str], str] | None:
         row = self._one(

@@ -74,3 +74,39 @@ def test_cotuning_with_secure_aggregation_and_dp(tmp_path, free_port, dp_noise):
         np.testing.assert_allclose(adapters[0][key], adapters[1][key], atol=1e-6)
         np.testing.assert_allclose(adapters[0][key], adapters[2][key], atol=1e-6)
     _private_questions_absent(tmp_path / "fed")
+
+
+def test_score_only_device_gets_its_adapter_trained_by_the_coordinator(tiny_world, free_port):
+    """A device without a trainer (no base checkpoint) declares itself score-only; with
+    score_only_update='server' the coordinator trains its adapter and the device merges it."""
+    import time
+
+    import httpx
+
+    from lada_coordinator.federation import FederationSettings, prepare, start_processes
+
+    work = tiny_world["workdir"]
+    settings = FederationSettings(
+        workdir=work, clients=3, rounds=2, candidates=16, budget=6, port=free_port, n_train=40, n_test=16,
+        n_public=160, llm_warmup_steps=4, slm_warmup_steps=4, offer_questions=4,
+    )
+    paths = prepare(settings)
+    procs = start_processes(
+        settings, paths,
+        coordinator_overrides={"score_only_update": "server", "slm_checkpoints": {"phone-slm": str(paths["client2"] / "base")}},
+        client_overrides={"client2": {"base_model_dir": None, "model_name": "phone-slm"}},
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while any(p.poll() is None for p in procs.clients.values()) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert all(p.poll() == 0 for p in procs.clients.values()), (procs.logs / "client2.log").read_text()[-3000:]
+        status = httpx.get(f"{procs.url}/v1/status", timeout=10).json()
+    finally:
+        procs.stop()
+    phone = [r["clients"]["client2"] for r in status["rounds"]]
+    assert all(c["n_allocated"] >= 1 for c in phone) and any(c["reward"] > 0 for c in phone)
+    device = procs.run_dir / "client2"
+    assert (device / "model.onnx").exists() and not (device / "adapter").exists()  # merged, not trained, on the device
+    trained_here = list((procs.run_dir / "coordinator" / "score_only").glob("client2-*/adapter_config.json"))
+    assert len(trained_here) == 1

@@ -160,12 +160,39 @@ class AllocationQuery(_Message):
     round: int = Field(ge=0)
 
 
+class LoraFactor(_Message):
+    """One LoRA-adapted projection of an adapter the coordinator trained for a score-only device.
+
+    The device adds ``scale · B·A`` to the ONNX initializer whose base weights hash (SHA-256 of
+    float32 bytes) to ``digest`` (W as in the checkpoint) or ``digest_t`` (Wᵀ, as exporters often
+    store it), so it needs neither the checkpoint nor torch. ``a`` and ``b`` are base64 float32
+    (little-endian, row-major) of shapes ``[r, in]`` and ``[out, r]``.
+    """
+
+    name: str = Field(min_length=1, max_length=256)
+    a: str
+    a_shape: tuple[int, int]
+    b: str
+    b_shape: tuple[int, int]
+    scale: float
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    digest_t: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("scale")
+    @classmethod
+    def _check_scale(cls, v: float) -> float:
+        return _finite([v], "scale")[0]
+
+
 class Allocation(_Message):
     round: int
     status: Literal["pending", "ready"]
     sample_ids: list[str] = []
     reason: str = ""
     secagg_roster: dict[str, Any] | None = Field(default=None, description="co-tuning: Roster of the client's group")
+    server_update: list[LoraFactor] | None = Field(
+        default=None, description="score-only device, score_only_update='server': the adapter trained for it this round"
+    )
 
 
 class RewardReport(_Message):

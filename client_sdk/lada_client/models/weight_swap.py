@@ -12,14 +12,19 @@ matched unambiguously, :func:`build_weight_map` says so and callers fall back to
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from lada_client.common.wire import LoraFactor
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,58 @@ class WeightMapError(Exception):
 
 def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
+
+
+def weight_digests(w: np.ndarray) -> tuple[str, str]:
+    """(digest of W, digest of Wᵀ): how a device finds W's initializer without holding W."""
+    return _digest(w), _digest(w.T)
+
+
+def encode_array(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode("ascii")
+
+
+def decode_array(text: str, shape: tuple[int, int]) -> np.ndarray:
+    data = base64.b64decode(text.encode("ascii"), validate=True)
+    if len(data) != 4 * shape[0] * shape[1]:
+        raise WeightMapError(f"array of shape {tuple(shape)} needs {4 * shape[0] * shape[1]} bytes, got {len(data)}")
+    return np.frombuffer(data, dtype="<f4").reshape(shape).astype(np.float32)
+
+
+def apply_lora_factors(onnx_path: Path, out_path: Path, factors: Sequence[LoraFactor]) -> Path:
+    """Write ``W + scale·B·A`` for every factor into a copy of ``onnx_path`` (the base export).
+
+    What a score-only device does with an adapter the coordinator trained for it: ``W`` is read
+    from the graph itself, found by the digest the coordinator sent, so the device needs neither
+    the checkpoint nor torch. Raises :class:`WeightMapError` if a factor matches no initializer.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path), load_external_data=True)
+    by_digest: dict[str, list[str]] = {}
+    for init in model.graph.initializer:
+        by_digest.setdefault(_digest(numpy_helper.to_array(init)), []).append(init.name)
+    arrays = {init.name: init for init in model.graph.initializer}
+    mapping: dict[str, dict[str, object]] = {}
+    merged: dict[str, np.ndarray] = {}
+    for f in factors:
+        for transposed, digest in ((False, f.digest), (True, f.digest_t)):
+            found = by_digest.get(digest, [])
+            if len(found) > 1:
+                raise WeightMapError(f"{f.name} matches several initializers {found}; cannot apply safely")
+            if found:
+                break
+        else:
+            raise WeightMapError(f"no initializer of {onnx_path.name} holds the base weights of {f.name}")
+        base = numpy_helper.to_array(arrays[str(found[0])])
+        base = base.T if transposed else base
+        delta = f.scale * decode_array(f.b, f.b_shape) @ decode_array(f.a, f.a_shape)
+        if delta.shape != base.shape:
+            raise WeightMapError(f"{f.name}: B·A has shape {delta.shape}, the base weights {base.shape}")
+        mapping[f.name] = {"initializer": found[0], "transposed": transposed}
+        merged[f.name] = base + delta
+    return swap_weights(onnx_path, out_path, mapping, merged)
 
 
 def build_weight_map(onnx_path: Path, weights: Mapping[str, np.ndarray]) -> dict[str, dict[str, object]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lada_client.common.wire import LoraFactor
 from lada_client.config import DistillSettings, LoraSettings
 from lada_client.models.encoding import SpecialTokens, encode_pairs
 from lada_client.models.factory import load_causal_lm
@@ -159,6 +160,29 @@ class LoraTrainer:
                         for adapter in module.active_adapters:
                             w = w + module.get_delta_weight(adapter).float()
                     out[name.removeprefix("base_model.model.") + ".weight"] = w.numpy()
+        return out
+
+    def lora_factors(self) -> list[LoraFactor]:
+        """The adapter as per-projection factors (A, B, scale) with digests of the base weights:
+        what a score-only device needs to merge it into its ONNX scorer
+        (:func:`~lada_client.models.weight_swap.apply_lora_factors`)."""
+        from peft.tuners.lora import LoraLayer
+
+        from lada_client.models.weight_swap import encode_array, weight_digests
+
+        out: list[LoraFactor] = []
+        with torch.no_grad():
+            for name, module in self.model.named_modules():
+                if isinstance(module, LoraLayer):
+                    for adapter in module.active_adapters:
+                        a = module.lora_A[adapter].weight.detach().float().numpy()
+                        b = module.lora_B[adapter].weight.detach().float().numpy()
+                        digest, digest_t = weight_digests(module.base_layer.weight.detach().float().numpy())
+                        out.append(LoraFactor(
+                            name=name.removeprefix("base_model.model.") + ".weight", a=encode_array(a), a_shape=a.shape,
+                            b=encode_array(b), b_shape=b.shape, scale=float(module.scaling[adapter]),
+                            digest=digest, digest_t=digest_t,
+                        ))
         return out
 
     def merged_checkpoint(self, out_dir: Path) -> Path:

@@ -29,6 +29,7 @@ from lada_client.common.wire import (
     EnvelopeHeader,
     ErrorBody,
     FeatureUpload,
+    LoraFactor,
     RewardReport,
     RoundInfo,
     SealedEnvelope,
@@ -240,7 +241,11 @@ def create_app(
                 return Allocation(round=t, status="pending")
             group = engine.secure.group_of(t, client.client_id, client.model_name)
             roster = store.secagg(t, group, "roster") if group else None
-            return Allocation(round=t, status="ready", sample_ids=found[0], reason=found[1], secagg_roster=roster)
+            update = store.server_update(t, client.client_id)
+            return Allocation(
+                round=t, status="ready", sample_ids=found[0], reason=found[1], secagg_roster=roster,
+                server_update=None if update is None else [LoraFactor.model_validate(f) for f in update],
+            )
 
         return sealed("allocation.get", envelope, handle)
 

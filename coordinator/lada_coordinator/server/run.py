@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 def build(config: CoordinatorConfig, llm_eval_dir: Path | None = None):
     """Return (app, engine, store) wired together, without starting anything."""
+    if config.score_only_update == "server":
+        for model_name, ckpt in config.slm_checkpoints.items():
+            if not (ckpt / "config.json").is_file():
+                raise ValueError(f"slm_checkpoints[{model_name!r}]: {ckpt} is not a transformers checkpoint directory (no config.json)")
     store = Store(config.db_path)
     identity = Identity.load_or_create(config.state_dir / "coordinator.key")
     public = load_public(config.public_data)

@@ -13,7 +13,7 @@ from lada_client.common.reasoning import format_prompt, format_target  # noqa: E
 from lada_client.config import DistillSettings  # noqa: E402
 from lada_client.data.federation import load_client  # noqa: E402
 from lada_client.models.export import export_scoring_model  # noqa: E402
-from lada_client.models.weight_swap import WeightMapError, build_weight_map, swap_weights  # noqa: E402
+from lada_client.models.weight_swap import WeightMapError, apply_lora_factors, build_weight_map, swap_weights  # noqa: E402
 from lada_client.scoring.onnx_slm import OnnxSLM  # noqa: E402
 from lada_client.training.lora import LoraTrainer  # noqa: E402
 
@@ -68,3 +68,34 @@ def test_cached_map_is_rebuilt_after_a_reexport(tiny_world, tmp_path):
     again = load_or_build_map(state, graph, weights)
     swap_weights(graph, tmp_path / "out.onnx", again, weights)
     assert set(again) == set(first)
+
+
+def test_lora_factors_applied_without_the_checkpoint_equal_the_merged_swap(tiny_world, tmp_path):
+    """A score-only device merges factors sent by the coordinator into its base export, finding
+    each projection by digest: same graph as swapping in the trainer's merged weights."""
+    base = tiny_world["client2"]
+    trainer = LoraTrainer(base / "base")
+    data = load_client(tiny_world["data"], "client2")
+    pairs = [(format_prompt(s.question), format_target(s.rationale)) for s in data.train[:12]]
+    trainer.train_round(pairs, [], [], DistillSettings(epochs=3, lr=1e-2))
+    factors = trainer.lora_factors()
+    assert len(factors) == len(trainer.projection_weights())
+    factors = [f.model_validate_json(f.model_dump_json()) for f in factors]  # as they travel
+
+    onnx_path = base / "onnx" / "model.onnx"
+    applied = apply_lora_factors(onnx_path, tmp_path / "applied.onnx", factors)
+    mapping = build_weight_map(onnx_path, trainer.projection_weights(merged=False))
+    swapped = swap_weights(onnx_path, tmp_path / "swapped.onnx", mapping, trainer.projection_weights())
+    for name in ("tokenizer.json", "special_tokens.json"):
+        if (base / "onnx" / name).exists():
+            shutil.copy(base / "onnx" / name, tmp_path / name)
+    prompts, targets = [p for p, _ in pairs[:6]], [c for _, c in pairs[:6]]
+    a = OnnxSLM(applied).completion_logprobs(prompts, targets)
+    b = OnnxSLM(swapped).completion_logprobs(prompts, targets)
+    before = OnnxSLM(onnx_path).completion_logprobs(prompts, targets)
+    assert max(np.abs(x - y).max() for x, y in zip(a, b)) < 1e-5
+    assert max(np.abs(x - y).max() for x, y in zip(before, a)) > 1e-3
+
+    other = factors[0].model_copy(update={"digest": "0" * 64, "digest_t": "1" * 64})
+    with pytest.raises(WeightMapError, match="no initializer"):
+        apply_lora_factors(onnx_path, tmp_path / "x.onnx", [other])

@@ -149,5 +149,44 @@ def test_score_only_device_contributes_features_but_gets_no_allocation(server):
     engine._allocate(1)
     phone, laptop = (t.call("allocation.get", AllocationQuery(round=1), 1, Allocation) for t in transports)
     assert (phone.sample_ids, phone.reason) == ([], "score_only")
+    assert phone.server_update is None
     assert laptop.sample_ids == ["p1"]
     engine_store.close()
+
+
+def test_score_only_device_gets_an_adapter_trained_server_side_when_configured(server, tiny_world, tmp_path):
+    """score_only_update='server': the coordinator trains the device's adapter from its model's
+    checkpoint on the allocated teacher paths, and the device merges it without torch."""
+    import dataclasses
+
+    from lada_client.common.wire import Allocation, AllocationQuery, Capabilities, EnrollRequest
+    from lada_client.models.weight_swap import apply_lora_factors
+    from lada_client.scoring.onnx_slm import OnnxSLM
+    from lada_coordinator.server.run import build
+
+    url, store, config = server
+    ident = Identity.generate()
+    phone = Transport(url, ident)
+    phone.enroll(EnrollRequest(token=store.issue_token(), client_name="phone", model_name="slm-small",
+                               capabilities=Capabilities(can_train=False), **ident.public.to_b64()))
+    _open_round(store)
+    phone.call("features.put", FeatureUpload(round=1, feature_names=["slm_path_nll"], sample_ids=["p1"], features=[[1.0]]), 1, Ack)
+    device_model = tiny_world["client2"]  # slm-small, as the phone declared
+    server_side = dataclasses.replace(config, score_only_update="server", slm_checkpoints={"slm-small": device_model / "base"})
+    _, engine, engine_store = build(server_side)
+    engine._allocate(1)
+    engine_store.close()
+    got = phone.call("allocation.get", AllocationQuery(round=1), 1, Allocation)
+    assert got.sample_ids == ["p1"] and got.server_update
+    assert (config.state_dir / "score_only" / phone.client_id / "adapter_config.json").exists()  # keeps learning next round
+
+    merged = apply_lora_factors(device_model / "onnx" / "model.onnx", tmp_path / "model.onnx", got.server_update)
+    (tmp_path / "tokenizer.json").write_bytes((device_model / "onnx" / "tokenizer.json").read_bytes())
+    before = OnnxSLM(device_model / "onnx" / "model.onnx").completion_logprobs(["1+1?"], [" 1 + 1 = 2. The answer is 2."])
+    after = OnnxSLM(merged).completion_logprobs(["1+1?"], [" 1 + 1 = 2. The answer is 2."])
+    assert after[0].sum() > before[0].sum()  # trained on that path: it became more likely
+
+    with pytest.raises(ValueError, match="slm_checkpoints"):
+        dataclasses.replace(config, score_only_update="server")
+    with pytest.raises(ValueError, match="no config.json"):  # caught at start-up, not mid-round
+        build(dataclasses.replace(server_side, slm_checkpoints={"slm-small": tmp_path}))
