@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -182,6 +183,9 @@ class RoundEngine(threading.Thread):
             info, _ = self.store.round_info(t)
             self.secure.setup(t, uploads, self.store.clients(), info["secagg_configs"])
         self.store.put_allocations(t, SLM, decided, updates)
+        for client_id in server_side:  # stored: the adapters this round started from are not needed again
+            for old in self._score_only_rounds(client_id, below=t):
+                shutil.rmtree(old, ignore_errors=True)
         self.store.set_phase(t, "training")
         self.status.phase = "training"
         log.info(
@@ -202,7 +206,9 @@ class RoundEngine(threading.Thread):
         """Train a score-only device's LoRA adapter here, on the teacher paths allocated to it
         (there is no private data on this side, and L_CD's rejected paths would be the device's
         own, so ``score_only_distill`` defaults to α = 0), and return it as ``LoraFactor`` JSON.
-        The adapter persists in the state directory, so it keeps learning across rounds."""
+        Each round's adapter is saved under ``round<t>``, starting from the latest earlier one, so a
+        coordinator restarted before the allocation was stored trains the round again from the
+        same start instead of twice; it keeps learning across rounds."""
         from lada_client.common.reasoning import format_prompt, format_target
         from lada_client.training.lora import LoraTrainer
 
@@ -210,18 +216,20 @@ class RoundEngine(threading.Thread):
         info, _ = self.store.round_info(t)
         by_id = {c["sample_id"]: c for c in info["candidates"]}
         teacher = [(format_prompt(by_id[s]["question"]), format_target(by_id[s]["path"])) for s in sample_ids if s in by_id]
-        adapter_dir = self.config.state_dir / "score_only" / client.client_id
-        trainer = LoraTrainer(
-            self.config.slm_checkpoints[client.model_name],
-            adapter_dir if (adapter_dir / "adapter_config.json").exists() else None,
-            seed=self.config.seed,
-        )
+        earlier = self._score_only_rounds(client.client_id, below=t)
+        trainer = LoraTrainer(self.config.slm_checkpoints[client.model_name], earlier[-1] if earlier else None, seed=self.config.seed)
         if teacher:
             trainer.train_round(teacher, [], [], self.config.score_only_distill)
-        trainer.save(adapter_dir)
+        trainer.save(self.config.state_dir / "score_only" / client.client_id / f"round{t}")
         factors = trainer.lora_factors()
         log.info("round %d: trained %s's adapter here on %d teacher paths in %.1fs", t, client.name, len(teacher), time.perf_counter() - started)
         return json.dumps([f.model_dump() for f in factors])
+
+    def _score_only_rounds(self, client_id: str, below: int) -> list[Path]:
+        """Saved server-side adapters of a score-only device from rounds before ``below``, oldest first."""
+        root = self.config.state_dir / "score_only" / client_id
+        found = [(int(p.name[5:]), p) for p in root.glob("round*") if p.name[5:].isdigit() and (p / "adapter_config.json").exists()]
+        return [p for r, p in sorted(found) if r < below]
 
     def _secure_aggregation(self, t: int) -> None:
         """Co-tuning: run each architecture group's secure FedAvg through its three server steps.

@@ -177,8 +177,13 @@ def test_score_only_device_gets_an_adapter_trained_server_side_when_configured(s
     engine._allocate(1)
     engine_store.close()
     got = phone.call("allocation.get", AllocationQuery(round=1), 1, Allocation)
+    _, engine, engine_store = build(server_side)  # a coordinator restarted while allocating round 1
+    engine._allocate(1)
+    engine_store.close()
+    again = phone.call("allocation.get", AllocationQuery(round=1), 1, Allocation)
+    assert again.server_update == got.server_update  # trained from the same start, not twice
     assert got.sample_ids == ["p1"] and got.server_update
-    assert (config.state_dir / "score_only" / phone.client_id / "adapter_config.json").exists()  # keeps learning next round
+    assert (config.state_dir / "score_only" / phone.client_id / "round1" / "adapter_config.json").exists()  # next round starts from it
 
     merged = apply_lora_factors(device_model / "onnx" / "model.onnx", tmp_path / "model.onnx", got.server_update)
     (tmp_path / "tokenizer.json").write_bytes((device_model / "onnx" / "tokenizer.json").read_bytes())
