@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,41 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def _running_coordinator(config) -> Iterator[tuple[str, object]]:
+    """A real coordinator HTTP server for ``config`` (uvicorn in a thread on 127.0.0.1, round
+    engine not started: tests open rounds themselves); yields (url, store), stops on exit."""
+    import httpx
+    import uvicorn
+
+    from lada_coordinator.server.run import build
+
+    app, _, store = build(config)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{config.port}"
+    for _ in range(200):
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    try:
+        yield url, store
+    finally:
+        srv.should_exit = True
+        thread.join(5)
+        store.close()
+
+
+@pytest.fixture()
+def serve_coordinator():
+    """``with serve_coordinator(config) as (url, store):`` a real coordinator server (see
+    :func:`_running_coordinator`), for tests that need their own configuration."""
+    return _running_coordinator
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
 
 from lada_client.common.crypto import Identity
 from lada_client.common.wire import Ack, Candidate, EnrollRequest, FeatureUpload, RoundInfo
@@ -23,36 +20,22 @@ FAST_RETRY = RetryPolicy(attempts=4, initial_backoff_s=0.01, max_backoff_s=0.02)
 
 
 @pytest.fixture()
-def coordinator(tmp_path, tiny_world, free_port):
+def coordinator(tmp_path, tiny_world, free_port, serve_coordinator):
     """A real coordinator HTTP server with a small max_body_bytes, the round engine not started."""
     from lada_coordinator.config import CoordinatorConfig
-    from lada_coordinator.server.run import build
 
     config = CoordinatorConfig(
         db_path=tmp_path / "c.sqlite", state_dir=tmp_path / "state", llm_dir=tiny_world["llm"],
         public_data=tiny_world["data"], port=free_port, max_body_bytes=32_768, rounds=2,
     )
-    app, _, store = build(config)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{config.port}"
-    for _ in range(200):
-        try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    candidates = [
-        Candidate(sample_id=f"p{i:05d}", question="1+1?", path="1 + 1 = 2. The answer is 2.", llm_logprob=-3.0, llm_tokens=9)
-        for i in range(1500)
-    ]
-    info = RoundInfo(round=1, phase="features", total_rounds=2, candidates=candidates, feature_names=["a", "b", "c", "d"])
-    store.open_round(1, info.model_dump(), {})
-    yield url, store, info
-    srv.should_exit = True
-    thread.join(5)
-    store.close()
+    with serve_coordinator(config) as (url, store):
+        candidates = [
+            Candidate(sample_id=f"p{i:05d}", question="1+1?", path="1 + 1 = 2. The answer is 2.", llm_logprob=-3.0, llm_tokens=9)
+            for i in range(1500)
+        ]
+        info = RoundInfo(round=1, phase="features", total_rounds=2, candidates=candidates, feature_names=["a", "b", "c", "d"])
+        store.open_round(1, info.model_dump(), {})
+        yield url, store, info
 
 
 def _client(url: str, store, retry: RetryPolicy = FAST_RETRY) -> Transport:

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
-import uvicorn
 
 from lada_client.common.crypto import Identity
 from lada_client.common.wire import EnrollRequest
 from lada_client.transport import Transport
 from lada_coordinator.config import CoordinatorConfig
-from lada_coordinator.server.run import build
 
 
 @pytest.fixture()
@@ -34,26 +29,13 @@ def db_dump() -> Callable[[Path], list[str]]:
 
 
 @pytest.fixture()
-def server(tmp_path, tiny_world, free_port):
+def server(tmp_path, tiny_world, free_port, serve_coordinator):
     config = CoordinatorConfig(
         db_path=tmp_path / "c.sqlite", state_dir=tmp_path / "state", llm_dir=tiny_world["llm"],
         public_data=tiny_world["data"], port=free_port, max_body_bytes=200_000, rounds=2,
     )
-    app, engine, store = build(config)  # engine not started: tests open rounds themselves
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{config.port}"
-    for _ in range(100):
-        try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    yield url, store, config
-    srv.should_exit = True
-    thread.join(5)
-    store.close()
+    with serve_coordinator(config) as (url, store):
+        yield url, store, config
 
 
 @pytest.fixture()

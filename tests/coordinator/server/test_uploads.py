@@ -4,6 +4,7 @@ expire, and a SIGKILLed coordinator keeps every chunk it acknowledged."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -12,13 +13,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from lada_client.common.crypto import Direction, Identity, open_envelope, seal
 from lada_client.common.wire import (
@@ -27,41 +26,25 @@ from lada_client.common.wire import (
 )
 from lada_client.transport import CoordinatorError, RetryPolicy, Transport
 from lada_coordinator.config import CoordinatorConfig
-from lada_coordinator.server.run import build
 
 MAX_BODY = 32_768
 CHUNK = 16_384
 
 
 @pytest.fixture()
-def start_server(tmp_path, tiny_world, free_port):
+def start_server(tmp_path, tiny_world, free_port, serve_coordinator):
     """Start a real coordinator server (engine not started) with config overrides."""
-    running = []
+    with contextlib.ExitStack() as running:
 
-    def start(**overrides):
-        config = CoordinatorConfig(
-            db_path=tmp_path / "c.sqlite", state_dir=tmp_path / "state", llm_dir=tiny_world["llm"],
-            public_data=tiny_world["data"], port=free_port, rounds=2, **{"max_body_bytes": MAX_BODY, **overrides},
-        )
-        app, _, store = build(config)
-        srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning"))
-        thread = threading.Thread(target=srv.run, daemon=True)
-        thread.start()
-        url = f"http://127.0.0.1:{config.port}"
-        for _ in range(200):
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        running.append((srv, thread, store))
-        return url, store, config
+        def start(**overrides):
+            config = CoordinatorConfig(
+                db_path=tmp_path / "c.sqlite", state_dir=tmp_path / "state", llm_dir=tiny_world["llm"],
+                public_data=tiny_world["data"], port=free_port, rounds=2, **{"max_body_bytes": MAX_BODY, **overrides},
+            )
+            url, store = running.enter_context(serve_coordinator(config))
+            return url, store, config
 
-    yield start
-    for srv, thread, store in running:
-        srv.should_exit = True
-        thread.join(5)
-        store.close()
+        yield start
 
 
 def _open_round(store, n: int = 1500) -> RoundInfo:
