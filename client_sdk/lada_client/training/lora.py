@@ -84,17 +84,20 @@ class LoraTrainer:
             torch.from_numpy(path_weights(enc.completion_mask, cd_logprob)),
         )
 
-    def _path_scores(self, prompts: Sequence[str], completions: Sequence[str], settings: DistillSettings) -> torch.Tensor:
-        """L_CD's path scores (summed or mean token log-probs) with gradients."""
-        ids, mask, weights = self._batch(prompts, completions, settings.max_length, settings.cd_logprob)
+    def _path_scores(self, prompts: Sequence[str], completions: Sequence[str], max_length: int, cd_logprob: str) -> torch.Tensor:
+        """Path scores (summed or mean token log-probs, as L_CD uses them) with gradients."""
+        ids, mask, weights = self._batch(prompts, completions, max_length, cd_logprob)
         return sequence_logprob(token_logprobs(self.model, ids, mask), weights)
 
-    def sequence_logprobs(self, prompts: Sequence[str], completions: Sequence[str], max_length: int = 256) -> torch.Tensor:
-        """Path log-probs under the current weights, without gradients (π_ref at round start)."""
+    def _reference_scores(self, prompts: Sequence[str], completions: Sequence[str], max_length: int, cd_logprob: str) -> torch.Tensor:
+        """Path scores under the current weights, without gradients (π_ref at round start)."""
         self.model.eval()
         with torch.no_grad():
-            ids, mask, cmask = self._batch(prompts, completions, max_length)
-            return sequence_logprob(token_logprobs(self.model, ids, mask), cmask)
+            return self._path_scores(prompts, completions, max_length, cd_logprob)
+
+    def sequence_logprobs(self, prompts: Sequence[str], completions: Sequence[str], max_length: int = 256) -> torch.Tensor:
+        """Summed path log-probs under the current weights, without gradients."""
+        return self._reference_scores(prompts, completions, max_length, "sum")
 
     def train_round(
         self,
@@ -117,10 +120,9 @@ class LoraTrainer:
             return report
         ref_chosen = ref_rejected = None
         if pairs and settings.alpha > 0:
-            self.model.eval()
-            with torch.no_grad():
-                ref_chosen = self._path_scores([p.prompt for p in pairs], [p.chosen for p in pairs], settings)
-                ref_rejected = self._path_scores([p.prompt for p in pairs], [p.rejected for p in pairs], settings)
+            prompts = [p.prompt for p in pairs]
+            ref_chosen = self._reference_scores(prompts, [p.chosen for p in pairs], settings.max_length, settings.cd_logprob)
+            ref_rejected = self._reference_scores(prompts, [p.rejected for p in pairs], settings.max_length, settings.cd_logprob)
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=settings.lr)
         self.model.train()
         for items, sel in batch_schedule(teacher, pairs, private, settings, with_pairs=ref_chosen is not None):
@@ -130,8 +132,9 @@ class LoraTrainer:
             loss_cd = torch.tensor(float("nan"))
             if sel is not None:
                 batch_pairs = [pairs[i] for i in sel]
-                pol_c = self._path_scores([p.prompt for p in batch_pairs], [p.chosen for p in batch_pairs], settings)
-                pol_r = self._path_scores([p.prompt for p in batch_pairs], [p.rejected for p in batch_pairs], settings)
+                batch_prompts = [p.prompt for p in batch_pairs]
+                pol_c = self._path_scores(batch_prompts, [p.chosen for p in batch_pairs], settings.max_length, settings.cd_logprob)
+                pol_r = self._path_scores(batch_prompts, [p.rejected for p in batch_pairs], settings.max_length, settings.cd_logprob)
                 index = torch.tensor(sel)
                 loss_cd = contrastive_distillation_loss(pol_c, pol_r, ref_chosen[index], ref_rejected[index], settings.cd_beta)
                 loss = loss_sft + settings.alpha * loss_cd
