@@ -52,7 +52,9 @@ import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -104,15 +106,16 @@ class Sizes:
     slm_warmup_steps: int
 
 
-# Chosen so the default benchmark (three seeds, both hosts, five methods, warm starts included)
-# finishes in about 30 minutes on two CPU cores; docs/benchmarks_quality.md reports the measured
-# times. Longer federations: ``--rounds 5 --candidates 64 --budget 16``.
+# Sized for about 30 minutes on two CPU cores (three seeds, both hosts, five methods). Measured
+# on 2026-11-26: 36.4 min from an empty cache (8.4 min of it the 1,200-step teacher), ~24 min for
+# the federations alone; docs/benchmarks_quality.md reports the times of its run. Longer
+# federations: ``--rounds 5 --candidates 64 --budget 16``.
 DEFAULT = Sizes(
     seeds=(0, 1, 2),
     rounds=3,
     candidates=32,
     budget=8,
-    n_train=300,
+    n_train=200,
     n_test=64,
     n_public=4000,
     offer_questions=8,
@@ -154,11 +157,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", choices=list(METHODS), help=f"methods to run (default all: {' '.join(METHODS)})")
     p.add_argument("--hosts", nargs="+", choices=list(HOSTS), help="host frameworks to run (default both)")
     p.add_argument("--mkt-presets", default="slm-large,slm-medium,slm-small", help="SLM presets of the mkt host, one per client in turn")
+    p.add_argument("--teacher", type=Path, help="use this teacher checkpoint directory as is instead of warm-starting one (its --llm-warmup-steps is then only a label)")
     p.add_argument("--cache-dir", type=Path, default=C.CACHE_DIR / NAME, help="work directories with the cached warm starts")
     p.add_argument("--results-dir", type=Path, help="per-run results (default benchmarks/results/quality, or quality_quick with --quick)")
     p.add_argument("--out", type=Path, help="report path (default docs/benchmarks_quality.md, or benchmarks/results/quality_quick.md with --quick)")
     p.add_argument("--port", type=int, default=0, help="coordinator port (0: a free port per run)")
     p.add_argument("--client-threads", type=int, default=1, help="OMP/torch threads of each coordinator and client process")
+    p.add_argument("--jobs", type=int, default=1, help="seeds run side by side (on 2 cores, 2 jobs were slower than 1: 57 s per federation against 48 s)")
     p.add_argument("--timeout", type=float, default=3600.0, help="give up on one federation run after this many seconds")
     p.add_argument("--rerun", action="store_true", help="run every configuration even if its results are already saved")
     p.add_argument("--report-only", action="store_true", help="do not run anything: rebuild the report from saved results")
@@ -186,7 +191,7 @@ def resolve(args: argparse.Namespace) -> tuple[Sizes, tuple[str, ...], tuple[str
 
 def teacher_dir(args: argparse.Namespace) -> Path:
     """The one teacher checkpoint every run uses (built in the first seed's work directory)."""
-    return args.teacher_world / "models" / "llm"
+    return args.teacher or args.teacher_world / "models" / "llm"
 
 
 def presets_for(host: str, args: argparse.Namespace) -> tuple[str, ...]:
@@ -215,7 +220,7 @@ def settings_for(sizes: Sizes, seed: int, host: str, method: Method | None, args
         host_framework=host,
         slm_presets=presets_for(host, args),
         timeout_s=args.timeout,
-        llm_checkpoint=None if workdir == args.teacher_world and method is None else teacher_dir(args),
+        llm_checkpoint=None if args.teacher is None and workdir == args.teacher_world and method is None else teacher_dir(args),
     )
 
 
@@ -241,9 +246,10 @@ def free_port() -> int:
 def prepare_world(sizes: Sizes, seed: int, host: str, args: argparse.Namespace) -> tuple[dict[str, Path], float]:
     """Build (or reuse) the (seed, host) work directory; returns its paths and the seconds spent.
 
-    A host's directory that does not exist yet starts as a copy of another host's directory of
-    the same seed: data, tokenizer and teacher then carry over (their build markers match) and
-    ``prepare`` rebuilds only the SLMs whose preset differs.
+    A host's directory that does not exist yet starts as a copy of the same seed's other host
+    directory (worlds of one seed are prepared one after the other): data, tokenizer and the SLMs
+    of equal preset carry over, their build markers match, and ``prepare`` rebuilds only the
+    SLMs whose preset differs.
     """
     from lada_coordinator.federation import prepare
 
@@ -251,8 +257,8 @@ def prepare_world(sizes: Sizes, seed: int, host: str, args: argparse.Namespace) 
     if not workdir.exists():
         for other in HOSTS:
             sibling = args.cache_dir / f"seed{seed}-{other}"
-            if other != host and (sibling / "models" / "llm").exists():
-                log.info("seeding %s from %s (data, tokenizer and teacher are shared)", workdir.name, sibling.name)
+            if other != host and sibling.exists():
+                log.info("seeding %s from %s (data, tokenizer and equal SLMs are shared)", workdir.name, sibling.name)
                 shutil.copytree(sibling, workdir, ignore=shutil.ignore_patterns("run", "last_run.json"))
                 break
     started = time.perf_counter()
@@ -260,9 +266,11 @@ def prepare_world(sizes: Sizes, seed: int, host: str, args: argparse.Namespace) 
     return paths, time.perf_counter() - started
 
 
-def warmstart_eval(paths: dict[str, Path], key: dict[str, Any], cache: Path, setup_s: float) -> dict[str, Any]:
+def warmstart_eval(paths: dict[str, Path], key: dict[str, Any], cache: Path, setup_s: float, teacher_memo: dict) -> dict[str, Any]:
     """Round 0: the warm-started SLMs on their own test split and the teacher on all of them,
-    evaluated exactly as the clients and the coordinator evaluate during rounds."""
+    evaluated exactly as the clients and the coordinator evaluate during rounds. The hosts of one
+    seed share the teacher and the test questions, so ``teacher_memo`` keeps its figures for the
+    next host instead of generating the same greedy answers again."""
     if cache.exists():
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
@@ -285,9 +293,13 @@ def warmstart_eval(paths: dict[str, Path], key: dict[str, Any], cache: Path, set
         outputs = model.generate([format_prompt(s.question) for s in test], batch_size=batch_size)
         slm[c.name] = float(sum(is_correct(o, s.answer) for o, s in zip(outputs, test)) / max(1, len(test)))
     coord_max_new = next(f.default for f in fields(CoordinatorConfig) if f.name == "max_new_tokens")
-    with tempfile.TemporaryDirectory(prefix="lada-quality-") as tmp:
-        host = LLMHost(paths["llm"], Path(tmp) / "adapter", LoraSettings(), DistillSettings().max_length, coord_max_new)
-        per_domain = {c.name: host.accuracy(c.test[:eval_size]) for c in fed.clients}
+    # by content: sample ids are positional, so two seeds' test splits share them
+    memo_key = (str(paths["llm"].resolve()), tuple((s.question, s.answer) for c in fed.clients for s in c.test[:eval_size]))
+    if memo_key not in teacher_memo:
+        with tempfile.TemporaryDirectory(prefix="lada-quality-") as tmp:
+            host = LLMHost(paths["llm"], Path(tmp) / "adapter", LoraSettings(), DistillSettings().max_length, coord_max_new)
+            teacher_memo[memo_key] = {c.name: host.accuracy(c.test[:eval_size]) for c in fed.clients}
+    per_domain = teacher_memo[memo_key]
     # the coordinator's figure pools the same test prefixes: the size-weighted mean of the above
     sizes = {c.name: len(c.test[:eval_size]) for c in fed.clients}
     llm = sum(per_domain[n] * k for n, k in sizes.items()) / max(1, sum(sizes.values()))
@@ -720,7 +732,10 @@ def write_report(
     add("| clients | 3: `client0` add, `client1` sub, `client2` mul (one reasoning domain each, non-IID) |")
     add(f"| SLMs, `mkt` host | {', '.join(f'`{p}`' for p in args.mkt_presets.split(','))} (client0, client1, client2) |")
     add(f"| SLMs, `cotuning` host | `{COTUNING_PRESETS[0]}` for all three (adapters are averaged, so one architecture) |")
-    add(f"| teacher | `llm-tiny`, warm-started once on seed {sizes.seeds[0]}'s public pool (all four domains); every run of every seed uses it |")
+    if timing.get("teacher"):
+        add(f"| teacher | the checkpoint `{timing['teacher']}` (`--teacher`), as is; every run of every seed uses it |")
+    else:
+        add(f"| teacher | `llm-tiny`, warm-started once on seed {sizes.seeds[0]}'s public pool (all four domains); every run of every seed uses it |")
     add(f"| seeds | {', '.join(map(str, sizes.seeds))} (each seed: its own data, tokenizer and SLM warm starts) |")
     add(f"| rounds | {R} |")
     add(f"| candidates per round | {sizes.candidates} |")
@@ -731,6 +746,7 @@ def write_report(
     add(f"| teacher warm-up steps | {sizes.llm_warmup_steps} (batch 32) |")
     add(f"| SLM warm-up steps | {sizes.slm_warmup_steps} (batch 32) |")
     add(f"| processes | coordinator + 3 clients, {args.client_threads} torch/OMP thread(s) each |")
+    add(f"| seeds run side by side | {timing.get('jobs', 1)} (`--jobs`; the runs of one seed go one after the other) |")
     d = DistillSettings()
     add(f"| L_CD | path score = {d.cd_logprob} token log-prob, β = {d.cd_beta:g} (`DistillSettings` defaults); α per method, below |")
     add("| everything else | library defaults (`CoordinatorConfig`, `ClientConfig`, `DistillSettings`, `FilterConfig`) |")
@@ -759,7 +775,9 @@ def write_report(
     add(
         "Per seed, from the saved runs: building the work directories (data, tokenizer, teacher and SLM warm "
         "starts; measured when they were first built, reused afterwards), the round-0 evaluation, and the "
-        "federation runs of every host and method."
+        "federation runs of every host and method. With `--jobs` above 1 different seeds "
+        "run side by side, so these per-seed sums add up to more than the elapsed time below, and every phase "
+        "time in this report includes that contention (`--jobs 1` for uncontended times)."
     )
     add("")
     add("| seed | set-up (first build) | round-0 evaluation | federation runs | total |")
@@ -1212,6 +1230,79 @@ def _size_flags(sizes: Sizes, args: argparse.Namespace) -> str:
     return flags
 
 
+class _Progress:
+    """A shared "[k/n]" counter for the log lines of worlds running side by side."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self._lock = total, 0, threading.Lock()
+
+    def next(self) -> str:
+        with self._lock:
+            self.done += 1
+            return f"[{self.done}/{self.total}]"
+
+
+def _world_key(sizes: Sizes, seed: int, host: str, args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    """What the round-0 evaluation of a (seed, host) world depends on, and where it is saved."""
+    workdir = args.cache_dir / f"seed{seed}-{host}"
+    key = {"seed": seed, "host": host, **signature(settings_for(sizes, seed, host, None, args, workdir))}
+    for name in ("allocation", "alpha", "rounds", "candidates", "budget", "offer_questions"):
+        key.pop(name)
+    return key, args.results_dir / host / "warmstart" / f"seed{seed}.json"
+
+
+def run_world(sizes: Sizes, seed: int, host: str, methods: tuple[str, ...], args: argparse.Namespace, progress: _Progress, teacher_memo: dict) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """Prepare one (seed, host) work directory, evaluate round 0 and run every method not saved yet.
+
+    Seeds are independent (own work directories, own ports), so ``--jobs`` of them run side by
+    side; runs of one world share its directory and go one after the other.
+    Returns the round-0 record, this world's timing figures and its number of failed runs."""
+    workdir = args.cache_dir / f"seed{seed}-{host}"
+    key, cache = _world_key(sizes, seed, host, args)
+    timing: dict[str, Any] = {"setup_s": {}, "warm_eval_s": {}, "runs_s": 0.0, "n_runs": 0, "reused_runs": 0, "loadavg": []}
+    failures = 0
+    todo = []
+    for key_m in methods:
+        dest = args.results_dir / host / key_m / f"seed{seed}"
+        expected = signature(settings_for(sizes, seed, host, METHODS[key_m], args, workdir))
+        saved = _load_run(dest, expected)
+        if saved is not None and saved.get("exit_code") == 0 and not args.rerun:
+            timing["reused_runs"] += 1
+        else:
+            todo.append((key_m, dest))
+    if todo or not cache.exists():
+        log.info("seed %d, host %s: preparing %s", seed, host, workdir)
+        paths, secs = prepare_world(sizes, seed, host, args)
+        if workdir == args.teacher_world:
+            secs += getattr(args, "teacher_setup_s", 0.0)  # built before the worlds started
+        timing["setup_s"][f"seed {seed} {host}"] = secs
+        log.info("seed %d, host %s: set-up done in %.0fs", seed, host, secs)
+        t0 = time.perf_counter()
+        w = warmstart_eval(paths, key, cache, secs, teacher_memo)
+        timing["warm_eval_s"][f"seed {seed} {host}"] = time.perf_counter() - t0
+        log.info(
+            "seed %d, host %s: round 0: SLM accuracy %s, LLM %.3f (per client %s)",
+            seed, host, {k: round(v, 3) for k, v in w["slm_accuracy"].items()}, w["llm_accuracy"],
+            {k: round(v, 3) for k, v in w["llm_accuracy_per_client"].items()},
+        )
+    for key_m in methods:
+        match = [d for k, d in todo if k == key_m]
+        if not match:
+            log.info("%s %s/%s seed %d: saved results reused", progress.next(), host, key_m, seed)
+            continue
+        log.info("%s/%s seed %d: running %d rounds", host, key_m, seed, sizes.rounds)
+        record = run_one(sizes, seed, host, METHODS[key_m], args, workdir, match[0])
+        timing["runs_s"] += record["wall_s"]
+        timing["n_runs"] += 1
+        timing["loadavg"] += [record["loadavg_before"][0], record["loadavg_after"][0]]
+        if record["exit_code"] != 0:
+            failures += 1
+            log.error("%s %s/%s seed %d: FAILED (exit code %d); logs in %s", progress.next(), host, key_m, seed, record["exit_code"], match[0] / "logs")
+        else:
+            log.info("%s %s/%s seed %d: done in %.0fs", progress.next(), host, key_m, seed, record["wall_s"])
+    return json.loads(cache.read_text()), timing, failures
+
+
 # -------------------------------------------------------------------------------------- main
 
 
@@ -1222,7 +1313,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     sizes, methods, hosts = resolve(args)
     started = time.perf_counter()
-    timing: dict[str, Any] = {"setup_s": {}, "warm_eval_s": {}, "runs_s": 0.0, "n_runs": 0, "reused_runs": 0, "loadavg": []}
+    timing: dict[str, Any] = {"setup_s": {}, "warm_eval_s": {}, "runs_s": 0.0, "n_runs": 0, "reused_runs": 0, "loadavg": [], "jobs": args.jobs, "teacher": str(args.teacher) if args.teacher else None}
     warm: dict[str, dict[int, dict]] = {}
     log.info("sizes %s; methods %s; hosts %s", asdict(sizes), list(methods), list(hosts))
     if not args.report_only:
@@ -1230,58 +1321,34 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-    total = len(sizes.seeds) * len(hosts) * len(methods)
-    done = 0
-    failures = 0
-    for seed in sizes.seeds:
-        for host in hosts:
-            workdir = args.cache_dir / f"seed{seed}-{host}"
-            key = {"seed": seed, "host": host, **signature(settings_for(sizes, seed, host, None, args, workdir))}
-            key.pop("allocation"), key.pop("alpha"), key.pop("rounds"), key.pop("candidates"), key.pop("budget"), key.pop("offer_questions")
-            cache = args.results_dir / host / "warmstart" / f"seed{seed}.json"
-            if args.report_only:
-                if cache.exists() and json.loads(cache.read_text()).get("key") == key:
-                    warm.setdefault(host, {})[seed] = json.loads(cache.read_text())
-                continue
-            todo = []
-            for key_m in methods:
-                dest = args.results_dir / host / key_m / f"seed{seed}"
-                expected = signature(settings_for(sizes, seed, host, METHODS[key_m], args, workdir))
-                saved = _load_run(dest, expected)
-                if saved is not None and saved.get("exit_code") == 0 and not args.rerun:
-                    timing["reused_runs"] += 1
-                    continue
-                todo.append((key_m, dest))
-            if todo or not cache.exists():
-                log.info("seed %d, host %s: preparing %s", seed, host, workdir)
-                paths, secs = prepare_world(sizes, seed, host, args)
-                timing["setup_s"][f"seed {seed} {host}"] = secs
-                log.info("seed %d, host %s: set-up done in %.0fs", seed, host, secs)
-                t0 = time.perf_counter()
-                w = warmstart_eval(paths, key, cache, secs)
-                timing["warm_eval_s"][f"seed {seed} {host}"] = time.perf_counter() - t0
-                log.info(
-                    "seed %d, host %s: round 0: SLM accuracy %s, LLM %.3f (per client %s)",
-                    seed, host, {k: round(v, 3) for k, v in w["slm_accuracy"].items()}, w["llm_accuracy"],
-                    {k: round(v, 3) for k, v in w["llm_accuracy_per_client"].items()},
-                )
-            warm.setdefault(host, {})[seed] = json.loads(cache.read_text())
-            for key_m in methods:
-                done += 1
-                match = [d for k, d in todo if k == key_m]
-                if not match:
-                    log.info("[%d/%d] %s/%s seed %d: saved results reused", done, total, host, key_m, seed)
-                    continue
-                log.info("[%d/%d] %s/%s seed %d: running %d rounds", done, total, host, key_m, seed, sizes.rounds)
-                record = run_one(sizes, seed, host, METHODS[key_m], args, workdir, match[0])
-                timing["runs_s"] += record["wall_s"]
-                timing["n_runs"] += 1
-                timing["loadavg"] += [record["loadavg_before"][0], record["loadavg_after"][0]]
-                if record["exit_code"] != 0:
-                    failures += 1
-                    log.error("[%d/%d] %s/%s seed %d: FAILED (exit code %d); logs in %s", done, total, host, key_m, seed, record["exit_code"], match[0] / "logs")
+    worlds = [(seed, host) for seed in sizes.seeds for host in hosts]
+    if args.report_only:
+        for seed, host in worlds:
+            key, cache = _world_key(sizes, seed, host, args)
+            if cache.exists() and json.loads(cache.read_text()).get("key") == key:
+                warm.setdefault(host, {})[seed] = json.loads(cache.read_text())
+        failures = 0
+    else:
+        if args.teacher is None:
+            # every world's runs use the teacher built in the first one, so that one goes first
+            log.info("teacher: preparing %s", args.teacher_world)
+            _, args.teacher_setup_s = prepare_world(sizes, sizes.seeds[0], hosts[0], args)
+            log.info("teacher ready in %.0fs", args.teacher_setup_s)
+        progress = _Progress(len(worlds) * len(methods))
+        teacher_memo: dict = {}  # round-0 teacher accuracy, shared by the hosts of a seed
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs), thread_name_prefix="world") as pool:
+            # one task per seed: its hosts' worlds in turn, since the second starts as a copy of the first
+            per_seed = pool.map(lambda seed: [run_world(sizes, seed, h, methods, args, progress, teacher_memo) for h in hosts], sizes.seeds)
+            outcomes = [o for seed_outcomes in per_seed for o in seed_outcomes]
+        failures = 0
+        for (seed, host), (w, t, failed) in zip(worlds, outcomes):
+            warm.setdefault(host, {})[seed] = w
+            failures += failed
+            for name, value in t.items():
+                if isinstance(value, dict):
+                    timing[name].update(value)
                 else:
-                    log.info("[%d/%d] %s/%s seed %d: done in %.0fs", done, total, host, key_m, seed, record["wall_s"])
+                    timing[name] += value
     runs = load_runs(args.results_dir, sizes, hosts, methods, args)
     if not runs:
         log.error("no saved runs match these settings in %s", args.results_dir)

@@ -44,6 +44,10 @@ class LLMHost:
         self.tokenizer = self.trainer.tokenizer
         self.max_length = max_length
         self.max_new_tokens = max_new_tokens
+        # Greedy accuracy depends only on the weights and the questions; rounds in which the LLM
+        # does not train reuse the last figure instead of generating all test answers again.
+        self._weights_version = 0
+        self._accuracy_memo: dict[tuple[int, tuple[tuple[str, str], ...], int], float] = {}
 
     def _generate(self, prompts: Sequence[str], n: int, temperature: float, max_new_tokens: int, seed: int, batch_size: int = 64) -> list[list[str]]:
         torch.manual_seed(seed)
@@ -135,11 +139,16 @@ class LLMHost:
             if own and not is_correct(own, s.answer)
         ]
         report = self.trainer.train_round(teacher, pairs, [], settings)
+        self._weights_version += 1
         self.trainer.save(self.adapter_dir)
         return report
 
     def accuracy(self, samples: Sequence[Sample], seed: int = 0) -> float:
+        """Exact-match accuracy of greedy answers (memoised until the next :meth:`train`)."""
         if not samples:
             return 0.0
-        own = self._generate([format_prompt(s.question) for s in samples], 1, 0.0, self.max_new_tokens, seed)
-        return float(np.mean([is_correct(o[0], s.answer) for o, s in zip(own, samples)]))
+        key = (self._weights_version, tuple((s.question, s.answer) for s in samples), seed)
+        if key not in self._accuracy_memo:
+            own = self._generate([format_prompt(s.question) for s in samples], 1, 0.0, self.max_new_tokens, seed)
+            self._accuracy_memo = {key: float(np.mean([is_correct(o[0], s.answer) for o, s in zip(own, samples)]))}
+        return self._accuracy_memo[key]

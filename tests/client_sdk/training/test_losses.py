@@ -74,3 +74,28 @@ def test_beta_default_follows_the_path_score():
         DistillSettings(cd_logprob="max")
     with pytest.raises(ValueError, match="beta"):
         DistillSettings(beta=0.0)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_token_logprobs_of_a_padded_batch_equal_each_row_alone(side):
+    """The hand-built causal + padding bias must mask exactly like an unpadded forward."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lada_client.training.losses import token_logprobs
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)).eval()
+    rows = [torch.randint(1, 40, (n,)) for n in (9, 5, 2)]
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, r in enumerate(rows):
+        sl = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
+        ids[b, sl], mask[b, sl] = r, 1
+    with torch.no_grad():
+        batch = token_logprobs(model, ids, mask)
+        for b, r in enumerate(rows):
+            alone = token_logprobs(model, r[None], torch.ones(1, len(r), dtype=torch.long))[0]
+            got = batch[b, : len(r) - 1] if side == "right" else batch[b, width - len(r) :]
+            assert torch.isfinite(batch[b]).all()
+            torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)

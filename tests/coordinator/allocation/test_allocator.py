@@ -68,3 +68,13 @@ def test_random_is_reproducible_per_seed(tmp_path):
     b = Allocator(Store(tmp_path / "b.sqlite"), "random", _configs(), seed=5).allocate(1, SLM, "c1", ids, z)
     c = Allocator(Store(tmp_path / "c.sqlite"), "random", _configs(), seed=6).allocate(1, SLM, "c1", ids, z)
     assert a == b and a != c
+
+
+def test_random_draw_follows_the_client_name_not_its_enrollment(tmp_path):
+    """Enrolling again gives a client a new id; its random baseline must draw the same samples."""
+    ids, z = _round(np.random.default_rng(4))
+    alloc = Allocator(Store(tmp_path / "a.sqlite"), "random", _configs(), seed=5)
+    first = alloc.allocate(1, SLM, "client0-1a2b3c4d", ids, z, draw_key="client0")
+    again = alloc.allocate(1, SLM, "client0-9f8e7d6c", ids, z, draw_key="client0")
+    other = alloc.allocate(1, SLM, "client1-1a2b3c4d", ids, z, draw_key="client1")
+    assert first == again and first != other
