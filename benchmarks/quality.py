@@ -1242,6 +1242,11 @@ class _Progress:
             return f"[{self.done}/{self.total}]"
 
 
+def _new_timing() -> dict[str, Any]:
+    """Per-invocation counters; each world fills its own, and main adds them up."""
+    return {"setup_s": {}, "warm_eval_s": {}, "runs_s": 0.0, "n_runs": 0, "reused_runs": 0, "loadavg": []}
+
+
 def _world_key(sizes: Sizes, seed: int, host: str, args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     """What the round-0 evaluation of a (seed, host) world depends on, and where it is saved."""
     workdir = args.cache_dir / f"seed{seed}-{host}"
@@ -1259,7 +1264,7 @@ def run_world(sizes: Sizes, seed: int, host: str, methods: tuple[str, ...], args
     Returns the round-0 record, this world's timing figures and its number of failed runs."""
     workdir = args.cache_dir / f"seed{seed}-{host}"
     key, cache = _world_key(sizes, seed, host, args)
-    timing: dict[str, Any] = {"setup_s": {}, "warm_eval_s": {}, "runs_s": 0.0, "n_runs": 0, "reused_runs": 0, "loadavg": []}
+    timing = _new_timing()
     failures = 0
     todo = []
     for key_m in methods:
@@ -1313,7 +1318,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     sizes, methods, hosts = resolve(args)
     started = time.perf_counter()
-    timing: dict[str, Any] = {"setup_s": {}, "warm_eval_s": {}, "runs_s": 0.0, "n_runs": 0, "reused_runs": 0, "loadavg": [], "jobs": args.jobs, "teacher": str(args.teacher) if args.teacher else None}
+    timing = {**_new_timing(), "jobs": args.jobs, "teacher": str(args.teacher) if args.teacher else None}
     warm: dict[str, dict[int, dict]] = {}
     log.info("sizes %s; methods %s; hosts %s", asdict(sizes), list(methods), list(hosts))
     if not args.report_only:
@@ -1322,12 +1327,12 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
     worlds = [(seed, host) for seed in sizes.seeds for host in hosts]
+    failures = 0
     if args.report_only:
         for seed, host in worlds:
             key, cache = _world_key(sizes, seed, host, args)
             if cache.exists() and json.loads(cache.read_text()).get("key") == key:
                 warm.setdefault(host, {})[seed] = json.loads(cache.read_text())
-        failures = 0
     else:
         if args.teacher is None:
             # every world's runs use the teacher built in the first one, so that one goes first
@@ -1340,7 +1345,6 @@ def main(argv: list[str] | None = None) -> int:
             # one task per seed: its hosts' worlds in turn, since the second starts as a copy of the first
             per_seed = pool.map(lambda seed: [run_world(sizes, seed, h, methods, args, progress, teacher_memo) for h in hosts], sizes.seeds)
             outcomes = [o for seed_outcomes in per_seed for o in seed_outcomes]
-        failures = 0
         for (seed, host), (w, t, failed) in zip(worlds, outcomes):
             warm.setdefault(host, {})[seed] = w
             failures += failed

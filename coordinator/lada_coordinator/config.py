@@ -56,7 +56,7 @@ class CoordinatorConfig:
     upload_max_client_bytes: int = 1024**3  # bytes of open upload sessions one client may hold
     # A device that can score but not train: "skip" its adapter update (nothing is allocated to it),
     # or train it here ("server") on the teacher paths allocated to it, from the base checkpoint of
-    # its model named in slm_checkpoints, and send it the adapter (see rounds.py, _server_updates).
+    # its model named in slm_checkpoints, and send it the adapter (see rounds.py, _server_update).
     score_only_update: str = "skip"
     slm_checkpoints: dict[str, Path] = field(default_factory=dict)
     score_only_distill: DistillSettings = field(default_factory=lambda: DistillSettings(alpha=0.0))

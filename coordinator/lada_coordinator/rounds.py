@@ -177,12 +177,11 @@ class RoundEngine(threading.Thread):
                     continue
                 server_side.append(client_id)
             z = np.asarray(up["features"], dtype=np.float64).reshape(len(up["sample_ids"]), -1)
-            name = client.name if client is not None else None
-            decided[client_id] = self.allocator.allocate(t, SLM, client_id, up["sample_ids"], z, draw_key=name)
+            decided[client_id] = self.allocator.allocate(t, SLM, client_id, up["sample_ids"], z)
         updates = {c: self._server_update(t, clients[c], decided[c][0]) for c in server_side}
         if self.config.host_framework == "cotuning":
             info, _ = self.store.round_info(t)
-            self.secure.setup(t, uploads, self.store.clients(), info["secagg_configs"])
+            self.secure.setup(t, uploads, list(clients.values()), info["secagg_configs"])
         self.store.put_allocations(t, SLM, decided, updates)
         for client_id in server_side:  # stored: the adapters this round started from are not needed again
             for old in self._score_only_rounds(client_id, below=t):
@@ -305,13 +304,12 @@ class RoundEngine(threading.Thread):
     def _llm_direction(self, t: int, features: dict[str, dict]) -> dict:
         """Method step 6: pick SLM-offered paths that carry knowledge new to the LLM, train on them."""
         chosen: list[tuple[Sample, str, str, np.ndarray, str]] = []
-        names = {c.client_id: c.name for c in self.store.clients()}
         for client_id, up in features.items():
             offers = [(self.public_by_id[o["sample_id"]], o["path"]) for o in up.get("offers", []) if o["sample_id"] in self.public_by_id]
             if not offers:
                 continue
             z, own = self.llm.offer_features([s for s, _ in offers], [p for _, p in offers], seed=self.config.seed + t)
-            ids, _ = self.allocator.allocate(t, LLM, client_id, [s.sample_id for s, _ in offers], z, draw_key=names.get(client_id))
+            ids, _ = self.allocator.allocate(t, LLM, client_id, [s.sample_id for s, _ in offers], z)
             keep = set(ids)
             chosen.extend((s, p, o, z[i], client_id) for i, ((s, p), o) in enumerate(zip(offers, own)) if s.sample_id in keep)
         if not chosen:

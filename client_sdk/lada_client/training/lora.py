@@ -149,43 +149,44 @@ class LoraTrainer:
         log.info("LoRA round: %d steps, L_SFT=%.3f, L_CD=%.3f, %d pairs", report.steps, report.sft_loss, report.cd_loss, len(pairs))
         return report
 
+    def _lora_layers(self):  # -> Iterator[tuple[str, LoraLayer]]
+        """The LoRA-adapted projections, each with its weight's name in the base checkpoint."""
+        from peft.tuners.lora import LoraLayer
+
+        for name, module in self.model.named_modules():
+            if isinstance(module, LoraLayer):
+                yield name.removeprefix("base_model.model.") + ".weight", module
+
     def projection_weights(self, merged: bool = True) -> dict[str, np.ndarray]:
         """Weights of the LoRA-adapted projections, named as in the base checkpoint: base only, or
         merged with the adapter (``W + scale·B·A``) — what the ONNX weight swap writes."""
-        from peft.tuners.lora import LoraLayer
-
         out: dict[str, np.ndarray] = {}
         with torch.no_grad():
-            for name, module in self.model.named_modules():
-                if isinstance(module, LoraLayer):
-                    w = module.base_layer.weight.detach().float()
-                    if merged:
-                        for adapter in module.active_adapters:
-                            w = w + module.get_delta_weight(adapter).float()
-                    out[name.removeprefix("base_model.model.") + ".weight"] = w.numpy()
+            for name, module in self._lora_layers():
+                w = module.base_layer.weight.detach().float()
+                if merged:
+                    for adapter in module.active_adapters:
+                        w = w + module.get_delta_weight(adapter).float()
+                out[name] = w.numpy()
         return out
 
     def lora_factors(self) -> list[LoraFactor]:
         """The adapter as per-projection factors (A, B, scale) with digests of the base weights:
         what a score-only device needs to merge it into its ONNX scorer
         (:func:`~lada_client.models.weight_swap.apply_lora_factors`)."""
-        from peft.tuners.lora import LoraLayer
-
         from lada_client.models.weight_swap import encode_array, weight_digests
 
         out: list[LoraFactor] = []
         with torch.no_grad():
-            for name, module in self.model.named_modules():
-                if isinstance(module, LoraLayer):
-                    for adapter in module.active_adapters:
-                        a = module.lora_A[adapter].weight.detach().float().numpy()
-                        b = module.lora_B[adapter].weight.detach().float().numpy()
-                        digest, digest_t = weight_digests(module.base_layer.weight.detach().float().numpy())
-                        out.append(LoraFactor(
-                            name=name.removeprefix("base_model.model.") + ".weight", a=encode_array(a), a_shape=a.shape,
-                            b=encode_array(b), b_shape=b.shape, scale=float(module.scaling[adapter]),
-                            digest=digest, digest_t=digest_t,
-                        ))
+            for name, module in self._lora_layers():
+                digest, digest_t = weight_digests(module.base_layer.weight.detach().float().numpy())
+                for adapter in module.active_adapters:
+                    a = module.lora_A[adapter].weight.detach().float().numpy()
+                    b = module.lora_B[adapter].weight.detach().float().numpy()
+                    out.append(LoraFactor(
+                        name=name, a=encode_array(a), a_shape=a.shape, b=encode_array(b), b_shape=b.shape,
+                        scale=float(module.scaling[adapter]), digest=digest, digest_t=digest_t,
+                    ))
         return out
 
     def merged_checkpoint(self, out_dir: Path) -> Path:

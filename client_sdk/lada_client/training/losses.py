@@ -22,7 +22,7 @@ def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype = torch.floa
     """The causal + padding mask as the additive ``[B, 1, T, T]`` bias transformers accepts as is.
 
     transformers builds the same mask from the 2-D one on every forward with a vmapped
-    predicate, which costs ~13 % of a LoRA step on the tiny models; this is a few tensor ops.
+    predicate; this is a few tensor ops, and a LoRA round of ``slm-large`` runs ~9 % faster.
     A padding query also sees itself, so no row is fully masked (it would give NaN in softmax);
     its outputs are never read."""
     length = attention_mask.shape[1]

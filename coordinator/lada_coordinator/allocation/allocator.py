@@ -57,14 +57,9 @@ class Allocator:
         return self._filters[key]
 
     def allocate(
-        self, round_index: int, direction: str, client_id: str, sample_ids: Sequence[str], z: np.ndarray,
-        draw_key: str | None = None,
+        self, round_index: int, direction: str, client_id: str, sample_ids: Sequence[str], z: np.ndarray
     ) -> tuple[list[str], str]:
-        """Return (selected sample ids, reason).
-
-        ``draw_key`` seeds the ``random`` baseline's draw (default ``client_id``). Client ids carry
-        a random suffix per enrollment, so callers pass the stable client name: the same seed
-        then draws the same samples in every run, as the other modes already do."""
+        """Return (selected sample ids, reason)."""
         budget = self._configs[direction].budget
         if not sample_ids:
             return [], "empty"
@@ -73,7 +68,11 @@ class Allocator:
         if self._mode == "none":
             return [], "local_only"
         if self._mode == "random":
-            rng = np.random.default_rng([self._seed, round_index, zlib.crc32(f"{draw_key or client_id}/{direction}".encode())])
+            # Seeded by the enrolled name, not the id: ids carry a random suffix per enrollment, and
+            # the same seed must draw the same samples in every run, as the other modes do.
+            record = self._store.client(client_id)
+            name = record.name if record is not None else client_id
+            rng = np.random.default_rng([self._seed, round_index, zlib.crc32(f"{name}/{direction}".encode())])
             idx = rng.choice(len(sample_ids), size=min(budget, len(sample_ids)), replace=False)
             return [sample_ids[i] for i in sorted(idx)], "random"
         with _one_thread():

@@ -6,7 +6,7 @@ import numpy as np
 
 from lada_coordinator.allocation.allocator import LLM, SLM, Allocator
 from lada_coordinator.allocation.eenet import FilterConfig
-from lada_coordinator.store import Store
+from lada_coordinator.store import ClientRecord, Store
 
 
 def _configs() -> dict[str, FilterConfig]:
@@ -73,8 +73,12 @@ def test_random_is_reproducible_per_seed(tmp_path):
 def test_random_draw_follows_the_client_name_not_its_enrollment(tmp_path):
     """Enrolling again gives a client a new id; its random baseline must draw the same samples."""
     ids, z = _round(np.random.default_rng(4))
-    alloc = Allocator(Store(tmp_path / "a.sqlite"), "random", _configs(), seed=5)
-    first = alloc.allocate(1, SLM, "client0-1a2b3c4d", ids, z, draw_key="client0")
-    again = alloc.allocate(1, SLM, "client0-9f8e7d6c", ids, z, draw_key="client0")
-    other = alloc.allocate(1, SLM, "client1-1a2b3c4d", ids, z, draw_key="client1")
+    draws = []
+    for run, client_id in enumerate(("client0-1a2b3c4d", "client0-9f8e7d6c")):
+        store = Store(tmp_path / f"run{run}.sqlite")
+        for cid in (client_id, f"client1-{run}"):
+            store.enroll(store.issue_token(), ClientRecord(cid, cid.split("-")[0], "k", "k", "add", "m", {}, 0, 0, 0))
+        alloc = Allocator(store, "random", _configs(), seed=5)
+        draws.append((alloc.allocate(1, SLM, client_id, ids, z), alloc.allocate(1, SLM, f"client1-{run}", ids, z)))
+    (first, other), (again, _) = draws
     assert first == again and first != other

@@ -116,6 +116,12 @@ class Manual:
         return self.t._open_reply("features.put", committed.reply, self.header, Ack)
 
 
+def _one_upload(start_server, enroll) -> tuple[Manual, object, object]:
+    """A server, one enrolled client and its manual upload of the round's features."""
+    url, store, config = start_server()
+    return Manual(enroll(url, store), _features(_open_round(store))), store, config
+
+
 def test_body_over_max_body_bytes_goes_through_in_chunks(start_server, enroll):
     url, store, config = start_server()
     t = enroll(url, store)
@@ -252,10 +258,7 @@ def test_bad_upload_requests_get_4xx_and_change_nothing(start_server, enroll, db
 
 
 def test_commit_with_wrong_declared_hash_is_refused(start_server, enroll, db_dump):
-    url, store, config = start_server()
-    t = enroll(url, store)
-    info = _open_round(store)
-    m = Manual(t, _features(info))
+    m, store, config = _one_upload(start_server, enroll)
     s = m.begin(sha256=hashlib.sha256(b"something else").hexdigest())
     for i in range(s.n_chunks):
         m.put(s.session_id, i)
@@ -267,10 +270,7 @@ def test_commit_with_wrong_declared_hash_is_refused(start_server, enroll, db_dum
 
 
 def test_begin_again_resumes_and_repeated_chunks_are_noops(start_server, enroll):
-    url, store, _ = start_server()
-    t = enroll(url, store)
-    info = _open_round(store)
-    m = Manual(t, _features(info))
+    m, _, _ = _one_upload(start_server, enroll)
     s = m.begin()
     for i in (0, 2, 3):
         assert m.put(s.session_id, i).message == "stored"
@@ -302,10 +302,7 @@ def test_abort_drops_the_session_and_its_chunks(start_server, enroll):
 
 
 def test_abort_refuses_a_committed_session(start_server, enroll):
-    url, store, _ = start_server()
-    t = enroll(url, store)
-    info = _open_round(store)
-    m = Manual(t, _features(info))
+    m, _, _ = _one_upload(start_server, enroll)
     s = m.begin()
     for i in range(m.n):
         m.put(s.session_id, i)
