@@ -190,6 +190,20 @@ def world(n_public: int = 320) -> dict[str, Path]:
     return paths
 
 
+def slm_accuracy(onnx_model: Path, samples) -> float:
+    """Greedy exact-match accuracy of an exported SLM on ``samples``, with the client's own
+    evaluation settings (``ClientConfig`` generation cap and batch size), so benchmark figures
+    match what a client reports during rounds."""
+    from lada_client.common.reasoning import format_prompt, is_correct
+    from lada_client.config import ClientConfig, DistillSettings
+    from lada_client.scoring.onnx_slm import OnnxSLM
+
+    defaults = ClientConfig.__dataclass_fields__
+    model = OnnxSLM(onnx_model, max_length=DistillSettings().max_length, max_new_tokens=defaults["max_new_tokens"].default)
+    answers = model.generate([format_prompt(s.question) for s in samples], batch_size=defaults["batch_size"].default)
+    return float(sum(is_correct(a, s.answer) for a, s in zip(answers, samples)) / max(1, len(samples)))
+
+
 def public_samples(paths: dict[str, Path]):
     from lada_client.data.federation import load_public
 

@@ -99,6 +99,7 @@ class Sizes:
     candidates: int
     budget: int
     n_train: int
+    epochs: int
     n_test: int
     n_public: int
     offer_questions: int
@@ -106,16 +107,17 @@ class Sizes:
     slm_warmup_steps: int
 
 
-# Sized for about 30 minutes on two CPU cores (three seeds, both hosts, five methods). Measured
-# on 2026-11-26: 36.4 min from an empty cache (8.4 min of it the 1,200-step teacher), ~24 min for
-# the federations alone; docs/benchmarks_quality.md reports the times of its run. Longer
-# federations: ``--rounds 5 --candidates 64 --budget 16``.
+# Sized for 30 minutes on two CPU cores from an empty cache (three seeds, both hosts, five
+# methods, the teacher built once); docs/benchmarks_quality.md reports the times of its run. One
+# training pass per round (``--epochs``, the client default is 2) keeps the 30 federations inside
+# that budget. Longer federations: ``--rounds 5 --candidates 64 --budget 16 --epochs 2``.
 DEFAULT = Sizes(
     seeds=(0, 1, 2),
     rounds=3,
     candidates=32,
     budget=8,
     n_train=200,
+    epochs=1,
     n_test=64,
     n_public=4000,
     offer_questions=8,
@@ -129,6 +131,7 @@ QUICK = Sizes(
     candidates=16,
     budget=4,
     n_train=40,
+    epochs=1,
     n_test=8,
     n_public=160,
     offer_questions=4,
@@ -149,6 +152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--candidates", type=int, help=f"candidates per round (default {DEFAULT.candidates})")
     p.add_argument("--budget", type=int, help=f"per-client allocation budget B (default {DEFAULT.budget})")
     p.add_argument("--n-train", type=int, help=f"private training samples per client (default {DEFAULT.n_train})")
+    p.add_argument("--epochs", type=int, help=f"clients' training passes per round (default {DEFAULT.epochs})")
     p.add_argument("--n-test", type=int, help=f"private test samples per client (default {DEFAULT.n_test})")
     p.add_argument("--n-public", type=int, help=f"public pool size (default {DEFAULT.n_public})")
     p.add_argument("--offer-questions", type=int, help=f"public questions offered to the LLM (default {DEFAULT.offer_questions})")
@@ -183,8 +187,8 @@ def resolve(args: argparse.Namespace) -> tuple[Sizes, tuple[str, ...], tuple[str
         args.results_dir = C.RESULTS_DIR / ("quality_quick" if args.quick else "quality")
     if args.out is None:
         args.out = C.RESULTS_DIR / "quality_quick.md" if args.quick else C.REPO_ROOT / "docs" / "benchmarks_quality.md"
-    if sizes.rounds < 1 or sizes.budget < 1 or sizes.candidates < sizes.budget:
-        raise SystemExit("quality: need rounds >= 1 and candidates >= budget >= 1")
+    if sizes.rounds < 1 or sizes.budget < 1 or sizes.candidates < sizes.budget or sizes.epochs < 0:
+        raise SystemExit("quality: need rounds >= 1, candidates >= budget >= 1 and epochs >= 0")
     args.teacher_world = args.cache_dir / f"seed{sizes.seeds[0]}-{hosts[0]}"
     return sizes, methods, hosts
 
@@ -217,6 +221,7 @@ def settings_for(sizes: Sizes, seed: int, host: str, method: Method | None, args
         slm_warmup_steps=sizes.slm_warmup_steps,
         offer_questions=sizes.offer_questions,
         alpha=method.alpha if method else 0.5,
+        epochs=sizes.epochs,
         host_framework=host,
         slm_presets=presets_for(host, args),
         timeout_s=args.timeout,
@@ -226,11 +231,14 @@ def settings_for(sizes: Sizes, seed: int, host: str, method: Method | None, args
 
 def signature(settings: Any) -> dict[str, Any]:
     """What makes two runs comparable: every setting except where and on which port they ran."""
+    from lada_client.models.tokenizer import DEFAULT_VOCAB_SIZE
+
     d = asdict(settings)
     for key in ("workdir", "port", "timeout_s"):
         d.pop(key, None)
     d["slm_presets"] = list(d["slm_presets"])
     d.pop("llm_checkpoint", None)  # always the benchmark's one teacher, described by llm_warmup_steps
+    d["vocab_size"] = DEFAULT_VOCAB_SIZE  # the world's tokenizer (every model is built on it)
     return d
 
 
@@ -275,23 +283,15 @@ def warmstart_eval(paths: dict[str, Path], key: dict[str, Any], cache: Path, set
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
             return saved
-    from lada_client.common.reasoning import format_prompt, is_correct
     from lada_client.config import ClientConfig, DistillSettings, LoraSettings
     from lada_client.data.federation import FederationData
-    from lada_client.scoring.onnx_slm import OnnxSLM
     from lada_coordinator.config import CoordinatorConfig
     from lada_coordinator.llm.host import LLMHost
 
-    defaults = {f.name: f.default for f in fields(ClientConfig)}
-    eval_size, batch_size, max_new = defaults["eval_size"], defaults["batch_size"], defaults["max_new_tokens"]
+    eval_size = next(f.default for f in fields(ClientConfig) if f.name == "eval_size")
     fed = FederationData.load(paths["data"])
     started = time.perf_counter()
-    slm: dict[str, float] = {}
-    for c in fed.clients:
-        test = c.test[:eval_size]
-        model = OnnxSLM(paths[c.name] / "onnx" / "model.onnx", max_length=DistillSettings().max_length, max_new_tokens=max_new)
-        outputs = model.generate([format_prompt(s.question) for s in test], batch_size=batch_size)
-        slm[c.name] = float(sum(is_correct(o, s.answer) for o, s in zip(outputs, test)) / max(1, len(test)))
+    slm = {c.name: C.slm_accuracy(paths[c.name] / "onnx" / "model.onnx", c.test[:eval_size]) for c in fed.clients}
     coord_max_new = next(f.default for f in fields(CoordinatorConfig) if f.name == "max_new_tokens")
     # by content: sample ids are positional, so two seeds' test splits share them
     memo_key = (str(paths["llm"].resolve()), tuple((s.question, s.answer) for c in fed.clients for s in c.test[:eval_size]))
@@ -741,6 +741,7 @@ def write_report(
     add(f"| candidates per round | {sizes.candidates} |")
     add(f"| allocation budget B per client | {sizes.budget} (LaDa's floor ⌈B/4⌉ = {math.ceil(sizes.budget / 4)}) |")
     add(f"| private train / test samples per client | {sizes.n_train} / {sizes.n_test} (accuracy on the first {min(sizes.n_test, 64)}) |")
+    add(f"| training passes per round | {sizes.epochs} over private data + allocated paths (`--epochs`) |")
     add(f"| public pool | {sizes.n_public} |")
     add(f"| public questions offered to the LLM per round | {sizes.offer_questions} |")
     add(f"| teacher warm-up steps | {sizes.llm_warmup_steps} (batch 32) |")
@@ -953,13 +954,12 @@ def write_report(
 
 def add_analysis(add, summary: dict, warm: dict, sizes: Sizes, methods: tuple[str, ...], hosts: tuple[str, ...], verdicts: dict) -> None:
     """The reading of the numbers above; every figure is computed from the runs."""
-    from lada_client.config import DistillSettings
     from lada_coordinator.allocation.eenet import FilterConfig
 
     add("## Analysis")
     add("")
     R, B = sizes.rounds, sizes.budget
-    fc, ds = FilterConfig(budget=B), DistillSettings()
+    fc = FilterConfig(budget=B)
 
     def has(host: str, key: str) -> bool:
         return key in methods and "curves" in summary.get(host, {}).get(key, {})
@@ -1103,8 +1103,8 @@ def add_analysis(add, summary: dict, warm: dict, sizes: Sizes, methods: tuple[st
     steps = {k: dval(host1, k, "lora_steps") for k in methods if has(host1, k)}
     if steps:
         add(
-            f"* **Training compute.** Every round makes {ds.epochs} pass(es) over the union of the private data and "
-            f"the allocated teacher paths (`DistillSettings.epochs`), so local-only is the common base and the "
+            f"* **Training compute.** Every round makes {sizes.epochs} pass(es) over the union of the private data and "
+            f"the allocated teacher paths (`DistillSettings.epochs`, `--epochs`), so local-only is the common base and the "
             f"methods differ by what the allocation adds. LoRA steps per client and round (`{host1}`): "
             + ", ".join(f"{METHODS[k].label} {v:.0f}" for k, v in steps.items()) + "."
         )
@@ -1251,7 +1251,7 @@ def _world_key(sizes: Sizes, seed: int, host: str, args: argparse.Namespace) -> 
     """What the round-0 evaluation of a (seed, host) world depends on, and where it is saved."""
     workdir = args.cache_dir / f"seed{seed}-{host}"
     key = {"seed": seed, "host": host, **signature(settings_for(sizes, seed, host, None, args, workdir))}
-    for name in ("allocation", "alpha", "rounds", "candidates", "budget", "offer_questions"):
+    for name in ("allocation", "alpha", "epochs", "rounds", "candidates", "budget", "offer_questions"):
         key.pop(name)
     return key, args.results_dir / host / "warmstart" / f"seed{seed}.json"
 

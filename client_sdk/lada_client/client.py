@@ -14,7 +14,9 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +81,7 @@ class LadaClient:
         self.data = load_client(config.data_dir, config.name)
         self.slm = self.load_slm(self._scoring_path())
         self._trainer = None
+        self._trainer_future: Future | None = None
         self._round_start_adapter: np.ndarray | None = None
         self._done_rounds: set[int] = set()
         self.privacy = GaussianMechanism(config.dp)
@@ -146,10 +149,33 @@ class LadaClient:
     @property
     def trainer(self):  # -> TrainerBackend (training/backend.py); imported lazily: scoring-only devices have no torch
         if self._trainer is None:
-            from lada_client.training.backend import trainer_for
-
-            self._trainer = trainer_for(self.config, self._adapter_dir)  # config.train_backend: "torch" or "ort"
+            future = self._trainer_future or self._start_loading_trainer()
+            try:
+                self._trainer = future.result()
+            finally:
+                self._trainer_future = None  # after a failure, the next use tries again
         return self._trainer
+
+    def _start_loading_trainer(self) -> Future:
+        """Build the trainer (config.train_backend: "torch" or "ort") in a background thread.
+
+        Importing torch, transformers and peft and loading the checkpoint costs seconds of CPU. Started
+        when the client starts running, it overlaps enrollment and the wait for the coordinator to open
+        the first round, instead of delaying that round's training. Errors surface at first use.
+        """
+        from lada_client.training.backend import trainer_for
+
+        future: Future = Future()
+
+        def load() -> None:
+            try:
+                future.set_result(trainer_for(self.config, self._adapter_dir))
+            except BaseException as exc:  # re-raised by .result() in the caller's thread
+                future.set_exception(exc)
+
+        threading.Thread(target=load, name=f"{self.config.name}-trainer-load", daemon=True).start()
+        self._trainer_future = future
+        return future
 
     def _scoring_path(self) -> Path:
         """The current scoring model: the device's own re-export once it has trained, else the base."""
@@ -194,6 +220,8 @@ class LadaClient:
     # --------------------------------------------------------------------------------- rounds
     def run(self, max_rounds: int | None = None) -> list[RoundResult]:
         """Take part in rounds until the coordinator says the federation is finished."""
+        if self.config.can_train and self._trainer is None and self._trainer_future is None:
+            self._start_loading_trainer()
         self.enroll()
         results: list[RoundResult] = []
         known_round = 0

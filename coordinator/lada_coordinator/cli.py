@@ -52,7 +52,7 @@ def _federation(args: argparse.Namespace) -> int:
         n_train=args.n_train, n_test=args.n_test, n_public=args.n_public,
         llm_warmup_steps=args.llm_warmup_steps, slm_warmup_steps=args.slm_warmup_steps,
         offer_questions=args.offer_questions, timeout_s=args.timeout, tls=args.tls,
-        alpha=args.alpha, dp_noise=args.dp_noise, host_framework=args.host_framework,
+        alpha=args.alpha, epochs=args.epochs, dp_noise=args.dp_noise, host_framework=args.host_framework,
         slm_presets=tuple(args.slm_presets.split(",")), llm_checkpoint=args.llm_checkpoint,
     )
     return run_federation(settings)
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
     p.add_argument("--tls", action="store_true", help="serve https with a generated self-signed certificate")
     p.add_argument("--alpha", type=float, default=0.5, help="weight of L_CD on the clients (0 = SFT-only baseline)")
+    p.add_argument("--epochs", type=int, default=2, help="clients' training passes per round over private data + allocated paths")
     p.add_argument("--dp-noise", type=float, default=0.0, help="DP noise multiplier on client features (0 = off)")
     p.add_argument("--host-framework", choices=["mkt", "cotuning"], default="mkt",
                    help="mkt: mutual knowledge transfer; cotuning: + secure FedAvg of same-architecture SLM adapters")

@@ -42,12 +42,17 @@ class FederationSettings:
     slm_warmup_steps: int = 150
     offer_questions: int = 32
     alpha: float = 0.5
+    epochs: int = 2  # clients' passes per round over private data + allocated paths (DistillSettings.epochs)
     dp_noise: float = 0.0
     host_framework: str = "mkt"
     slm_presets: tuple[str, ...] = SLM_PRESETS
     timeout_s: float = 1800.0
     tls: bool = False
     llm_checkpoint: Path | None = None  # a local transformers checkpoint used as the teacher as is
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:  # checked here, not in each client process it would be written to
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
 
 
 def _marker(path: Path, key: dict) -> bool:
@@ -67,7 +72,7 @@ def prepare(settings: FederationSettings) -> dict[str, Path]:
     from lada_client.data.federation import FederationData, make_federation
     from lada_client.models.export import SCORING_GRAPH_VERSION, export_scoring_model, scoring_graph_version
     from lada_client.models.factory import create_model
-    from lada_client.models.tokenizer import build_tokenizer, save_tokenizer
+    from lada_client.models.tokenizer import DEFAULT_VOCAB_SIZE, build_tokenizer, save_tokenizer
     from lada_client.training.pretrain import pretrain
 
     work = settings.workdir
@@ -78,6 +83,7 @@ def prepare(settings: FederationSettings) -> dict[str, Path]:
         "n": [settings.n_train, settings.n_test, settings.n_public],
         "seed": settings.seed,
         "generator": GENERATOR_VERSION,
+        "vocab": DEFAULT_VOCAB_SIZE,
     }
     if not _marker(work, key):
         shutil.rmtree(work, ignore_errors=True)
@@ -125,15 +131,16 @@ def prepare(settings: FederationSettings) -> dict[str, Path]:
 
 def _wait_healthy(url: str, proc: subprocess.Popen, verify: str | bool, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"coordinator exited with code {proc.returncode} during start-up")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2, verify=verify).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
+    with httpx.Client(verify=verify, timeout=2) as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"coordinator exited with code {proc.returncode} during start-up")
+            try:
+                if http.get(f"{url}/healthz").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
     raise RuntimeError(f"coordinator did not answer on {url} within {timeout_s:.0f}s")
 
 
@@ -246,7 +253,7 @@ def start_processes(
                 "scoring_model": str(paths[name] / "onnx" / "model.onnx"),
                 "base_model_dir": str(paths[name] / "base"),
                 "ca_cert": str(run_dir / "tls" / "cert.pem") if settings.tls else None,
-                "distill": {"alpha": settings.alpha, "seed": settings.seed},
+                "distill": {"alpha": settings.alpha, "epochs": settings.epochs, "seed": settings.seed},
                 "dp": {"noise_multiplier": settings.dp_noise},
                 "poll_interval_s": 0.2,  # loopback: polling is cheap, and each wait shortens every round
                 **(client_overrides or {}).get(name, {}),
@@ -270,12 +277,15 @@ def run_federation(settings: FederationSettings) -> int:
     log.info("set-up done in %.0fs", time.perf_counter() - started)
     procs = start_processes(settings, paths)
     url, verify, logs, clients = procs.url, procs.verify, procs.logs, list(procs.clients.values())
+    # One connection for the whole watch: building an httpx client per poll (SSL context and all)
+    # cost several CPU-seconds per federation, taken from the processes being watched.
+    http = httpx.Client(verify=verify, timeout=10)
     try:
         print(f"federation: coordinator + {settings.clients} clients on {url}, {settings.rounds} rounds, allocation={settings.allocation} (logs in {logs})", flush=True)
         printed: set[int] = set()
         deadline = time.monotonic() + settings.timeout_s
         while time.monotonic() < deadline:
-            status = httpx.get(f"{url}/v1/status", timeout=10, verify=verify).json()
+            status = http.get(f"{url}/v1/status").json()
             for m in status["rounds"]:
                 if m["phase"] in ("closed", "finished") and m["round"] not in printed:
                     _print_round(m)
@@ -295,4 +305,5 @@ def run_federation(settings: FederationSettings) -> int:
         print(f"federation: timed out after {settings.timeout_s:.0f}s", file=sys.stderr)
         return 1
     finally:
+        http.close()
         procs.stop()

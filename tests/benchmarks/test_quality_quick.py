@@ -1,12 +1,14 @@
 """Smoke test of the learning-quality benchmark: ``benchmarks/quality.py --quick`` runs to the end.
 
 It builds a tiny federation and runs two real federations (coordinator + three client processes,
-about a minute on two cores). Everything it writes (work directories, per-run results, report,
-plots) goes to a temporary directory.
+about a minute on two cores), then runs ``benchmarks/fit_check.py`` on the work directories it
+built. Everything they write (work directories, per-run results, report, plots) goes to a
+temporary directory.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +33,15 @@ def test_quality_quick_writes_its_report(tmp_path: Path) -> None:
     assert (out.parent / "quality_quick_accuracy.png").stat().st_size > 0
     assert (out.parent / "quality_quick_bytes.png").stat().st_size > 0
     assert (tmp_path / "results" / "summary.json").exists()
+
+    fit = tmp_path / "fit_check.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "fit_check.py"), "--cache-dir", str(tmp_path / "cache"), "--n", "8", "--out", str(fit)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(fit.read_text())["rows"]
+    assert [r["client"] for r in rows] == ["client0", "client1", "client2"]
+    for r in rows:
+        for key in ("train_accuracy", "test_accuracy", "test_seen_in_train", "test_seen_in_public"):
+            assert 0.0 <= r[key] <= 1.0, (key, r)

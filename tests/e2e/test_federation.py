@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import sqlite3
 import subprocess
 import sys
@@ -57,8 +59,13 @@ def test_mutual_knowledge_transfer_over_tls(tiny_world, free_port):
 
 @pytest.mark.parametrize("dp_noise", ["0.8"])
 def test_cotuning_with_secure_aggregation_and_dp(tmp_path, free_port, dp_noise):
-    """Same-architecture SLMs average adapters through secure aggregation; features carry DP noise."""
-    status = _run(tmp_path / "fed", free_port, "--host-framework", "cotuning", "--slm-presets", "slm-small", "--dp-noise", dp_noise)
+    """Same-architecture SLMs average adapters through secure aggregation; features carry DP noise;
+    one training pass per round (--epochs 1)."""
+    status = _run(tmp_path / "fed", free_port, "--host-framework", "cotuning", "--slm-presets", "slm-small", "--dp-noise", dp_noise, "--epochs", "1")
+    for name in ("client0", "client1", "client2"):
+        allocated = [r["n_allocated"] for r in json.loads((tmp_path / "fed" / "run" / f"{name}.results.json").read_text())]
+        steps = [int(n) for n in re.findall(r"LoRA round: (\d+) steps", (tmp_path / "fed" / "run" / "logs" / f"{name}.log").read_text())]
+        assert steps == [math.ceil((40 + n) / 8) for n in allocated]  # one pass over 40 private + allocated, batch 8
     for r in status["rounds"]:
         (group, summary), = r["secagg"].items()
         assert summary == {"contributors": 3, "error": None}

@@ -9,6 +9,7 @@ from lada_client.common.reasoning import format_prompt, format_target
 from lada_client.data.domains import DOMAINS, generate
 from lada_client.models.tokenizer import (
     BOS_ID,
+    DEFAULT_VOCAB_SIZE,
     EOS_ID,
     PAD_ID,
     build_tokenizer,
@@ -46,7 +47,7 @@ def test_special_token_ids(tokenizer: Tokenizer) -> None:
     assert tokenizer.token_to_id("<pad>") == PAD_ID
     assert tokenizer.token_to_id("<s>") == BOS_ID
     assert tokenizer.token_to_id("</s>") == EOS_ID
-    assert 260 < tokenizer.get_vocab_size() <= 384
+    assert 260 < tokenizer.get_vocab_size() <= DEFAULT_VOCAB_SIZE
 
 
 def test_round_trip_is_exact(tokenizer: Tokenizer, pairs: list[tuple[str, str]]) -> None:
