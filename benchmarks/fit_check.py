@@ -5,8 +5,8 @@ check reads the work directories ``benchmarks/quality.py`` built (one per seed a
 every client, compares greedy accuracy on the first questions of its *training* split with the same
 on its test split (the ONNX scorer, exactly as round 0 of the benchmark evaluates), next to how many
 of those test problems also appear in the training split or in the public pool (same worked
-rationale, i.e. the same arithmetic fact). A student that memorised its training data would score
-at least the "seen in train" share on the test split.
+rationale, i.e. the same arithmetic fact). Students that answer few of their own training
+questions will not take in a handful of allocated samples either, whatever the filter picks.
 
     python benchmarks/fit_check.py [--cache-dir benchmarks/.cache/quality] [--n 64]
 """
