@@ -1256,11 +1256,15 @@ def _world_key(sizes: Sizes, seed: int, host: str, args: argparse.Namespace) -> 
     return key, args.results_dir / host / "warmstart" / f"seed{seed}.json"
 
 
-def run_world(sizes: Sizes, seed: int, host: str, methods: tuple[str, ...], args: argparse.Namespace, progress: _Progress, teacher_memo: dict) -> tuple[dict[str, Any], dict[str, Any], int]:
+def run_world(
+    sizes: Sizes, seed: int, host: str, methods: tuple[str, ...], args: argparse.Namespace, progress: _Progress,
+    teacher_memo: dict, earlier_setup_s: float = 0.0,
+) -> tuple[dict[str, Any], dict[str, Any], int]:
     """Prepare one (seed, host) work directory, evaluate round 0 and run every method not saved yet.
 
     Seeds are independent (own work directories, own ports), so ``--jobs`` of them run side by
-    side; runs of one world share its directory and go one after the other.
+    side; runs of one world share its directory and go one after the other. ``earlier_setup_s``
+    is set-up time spent on this world before (the teacher's build, for the teacher's world).
     Returns the round-0 record, this world's timing figures and its number of failed runs."""
     workdir = args.cache_dir / f"seed{seed}-{host}"
     key, cache = _world_key(sizes, seed, host, args)
@@ -1278,8 +1282,7 @@ def run_world(sizes: Sizes, seed: int, host: str, methods: tuple[str, ...], args
     if todo or not cache.exists():
         log.info("seed %d, host %s: preparing %s", seed, host, workdir)
         paths, secs = prepare_world(sizes, seed, host, args)
-        if workdir == args.teacher_world:
-            secs += getattr(args, "teacher_setup_s", 0.0)  # built before the worlds started
+        secs += earlier_setup_s
         timing["setup_s"][f"seed {seed} {host}"] = secs
         log.info("seed %d, host %s: set-up done in %.0fs", seed, host, secs)
         t0 = time.perf_counter()
@@ -1334,16 +1337,23 @@ def main(argv: list[str] | None = None) -> int:
             if cache.exists() and json.loads(cache.read_text()).get("key") == key:
                 warm.setdefault(host, {})[seed] = json.loads(cache.read_text())
     else:
+        teacher_s = 0.0
         if args.teacher is None:
             # every world's runs use the teacher built in the first one, so that one goes first
             log.info("teacher: preparing %s", args.teacher_world)
-            _, args.teacher_setup_s = prepare_world(sizes, sizes.seeds[0], hosts[0], args)
-            log.info("teacher ready in %.0fs", args.teacher_setup_s)
+            _, teacher_s = prepare_world(sizes, sizes.seeds[0], hosts[0], args)
+            log.info("teacher ready in %.0fs", teacher_s)
         progress = _Progress(len(worlds) * len(methods))
         teacher_memo: dict = {}  # round-0 teacher accuracy, shared by the hosts of a seed
         with ThreadPoolExecutor(max_workers=max(1, args.jobs), thread_name_prefix="world") as pool:
             # one task per seed: its hosts' worlds in turn, since the second starts as a copy of the first
-            per_seed = pool.map(lambda seed: [run_world(sizes, seed, h, methods, args, progress, teacher_memo) for h in hosts], sizes.seeds)
+            per_seed = pool.map(
+                lambda seed: [
+                    run_world(sizes, seed, h, methods, args, progress, teacher_memo, teacher_s if (seed, h) == worlds[0] else 0.0)
+                    for h in hosts
+                ],
+                sizes.seeds,
+            )
             outcomes = [o for seed_outcomes in per_seed for o in seed_outcomes]
         for (seed, host), (w, t, failed) in zip(worlds, outcomes):
             warm.setdefault(host, {})[seed] = w
