@@ -15,7 +15,7 @@ from pathlib import Path
 import uvicorn
 
 from lada_coordinator.config import CoordinatorConfig
-from lada_coordinator.server.run import build
+from lada_coordinator.server.run import build, uvicorn_config
 
 
 def main() -> None:
@@ -27,7 +27,9 @@ def main() -> None:
     config = CoordinatorConfig.load(args.config)
     app, _engine, store = build(config)
     try:
-        uvicorn.run(app, host=config.host, port=config.port, log_level="warning", backlog=args.backlog)
+        server_config = uvicorn_config(app, config)
+        server_config.backlog = args.backlog
+        uvicorn.Server(server_config).run()
     finally:
         store.close()
 

@@ -137,7 +137,7 @@ def server_breakdown(cands, names: list[str], iterations: int) -> dict:
             ident = Identity.generate()
             keys = ident.public.to_b64()
             cid = f"step{k:04d}"
-            store.enroll(store.issue_token(), ClientRecord(cid, cid, keys["sign_key"], keys["kex_key"], "", "", {}, 0, 0, 0))
+            store.add_client(ClientRecord(cid, cid, keys["sign_key"], keys["kex_key"], "", "", {}, 0, 0, 0))
             for seq, (kind, payload, payload_type) in enumerate((
                 ("round.get", RoundQuery(), RoundQuery),
                 ("features.put", FeatureUpload(round=1, feature_names=names, sample_ids=[c.sample_id for c in cands],
@@ -204,9 +204,10 @@ def main() -> int:
     m = args.candidates
 
     from lada_client.common.crypto import Identity
-    from lada_client.common.wire import Ack, EnrollRequest, FeatureUpload, RoundInfo, RoundQuery
+    from lada_client.common.wire import Ack, FeatureUpload, RoundInfo, RoundQuery
     from lada_client.scoring.features import FEATURE_NAMES
     from lada_client.transport import RetryPolicy, Transport
+    from lada_coordinator.credentials import issue_tokens, load_identity
     from lada_coordinator.store import Store
 
     paths = C.world()
@@ -224,7 +225,7 @@ def main() -> int:
         }
         (tmp / "coordinator.json").write_text(json.dumps(config))
         store = Store(Path(config["db_path"]))
-        tokens = [store.issue_token() for _ in range(n)]
+        tokens = issue_tokens(store, load_identity(Path(config["state_dir"])), n)
         log_path = tmp / "server.log"
         with open(log_path, "w") as log:
             server = subprocess.Popen(
@@ -240,8 +241,7 @@ def main() -> int:
                        for _ in range(n)]
 
             def enroll(i: int, t: Transport) -> None:
-                keys = t._identity.public.to_b64()
-                t.enroll(EnrollRequest(token=tokens[i], client_name=f"load{i:04d}", **keys))
+                t.enroll(tokens[i], f"load{i:04d}")
 
             phases.append(run_phase("enroll", clients, enroll, deadline))
             rng = np.random.default_rng(0)

@@ -1,15 +1,19 @@
-"""Reliability figures: faults injected into a real coordinator, uploads lost, requests fuzzed.
+"""Reliability figures: faults injected into a real coordinator, uploads lost, requests fuzzed,
+hostile devices held.
 
     python benchmarks/reliability.py [--rounds 3] [--kills-per-round 2] [--fuzz 1000] [--upload-mib 40]
     python benchmarks/reliability.py --upload-only        # just the resumed large upload
+    python benchmarks/reliability.py --hostile-only       # just the hostile-client suite
 
 Runs a real coordinator process (SQLite, HTTP on 127.0.0.1) with real sealed clients; while the
 clients upload features and rewards, the coordinator is SIGKILLed and restarted at random moments.
 Every upload the coordinator acknowledged must be in its database afterwards ("lost" must be 0).
 Then the schema fuzzer runs against the API (no 5xx, no state change on rejected input).
-Finally a large sealed ``secagg.put`` (``--upload-mib``, a masked adapter vector) goes as a chunked
+Then a large sealed ``secagg.put`` (``--upload-mib``, a masked adapter vector) goes as a chunked
 upload while the coordinator is SIGKILLed mid-body and restarted: it must resume with the missing
-chunks only.
+chunks only. Last, the hostile-client suite (``_hostile.py``): every attack of its catalogue against
+a coordinator process, then a real co-tuning federation with one hostile member among honest
+devices; every attack must be held, every round finish, and the honest results be complete.
 """
 
 from __future__ import annotations
@@ -24,20 +28,26 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import numpy as np
 
+import _hostile
 from lada_client.common.crypto import Identity
-from lada_client.common.secagg import MaskedInput
+from lada_client.common.secagg import EncryptedShare, MaskedInput, Roster, SecAggClient, SecAggConfig
 from lada_client.common.wire import (
-    Ack, Allocation, AllocationQuery, EnrollRequest, FeatureUpload, RewardReport, RoundInfo, RoundQuery, SecAggUpload,
-    secagg_round_id,
+    Ack, Allocation, AllocationQuery, Candidate, FeatureUpload, PublicQuestion, RewardReport, RoundInfo, RoundQuery,
+    SecAggUpload, secagg_round_id,
 )
 from lada_client.transport import RetryPolicy, Transport
+from lada_coordinator.aggregation.secure import SecAggSettings, SecureAggregation, group_id
+from lada_coordinator.allocation.allocator import SLM
+from lada_coordinator.config import CoordinatorConfig
+from lada_coordinator.credentials import issue_tokens, load_identity, operator_token
 from lada_coordinator.federation import FederationSettings, prepare
-from lada_coordinator.store import Store
+from lada_coordinator.store import ClientRecord, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache" / "reliability"
@@ -48,17 +58,40 @@ def _start(cfg: Path, log: Path) -> subprocess.Popen:
                             stdout=open(log, "a"), stderr=subprocess.STDOUT)
 
 
-def _status(url: str) -> dict | None:
+def _status(url: str, state_dir: Path) -> dict | None:
     try:
-        return httpx.get(f"{url}/v1/status", timeout=5).json()
+        return httpx.get(f"{url}/v1/status", timeout=5, headers={"Authorization": f"Bearer {operator_token(state_dir)}"}).json()
     except httpx.HTTPError:
         return None
 
 
-def _wait(url: str, t: int, phases: tuple[str, ...], timeout: float = 300) -> None:
+def _coordinator(tmp: Path, cfg: dict, n_tokens: int) -> list[str]:
+    """Write the config, make the coordinator's keys and operator token, return enrollment tokens."""
+    (tmp / "c.json").write_text(json.dumps(cfg))
+    store = Store(Path(cfg["db_path"]))
+    tokens = issue_tokens(store, load_identity(Path(cfg["state_dir"])), n_tokens) if n_tokens else []
+    store.close()
+    operator_token(Path(cfg["state_dir"]))
+    return tokens
+
+
+def _enroll(t: Transport, token: str, name: str, **kwargs) -> None:
+    """Enroll, waiting for a coordinator that is still starting."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            t.enroll(token, name, **kwargs)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def _wait(url: str, state_dir: Path, t: int, phases: tuple[str, ...], timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        s = _status(url)
+        s = _status(url, state_dir)
         if s and s["round"] == t and s["phase"] in phases:
             return
         time.sleep(0.3)
@@ -66,30 +99,43 @@ def _wait(url: str, t: int, phases: tuple[str, ...], timeout: float = 300) -> No
 
 
 def resumed_upload(paths: dict, port: int, mib: float, seed: int) -> dict:
-    """One large ``secagg.put`` in 4 MiB chunks; the coordinator is SIGKILLed after 40% of them."""
+    """One large ``secagg.put`` in 4 MiB chunks; the coordinator is SIGKILLed after 40% of them.
+
+    The masked vector is a real one: the uploading device and two helpers form a secure-aggregation
+    group whose roster and routed shares are set up through the coordinator's own code, so the
+    upload passes every check the coordinator makes of a masked input."""
     url = f"http://127.0.0.1:{port}"
     tmp = Path(tempfile.mkdtemp(prefix="lada-upload-"))
     cfg = {"db_path": str(tmp / "c.sqlite"), "state_dir": str(tmp / "state"), "llm_dir": str(paths["llm"]),
            "public_data": str(paths["data"]), "port": port, "min_clients": 99}  # the engine idles; we drive the round
-    (tmp / "c.json").write_text(json.dumps(cfg))
+    (token,) = _coordinator(tmp, cfg, 1)
     store = Store(tmp / "c.sqlite")
-    token = store.issue_token()
-    store.open_round(1, RoundInfo(round=1, phase="features", total_rounds=1, host_framework="cotuning").model_dump(), {})
-    store.set_phase(1, "training")
     log = tmp / "coordinator.log"
     proc = _start(tmp / "c.json", log)
-    ident = Identity.generate()
-    t = Transport(url, ident, timeout_s=60, retry=RetryPolicy(attempts=40, initial_backoff_s=0.3, max_backoff_s=1.0))
-    while True:
-        try:
-            t.enroll(EnrollRequest(token=token, client_name="big", model_name="smollm2", **ident.public.to_b64()))
-            break
-        except Exception:
-            time.sleep(0.3)
-    store.put_secagg(1, "smollm2", "roster", {"participants": [{"client_id": t.client_id}]})
+    t = Transport(url, Identity.generate(), timeout_s=60, retry=RetryPolicy(attempts=40, initial_backoff_s=0.3, max_backoff_s=1.0))
+    _enroll(t, token, "big", model_name="smollm2")
     n_values = int(mib * 2**20 * 9 / 64)  # sealed body ~ 16/9 x 4 bytes per value
-    vector = np.random.default_rng(seed).integers(0, 2**32, n_values, dtype=np.uint64).astype(np.uint32)
-    masked = MaskedInput(t.client_id, secagg_round_id(1, "smollm2"), (), vector)
+    helpers = [ClientRecord(f"helper{i}-0", f"helper{i}", f"s{i}", f"k{i}", "", "smollm2", {}, 0, 0, 0) for i in range(2)]
+    for h in helpers:
+        store.add_client(h)
+    members = [store.client(t.client_id), *helpers]
+    secure = SecureAggregation(store, SecAggSettings())
+    configs = secure.configs(members)
+    group = group_id(members[0])
+    info = RoundInfo(round=1, phase="features", total_rounds=1, host_framework="cotuning", secagg_configs=configs)
+    store.open_round(1, info.model_dump(), {})
+    parties = {m.client_id: SecAggClient(m.client_id, secagg_round_id(1, group), SecAggConfig.from_dict(configs[group])) for m in members}
+    secure.setup(1, {c: {"secagg_keys": p.advertise().to_dict(), "adapter_size": n_values} for c, p in parties.items()}, members, configs)
+    roster = Roster.from_dict(store.secagg(1, group, "roster"))
+    for cid, party in parties.items():
+        with store.transaction() as db:
+            body = SecAggUpload(round=1, step="shares", body=party.share_keys(roster).to_dict())
+            store.put_upload(db, 1, cid, "secagg.shares", body.model_dump_json())
+    secure.route(1, group)
+    store.set_phase(1, "training")
+    inbox = [EncryptedShare.from_dict(x) for x in store.secagg(1, group, "routed")["inbox"][t.client_id]]
+    update = np.random.default_rng(seed).uniform(-1, 1, n_values)
+    masked = parties[t.client_id].masked_input(update, inbox)
     payload = SecAggUpload(round=1, step="masked", body=masked.to_dict())
     sealed_bytes = len(t._seal("secagg.put", payload.model_dump_json().encode(), 1)[1])
     n_chunks = -(-sealed_bytes // t.upload_chunk_bytes)
@@ -115,22 +161,132 @@ def resumed_upload(paths: dict, port: int, mib: float, seed: int) -> dict:
 
     t._http.post = post_and_kill
     started = time.perf_counter()
+    peak = _PeakRSS(lambda: proc.pid)
     try:
         ack = t.call("secagg.put", payload, 1, Ack)
         seconds = time.perf_counter() - started
     finally:
+        peak.stop()
         proc.terminate()
         proc.wait(10)
     stored = store.uploads(1, "secagg.masked").get(t.client_id)
-    intact = stored is not None and MaskedInput.from_dict(stored["body"]).vector.tobytes() == vector.tobytes()
+    intact = stored is not None and MaskedInput.from_dict(stored["body"]).vector.tobytes() == masked.vector.tobytes()
     store.close()
     return {
         "sealed_body_mib": round(sealed_bytes / 2**20, 1), "vector_values": n_values, "chunk_mib": t.upload_chunk_bytes / 2**20,
         "chunks": n_chunks, "sigkill_after_chunks": kill_after, "chunk_requests_refused_while_down": stats["refused"],
         "chunks_delivered": stats["ok"], "chunks_resent": stats["ok"] - n_chunks,
         "mib_on_the_wire": round(stats["delivered_bytes"] / 2**20, 1), "ack": ack.message, "stored_intact": intact,
-        "seconds_including_restart": round(seconds, 1),
+        "seconds_including_restart": round(seconds, 1), "coordinator_peak_rss_mib": peak.mib,
     }
+
+
+class _PeakRSS:
+    """Samples a process's resident memory every 50 ms in a thread; ``mib`` is the peak seen."""
+
+    def __init__(self, pid: Callable[[], int]) -> None:
+        import psutil
+
+        self._psutil, self._pid, self._peak = psutil, pid, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                self._peak = max(self._peak, self._psutil.Process(self._pid()).memory_info().rss)
+            except self._psutil.Error:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mib(self) -> float:
+        return round(self._peak / 2**20, 1)
+
+
+def hostile(paths: dict, port: int) -> dict:
+    """The hostile-client suite: the catalogue against a coordinator process (its engine idle, the
+    round set up here), then a real co-tuning federation with one hostile member."""
+    url = f"http://127.0.0.1:{port}"
+    tmp = Path(tempfile.mkdtemp(prefix="lada-hostile-"))
+    cfg = {"db_path": str(tmp / "c.sqlite"), "state_dir": str(tmp / "state"), "llm_dir": str(paths["llm"]),
+           "public_data": str(paths["data"]), "port": port, "min_clients": 999, "header_timeout_s": 2.0, "body_timeout_s": 4.0}
+    _coordinator(tmp, cfg, 0)
+    config = CoordinatorConfig.from_dict(cfg)
+    store = Store(config.db_path)
+    info = RoundInfo(
+        round=1, phase="features", total_rounds=1, feature_names=["slm_path_nll", "logp_gap"], host_framework="cotuning",
+        candidates=[Candidate(sample_id=f"p{i}", question=f"{i}+1?", path=f"The answer is {i + 1}.", llm_logprob=-2.0, llm_tokens=6)
+                    for i in range(8)],
+        offer_questions=[PublicQuestion(sample_id=f"o{i}", question=f"2+{i}?", answer=str(2 + i)) for i in range(2)],
+        secagg_configs={"default/any": SecAggConfig(threshold=1).to_dict()},
+    )
+    store.open_round(1, info.model_dump(), {})
+
+    def issue(ttl_s: float | None = None) -> str:
+        return issue_tokens(store, load_identity(config.state_dir), 1, ttl_s or 3600.0)[0]
+
+    proc = _start(tmp / "c.json", tmp / "coordinator.log")
+    target = _hostile.Target(url, issue, config.header_timeout_s, config.body_timeout_s, config.max_body_bytes,
+                             enroll_burst=config.enroll_burst)
+    while not _hostile._healthy(target):
+        time.sleep(0.2)
+    peak = _PeakRSS(lambda: proc.pid)
+    try:
+        before = peak.mib
+        outcomes = _hostile.run_all(target, "any") + _hostile.run_all(target, "features")
+        t = _hostile.device(target)
+        t.call("features.put", FeatureUpload(round=1, feature_names=info.feature_names, sample_ids=[c.sample_id for c in info.candidates],
+                                             features=[[1.0, 0.5]] * len(info.candidates)), 1, Ack)
+        store.put_allocations(1, SLM, {t.client_id: (["p0", "p1"], "benchmark")})
+        store.set_phase(1, "training")
+        outcomes += _hostile.poison_reward(t, 1, 2) + _hostile.run_all(target, "last")
+        alive = _hostile._healthy(target) and proc.poll() is None
+    finally:
+        peak.stop()
+        proc.terminate()
+        proc.wait(10)
+    quarantined = len(store.quarantined(1))
+    store.close()
+    catalogue = {
+        "attacks": len(outcomes), "held": sum(o.held for o in outcomes), "requests": sum(o.requests for o in outcomes),
+        "coordinator_alive_after": alive, "devices_quarantined": quarantined,
+        "coordinator_rss_mib_before": before, "coordinator_peak_rss_mib": peak.mib,
+        "outcomes": [{"attack": o.attack, "held": o.held, "answer": o.answer} for o in outcomes],
+    }
+    print(json.dumps({k: v for k, v in catalogue.items() if k != "outcomes"}, indent=2))
+    for o in outcomes:
+        print(f"  {'held ' if o.held else 'BROKE'} {o.attack:34} {o.answer[:110]}")
+
+    fed_settings = FederationSettings(
+        workdir=CACHE / "hostile-fed", clients=3, rounds=3, candidates=16, budget=6, port=port, n_train=40, n_test=16,
+        n_public=160, llm_warmup_steps=4, slm_warmup_steps=4, offer_questions=4, host_framework="cotuning",
+        slm_presets=("slm-small",), epochs=1,
+    )
+    run = _hostile.hostile_federation(fed_settings, prepare(fed_settings))
+    rounds = run["status"]["rounds"]
+    federation = {
+        "honest_devices": fed_settings.clients, "hostile_members": 1, "rounds": fed_settings.rounds,
+        "rounds_finished": sum(r["phase"] in ("closed", "finished") for r in rounds),
+        "honest_results_per_round": [len(r["clients"]) for r in rounds],
+        "secure_average_contributors_per_round": [[g["contributors"] for g in r["secagg"].values()] for r in rounds],
+        "hostile_quarantined_rounds": sum("mallory" in r["quarantined"] for r in rounds),
+        "member_attacks": [{"attack": o.attack, "held": o.held, "answer": o.answer} for o in run["member"].outcomes],
+        "engine_errors": run["status"]["engine"]["errors"], "honest_exit_codes": run["exit_codes"], "seconds": run["seconds"],
+    }
+    print(json.dumps(federation, indent=2))
+    return {"catalogue": catalogue, "federation": federation}
+
+
+def _hostile_ok(h: dict) -> bool:
+    fed = h["federation"]
+    return (h["catalogue"]["held"] == h["catalogue"]["attacks"] and h["catalogue"]["coordinator_alive_after"]
+            and fed["rounds_finished"] == fed["rounds"] and all(n == fed["honest_devices"] for n in fed["honest_results_per_round"])
+            and all(m["held"] for m in fed["member_attacks"]) and not fed["engine_errors"])
 
 
 def main() -> None:
@@ -143,17 +299,22 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--upload-mib", type=float, default=40.0, help="sealed size of the resumed chunked upload (0 = skip)")
     ap.add_argument("--upload-only", action="store_true", help="only the resumed chunked upload")
+    ap.add_argument("--hostile-only", action="store_true", help="only the hostile-client suite")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     paths = prepare(FederationSettings(workdir=CACHE, clients=3, n_train=20, n_test=8, n_public=120, llm_warmup_steps=2, slm_warmup_steps=2))
     out = ROOT / "benchmarks" / "results" / "reliability.json"
+    results = json.loads(out.read_text()) if out.exists() else {}
+    out.parent.mkdir(parents=True, exist_ok=True)
     if args.upload_only:
         upload = resumed_upload(paths, args.port, args.upload_mib, args.seed)
         print(json.dumps(upload, indent=2))
-        results = json.loads(out.read_text()) if out.exists() else {}
-        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({**results, "resumed_upload": upload}, indent=2))
         sys.exit(0 if upload["stored_intact"] and upload["chunks_resent"] == 0 else 1)
+    if args.hostile_only:
+        h = hostile(paths, args.port)
+        out.write_text(json.dumps({**results, "hostile": h}, indent=2, default=str))
+        sys.exit(0 if _hostile_ok(h) else 1)
     url = f"http://127.0.0.1:{args.port}"
     tmp = Path(tempfile.mkdtemp(prefix="lada-reliability-"))
     cfg = {
@@ -161,24 +322,15 @@ def main() -> None:
         "public_data": str(paths["data"]), "port": args.port, "rounds": args.rounds, "min_clients": args.clients,
         "candidates_per_round": 8, "offer_questions": 0, "slm_filter": {"budget": 4}, "train_llm": False,
     }
-    (tmp / "c.json").write_text(json.dumps(cfg))
-    store = Store(tmp / "c.sqlite")
-    tokens = [store.issue_token() for _ in range(args.clients)]
-    store.close()
+    tokens = _coordinator(tmp, cfg, args.clients)
+    state = tmp / "state"
     log = tmp / "coordinator.log"
     proc = _start(tmp / "c.json", log)
     retry = RetryPolicy(attempts=12, initial_backoff_s=0.3, max_backoff_s=4.0)
     clients: list[Transport] = []
     for i, token in enumerate(tokens):
-        ident = Identity.generate()
-        t = Transport(url, ident, timeout_s=10, retry=retry)
-        while True:
-            try:
-                keys = ident.public.to_b64()
-                t.enroll(EnrollRequest(token=token, client_name=f"d{i}", sign_key=keys["sign_key"], kex_key=keys["kex_key"]))
-                break
-            except Exception:
-                time.sleep(0.3)
+        t = Transport(url, Identity.generate(), timeout_s=10, retry=retry)
+        _enroll(t, token, f"d{i}")
         clients.append(t)
 
     acked: list[tuple[int, str, str]] = []
@@ -203,7 +355,7 @@ def main() -> None:
     started = time.perf_counter()
     try:
         for t in range(1, args.rounds + 1):
-            _wait(url, t, ("features",))
+            _wait(url, state, t, ("features",))
             info = clients[0].call("round.get", RoundQuery(), t, RoundInfo)
             ids = [c.sample_id for c in info.candidates]
             z = np.random.default_rng(t).uniform(0, 3, (len(ids), len(info.feature_names))).tolist()
@@ -214,18 +366,22 @@ def main() -> None:
                     acked.append((t, c.client_id, "features.put"))
 
             storm(put_features)
-            _wait(url, t, ("training",))
+            _wait(url, state, t, ("training",))
+            allocated = {}
             for c in clients:
-                assert c.call("allocation.get", AllocationQuery(round=t), t, Allocation).status == "ready"
+                a = c.call("allocation.get", AllocationQuery(round=t), t, Allocation)
+                assert a.status == "ready"
+                allocated[c.client_id] = len(a.sample_ids)
 
-            def put_reward(c: Transport, t=t) -> None:
-                r = RewardReport(round=t, reward=0.1, ppl_before=2.0, ppl_after=1.8, n_allocated=4, test_accuracy=0.0, bytes_sent=1, bytes_received=1)
+            def put_reward(c: Transport, t=t, allocated=allocated) -> None:
+                r = RewardReport(round=t, reward=0.1, ppl_before=2.0, ppl_after=1.8, n_allocated=allocated[c.client_id],
+                                 test_accuracy=0.0, bytes_sent=1, bytes_received=1)
                 c.call("reward.put", r, t, Ack)
                 with lock:
                     acked.append((t, c.client_id, "reward.put"))
 
             storm(put_reward)
-            _wait(url, t, ("closed", "finished"))
+            _wait(url, state, t, ("closed", "finished"))
     finally:
         proc.terminate()
         proc.wait(10)
@@ -245,9 +401,9 @@ def main() -> None:
     print(json.dumps(fuzz, indent=2))
     upload = resumed_upload(paths, args.port, args.upload_mib, args.seed) if args.upload_mib > 0 else None
     print(json.dumps(upload, indent=2))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"faults": faults, "fuzz": fuzz, "resumed_upload": upload}, indent=2))
-    if lost or rc != 0 or (upload is not None and not (upload["stored_intact"] and upload["chunks_resent"] == 0)):
+    h = hostile(paths, args.port)
+    out.write_text(json.dumps({"faults": faults, "fuzz": fuzz, "resumed_upload": upload, "hostile": h}, indent=2, default=str))
+    if lost or rc != 0 or (upload is not None and not (upload["stored_intact"] and upload["chunks_resent"] == 0)) or not _hostile_ok(h):
         sys.exit(1)
 
 

@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import httpx
 
 from lada_coordinator.federation import FederationSettings, prepare, start_processes
 
@@ -197,7 +196,7 @@ def run_round(
                 raise RuntimeError(f"client(s) failed with exit codes {failed}; see {logs}")
             if procs.coordinator.poll() is not None:
                 raise RuntimeError(f"coordinator exited with {procs.coordinator.returncode}; see {logs / 'coordinator.log'}")
-            error = httpx.get(f"{url}/v1/status", timeout=10).json()["engine"]["error"]
+            error = procs.status()["engine"]["error"]
             if error:
                 raise RuntimeError(f"coordinator failed: {error}")
             if time.monotonic() > deadline:

@@ -27,10 +27,10 @@ def _running_coordinator(config) -> Iterator[tuple[str, object]]:
     import httpx
     import uvicorn
 
-    from lada_coordinator.server.run import build
+    from lada_coordinator.server.run import build, uvicorn_config
 
     app, _, store = build(config)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn_config(app, config))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{config.port}"
@@ -46,6 +46,28 @@ def _running_coordinator(config) -> Iterator[tuple[str, object]]:
         srv.should_exit = True
         thread.join(5)
         store.close()
+
+
+@pytest.fixture()
+def issue():
+    """``issue(config)``: a one-time enrollment token of the coordinator of ``config`` (which
+    names its key, as ``lada-coordinator issue-token`` does); ``n=`` for a list, ``ttl_s=`` and
+    ``group=`` as the CLI's flags."""
+
+    def _issue(config, n: int | None = None, ttl_s: float | None = None, group: str | None = None):
+        from lada_coordinator.credentials import DEFAULT_TOKEN_TTL_S, issue_tokens, load_identity
+        from lada_coordinator.store import DEFAULT_GROUP, Store
+
+        store = Store(config.db_path)
+        try:
+            tokens = issue_tokens(
+                store, load_identity(config.state_dir), n or 1, ttl_s or DEFAULT_TOKEN_TTL_S, group or DEFAULT_GROUP
+            )
+        finally:
+            store.close()
+        return tokens if n is not None else tokens[0]
+
+    return _issue
 
 
 @pytest.fixture()

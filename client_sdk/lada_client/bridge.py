@@ -36,8 +36,10 @@ Error codes
 
 ``bad_request`` (malformed JSON, bad params), ``unknown_method``, ``not_configured``,
 ``bad_config``, ``model_load_failed``, ``not_enrolled``, ``coordinator_unreachable``,
-``coordinator_rejected`` (4xx: bad token, wrong round...), ``coordinator_error`` (5xx, invalid or
-late replies), ``unsupported``, ``busy``, ``internal``.
+``coordinator_rejected`` (4xx: bad token, wrong round...), ``coordinator_untrusted`` (the server's
+key is not the one the enrollment token names: wrong URL or an interception), ``coordinator_error``
+(5xx, invalid or late replies), ``unsupported``, ``busy``, ``internal``. A token that is not an
+enrollment token at all is a ``bad_request``.
 
 Threading
 =========
@@ -70,6 +72,7 @@ from lada_client.common.wire import Candidate, RoundInfo, RoundQuery
 from lada_client.config import ClientConfig
 from lada_client.scoring.features import FEATURE_NAMES, learnability_features
 from lada_client.scoring.onnx_slm import ModelLoadError, OnnxSLM, select_providers
+from lada_client.common.enrollment import TokenFormatError
 from lada_client.transport import CoordinatorError
 
 __all__ = ["Bridge", "BridgeError", "ERROR_CODES", "RuntimeOptions"]
@@ -267,6 +270,8 @@ class Bridge:
             reply = _error_reply("model_load_failed", str(exc))
         except ValidationError as exc:
             reply = _error_reply("bad_request", _validation_message(exc))
+        except TokenFormatError as exc:
+            reply = _error_reply("bad_request", str(exc))
         except Exception as exc:  # noqa: BLE001 - the host app must never see a Python exception
             log.exception("bridge %s: unexpected failure", method)
             reply = _error_reply("internal", f"internal error in {method!r} ({type(exc).__name__}); see the app log")
@@ -641,6 +646,8 @@ def _session_providers(slm: OnnxSLM) -> list[str]:
 def _coordinator_code(exc: CoordinatorError) -> str:
     if exc.status is None and (exc.error == "unreachable" or isinstance(exc.__cause__, httpx.HTTPError)):
         return "coordinator_unreachable"
+    if exc.error == "fingerprint_mismatch":
+        return "coordinator_untrusted"
     if exc.status is not None and 400 <= exc.status < 500:
         return "coordinator_rejected"
     return "coordinator_error"

@@ -30,7 +30,6 @@ from lada_client.common.wire import (
     AllocationQuery,
     Candidate,
     Capabilities,
-    EnrollRequest,
     FeatureUpload,
     LoraFactor,
     PathOffer,
@@ -77,6 +76,7 @@ class LadaClient:
             config.request_timeout_s,
             verify=str(config.ca_cert) if config.ca_cert else True,
             upload_chunk_bytes=config.upload_chunk_bytes,
+            seq_path=config.state_dir / "seq",
         )
         self.data = load_client(config.data_dir, config.name)
         self.slm = self.load_slm(self._scoring_path())
@@ -197,25 +197,19 @@ class LadaClient:
             return saved["client_id"]
         if not self.config.token:
             raise CoordinatorError("this device is not enrolled and no enrollment token was given (--token)")
-        public = self.identity.public.to_b64()
-        reply = self.transport.enroll(
-            EnrollRequest(
-                token=self.config.token,
-                client_name=self.config.name,
-                sign_key=public["sign_key"],
-                kex_key=public["kex_key"],
-                domain=self.config.domain or self.data.domain,
-                model_name=self.model_name,
-                capabilities=Capabilities(can_score=True, can_train=self.config.can_train, can_train_ort=self.config.can_train_ort),
-            )
+        client_id = self.transport.enroll(
+            self.config.token,
+            self.config.name,
+            domain=self.config.domain or self.data.domain,
+            model_name=self.model_name,
+            capabilities=Capabilities(can_score=True, can_train=self.config.can_train, can_train_ort=self.config.can_train_ort),
         )
+        assert self.transport.coordinator is not None
         staged = record.with_suffix(".tmp")
-        staged.write_text(
-            json.dumps({"client_id": reply.client_id, "sign_key": reply.coordinator_sign_key, "kex_key": reply.coordinator_kex_key})
-        )
+        staged.write_text(json.dumps({"client_id": client_id, **self.transport.coordinator.to_b64()}))
         os.replace(staged, record)  # a crash never leaves a half-written enrollment
-        log.info("%s enrolled as %s", self.config.name, reply.client_id)
-        return reply.client_id
+        log.info("%s enrolled as %s (coordinator key %s…)", self.config.name, client_id, self.transport.coordinator.fingerprint()[:16])
+        return client_id
 
     # --------------------------------------------------------------------------------- rounds
     def run(self, max_rounds: int | None = None) -> list[RoundResult]:
@@ -242,7 +236,8 @@ class LadaClient:
             except CoordinatorError as exc:
                 if exc.status != 409:
                     raise
-                # The round moved on without us (we were too slow and it closed at quorum).
+                # The round moved on without us (we were too slow and it closed at quorum), or the
+                # coordinator set this device aside for the round (error "quarantined", with why).
                 log.warning("%s: left round %d: %s", self.config.name, info.round, exc)
                 self._done_rounds.add(info.round)
             deadline = time.monotonic() + self.config.max_wait_s
@@ -326,11 +321,14 @@ class LadaClient:
 
     # ------------------------------------------------------------- co-tuning (secure FedAvg)
     def _secagg_client(self, info: RoundInfo) -> SecAggClient | None:
-        cfg = info.secagg_configs.get(self.model_name)
-        if info.host_framework != "cotuning" or cfg is None or not self.config.can_train:
+        """This device's part in its group's secure aggregation; the coordinator names the group
+        (the operator assigns it with the enrollment token, see docs/protocol.md)."""
+        group = info.secagg_group
+        cfg = info.secagg_configs.get(group) if group else None
+        if info.host_framework != "cotuning" or group is None or cfg is None or not self.config.can_train:
             return None
         assert self.transport.client_id is not None
-        return SecAggClient(self.transport.client_id, secagg_round_id(info.round, self.model_name), SecAggConfig.from_dict(cfg))
+        return SecAggClient(self.transport.client_id, secagg_round_id(info.round, group), SecAggConfig.from_dict(cfg))
 
     def _poll_secagg(self, t: int, step: str) -> SecAggReply:
         deadline = time.monotonic() + self.config.max_wait_s
@@ -346,6 +344,7 @@ class LadaClient:
         """Mask this device's adapter (DP-noised update if enabled) against its group's peers."""
         inbox = self._poll_secagg(t, "inbox")
         if inbox.status != "ready" or inbox.body is None:
+            log.warning("%s round %d: no secure aggregation (%s)", self.config.name, t, (inbox.body or {}).get("error", inbox.status))
             return
         start = self._round_start_adapter if self._round_start_adapter is not None else self.trainer.adapter_vector()
         update = self.privacy.privatize_update(self.trainer.adapter_vector() - start)
@@ -356,6 +355,9 @@ class LadaClient:
     def _finish_secagg(self, t: int, secagg: SecAggClient) -> None:
         """Answer the unmask request, then adopt the group's average adapter."""
         request = self._poll_secagg(t, "unmask")
+        if request.status == "failed":
+            log.warning("%s round %d: no group average (%s)", self.config.name, t, (request.body or {}).get("error", "failed"))
+            return
         if request.status == "ready" and request.body is not None:
             response = secagg.unmask(request.body["survivors"], request.body["dropped"])
             self.transport.call("secagg.put", SecAggUpload(round=t, step="unmask", body=response.to_dict()), t, Ack)

@@ -1,9 +1,14 @@
 """Talking to the coordinator: sealed, signed requests over httpx, with clear errors.
 
 Every call seals its payload under a key bound to (client, round, direction), signs it, posts it,
-and opens the sealed reply with the coordinator's pinned keys. Sequence numbers are derived from
-the clock (microseconds, strictly increasing within a process), so they keep increasing across
-restarts without a counter on disk.
+and opens the sealed reply with the coordinator's pinned keys. Sequence numbers come from a
+counter kept on disk (:mod:`lada_client.sequence`), not from the clock; the coordinator's
+authenticated ``replay`` and ``clock_skew`` answers carry what the device needs to resynchronise
+its counter or its clock, and the transport retries such a request once.
+
+Enrollment (:meth:`Transport.enroll`) pins the coordinator's keys to the fingerprint in the
+operator's token before anything is sent, and seals the token to those keys
+(:mod:`lada_client.common.enrollment`).
 
 A sealed upload larger than ``upload_chunk_bytes`` (a big masked adapter in ``secagg.put``) is sent
 as a chunked upload session (``upload.begin`` / ``upload.chunk`` / ``upload.status`` /
@@ -21,15 +26,20 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from lada_client.common.crypto import CryptoError, Direction, Identity, PublicIdentity, open_envelope, seal
+from lada_client.common.enrollment import EnrollmentToken
 from lada_client.common.wire import (
     UPLOAD_KINDS,
     Ack,
+    Capabilities,
+    CoordinatorKeys,
+    EnrollEnvelope,
     EnrollRequest,
     EnrollResponse,
     EnvelopeHeader,
@@ -43,6 +53,7 @@ from lada_client.common.wire import (
     UploadStatusQuery,
     encode_chunk,
 )
+from lada_client.sequence import SequenceCounter
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -76,12 +87,22 @@ def _retriable(exc: CoordinatorError) -> bool:
 
 
 class CoordinatorError(Exception):
-    """The coordinator refused a request (4xx/5xx) or could not be reached; says why."""
+    """The coordinator refused a request (4xx/5xx) or could not be reached; says why.
 
-    def __init__(self, message: str, status: int | None = None, error: str = "") -> None:
+    ``error`` is the coordinator's error code (``ErrorBody.error``), e.g. ``unauthenticated``,
+    ``replay``, ``wrong_phase``, ``quarantined``; ``last_seq`` / ``server_time`` come with
+    ``replay`` / ``clock_skew`` answers.
+    """
+
+    def __init__(
+        self, message: str, status: int | None = None, error: str = "",
+        last_seq: int | None = None, server_time: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
+        self.last_seq = last_seq
+        self.server_time = server_time
 
 
 @dataclass(frozen=True)
@@ -117,13 +138,17 @@ class Transport:
         retry: RetryPolicy = RetryPolicy(),
         verify: str | bool = True,
         upload_chunk_bytes: int = DEFAULT_UPLOAD_CHUNK_BYTES,
+        seq_path: Path | None = None,
     ) -> None:
+        """``seq_path`` keeps the sequence counter across restarts (``state_dir/seq`` on a device);
+        without it the counter starts at 1 and resynchronises on the coordinator's first ``replay``."""
         if upload_chunk_bytes < 1024:
             raise ValueError("upload_chunk_bytes must be at least 1024")
         self._http = httpx.Client(base_url=base_url, timeout=timeout_s, verify=verify)
         self._retry = retry
         self._identity = identity
-        self._last_seq = 0
+        self._seq = SequenceCounter(seq_path)
+        self._clock_offset = 0.0  # coordinator time - local time, learnt from a clock_skew answer
         self.upload_chunk_bytes = upload_chunk_bytes
         self._pending: dict[tuple[str, int, str], _PendingUpload] = {}
         self.bytes_sent = 0
@@ -135,35 +160,101 @@ class Transport:
     def close(self) -> None:
         self._http.close()
 
-    def _post(self, path: str, body: bytes) -> httpx.Response:
+    def _post(self, path: str, body: bytes | None = None) -> httpx.Response:
         try:
-            response = self._http.post(path, content=body, headers={"content-type": "application/json"})
+            if body is None:
+                response = self._http.get(path)
+            else:
+                response = self._http.post(path, content=body, headers={"content-type": "application/json"})
         except httpx.HTTPError as exc:
             raise CoordinatorError(f"cannot reach coordinator at {self._http.base_url}: {exc}", None, "unreachable") from exc
-        self.bytes_sent += len(body)
+        self.bytes_sent += len(body or b"")
         self.bytes_received += len(response.content)
         if response.status_code >= 400:
             try:
                 err = response.json()
                 error, detail = err.get("error", ""), err.get("detail", response.text)
+                last_seq, server_time = err.get("last_seq"), err.get("server_time")
             except (json.JSONDecodeError, AttributeError):
-                error, detail = "", response.text[:500]
-            raise CoordinatorError(f"{path}: {response.status_code} {error}: {detail}", response.status_code, error)
+                error, detail, last_seq, server_time = "", response.text[:500], None, None
+            if isinstance(last_seq, int):
+                self._seq.advance_past(last_seq)
+            raise CoordinatorError(
+                f"{path}: {response.status_code} {error}: {detail}", response.status_code, error,
+                last_seq if isinstance(last_seq, int) else None,
+                float(server_time) if isinstance(server_time, (int, float)) else None,
+            )
         return response
 
-    def enroll(self, request: EnrollRequest) -> EnrollResponse:
-        response = self._post("/v1/enroll", request.model_dump_json().encode())
-        reply = EnrollResponse.model_validate_json(response.content)
-        self.attach(reply.client_id, PublicIdentity.from_b64(reply.coordinator_sign_key, reply.coordinator_kex_key))
-        return reply
+    def enroll(
+        self, token: str, client_name: str, *, domain: str = "", model_name: str = "",
+        capabilities: Capabilities = Capabilities(),
+    ) -> str:
+        """Enroll with the operator's one-time ``token``; returns the client id.
+
+        The coordinator's keys are fetched and refused unless their fingerprint is the token's
+        (error ``fingerprint_mismatch``: the URL points at another server, or something in between
+        swapped keys). The request is then sealed to those keys and signed with this identity, and
+        so is the reply: neither the token nor the keys can be read or replaced on the way.
+        """
+        parsed = EnrollmentToken.parse(token)
+        request = EnrollRequest(
+            token=token, client_name=client_name, domain=domain, model_name=model_name, capabilities=capabilities,
+        )
+        keys = self._parse(CoordinatorKeys, self._post("/v1/identity").content, "identity")
+        try:
+            coordinator = PublicIdentity.from_b64(keys.sign_key, keys.kex_key)
+        except CryptoError as exc:
+            raise CoordinatorError(f"the coordinator's keys are malformed: {exc}", 0, "bad_reply") from exc
+        if not parsed.names(coordinator.fingerprint()):
+            raise CoordinatorError(
+                f"the coordinator at {self._http.base_url} holds key {coordinator.fingerprint()[:16]}…, not the "
+                f"{parsed.fingerprint[:16]}… the enrollment token names: wrong URL, or an interception; not enrolling",
+                0, "fingerprint_mismatch",
+            )
+        own = self._identity.public.to_b64()
+
+        def attempt() -> EnrollResponse:
+            header = self._header(client_name, 0, "enroll")
+            sealed = seal(request.model_dump_json().encode(), header, self._identity, coordinator, Direction.TO_COORDINATOR)
+            body = EnrollEnvelope(sign_key=own["sign_key"], kex_key=own["kex_key"], envelope=sealed)
+            reply = self._parse(SealedEnvelope, self._post("/v1/enroll", body.model_dump_json().encode()).content, "enroll")
+            return self._open_reply("enroll", reply, header, EnrollResponse, coordinator)
+
+        response = self._resynchronising("enroll", attempt)
+        self.attach(response.client_id, coordinator)
+        return response.client_id
 
     def attach(self, client_id: str, coordinator: PublicIdentity) -> None:
         self.client_id = client_id
         self.coordinator = coordinator
 
-    def _next_seq(self) -> int:
-        self._last_seq = max(self._last_seq + 1, time.time_ns() // 1000)
-        return self._last_seq
+    def _header(self, client_id: str, round_index: int, kind: str) -> EnvelopeHeader:
+        return EnvelopeHeader(
+            client_id=client_id, round=round_index, seq=self._seq.next(), kind=kind, sent_at=time.time() + self._clock_offset
+        )
+
+    def _resynchronising(self, what: str, attempt: Callable[[], T]) -> T:
+        """Run ``attempt``; after an authenticated ``replay`` (the counter was behind: state lost)
+        or ``clock_skew`` (this device's clock is off) answer, correct and try once more."""
+        try:
+            return attempt()
+        except CoordinatorError as exc:
+            if exc.error == "clock_skew" and exc.server_time is not None:
+                self._clock_offset = exc.server_time - time.time()
+                log.warning("%s: this device's clock is %.0fs off the coordinator's; correcting", what, -self._clock_offset)
+            elif exc.error == "replay" and exc.last_seq is not None:
+                log.info("%s: sequence counter resynchronised past %d", what, exc.last_seq)
+            else:
+                raise
+        return attempt()
+
+    @staticmethod
+    def _parse(model: type[M], content: bytes, what: str) -> M:
+        try:
+            return model.model_validate_json(content)
+        except ValidationError as exc:
+            raise CoordinatorError(f"{what}: invalid reply from coordinator: {exc}", 0, "bad_reply") from exc
 
     def call(self, kind: str, payload: BaseModel, round_index: int, reply_type: type[M]) -> M:
         """Seal ``payload`` as ``kind``, post it, open and validate the sealed reply.
@@ -196,31 +287,33 @@ class Transport:
 
     def _seal(self, kind: str, plain: bytes, round_index: int) -> tuple[EnvelopeHeader, bytes]:
         assert self.client_id is not None and self.coordinator is not None
-        header = EnvelopeHeader(
-            client_id=self.client_id, round=round_index, seq=self._next_seq(), kind=kind, sent_at=time.time()
-        )
+        header = self._header(self.client_id, round_index, kind)
         envelope = seal(plain, header, self._identity, self.coordinator, Direction.TO_COORDINATOR)
         return header, envelope.model_dump_json().encode()
 
-    def _open_reply(self, kind: str, reply: SealedEnvelope, header: EnvelopeHeader, reply_type: type[M]) -> M:
-        assert self.coordinator is not None
+    def _open_reply(
+        self, kind: str, reply: SealedEnvelope, header: EnvelopeHeader, reply_type: type[M],
+        coordinator: PublicIdentity | None = None,
+    ) -> M:
+        sender = coordinator or self.coordinator
+        assert sender is not None
         try:
-            if reply.header.client_id != self.client_id or reply.header.seq != header.seq:
+            if reply.header.client_id != header.client_id or reply.header.seq != header.seq:
                 raise CoordinatorError("reply does not answer this request (client id or sequence differs)")
-            plain = open_envelope(reply, self.coordinator, self._identity, Direction.TO_CLIENT)
+            plain = open_envelope(reply, sender, self._identity, Direction.TO_CLIENT)
             return reply_type.model_validate_json(plain)
         except (ValidationError, CryptoError) as exc:
             raise CoordinatorError(f"{kind}: invalid reply from coordinator: {exc}", 0, "bad_reply") from exc
 
     def _call_once(self, kind: str, payload: BaseModel | bytes, round_index: int, reply_type: type[M]) -> M:
         plain = payload if isinstance(payload, bytes) else payload.model_dump_json().encode()
-        header, body = self._seal(kind, plain, round_index)
-        response = self._post(ENDPOINTS[kind], body)
-        try:
-            reply = SealedEnvelope.model_validate_json(response.content)
-        except ValidationError as exc:
-            raise CoordinatorError(f"{kind}: invalid reply from coordinator: {exc}", 0, "bad_reply") from exc
-        return self._open_reply(kind, reply, header, reply_type)
+
+        def attempt() -> M:
+            header, body = self._seal(kind, plain, round_index)
+            reply = self._parse(SealedEnvelope, self._post(ENDPOINTS[kind], body).content, kind)
+            return self._open_reply(kind, reply, header, reply_type)
+
+        return self._resynchronising(kind, attempt)
 
     # ------------------------------------------------------------------------ chunked uploads
     def _call_chunked(self, kind: str, plain: bytes, round_index: int, reply_type: type[M]) -> M:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from lada_coordinator.config import CoordinatorConfig
+from lada_coordinator.credentials import DEFAULT_TOKEN_TTL_S
+from lada_coordinator.store import DEFAULT_GROUP
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -18,9 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes, upload_ttl_s=args.upload_ttl,
         upload_max_client_bytes=args.upload_max_client_bytes,
     )
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise ValueError("--tls-cert and --tls-key go together")
-    serve(config, args.llm_eval_data, args.tls_cert, args.tls_key)
+    serve(config, args.llm_eval_data, args.tls_cert, args.tls_key, args.insecure_http)
     return 0
 
 
@@ -32,14 +32,64 @@ def _gen_cert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _issue_token(args: argparse.Namespace) -> int:
+def _store(args: argparse.Namespace):
     from lada_coordinator.store import Store
 
+    return Store(CoordinatorConfig.load(args.config).db_path)
+
+
+def _issue_token(args: argparse.Namespace) -> int:
+    from lada_coordinator.credentials import issue_tokens, load_identity
+
     config = CoordinatorConfig.load(args.config)
-    store = Store(config.db_path)
-    for _ in range(args.count):
-        print(store.issue_token())
-    store.close()
+    store = _store(args)
+    try:
+        tokens = issue_tokens(store, load_identity(config.state_dir), args.count, args.ttl_hours * 3600.0, args.group)
+    finally:
+        store.close()
+    for token in tokens:
+        print(token)
+    print(f"{len(tokens)} token(s) for group {args.group!r}, valid {args.ttl_hours:g} h; each enrolls one device once", file=sys.stderr)
+    return 0
+
+
+def _tokens(args: argparse.Namespace) -> int:
+    import time
+
+    store = _store(args)
+    try:
+        rows = store.tokens()
+    finally:
+        store.close()
+    now = time.time()
+    for r in rows:
+        state = "used by " + r.used_by if r.used_by else "revoked" if r.revoked else (
+            "expired" if r.expires_at is None or r.expires_at <= now else f"open, {(r.expires_at - now) / 3600:.1f} h left")
+        print(f"{r.token_id}  group {r.secagg_group:<12} {state}")
+    return 0
+
+
+def _revoke_token(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        n = store.revoke_token(args.token_id)
+    finally:
+        store.close()
+    if n == 0:
+        raise ValueError(f"no open token with id {args.token_id!r} (see `lada-coordinator tokens`)")
+    print(f"revoked {n} token(s)")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        done = store.revoke_client(args.client)
+    finally:
+        store.close()
+    if not done:
+        raise ValueError(f"no enrolled device named {args.client!r}")
+    print(f"revoked {args.client}: its requests are refused from now on")
     return 0
 
 
@@ -75,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-body-bytes", type=int, help="largest request body; larger uploads come in chunks")
     p.add_argument("--upload-ttl", type=float, help="seconds a chunked upload session lives after its last chunk")
     p.add_argument("--upload-max-client-bytes", type=int, help="bytes of open chunked uploads one client may hold")
+    p.add_argument("--insecure-http", action="store_true",
+                   help="serve plain http on a non-loopback address (default there: https, self-signed if no --tls-cert)")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("gen-cert", help="write a self-signed TLS certificate for local use")
@@ -83,10 +135,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--days", type=int, default=365)
     p.set_defaults(func=_gen_cert)
 
-    p = sub.add_parser("issue-token", help="print one-time enrollment tokens")
+    p = sub.add_parser("issue-token", help="print one-time enrollment tokens (they name this coordinator's key)")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--count", type=int, default=1)
+    p.add_argument("--ttl-hours", type=float, default=DEFAULT_TOKEN_TTL_S / 3600, help="hours a token stays valid")
+    p.add_argument("--group", default=DEFAULT_GROUP,
+                   help="secure-aggregation group of the devices enrolled with these tokens (co-tuning)")
     p.set_defaults(func=_issue_token)
+
+    p = sub.add_parser("tokens", help="list enrollment tokens (id, group, state)")
+    p.add_argument("--config", type=Path, required=True)
+    p.set_defaults(func=_tokens)
+
+    p = sub.add_parser("revoke-token", help="revoke an unused enrollment token")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("token_id", help="its id as `tokens` lists it (at least 8 hex digits)")
+    p.set_defaults(func=_revoke_token)
+
+    p = sub.add_parser("revoke", help="revoke an enrolled device (by name or client id)")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("client")
+    p.set_defaults(func=_revoke)
 
     p = sub.add_parser("federation", help="build models and data, then run coordinator + clients on loopback")
     p.add_argument("--workdir", type=Path, default=Path(".lada-federation"))
@@ -105,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--llm-warmup-steps", type=int, default=400, help="warm-start steps of the tiny LLM teacher")
     p.add_argument("--slm-warmup-steps", type=int, default=150, help="warm-start steps of each SLM")
     p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
-    p.add_argument("--tls", action="store_true", help="serve https with a generated self-signed certificate")
+    p.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True,
+                   help="https with a generated self-signed certificate (default); --no-tls: plain http on loopback")
     p.add_argument("--alpha", type=float, default=0.5, help="weight of L_CD on the clients (0 = SFT-only baseline)")
     p.add_argument("--epochs", type=int, default=2, help="clients' training passes per round over private data + allocated paths")
     p.add_argument("--dp-noise", type=float, default=0.0, help="DP noise multiplier on client features (0 = off)")

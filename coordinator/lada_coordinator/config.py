@@ -51,9 +51,23 @@ class CoordinatorConfig:
     train_llm: bool = True
     phase_timeout_s: float = 600.0  # after this, a phase proceeds with the clients that answered ...
     quorum_fraction: float = 0.5  # ... if they are at least this fraction of those expected
-    max_body_bytes: int = 16 * 1024 * 1024
+    max_body_bytes: int = 16 * 1024 * 1024  # enforced while the body streams in (server/limits.py)
     upload_ttl_s: float = 3600.0  # a chunked upload session expires this long after its last chunk
     upload_max_client_bytes: int = 1024**3  # bytes of open upload sessions one client may hold
+    upload_sweep_s: float = 60.0  # how often expired upload sessions and their chunks are deleted
+    # Slow or hostile connections (server/limits.py): the request head must arrive within
+    # header_timeout_s, the body within body_timeout_s; at most max_connections stay open and
+    # max_concurrent_requests are served at once (503 above).
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 120.0
+    max_connections: int = 2048
+    max_concurrent_requests: int = 512
+    # A sealed request whose sent_at is further than this from the coordinator's clock is refused
+    # (clock_skew, with the coordinator's time, so the device corrects and retries).
+    max_clock_skew_s: float = 600.0
+    # Failed enrollments per source address: this many per second, in bursts of enroll_burst.
+    enroll_failures_per_s: float = 0.5
+    enroll_burst: int = 10
     # A device that can score but not train: "skip" its adapter update (nothing is allocated to it),
     # or train it here ("server") on the teacher paths allocated to it, from the base checkpoint of
     # its model named in slm_checkpoints, and send it the adapter (see rounds.py, _server_update).
@@ -78,6 +92,12 @@ class CoordinatorConfig:
             raise ValueError("rounds, min_clients and candidates_per_round must be >= 1")
         if self.upload_ttl_s <= 0 or self.upload_max_client_bytes < 1 or self.max_body_bytes < 4096:
             raise ValueError("upload_ttl_s and upload_max_client_bytes must be > 0, max_body_bytes >= 4096")
+        positive = ("upload_sweep_s", "header_timeout_s", "body_timeout_s", "max_clock_skew_s", "enroll_failures_per_s")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.max_connections < 1 or self.max_concurrent_requests < 1 or self.enroll_burst < 1:
+            raise ValueError("max_connections, max_concurrent_requests and enroll_burst must be >= 1")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=str, indent=2)

@@ -23,6 +23,7 @@ import httpx
 log = logging.getLogger(__name__)
 
 SLM_PRESETS = ("slm-large", "slm-medium", "slm-small")
+ENGINE_RETRIES = 3  # a local run gives up once the coordinator's engine failed this many times
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class FederationSettings:
     host_framework: str = "mkt"
     slm_presets: tuple[str, ...] = SLM_PRESETS
     timeout_s: float = 1800.0
-    tls: bool = False
+    tls: bool = True
     llm_checkpoint: Path | None = None  # a local transformers checkpoint used as the teacher as is
 
     def __post_init__(self) -> None:
@@ -173,6 +174,22 @@ class Processes:
     def logs(self) -> Path:
         return self.run_dir / "logs"
 
+    @property
+    def operator_headers(self) -> dict[str, str]:
+        """What the operator's endpoints (``/v1/status``) need: the coordinator's operator token."""
+        from lada_coordinator.credentials import operator_token
+
+        return {"Authorization": f"Bearer {operator_token(self.run_dir / 'coordinator')}"}
+
+    def status(self, http: httpx.Client | None = None) -> dict:
+        """The coordinator's operator view (rounds, devices, quarantines, engine errors)."""
+        if http is None:
+            with httpx.Client(verify=self.verify, timeout=10) as client:
+                return self.status(client)
+        response = http.get(f"{self.url}/v1/status", headers=self.operator_headers)
+        response.raise_for_status()
+        return response.json()
+
     def stop(self) -> None:
         """Terminate whatever still runs (clients first), killing what does not exit in time."""
         for proc in [*self.clients.values(), self.coordinator]:
@@ -194,6 +211,7 @@ def start_processes(
     """Write the configs, issue enrollment tokens, start the coordinator, wait until it answers,
     then start one client process per client. Overrides are merged into the generated JSON
     configs (``client_overrides`` by client name), e.g. to give one client another model."""
+    from lada_coordinator.credentials import issue_tokens, load_identity, operator_token
     from lada_coordinator.store import Store
 
     run_dir = settings.workdir / "run"
@@ -226,8 +244,9 @@ def start_processes(
     }
     (run_dir / "coordinator.json").write_text(json.dumps(coord_cfg, indent=2))
     store = Store(Path(coord_cfg["db_path"]))
-    tokens = [store.issue_token() for _ in range(settings.clients)]
+    tokens = issue_tokens(store, load_identity(Path(coord_cfg["state_dir"])), settings.clients)
     store.close()
+    operator_token(Path(coord_cfg["state_dir"]))  # made here, before the coordinator reads it
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     logs = run_dir / "logs"
 
@@ -279,19 +298,24 @@ def run_federation(settings: FederationSettings) -> int:
     url, verify, logs, clients = procs.url, procs.verify, procs.logs, list(procs.clients.values())
     # One connection for the whole watch: building an httpx client per poll (SSL context and all)
     # cost several CPU-seconds per federation, taken from the processes being watched.
-    http = httpx.Client(verify=verify, timeout=10)
+    http = httpx.Client(verify=verify, timeout=10, headers=procs.operator_headers)
     try:
         print(f"federation: coordinator + {settings.clients} clients on {url}, {settings.rounds} rounds, allocation={settings.allocation} (logs in {logs})", flush=True)
         printed: set[int] = set()
+        reported: list[dict] = []
         deadline = time.monotonic() + settings.timeout_s
         while time.monotonic() < deadline:
-            status = http.get(f"{url}/v1/status").json()
+            status = procs.status(http)
             for m in status["rounds"]:
                 if m["phase"] in ("closed", "finished") and m["round"] not in printed:
                     _print_round(m)
                     printed.add(m["round"])
-            if status["engine"]["error"]:
-                print(f"federation: coordinator failed: {status['engine']['error']}", file=sys.stderr)
+            errors = status["engine"]["errors"]
+            for e in errors[len(reported):]:  # the engine retries; say so, and give up if it keeps failing
+                print(f"federation: coordinator round {e['round']} {e['phase']}: {e['error']} (retrying)", file=sys.stderr)
+            reported = errors
+            if status["engine"]["error"] and len(errors) >= ENGINE_RETRIES:
+                print(f"federation: coordinator failed {len(errors)} times; last: {status['engine']['error']}", file=sys.stderr)
                 return 1
             failed = [i for i, p in enumerate(clients) if p.poll() not in (None, 0)]
             if failed:

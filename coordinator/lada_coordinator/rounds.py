@@ -8,6 +8,14 @@ Phases of round t (stored in SQLite, so a restarted coordinator resumes where it
 ``finished``  the last round closed
 
 HTTP handlers only record uploads; every decision happens here.
+
+Fault isolation: every use of one device's data — reading its upload back (checked again with
+``validation.py``), its filter's selection and refit, its server-side adapter, its offers to the
+LLM, its secure-aggregation messages — runs isolated; a failure quarantines that device for the
+round (``Store.quarantine``: logged, shown to the operator, the device told ``quarantined``) and
+the round goes on without it. An error that is not one device's (the LLM, the database) is
+logged and retried with backoff: the engine thread does not end, and because every phase is
+stored, a retry — or a restart on the same state — resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -19,29 +27,44 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
-from lada_client.common.wire import Candidate, PublicQuestion, RoundInfo
+from lada_client.common.secagg import SecAggError
+from lada_client.common.wire import Candidate, FeatureUpload, PublicQuestion, RewardReport, RoundInfo
 from lada_client.data.domains import Sample
 from lada_client.scoring.features import relative_ppl_reward
-from lada_client.common.secagg import SecAggError
 from lada_coordinator.aggregation.secure import SecureAggregation
 from lada_coordinator.allocation.allocator import LLM, SLM, Allocator
 from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.llm.host import LLMHost
 from lada_coordinator.store import ClientRecord, Store
+from lada_coordinator.validation import RoundContext, UploadRejected, check_features, check_reward, parse_payload
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+_MAX_ERRORS = 20
+_RETRY_BACKOFF_S = (1.0, 60.0)
 
 
 @dataclass
 class EngineStatus:
+    """What the operator sees of the engine: its phase, and its recent errors (not devices')."""
+
     phase: str = "waiting"
     round: int = 0
-    error: str = ""
+    error: str = ""  # the last error that was not one device's; cleared when a round step succeeds
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def failed(self, exc: BaseException) -> None:
+        self.error = f"{type(exc).__name__}: {exc}"
+        self.errors = [*self.errors, {"at": time.time(), "round": self.round, "phase": self.phase, "error": self.error}][-_MAX_ERRORS:]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "round": self.round, "error": self.error, "errors": list(self.errors)}
 
 
 class RoundEngine(threading.Thread):
@@ -61,7 +84,7 @@ class RoundEngine(threading.Thread):
         self._llm_factory = llm_factory
         self._llm: LLMHost | None = None
         self._llm_eval = llm_eval or []
-        self.secure = SecureAggregation(store, config.secagg)
+        self.secure = SecureAggregation(store, config.secagg, on_offender=self._quarantine)
         self.allocator = Allocator(store, config.allocation, {SLM: config.slm_filter, LLM: config.llm_filter}, config.seed)
         self.stop_event = threading.Event()
         self.wake = threading.Event()
@@ -79,37 +102,66 @@ class RoundEngine(threading.Thread):
             self.wake.wait(0.5)
             self.wake.clear()
 
-    def _wait_quorum(self, t: int, kind: str, expected: set[str]) -> None:
+    def _quarantine(self, t: int, client_id: str, stage: str, why: str) -> None:
+        """Set one device aside for round ``t``: the round goes on without it."""
+        if self.store.quarantine(t, client_id, stage, why):
+            log.warning("round %d: %s quarantined at %s: %s", t, client_id, stage, why)
+        self.wake.set()
+
+    def _isolated(self, t: int, client_id: str, stage: str, work: Callable[[], T]) -> T | None:
+        """Run one device's part of a step; on any error quarantine that device and return None."""
+        try:
+            return work()
+        except Exception as exc:  # whatever one device's data breaks must not stop the round
+            log.debug("round %d: %s failed at %s", t, client_id, stage, exc_info=True)
+            why = f"{exc.error}: {exc.detail}" if isinstance(exc, UploadRejected) else f"{type(exc).__name__}: {exc}"
+            self._quarantine(t, client_id, stage, why)
+            return None
+
+    def _wait_quorum(self, t: int, kind: str, expected: Callable[[], set[str]]) -> None:
         """Wait for every expected client's ``kind`` upload; after ``phase_timeout_s``, settle for
         the quorum. A client that vanished mid-round is left out of the rest of it; below quorum
-        the round keeps waiting rather than deciding on too little."""
-        need = max(1, math.ceil(self.config.quorum_fraction * len(expected)))
-        self._wait_arrivals(lambda: expected & set(self.store.uploads(t, kind)), expected, need, f"round {t} {kind}")
+        the round keeps waiting rather than deciding on too little. Quarantined clients are not
+        expected (``expected`` is asked again at every poll)."""
 
-    def _wait_arrivals(self, arrived: Callable[[], set[str]], expected: set[str], need: int, what: str) -> set[str]:
+        def wanted() -> set[str]:
+            return expected() - set(self.store.quarantined(t))
+
+        need = max(1, math.ceil(self.config.quorum_fraction * len(wanted())))
+        self._wait_arrivals(lambda: wanted() & self.store.uploaders(t, kind), wanted, need, f"round {t} {kind}")
+
+    def _wait_arrivals(self, arrived: Callable[[], set[str]], expected: Callable[[], set[str]], need: int, what: str) -> set[str]:
         deadline = time.monotonic() + self.config.phase_timeout_s
         warned = False
         while not self.stop_event.is_set():
-            got = arrived()
-            if got == expected:
+            got, want = arrived(), expected()
+            if got >= want:
                 return got
             if time.monotonic() > deadline:
                 if len(got) >= need:
-                    log.warning("%s timed out; proceeding with %d/%d, without %s", what, len(got), len(expected), sorted(expected - got))
+                    log.warning("%s timed out; proceeding with %d/%d, without %s", what, len(got), len(want), sorted(want - got))
                     return got
                 if not warned:
-                    log.warning("%s below quorum (%d/%d, need %d); still waiting", what, len(got), len(expected), need)
+                    log.warning("%s below quorum (%d/%d, need %d); still waiting", what, len(got), len(want), need)
                     warned = True
             self.wake.wait(0.5)
             self.wake.clear()
         return arrived()
 
     def run(self) -> None:
-        try:
-            self._run()
-        except Exception as exc:  # keep the server answering and say what went wrong
-            log.exception("round engine failed")
-            self.status.error = f"{type(exc).__name__}: {exc}"
+        """Run rounds until the last one closes or :attr:`stop_event` is set. An error that is not
+        one device's is logged, shown in :attr:`status` and retried with backoff from the stored
+        state; the thread never ends on it."""
+        backoff = _RETRY_BACKOFF_S[0]
+        while not self.stop_event.is_set():
+            try:
+                self._run()
+                return
+            except Exception as exc:  # keep the server answering, say what went wrong, try again
+                log.exception("round engine step failed; retrying in %.0fs", backoff)
+                self.status.failed(exc)
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, _RETRY_BACKOFF_S[1])
 
     def _run(self) -> None:
         cfg = self.config
@@ -124,14 +176,38 @@ class RoundEngine(threading.Thread):
                 self._open(t)
             phase = self.store.current_round()[1]
             if phase == "features":
-                self._wait_quorum(t, "features.put", {c.client_id for c in self.store.clients()})
+                self._wait_quorum(t, "features.put", lambda: {c.client_id for c in self.store.clients()})
                 self._allocate(t)
             if cfg.host_framework == "cotuning":
                 self._secure_aggregation(t)
-            allocated = {c.client_id for c in self.store.clients() if self.store.allocation(t, c.client_id, SLM)}
-            self._wait_quorum(t, "reward.put", allocated)
+            self._wait_quorum(t, "reward.put", lambda t=t: {
+                c.client_id for c in self.store.clients() if self.store.allocation(t, c.client_id, SLM)
+            })
             self._close(t, final=t == cfg.rounds)
+            self.status.error = ""
             t += 1
+
+    # ------------------------------------------------------------------------- stored uploads
+    def _features(self, t: int) -> dict[str, FeatureUpload]:
+        """The round's feature uploads that pass the checks the HTTP layer made (``validation.py``),
+        read back one by one: a bad row quarantines its client, it never hides the others."""
+        ctx = RoundContext.of(self.store.round_info(t)[0])
+        aside = self.store.quarantined(t)
+        enrolled = {c.client_id for c in self.store.clients()}
+
+        def read(raw: str) -> FeatureUpload:
+            up = parse_payload(FeatureUpload, raw)
+            check_features(up, ctx)
+            return up
+
+        out: dict[str, FeatureUpload] = {}
+        for client_id, raw in sorted(self.store.raw_uploads(t, "features.put").items()):
+            if client_id in aside or client_id not in enrolled:
+                continue
+            up = self._isolated(t, client_id, "features", lambda raw=raw: read(raw))
+            if up is not None:
+                out[client_id] = up
+        return out
 
     # ------------------------------------------------------------------------------- phases
     def _open(self, t: int) -> None:
@@ -163,27 +239,40 @@ class RoundEngine(threading.Thread):
 
     def _allocate(self, t: int) -> None:
         started = time.perf_counter()
-        uploads = self.store.uploads(t, "features.put")
-        decided: dict[str, tuple[list[str], str]] = {}
+        uploads = self._features(t)
         clients = {c.client_id: c for c in self.store.clients()}
+        if self.config.host_framework == "cotuning":  # first: a bad advert sets its client aside
+            info, _ = self.store.round_info(t)
+            adverts = {cid: {"secagg_keys": up.secagg_keys, "adapter_size": up.adapter_size} for cid, up in uploads.items()}
+            self.secure.setup(t, adverts, list(clients.values()), info["secagg_configs"])
+        aside = self.store.quarantined(t)
+        decided: dict[str, tuple[list[str], str]] = {}
         server_side: list[str] = []
         for client_id, up in uploads.items():
-            client = clients.get(client_id)
-            if client is not None and not client.capabilities.get("can_train", True):
+            client = clients[client_id]
+            if client_id in aside:
+                continue
+            if not client.capabilities.get("can_train", True):
                 if self._server_checkpoint(client) is None:
                     # Capability respected: a score-only device contributes features and offered
                     # paths, but nothing is allocated to it, so no reward from it reaches its filter.
                     decided[client_id] = ([], "score_only")
                     continue
                 server_side.append(client_id)
-            z = np.asarray(up["features"], dtype=np.float64).reshape(len(up["sample_ids"]), -1)
-            decided[client_id] = self.allocator.allocate(t, SLM, client_id, up["sample_ids"], z)
-        updates = {c: self._server_update(t, clients[c], decided[c][0]) for c in server_side}
-        if self.config.host_framework == "cotuning":
-            info, _ = self.store.round_info(t)
-            self.secure.setup(t, uploads, list(clients.values()), info["secagg_configs"])
+            z = np.asarray(up.features, dtype=np.float64).reshape(len(up.sample_ids), -1)
+            choice = self._isolated(t, client_id, "allocation", lambda c=client_id, z=z, ids=up.sample_ids: self.allocator.allocate(t, SLM, c, ids, z))
+            if choice is not None:
+                decided[client_id] = choice
+        updates: dict[str, str] = {}
+        for client_id in server_side:
+            if client_id in decided:
+                update = self._isolated(t, client_id, "server_update", lambda c=client_id: self._server_update(t, clients[c], decided[c][0]))
+                if update is None:
+                    del decided[client_id]
+                else:
+                    updates[client_id] = update
         self.store.put_allocations(t, SLM, decided, updates)
-        for client_id in server_side:  # stored: the adapters this round started from are not needed again
+        for client_id in updates:  # stored: the adapters this round started from are not needed again
             for old in self._score_only_rounds(client_id, below=t):
                 shutil.rmtree(old, ignore_errors=True)
         self.store.set_phase(t, "training")
@@ -232,17 +321,18 @@ class RoundEngine(threading.Thread):
         return [p for r, p in sorted(found) if r < below]
 
     def _secure_aggregation(self, t: int) -> None:
-        """Co-tuning: run each architecture group's secure FedAvg through its three server steps.
+        """Co-tuning: run each group's secure FedAvg through its three server steps.
 
         Each step is skipped when its output is already stored, so a restarted coordinator
-        resumes the protocol. A group that cannot finish (too many dropouts) gets no average
-        this round; its clients keep their own adapters.
+        resumes the protocol. A step waits for its expected members (quarantined ones are not
+        expected) up to ``phase_timeout_s``, then closes with who arrived; members whose messages
+        fail are left out (:class:`SecureAggregation`). A group that cannot finish gets a terminal
+        result with the reason; its clients keep their own adapters.
         """
         info, _ = self.store.round_info(t)
-        for group, cfg in info["secagg_configs"].items():
+        for group in info["secagg_configs"]:
             if self.store.secagg(t, group, "roster") is None or self.store.secagg(t, group, "result") is not None:
                 continue
-            threshold = int(cfg["threshold"])
             try:
                 for step, done_item, action in (
                     ("shares", "routed", self.secure.route),
@@ -251,48 +341,56 @@ class RoundEngine(threading.Thread):
                 ):
                     if self.store.secagg(t, group, done_item) is not None:
                         continue
-                    expected, _ = self.secure.progress(t, group, step)
-                    need = max(threshold, math.ceil(self.config.quorum_fraction * len(expected)))
-                    self._wait_arrivals(lambda: self.secure.progress(t, group, step)[1], expected, need, f"round {t} secagg {group} {step}")
+                    self._wait_arrivals(
+                        lambda s=step, g=group: self.secure.progress(t, g, s)[1],
+                        lambda s=step, g=group: self.secure.progress(t, g, s)[0],
+                        0, f"round {t} secagg {group} {step}",
+                    )
+                    if self.stop_event.is_set():
+                        return
                     action(t, group)
             except SecAggError as exc:
-                log.warning("round %d group %s: secure aggregation failed: %s", t, group, exc)
-                self.store.put_secagg(t, group, "result", {"error": str(exc)})
+                self.secure.fail(t, group, str(exc))
 
     def _close(self, t: int, final: bool) -> None:
         started = time.perf_counter()
         self.status.phase = "closing"
-        features = self.store.uploads(t, "features.put")
-        rewards = self.store.uploads(t, "reward.put")
+        features = self._features(t)
         clients = {c.client_id: c for c in self.store.clients()}
         per_client: dict[str, dict] = {}
-        for client_id, report in rewards.items():
-            up = features.get(client_id)
-            alloc = self.store.allocation(t, client_id, SLM)
-            if up is None or alloc is None:
+        aside = self.store.quarantined(t)
+        for client_id, raw in sorted(self.store.raw_uploads(t, "reward.put").items()):
+            up, alloc = features.get(client_id), self.store.allocation(t, client_id, SLM)
+            if up is None or alloc is None or client_id not in clients or client_id in aside:
                 continue
-            index = {s: i for i, s in enumerate(up["sample_ids"])}
-            z = np.asarray(up["features"], dtype=np.float64).reshape(len(up["sample_ids"]), -1)
-            rows = [index[s] for s in alloc[0] if s in index]
-            self.allocator.reward(t, SLM, client_id, z[rows], float(report["reward"]))
+            report = self._isolated(t, client_id, "reward", lambda up=up, alloc=alloc, raw=raw, c=client_id: self._reward(t, c, up, alloc, raw))
+            if report is None:
+                continue
             c = clients[client_id]
             per_client[c.name] = {
-                "test_accuracy": report["test_accuracy"],
-                "reward": report["reward"],
-                "n_allocated": report["n_allocated"],
+                "test_accuracy": report.test_accuracy,
+                "reward": report.reward,
+                "n_allocated": report.n_allocated,
                 "bytes_client_sent": c.bytes_in,
                 "bytes_client_received": c.bytes_out,
-                "dp_epsilon": report.get("dp_epsilon", 0.0),
+                "dp_epsilon": report.dp_epsilon,
             }
-        llm_metrics = self._llm_direction(t, features) if self.config.train_llm else {}
+        try:
+            llm_metrics = self._llm_direction(t, features) if self.config.train_llm else {}
+        except Exception as exc:  # the LLM is not one device's: the round closes without its update
+            log.exception("round %d: LLM update failed; closing the round without it", t)
+            self.status.failed(exc)
+            llm_metrics = {"n_trained": 0, "error": f"{type(exc).__name__}: {exc}"}
         secagg = {}
         if self.config.host_framework == "cotuning":
             info, _ = self.store.round_info(t)
             for group in info["secagg_configs"]:
                 result = self.store.secagg(t, group, "result") or {}
                 secagg[group] = {"contributors": len(result.get("contributors", [])), "error": result.get("error")}
+        names = {c.client_id: c.name for c in clients.values()}
         metrics = {
             "clients": per_client,
+            "quarantined": {names.get(cid, cid): why for cid, why in self.store.quarantined(t).items()},
             "secagg": secagg,
             "llm": llm_metrics,
             "seconds_close": round(time.perf_counter() - started, 3),
@@ -301,17 +399,30 @@ class RoundEngine(threading.Thread):
         self.status.phase = "finished" if final else "closed"
         log.info("round %d closed: %s", t, metrics)
 
-    def _llm_direction(self, t: int, features: dict[str, dict]) -> dict:
-        """Method step 6: pick SLM-offered paths that carry knowledge new to the LLM, train on them."""
+    def _reward(self, t: int, client_id: str, up: FeatureUpload, alloc: tuple[list[str], str], raw: str) -> RewardReport:
+        """Read one client's reward report back and feed it to its filter (once per round)."""
+        report = parse_payload(RewardReport, raw)
+        check_reward(report, len(alloc[0]))
+        index = {s: i for i, s in enumerate(up.sample_ids)}
+        rows = [index[s] for s in alloc[0] if s in index]
+        if len(rows) != len(alloc[0]):
+            raise UploadRejected("bad_reward", "the allocation names samples that are not among the round's candidates")
+        z = np.asarray(up.features, dtype=np.float64).reshape(len(up.sample_ids), -1)
+        self.allocator.reward(t, SLM, client_id, z[rows], float(report.reward))
+        return report
+
+    def _llm_direction(self, t: int, features: dict[str, FeatureUpload]) -> dict:
+        """Method step 6: pick SLM-offered paths that carry knowledge new to the LLM, train on them.
+
+        Each client's offers are scored and selected in isolation (a failure quarantines that
+        client); the LLM's training step on what was chosen is the coordinator's own."""
         chosen: list[tuple[Sample, str, str, np.ndarray, str]] = []
+        aside = self.store.quarantined(t)
         for client_id, up in features.items():
-            offers = [(self.public_by_id[o["sample_id"]], o["path"]) for o in up.get("offers", []) if o["sample_id"] in self.public_by_id]
-            if not offers:
+            if client_id in aside:
                 continue
-            z, own = self.llm.offer_features([s for s, _ in offers], [p for _, p in offers], seed=self.config.seed + t)
-            ids, _ = self.allocator.allocate(t, LLM, client_id, [s.sample_id for s, _ in offers], z)
-            keep = set(ids)
-            chosen.extend((s, p, o, z[i], client_id) for i, ((s, p), o) in enumerate(zip(offers, own)) if s.sample_id in keep)
+            picked = self._isolated(t, client_id, "llm_offers", lambda c=client_id, up=up: self._pick_offers(t, c, up))
+            chosen.extend(picked or [])
         if not chosen:
             return {"n_trained": 0, "accuracy": self.llm.accuracy(self._llm_eval) if self._llm_eval else None}
         samples, paths, own = [c[0] for c in chosen], [c[1] for c in chosen], [c[2] for c in chosen]
@@ -319,9 +430,9 @@ class RoundEngine(threading.Thread):
         report = self.llm.train(samples, paths, own, self.config.llm_distill)
         after = self.llm.perplexity(samples, paths)
         reward = relative_ppl_reward(before, after)
-        for client_id in {c[4] for c in chosen}:
+        for client_id in sorted({c[4] for c in chosen}):
             rows = np.stack([c[3] for c in chosen if c[4] == client_id])
-            self.allocator.reward(t, LLM, client_id, rows, reward)
+            self._isolated(t, client_id, "llm_reward", lambda c=client_id, rows=rows: self.allocator.reward(t, LLM, c, rows, reward))
         return {
             "n_trained": len(chosen),
             "ppl_before": before,
@@ -330,3 +441,12 @@ class RoundEngine(threading.Thread):
             "sft_loss": report.sft_loss,
             "accuracy": self.llm.accuracy(self._llm_eval) if self._llm_eval else None,
         }
+
+    def _pick_offers(self, t: int, client_id: str, up: FeatureUpload) -> list[tuple[Sample, str, str, np.ndarray, str]]:
+        offers = [(self.public_by_id[o.sample_id], o.path) for o in up.offers if o.sample_id in self.public_by_id]
+        if not offers:
+            return []
+        z, own = self.llm.offer_features([s for s, _ in offers], [p for _, p in offers], seed=self.config.seed + t)
+        ids, _ = self.allocator.allocate(t, LLM, client_id, [s.sample_id for s, _ in offers], z)
+        keep = set(ids)
+        return [(s, p, o, z[i], client_id) for i, ((s, p), o) in enumerate(zip(offers, own)) if s.sample_id in keep]

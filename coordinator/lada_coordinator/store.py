@@ -5,32 +5,47 @@ the client's sequence number, so a crash never loses an acknowledged message and
 request changes nothing. WAL mode lets the HTTP threads read while the round engine writes.
 Chunks of large uploads (``upload_sessions``, ``upload_chunks``) are kept the same way, so a
 restarted coordinator still holds every chunk it acknowledged (``server/uploads.py``).
+
+The database, its WAL and the state directory are private to the coordinator's user (0600/0700,
+also when they existed before with wider modes): they hold token hashes, device keys and uploads.
+A database written by an earlier version gains the newer columns on open (:meth:`Store._migrate`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import secrets
+import logging
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pydantic_core import from_json
 
+log = logging.getLogger(__name__)
+
+#: The secure-aggregation group of devices whose token names none.
+DEFAULT_GROUP = "default"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
-    token_hash TEXT PRIMARY KEY, created_at REAL NOT NULL, used_by TEXT, used_at REAL);
+    token_hash TEXT PRIMARY KEY, created_at REAL NOT NULL, used_by TEXT, used_at REAL,
+    expires_at REAL, revoked_at REAL, secagg_group TEXT NOT NULL DEFAULT 'default');
 CREATE TABLE IF NOT EXISTS clients (
     client_id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, sign_key TEXT NOT NULL,
     kex_key TEXT NOT NULL, domain TEXT NOT NULL, model_name TEXT NOT NULL,
     capabilities TEXT NOT NULL, enrolled_at REAL NOT NULL, last_seq INTEGER NOT NULL DEFAULT 0,
-    bytes_in INTEGER NOT NULL DEFAULT 0, bytes_out INTEGER NOT NULL DEFAULT 0);
+    bytes_in INTEGER NOT NULL DEFAULT 0, bytes_out INTEGER NOT NULL DEFAULT 0,
+    secagg_group TEXT NOT NULL DEFAULT 'default', revoked_at REAL);
+CREATE TABLE IF NOT EXISTS quarantine (
+    round INTEGER NOT NULL, client_id TEXT NOT NULL, stage TEXT NOT NULL, error TEXT NOT NULL,
+    at REAL NOT NULL, PRIMARY KEY (round, client_id));
 CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER PRIMARY KEY, phase TEXT NOT NULL, info TEXT NOT NULL, gold TEXT NOT NULL,
     opened_at REAL NOT NULL, closed_at REAL, metrics TEXT NOT NULL DEFAULT '{}');
@@ -61,6 +76,17 @@ CREATE TABLE IF NOT EXISTS upload_chunks (
     session_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (session_id, idx));
 """
+# columns added after the first release: (table, column, declaration) for databases created before
+_ADDED_COLUMNS = (
+    ("tokens", "expires_at", "REAL"),
+    ("tokens", "revoked_at", "REAL"),
+    ("tokens", "secagg_group", "TEXT NOT NULL DEFAULT 'default'"),
+    ("clients", "secagg_group", "TEXT NOT NULL DEFAULT 'default'"),
+    ("clients", "revoked_at", "REAL"),
+)
+_CLIENT_COLUMNS = (
+    "client_id, name, sign_key, kex_key, domain, model_name, capabilities, last_seq, bytes_in, bytes_out, secagg_group, revoked_at"
+)
 
 
 @dataclass(frozen=True)
@@ -75,22 +101,57 @@ class ClientRecord:
     last_seq: int
     bytes_in: int
     bytes_out: int
+    secagg_group: str = DEFAULT_GROUP  # set by the operator through the enrollment token
+    revoked: bool = False
 
 
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+@dataclass(frozen=True)
+class TokenRecord:
+    token_id: str  # the first 12 hex digits of the secret's hash: names the token, reveals nothing
+    created_at: float
+    expires_at: float | None
+    used_by: str | None
+    revoked: bool
+    secagg_group: str
+
+
+class EnrollmentRefused(Exception):
+    """An enrollment the store refuses: ``reason`` is ``bad_token`` or ``duplicate_client``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _private(path: Path) -> None:
+    """Owner-only mode on a file that may have been created wider before."""
+    if path.exists():
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
 
 
 class Store:
     """Thread-safe access to the coordinator database (one connection, one lock)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():  # SQLite gives the WAL and shared-memory files the database's mode
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, stat.S_IRUSR | stat.S_IWUSR))
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            _private(Path(f"{path}{suffix}"))
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(SCHEMA)
+        self._migrate()
         self._lock = threading.RLock()
+
+    def _migrate(self) -> None:
+        """Add the columns a database created by an earlier version lacks (no manual step)."""
+        for table, column, decl in _ADDED_COLUMNS:
+            have = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+                log.info("database: added %s.%s", table, column)
 
     def close(self) -> None:
         with self._lock:
@@ -116,46 +177,89 @@ class Store:
             return self._conn.execute(sql, args).fetchall()
 
     # ---------------------------------------------------------------------------- enrollment
-    def issue_token(self) -> str:
-        """A one-time enrollment token; only its hash is stored.
-
-        Hex, not URL-safe base64: a base64 token can start with "-", which command lines then
-        read as an option (``lada-client run --token -x...`` fails to parse).
-        """
-        token = secrets.token_hex(24)
+    def add_token(self, secret_hash: str, expires_at: float | None, secagg_group: str = DEFAULT_GROUP) -> None:
+        """Record a one-time enrollment token by the hash of its secret (``common/enrollment.py``)."""
         with self.transaction() as db:
-            db.execute("INSERT INTO tokens VALUES (?, ?, NULL, NULL)", (_hash(token), time.time()))
-        return token
-
-    def enroll(self, token: str, record: ClientRecord) -> None:
-        """Consume ``token`` and add the client, atomically. Raises ``PermissionError``/``ValueError``."""
-        with self.transaction() as db:
-            row = db.execute("SELECT used_by FROM tokens WHERE token_hash = ?", (_hash(token),)).fetchone()
-            if row is None:
-                raise PermissionError("unknown enrollment token")
-            if row[0] is not None:
-                raise PermissionError("enrollment token was already used")
-            if db.execute("SELECT 1 FROM clients WHERE name = ?", (record.name,)).fetchone():
-                raise ValueError(f"a client named {record.name!r} is already enrolled")
             db.execute(
-                "INSERT INTO clients (client_id, name, sign_key, kex_key, domain, model_name, capabilities, enrolled_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.client_id, record.name, record.sign_key, record.kex_key, record.domain,
-                 record.model_name, json.dumps(record.capabilities), time.time()),
+                "INSERT INTO tokens (token_hash, created_at, expires_at, secagg_group) VALUES (?, ?, ?, ?)",
+                (secret_hash, time.time(), expires_at, secagg_group),
             )
-            db.execute("UPDATE tokens SET used_by = ?, used_at = ? WHERE token_hash = ?", (record.client_id, time.time(), _hash(token)))
+
+    def tokens(self) -> list[TokenRecord]:
+        rows = self._all("SELECT token_hash, created_at, expires_at, used_by, revoked_at, secagg_group FROM tokens ORDER BY created_at")
+        return [TokenRecord(h[:12], c, e, u, r is not None, g) for h, c, e, u, r, g in rows]
+
+    def revoke_token(self, token_id: str) -> int:
+        """Revoke the unused tokens whose id (hash prefix, at least 8 hex digits) is ``token_id``."""
+        if len(token_id) < 8 or not all(ch in "0123456789abcdef" for ch in token_id):
+            raise ValueError("a token id is at least 8 hex digits (see `lada-coordinator tokens`)")
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE substr(token_hash, 1, ?) = ? AND used_by IS NULL AND revoked_at IS NULL",
+                (time.time(), len(token_id), token_id),
+            )
+            return cur.rowcount
+
+    def enroll(self, secret_hash: str, record: ClientRecord, now: float | None = None) -> ClientRecord:
+        """Consume the token and add the client, atomically; returns the record as stored (with the
+        token's group). Raises :class:`EnrollmentRefused` and changes nothing when refused."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT used_by, expires_at, revoked_at, secagg_group FROM tokens WHERE token_hash = ?", (secret_hash,)
+            ).fetchone()
+            if row is None:
+                raise EnrollmentRefused("bad_token", "unknown enrollment token")
+            used_by, expires_at, revoked_at, group = row
+            if used_by is not None:
+                raise EnrollmentRefused("bad_token", "enrollment token was already used")
+            if revoked_at is not None:
+                raise EnrollmentRefused("bad_token", "enrollment token was revoked")
+            if expires_at is None or expires_at <= now:
+                raise EnrollmentRefused("bad_token", "enrollment token has expired; ask the operator for a new one")
+            if db.execute("SELECT 1 FROM clients WHERE name = ?", (record.name,)).fetchone():
+                raise EnrollmentRefused("duplicate_client", f"a client named {record.name!r} is already enrolled")
+            if db.execute("SELECT 1 FROM clients WHERE sign_key = ? OR kex_key = ?", (record.sign_key, record.kex_key)).fetchone():
+                raise EnrollmentRefused("duplicate_client", "these keys are already enrolled under another name")
+            stored = replace(record, secagg_group=group)
+            self._insert_client(db, stored, now)
+            db.execute("UPDATE tokens SET used_by = ?, used_at = ? WHERE token_hash = ?", (record.client_id, now, secret_hash))
+        return stored
+
+    def add_client(self, record: ClientRecord) -> None:
+        """Insert a client without a token (tests and benchmarks that start from an enrolled fleet)."""
+        with self.transaction() as db:
+            self._insert_client(db, record, time.time())
+
+    @staticmethod
+    def _insert_client(db: sqlite3.Connection, r: ClientRecord, now: float) -> None:
+        db.execute(
+            "INSERT INTO clients (client_id, name, sign_key, kex_key, domain, model_name, capabilities, enrolled_at,"
+            " secagg_group) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (r.client_id, r.name, r.sign_key, r.kex_key, r.domain, r.model_name, json.dumps(r.capabilities), now, r.secagg_group),
+        )
 
     def client(self, client_id: str) -> ClientRecord | None:
-        row = self._one(
-            "SELECT client_id, name, sign_key, kex_key, domain, model_name, capabilities, last_seq, bytes_in, bytes_out"
-            " FROM clients WHERE client_id = ?", (client_id,))
-        if row is None:
-            return None
-        return ClientRecord(*row[:6], json.loads(row[6]), *row[7:])
+        row = self._one(f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE client_id = ?", (client_id,))
+        return None if row is None else self._client(row)
+
+    @staticmethod
+    def _client(row: tuple) -> ClientRecord:
+        return ClientRecord(*row[:6], json.loads(row[6]), *row[7:11], revoked=row[11] is not None)
 
     def clients(self) -> list[ClientRecord]:
-        ids = [r[0] for r in self._all("SELECT client_id FROM clients ORDER BY enrolled_at, client_id")]
-        return [c for c in (self.client(i) for i in ids) if c is not None]
+        """Enrolled clients that are not revoked, in enrollment order."""
+        rows = self._all(f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE revoked_at IS NULL ORDER BY enrolled_at, client_id")
+        return [self._client(r) for r in rows]
+
+    def revoke_client(self, name_or_id: str) -> bool:
+        """Revoke a device: from now on its requests are unauthenticated and rounds stop expecting it."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE clients SET revoked_at = ? WHERE (name = ? OR client_id = ?) AND revoked_at IS NULL",
+                (time.time(), name_or_id, name_or_id),
+            )
+            return cur.rowcount == 1
 
     def accept(self, db: sqlite3.Connection, client_id: str, seq: int, bytes_in: int, bytes_out: int) -> bool:
         """Advance the sequence number inside the caller's transaction; False on replay."""
@@ -205,10 +309,44 @@ class Store:
         return cur.rowcount == 1
 
     def uploads(self, round_index: int, kind: str) -> dict[str, dict[str, Any]]:
-        rows = self._all("SELECT client_id, payload FROM uploads WHERE round = ? AND kind = ?", (round_index, kind))
-        # pydantic-core's JSON parser gives the same objects as json.loads ~3x faster on the
-        # number-heavy feature uploads (1000 x 256 x 5 floats per round: ~0.55 s -> ~0.17 s)
-        return {cid: from_json(p) for cid, p in rows}
+        """Parsed uploads by client; a row that is not JSON is left out (and logged), so one
+        damaged row never hides the others. The round engine reads :meth:`raw_uploads` and
+        validates each against the wire schema itself (``validation.py``)."""
+        out: dict[str, dict[str, Any]] = {}
+        for cid, payload in self.raw_uploads(round_index, kind).items():
+            try:
+                # pydantic-core's JSON parser gives the same objects as json.loads ~3x faster on the
+                # number-heavy feature uploads (1000 x 256 x 5 floats per round: ~0.55 s -> ~0.17 s)
+                out[cid] = from_json(payload)
+            except ValueError:
+                log.warning("round %d: stored %s upload of %s is not JSON; ignored", round_index, kind, cid)
+        return out
+
+    def raw_uploads(self, round_index: int, kind: str) -> dict[str, str]:
+        return dict(self._all("SELECT client_id, payload FROM uploads WHERE round = ? AND kind = ?", (round_index, kind)))
+
+    def uploaders(self, round_index: int, kind: str) -> set[str]:
+        """Who uploaded ``kind`` this round (no payloads read: the engine polls this)."""
+        return {r[0] for r in self._all("SELECT client_id FROM uploads WHERE round = ? AND kind = ?", (round_index, kind))}
+
+    # ---------------------------------------------------------------------------- quarantine
+    def quarantine(self, round_index: int, client_id: str, stage: str, error: str) -> bool:
+        """Set a client aside for the rest of a round (its data failed a check or broke a step);
+        the first reason recorded stays. Returns whether this call recorded it."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO quarantine VALUES (?, ?, ?, ?, ?)", (round_index, client_id, stage, error[:500], time.time())
+            )
+            return cur.rowcount == 1
+
+    def quarantined(self, round_index: int) -> dict[str, str]:
+        """client id → "stage: reason" for the clients set aside in this round."""
+        rows = self._all("SELECT client_id, stage, error FROM quarantine WHERE round = ?", (round_index,))
+        return {cid: f"{stage}: {error}" for cid, stage, error in rows}
+
+    def quarantine_log(self) -> list[dict[str, Any]]:
+        rows = self._all("SELECT round, client_id, stage, error, at FROM quarantine ORDER BY at")
+        return [{"round": r, "client_id": c, "stage": st, "error": e, "at": at} for r, c, st, e, at in rows]
 
     def put_allocations(
         self, round_index: int, direction: str, allocations: dict[str, tuple[list[str], str]],

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from lada_client.common.crypto import Identity
-from lada_client.common.wire import Ack, Candidate, EnrollRequest, FeatureUpload, RoundInfo
+from lada_client.common.wire import Ack, Candidate, FeatureUpload, RoundInfo
 from lada_client.config import ClientConfig
 from lada_client.transport import DEFAULT_UPLOAD_CHUNK_BYTES, CoordinatorError, RetryPolicy, Transport
 
@@ -35,13 +35,15 @@ def coordinator(tmp_path, tiny_world, free_port, serve_coordinator):
         ]
         info = RoundInfo(round=1, phase="features", total_rounds=2, candidates=candidates, feature_names=["a", "b", "c", "d"])
         store.open_round(1, info.model_dump(), {})
-        yield url, store, info
+        yield url, store, info, config
 
 
-def _client(url: str, store, retry: RetryPolicy = FAST_RETRY) -> Transport:
-    ident = Identity.generate()
-    t = Transport(url, ident, retry=retry, upload_chunk_bytes=CHUNK)
-    t.enroll(EnrollRequest(token=store.issue_token(), client_name=f"dev{random.randrange(10**6)}", **ident.public.to_b64()))
+def _client(coordinator, retry: RetryPolicy = FAST_RETRY) -> Transport:
+    from lada_coordinator.credentials import issue_tokens, load_identity
+
+    url, store, _, config = coordinator
+    t = Transport(url, Identity.generate(), retry=retry, upload_chunk_bytes=CHUNK)
+    t.enroll(issue_tokens(store, load_identity(config.state_dir), 1)[0], f"dev{random.randrange(10**6)}")
     return t
 
 
@@ -84,8 +86,8 @@ def _n_chunks(t: Transport, payload: FeatureUpload) -> int:
 
 
 def test_interrupted_upload_resumes_with_the_missing_chunks_only(coordinator):
-    url, store, info = coordinator
-    t = _client(url, store, RetryPolicy(attempts=1))  # no retries: the first call fails for good
+    url, store, info, _ = coordinator
+    t = _client(coordinator, RetryPolicy(attempts=1))  # no retries: the first call fails for good
     net = Network(t)
     payload = _features(info)
     n = _n_chunks(t, payload)
@@ -104,8 +106,8 @@ def test_interrupted_upload_resumes_with_the_missing_chunks_only(coordinator):
 
 
 def test_outage_mid_upload_is_retried_per_chunk(coordinator, caplog):
-    url, store, info = coordinator
-    t = _client(url, store)
+    url, store, info, _ = coordinator
+    t = _client(coordinator)
     net = Network(t)
     payload = _features(info)
     n = _n_chunks(t, payload)
@@ -122,8 +124,8 @@ def test_outage_mid_upload_is_retried_per_chunk(coordinator, caplog):
 
 
 def test_lost_commit_reply_is_idempotent(coordinator):
-    url, store, info = coordinator
-    t = _client(url, store)
+    url, store, info, _ = coordinator
+    t = _client(coordinator)
     net = Network(t)
     net.faults[("/v1/upload/commit", 1)] = "lost"  # committed, but the device never hears it
     ack = t.call("features.put", _features(info), 1, Ack)
@@ -133,8 +135,8 @@ def test_lost_commit_reply_is_idempotent(coordinator):
 
 
 def test_small_bodies_go_in_one_request(coordinator):
-    url, store, info = coordinator
-    t = _client(url, store)
+    url, store, info, _ = coordinator
+    t = _client(coordinator)
     t.upload_chunk_bytes = DEFAULT_UPLOAD_CHUNK_BYTES
     net = Network(t)
     small = FeatureUpload(round=1, feature_names=info.feature_names, sample_ids=[c.sample_id for c in info.candidates[:3]],
@@ -145,8 +147,8 @@ def test_small_bodies_go_in_one_request(coordinator):
 
 
 def test_refused_commit_is_final_and_not_kept_for_resume(coordinator):
-    url, store, info = coordinator
-    t = _client(url, store)
+    url, store, info, _ = coordinator
+    t = _client(coordinator)
     store.set_phase(1, "training")
     with pytest.raises(CoordinatorError) as exc:
         t.call("features.put", _features(info), 1, Ack)

@@ -1,19 +1,130 @@
-"""Durable coordinator state: enrollment tokens."""
+"""Durable coordinator state: enrollment tokens, one key per device, private files, old databases."""
 
 from __future__ import annotations
 
-import string
+import os
+import sqlite3
+import stat
+import time
 from pathlib import Path
 
-from lada_coordinator.store import Store
+import pytest
+from lada_client.common.crypto import Identity
+from lada_client.common.enrollment import EnrollmentToken
+from lada_coordinator.credentials import issue_tokens
+from lada_coordinator.store import ClientRecord, EnrollmentRefused, Store
 
 
-def test_tokens_are_one_time_hex_safe_on_a_command_line(tmp_path: Path) -> None:
+def _record(name: str, ident: Identity | None = None) -> ClientRecord:
+    keys = (ident or Identity.generate()).public.to_b64()
+    return ClientRecord(f"{name}-0000", name, keys["sign_key"], keys["kex_key"], "add", "m", {}, 0, 0, 0)
+
+
+def test_tokens_are_one_time_hex_safe_on_a_command_line_and_name_the_coordinator(tmp_path: Path) -> None:
+    ident = Identity.generate()
     store = Store(tmp_path / "c.sqlite")
     try:
-        tokens = [store.issue_token() for _ in range(200)]
+        tokens = issue_tokens(store, ident, 200)
     finally:
         store.close()
     assert len(set(tokens)) == 200
     # a token starting with "-" would be parsed as an option by `lada-client run --token TOKEN`
-    assert all(len(t) == 48 and set(t) <= set(string.hexdigits.lower()) for t in tokens)
+    assert all(t[0] != "-" and set(t) <= set("lada1-" + "0123456789abcdef") for t in tokens)
+    assert all(EnrollmentToken.parse(t).names(ident.public.fingerprint()) for t in tokens)
+    assert not EnrollmentToken.parse(tokens[0]).names(Identity.generate().public.fingerprint())
+
+
+def test_tokens_expire_can_be_revoked_and_enroll_once(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c.sqlite")
+    ident = Identity.generate()
+    short, revoked, good = (EnrollmentToken.parse(t) for t in issue_tokens(store, ident, 3))
+    with store.transaction() as db:  # the first one expired a second ago
+        db.execute("UPDATE tokens SET expires_at = ? WHERE token_hash = ?", (time.time() - 1, short.secret_hash))
+    with pytest.raises(EnrollmentRefused, match="expired"):
+        store.enroll(short.secret_hash, _record("a"))
+    assert store.revoke_token(revoked.token_id) == 1
+    with pytest.raises(EnrollmentRefused, match="revoked"):
+        store.enroll(revoked.secret_hash, _record("b"))
+    assert store.revoke_token(revoked.token_id) == 0  # already revoked
+    with pytest.raises(ValueError, match="8 hex"):
+        store.revoke_token("ab")
+    stored = store.enroll(good.secret_hash, _record("c"))
+    assert stored.secagg_group == "default"
+    with pytest.raises(EnrollmentRefused, match="already used"):
+        store.enroll(good.secret_hash, _record("d"))
+    states = {t.token_id: (t.used_by, t.revoked) for t in store.tokens()}
+    assert states[good.token_id] == ("c-0000", False) and states[revoked.token_id] == (None, True)
+    assert [c.name for c in store.clients()] == ["c"]
+    store.close()
+
+
+def test_one_key_pair_enrolls_under_one_name_only(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c.sqlite")
+    first, second = (
+        EnrollmentToken.parse(t) for t in issue_tokens(store, Identity.generate(), 2, secagg_group="ward-7")
+    )
+    device = Identity.generate()
+    assert store.enroll(first.secret_hash, _record("phone", device)).secagg_group == "ward-7"
+    with pytest.raises(EnrollmentRefused, match="already enrolled under another name"):
+        store.enroll(second.secret_hash, _record("phone-2", device))
+    assert not store.tokens()[1].used_by  # the refused enrollment did not consume the token
+    store.close()
+
+
+def test_revoked_clients_are_no_longer_listed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c.sqlite")
+    store.add_client(_record("a"))
+    store.add_client(_record("b"))
+    assert store.revoke_client("a") and not store.revoke_client("a")
+    assert [c.name for c in store.clients()] == ["b"]
+    assert store.client("a-0000").revoked
+    store.close()
+
+
+def test_database_and_wal_are_private_even_if_created_wider(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "c.sqlite"
+    store = Store(db)
+    store.add_client(_record("a"))
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{db}{suffix}").exists():
+            os.chmod(f"{db}{suffix}", 0o644)
+    store = Store(db)
+    store.add_client(_record("b"))  # writes: the WAL exists now
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            path = Path(f"{db}{suffix}")
+            assert path.exists() and stat.S_IMODE(path.stat().st_mode) == 0o600, (suffix, oct(path.stat().st_mode))
+    finally:
+        store.close()
+    fresh = tmp_path / "fresh" / "c.sqlite"
+    Store(fresh).close()
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600 and stat.S_IMODE(fresh.parent.stat().st_mode) == 0o700
+
+
+def test_a_database_of_the_first_release_opens_and_gains_the_new_columns(tmp_path: Path) -> None:
+    db = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        "CREATE TABLE tokens (token_hash TEXT PRIMARY KEY, created_at REAL NOT NULL, used_by TEXT, used_at REAL);"
+        "CREATE TABLE clients (client_id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, sign_key TEXT NOT NULL,"
+        " kex_key TEXT NOT NULL, domain TEXT NOT NULL, model_name TEXT NOT NULL, capabilities TEXT NOT NULL,"
+        " enrolled_at REAL NOT NULL, last_seq INTEGER NOT NULL DEFAULT 0, bytes_in INTEGER NOT NULL DEFAULT 0,"
+        " bytes_out INTEGER NOT NULL DEFAULT 0);"
+        "INSERT INTO clients VALUES ('a-1', 'a', 'k', 'k', 'add', 'm', '{}', 1.0, 1700000000000000, 5, 6);"
+        "INSERT INTO tokens VALUES ('00ff', 1.0, NULL, NULL);"
+    )
+    conn.commit()
+    conn.close()
+    store = Store(db)
+    (client,) = store.clients()
+    assert (client.name, client.last_seq, client.secagg_group, client.revoked) == (
+        "a",
+        1700000000000000,
+        "default",
+        False,
+    )
+    with pytest.raises(EnrollmentRefused, match="expired"):  # an old token has no expiry: it cannot be used
+        store.enroll("00ff", _record("b"))
+    assert store.quarantine(1, "a-1", "features", "bad") and store.quarantined(1) == {"a-1": "features: bad"}
+    store.close()

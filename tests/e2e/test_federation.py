@@ -53,7 +53,7 @@ def _private_questions_absent(work: Path) -> None:
 def test_mutual_knowledge_transfer_over_tls(tiny_world, free_port):
     """Heterogeneous SLMs (three sizes), LaDa allocation, https with a generated certificate."""
     work = tiny_world["workdir"]
-    _run(work, free_port, "--tls")
+    _run(work, free_port)  # https is the default
     _private_questions_absent(work)
 
 
@@ -88,8 +88,6 @@ def test_score_only_device_gets_its_adapter_trained_by_the_coordinator(tiny_worl
     score_only_update='server' the coordinator trains its adapter and the device merges it."""
     import time
 
-    import httpx
-
     from lada_coordinator.federation import FederationSettings, prepare, start_processes
 
     work = tiny_world["workdir"]
@@ -108,7 +106,7 @@ def test_score_only_device_gets_its_adapter_trained_by_the_coordinator(tiny_worl
         while any(p.poll() is None for p in procs.clients.values()) and time.monotonic() < deadline:
             time.sleep(1)
         assert all(p.poll() == 0 for p in procs.clients.values()), (procs.logs / "client2.log").read_text()[-3000:]
-        status = httpx.get(f"{procs.url}/v1/status", timeout=10).json()
+        status = procs.status()
     finally:
         procs.stop()
     phone = [r["clients"]["client2"] for r in status["rounds"]]

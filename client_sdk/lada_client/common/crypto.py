@@ -40,6 +40,7 @@ __all__ = [
     "PublicIdentity",
     "open_envelope",
     "seal",
+    "write_private",
 ]
 
 _NONCE_BYTES = 12
@@ -87,9 +88,23 @@ class PublicIdentity:
         return {"sign_key": b64e(self.sign_key), "kex_key": b64e(self.kex_key)}
 
     def fingerprint(self) -> str:
+        """SHA-256 (hex) of both public keys: what enrollment tokens pin (``common/enrollment.py``)."""
         digest = hashes.Hash(hashes.SHA256())
         digest.update(self.sign_key + self.kex_key)
-        return digest.finalize().hex()[:16]
+        return digest.finalize().hex()
+
+    def check_usable(self) -> None:
+        """Refuse a key-agreement key of low order: X25519 with it gives an all-zero secret, so
+        every envelope to or from that party would fail (or be predictable). Checked once, at
+        enrollment, by a trial exchange."""
+        try:
+            X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(self.kex_key))
+        except ValueError as exc:
+            raise CryptoError("kex_key is not a usable X25519 public key (low-order point)") from exc
+        try:
+            Ed25519PublicKey.from_public_bytes(self.sign_key)
+        except ValueError as exc:
+            raise CryptoError("sign_key is not an Ed25519 public key") from exc
 
 
 class Identity:
@@ -108,13 +123,9 @@ class Identity:
         return cls(Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
 
     def save(self, path: Path) -> None:
-        """Write both private keys (raw, base64) to ``path`` with mode 0600."""
+        """Write both private keys (raw, base64) to ``path`` with mode 0600 (see :func:`write_private`)."""
         raw = serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-        text = f"{b64e(self._sign.private_bytes(*raw))}\n{b64e(self._kex.private_bytes(*raw))}\n"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        write_private(path, f"{b64e(self._sign.private_bytes(*raw))}\n{b64e(self._kex.private_bytes(*raw))}\n".encode())
 
     @classmethod
     def load(cls, path: Path) -> Identity:
@@ -146,6 +157,29 @@ class Identity:
         info = f"lada/v1|{client_id}|{round_index}|{direction}".encode()
         key = HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=info).derive(shared)
         return AESGCM(key)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret file readable by its owner only, whatever was there before.
+
+    ``os.open(..., 0o600)`` sets the mode only when it creates the file, so re-saving over an
+    existing 0644 file would keep it world-readable: the data goes to a fresh 0600 file beside it,
+    which then replaces the old one atomically (a crash leaves the old file or the new, never half).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staged.unlink(missing_ok=True)  # left by a crash of an earlier process with this pid
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(staged, stat.S_IRUSR | stat.S_IWUSR)  # umask cannot widen it, but be explicit
+        os.replace(staged, path)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
 
 
 def _signed_bytes(header_bytes: bytes, nonce: bytes, ciphertext: bytes) -> bytes:

@@ -50,7 +50,7 @@ import logging
 import math
 import os
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, NamedTuple
@@ -79,6 +79,9 @@ __all__ = [
     "ShareKeys",
     "UnmaskRequest",
     "UnmaskResponse",
+    "check_masked_peers",
+    "check_share_bundle",
+    "check_unmask_response",
     "dequantize",
     "fedavg",
     "neighbour_graph",
@@ -108,7 +111,13 @@ _RAW_PRIVATE = (serialization.Encoding.Raw, serialization.PrivateFormat.Raw, ser
 
 
 class SecAggError(Exception):
-    """The protocol cannot proceed safely; the message says which check failed and for whom."""
+    """The protocol cannot proceed safely; the message says which check failed and for whom.
+
+    ``suspect`` names the member whose message made it fail, where one can be named."""
+
+    def __init__(self, message: str, suspect: str | None = None) -> None:
+        super().__init__(message)
+        self.suspect = suspect
 
 
 # ----------------------------------------------------------------------------------- primitives
@@ -196,8 +205,11 @@ def _check_id(client_id: Any, what: str = "client id") -> str:
 
 
 def _check_key(key: Any, what: str) -> bytes:
+    """A 32-byte X25519 public key of full order: a low-order key gives every peer an all-zero
+    (or predictable) pair secret, so it is refused where it is first seen, not where it breaks."""
     if not isinstance(key, bytes) or len(key) != _KEY_BYTES:
         raise SecAggError(f"{what} must be a {_KEY_BYTES}-byte X25519 public key")
+    _exchange(X25519PrivateKey.generate(), key, what)
     return key
 
 
@@ -571,7 +583,8 @@ class MaskedInput:
             _get(data, "client_id", str),
             _get(data, "round_id", str),
             tuple(peers),
-            np.frombuffer(raw, dtype="<u4").astype(np.uint32),
+            # a read-only view of the decoded bytes, not a copy: a masked vector is only ever summed
+            np.frombuffer(raw, dtype="<u4").astype(np.uint32, copy=False),
         )
 
 
@@ -713,9 +726,11 @@ class SecAggClient:
             aead = _share_aead(self._channel_key, roster.keys[sender], self.round_id, sender, self.client_id)
             try:
                 plain = aead.decrypt(share.nonce, share.ciphertext, _share_ad(self.round_id, sender, self.client_id))
-            except InvalidTag as exc:
-                raise SecAggError(f"malformed share from {sender}: decryption failed") from exc
-            held[sender] = (Share.from_bytes(my_x, plain[:_SHARE_BYTES]), Share.from_bytes(my_x, plain[_SHARE_BYTES:]))
+                held[sender] = (Share.from_bytes(my_x, plain[:_SHARE_BYTES]), Share.from_bytes(my_x, plain[_SHARE_BYTES:]))
+            except (InvalidTag, SecAggError):
+                # Leave the sender out of this input's masks: the coordinator sees it missing from
+                # ``peers`` and drops it from the sum, instead of the whole group failing on it.
+                logger.warning("secagg %s: the shares %s sent %s do not open; masking without it", self.round_id, sender, self.client_id)
         if len(held) < self.config.threshold:
             raise SecAggError(
                 f"only {len(held)} neighbours of {self.client_id} shared keys; threshold is {self.config.threshold}"
@@ -766,6 +781,50 @@ class SecAggClient:
         return UnmaskResponse(self.client_id, self.round_id, seeds, keys)
 
 
+# ------------------------------------------------------------------- checks shared with the server
+def check_share_bundle(message: ShareKeys, roster: Roster) -> None:
+    """A share bundle must come from a roster member and hold one share per neighbour."""
+    sender = message.client_id
+    if sender not in roster.keys:
+        raise SecAggError(f"{sender} is not in the roster")
+    if message.round_id != roster.round_id:
+        raise SecAggError(f"share bundle from {sender} is for round {message.round_id!r}, not {roster.round_id!r}")
+    if len(message.self_mask_commitment) != 32:
+        raise SecAggError(f"malformed share bundle from {sender}: bad commitment")
+    recipients = [s.recipient for s in message.shares]
+    if any(s.sender != sender for s in message.shares) or sorted(recipients) != sorted(roster.graph[sender]):
+        raise SecAggError(f"malformed share bundle from {sender}: must hold one share per neighbour")
+
+
+def check_unmask_response(message: UnmaskResponse, request: UnmaskRequest, roster: Roster) -> None:
+    """An unmask response reveals, for the sender's neighbours, self-mask shares of survivors and
+    mask-key shares of dropped clients only, never both kinds for one client, each a valid share."""
+    sender = message.client_id
+    if sender not in request.survivors:
+        raise SecAggError(f"unmask response from {sender}, which is not a survivor")
+    if message.round_id != roster.round_id:
+        raise SecAggError(f"unmask response from {sender} is for round {message.round_id!r}, not {roster.round_id!r}")
+    neighbours = roster.graph[sender]
+    seeds, keys = set(message.self_mask_shares), set(message.mask_key_shares)
+    if seeds & keys:
+        raise SecAggError(f"{sender} revealed both share kinds of {', '.join(sorted(seeds & keys))}")
+    if not seeds <= set(request.survivors) & neighbours or not keys <= set(request.dropped) & neighbours:
+        raise SecAggError(f"malformed unmask response from {sender}: shares for the wrong clients")
+    x = roster.index[sender]
+    for value in [*message.self_mask_shares.values(), *message.mask_key_shares.values()]:
+        Share.from_bytes(x, value)
+
+
+def check_masked_peers(peers: Iterable[str], allowed: Iterable[str], threshold: int, sender: str) -> None:
+    """A masked input may leave out neighbours whose shares did not open, never add any, and must
+    keep at least ``threshold`` of them (fewer could not be unmasked)."""
+    got, ok = set(peers), set(allowed)
+    if len(got) != len(tuple(peers)) or not got <= ok:
+        raise SecAggError(f"{sender} masked against {sorted(got)}; only {sorted(ok)} shared keys with it")
+    if len(got) < threshold:
+        raise SecAggError(f"{sender} masked against {len(got)} neighbours; threshold is {threshold}")
+
+
 # --------------------------------------------------------------------------------------- server
 class SecAggServer:
     """The coordinator's side of one round: collects messages and sums what survives.
@@ -787,6 +846,8 @@ class SecAggServer:
         self._inputs: dict[str, MaskedInput] = {}
         self._request: UnmaskRequest | None = None
         self._responses: dict[str, UnmaskResponse] = {}
+        #: members left out of the sum, and why (shares that did not open, a wrong unmask share)
+        self.offenders: dict[str, str] = {}
 
     def _check_round(self, round_id: str, sender: str) -> None:
         if round_id != self.round_id:
@@ -837,11 +898,7 @@ class SecAggServer:
             raise SecAggError(f"{sender} is not in the roster")
         if sender in self._share_keys:
             raise SecAggError(f"{sender} already sent its shares")
-        if len(message.self_mask_commitment) != 32:
-            raise SecAggError(f"malformed share bundle from {sender}: bad commitment")
-        recipients = [s.recipient for s in message.shares]
-        if any(s.sender != sender for s in message.shares) or sorted(recipients) != sorted(roster.graph[sender]):
-            raise SecAggError(f"malformed share bundle from {sender}: must hold one share per neighbour")
+        check_share_bundle(message, roster)
         self._share_keys[sender] = message
 
     def route_shares(self) -> dict[str, list[EncryptedShare]]:
@@ -879,17 +936,23 @@ class SecAggServer:
         vector = np.asarray(message.vector)
         if vector.dtype != np.uint32 or vector.shape != (self.vector_length,):
             raise SecAggError(f"masked input from {sender} must be {self.vector_length} uint32 values")
-        expected = sorted(self._roster.graph[sender] & set(self._share_keys))
-        if sorted(message.peers) != expected:
-            raise SecAggError(f"{sender} masked against {sorted(message.peers)}, expected {expected}")
+        check_masked_peers(message.peers, self._roster.graph[sender] & set(self._share_keys), self.config.threshold, sender)
         self._inputs[sender] = message
 
     def unmask_request(self) -> UnmaskRequest:
-        """Fix the survivor and drop lists (same object on every call) and return them to send."""
-        if self._routed is None:
+        """Fix the survivor and drop lists (same object on every call) and return them to send.
+
+        A sharer that some survivor masked without (its shares to that survivor did not open) is
+        dropped, not summed: its pair mask with that survivor could not cancel. Recorded in
+        :attr:`offenders`."""
+        if self._routed is None or self._roster is None:
             raise SecAggError("unmask_request before the shares were routed")
         if self._request is None:
-            survivors = tuple(sorted(self._inputs))
+            graph, sharers = self._roster.graph, set(self._share_keys)
+            for client, message in sorted(self._inputs.items()):
+                for accused in sorted((graph[client] & sharers) - set(message.peers)):
+                    self.offenders.setdefault(accused, f"its key shares to {client} did not open")
+            survivors = tuple(sorted(set(self._inputs) - set(self.offenders)))
             if len(survivors) < self.config.threshold:
                 raise SecAggError(f"only {len(survivors)} survivors; threshold is {self.config.threshold}")
             dropped = tuple(sorted(set(self._share_keys) - set(survivors)))
@@ -903,21 +966,11 @@ class SecAggServer:
         self._check_round(message.round_id, sender)
         if request is None or roster is None:
             raise SecAggError(f"unmask response from {sender} arrived before the unmask request")
-        if sender not in request.survivors:
-            raise SecAggError(f"unmask response from {sender}, which is not a survivor")
         if sender in self._responses:
             if self._responses[sender] != message:
                 raise SecAggError(f"{sender} sent two different unmask responses")
             return
-        neighbours = roster.graph[sender]
-        seeds, keys = set(message.self_mask_shares), set(message.mask_key_shares)
-        if seeds & keys:
-            raise SecAggError(f"{sender} revealed both share kinds of {', '.join(sorted(seeds & keys))}")
-        if not seeds <= set(request.survivors) & neighbours or not keys <= set(request.dropped) & neighbours:
-            raise SecAggError(f"malformed unmask response from {sender}: shares for the wrong clients")
-        x = roster.index[sender]
-        for value in [*message.self_mask_shares.values(), *message.mask_key_shares.values()]:
-            Share.from_bytes(x, value)
+        check_unmask_response(message, request, roster)
         self._responses[sender] = message
 
     def aggregate(self) -> Aggregate:
@@ -930,20 +983,21 @@ class SecAggServer:
         for client in request.survivors:
             total += self._inputs[client].vector
         for client in request.survivors:
-            seed = self._reconstruct(client, "self_mask_shares", _SELF)
-            if not hmac.compare_digest(
-                _commitment(seed, self.round_id, client), self._share_keys[client].self_mask_commitment
-            ):
-                raise SecAggError(f"malformed share: the self-mask seed of {client} does not match its commitment")
+            commitment = self._share_keys[client].self_mask_commitment
+            seed = self._reconstruct(
+                client, "self_mask_shares", _SELF,
+                lambda seed, c=client, k=commitment: hmac.compare_digest(_commitment(seed, self.round_id, c), k),
+            )
             total -= _expand(_self_mask_key(seed, self.round_id, client), n)
         for client in request.dropped:
             affected = [s for s in request.survivors if client in self._inputs[s].peers]
             if not affected:
                 continue
-            raw = self._reconstruct(client, "mask_key_shares", _KEY)
+            raw = self._reconstruct(
+                client, "mask_key_shares", _KEY,
+                lambda raw, k=roster.keys[client].mask_key: _public_bytes(X25519PrivateKey.from_private_bytes(raw)) == k,
+            )
             private = X25519PrivateKey.from_private_bytes(raw)
-            if _public_bytes(private) != roster.keys[client].mask_key:
-                raise SecAggError(f"malformed share: the mask key of {client} does not match its public key")
             for survivor in affected:
                 seed = _pair_seed(private, roster.keys[survivor].mask_key, self.round_id, client, survivor)
                 stream = _expand(seed, n)
@@ -954,18 +1008,39 @@ class SecAggServer:
         logger.info("secagg %s: aggregated %d clients (threshold %d)", self.round_id, len(request.survivors), t)
         return Aggregate(dequantize(total, len(request.survivors), self.config), list(request.survivors))
 
-    def _reconstruct(self, owner: str, field: str, what: str) -> bytes:
+    def _reconstruct(self, owner: str, field: str, what: str, valid: Callable[[bytes], bool]) -> bytes:
+        """Rebuild a secret of ``owner`` from the responders' shares and check it with ``valid``.
+
+        Any ``threshold`` consistent shares rebuild it; a wrong share (a responder lying) gives a
+        secret that fails the check. Then each responder is left out in turn: the first whose
+        absence gives a valid secret is recorded in :attr:`offenders` and its shares are ignored
+        from now on, so one bad responder cannot stop the round while ``threshold`` honest ones answer.
+        """
         assert self._roster is not None
-        shares = [
-            Share.from_bytes(self._roster.index[responder], getattr(response, field)[owner])
-            for responder, response in self._responses.items()
-            if owner in getattr(response, field)
-        ]
-        if len(shares) < self.config.threshold:
-            raise SecAggError(
-                f"only {len(shares)} shares of the {what} of {owner} so far; threshold is {self.config.threshold}"
-            )
-        try:
-            return shamir_reconstruct(shares, self.config.threshold)
-        except SecAggError as exc:
-            raise SecAggError(f"cannot rebuild the {what} of {owner}: {exc}") from exc
+        t = self.config.threshold
+        held = {
+            responder: Share.from_bytes(self._roster.index[responder], getattr(response, field)[owner])
+            for responder, response in sorted(self._responses.items())
+            if owner in getattr(response, field) and responder not in self.offenders
+        }
+        if len(held) < t:
+            raise SecAggError(f"only {len(held)} shares of the {what} of {owner} so far; threshold is {t}")
+
+        def attempt(responders: list[str]) -> bytes | None:
+            try:
+                secret = shamir_reconstruct([held[r] for r in responders[:t]], t)
+            except SecAggError:
+                return None
+            return secret if valid(secret) else None
+
+        order = list(held)
+        secret = attempt(order)
+        if secret is not None:
+            return secret
+        for suspect in order:
+            secret = attempt([r for r in order if r != suspect]) if len(order) > t else None
+            if secret is not None:
+                self.offenders[suspect] = f"it revealed a wrong share of the {what} of {owner}"
+                logger.warning("secagg %s: %s revealed a wrong share of the %s of %s; ignoring its shares", self.round_id, suspect, what, owner)
+                return secret
+        raise SecAggError(f"cannot rebuild the {what} of {owner}: its shares are inconsistent (did {owner} share garbage?)", owner)

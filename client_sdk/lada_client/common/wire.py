@@ -18,6 +18,23 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PROTOCOL_VERSION = 1
+#: Longest flattened adapter a co-tuning device may declare: its masked vector (4 bytes a value,
+#: base64 in JSON) must fit one chunked upload of at most 4 GiB.
+MAX_ADAPTER_SIZE = 2**29
+
+#: Every integer a device sends is stored in SQLite, whose INTEGER is a signed 64-bit value: larger
+#: ones are refused at parse time instead of overflowing in the database (a 500).
+INT64_MAX = 2**63 - 1
+Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
+RoundIndex = Annotated[int, Field(ge=0, le=INT64_MAX)]
+#: The largest magnitude a learnability feature may have. The filters standardise features in
+#: float32 and square them (k-means distances, the scaler's variance); ±1e6 keeps every such
+#: intermediate finite with room to spare, and no real feature (NLLs, log-prob gaps, token counts)
+#: comes near it.
+FEATURE_ABS_MAX = 1e6
+#: Perplexities are reported for the operator's metrics only; bounded so a report cannot carry a
+#: value that breaks JSON or float32 consumers.
+PPL_MAX = 1e12
 
 ClientId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 # the coordinator appends "-" + 8 hex digits to a name to form the client id, which must fit ClientId
@@ -29,9 +46,12 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _finite(values: list[float], what: str) -> list[float]:
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"{what} must be finite numbers (got NaN or inf)")
+def _finite(values: list[float], what: str, limit: float = math.inf) -> list[float]:
+    for v in values:
+        if not math.isfinite(v):
+            raise ValueError(f"{what} must be finite numbers (got NaN or inf)")
+        if abs(v) > limit:
+            raise ValueError(f"{what} must lie within ±{limit:g} (got {v:g})")
     return values
 
 
@@ -41,10 +61,10 @@ class EnvelopeHeader(_Message):
 
     version: Literal[1] = PROTOCOL_VERSION
     client_id: ClientId
-    round: int = Field(ge=0)
-    seq: int = Field(ge=1, description="strictly increasing per client; older values are replays")
+    round: RoundIndex
+    seq: int = Field(ge=1, le=INT64_MAX, description="strictly increasing per client; older values are replays")
     kind: str = Field(min_length=1, max_length=64)
-    sent_at: float
+    sent_at: float = Field(allow_inf_nan=False, description="sender's clock (s); the coordinator refuses large skews")
 
     def canonical_bytes(self) -> bytes:
         return json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":")).encode()
@@ -58,10 +78,17 @@ class SealedEnvelope(_Message):
 
 
 class ErrorBody(_Message):
-    """Every 4xx/5xx reply carries this, so clients can show the reason to their user."""
+    """Every 4xx/5xx reply carries this, so clients can show the reason to their user.
+
+    ``last_seq`` comes only with ``replay`` and ``server_time`` only with ``clock_skew``, both
+    after the request was authenticated, so a device can resynchronise its sequence counter or
+    clock while nobody without its key learns either.
+    """
 
     error: str
     detail: str
+    last_seq: int | None = None
+    server_time: float | None = None
 
 
 # ------------------------------------------------------------------------------------ enrollment
@@ -71,23 +98,52 @@ class Capabilities(_Message):
     can_score: bool = True
     can_train: bool = True
     can_train_ort: bool = False  # onnxruntime-training importable (LoRA training without torch)
-    memory_mb: int = Field(default=0, ge=0, description="0 = not declared")
+    memory_mb: Count = Field(default=0, description="0 = not declared")
+
+
+#: Architecture ids and domains are free text chosen by the device; they appear in logs, config
+#: lookups and secure-aggregation group ids, so they are kept to a plain character set.
+ModelName = Annotated[str, Field(default="", max_length=128, pattern=r"^[A-Za-z0-9_.:@+=-]*$")]
+Domain = Annotated[str, Field(default="", max_length=64, pattern=r"^[A-Za-z0-9_.:@+=-]*$")]
+
+
+class CoordinatorKeys(_Message):
+    """``GET /v1/identity``: the coordinator's public keys. A device checks their fingerprint
+    against the one in its enrollment token before it sends anything (see ``common/enrollment.py``)."""
+
+    sign_key: str
+    kex_key: str
+    fingerprint: str
 
 
 class EnrollRequest(_Message):
+    """The sealed payload of an enrollment (kind ``enroll``).
+
+    It travels encrypted to the coordinator's key-agreement key and signed by the device's key,
+    inside an :class:`EnrollEnvelope`, so the one-time token is never readable on the wire and
+    a proxy cannot enroll its own keys with it.
+    """
+
     token: str = Field(min_length=8, max_length=256)
     client_name: ClientName
-    sign_key: str = Field(min_length=40, max_length=64)
-    kex_key: str = Field(min_length=40, max_length=64)
-    domain: str = Field(default="", max_length=64)
-    model_name: str = Field(default="", max_length=128)
+    domain: Domain
+    model_name: ModelName
     capabilities: Capabilities = Capabilities()
 
 
+class EnrollEnvelope(_Message):
+    """``POST /v1/enroll``: the device's public keys in clear, and the sealed :class:`EnrollRequest`
+    (header ``client_id`` = the requested name, round 0, kind ``enroll``)."""
+
+    sign_key: str = Field(min_length=40, max_length=64)
+    kex_key: str = Field(min_length=40, max_length=64)
+    envelope: SealedEnvelope
+
+
 class EnrollResponse(_Message):
+    """The sealed reply to an enrollment: the id the device uses from now on."""
+
     client_id: ClientId
-    coordinator_sign_key: str
-    coordinator_kex_key: str
     protocol_version: int = PROTOCOL_VERSION
 
 
@@ -118,16 +174,17 @@ class PublicQuestion(_Message):
 
 
 class RoundInfo(_Message):
-    round: int = Field(ge=0)
+    round: RoundIndex
     phase: Phase
-    total_rounds: int = Field(ge=0)
+    total_rounds: Count
     candidates: list[Candidate] = []
     offer_questions: list[PublicQuestion] = []
     feature_names: list[str] = []
     host_framework: Literal["mkt", "cotuning"] = "mkt"
     secagg_configs: dict[str, dict[str, Any]] = Field(
-        default={}, description="co-tuning: secure-aggregation parameters per architecture group"
+        default={}, description="co-tuning: secure-aggregation parameters per group (in a reply: the asking device's group only)"
     )
+    secagg_group: str | None = Field(default=None, description="co-tuning: the asking device's group, None if it has none")
 
 
 class PathOffer(_Message):
@@ -136,28 +193,33 @@ class PathOffer(_Message):
 
 
 class FeatureUpload(_Message):
-    """kind ``features.put``: learnability features over this round's candidates."""
+    """kind ``features.put``: learnability features over this round's candidates.
 
-    round: int = Field(ge=0)
+    Values must be finite and within ±:data:`FEATURE_ABS_MAX`; what else the engine needs of them
+    (the round's candidates in order, offers for offered questions only) is checked against the
+    round in ``lada_coordinator/validation.py``.
+    """
+
+    round: RoundIndex
     feature_names: list[str] = Field(min_length=1, max_length=32)
     sample_ids: list[str] = Field(max_length=8192)
     features: list[list[float]] = Field(max_length=8192)
     offers: list[PathOffer] = Field(default=[], max_length=1024)
     secagg_keys: dict[str, Any] | None = Field(default=None, description="co-tuning: AdvertiseKeys of this round")
-    adapter_size: int = Field(default=0, ge=0, description="co-tuning: length of the flattened LoRA adapter")
+    adapter_size: int = Field(default=0, ge=0, le=MAX_ADAPTER_SIZE, description="co-tuning: length of the flattened LoRA adapter")
 
     @field_validator("features")
     @classmethod
     def _check_features(cls, rows: list[list[float]]) -> list[list[float]]:
         for row in rows:
-            _finite(row, "features")
+            _finite(row, "features", FEATURE_ABS_MAX)
         return rows
 
 
 class AllocationQuery(_Message):
     """kind ``allocation.get``."""
 
-    round: int = Field(ge=0)
+    round: RoundIndex
 
 
 class LoraFactor(_Message):
@@ -198,29 +260,27 @@ class Allocation(_Message):
 class RewardReport(_Message):
     """kind ``reward.put``: the outcome of the client's local update."""
 
-    round: int = Field(ge=0)
+    round: RoundIndex
     reward: float = Field(ge=0.0, le=1.0)
-    ppl_before: float = Field(gt=0.0)
-    ppl_after: float = Field(gt=0.0)
-    n_allocated: int = Field(ge=0)
+    ppl_before: float = Field(gt=0.0, le=PPL_MAX, allow_inf_nan=False)
+    ppl_after: float = Field(gt=0.0, le=PPL_MAX, allow_inf_nan=False)
+    n_allocated: Count
     test_accuracy: float = Field(ge=0.0, le=1.0)
-    bytes_sent: int = Field(ge=0)
-    bytes_received: int = Field(ge=0)
-    dp_epsilon: float = Field(default=0.0, ge=0.0, description="privacy budget spent so far (0 = DP off)")
-
-    @field_validator("ppl_before", "ppl_after")
-    @classmethod
-    def _check_ppl(cls, v: float) -> float:
-        return _finite([v], "perplexity")[0]
+    bytes_sent: Count
+    bytes_received: Count
+    dp_epsilon: float = Field(default=0.0, ge=0.0, le=PPL_MAX, allow_inf_nan=False, description="privacy budget spent so far (0 = DP off)")
 
 
 SecAggStep = Literal["shares", "masked", "unmask"]
 
 
 class SecAggUpload(_Message):
-    """kind ``secagg.put``: one client message of the secure-aggregation protocol (co-tuning)."""
+    """kind ``secagg.put``: one client message of the secure-aggregation protocol (co-tuning).
 
-    round: int = Field(ge=0)
+    ``body`` is checked against the group's roster and the protocol's state before it is stored
+    (``lada_coordinator/validation.py``)."""
+
+    round: RoundIndex
     step: SecAggStep
     body: dict[str, Any]
 
@@ -228,13 +288,16 @@ class SecAggUpload(_Message):
 class SecAggQuery(_Message):
     """kind ``secagg.get``: poll for what the coordinator routes to this client."""
 
-    round: int = Field(ge=0)
+    round: RoundIndex
     step: Literal["inbox", "unmask", "result"]
 
 
 class SecAggReply(_Message):
+    """``none``: the client takes no part (not in the group, or not a survivor); ``failed``: the
+    group cannot finish this round (``body.error`` says why), so there is nothing to wait for."""
+
     round: int
-    status: Literal["pending", "ready", "none"]
+    status: Literal["pending", "ready", "none", "failed"]
     body: dict[str, Any] | None = None
 
 
@@ -281,7 +344,7 @@ class UploadChunk(_Message):
     """
 
     session_id: SessionId
-    index: int = Field(ge=0)
+    index: int = Field(ge=0, le=INT64_MAX)
     data: str = Field(max_length=64 * 1024 * 1024)
 
 

@@ -1,11 +1,25 @@
 """The coordinator's side of secure aggregation in the co-tuning host framework.
 
-Clients that share an SLM architecture form a group; each round their LoRA adapters are averaged
-(FedAvg) through :mod:`lada_client.common.secagg`, so the coordinator only ever holds masked
-vectors and the group's sum. Every client message is already stored in SQLite (uploads table,
-kinds ``secagg.shares|masked|unmask``) and every coordinator output in the ``secagg`` table, and
-the protocol server is rebuilt by replaying them: a restarted coordinator continues the protocol
-where it stopped, and nothing here holds state between calls.
+Who aggregates with whom is the operator's decision, not the device's: a device's group is the
+secure-aggregation group named by its enrollment token (``issue-token --group``), split by the
+architecture it declares (only adapters of one shape can be averaged). Each round a group's LoRA
+adapters are averaged (FedAvg) through :mod:`lada_client.common.secagg`, so the coordinator only
+holds masked vectors and the group's sum.
+
+Every client message is stored in SQLite (uploads, kinds ``secagg.shares|masked|unmask``) after
+:meth:`SecureAggregation.check` accepted it against the group's roster and protocol state, and
+every coordinator output in the ``secagg`` table; the protocol server is rebuilt by replaying them
+(a restarted coordinator continues where it stopped; nothing here holds state between calls).
+Replay checks each message again and leaves out, as a dropout, any member whose message fails
+or who was quarantined before the step closed; members whose shares did not open for a peer, or
+who reveal a wrong unmask share, are left out of the sum by the protocol itself
+(``SecAggServer.offenders``). Each such member is reported through ``on_offender`` (the round
+engine quarantines it), and a group that cannot finish gets a terminal ``result`` with the reason.
+
+What a member can learn: the group's average (hence, with its own update, the sum of the others').
+With groups of at least ``min_group`` (default 3) members, one member, or the coordinator, learns
+only a sum over at least two other devices. A coalition of all but one member learns the last one's
+update; Sybils need enrollment tokens of the same group, which only the operator issues.
 """
 
 from __future__ import annotations
@@ -13,79 +27,151 @@ from __future__ import annotations
 import base64
 import logging
 import math
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-
 from lada_client.common.secagg import (
     AdvertiseKeys,
     MaskedInput,
+    Roster,
     SecAggConfig,
     SecAggError,
     SecAggServer,
     ShareKeys,
+    UnmaskRequest,
     UnmaskResponse,
+    check_masked_peers,
+    check_share_bundle,
+    check_unmask_response,
 )
 from lada_client.common.wire import secagg_round_id
 from lada_coordinator.store import ClientRecord, Store
 
 log = logging.getLogger(__name__)
 
+#: (round, client id, stage, reason): called for each member left out for what it sent
+OffenderHook = Callable[[int, str, str, str], None]
+
 
 @dataclass(frozen=True)
 class SecAggSettings:
-    """``threshold_fraction`` of a client's neighbours must answer to rebuild its secrets (> 0.5 so
-    a lying coordinator cannot collect both share kinds); ``neighbours`` = None pairs everyone
-    (SecAgg), k uses a k-regular graph (SecAgg+)."""
+    """Group parameters.
+
+    The threshold (neighbours needed to rebuild a member's secrets) is the smallest integer
+    ≥ ``threshold_fraction`` × degree, capped at degree − ``dropout_tolerance`` so that every
+    allowed group still finishes when that many members drop out. Above half the degree a lying
+    coordinator cannot collect both share kinds of one member from honest neighbours; the cap wins
+    over that in groups of 3 (threshold 1, logged). ``neighbours`` = None pairs everyone (SecAgg),
+    k uses a k-regular graph (SecAgg+). ``min_group`` ≥ ``dropout_tolerance`` + 2, and ≥ 3 by
+    default: in a group of 2 each member recovers the other's adapter exactly (2·avg − own).
+    """
 
     threshold_fraction: float = 0.67
     neighbours: int | None = None
     scale: float = 2.0**16
     clip: float = 4.0
-    min_group: int = 2
+    min_group: int = 3
+    dropout_tolerance: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold_fraction <= 1:
+            raise ValueError("secagg.threshold_fraction must be in (0, 1]")
+        if self.dropout_tolerance < 0 or self.min_group < self.dropout_tolerance + 2:
+            raise ValueError("secagg.min_group must be at least dropout_tolerance + 2 (and dropout_tolerance >= 0)")
+        if self.neighbours is not None and self.neighbours < self.dropout_tolerance + 1:
+            raise ValueError("secagg.neighbours must exceed dropout_tolerance")
 
     def config_for(self, group_size: int) -> SecAggConfig:
         degree = group_size - 1 if self.neighbours is None else min(self.neighbours, group_size - 1)
-        threshold = max(1, min(degree, math.ceil(self.threshold_fraction * degree)))
+        threshold = max(1, min(degree - self.dropout_tolerance, math.ceil(self.threshold_fraction * degree)))
         return SecAggConfig(threshold=threshold, neighbours=self.neighbours, scale=self.scale, clip=self.clip)
 
 
+class NotNow(Exception):
+    """A secure-aggregation message that arrives before its step opened or after it closed."""
+
+
+def group_id(client: ClientRecord) -> str:
+    """The operator's group of the device, split by the architecture it declares."""
+    return f"{client.secagg_group}/{client.model_name or 'any'}"
+
+
 def groups(clients: Iterable[ClientRecord], settings: SecAggSettings) -> dict[str, list[str]]:
-    """Training clients by architecture; only groups big enough to aggregate."""
+    """Training clients by group; only groups big enough to aggregate."""
     by: dict[str, list[str]] = {}
     for c in clients:
         if c.capabilities.get("can_train", True):
-            by.setdefault(c.model_name, []).append(c.client_id)
+            by.setdefault(group_id(c), []).append(c.client_id)
     return {g: sorted(ids) for g, ids in by.items() if len(ids) >= settings.min_group}
 
 
 class SecureAggregation:
-    def __init__(self, store: Store, settings: SecAggSettings) -> None:
+    def __init__(self, store: Store, settings: SecAggSettings, on_offender: OffenderHook | None = None) -> None:
         self.store = store
         self.settings = settings
+        self._on_offender = on_offender or (lambda t, cid, stage, why: None)
 
     def configs(self, clients: Iterable[ClientRecord]) -> dict[str, dict]:
         """Per-group protocol parameters published with the round."""
         return {g: self.settings.config_for(len(ids)).to_dict() for g, ids in groups(clients, self.settings).items()}
 
-    def setup(self, t: int, features: dict[str, dict], clients: list[ClientRecord], configs: dict[str, dict]) -> dict[str, list[str]]:
-        """Close key advertisement: store each group's roster. Returns group → participants."""
+    def setup(
+        self, t: int, features: Mapping[str, Mapping[str, Any]], clients: list[ClientRecord], configs: dict[str, dict]
+    ) -> dict[str, list[str]]:
+        """Close key advertisement: store each group's roster. Returns group → participants.
+
+        ``features`` maps client id → its feature upload's ``secagg_keys`` and ``adapter_size``.
+        Members declaring another adapter length than the group's majority are left out (logged);
+        with no majority, or too few members left, the group does not aggregate this round."""
         members: dict[str, list[str]] = {}
         by_id = {c.client_id: c for c in clients}
         for group, cfg in configs.items():
-            adverts = [
-                (cid, up) for cid, up in features.items()
-                if up.get("secagg_keys") and by_id.get(cid) is not None and by_id[cid].model_name == group
-            ]
-            lengths = {up["adapter_size"] for _, up in adverts}
-            if len(adverts) < self.settings.min_group or len(lengths) != 1:
-                log.warning("round %d group %s: %d advertisers (adapter sizes %s); no secure aggregation", t, group, len(adverts), lengths)
+            adverts: list[tuple[str, AdvertiseKeys, int]] = []
+            for cid, up in sorted(features.items()):
+                if cid not in by_id or group_id(by_id[cid]) != group or not up.get("secagg_keys"):
+                    continue
+                try:
+                    adverts.append((cid, self.check_advert(t, group, cid, up["secagg_keys"]), int(up["adapter_size"])))
+                except SecAggError as exc:
+                    self._offender(t, cid, "secagg.keys", str(exc))
+            sizes = Counter(size for _, _, size in adverts).most_common()
+            if not sizes or (len(sizes) > 1 and sizes[0][1] == sizes[1][1]):
+                log.warning(
+                    "round %d group %s: no majority adapter size among %d advertisers (%s); no secure aggregation",
+                    t,
+                    group,
+                    len(adverts),
+                    dict(sizes),
+                )
                 continue
-            server = SecAggServer(secagg_round_id(t, group), SecAggConfig.from_dict(cfg), lengths.pop())
+            size = sizes[0][0]
+            for cid, _, other in adverts:
+                if other != size:
+                    log.warning(
+                        "round %d group %s: %s declares adapter size %d, the group %d; left out",
+                        t,
+                        group,
+                        cid,
+                        other,
+                        size,
+                    )
+            keep = [a for cid, a, other in adverts if other == size]
+            if len(keep) < self.settings.min_group:
+                log.warning(
+                    "round %d group %s: %d members (need %d); no secure aggregation",
+                    t,
+                    group,
+                    len(keep),
+                    self.settings.min_group,
+                )
+                continue
+            server = SecAggServer(secagg_round_id(t, group), SecAggConfig.from_dict(cfg), size)
             try:
-                for _, up in adverts:
-                    server.receive_advertise(AdvertiseKeys.from_dict(up["secagg_keys"]))
+                for advert in keep:
+                    server.receive_advertise(advert)
                 roster = server.roster()
             except SecAggError as exc:
                 log.warning("round %d group %s: cannot form a roster (%s); no secure aggregation", t, group, exc)
@@ -94,73 +180,213 @@ class SecureAggregation:
             members[group] = [p.client_id for p in roster.participants]
         return members
 
-    def group_of(self, t: int, client_id: str, model_name: str) -> str | None:
-        roster = self.store.secagg(t, model_name, "roster")
-        if roster and any(p["client_id"] == client_id for p in roster["participants"]):
-            return model_name
+    def group_of(self, t: int, client: ClientRecord) -> str | None:
+        """The client's group if it is on that group's roster this round."""
+        group = group_id(client)
+        roster = self.store.secagg(t, group, "roster")
+        if roster and any(p["client_id"] == client.client_id for p in roster["participants"]):
+            return group
         return None
 
-    def _server(self, t: int, group: str, upto: str) -> SecAggServer:
-        """Rebuild the protocol server from stored messages, up to and including step ``upto``."""
-        from lada_client.common.secagg import Roster
+    # --------------------------------------------------------------------------------- checks
+    @staticmethod
+    def check_advert(t: int, group: str, client_id: str, body: Mapping[str, Any]) -> AdvertiseKeys:
+        advert = AdvertiseKeys.from_dict(body)
+        if advert.client_id != client_id or advert.round_id != secagg_round_id(t, group):
+            raise SecAggError("secagg keys must name this client and its group's round")
+        return advert
 
-        roster = Roster.from_dict(self.store.secagg(t, group, "roster"))
+    def check(
+        self, t: int, group: str, client_id: str, step: str, body: Mapping[str, Any]
+    ) -> ShareKeys | MaskedInput | UnmaskResponse:
+        """Everything the protocol will require of this message when its step closes, checked now.
+
+        Raises :class:`NotNow` when the step is not open (too early or too late), and
+        :class:`SecAggError` when the message itself is wrong."""
+        roster = Roster.from_dict(self._item(t, group, "roster"))
+        routed = self.store.secagg(t, group, "routed")
+        request = self.store.secagg(t, group, "unmask_request")
+        message: ShareKeys | MaskedInput | UnmaskResponse
+        if step == "shares":
+            if routed is not None:
+                raise NotNow("the shares of this round were already routed")
+            message = ShareKeys.from_dict(body)
+            self._check_ids(message, client_id, roster)
+            check_share_bundle(message, roster)
+        elif step == "masked":
+            if routed is None or request is not None:
+                raise NotNow("masked inputs are taken after the shares are routed and before the unmask request")
+            if client_id not in routed["sharers"]:
+                raise NotNow("this client's shares were not routed this round")
+            message = MaskedInput.from_dict(body)
+            self._check_ids(message, client_id, roster)
+            if message.vector.shape != (roster.vector_length,):
+                raise SecAggError(
+                    f"the masked input must hold {roster.vector_length} values, not {message.vector.size}"
+                )
+            check_masked_peers(
+                message.peers, roster.graph[client_id] & set(routed["sharers"]), roster.config.threshold, client_id
+            )
+        elif step == "unmask":
+            if request is None:
+                raise NotNow("no unmask request yet")
+            message = UnmaskResponse.from_dict(body)
+            self._check_ids(message, client_id, roster)
+            check_unmask_response(message, UnmaskRequest.from_dict(request), roster)
+        else:
+            raise SecAggError(f"unknown secure-aggregation step {step!r}")
+        return message
+
+    @staticmethod
+    def _check_ids(message: ShareKeys | MaskedInput | UnmaskResponse, client_id: str, roster: Roster) -> None:
+        if message.client_id != client_id or message.round_id != roster.round_id:
+            raise SecAggError("message must come from this client for its group's round")
+
+    def _item(self, t: int, group: str, item: str) -> dict[str, Any]:
+        found = self.store.secagg(t, group, item)
+        if found is None:
+            raise NotNow(f"round {t} group {group} has no {item} yet")
+        return found
+
+    def _offender(self, t: int, client_id: str, stage: str, why: str) -> None:
+        log.warning("round %d: %s left out of secure aggregation (%s): %s", t, client_id, stage, why)
+        self._on_offender(t, client_id, stage, why)
+
+    # -------------------------------------------------------------------------------- replay
+    def _server(self, t: int, group: str, upto: str) -> SecAggServer:
+        """Rebuild the protocol server from stored messages, up to and including step ``upto``.
+
+        Before a step closes, a message that fails its check, or whose sender was quarantined,
+        is left out (a dropout); once a step closed, its stored participants must replay, or the
+        group fails (:class:`SecAggError`)."""
+        roster = Roster.from_dict(self._item(t, group, "roster"))
         server = SecAggServer(roster.round_id, roster.config, roster.vector_length)
         for p in roster.participants:
             server.receive_advertise(p)
         server.roster()
-        members = {p.client_id for p in roster.participants}
-        shares = {c: b for c, b in self._uploads(t, "shares").items() if c in members}
+        aside = set(self.store.quarantined(t))
         routed = self.store.secagg(t, group, "routed")
-        for cid in sorted(routed["sharers"] if routed else shares):
-            server.receive_shares(ShareKeys.from_dict(shares[cid]))
+        self._replay(
+            t,
+            "shares",
+            routed["sharers"] if routed else None,
+            roster.keys,
+            aside,
+            ShareKeys.from_dict,
+            server.receive_shares,
+        )
         if upto == "shares":
             return server
         server.route_shares()
         request = self.store.secagg(t, group, "unmask_request")
-        masked = self._uploads(t, "masked")
-        for cid in sorted(request["survivors"] if request else (set(masked) & set(server.sharers))):
-            server.receive_masked_input(MaskedInput.from_dict(masked[cid]))
+        self._replay(
+            t,
+            "masked",
+            request["survivors"] if request else None,
+            set(server.sharers),
+            aside,
+            MaskedInput.from_dict,
+            server.receive_masked_input,
+        )
         if upto == "masked":
             return server
         server.unmask_request()
-        for cid, body in sorted(self._uploads(t, "unmask").items()):
-            if cid in server.survivors:
-                server.receive_unmask(UnmaskResponse.from_dict(body))
+        self._replay(t, "unmask", None, set(server.survivors), aside, UnmaskResponse.from_dict, server.receive_unmask)
         return server
 
-    def _uploads(self, t: int, step: str) -> dict[str, dict]:
-        return {cid: up["body"] for cid, up in self.store.uploads(t, f"secagg.{step}").items()}
+    def _replay(
+        self,
+        t: int,
+        step: str,
+        fixed: list[str] | None,
+        allowed: Iterable[str],
+        aside: set[str],
+        parse: Callable[[dict], Any],
+        receive: Callable[[Any], None],
+    ) -> None:
+        """Feed one step's stored messages to the server. ``fixed``: who the closed step kept."""
+        bodies = self._uploads(t, step)
+        if fixed is not None:
+            for cid in sorted(fixed):
+                if cid not in bodies:
+                    raise SecAggError(f"the stored {step} message of {cid} is missing", cid)
+                receive(parse(bodies[cid]))
+            return
+        allowed = set(allowed)
+        for cid, body in sorted(bodies.items()):
+            if cid not in allowed or cid in aside:
+                continue
+            try:
+                receive(parse(body))
+            except SecAggError as exc:
+                self._offender(t, cid, f"secagg.{step}", str(exc))
 
+    def _uploads(self, t: int, step: str) -> dict[str, dict]:
+        return {
+            cid: up["body"]
+            for cid, up in self.store.uploads(t, f"secagg.{step}").items()
+            if isinstance(up.get("body"), dict)
+        }
+
+    # --------------------------------------------------------------------------------- steps
     def route(self, t: int, group: str) -> None:
         server = self._server(t, group, "shares")
         routed = server.route_shares()
-        self.store.put_secagg(t, group, "routed", {
-            "sharers": list(server.sharers),
-            "inbox": {r: [s.to_dict() for s in shares] for r, shares in routed.items()},
-        })
+        self.store.put_secagg(
+            t,
+            group,
+            "routed",
+            {
+                "sharers": list(server.sharers),
+                "inbox": {r: [s.to_dict() for s in shares] for r, shares in routed.items()},
+            },
+        )
 
     def request_unmask(self, t: int, group: str) -> None:
-        request = self._server(t, group, "masked").unmask_request()
+        server = self._server(t, group, "masked")
+        request = server.unmask_request()
+        for cid, why in sorted(server.offenders.items()):
+            self._offender(t, cid, "secagg.masked", why)
         self.store.put_secagg(t, group, "unmask_request", request.to_dict())
         log.info("round %d group %s: %d survivors, %d dropped", t, group, len(request.survivors), len(request.dropped))
 
     def finish(self, t: int, group: str) -> dict:
         """Unmask and store the group's average adapter; returns a summary for the round metrics."""
-        total, contributors = self._server(t, group, "unmask").aggregate()
+        server = self._server(t, group, "unmask")
+        try:
+            total, contributors = server.aggregate()
+        except SecAggError as exc:
+            if exc.suspect is not None:
+                self._offender(t, exc.suspect, "secagg.unmask", str(exc))
+            raise
+        finally:
+            for cid, why in sorted(server.offenders.items()):
+                self._offender(t, cid, "secagg.unmask", why)
         average = (total / len(contributors)).astype(np.float32)
-        self.store.put_secagg(t, group, "result", {
-            "contributors": contributors,
-            "vector": base64.b64encode(average.tobytes()).decode(),
-        })
+        self.store.put_secagg(
+            t,
+            group,
+            "result",
+            {
+                "contributors": contributors,
+                "vector": base64.b64encode(average.tobytes()).decode(),
+            },
+        )
         return {"contributors": len(contributors), "vector_length": int(average.size)}
 
+    def fail(self, t: int, group: str, why: str) -> None:
+        """Record that the group cannot finish this round: members get ``failed``, not ``pending``."""
+        log.warning("round %d group %s: secure aggregation failed: %s", t, group, why)
+        self.store.put_secagg(t, group, "result", {"error": why})
+
     def progress(self, t: int, group: str, step: str) -> tuple[set[str], set[str]]:
-        """(expected, arrived) client ids for a protocol step of a group."""
+        """(expected, arrived) client ids for a protocol step of a group; quarantined members are
+        not expected."""
         if step == "shares":
-            expected = {p["client_id"] for p in self.store.secagg(t, group, "roster")["participants"]}
+            expected = {p["client_id"] for p in self._item(t, group, "roster")["participants"]}
         elif step == "masked":
-            expected = set(self.store.secagg(t, group, "routed")["sharers"])
+            expected = set(self._item(t, group, "routed")["sharers"])
         else:
-            expected = set(self.store.secagg(t, group, "unmask_request")["survivors"])
-        return expected, expected & set(self._uploads(t, step))
+            expected = set(self._item(t, group, "unmask_request")["survivors"])
+        expected -= set(self.store.quarantined(t))
+        return expected, expected & self.store.uploaders(t, f"secagg.{step}")

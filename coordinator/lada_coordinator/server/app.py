@@ -2,28 +2,43 @@
 
 Handlers authenticate, decrypt, validate and record; the round engine decides. Every rejection is
 a 4xx with an :class:`~lada_client.common.wire.ErrorBody` saying why, raised before or inside the
-database transaction, so a rejected request changes nothing.
+database transaction, so a rejected request changes no round data.
+
+Order of checks on a sealed request (``authenticate``): the signature and decryption come first,
+against the enrolled key (a decoy key for unknown or revoked clients), and every failure there is
+the same 401 ``unauthenticated``; only then are kind, clock (``clock_skew``) and sequence number
+(``replay``) consulted, so nothing about a client's state is revealed to someone without its key.
+
+A round upload (features, reward, secure aggregation) that fails what the engine will require of
+it (``validation.py``) is refused with 422 and sets its device aside for the round
+(``quarantined``): the engine stops waiting for it and its later requests in the round get 409
+``quarantined`` with the reason. The operator sees it in ``/v1/status``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
-
 from lada_client.common.crypto import CryptoError, Direction, Identity, PublicIdentity, open_envelope, seal
+from lada_client.common.enrollment import EnrollmentToken, TokenFormatError
+from lada_client.common.secagg import SecAggError
 from lada_client.common.wire import (
     KIND_PAYLOADS,
+    UPLOAD_KINDS,
     Ack,
     Allocation,
     AllocationQuery,
+    CoordinatorKeys,
+    EnrollEnvelope,
     EnrollRequest,
     EnrollResponse,
     EnvelopeHeader,
@@ -36,26 +51,25 @@ from lada_client.common.wire import (
     SecAggQuery,
     SecAggReply,
     SecAggUpload,
-    secagg_round_id,
 )
-from lada_client.common.secagg import AdvertiseKeys, MaskedInput, SecAggError, ShareKeys, UnmaskResponse
+from lada_coordinator.aggregation.secure import NotNow, group_id
 from lada_coordinator.allocation.allocator import SLM
+from lada_coordinator.config import CoordinatorConfig
+from lada_coordinator.credentials import check_operator
 from lada_coordinator.rounds import RoundEngine
-from lada_coordinator.server.uploads import UploadError, UploadSessions
-from lada_coordinator.store import ClientRecord, Store
+from lada_coordinator.server.errors import ApiError
+from lada_coordinator.server.limits import BodyLimit, RateLimiter
+from lada_coordinator.server.uploads import UploadSessions
+from lada_coordinator.store import ClientRecord, EnrollmentRefused, Store
+from lada_coordinator.validation import RoundContext, UploadRejected, check_features, check_reward, parse_payload
+from pydantic import BaseModel, ValidationError
 
 log = logging.getLogger(__name__)
 
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.error, self.detail = status, error, detail
-
-
-def _error(status: int, error: str, detail: str) -> JSONResponse:
-    return JSONResponse(ErrorBody(error=error, detail=detail).model_dump(), status_code=status)
-
+UNAUTHENTICATED = (
+    "the request could not be authenticated: the client is not enrolled (or was revoked), or the signature or "
+    "ciphertext does not verify against its enrolled key"
+)
 
 Handler = Callable[[sqlite3.Connection, ClientRecord, EnvelopeHeader, BaseModel], BaseModel]
 
@@ -64,55 +78,105 @@ def create_app(
     store: Store,
     identity: Identity,
     engine: RoundEngine,
-    max_body_bytes: int,
-    upload_ttl_s: float = 3600.0,
-    upload_max_client_bytes: int = 1024**3,
+    config: CoordinatorConfig,
+    operator_token: str,
 ) -> FastAPI:
-    app = FastAPI(title="LaDa coordinator", version="1", description="Federated reasoning distillation with learnability-aware data allocation.")
+    uploads = UploadSessions(
+        store,
+        config.max_body_bytes,
+        config.upload_ttl_s,
+        config.upload_max_client_bytes,
+        lambda db, client, envelope: run_target(db, client, envelope),
+        lambda client, header, reply: seal_reply(
+            header, reply, PublicIdentity.from_b64(client.sign_key, client.kex_key)
+        ),
+    )
+    uploads.cleanup()
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            return _error(413, "too_large", f"request body over {max_body_bytes} bytes (send larger bodies as a chunked upload)")
-        return await call_next(request)
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async def sweep() -> None:  # abandoned chunks go at expiry, not at the next session
+            while True:
+                await asyncio.sleep(config.upload_sweep_s)
+                try:
+                    await asyncio.to_thread(uploads.cleanup)
+                except Exception:  # the sweep must outlive a busy or failing database
+                    log.exception("upload sweep failed")
+
+        task = asyncio.create_task(sweep())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    app = FastAPI(
+        title="LaDa coordinator",
+        version="1",
+        lifespan=lifespan,
+        description="Federated reasoning distillation with learnability-aware data allocation.",
+    )
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s)
+    app.state.uploads = uploads
+    decoy = Identity.generate().public  # unknown clients are verified against it: same work, same answer
+    enroll_failures = RateLimiter(config.enroll_failures_per_s, config.enroll_burst)
+    own_keys = identity.public.to_b64()
+    fingerprint = identity.public.fingerprint()
 
     @app.exception_handler(RequestValidationError)
-    async def malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def malformed(_: Request, exc: RequestValidationError) -> Any:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error(422, "malformed", f"{where}: {first.get('msg', 'invalid body')}")
+        return ApiError(422, "malformed", f"{where}: {first.get('msg', 'invalid body')}").response()
 
     @app.exception_handler(ApiError)
-    @app.exception_handler(UploadError)
-    async def api_error(_: Request, exc: ApiError | UploadError) -> JSONResponse:
-        return _error(exc.status, exc.error, exc.detail)
+    async def api_error(_: Request, exc: ApiError) -> Any:
+        return exc.response()
 
-    def authenticate(kind: str, envelope: SealedEnvelope, check_seq: bool = True) -> tuple[ClientRecord, PublicIdentity, BaseModel]:
-        """Kind, client, replay, signature, decryption and payload checks of one sealed request.
+    def current() -> tuple[int, str]:
+        return store.current_round() or (0, "waiting")
 
-        ``check_seq=False`` only for the body of a committed chunked upload, whose sequence number
-        was checked when its session began (``uploads.py``).
+    # ------------------------------------------------------------------------ authentication
+    def authenticate(
+        kind: str, envelope: SealedEnvelope, fresh: bool = True
+    ) -> tuple[ClientRecord, PublicIdentity, BaseModel]:
+        """Signature and decryption first (one uniform 401), then kind, clock and replay, then payload.
+
+        ``fresh=False`` only for the body of a committed chunked upload, whose clock and sequence
+        number were checked when its session began (``uploads.py``).
         """
         header = envelope.header
-        if header.kind != kind:
-            raise ApiError(400, "wrong_kind", f"this endpoint takes {kind!r} messages, not {header.kind!r}")
         client = store.client(header.client_id)
-        if client is None:
-            raise ApiError(401, "unknown_client", f"client {header.client_id!r} is not enrolled")
-        if check_seq and header.seq <= client.last_seq:
-            raise ApiError(409, "replay", f"sequence number {header.seq} is not above the last accepted one")
-        sender = PublicIdentity.from_b64(client.sign_key, client.kex_key)
+        known = client is not None and not client.revoked
+        sender = PublicIdentity.from_b64(client.sign_key, client.kex_key) if known and client else decoy
         try:
             plain = open_envelope(envelope, sender, identity, Direction.TO_COORDINATOR)
-        except CryptoError as exc:
-            raise ApiError(401, "bad_envelope", str(exc)) from exc
-        try:
-            payload = KIND_PAYLOADS[kind].model_validate_json(plain)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise ApiError(422, "malformed_payload", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
-        return client, sender, payload
+        except CryptoError:
+            raise ApiError(401, "unauthenticated", UNAUTHENTICATED) from None
+        if not known or client is None:  # a decoy cannot verify; kept for the type checker
+            raise ApiError(401, "unauthenticated", UNAUTHENTICATED)
+        if header.kind != kind:
+            raise ApiError(400, "wrong_kind", f"this endpoint takes {kind!r} messages, not {header.kind!r}")
+        if fresh:
+            check_clock(header.sent_at)
+            if header.seq <= client.last_seq:
+                raise ApiError(
+                    409,
+                    "replay",
+                    f"sequence number {header.seq} is not above the last accepted one",
+                    last_seq=client.last_seq,
+                )
+        return client, sender, parse_payload(KIND_PAYLOADS[kind], plain)
+
+    def check_clock(sent_at: float) -> None:
+        now = time.time()
+        if abs(sent_at - now) > config.max_clock_skew_s:
+            raise ApiError(
+                400,
+                "clock_skew",
+                f"sent_at is {sent_at - now:+.0f}s off the coordinator's clock"
+                f" (at most ±{config.max_clock_skew_s:.0f}s)",
+                server_time=now,
+            )
 
     def seal_reply(header: EnvelopeHeader, reply: BaseModel, recipient: PublicIdentity) -> SealedEnvelope:
         reply_header = header.model_copy(update={"sent_at": time.time()})
@@ -120,28 +184,39 @@ def create_app(
 
     def sealed(kind: str, envelope: SealedEnvelope, handler: Handler) -> SealedEnvelope:
         header = envelope.header
-        client, sender, payload = authenticate(kind, envelope)
-        with store.transaction() as db:
-            reply = handler(db, client, header, payload)
-            out = seal_reply(header, reply, sender)
-            size_in = len(envelope.model_dump_json())
-            if not store.accept(db, client.client_id, header.seq, size_in, len(out.model_dump_json())):
-                raise ApiError(409, "replay", f"sequence number {header.seq} was already used")
+        try:
+            client, sender, payload = authenticate(kind, envelope)
+            with store.transaction() as db:
+                reply = handler(db, client, header, payload)
+                out = seal_reply(header, reply, sender)
+                size_in = len(envelope.model_dump_json())
+                if not store.accept(db, client.client_id, header.seq, size_in, len(out.model_dump_json())):
+                    raise ApiError(409, "replay", f"sequence number {header.seq} was already used")
+        except UploadRejected as exc:
+            raise refuse(header, exc) from exc
         engine.wake.set()
         return out
 
-    def check_advert(client: ClientRecord, payload: FeatureUpload) -> None:
-        try:
-            advert = AdvertiseKeys.from_dict(payload.secagg_keys or {})
-        except SecAggError as exc:
-            raise ApiError(422, "bad_secagg", str(exc)) from exc
-        if advert.client_id != client.client_id or advert.round_id != secagg_round_id(payload.round, client.model_name):
-            raise ApiError(422, "bad_secagg", "secagg keys must name this client and its group's round")
-        if payload.adapter_size < 1:
-            raise ApiError(422, "bad_secagg", "adapter_size is required with secagg keys")
+    def refuse(header: EnvelopeHeader, exc: UploadRejected) -> ApiError:
+        """An authenticated round upload the engine could not use: set the device aside for the
+        round (in its own transaction: the refused request itself changed nothing)."""
+        t, _ = current()
+        target = header.kind
+        if header.round == t and t > 0 and (target in UPLOAD_KINDS or target == "upload.commit"):
+            if store.quarantine(t, header.client_id, target, f"{exc.error}: {exc.detail}"):
+                log.warning("round %d: %s quarantined (%s): %s", t, header.client_id, target, exc.detail)
+            engine.wake.set()
+            return ApiError(422, exc.error, f"{exc.detail}; this device takes no further part in round {t}")
+        return ApiError(422, exc.error, exc.detail)
 
-    def current() -> tuple[int, str]:
-        return store.current_round() or (0, "waiting")
+    def refuse_if_quarantined(t: int, client: ClientRecord) -> None:
+        why = store.quarantined(t).get(client.client_id)
+        if why is not None:
+            raise ApiError(
+                409,
+                "quarantined",
+                f"this device was set aside for round {t} ({why}); it can take part in the next round",
+            )
 
     def check_round(header: EnvelopeHeader, payload_round: int, want_phase: str) -> None:
         t, phase = current()
@@ -152,46 +227,135 @@ def create_app(
         if phase != want_phase:
             raise ApiError(409, "wrong_phase", f"round {t} is in phase {phase!r}, not {want_phase!r}")
 
-    # ---------------------------------------------------------------------------- endpoints
+    # ----------------------------------------------------------------- public and operator
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
+        """Liveness for load balancers; says nothing about rounds or devices."""
         return {"status": "ok"}
 
-    @app.get("/v1/status")
-    def status() -> dict:
-        """Public progress: rounds and per-round metrics (no keys, no private data)."""
+    @app.get("/v1/identity", response_model=CoordinatorKeys)
+    def coordinator_identity() -> CoordinatorKeys:
+        """The coordinator's public keys; devices check them against their token's fingerprint."""
+        return CoordinatorKeys(sign_key=own_keys["sign_key"], kex_key=own_keys["kex_key"], fingerprint=fingerprint)
+
+    @app.get("/v1/status", responses={401: {"model": ErrorBody}})
+    def status(authorization: str | None = Header(default=None)) -> dict:
+        """Operator view (``Authorization: Bearer`` + ``state_dir/operator.token``): rounds, devices,
+        quarantines and the engine's errors."""
+        if not check_operator(authorization, operator_token):
+            raise ApiError(
+                401,
+                "operator_only",
+                "this view needs the operator token (Authorization: Bearer …)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         t, phase = current()
+        clients = store.clients()
+        names = {c.client_id: c.name for c in clients}
         return {
             "round": t,
             "phase": phase,
-            "engine": {"phase": engine.status.phase, "round": engine.status.round, "error": engine.status.error},
-            "clients": len(store.clients()),
+            "engine": engine.status.to_dict(),
+            "clients": len(clients),
+            "devices": [
+                {
+                    "name": c.name,
+                    "client_id": c.client_id,
+                    "domain": c.domain,
+                    "model_name": c.model_name,
+                    "secagg_group": c.secagg_group,
+                    "capabilities": c.capabilities,
+                    "bytes_in": c.bytes_in,
+                    "bytes_out": c.bytes_out,
+                }
+                for c in clients
+            ],
+            "quarantine": [{**q, "name": names.get(q["client_id"], q["client_id"])} for q in store.quarantine_log()],
             "rounds": store.round_metrics(),
         }
 
-    @app.post("/v1/enroll", response_model=EnrollResponse, responses={401: {"model": ErrorBody}, 409: {"model": ErrorBody}})
-    def enroll(request: EnrollRequest) -> EnrollResponse:
+    # --------------------------------------------------------------------------- enrollment
+    @app.post(
+        "/v1/enroll",
+        response_model=SealedEnvelope,
+        responses={s: {"model": ErrorBody} for s in (400, 401, 409, 422, 429)},
+    )
+    def enroll(body: EnrollEnvelope, request: Request) -> SealedEnvelope:
+        """A device's keys and its sealed :class:`EnrollRequest` → the sealed :class:`EnrollResponse`."""
+        source = request.client.host if request.client else "?"
+        wait = enroll_failures.retry_after(source)
+        if wait > 0:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"too many failed enrollments from {source}; retry in {wait:.0f}s",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
         try:
-            PublicIdentity.from_b64(request.sign_key, request.kex_key)
+            return enroll_device(body)
+        except ApiError:
+            enroll_failures.charge(source)
+            raise
+
+    def enroll_device(body: EnrollEnvelope) -> SealedEnvelope:
+        try:
+            device = PublicIdentity.from_b64(body.sign_key, body.kex_key)
+            device.check_usable()
         except CryptoError as exc:
             raise ApiError(422, "bad_keys", str(exc)) from exc
-        client_id = f"{request.client_name}-{secrets.token_hex(4)}"
+        header = body.envelope.header
+        if header.kind != "enroll" or header.round != 0:
+            raise ApiError(400, "wrong_kind", "an enrollment is sealed as kind 'enroll' for round 0")
+        try:
+            plain = open_envelope(body.envelope, device, identity, Direction.TO_COORDINATOR)
+        except CryptoError:
+            raise ApiError(
+                401,
+                "unauthenticated",
+                "the enrollment is not signed by the keys it carries, or not sealed to this coordinator",
+            ) from None
+        check_clock(header.sent_at)
+        try:
+            request = EnrollRequest.model_validate_json(plain)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ApiError(422, "malformed_payload", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+        if request.client_name != header.client_id:
+            raise ApiError(422, "malformed_payload", "the envelope must be addressed as the requested client name")
+        try:
+            token = EnrollmentToken.parse(request.token)
+        except TokenFormatError as exc:
+            raise ApiError(401, "bad_token", str(exc)) from exc
+        if not token.names(fingerprint):
+            raise ApiError(401, "bad_token", "this token was issued by another coordinator")
         record = ClientRecord(
-            client_id, request.client_name, request.sign_key, request.kex_key, request.domain,
-            request.model_name, request.capabilities.model_dump(), 0, 0, 0,
+            f"{request.client_name}-{secrets.token_hex(4)}",
+            request.client_name,
+            body.sign_key,
+            body.kex_key,
+            request.domain,
+            request.model_name,
+            request.capabilities.model_dump(),
+            0,
+            0,
+            0,
         )
         try:
-            store.enroll(request.token, record)
-        except PermissionError as exc:
-            raise ApiError(401, "bad_token", str(exc)) from exc
-        except ValueError as exc:
-            raise ApiError(409, "duplicate_client", str(exc)) from exc
+            stored = store.enroll(token.secret_hash, record)
+        except EnrollmentRefused as exc:
+            raise ApiError(401 if exc.reason == "bad_token" else 409, exc.reason, str(exc)) from exc
         engine.wake.set()
-        keys = identity.public.to_b64()
-        log.info("enrolled %s (domain %r)", client_id, request.domain)
-        return EnrollResponse(client_id=client_id, coordinator_sign_key=keys["sign_key"], coordinator_kex_key=keys["kex_key"])
+        log.info(
+            "enrolled %s (domain %r, model %r, group %r)",
+            stored.client_id,
+            stored.domain,
+            stored.model_name,
+            stored.secagg_group,
+        )
+        return seal_reply(header, EnrollResponse(client_id=stored.client_id), device)
 
-    errors = {s: {"model": ErrorBody} for s in (400, 401, 404, 409, 413, 422)}
+    # ------------------------------------------------------------------------------- rounds
+    errors = {s: {"model": ErrorBody} for s in (400, 401, 404, 408, 409, 413, 422)}
 
     @app.post("/v1/round", response_model=SealedEnvelope, responses=errors)
     def get_round(envelope: SealedEnvelope) -> SealedEnvelope:
@@ -199,28 +363,30 @@ def create_app(
             t, phase = current()
             if t == 0:
                 return RoundInfo(round=0, phase="waiting", total_rounds=engine.config.rounds)
-            info, _ = store.round_info(t)
             if phase != "features":  # candidates only matter while features are being collected
                 return RoundInfo(round=t, phase=phase, total_rounds=engine.config.rounds)
-            return RoundInfo.model_validate(info)
+            info, _ = store.round_info(t)
+            group = group_id(client)  # each device sees its own group's parameters only
+            own = {group: info["secagg_configs"][group]} if group in info["secagg_configs"] else {}
+            return RoundInfo.model_validate({**info, "secagg_configs": own, "secagg_group": group if own else None})
 
         return sealed("round.get", envelope, handle)
 
     def handle_features(db, client, header, payload: FeatureUpload) -> Ack:
         check_round(header, payload.round, "features")
+        refuse_if_quarantined(payload.round, client)
         info, _ = store.round_info(payload.round)
-        expected = [c["sample_id"] for c in info["candidates"]]
-        if payload.sample_ids != expected:
-            raise ApiError(422, "bad_features", "sample_ids must list this round's candidates in order")
-        if payload.feature_names != info["feature_names"]:
-            raise ApiError(422, "bad_features", f"feature_names must be {info['feature_names']}")
-        if len(payload.features) != len(expected) or any(len(r) != len(payload.feature_names) for r in payload.features):
-            raise ApiError(422, "bad_features", "features must be one row per candidate, one column per feature name")
+        check_features(payload, RoundContext.of(info))
         if payload.secagg_keys is not None:
-            check_advert(client, payload)
-        offered = {q["sample_id"] for q in info["offer_questions"]}
-        if any(o.sample_id not in offered for o in payload.offers):
-            raise ApiError(422, "bad_offer", "offers must answer this round's offer questions")
+            group = group_id(client)
+            if group not in info["secagg_configs"]:
+                raise UploadRejected(
+                    "bad_secagg", "this device has no secure-aggregation group this round; send no keys"
+                )
+            try:
+                engine.secure.check_advert(payload.round, group, client.client_id, payload.secagg_keys)
+            except SecAggError as exc:
+                raise UploadRejected("bad_secagg", str(exc)) from exc
         fresh = store.put_upload(db, payload.round, client.client_id, "features.put", payload.model_dump_json())
         return Ack(message="stored" if fresh else "already stored")
 
@@ -232,18 +398,25 @@ def create_app(
     def get_allocation(envelope: SealedEnvelope) -> SealedEnvelope:
         def handle(db, client, header, payload: AllocationQuery) -> Allocation:
             t, phase = current()
+            if header.round != payload.round:
+                raise ApiError(400, "round_mismatch", "header round and payload round differ")
             if payload.round != t:
                 raise ApiError(409, "wrong_round", f"round {payload.round} is not the current round ({t})")
+            refuse_if_quarantined(t, client)
             found = store.allocation(t, client.client_id, SLM)
             if found is None:
                 if phase != "features":
                     raise ApiError(409, "not_allocated", f"round {t} was allocated without this client's features")
                 return Allocation(round=t, status="pending")
-            group = engine.secure.group_of(t, client.client_id, client.model_name)
+            group = engine.secure.group_of(t, client)
             roster = store.secagg(t, group, "roster") if group else None
             update = store.server_update(t, client.client_id)
             return Allocation(
-                round=t, status="ready", sample_ids=found[0], reason=found[1], secagg_roster=roster,
+                round=t,
+                status="ready",
+                sample_ids=found[0],
+                reason=found[1],
+                secagg_roster=roster,
                 server_update=None if update is None else [LoraFactor.model_validate(f) for f in update],
             )
 
@@ -251,8 +424,11 @@ def create_app(
 
     def handle_reward(db, client, header, payload: RewardReport) -> Ack:
         check_round(header, payload.round, "training")
-        if store.allocation(payload.round, client.client_id, SLM) is None:
+        refuse_if_quarantined(payload.round, client)
+        allocation = store.allocation(payload.round, client.client_id, SLM)
+        if allocation is None:
             raise ApiError(409, "no_allocation", f"client has no allocation in round {payload.round}")
+        check_reward(payload, len(allocation[0]))
         fresh = store.put_upload(db, payload.round, client.client_id, "reward.put", payload.model_dump_json())
         return Ack(message="stored" if fresh else "already stored")
 
@@ -260,20 +436,21 @@ def create_app(
     def put_reward(envelope: SealedEnvelope) -> SealedEnvelope:
         return sealed("reward.put", envelope, handle_reward)
 
-    secagg_parsers = {"shares": ShareKeys.from_dict, "masked": MaskedInput.from_dict, "unmask": UnmaskResponse.from_dict}
-
     def handle_secagg(db, client, header, payload: SecAggUpload) -> Ack:
         check_round(header, payload.round, "training")
-        group = engine.secure.group_of(payload.round, client.client_id, client.model_name)
+        refuse_if_quarantined(payload.round, client)
+        group = engine.secure.group_of(payload.round, client)
         if group is None:
             raise ApiError(409, "no_secagg", f"client takes no part in secure aggregation in round {payload.round}")
         try:
-            message = secagg_parsers[payload.step](payload.body)
+            engine.secure.check(payload.round, group, client.client_id, payload.step, payload.body)
+        except NotNow as exc:
+            raise ApiError(409, "wrong_step", str(exc)) from exc
         except SecAggError as exc:
-            raise ApiError(422, "bad_secagg", str(exc)) from exc
-        if message.client_id != client.client_id or message.round_id != secagg_round_id(payload.round, group):
-            raise ApiError(422, "bad_secagg", "message must come from this client for its group's round")
-        fresh = store.put_upload(db, payload.round, client.client_id, f"secagg.{payload.step}", payload.model_dump_json())
+            raise UploadRejected("bad_secagg", str(exc)) from exc
+        fresh = store.put_upload(
+            db, payload.round, client.client_id, f"secagg.{payload.step}", payload.model_dump_json()
+        )
         return Ack(message="stored" if fresh else "already stored")
 
     @app.post("/v1/secagg/put", response_model=SealedEnvelope, responses=errors)
@@ -283,18 +460,29 @@ def create_app(
 
     @app.post("/v1/secagg/get", response_model=SealedEnvelope, responses=errors)
     def get_secagg(envelope: SealedEnvelope) -> SealedEnvelope:
-        """Co-tuning: poll for the shares routed to this client, the unmask request, or the average."""
+        """Co-tuning: poll for the shares routed to this client, the unmask request, or the average;
+        ``failed`` once the group cannot finish this round."""
 
         def handle(db, client, header, payload: SecAggQuery) -> SecAggReply:
             t = payload.round
-            group = engine.secure.group_of(t, client.client_id, client.model_name)
+            if header.round != t:
+                raise ApiError(400, "round_mismatch", "header round and payload round differ")
+            if t > current()[0]:
+                raise ApiError(409, "wrong_round", f"round {t} has not begun")
+            refuse_if_quarantined(t, client)
+            group = engine.secure.group_of(t, client)
             if group is None:
                 return SecAggReply(round=t, status="none")
+            result = store.secagg(t, group, "result")
+            if result is not None and "error" in result:
+                return SecAggReply(round=t, status="failed", body={"error": result["error"]})
             if payload.step == "inbox":
                 routed = store.secagg(t, group, "routed")
                 if routed is None:
                     return SecAggReply(round=t, status="pending")
-                return SecAggReply(round=t, status="ready", body={"shares": routed["inbox"].get(client.client_id, [])})
+                if client.client_id not in routed["inbox"]:
+                    return SecAggReply(round=t, status="none")
+                return SecAggReply(round=t, status="ready", body={"shares": routed["inbox"][client.client_id]})
             if payload.step == "unmask":
                 request = store.secagg(t, group, "unmask_request")
                 if request is None:
@@ -302,34 +490,26 @@ def create_app(
                 if client.client_id not in request["survivors"]:
                     return SecAggReply(round=t, status="none")
                 return SecAggReply(round=t, status="ready", body=request)
-            result = store.secagg(t, group, "result")
             if result is None:
                 return SecAggReply(round=t, status="pending")
-            if "vector" not in result:
-                return SecAggReply(round=t, status="none", body=result)
             return SecAggReply(round=t, status="ready", body=result)
 
         return sealed("secagg.get", envelope, handle)
 
     # --------------------------------------------------------------------- chunked uploads
     upload_handlers: dict[str, Handler] = {
-        "features.put": handle_features, "reward.put": handle_reward, "secagg.put": handle_secagg,
+        "features.put": handle_features,
+        "reward.put": handle_reward,
+        "secagg.put": handle_secagg,
     }
 
     def run_target(db: sqlite3.Connection, client: ClientRecord, envelope: SealedEnvelope) -> SealedEnvelope:
         """A reassembled upload goes through its endpoint's own checks and handler, in ``db``."""
         kind = envelope.header.kind
-        owner, sender, payload = authenticate(kind, envelope, check_seq=False)
+        owner, sender, payload = authenticate(kind, envelope, fresh=False)
         if owner.client_id != client.client_id:
             raise ApiError(422, "bad_upload", "the uploaded envelope must come from this client")
         return seal_reply(envelope.header, upload_handlers[kind](db, client, envelope.header, payload), sender)
-
-    uploads = UploadSessions(
-        store, max_body_bytes, upload_ttl_s, upload_max_client_bytes, run_target,
-        lambda client, header, reply: seal_reply(header, reply, PublicIdentity.from_b64(client.sign_key, client.kex_key)),
-    )
-    uploads.cleanup()
-    app.state.uploads = uploads
 
     @app.post("/v1/upload/begin", response_model=SealedEnvelope, responses=errors)
     def upload_begin(envelope: SealedEnvelope) -> SealedEnvelope:

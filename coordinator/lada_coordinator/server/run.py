@@ -2,30 +2,37 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 from pathlib import Path
 
 import uvicorn
-
-from lada_client.common.crypto import Identity
+from fastapi import FastAPI
 from lada_client.data.federation import FederationData, load_public
 from lada_coordinator.config import CoordinatorConfig
+from lada_coordinator.credentials import load_identity, operator_token
 from lada_coordinator.llm.host import LLMHost
 from lada_coordinator.rounds import RoundEngine
 from lada_coordinator.server.app import create_app
+from lada_coordinator.server.limits import guarded_protocol
 from lada_coordinator.store import Store
 
 log = logging.getLogger(__name__)
 
 
-def build(config: CoordinatorConfig, llm_eval_dir: Path | None = None):
+def build(config: CoordinatorConfig, llm_eval_dir: Path | None = None) -> tuple[FastAPI, RoundEngine, Store]:
     """Return (app, engine, store) wired together, without starting anything."""
     if config.score_only_update == "server":
         for model_name, ckpt in config.slm_checkpoints.items():
             if not (ckpt / "config.json").is_file():
-                raise ValueError(f"slm_checkpoints[{model_name!r}]: {ckpt} is not a transformers checkpoint directory (no config.json)")
+                raise ValueError(
+                    f"slm_checkpoints[{model_name!r}]: {ckpt} is not a transformers checkpoint directory"
+                    " (no config.json)"
+                )
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = Store(config.db_path)
-    identity = Identity.load_or_create(config.state_dir / "coordinator.key")
+    identity = load_identity(config.state_dir)
     public = load_public(config.public_data)
     llm_eval = None
     if llm_eval_dir is not None:  # evaluation hook for local federations: held-out test splits
@@ -33,26 +40,104 @@ def build(config: CoordinatorConfig, llm_eval_dir: Path | None = None):
 
     def llm_factory() -> LLMHost:
         return LLMHost(
-            config.llm_dir, config.state_dir / "llm_adapter", config.llm_lora, config.llm_distill.max_length, config.max_new_tokens
+            config.llm_dir,
+            config.state_dir / "llm_adapter",
+            config.llm_lora,
+            config.llm_distill.max_length,
+            config.max_new_tokens,
         )
 
     engine = RoundEngine(config, store, public, llm_factory, llm_eval)
-    app = create_app(
-        store, identity, engine, config.max_body_bytes, config.upload_ttl_s, config.upload_max_client_bytes
-    )
+    app = create_app(store, identity, engine, config, operator_token(config.state_dir))
     return app, engine, store
 
 
-def serve(config: CoordinatorConfig, llm_eval_dir: Path | None = None, ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None) -> None:
+def uvicorn_config(app: FastAPI, config: CoordinatorConfig, **tls: str | None) -> uvicorn.Config:
+    """The HTTP server with the connection bounds of ``config`` (``server/limits.py``)."""
+    return uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        http=guarded_protocol(config.header_timeout_s, config.max_connections),
+        limit_concurrency=config.max_concurrent_requests,
+        timeout_keep_alive=5,
+        **tls,
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_material(
+    config: CoordinatorConfig, cert: Path | None, key: Path | None, insecure_http: bool
+) -> tuple[Path | None, Path | None]:
+    """TLS is on unless the coordinator listens on loopback only, or the operator says otherwise.
+
+    Without ``--tls-cert``/``--tls-key`` on a non-loopback address, a self-signed certificate for
+    that address is made once in ``state_dir/tls`` (devices trust it through ``ca_cert``; their
+    enrollment is pinned to the coordinator's key by the token in any case). ``--insecure-http``
+    serves plain http anyway, with a warning."""
+    if (cert is None) != (key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if cert is not None:
+        return cert, key
+    if is_loopback(config.host):
+        return None, None
+    if insecure_http:
+        log.warning(
+            "serving plain http on %s (--insecure-http): traffic metadata and timing are visible on the network",
+            config.host,
+        )
+        return None, None
+    from lada_coordinator.server.tls import generate_self_signed
+
+    tls_dir = config.state_dir / "tls"
+    cert, key = tls_dir / "cert.pem", tls_dir / "key.pem"
+    if not (cert.exists() and key.exists()):
+        wildcard = config.host in ("0.0.0.0", "::", "")
+        hosts = [socket.gethostname(), socket.getfqdn(), "localhost", "127.0.0.1"] if wildcard else [config.host]
+        generate_self_signed(tls_dir, list(dict.fromkeys(hosts)))
+        log.info(
+            "generated a self-signed TLS certificate for %s in %s; give devices ca_cert=%s", config.host, tls_dir, cert
+        )
+    return cert, key
+
+
+def serve(
+    config: CoordinatorConfig,
+    llm_eval_dir: Path | None = None,
+    ssl_certfile: Path | None = None,
+    ssl_keyfile: Path | None = None,
+    insecure_http: bool = False,
+) -> None:
+    cert, key = tls_material(config, ssl_certfile, ssl_keyfile, insecure_http)
     app, engine, store = build(config, llm_eval_dir)
     engine.start()
-    log.info("coordinator on %s:%d (db %s)", config.host, config.port, config.db_path)
+    scheme = "https" if cert else "http"
+    log.info(
+        "coordinator on %s://%s:%d (db %s, key %s…)",
+        scheme,
+        config.host,
+        config.port,
+        config.db_path,
+        load_identity(config.state_dir).public.fingerprint()[:16],
+    )
     try:
-        uvicorn.run(
-            app, host=config.host, port=config.port, log_level="warning",
-            ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
-            ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
-        )
+        uvicorn.Server(
+            uvicorn_config(
+                app,
+                config,
+                ssl_certfile=str(cert) if cert else None,
+                ssl_keyfile=str(key) if key else None,
+            )
+        ).run()
     finally:
         engine.stop_event.set()
         engine.join(timeout=10)

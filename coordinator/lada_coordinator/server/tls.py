@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
-import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from lada_client.common.crypto import write_private
 
 
 def generate_self_signed(out_dir: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"), days: int = 365) -> tuple[Path, Path]:
@@ -47,8 +47,6 @@ def generate_self_signed(out_dir: Path, hosts: Sequence[str] = ("127.0.0.1", "lo
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = out_dir / "cert.pem", out_dir / "key.pem"
+    write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return cert_path, key_path

@@ -24,7 +24,8 @@ Chunks live in SQLite (``upload_chunks``), committed before the reply leaves, so
 restart loses no acknowledged chunk. Sessions expire ``ttl_s`` after their last activity and are
 deleted when a later session begins or the coordinator starts; a client may hold at most
 ``max_client_bytes`` of open sessions. Every rejection raises :class:`UploadError` (a 4xx) inside the
-caller's transaction, so it changes nothing.
+caller's transaction, so it changes nothing. Expired sessions are also swept every
+``upload_sweep_s`` by the server (``app.py``), so abandoned chunks do not wait for the next session.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from lada_client.common.wire import (
     max_chunk_bytes,
     upload_chunk_count,
 )
+from lada_coordinator.server.errors import ApiError as UploadError
 from lada_coordinator.store import ClientRecord, Store
 
 log = logging.getLogger(__name__)
@@ -65,14 +67,6 @@ MAX_CHUNKS = 65536
 TargetRunner = Callable[[sqlite3.Connection, ClientRecord, SealedEnvelope], SealedEnvelope]
 # (client, target header, reply) -> that reply sealed to the client, echoing the target's seq
 ReplySealer = Callable[[ClientRecord, EnvelopeHeader, BaseModel], SealedEnvelope]
-
-
-class UploadError(Exception):
-    """A rejected upload request: HTTP status, error code and a detail a user can act on."""
-
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.error, self.detail = status, error, detail
 
 
 @dataclass(frozen=True)
@@ -191,7 +185,7 @@ class UploadSessions:
             return self._status(db, s if s.committed else self._touch(db, s))
         last_seq = db.execute("SELECT last_seq FROM clients WHERE client_id = ?", (client.client_id,)).fetchone()[0]
         if target.seq <= last_seq:
-            raise UploadError(409, "replay", f"target sequence number {target.seq} is not above the last accepted one")
+            raise UploadError(409, "replay", f"target sequence number {target.seq} is not above the last accepted one", last_seq=last_seq)
         held = db.execute(
             "SELECT COALESCE(SUM(total_bytes), 0) FROM upload_sessions"
             " WHERE client_id = ? AND committed_at IS NULL AND expires_at > ?", (client.client_id, self._clock()),
@@ -256,19 +250,27 @@ class UploadSessions:
         s = self._load(db, client, header, p.session_id)
         if s.committed:  # a retried commit whose first answer was lost: same answer as a retried upload
             return UploadCommitted(session_id=s.session_id, reply=self._seal_reply(client, s.target, Ack(message="already stored")))
-        rows = db.execute("SELECT idx, data FROM upload_chunks WHERE session_id = ? ORDER BY idx", (s.session_id,)).fetchall()
-        if len(rows) != s.n_chunks:
-            held = {r[0] for r in rows}
-            missing = [i for i in range(s.n_chunks) if i not in held]
+        held = [r[0] for r in db.execute("SELECT idx FROM upload_chunks WHERE session_id = ? ORDER BY idx", (s.session_id,))]
+        if len(held) != s.n_chunks:
+            missing = sorted(set(range(s.n_chunks)) - set(held))
             raise UploadError(409, "upload_incomplete", f"{len(missing)} of {s.n_chunks} chunks missing (first {missing[0]})")
-        body = b"".join(bytes(r[1]) for r in rows)
-        if len(body) != s.total_bytes or hashlib.sha256(body).hexdigest() != s.sha256:
+        # One copy of the body in memory: chunks are read one at a time into a buffer of the
+        # declared length and hashed as they come, and the buffer goes as soon as it is parsed.
+        body, digest, at = bytearray(s.total_bytes), hashlib.sha256(), 0
+        for (data,) in db.execute("SELECT data FROM upload_chunks WHERE session_id = ? ORDER BY idx", (s.session_id,)):
+            if at + len(data) > s.total_bytes:
+                raise UploadError(422, "hash_mismatch", "the reassembled body is longer than declared")
+            body[at : at + len(data)] = data
+            digest.update(data)
+            at += len(data)
+        if at != s.total_bytes or digest.hexdigest() != s.sha256:
             raise UploadError(422, "hash_mismatch", "the reassembled body does not match the declared length and SHA-256")
         try:
             envelope = SealedEnvelope.model_validate_json(body)
         except ValidationError as exc:
             first = exc.errors()[0]
             raise UploadError(422, "malformed_upload", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+        del body
         if envelope.header != s.target:
             raise UploadError(422, "bad_upload", "the reassembled envelope's header is not the one declared at upload.begin")
         reply = self._run_target(db, client, envelope)  # the target endpoint's checks and handler

@@ -75,3 +75,32 @@ def test_identity_save_load(tmp_path, parties):
     path.write_text("garbage")
     with pytest.raises(CryptoError, match="malformed"):
         Identity.load(path)
+
+
+def test_secret_files_are_0600_even_when_saved_over_a_wider_file(tmp_path):
+    import os
+    import stat
+
+    from lada_client.common.crypto import write_private
+
+    path = tmp_path / "identity.key"
+    path.write_text("old")
+    os.chmod(path, 0o644)  # e.g. restored from a backup, or created by an earlier version
+    Identity.generate().save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(path.read_text().split()) == 2
+    write_private(path, b"new")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["identity.key"]  # no staged file left behind
+
+
+def test_low_order_key_agreement_keys_are_refused():
+    import base64
+
+    from lada_client.common.crypto import PublicIdentity
+
+    good = Identity.generate().public
+    good.check_usable()
+    for kex in (bytes(32), bytes([1]) + bytes(31)):  # the all-zero point and the point of order 1
+        with pytest.raises(CryptoError, match="low-order"):
+            PublicIdentity(good.sign_key, kex).check_usable()
+    assert len(good.fingerprint()) == 64 and base64.b64decode(good.to_b64()["kex_key"]) == good.kex_key

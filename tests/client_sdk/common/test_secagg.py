@@ -218,7 +218,7 @@ def test_routed_shares_cannot_be_opened_with_the_coordinators_knowledge():
     impostor = SecAggClient("c1", ROUND, rnd.config)
     forged = tuple(impostor.advertise() if p.client_id == "c1" else p for p in roster.participants)
     impostor.share_keys(Roster(ROUND, rnd.config, 10, forged))
-    with pytest.raises(SecAggError, match="decryption failed"):
+    with pytest.raises(SecAggError, match="only 0 neighbours"):  # not one share opens
         impostor.masked_input(np.zeros(10), rnd.routed["c1"])
     # keys derived from any public material fail too
     public = [sender.channel_key, recipient.channel_key, sender.mask_key, recipient.mask_key]
@@ -303,16 +303,32 @@ def test_vector_length_mismatch_is_refused():
         rnd.server.receive_masked_input(bad)
 
 
-def test_tampered_routed_share_is_refused():
-    rnd = Round(4, SecAggConfig(threshold=2), length=10)
+def test_share_that_does_not_open_drops_its_sender_not_the_group():
+    """A sender whose share to c2 does not open (garbage, or tampered on the way) is left out of
+    c2's masks; the server then drops that sender from the sum and the rest still aggregate."""
+    rnd = Round(5, SecAggConfig(threshold=2), length=10)
     rnd.setup()
     share = rnd.routed["c2"][0]
     flipped = bytes([share.ciphertext[0] ^ 1]) + share.ciphertext[1:]
-    tampered = [EncryptedShare(share.sender, share.recipient, share.nonce, flipped), *rnd.routed["c2"][1:]]
-    with pytest.raises(SecAggError, match="malformed share"):
-        rnd.clients["c2"].masked_input(np.zeros(10), tampered)
+    rnd.routed["c2"] = [EncryptedShare(share.sender, share.recipient, share.nonce, flipped), *rnd.routed["c2"][1:]]
+    rnd.mask()
+    assert share.sender not in rnd.masked["c2"].peers
+    request = rnd.unmask()
+    assert share.sender in request.dropped and share.sender in rnd.server.offenders
+    total, contributors = rnd.server.aggregate()
+    assert contributors == sorted(set(rnd.ids) - {share.sender})
+    np.testing.assert_allclose(total, sum(rnd.inputs[c] for c in contributors), atol=rnd.tolerance(4))
     with pytest.raises(SecAggError, match="malformed share"):
         EncryptedShare.from_dict({**share.to_dict(), "ciphertext": "AAAA"})
+
+
+def test_masked_input_may_omit_but_never_add_peers():
+    rnd = Round(4, SecAggConfig(threshold=2), length=10)
+    rnd.setup()
+    masked = rnd.clients["c0"].masked_input(rnd.inputs["c0"], rnd.routed["c0"])
+    for peers in (("c1", "c9"), ("c1",), ("c1", "c1", "c2")):
+        with pytest.raises(SecAggError):
+            rnd.server.receive_masked_input(MaskedInput("c0", ROUND, peers, masked.vector))
 
 
 def test_client_masks_once_and_late_inputs_are_discarded():
@@ -390,16 +406,33 @@ def test_fedavg_matches_weighted_mean_and_secure_sum():
         fedavg([np.zeros(2), np.zeros(3)])
 
 
-def test_tampered_unmask_share_is_caught_by_the_commitment():
-    rnd = Round(5, SecAggConfig(threshold=3), length=10)
-    rnd.setup()
-    rnd.mask(drop=["c4"])
+def _unmask_with_a_lie(rnd: Round, liar: str, victim: str) -> None:
     request = rnd.server.unmask_request()
     for cid in request.survivors:
         response = rnd.clients[cid].unmask(request.survivors, request.dropped)
-        if cid == "c0":  # shift c1's self-mask share: stays in range, so only the commitment notices
-            bumped = (int.from_bytes(response.self_mask_shares["c1"], "big") + 1).to_bytes(66, "big")
-            response = UnmaskResponse(cid, ROUND, {**response.self_mask_shares, "c1": bumped}, response.mask_key_shares)
+        if cid == liar:  # shift the victim's self-mask share: stays in range, so only the commitment notices
+            bumped = (int.from_bytes(response.self_mask_shares[victim], "big") + 1).to_bytes(66, "big")
+            response = UnmaskResponse(cid, ROUND, {**response.self_mask_shares, victim: bumped}, response.mask_key_shares)
         rnd.server.receive_unmask(response)
-    with pytest.raises(SecAggError, match="commitment"):
+
+
+def test_tampered_unmask_share_is_caught_by_the_commitment():
+    """With exactly ``threshold`` shares of c1 a wrong one is caught, not summed; it cannot be outvoted."""
+    rnd = Round(5, SecAggConfig(threshold=3), length=10)
+    rnd.setup()
+    rnd.mask(drop=["c4"])
+    _unmask_with_a_lie(rnd, "c0", "c1")
+    with pytest.raises(SecAggError, match="inconsistent"):
         rnd.server.aggregate()
+
+
+def test_one_wrong_unmask_share_is_outvoted_and_its_sender_named():
+    """With more shares than the threshold, the responder whose share is wrong is found by leaving
+    each out in turn; the sum comes out right and the liar is recorded."""
+    rnd = Round(5, SecAggConfig(threshold=2), length=10)
+    rnd.setup()
+    rnd.mask()
+    _unmask_with_a_lie(rnd, "c0", "c1")
+    total, contributors = rnd.server.aggregate()
+    assert contributors == rnd.ids and "c0" in rnd.server.offenders
+    np.testing.assert_allclose(total, sum(rnd.inputs.values()), atol=rnd.tolerance(5))

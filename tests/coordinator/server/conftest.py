@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from lada_client.common.crypto import Identity
-from lada_client.common.wire import EnrollRequest
 from lada_client.transport import Transport
 from lada_coordinator.config import CoordinatorConfig
 
@@ -39,14 +38,14 @@ def server(tmp_path, tiny_world, free_port, serve_coordinator):
 
 
 @pytest.fixture()
-def enroll() -> Callable[..., Transport]:
-    """Enroll a fresh identity with a freshly issued token; returns its transport."""
+def enroll(issue) -> Callable[..., Transport]:
+    """``enroll(server, name)``: enroll a fresh identity with a freshly issued token on the server
+    ``(url, store, config)``; returns its transport. Keyword arguments go to ``Transport.enroll``."""
 
-    def _enroll(url: str, store, name: str = "dev1") -> Transport:
-        ident = Identity.generate()
-        t = Transport(url, ident)
-        keys = ident.public.to_b64()
-        t.enroll(EnrollRequest(token=store.issue_token(), client_name=name, sign_key=keys["sign_key"], kex_key=keys["kex_key"]))
+    def _enroll(server, name: str = "dev1", **kwargs) -> Transport:
+        url, _, config = server
+        t = Transport(url, Identity.generate())
+        t.enroll(issue(config), name, **kwargs)
         return t
 
     return _enroll

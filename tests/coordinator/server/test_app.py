@@ -26,7 +26,7 @@ def _open_round(store) -> None:
 
 def test_round_trip_and_status(server, enroll):
     url, store, _ = server
-    t = enroll(url, store)
+    t = enroll(server)
     info = t.call("round.get", RoundQuery(), 0, RoundInfo)
     assert info.phase == "waiting"
     _open_round(store)
@@ -35,34 +35,43 @@ def test_round_trip_and_status(server, enroll):
     ack = t.call("features.put", FeatureUpload(round=1, feature_names=["slm_path_nll"], sample_ids=["p1"], features=[[1.5]]), 1, Ack)
     assert ack.message == "stored"
     assert store.uploads(1, "features.put")[t.client_id]["features"] == [[1.5]]
-    status = httpx.get(f"{url}/v1/status").json()
+    assert httpx.get(f"{url}/v1/status").status_code == 401  # the operator's view needs its token
+    status = httpx.get(f"{url}/v1/status", headers=_operator(server)).json()
     assert status["clients"] == 1 and status["round"] == 1
+    assert [d["name"] for d in status["devices"]] == ["dev1"]
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}  # public: nothing per client
 
 
-def test_enrollment_tokens_are_one_time(server, db_dump):
-    url, store, _ = server
-    token = store.issue_token()
-    body = lambda name: {  # noqa: E731
-        "token": token, "client_name": name, **Identity.generate().public.to_b64()
-    }
-    assert httpx.post(f"{url}/v1/enroll", json=body("a")).status_code == 200
-    before = db_dump(store_path := Path(server[2].db_path))
-    r = httpx.post(f"{url}/v1/enroll", json=body("b"))
-    assert r.status_code == 401 and r.json()["error"] == "bad_token" and "already used" in r.json()["detail"]
-    r = httpx.post(f"{url}/v1/enroll", json={**body("c"), "token": "never-issued-token"})
-    assert r.status_code == 401
-    assert db_dump(store_path) == before
+def _operator(server) -> dict[str, str]:
+    from lada_coordinator.credentials import operator_token
+
+    return {"Authorization": f"Bearer {operator_token(server[2].state_dir)}"}
 
 
-def test_overlong_client_name_is_a_clear_422(server, db_dump):
-    url, store, _ = server
-    body = {"token": store.issue_token(), "client_name": "n" * 56, **Identity.generate().public.to_b64()}
-    before = db_dump(Path(server[2].db_path))
-    r = httpx.post(f"{url}/v1/enroll", json=body)
-    assert r.status_code == 422 and "client_name" in r.text
-    assert db_dump(Path(server[2].db_path)) == before
-    body["client_name"] = "n" * 55  # the longest name whose client id still fits
-    assert httpx.post(f"{url}/v1/enroll", json=body).status_code == 200
+def test_enrollment_tokens_are_one_time(server, issue, db_dump):
+    url, store, config = server
+    token = issue(config)
+    assert Transport(url, Identity.generate()).enroll(token, "a").startswith("a-")
+    before = db_dump(Path(config.db_path))
+    with pytest.raises(CoordinatorError) as exc:
+        Transport(url, Identity.generate()).enroll(token, "b")
+    assert exc.value.status == 401 and exc.value.error == "bad_token" and "already used" in str(exc.value)
+    from lada_client.common.enrollment import EnrollmentToken
+
+    never = EnrollmentToken.new(EnrollmentToken.parse(token).fingerprint)  # names this coordinator, never issued
+    with pytest.raises(CoordinatorError, match="unknown enrollment token"):
+        Transport(url, Identity.generate()).enroll(str(never), "c")
+    assert db_dump(Path(config.db_path)) == before
+
+
+def test_overlong_client_name_is_a_clear_error(server, issue, db_dump):
+    url, store, config = server
+    token = issue(config)
+    before = db_dump(Path(config.db_path))
+    with pytest.raises(ValueError, match="client_name"):  # refused before anything is sent
+        Transport(url, Identity.generate()).enroll(token, "n" * 56)
+    assert db_dump(Path(config.db_path)) == before
+    assert Transport(url, Identity.generate()).enroll(issue(config), "n" * 55)  # the longest name whose client id still fits
 
 
 @pytest.mark.parametrize(
@@ -71,7 +80,7 @@ def test_overlong_client_name_is_a_clear_422(server, db_dump):
 )
 def test_bad_requests_get_4xx_and_change_nothing(server, attack, enroll, db_dump):
     url, store, config = server
-    t = enroll(url, store)
+    t = enroll(server)
     _open_round(store)
     t.call("round.get", RoundQuery(), 1, RoundInfo)  # a first accepted request
     payload = FeatureUpload(round=1, feature_names=["slm_path_nll"], sample_ids=["p1"], features=[[1.0]])
@@ -79,7 +88,7 @@ def test_bad_requests_get_4xx_and_change_nothing(server, attack, enroll, db_dump
     from lada_client.common.wire import EnvelopeHeader
 
     def envelope(round_index=1, seq=None, kind="features.put", client_id=None, signer=None, body=None):
-        header = EnvelopeHeader(client_id=client_id or t.client_id, round=round_index, seq=seq or t._next_seq(), kind=kind, sent_at=time.time())
+        header = EnvelopeHeader(client_id=client_id or t.client_id, round=round_index, seq=seq or t._seq.next(), kind=kind, sent_at=time.time())
         env = seal(body or payload.model_dump_json().encode(), header, signer or t._identity, t.coordinator, Direction.TO_COORDINATOR)
         return env.model_dump()
 
@@ -113,12 +122,18 @@ def test_bad_requests_get_4xx_and_change_nothing(server, attack, enroll, db_dump
     assert r.status_code == want, r.text
     err = r.json()
     assert err["error"] and err["detail"]  # a message a user can act on
-    assert db_dump(Path(config.db_path)) == before
+    after = db_dump(Path(config.db_path))
+    if attack == "nan_features":  # authenticated but unusable: the device is set aside for the round
+        assert "finite" in store.quarantined(1)[t.client_id]
+        after = [line for line in after if not line.startswith('INSERT INTO "quarantine"')]
+    else:
+        assert store.quarantined(1) == {}
+    assert after == before  # no round data changed
 
 
 def test_transport_surfaces_server_errors(server, enroll):
     url, store, _ = server
-    t = enroll(url, store)
+    t = enroll(server)
     _open_round(store)
     with pytest.raises(CoordinatorError, match="wrong_phase|wrong_round|no_allocation"):
         from lada_client.common.wire import RewardReport
@@ -128,18 +143,14 @@ def test_transport_surfaces_server_errors(server, enroll):
         Transport("http://127.0.0.1:9", Identity.generate(), timeout_s=2)._post("/healthz", b"")
 
 
-def test_score_only_device_contributes_features_but_gets_no_allocation(server):
+def test_score_only_device_contributes_features_but_gets_no_allocation(server, enroll):
     """Capabilities declared at enrollment are respected by the round engine."""
-    from lada_client.common.wire import Allocation, AllocationQuery, Capabilities, EnrollRequest
+    from lada_client.common.wire import Allocation, AllocationQuery, Capabilities
 
     url, store, config = server
-    transports = []
-    for name, can_train in (("phone", False), ("laptop", True)):
-        ident = Identity.generate()
-        t = Transport(url, ident)
-        keys = ident.public.to_b64()
-        t.enroll(EnrollRequest(token=store.issue_token(), client_name=name, capabilities=Capabilities(can_train=can_train), **keys))
-        transports.append(t)
+    transports = [
+        enroll(server, name, capabilities=Capabilities(can_train=can_train)) for name, can_train in (("phone", False), ("laptop", True))
+    ]
     _open_round(store)
     for t in transports:
         t.call("features.put", FeatureUpload(round=1, feature_names=["slm_path_nll"], sample_ids=["p1"], features=[[1.0]]), 1, Ack)
@@ -154,21 +165,18 @@ def test_score_only_device_contributes_features_but_gets_no_allocation(server):
     engine_store.close()
 
 
-def test_score_only_device_gets_an_adapter_trained_server_side_when_configured(server, tiny_world, tmp_path):
+def test_score_only_device_gets_an_adapter_trained_server_side_when_configured(server, enroll, tiny_world, tmp_path):
     """score_only_update='server': the coordinator trains the device's adapter from its model's
     checkpoint on the allocated teacher paths, and the device merges it without torch."""
     import dataclasses
 
-    from lada_client.common.wire import Allocation, AllocationQuery, Capabilities, EnrollRequest
+    from lada_client.common.wire import Allocation, AllocationQuery, Capabilities
     from lada_client.models.weight_swap import apply_lora_factors
     from lada_client.scoring.onnx_slm import OnnxSLM
     from lada_coordinator.server.run import build
 
     url, store, config = server
-    ident = Identity.generate()
-    phone = Transport(url, ident)
-    phone.enroll(EnrollRequest(token=store.issue_token(), client_name="phone", model_name="slm-small",
-                               capabilities=Capabilities(can_train=False), **ident.public.to_b64()))
+    phone = enroll(server, "phone", model_name="slm-small", capabilities=Capabilities(can_train=False))
     _open_round(store)
     phone.call("features.put", FeatureUpload(round=1, feature_names=["slm_path_nll"], sample_ids=["p1"], features=[[1.0]]), 1, Ack)
     device_model = tiny_world["client2"]  # slm-small, as the phone declared

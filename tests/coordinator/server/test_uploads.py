@@ -21,7 +21,7 @@ import pytest
 
 from lada_client.common.crypto import Direction, Identity, open_envelope, seal
 from lada_client.common.wire import (
-    Ack, Candidate, EnrollRequest, EnvelopeHeader, FeatureUpload, RoundInfo, RoundQuery, UploadAbort, UploadBegin,
+    Ack, Candidate, EnvelopeHeader, FeatureUpload, RoundInfo, RoundQuery, UploadAbort, UploadBegin,
     UploadChunk, UploadCommit, UploadCommitted, UploadStatus, UploadStatusQuery, encode_chunk, max_chunk_bytes,
 )
 from lada_client.transport import CoordinatorError, RetryPolicy, Transport
@@ -118,13 +118,13 @@ class Manual:
 
 def _one_upload(start_server, enroll) -> tuple[Manual, object, object]:
     """A server, one enrolled client and its manual upload of the round's features."""
-    url, store, config = start_server()
-    return Manual(enroll(url, store), _features(_open_round(store))), store, config
+    server = url, store, config = start_server()
+    return Manual(enroll(server), _features(_open_round(store))), store, config
 
 
 def test_body_over_max_body_bytes_goes_through_in_chunks(start_server, enroll):
-    url, store, config = start_server()
-    t = enroll(url, store)
+    server = url, store, config = start_server()
+    t = enroll(server)
     t.upload_chunk_bytes = CHUNK
     info = _open_round(store)
     payload = _features(info)
@@ -154,8 +154,8 @@ def test_body_over_max_body_bytes_goes_through_in_chunks(start_server, enroll):
 
 
 def test_largest_chunk_fits_in_max_body(start_server, enroll):
-    url, store, _ = start_server()
-    t = enroll(url, store, name="n" * 55)  # the longest client id (64 characters): the largest header
+    server = url, store, _ = start_server()
+    t = enroll(server, name="n" * 55)  # the longest client id (64 characters): the largest header
     info = _open_round(store, 400)
     big = max_chunk_bytes(MAX_BODY)
     m = Manual(t, _features(info), chunk=big)
@@ -178,9 +178,9 @@ BAD = [
 
 @pytest.mark.parametrize("attack", BAD)
 def test_bad_upload_requests_get_4xx_and_change_nothing(start_server, enroll, db_dump, attack):
-    url, store, config = start_server(upload_max_client_bytes=500_000)
-    t = enroll(url, store)
-    other = enroll(url, store, name="dev2")
+    server = url, store, config = start_server(upload_max_client_bytes=500_000)
+    t = enroll(server)
+    other = enroll(server, name="dev2")
     info = _open_round(store)
     m = Manual(t, _features(info))
 
@@ -225,13 +225,13 @@ def test_bad_upload_requests_get_4xx_and_change_nothing(start_server, enroll, db
         elif attack in ("bad_chunk_signature", "replayed_chunk"):
             msg = UploadChunk(session_id=sid, index=1, data=encode_chunk(m.body[CHUNK:2 * CHUNK]))
             signer = Identity.generate() if attack == "bad_chunk_signature" else t._identity
-            seq = t._next_seq() if attack == "bad_chunk_signature" else t._last_seq - 1
+            seq = t._seq.next() if attack == "bad_chunk_signature" else t._seq.next() - 1
             header = EnvelopeHeader(client_id=t.client_id, round=1, seq=seq, kind="upload.chunk", sent_at=time.time())
             env = seal(msg.model_dump_json().encode(), header, signer, t.coordinator, Direction.TO_COORDINATOR)
 
             def action():
                 return t._post("/v1/upload/chunk", env.model_dump_json().encode())
-            want = (401, "bad_envelope") if attack == "bad_chunk_signature" else (409, "replay")
+            want = (401, "unauthenticated") if attack == "bad_chunk_signature" else (409, "replay")
         else:  # forged_body, wrong_phase: every chunk is there, the target endpoint refuses the body
             if attack == "forged_body":  # a body whose inner envelope is not signed by the client
                 forged = t._identity
@@ -246,7 +246,7 @@ def test_bad_upload_requests_get_4xx_and_change_nothing(start_server, enroll, db
             if attack == "wrong_phase":
                 store.set_phase(1, "training")
             action = lambda: m2.commit(s2.session_id)  # noqa: E731
-            want = (401, "bad_envelope") if attack == "forged_body" else (409, "wrong_phase")
+            want = (401, "unauthenticated") if attack == "forged_body" else (409, "wrong_phase")
 
     before = db_dump(Path(config.db_path))
     with pytest.raises(CoordinatorError) as exc:
@@ -284,8 +284,8 @@ def test_begin_again_resumes_and_repeated_chunks_are_noops(start_server, enroll)
 
 
 def test_abort_drops_the_session_and_its_chunks(start_server, enroll):
-    url, store, config = start_server()
-    t, other = enroll(url, store), enroll(url, store, "dev2")
+    server = url, store, config = start_server()
+    t, other = enroll(server), enroll(server, "dev2")
     info = _open_round(store)
     m = Manual(t, _features(info))
     s = m.begin()
@@ -313,8 +313,8 @@ def test_abort_refuses_a_committed_session(start_server, enroll):
 
 
 def test_quota_is_freed_by_abort(start_server, enroll):
-    url, store, config = start_server(upload_max_client_bytes=250_000)
-    t = enroll(url, store)
+    server = url, store, config = start_server(upload_max_client_bytes=250_000)
+    t = enroll(server)
     info = _open_round(store)
     first = Manual(t, _features(info, 1))
     s = first.begin()
@@ -329,8 +329,8 @@ def test_quota_is_freed_by_abort(start_server, enroll):
 
 
 def test_transport_aborts_an_upload_the_coordinator_refuses(start_server, enroll):
-    url, store, config = start_server()
-    t = enroll(url, store)
+    server = url, store, config = start_server()
+    t = enroll(server)
     info = _open_round(store)
     t.upload_chunk_bytes = CHUNK
     with pytest.raises(CoordinatorError) as exc:  # sealed for round 1, but the payload says round 2
@@ -340,8 +340,8 @@ def test_transport_aborts_an_upload_the_coordinator_refuses(start_server, enroll
 
 
 def test_sessions_expire_and_are_cleaned_up(start_server, enroll):
-    url, store, config = start_server(upload_ttl_s=0.6)
-    t = enroll(url, store)
+    server = url, store, config = start_server(upload_ttl_s=0.6)
+    t = enroll(server)
     info = _open_round(store)
     m = Manual(t, _features(info))
     s = m.begin()
@@ -359,7 +359,22 @@ def test_sessions_expire_and_are_cleaned_up(start_server, enroll):
     assert t.call("features.put", _features(info, 1), 1, Ack).message == "stored"
 
 
-def test_sigkilled_coordinator_keeps_received_chunks(tiny_world, tmp_path, free_port):
+def test_abandoned_sessions_are_swept_without_another_upload(start_server, enroll):
+    """Expired sessions and their chunks go on the server's own schedule (upload_sweep_s), not only
+    when some later session begins."""
+    server = url, store, config = start_server(upload_ttl_s=0.5, upload_sweep_s=0.3)
+    t = enroll(server)
+    m = Manual(t, _features(_open_round(store)))
+    s = m.begin()
+    m.put(s.session_id, 0)
+    assert [r[0] for r in _sessions(config.db_path)] == [s.session_id]
+    deadline = time.monotonic() + 10
+    while _sessions(config.db_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _sessions(config.db_path) == []
+
+
+def test_sigkilled_coordinator_keeps_received_chunks(tiny_world, tmp_path, free_port, issue):
     """A real ``lada-coordinator serve`` process is SIGKILLed mid-upload and restarted: the chunks it
     acknowledged are still there, the client resumes with the missing ones only."""
     from lada_coordinator.store import Store
@@ -371,8 +386,8 @@ def test_sigkilled_coordinator_keeps_received_chunks(tiny_world, tmp_path, free_
         "min_clients": 99, "max_body_bytes": MAX_BODY,  # the engine idles: the test drives the round
     }
     (tmp_path / "c.json").write_text(json.dumps(cfg))
+    token = issue(CoordinatorConfig.from_dict(cfg))
     store = Store(tmp_path / "c.sqlite")
-    token = store.issue_token()
     info = _open_round(store)
     log = open(tmp_path / "coordinator.log", "a")
 
@@ -388,7 +403,7 @@ def test_sigkilled_coordinator_keeps_received_chunks(tiny_world, tmp_path, free_
         deadline = time.monotonic() + 120
         while True:
             try:
-                t.enroll(EnrollRequest(token=token, client_name="d0", **ident.public.to_b64()))
+                t.enroll(token, "d0")
                 break
             except CoordinatorError:
                 assert time.monotonic() < deadline, (tmp_path / "coordinator.log").read_text()[-2000:]

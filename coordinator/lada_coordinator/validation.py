@@ -1,0 +1,90 @@
+"""What a device's round upload must satisfy before the round engine uses it — in one place.
+
+Each check mirrors what the engine later does with the field, so an upload that passes cannot
+make the engine raise: feature rows become one float32 matrix per client whose rows are the
+round's candidates (the filters refuse duplicates, NaN/inf and values beyond float32: the wire
+bounds values to ±``FEATURE_ABS_MAX``); offers become one LLM-side selection whose ids must be
+unique and offered this round; secure-aggregation messages are checked against the group's
+roster and protocol state in :mod:`lada_coordinator.aggregation.secure`.
+
+The HTTP handlers run these checks before storing (a refusal is a 422, and the device is set
+aside for the round: ``quarantined``), and the engine runs them again on what it reads back, so an
+upload stored by an older coordinator, or a row edited by hand, quarantines its device instead of
+stopping the round (``rounds.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from lada_client.common.wire import FeatureUpload, RewardReport
+from pydantic import BaseModel, ValidationError
+
+__all__ = ["RoundContext", "UploadRejected", "check_features", "check_reward", "parse_payload"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class UploadRejected(Exception):
+    """An upload the engine could not use: ``error`` is the wire error code, the message says why."""
+
+    def __init__(self, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.error = error
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """The parts of a stored round that uploads are checked against."""
+
+    candidate_ids: tuple[str, ...]
+    offer_ids: frozenset[str]
+    feature_names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, info: dict[str, Any]) -> RoundContext:
+        return cls(
+            tuple(c["sample_id"] for c in info["candidates"]),
+            frozenset(q["sample_id"] for q in info["offer_questions"]),
+            tuple(info["feature_names"]),
+        )
+
+
+def parse_payload(model: type[M], raw: str | bytes) -> M:
+    """Parse a stored or received payload; a schema violation becomes :class:`UploadRejected`."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UploadRejected("malformed_payload", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+
+
+def check_features(up: FeatureUpload, ctx: RoundContext) -> None:
+    """Features over exactly this round's candidates; offers only for offered questions, once each."""
+    if tuple(up.feature_names) != ctx.feature_names:
+        raise UploadRejected("bad_features", f"feature_names must be {list(ctx.feature_names)}")
+    if tuple(up.sample_ids) != ctx.candidate_ids:
+        raise UploadRejected("bad_features", "sample_ids must list this round's candidates in order")
+    width = len(ctx.feature_names)
+    if len(up.features) != len(ctx.candidate_ids) or any(len(row) != width for row in up.features):
+        raise UploadRejected("bad_features", "features must be one row per candidate, one column per feature name")
+    offered = [o.sample_id for o in up.offers]
+    if len(offered) > len(ctx.offer_ids):
+        raise UploadRejected("bad_offer", f"at most {len(ctx.offer_ids)} offers (one per offer question)")
+    if len(set(offered)) != len(offered):
+        raise UploadRejected("bad_offer", "each offer question may be answered once")
+    if not set(offered) <= ctx.offer_ids:
+        raise UploadRejected("bad_offer", "offers must answer this round's offer questions")
+    if up.secagg_keys is not None and up.adapter_size < 1:
+        raise UploadRejected("bad_secagg", "adapter_size is required with secagg keys")
+
+
+def check_reward(report: RewardReport, n_allocated: int) -> None:
+    """A reward report is used as one scalar for the filter and as metrics; the wire bounds them.
+    ``n_allocated`` cannot exceed what was allocated (it is shown to the operator)."""
+    if report.n_allocated > n_allocated:
+        raise UploadRejected(
+            "bad_reward", f"n_allocated {report.n_allocated} is above the {n_allocated} samples allocated"
+        )

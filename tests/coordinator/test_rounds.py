@@ -1,0 +1,173 @@
+"""The round engine isolates each device's data: a poisoned upload, a broken filter or a failing step
+quarantines that device for the round, never the round; the engine thread survives errors that are
+not any device's; and it resumes on whatever state it finds (real SQLite, the real tiny LLM)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from lada_client.common.wire import Candidate, FeatureUpload, PathOffer, PublicQuestion, RewardReport, RoundInfo
+from lada_coordinator.allocation.allocator import SLM
+from lada_coordinator.allocation.eenet import FilterConfig
+from lada_coordinator.config import CoordinatorConfig
+from lada_coordinator.server.run import build
+from lada_coordinator.store import ClientRecord
+
+NAMES = ["slm_path_nll", "logp_gap"]
+
+
+@pytest.fixture()
+def engine(tmp_path, tiny_world):
+    config = CoordinatorConfig(
+        db_path=tmp_path / "c.sqlite",
+        state_dir=tmp_path / "state",
+        llm_dir=tiny_world["llm"],
+        public_data=tiny_world["data"],
+        rounds=1,
+        min_clients=4,
+        feature_names=tuple(NAMES),
+        train_llm=False,
+        phase_timeout_s=30,
+        slm_filter=FilterConfig(budget=2),
+    )
+    _, engine, store = build(config)
+    for name in ("honest", "huge", "dupes", "garbage"):
+        store.add_client(ClientRecord(f"{name}-1", name, f"s{name}", f"k{name}", "add", "m", {}, 0, 0, 0))
+    yield engine
+    engine.stop_event.set()
+    if engine.is_alive():
+        engine.join(10)
+    store.close()
+
+
+def _open(store, n: int = 6) -> RoundInfo:
+    info = RoundInfo(
+        round=1,
+        phase="features",
+        total_rounds=1,
+        candidates=[
+            Candidate(
+                sample_id=f"p{i}",
+                question=f"{i} + 1?",
+                path=f"{i} + 1 = {i + 1}. The answer is {i + 1}.",
+                llm_logprob=-3.0,
+                llm_tokens=9,
+            )
+            for i in range(n)
+        ],
+        offer_questions=[PublicQuestion(sample_id=f"o{i}", question=f"{i} + 2?", answer=str(i + 2)) for i in range(2)],
+        feature_names=NAMES,
+    )
+    store.open_round(1, info.model_dump(), {})
+    return info
+
+
+def _store_raw(store, client_id: str, kind: str, payload: str) -> None:
+    """Write an upload straight into the database, as an older coordinator (or a hand edit) might have."""
+    with store.transaction() as db:
+        store.put_upload(db, 1, client_id, kind, payload)
+
+
+def _features(info: RoundInfo, value: float = 1.0, offers: list[PathOffer] = ()) -> str:
+    rows = [[value + i, 0.5] for i in range(len(info.candidates))]
+    return FeatureUpload.model_construct(
+        round=1,
+        feature_names=NAMES,
+        sample_ids=[c.sample_id for c in info.candidates],
+        features=rows,
+        offers=list(offers),
+        secagg_keys=None,
+        adapter_size=0,
+    ).model_dump_json()
+
+
+def _poison(engine, info: RoundInfo) -> None:
+    """The uploads that stopped every federation on f27f7dc: a value beyond float32 (the filter
+    raised), two offers for one question (the LLM-side filter raised), and a row that is not JSON."""
+    store = engine.store
+    _store_raw(store, "honest-1", "features.put", _features(info))
+    _store_raw(store, "huge-1", "features.put", _features(info, value=1e39))
+    offer = PathOffer(sample_id="o0", path="0 + 2 = 2. The answer is 2.")
+    _store_raw(store, "dupes-1", "features.put", _features(info, offers=[offer, offer]))
+    _store_raw(store, "garbage-1", "features.put", "{not json")
+
+
+def test_poisoned_uploads_quarantine_their_clients_and_the_rest_is_allocated(engine):
+    info = _open(engine.store)
+    _poison(engine, info)
+    engine._allocate(1)
+    aside = engine.store.quarantined(1)
+    assert set(aside) == {"huge-1", "dupes-1", "garbage-1"}
+    assert "1e+06" in aside["huge-1"] and "once" in aside["dupes-1"] and "malformed_payload" in aside["garbage-1"]
+    assert engine.store.allocation(1, "honest-1", SLM)[0]  # the honest client got its samples
+    assert all(engine.store.allocation(1, c, SLM) is None for c in aside)
+    assert engine.store.current_round() == (1, "training")
+
+
+def test_a_failure_inside_one_clients_filter_quarantines_only_that_client(engine):
+    """Independently of the upload checks: a step that breaks on one client's state (here its
+    stored filter is corrupt) sets that client aside, and the round goes on."""
+    info = _open(engine.store)
+    for cid in ("honest-1", "huge-1"):
+        _store_raw(engine.store, cid, "features.put", _features(info))
+    engine.store.save_filter("huge-1", SLM, b"LADAEEN2 not a filter", 0)
+    engine._allocate(1)
+    aside = engine.store.quarantined(1)
+    assert list(aside) == ["huge-1"] and aside["huge-1"].startswith("allocation: ")
+    assert engine.store.allocation(1, "honest-1", SLM)[0]
+
+
+def test_engine_resumes_on_poisoned_state_and_finishes_the_round(engine):
+    """A coordinator (re)started on a database that holds poison finishes the round without repair."""
+    store = engine.store
+    info = _open(store)
+    _poison(engine, info)
+    engine.start()
+    deadline = time.monotonic() + 60
+    while store.current_round() != (1, "training"):
+        assert engine.is_alive() and time.monotonic() < deadline, engine.status.to_dict()
+        time.sleep(0.1)
+    ids, _ = store.allocation(1, "honest-1", SLM)
+    reward = RewardReport(
+        round=1,
+        reward=0.3,
+        ppl_before=2.0,
+        ppl_after=1.4,
+        n_allocated=len(ids),
+        test_accuracy=0.5,
+        bytes_sent=1,
+        bytes_received=1,
+    )
+    _store_raw(store, "honest-1", "reward.put", reward.model_dump_json())
+    engine.wake.set()
+    engine.join(60)
+    assert not engine.is_alive() and store.current_round() == (1, "finished")
+    metrics = store.round_metrics()[0]
+    assert list(metrics["clients"]) == ["honest"] and metrics["clients"]["honest"]["reward"] == 0.3
+    assert set(metrics["quarantined"]) == {"huge", "dupes", "garbage"}
+    assert engine.status.error == "" and engine.status.errors == []
+
+
+def test_engine_survives_an_error_that_is_not_a_devices_and_retries(engine, monkeypatch):
+    """The LLM failing once (say, out of memory while generating paths) costs a retry, not the engine."""
+    real = engine._llm_factory
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("CUDA out of memory (injected)")
+        return real()
+
+    engine._llm_factory = flaky
+    monkeypatch.setattr("lada_coordinator.rounds._RETRY_BACKOFF_S", (0.1, 0.2))
+    engine.start()
+    deadline = time.monotonic() + 120
+    while engine.store.current_round() is None:
+        assert engine.is_alive() and time.monotonic() < deadline
+        time.sleep(0.1)
+    assert engine.is_alive() and calls["n"] == 2
+    assert [e["error"] for e in engine.status.errors] == ["RuntimeError: CUDA out of memory (injected)"]
+    assert json.dumps(engine.status.to_dict())  # what the operator's view shows
