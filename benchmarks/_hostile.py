@@ -63,6 +63,7 @@ class Target:
     max_body_bytes: int
     verify: str | bool = True
     enroll_burst: int = 10
+    slow_connections: int = 50  # half-open connections the slowloris attack opens
 
 
 @dataclass
@@ -211,7 +212,8 @@ def chunked_oversize_enroll(target: Target) -> Outcome:
 
 
 @attack("any", "half-open connections that never finish their request head (slowloris)")
-def slow_headers(target: Target, n: int = 50) -> Outcome:
+def slow_headers(target: Target) -> Outcome:
+    n = target.slow_connections
     host, port = httpx.URL(target.url).host, httpx.URL(target.url).port
     socks = []
     for _ in range(n):

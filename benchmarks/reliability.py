@@ -161,6 +161,9 @@ def resumed_upload(paths: dict, port: int, mib: float, seed: int) -> dict:
 
     t._http.post = post_and_kill
     started = time.perf_counter()
+    import psutil
+
+    baseline = round(psutil.Process(proc.pid).memory_info().rss / 2**20, 1)
     peak = _PeakRSS(lambda: proc.pid)
     try:
         ack = t.call("secagg.put", payload, 1, Ack)
@@ -177,7 +180,8 @@ def resumed_upload(paths: dict, port: int, mib: float, seed: int) -> dict:
         "chunks": n_chunks, "sigkill_after_chunks": kill_after, "chunk_requests_refused_while_down": stats["refused"],
         "chunks_delivered": stats["ok"], "chunks_resent": stats["ok"] - n_chunks,
         "mib_on_the_wire": round(stats["delivered_bytes"] / 2**20, 1), "ack": ack.message, "stored_intact": intact,
-        "seconds_including_restart": round(seconds, 1), "coordinator_peak_rss_mib": peak.mib,
+        "seconds_including_restart": round(seconds, 1), "coordinator_rss_mib_before": baseline,
+        "coordinator_peak_rss_mib": peak.mib,
     }
 
 
@@ -232,12 +236,14 @@ def hostile(paths: dict, port: int) -> dict:
 
     proc = _start(tmp / "c.json", tmp / "coordinator.log")
     target = _hostile.Target(url, issue, config.header_timeout_s, config.body_timeout_s, config.max_body_bytes,
-                             enroll_burst=config.enroll_burst)
+                             enroll_burst=config.enroll_burst, slow_connections=1000)
     while not _hostile._healthy(target):
         time.sleep(0.2)
+    import psutil
+
+    before = round(psutil.Process(proc.pid).memory_info().rss / 2**20, 1)
     peak = _PeakRSS(lambda: proc.pid)
     try:
-        before = peak.mib
         outcomes = _hostile.run_all(target, "any") + _hostile.run_all(target, "features")
         t = _hostile.device(target)
         t.call("features.put", FeatureUpload(round=1, feature_names=info.feature_names, sample_ids=[c.sample_id for c in info.candidates],

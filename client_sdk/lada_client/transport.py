@@ -241,8 +241,9 @@ class Transport:
             return attempt()
         except CoordinatorError as exc:
             if exc.error == "clock_skew" and exc.server_time is not None:
+                skew = time.time() + self._clock_offset - exc.server_time
                 self._clock_offset = exc.server_time - time.time()
-                log.warning("%s: this device's clock is %.0fs off the coordinator's; correcting", what, -self._clock_offset)
+                log.warning("%s: this device's clock is %+.0fs off the coordinator's; correcting", what, skew)
             elif exc.error == "replay" and exc.last_seq is not None:
                 log.info("%s: sequence counter resynchronised past %d", what, exc.last_seq)
             else:

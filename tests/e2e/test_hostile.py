@@ -42,6 +42,7 @@ def target(tmp_path, tiny_world, free_port, serve_coordinator, issue):
         header_timeout_s=1.0,
         body_timeout_s=2.0,
         enroll_burst=10,
+        max_concurrent_requests=16,  # below the slowloris' 50 connections: they must not take the slots
     )
     with serve_coordinator(config) as (url, store):
         info = RoundInfo(

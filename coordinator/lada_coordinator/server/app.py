@@ -58,7 +58,7 @@ from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.credentials import check_operator
 from lada_coordinator.rounds import RoundEngine
 from lada_coordinator.server.errors import ApiError
-from lada_coordinator.server.limits import BodyLimit, RateLimiter
+from lada_coordinator.server.limits import RateLimiter, RequestLimits
 from lada_coordinator.server.uploads import UploadSessions
 from lada_coordinator.store import ClientRecord, EnrollmentRefused, Store
 from lada_coordinator.validation import RoundContext, UploadRejected, check_features, check_reward, parse_payload
@@ -115,7 +115,10 @@ def create_app(
         lifespan=lifespan,
         description="Federated reasoning distillation with learnability-aware data allocation.",
     )
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s)
+    app.add_middleware(
+        RequestLimits, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s,
+        max_in_flight=config.max_concurrent_requests,
+    )
     app.state.uploads = uploads
     decoy = Identity.generate().public  # unknown clients are verified against it: same work, same answer
     enroll_failures = RateLimiter(config.enroll_failures_per_s, config.enroll_burst)

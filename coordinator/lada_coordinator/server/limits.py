@@ -1,13 +1,16 @@
 """Bounds on what one connection can cost the coordinator, enforced below the endpoints.
 
-* :class:`BodyLimit` (ASGI middleware) reads every request body itself, counting bytes as they
+* :class:`RequestLimits` (ASGI middleware) reads every request body itself, counting bytes as they
   stream in, whether or not a ``Content-Length`` was sent (``Transfer-Encoding: chunked`` included),
   and answers 413 the moment the limit is passed, or 408 when the body does not arrive within its
-  deadline; the endpoints then see a body already in memory and bounded.
+  deadline; the endpoints then see a body already in memory and bounded. It also bounds the
+  requests being *handled* at once (503 above it). Requests still sending their head or body do not
+  count: they are bounded by the connection cap and their deadlines, so slow clients cannot take
+  the slots of the ones that are ready (uvicorn's own ``limit_concurrency`` counts open connections,
+  which would let a slowloris answer 503 to everyone).
 * :func:`guarded_protocol` is uvicorn's h11 protocol with a deadline for the request head (a
   connection that opens and never finishes its headers is closed) and a cap on open connections
-  (above it, new ones are closed at once). uvicorn's own ``limit_concurrency`` then bounds the
-  requests in flight (503 above it).
+  (above it, new ones are closed at once).
 * :class:`RateLimiter` is a token bucket per source address, for the unauthenticated endpoints.
 """
 
@@ -45,13 +48,16 @@ async def send_error(send: Any, status: int, error: str, detail: str, headers: l
     await send({"type": "http.response.body", "body": body})
 
 
-class BodyLimit:
-    """Read the body up to ``max_bytes`` within ``timeout_s``, then hand the app a replay of it."""
+class RequestLimits:
+    """Read the body up to ``max_bytes`` within ``timeout_s``, then hand the app a replay of it,
+    unless ``max_in_flight`` requests are being handled already (503)."""
 
-    def __init__(self, app: Any, max_bytes: int, timeout_s: float) -> None:
+    def __init__(self, app: Any, max_bytes: int, timeout_s: float, max_in_flight: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0  # the event loop is single-threaded: a plain counter is enough
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -78,6 +84,9 @@ class BodyLimit:
                 return
             if not message.get("more_body", False):
                 break
+        if self.in_flight >= self.max_in_flight:
+            await send_error(send, 503, "busy", "the coordinator is at its request limit; retry shortly", [(b"retry-after", b"1")])
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -87,7 +96,11 @@ class BodyLimit:
             replayed = True
             return {"type": "http.request", "body": bytes(body), "more_body": False}
 
-        await self.app(scope, replay, send)
+        self.in_flight += 1
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            self.in_flight -= 1
 
 
 def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11Protocol]:

@@ -53,14 +53,15 @@ def build(config: CoordinatorConfig, llm_eval_dir: Path | None = None) -> tuple[
 
 
 def uvicorn_config(app: FastAPI, config: CoordinatorConfig, **tls: str | None) -> uvicorn.Config:
-    """The HTTP server with the connection bounds of ``config`` (``server/limits.py``)."""
+    """The HTTP server with the connection bounds of ``config`` (``server/limits.py``); the bound on
+    requests handled at once is the app's own (``RequestLimits``), not uvicorn's ``limit_concurrency``,
+    which counts idle and half-open connections too."""
     return uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
         log_level="warning",
         http=guarded_protocol(config.header_timeout_s, config.max_connections),
-        limit_concurrency=config.max_concurrent_requests,
         timeout_keep_alive=5,
         **tls,
     )
