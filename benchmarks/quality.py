@@ -236,10 +236,9 @@ def signature(settings: Any) -> dict[str, Any]:
     d = asdict(settings)
     for key in ("workdir", "port", "timeout_s"):
         d.pop(key, None)
-    d["slm_presets"] = list(d["slm_presets"])
     d.pop("llm_checkpoint", None)  # always the benchmark's one teacher, described by llm_warmup_steps
     d["vocab_size"] = DEFAULT_VOCAB_SIZE  # the world's tokenizer (every model is built on it)
-    return d
+    return json.loads(json.dumps(d, default=str))  # as saved: tuples become lists, paths strings
 
 
 def free_port() -> int:

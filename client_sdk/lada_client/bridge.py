@@ -397,7 +397,9 @@ class Bridge:
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise BridgeError("bad_request", f"feature_names must be a non-empty list of: {list(FEATURE_NAMES)}")
         try:
-            rows = learnability_features(client.slm, candidates, names, client.config.batch_size)
+            rows = learnability_features(
+                client.slm, candidates, names, client.config.batch_size, local_questions=[s.question for s in client.data.train]
+            )
         except ValueError as exc:
             raise BridgeError("bad_request", str(exc)) from exc
         return {"feature_names": names, "sample_ids": [c.sample_id for c in candidates], "rows": rows.tolist()}

@@ -22,11 +22,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--coordinator-url")
     run.add_argument("--max-rounds", type=int)
     run.add_argument("--results", type=Path, help="write per-round results as JSON here")
+    imp = sub.add_parser("import-model", help="import a GGUF file or transformers checkpoint as this device's SLM")
+    imp.add_argument("source", type=Path, help="a .gguf file or a checkpoint directory")
+    imp.add_argument("--out", type=Path, required=True, help="directory for checkpoint/ and onnx/ (cached)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    if args.command == "import-model":
+        return _import_model(args)
     from lada_client.client import LadaClient
     from lada_client.scoring.onnx_slm import ModelLoadError
     from lada_client.training.backend import BackendUnavailable
@@ -43,6 +48,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if args.results:
         args.results.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return 0
+
+
+def _import_model(args: argparse.Namespace) -> int:
+    """Checkpoint (LoRA training) + ONNX scoring graph; prints the two config lines to use."""
+    try:
+        from lada_client.models.importer import import_slm
+
+        imported = import_slm(args.source, args.out)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"lada-client: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"base_model_dir": str(imported.checkpoint), "scoring_model": str(imported.scoring_model)}, indent=2))
     return 0
 
 

@@ -45,7 +45,8 @@ from lada_client.common.wire import (
 from lada_client.config import ClientConfig
 from lada_client.data.federation import load_client
 from lada_client.privacy.dp import GaussianMechanism
-from lada_client.scoring.features import learnability_features, perplexity, relative_ppl_reward
+from lada_client.scoring.features import learnability_features, perplexity
+from lada_client.scoring.reward import HeldoutProbe, relative_drop, sample_rewards
 from lada_client.scoring.onnx_slm import OnnxSLM
 from lada_client.transport import CoordinatorError, Transport
 
@@ -61,6 +62,30 @@ class RoundResult:
     ppl_after: float
     test_accuracy: float
     seconds: dict[str, float]
+    sample_rewards: list[float] | None = None
+
+
+@dataclass
+class _Outcome:
+    """What one round's update did, as the reward measures it (before/after are losses)."""
+
+    what: str = "no update"
+    before: float | None = None
+    after: float | None = None
+    heldout_pairs: list[tuple[str, str]] | None = None
+    sample_rewards: list[float] | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.before is not None and self.after is not None
+
+    def perplexities(self) -> tuple[float, float]:
+        """(before, after) as perplexities for the report: exp of an NLL, a PPL as is, 1 if unmeasured."""
+        if not self.measured:
+            return 1.0, 1.0
+        if self.what.endswith("NLL"):
+            return float(np.exp(min(self.before, 25.0))), float(np.exp(min(self.after, 25.0)))
+        return float(self.before), float(self.after)
 
 
 class LadaClient:
@@ -126,7 +151,7 @@ class LadaClient:
         samples = self.data.train[: max_samples or len(self.data.train)]
         if not samples:
             raise ValueError(f"client {self.config.name!r} has no private training data")
-        pairs = [(format_prompt(s.question), format_target(s.rationale)) for s in samples]
+        pairs = [(format_prompt(s.question), format_target(s.target)) for s in samples]
         prompts, targets = [p for p, _ in pairs], [c for _, c in pairs]
         before = perplexity(self.slm.completion_logprobs(prompts, targets, self.config.batch_size))
         settings = replace(self.config.distill, epochs=epochs or self.config.distill.epochs)
@@ -249,7 +274,9 @@ class LadaClient:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         names = list(info.feature_names or self.config.features)
-        features = learnability_features(self.slm, info.candidates, names, self.config.batch_size)
+        features = learnability_features(
+            self.slm, info.candidates, names, self.config.batch_size, local_questions=[s.question for s in self.data.train]
+        )
         features = self.privacy.privatize_features(features, names)
         offers = self._offers(info)
         timings["score"] = time.perf_counter() - started
@@ -278,24 +305,27 @@ class LadaClient:
             self.transport.call("secagg.put", SecAggUpload(round=t, step="shares", body=shares.to_dict()), t, Ack)
 
         started = time.perf_counter()
-        ppl_before = ppl_after = 1.0
-        if self.config.can_train and (allocated or self.data.train):
+        outcome = _Outcome()
+        if self.config.can_train and (allocated or self._training_samples):
             # L_SFT on private data every round; teacher paths and L_CD on top when allocated.
-            ppl_before = self._ppl(allocated) if allocated else 1.0
+            self._measure(outcome, allocated, "before")
+            if allocated:
+                outcome.sample_rewards = self._gradient_credit(allocated, outcome.heldout_pairs)
             self._train(allocated, t)
-            ppl_after = self._ppl(allocated) if allocated else 1.0
+            self._measure(outcome, allocated, "after")
         elif allocation.server_update is not None:  # score-only: the coordinator trained our adapter
-            ppl_before = self._ppl(allocated) if allocated else 1.0
+            self._measure(outcome, allocated, "before")
             self._apply_server_update(allocation.server_update)
-            ppl_after = self._ppl(allocated) if allocated else 1.0
+            self._measure(outcome, allocated, "after")
         timings["train"] = time.perf_counter() - started
-        reward = relative_ppl_reward(ppl_before, ppl_after)
+        reward = relative_drop(outcome.before, outcome.after) if outcome.measured else 0.0
         if secagg is not None:
             self._send_masked_adapter(t, secagg)
 
         started = time.perf_counter()
         accuracy = self.evaluate()
         timings["evaluate"] = time.perf_counter() - started
+        ppl_before, ppl_after = outcome.perplexities()
         report = RewardReport(
             round=t,
             reward=reward,
@@ -306,6 +336,7 @@ class LadaClient:
             bytes_sent=self.transport.bytes_sent,
             bytes_received=self.transport.bytes_received,
             dp_epsilon=self.privacy.accountant.epsilon,
+            sample_rewards=outcome.sample_rewards,
         )
         self.transport.call("reward.put", report, t, Ack)
         if secagg is not None:
@@ -314,10 +345,60 @@ class LadaClient:
             timings["secure_aggregation"] = time.perf_counter() - started
         self._done_rounds.add(t)
         log.info(
-            "%s round %d: %d allocated (%s), PPL %.3f -> %.3f, reward %.3f, test accuracy %.3f",
-            self.config.name, t, len(allocated), allocation.reason, ppl_before, ppl_after, reward, accuracy,
+            "%s round %d: %d allocated (%s), %s %.3f -> %.3f, reward %.3f%s, test accuracy %.3f",
+            self.config.name, t, len(allocated), allocation.reason, outcome.what, ppl_before, ppl_after, reward,
+            "" if outcome.sample_rewards is None else f" (per sample {np.mean(outcome.sample_rewards):.3f} mean)", accuracy,
         )
-        return RoundResult(t, len(allocated), reward, ppl_before, ppl_after, accuracy, timings)
+        return RoundResult(t, len(allocated), reward, ppl_before, ppl_after, accuracy, timings, outcome.sample_rewards)
+
+    # ------------------------------------------------------------------------------- reward
+    @property
+    def _heldout(self) -> list:
+        """Private training samples kept out of training to measure the reward on the device's own
+        task: the last ``reward.heldout_size`` of them, at most a quarter of the data."""
+        rcfg = self.config.reward
+        if not rcfg.uses_heldout:
+            return []
+        n = min(rcfg.heldout_size, len(self.data.train) // 4)
+        return self.data.train[len(self.data.train) - n :] if n > 0 else []
+
+    @property
+    def _training_samples(self) -> list:
+        """Private samples L_SFT trains on: all but the held-out ones, answer-only ones unless
+        ``private_sft="with_rationale"``."""
+        kept = self.data.train[: len(self.data.train) - len(self._heldout)]
+        if self.config.private_sft == "with_rationale":
+            kept = [s for s in kept if s.rationale]
+        return kept
+
+    def _measure(self, outcome: _Outcome, allocated: list[Candidate], when: str) -> None:
+        """Record the reward's loss before or after the update (``RewardSettings.kind``), and keep the
+        held-out pairs of the round's start for the gradient credit."""
+        if not allocated:  # nothing was allocated: no filter learns from this round
+            return
+        rcfg, heldout = self.config.reward, self._heldout
+        if heldout and (rcfg.kind == "heldout" or (when == "before" and rcfg.credit == "gradient")):
+            pairs, nll = HeldoutProbe(heldout, self.config.batch_size).measure(self.slm)
+            if when == "before":
+                outcome.heldout_pairs = pairs
+        if rcfg.kind == "heldout" and heldout:
+            outcome.what, value = "held-out answer NLL", nll
+        else:
+            outcome.what, value = "allocated-path PPL", self._ppl(allocated)
+        setattr(outcome, when, value)
+
+    def _gradient_credit(self, allocated: list[Candidate], heldout_pairs: list[tuple[str, str]] | None) -> list[float] | None:
+        """Per-sample rewards from gradient alignment with the held-out loss (torch backend only)."""
+        rcfg = self.config.reward
+        if rcfg.credit != "gradient" or not heldout_pairs:
+            return None
+        align = getattr(self.trainer, "gradient_alignment", None)
+        if align is None:
+            log.info("%s: the %s backend gives no per-sample gradients; one reward for the round", self.config.name, self.config.train_backend)
+            return None
+        teacher = [(format_prompt(c.question), format_target(c.path)) for c in allocated]
+        cosines = align(teacher, heldout_pairs, self.config.distill.max_length, self.config.batch_size)
+        return sample_rewards(cosines, rcfg.temperature)
 
     # ------------------------------------------------------------- co-tuning (secure FedAvg)
     def _secagg_client(self, info: RoundInfo) -> SecAggClient | None:
@@ -407,7 +488,7 @@ class LadaClient:
             if o.strip() and not (cfg.distill.drop_correct_rejected and is_correct(o, extract_answer(c.path) or ""))
         ]
         teacher = [(p, format_target(c.path)) for p, c in zip(prompts, allocated)]
-        private = [(format_prompt(s.question), format_target(s.rationale)) for s in self.data.train]
+        private = [(format_prompt(s.question), format_target(s.target)) for s in self._training_samples]
         self._round_start_adapter = self.trainer.adapter_vector()
         self.trainer.train_round(teacher, pairs, private, cfg.distill)
         self.export_adapter()
@@ -451,13 +532,13 @@ class LadaClient:
         self._reexport()
 
     def _reexport(self) -> None:
-        from lada_client.models.export import SCORING_FILES, export_scoring_model
+        from lada_client.models.export import export_scoring_model, scoring_files
 
         cfg = self.config
         with tempfile.TemporaryDirectory(prefix="lada-merged-", dir=cfg.state_dir) as tmp:
             merged = self.trainer.merged_checkpoint(Path(tmp) / "merged")
             staged = export_scoring_model(merged, Path(tmp) / "onnx" / "model.onnx").parent
-            for name in SCORING_FILES[1:] + SCORING_FILES[:1]:  # model last: its presence means complete
+            for name in scoring_files(staged):  # model last: its presence means complete
                 os.replace(staged / name, cfg.state_dir / name)
         self.slm = self.load_slm(cfg.state_dir / "model.onnx")
 

@@ -62,6 +62,48 @@ class DistillSettings:
         return DEFAULT_BETA[self.cd_logprob] if self.beta is None else self.beta
 
 
+REWARD_KINDS = ("heldout", "ppl_drop")
+CREDITS = ("gradient", "round")
+
+
+@dataclass(frozen=True)
+class RewardSettings:
+    """How the device scores what an allocation did for it (method step 5, as implemented here).
+
+    ``kind="heldout"`` (default) measures the device's own task: ``heldout_size`` private training
+    samples are kept out of training, and the reward is the relative drop of their answer NLL —
+    the NLL of " The answer is <gold>." after the SLM's own greedy reasoning — from before to after
+    the round's update. ``kind="ppl_drop"`` is the method as written: the relative perplexity drop
+    on the allocated teacher paths themselves.
+
+    ``credit="gradient"`` (default, torch backend) gives each allocated sample its own reward: the
+    cosine between its L_SFT gradient and the held-out answer-NLL gradient at the round's start (a
+    first-order estimate of how much a step on it lowers the held-out loss), squashed to (0, 1) as
+    ``sigmoid(cos / temperature)``. ``credit="round"`` shares one reward by all samples of a round
+    (the paper's common reward). Only these scalars leave the device. See docs/method.md, step 5.
+    """
+
+    kind: str = "heldout"
+    credit: str = "gradient"
+    heldout_size: int = 32
+    temperature: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.kind not in REWARD_KINDS:
+            raise ValueError(f"reward.kind must be one of {', '.join(REWARD_KINDS)}, got {self.kind!r}")
+        if self.credit not in CREDITS:
+            raise ValueError(f"reward.credit must be one of {', '.join(CREDITS)}, got {self.credit!r}")
+        if self.heldout_size < 1 or not self.temperature > 0:
+            raise ValueError("reward.heldout_size must be >= 1 and reward.temperature > 0")
+
+    @property
+    def uses_heldout(self) -> bool:
+        return self.kind == "heldout" or self.credit == "gradient"
+
+
+PRIVATE_SFT = ("all", "with_rationale")
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     """Everything a device needs to take part in a federation.
@@ -81,7 +123,9 @@ class ClientConfig:
     ca_cert: Path | None = None  # PEM file to trust for https coordinators (e.g. a self-signed one)
     domain: str = ""
     model_name: str = ""  # architecture id; derived from base_model_dir when empty
-    features: tuple[str, ...] = ("slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct")
+    features: tuple[str, ...] = (
+        "slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct", "local_similarity",
+    )
     eval_size: int = 64
     max_new_tokens: int = 48  # generation cap for own paths, offers and evaluation
     scorer_refresh: str = "swap"  # after a LoRA step: "swap" weights into the ONNX graph, or "export" again
@@ -93,6 +137,12 @@ class ClientConfig:
     max_wait_s: float = 1800.0
     lora: LoraSettings = field(default_factory=LoraSettings)
     distill: DistillSettings = field(default_factory=DistillSettings)
+    reward: RewardSettings = field(default_factory=RewardSettings)
+    # Private samples trained with L_SFT: "all" (those without a rationale as bare answers,
+    # "The answer is X."), or "with_rationale" only (answer-only samples then serve the reward
+    # and local_similarity alone: imitating bare answers can teach an SLM to skip the reasoning
+    # the teacher's paths teach). See docs/method.md, step 4.
+    private_sft: str = "all"
     dp: DPSettings = field(default_factory=DPSettings)
     # LoRA training backend: "torch" (torch + peft on base_model_dir) or "ort" (ONNX Runtime
     # training artifacts in ort_artifacts, no torch; see lada_client/training/ort_backend.py)
@@ -115,6 +165,10 @@ class ClientConfig:
         from lada_client.training.backend import can_train_ort
 
         return can_train_ort()
+
+    def __post_init__(self) -> None:
+        if self.private_sft not in PRIVATE_SFT:
+            raise ValueError(f"private_sft must be one of {', '.join(PRIVATE_SFT)}, got {self.private_sft!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=str, indent=2)

@@ -93,6 +93,35 @@ def _revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _teacher_paths(args: argparse.Namespace) -> int:
+    from lada_client.data.federation import load_public
+    from lada_coordinator.llm.llamacpp import DEFAULT_PROMPT, LlamaCppTeacher, fill_store
+    from lada_coordinator.llm.paths import PathStore
+
+    prompt = args.prompt_file.read_text() if args.prompt_file else DEFAULT_PROMPT
+    samples = load_public(args.public)
+    teacher = LlamaCppTeacher(args.gguf, prompt, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    store = PathStore(args.out, teacher.digest, prompt)
+    store.write_header(str(args.gguf))
+
+    def progress(done: int, total: int, verified: int) -> None:
+        if done % 25 == 0 or done == total:
+            print(f"teacher paths: {done}/{total} questions, {verified} verified", file=sys.stderr, flush=True)
+
+    stats = fill_store(teacher, store, samples, args.attempts, args.temperature, args.seed, progress)
+    served = sum(1 for s in samples if (r := store.get(s)) is not None and r.correct)
+    print(f"{args.out}: {served}/{len(samples)} public questions have a verified path ({stats['new']} new); "
+          f"set teacher_paths in the coordinator config to serve them")
+    return 0
+
+
+def _import_llm(args: argparse.Namespace) -> int:
+    from lada_client.models.importer import import_checkpoint
+
+    print(f"imported: llm_dir={import_checkpoint(args.source, args.out)}")
+    return 0
+
+
 def _federation(args: argparse.Namespace) -> int:
     from lada_coordinator.federation import FederationSettings, run_federation
 
@@ -104,8 +133,20 @@ def _federation(args: argparse.Namespace) -> int:
         offer_questions=args.offer_questions, timeout_s=args.timeout, tls=args.tls,
         alpha=args.alpha, epochs=args.epochs, dp_noise=args.dp_noise, host_framework=args.host_framework,
         slm_presets=tuple(args.slm_presets.split(",")), llm_checkpoint=args.llm_checkpoint,
+        families=_names(args.families), public_families=_names(args.public_families), public_seed=args.public_seed,
+        student=args.student, teacher_gguf=args.teacher_gguf, teacher_cache=args.teacher_cache,
+        reward=args.reward, credit=args.credit, private_sft=args.private_sft, eval_size=args.eval_size,
+        max_new_tokens=args.max_new_tokens, features=_names(args.features),
     )
     return run_federation(settings)
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    """A ';'-separated list (reasoning-gym family settings use ','), or ',' when there is no ';'."""
+    if not text:
+        return ()
+    parts = text.split(";") if ";" in text else text.split(",") if ":" not in text else [text]
+    return tuple(p.strip() for p in parts if p.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,6 +198,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("client")
     p.set_defaults(func=_revoke)
 
+    p = sub.add_parser("teacher-paths", help="compute the teacher's verified reasoning paths over the public pool ahead of time (llama.cpp)")
+    p.add_argument("--gguf", type=Path, required=True, help="the teacher as a GGUF file")
+    p.add_argument("--public", type=Path, required=True, help="federation data directory (its public.jsonl)")
+    p.add_argument("--out", type=Path, required=True, help="path store (JSON Lines; appended to, so a rerun resumes)")
+    p.add_argument("--prompt-file", type=Path, help="few-shot prefix for the teacher (default: lada_coordinator.llm.llamacpp.DEFAULT_PROMPT)")
+    p.add_argument("--attempts", type=int, default=2, help="greedy first, then sampled attempts until one is right")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_teacher_paths)
+
+    p = sub.add_parser("import-llm", help="import a GGUF file or transformers checkpoint as the coordinator's LLM (llm_dir)")
+    p.add_argument("source", type=Path, help="a .gguf file or a checkpoint directory")
+    p.add_argument("--out", type=Path, required=True, help="where the float32 checkpoint goes (cached)")
+    p.set_defaults(func=_import_llm)
+
     p = sub.add_parser("federation", help="build models and data, then run coordinator + clients on loopback")
     p.add_argument("--workdir", type=Path, default=Path(".lada-federation"))
     p.add_argument("--clients", type=int, default=3)
@@ -185,6 +242,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated SLM sizes, assigned to clients in turn")
     p.add_argument("--llm-checkpoint", type=Path,
                    help="local transformers checkpoint to use as the teacher instead of warm-starting llm-tiny")
+    p.add_argument("--families", help="reasoning-gym task families, one per client in turn, e.g. chain_sum,simple_equations,"
+                   "leg_counting (settings: 'chain_sum:max_terms=3;leg_counting'); default: the toy arithmetic domains")
+    p.add_argument("--public-families", help="families of the public pool (default: the clients')")
+    p.add_argument("--public-seed", type=int, help="keep the public pool fixed across --seed values")
+    p.add_argument("--student", type=Path, help="a GGUF file or checkpoint imported as every client's SLM (e.g. SmolLM2)")
+    p.add_argument("--teacher-gguf", type=Path, help="the teacher as a GGUF file on llama.cpp; its verified paths are computed once")
+    p.add_argument("--teacher-cache", type=Path, help="where --teacher-gguf's paths are kept (default: WORKDIR/teacher/paths.jsonl)")
+    p.add_argument("--reward", choices=["heldout", "ppl_drop"], default="heldout", help="what the clients' reward measures")
+    p.add_argument("--credit", choices=["gradient", "round"], default="gradient", help="per-sample or per-round reward")
+    p.add_argument("--private-sft", choices=["all", "with_rationale"], default="all", help="private samples trained with L_SFT")
+    p.add_argument("--eval-size", type=int, default=64, help="test questions each client evaluates per round")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="clients' generation cap")
+    p.add_argument("--features", help="learnability features, comma-separated (default: the coordinator's)")
     p.set_defaults(func=_federation)
 
     args = parser.parse_args(argv)
@@ -194,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"lada-coordinator: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

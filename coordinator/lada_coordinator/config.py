@@ -28,7 +28,7 @@ class CoordinatorConfig:
 
     db_path: Path
     state_dir: Path
-    llm_dir: Path
+    llm_dir: Path | None  # None only with teacher_paths and train_llm=False: then no LLM runs here
     public_data: Path
     host: str = "127.0.0.1"
     port: int = 8765
@@ -38,11 +38,16 @@ class CoordinatorConfig:
     paths_per_question: int = 2
     path_temperature: float = 0.7
     path_fallback: Literal["gold", "drop"] = "gold"
+    # Teacher paths computed ahead of time (`lada-coordinator teacher-paths`, llm/paths.py): candidates
+    # are drawn from the questions with a verified path in this store, and the LLM is not run for them.
+    teacher_paths: Path | None = None
     max_new_tokens: int = 48  # generation cap for LLM paths (longer is never a right answer here)
     offer_questions: int = 64
     allocation: AllocationMode = "lada"
     host_framework: HostFramework = "mkt"
-    feature_names: tuple[str, ...] = ("slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct")
+    feature_names: tuple[str, ...] = (
+        "slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct", "local_similarity",
+    )
     slm_filter: FilterConfig = field(default_factory=FilterConfig)
     llm_filter: FilterConfig = field(default_factory=lambda: FilterConfig(budget=16))
     llm_distill: DistillSettings = field(default_factory=lambda: DistillSettings(lr=1e-3, epochs=1))
@@ -86,6 +91,8 @@ class CoordinatorConfig:
         object.__setattr__(self, "slm_checkpoints", {str(k): Path(v) for k, v in dict(self.slm_checkpoints).items()})
         if self.score_only_update == "server" and not self.slm_checkpoints:
             raise ValueError("score_only_update='server' needs slm_checkpoints: model name -> base checkpoint directory")
+        if self.llm_dir is None and (self.teacher_paths is None or self.train_llm):
+            raise ValueError("llm_dir is required unless teacher_paths serves the candidates' paths and train_llm is false")
         if not 0 < self.quorum_fraction <= 1 or self.phase_timeout_s <= 0:
             raise ValueError("quorum_fraction must be in (0, 1] and phase_timeout_s > 0")
         if self.rounds < 1 or self.min_clients < 1 or self.candidates_per_round < 1:

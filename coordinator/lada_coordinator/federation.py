@@ -28,6 +28,13 @@ ENGINE_RETRIES = 3  # a local run gives up once the coordinator's engine failed 
 
 @dataclass(frozen=True)
 class FederationSettings:
+    """One local federation. Defaults give the self-contained demo (offline-built toy models on the
+    toy arithmetic domains); the fields after ``llm_checkpoint`` move it to real data and models:
+    reasoning-gym ``families`` (one per client, cycled), an imported pretrained ``student`` (a GGUF
+    file or checkpoint, the same for every client) and a llama.cpp ``teacher_gguf`` whose verified
+    paths are computed once into ``teacher_cache`` (then the coordinator runs no LLM, so the LLM
+    direction is off)."""
+
     workdir: Path
     clients: int = 3
     rounds: int = 3
@@ -50,10 +57,24 @@ class FederationSettings:
     timeout_s: float = 1800.0
     tls: bool = True
     llm_checkpoint: Path | None = None  # a local transformers checkpoint used as the teacher as is
+    families: tuple[str, ...] = ()  # reasoning-gym families for the clients ("name" or "name:key=value,..."); () = toy domains
+    public_families: tuple[str, ...] = ()  # families of the public pool; () = the clients'
+    public_seed: int | None = None  # fixes the public pool across seeds (its teacher paths are computed once)
+    student: Path | None = None  # GGUF file or checkpoint imported as every client's SLM
+    teacher_gguf: Path | None = None  # teacher on llama.cpp: verified paths computed ahead of time
+    teacher_cache: Path | None = None  # where those paths are stored (default: workdir/teacher/paths.jsonl)
+    reward: str = "heldout"  # RewardSettings.kind on the clients
+    credit: str = "gradient"  # RewardSettings.credit
+    private_sft: str = "all"  # ClientConfig.private_sft
+    eval_size: int = 64  # test questions each client evaluates per round
+    max_new_tokens: int = 48  # clients' generation cap (own paths, offers, evaluation)
+    features: tuple[str, ...] = ()  # learnability features the coordinator asks for; () = its defaults
 
     def __post_init__(self) -> None:
         if self.epochs < 0:  # checked here, not in each client process it would be written to
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if self.teacher_gguf is not None and self.llm_checkpoint is not None:
+            raise ValueError("give a teacher as --teacher-gguf or as --llm-checkpoint, not both")
 
 
 def _marker(path: Path, key: dict) -> bool:
@@ -66,11 +87,35 @@ def _mark(path: Path, key: dict) -> None:
     (path / ".lada-built.json").write_text(json.dumps(key))
 
 
+def slm_files(model_dir: Path) -> tuple[Path, Path]:
+    """(base checkpoint, ONNX scoring model) of a prepared SLM directory (toy or imported)."""
+    base = model_dir / "checkpoint" if (model_dir / "checkpoint").is_dir() else model_dir / "base"
+    return base, model_dir / "onnx" / "model.onnx"
+
+
+def _data(settings: FederationSettings, data_dir: Path):
+    from lada_client.data.federation import make_federation
+
+    if settings.families:
+        from lada_client.data.gym import make_gym_federation
+
+        families = [settings.families[i % len(settings.families)] for i in range(settings.clients)]
+        return make_gym_federation(
+            families, settings.n_train, settings.n_test, settings.n_public, settings.seed,
+            public_families=settings.public_families or None, public_seed=settings.public_seed,
+        )
+    from lada_client.data.domains import DOMAINS
+
+    domains = [DOMAINS[i % len(DOMAINS)] for i in range(settings.clients)]
+    return make_federation(domains, settings.n_train, settings.n_test, settings.n_public, settings.seed)
+
+
 def prepare(settings: FederationSettings) -> dict[str, Path]:
-    """Build (or reuse) data, tokenizer, LLM and per-client SLMs with their ONNX exports."""
+    """Build (or reuse) data, tokenizer, LLM and per-client SLMs with their ONNX exports; with a
+    ``student``, import it once instead; with a ``teacher_gguf``, fill its path store instead."""
     from lada_client.common.reasoning import format_prompt, format_target
-    from lada_client.data.domains import DOMAINS, GENERATOR_VERSION
-    from lada_client.data.federation import FederationData, make_federation
+    from lada_client.data.domains import GENERATOR_VERSION
+    from lada_client.data.federation import FederationData
     from lada_client.models.export import SCORING_GRAPH_VERSION, export_scoring_model, scoring_graph_version
     from lada_client.models.factory import create_model
     from lada_client.models.tokenizer import DEFAULT_VOCAB_SIZE, build_tokenizer, save_tokenizer
@@ -78,41 +123,50 @@ def prepare(settings: FederationSettings) -> dict[str, Path]:
 
     work = settings.workdir
     data_dir, tok_dir, models = work / "data", work / "tokenizer", work / "models"
-    domains = [DOMAINS[i % len(DOMAINS)] for i in range(settings.clients)]
+    toy_teacher = settings.teacher_gguf is None and settings.llm_checkpoint is None
     key = {
-        "domains": domains,
-        "n": [settings.n_train, settings.n_test, settings.n_public],
-        "seed": settings.seed,
-        "generator": GENERATOR_VERSION,
-        "vocab": DEFAULT_VOCAB_SIZE,
+        "data": list(settings.families) or "toy", "public": list(settings.public_families), "public_seed": settings.public_seed,
+        "clients": settings.clients, "n": [settings.n_train, settings.n_test, settings.n_public], "seed": settings.seed,
+        "generator": GENERATOR_VERSION, "vocab": DEFAULT_VOCAB_SIZE,
     }
     if not _marker(work, key):
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        log.info("generating data for %d clients (domains %s)", settings.clients, domains)
-        fed = make_federation(domains, settings.n_train, settings.n_test, settings.n_public, settings.seed)
+        log.info("generating data for %d clients (%s)", settings.clients, ", ".join(settings.families) or "toy domains")
+        fed = _data(settings, data_dir)
         fed.save(data_dir)
-        texts = [f"{format_prompt(s.question)}{format_target(s.rationale)}" for s in fed.public]
-        texts += [f"{format_prompt(s.question)}{format_target(s.rationale)}" for c in fed.clients for s in c.train]
-        save_tokenizer(build_tokenizer(texts), tok_dir)
         _mark(work, key)
     fed = FederationData.load(data_dir)
-    pairs = lambda samples: [(format_prompt(s.question), format_target(s.rationale)) for s in samples]  # noqa: E731
+    pairs = lambda samples: [(format_prompt(s.question), format_target(s.target)) for s in samples]  # noqa: E731
+    if (toy_teacher or settings.student is None) and not (tok_dir / "tokenizer.json").exists():
+        texts = [f"{format_prompt(s.question)}{format_target(s.target)}" for s in fed.public]
+        texts += [f"{format_prompt(s.question)}{format_target(s.target)}" for c in fed.clients for s in c.train]
+        save_tokenizer(build_tokenizer(texts), tok_dir)
 
-    llm_dir = models / "llm"
-    llm_key = {"preset": "llm-tiny", "steps": settings.llm_warmup_steps, "seed": settings.seed}
-    if settings.llm_checkpoint is not None:
-        llm_dir = Path(settings.llm_checkpoint)
-        if not (llm_dir / "config.json").is_file():
-            raise ValueError(f"--llm-checkpoint {llm_dir}: not a transformers checkpoint directory (no config.json)")
-        log.info("teacher: using the checkpoint in %s as is (no warm start)", llm_dir)
-    elif not (llm_dir.exists() and _marker(llm_dir, llm_key)):
-        shutil.rmtree(llm_dir, ignore_errors=True)
-        create_model("llm-tiny", tok_dir, llm_dir, seed=settings.seed)
-        log.info("warm-starting the LLM teacher on the public pool (%d steps)", settings.llm_warmup_steps)
-        pretrain(llm_dir, pairs(fed.public), settings.llm_warmup_steps, seed=settings.seed)
-        _mark(llm_dir, llm_key)
-    paths = {"data": data_dir, "llm": llm_dir}
+    paths: dict[str, Path] = {"data": data_dir}
+    if settings.teacher_gguf is not None:
+        paths["teacher_paths"] = _teacher_paths(settings, fed.public)
+    elif settings.llm_checkpoint is not None:
+        paths["llm"] = Path(settings.llm_checkpoint)
+        if not (paths["llm"] / "config.json").is_file():
+            raise ValueError(f"--llm-checkpoint {paths['llm']}: not a transformers checkpoint directory (no config.json)")
+        log.info("teacher: using the checkpoint in %s as is (no warm start)", paths["llm"])
+    else:
+        llm_dir = paths["llm"] = models / "llm"
+        llm_key = {"preset": "llm-tiny", "steps": settings.llm_warmup_steps, "seed": settings.seed}
+        if not (llm_dir.exists() and _marker(llm_dir, llm_key)):
+            shutil.rmtree(llm_dir, ignore_errors=True)
+            create_model("llm-tiny", tok_dir, llm_dir, seed=settings.seed)
+            log.info("warm-starting the LLM teacher on the public pool (%d steps)", settings.llm_warmup_steps)
+            pretrain(llm_dir, pairs(fed.public), settings.llm_warmup_steps, seed=settings.seed)
+            _mark(llm_dir, llm_key)
+    if settings.student is not None:
+        from lada_client.models.importer import import_slm
+
+        import_slm(settings.student, models / "student")  # cached by the source's content
+        for client in fed.clients:
+            paths[client.name] = models / "student"
+        return paths
     for i, client in enumerate(fed.clients):
         cdir = models / client.name
         ckey = {"preset": settings.slm_presets[i % len(settings.slm_presets)], "steps": settings.slm_warmup_steps, "seed": settings.seed}
@@ -128,6 +182,27 @@ def prepare(settings: FederationSettings) -> dict[str, Path]:
             export_scoring_model(cdir / "base", cdir / "onnx" / "model.onnx")
         paths[client.name] = cdir
     return paths
+
+
+def _teacher_paths(settings: FederationSettings, public) -> Path:
+    """Fill the llama.cpp teacher's path store for the public pool (resumable); returns its file."""
+    from lada_coordinator.llm.llamacpp import DEFAULT_PROMPT, LlamaCppTeacher, fill_store
+    from lada_coordinator.llm.paths import PathStore
+
+    out = settings.teacher_cache or settings.workdir / "teacher" / "paths.jsonl"
+    teacher = LlamaCppTeacher(settings.teacher_gguf, DEFAULT_PROMPT, seed=0)
+    store = PathStore(out, teacher.digest, DEFAULT_PROMPT)
+    store.write_header(str(settings.teacher_gguf))
+    missing = len(store.missing(public))
+    if missing:
+        log.info("teacher: computing %d verified paths with llama.cpp (cached in %s)", missing, out)
+
+    def progress(done: int, total: int, verified: int) -> None:
+        if done % 25 == 0 or done == total:
+            log.info("teacher paths: %d/%d, %d verified", done, total, verified)
+
+    fill_store(teacher, store, public, progress=progress)
+    return out
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, verify: str | bool, timeout_s: float = 120.0) -> None:
@@ -228,7 +303,7 @@ def start_processes(
     coord_cfg = {
         "db_path": str(run_dir / "coordinator.sqlite"),
         "state_dir": str(run_dir / "coordinator"),
-        "llm_dir": str(paths["llm"]),
+        "llm_dir": str(paths["llm"]) if "llm" in paths else None,
         "public_data": str(paths["data"]),
         "host": "127.0.0.1",
         "port": settings.port,
@@ -240,6 +315,8 @@ def start_processes(
         "host_framework": settings.host_framework,
         "slm_filter": {"budget": settings.budget, "seed": settings.seed},
         "seed": settings.seed,
+        **({"teacher_paths": str(paths["teacher_paths"]), "train_llm": False} if "teacher_paths" in paths else {}),
+        **({"feature_names": list(settings.features)} if settings.features else {}),
         **(coordinator_overrides or {}),
     }
     (run_dir / "coordinator.json").write_text(json.dumps(coord_cfg, indent=2))
@@ -254,9 +331,9 @@ def start_processes(
         with open(logs / log_name, "w") as out:  # the child keeps its own copy of the descriptor
             return subprocess.Popen([sys.executable, "-m", *args], stdout=out, stderr=subprocess.STDOUT, env=env)
 
+    llm_eval = ["--llm-eval-data", str(paths["data"])] if "llm" in paths else []
     coordinator = spawn(
-        ["lada_coordinator.cli", "serve", "--config", str(run_dir / "coordinator.json"),
-         "--llm-eval-data", str(paths["data"]), *serve_tls],
+        ["lada_coordinator.cli", "serve", "--config", str(run_dir / "coordinator.json"), *llm_eval, *serve_tls],
         "coordinator.log",
     )
     procs = Processes(url, verify, run_dir, coordinator, {})
@@ -264,15 +341,20 @@ def start_processes(
         _wait_healthy(url, coordinator, verify)
         for i in range(settings.clients):
             name = f"client{i}"
+            base, scoring = slm_files(paths[name])
             cfg = {
                 "coordinator_url": url,
                 "name": name,
                 "state_dir": str(run_dir / name),
                 "data_dir": str(paths["data"]),
-                "scoring_model": str(paths[name] / "onnx" / "model.onnx"),
-                "base_model_dir": str(paths[name] / "base"),
+                "scoring_model": str(scoring),
+                "base_model_dir": str(base),
                 "ca_cert": str(run_dir / "tls" / "cert.pem") if settings.tls else None,
                 "distill": {"alpha": settings.alpha, "epochs": settings.epochs, "seed": settings.seed},
+                "reward": {"kind": settings.reward, "credit": settings.credit},
+                "private_sft": settings.private_sft,
+                "eval_size": settings.eval_size,
+                "max_new_tokens": settings.max_new_tokens,
                 "dp": {"noise_multiplier": settings.dp_noise},
                 "poll_interval_s": 0.2,  # loopback: polling is cheap, and each wait shortens every round
                 **(client_overrides or {}).get(name, {}),
@@ -289,12 +371,15 @@ def start_processes(
     return procs
 
 
-def run_federation(settings: FederationSettings) -> int:
-    """Prepare, then run coordinator + clients as processes; returns a process exit code."""
+def run_federation(
+    settings: FederationSettings, coordinator_overrides: dict | None = None, client_overrides: dict[str, dict] | None = None,
+) -> int:
+    """Prepare, then run coordinator + clients as processes; returns a process exit code. Overrides
+    are merged into the generated configs, as in :func:`start_processes`."""
     started = time.perf_counter()
     paths = prepare(settings)
     log.info("set-up done in %.0fs", time.perf_counter() - started)
-    procs = start_processes(settings, paths)
+    procs = start_processes(settings, paths, coordinator_overrides, client_overrides)
     url, verify, logs, clients = procs.url, procs.verify, procs.logs, list(procs.clients.values())
     # One connection for the whole watch: building an httpx client per poll (SSL context and all)
     # cost several CPU-seconds per federation, taken from the processes being watched.

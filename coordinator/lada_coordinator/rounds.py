@@ -36,11 +36,12 @@ import numpy as np
 from lada_client.common.secagg import SecAggError
 from lada_client.common.wire import Candidate, FeatureUpload, PublicQuestion, RewardReport, RoundInfo
 from lada_client.data.domains import Sample
-from lada_client.scoring.features import relative_ppl_reward
+from lada_client.scoring.reward import relative_drop
 from lada_coordinator.aggregation.secure import SecureAggregation
 from lada_coordinator.allocation.allocator import LLM, SLM, Allocator
 from lada_coordinator.config import CoordinatorConfig
-from lada_coordinator.llm.host import LLMHost
+from lada_coordinator.llm.host import LLMHost, TeacherPath
+from lada_coordinator.llm.paths import PathStore
 from lada_coordinator.store import ClientRecord, Store
 from lada_coordinator.validation import RoundContext, UploadRejected, check_features, check_reward, parse_payload
 
@@ -84,6 +85,7 @@ class RoundEngine(threading.Thread):
         self._llm_factory = llm_factory
         self._llm: LLMHost | None = None
         self._llm_eval = llm_eval or []
+        self.teacher_paths = PathStore.open(config.teacher_paths) if config.teacher_paths is not None else None
         self.secure = SecureAggregation(store, config.secagg, on_offender=self._quarantine)
         self.allocator = Allocator(store, config.allocation, {SLM: config.slm_filter, LLM: config.llm_filter}, config.seed)
         self.stop_event = threading.Event()
@@ -215,10 +217,13 @@ class RoundEngine(threading.Thread):
         self.status.phase, self.status.round = "preparing", t
         started = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, t])
-        order = rng.permutation(len(self.public))
-        pool = [self.public[i] for i in order[: cfg.candidates_per_round]]
-        offer_pool = [self.public[i] for i in order[cfg.candidates_per_round : cfg.candidates_per_round + cfg.offer_questions]]
-        paths, stats = self.llm.reasoning_paths(pool, cfg.paths_per_question, cfg.path_temperature, cfg.path_fallback, seed=cfg.seed + t)
+        order = [self.public[i] for i in rng.permutation(len(self.public))]
+        if self.teacher_paths is not None:  # paths computed ahead of time: no LLM in this process
+            paths, rest, stats = self._stored_paths(order, cfg.candidates_per_round)
+            offer_pool = rest[: cfg.offer_questions]
+        else:
+            pool, offer_pool = order[: cfg.candidates_per_round], order[cfg.candidates_per_round :][: cfg.offer_questions]
+            paths, stats = self.llm.reasoning_paths(pool, cfg.paths_per_question, cfg.path_temperature, cfg.path_fallback, seed=cfg.seed + t)
         info = RoundInfo(
             round=t,
             phase="features",
@@ -236,6 +241,28 @@ class RoundEngine(threading.Thread):
         self.store.open_round(t, info.model_dump(), {"path_sources": sources, "path_stats": stats})
         log.info("round %d open: %d candidates (paths: %s) in %.1fs", t, len(paths), stats, time.perf_counter() - started)
         self.status.phase = "features"
+
+    def _stored_paths(self, order: list[Sample], n: int) -> tuple[list[TeacherPath], list[Sample], dict[str, int]]:
+        """The first ``n`` questions of ``order`` that have a verified path in the store, and the
+        questions left for offers. Questions the store has no record of are skipped (logged)."""
+        assert self.teacher_paths is not None
+        chosen: list[TeacherPath] = []
+        stats = {"store": 0, "unverified": 0, "missing": 0}
+        at = 0
+        for at, sample in enumerate(order, 1):
+            record = self.teacher_paths.get(sample)
+            if record is None:
+                stats["missing"] += 1
+            elif not record.correct:
+                stats["unverified"] += 1
+            else:
+                chosen.append(TeacherPath(sample, record.path, record.logprob, max(record.tokens, 1), "store"))
+                stats["store"] += 1
+                if len(chosen) == n:
+                    break
+        if stats["missing"]:
+            log.warning("teacher paths: %d drawn questions have no record in %s", stats["missing"], self.teacher_paths.path)
+        return chosen, order[at:], stats
 
     def _allocate(self, t: int) -> None:
         started = time.perf_counter()
@@ -408,7 +435,8 @@ class RoundEngine(threading.Thread):
         if len(rows) != len(alloc[0]):
             raise UploadRejected("bad_reward", "the allocation names samples that are not among the round's candidates")
         z = np.asarray(up.features, dtype=np.float64).reshape(len(up.sample_ids), -1)
-        self.allocator.reward(t, SLM, client_id, z[rows], float(report.reward))
+        rewards = float(report.reward) if report.sample_rewards is None else np.asarray(report.sample_rewards, dtype=np.float64)
+        self.allocator.reward(t, SLM, client_id, z[rows], rewards)
         return report
 
     def _llm_direction(self, t: int, features: dict[str, FeatureUpload]) -> dict:
@@ -429,7 +457,7 @@ class RoundEngine(threading.Thread):
         before = self.llm.perplexity(samples, paths)
         report = self.llm.train(samples, paths, own, self.config.llm_distill)
         after = self.llm.perplexity(samples, paths)
-        reward = relative_ppl_reward(before, after)
+        reward = relative_drop(before, after)
         for client_id in sorted({c[4] for c in chosen}):
             rows = np.stack([c[3] for c in chosen if c[4] == client_id])
             self._isolated(t, client_id, "llm_reward", lambda c=client_id, rows=rows: self.allocator.reward(t, LLM, c, rows, reward))

@@ -82,8 +82,9 @@ def check_features(up: FeatureUpload, ctx: RoundContext) -> None:
 
 
 def check_reward(report: RewardReport, n_allocated: int) -> None:
-    """A reward report is used as one scalar for the filter and as metrics; the wire bounds them.
-    ``n_allocated`` cannot exceed what was allocated (it is shown to the operator)."""
+    """A reward report feeds the filter (one scalar, or one per allocated sample in allocation
+    order) and the metrics; the wire bounds the values. ``n_allocated`` cannot exceed what was
+    allocated (it is shown to the operator), and per-sample rewards must match the allocation."""
     if report.n_allocated > n_allocated:
         raise UploadRejected(
             "bad_reward", f"n_allocated {report.n_allocated} is above the {n_allocated} samples allocated"

@@ -90,10 +90,11 @@ def test_configure_score_status(device_root, tmp_path):
     scored = send(bridge, request)
     assert scored["ok"], scored
     rows, names = scored["result"]["rows"], scored["result"]["feature_names"]
-    assert names == ["slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct"]
+    assert names == ["slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct", "local_similarity"]
     assert len(rows) == 2 and all(len(r) == len(names) for r in rows)
     assert all(isinstance(v, float) and math.isfinite(v) for r in rows for v in r)
     assert all(r[0] > 0 and r[3] >= 1 for r in rows)  # an NLL and a token count
+    assert all(0 < r[5] <= 1 for r in rows)  # the device's own questions are word problems like these
     assert scored["result"]["sample_ids"] == ["local-0", "q-2"]
 
     subset = send(bridge, json.dumps({"method": "score", "id": 41, "params": {

@@ -258,7 +258,10 @@ class Allocation(_Message):
 
 
 class RewardReport(_Message):
-    """kind ``reward.put``: the outcome of the client's local update."""
+    """kind ``reward.put``: the outcome of the client's local update.
+
+    ``reward`` is the round's measured reward (``RewardSettings.kind``); ``sample_rewards``, when
+    sent, is one reward per allocated sample, and the filter learns from those instead."""
 
     round: RoundIndex
     reward: float = Field(ge=0.0, le=1.0)
@@ -269,6 +272,10 @@ class RewardReport(_Message):
     bytes_sent: Count
     bytes_received: Count
     dp_epsilon: float = Field(default=0.0, ge=0.0, le=PPL_MAX, allow_inf_nan=False, description="privacy budget spent so far (0 = DP off)")
+    sample_rewards: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
+        default=None, max_length=8192,
+        description="per allocated sample, in allocation order (credit finer than one scalar); None: ``reward`` for all",
+    )
 
 
 SecAggStep = Literal["shares", "masked", "unmask"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lada_client.common.reasoning import ANSWER_PHRASE
+from lada_client.common.reasoning import ANSWER_PHRASE, answer_target
 
 __all__ = ["DOMAINS", "GENERATOR_VERSION", "Sample", "generate"]
 
@@ -33,7 +33,11 @@ _ITEMS = ("apples", "books", "coins", "stickers", "marbles", "pencils", "shells"
 
 @dataclass(frozen=True)
 class Sample:
-    """One problem: the question, its worked rationale and the gold answer."""
+    """One problem: the question, its worked rationale and the gold answer.
+
+    ``rationale`` may be empty: a user's private data often holds questions with answers only, and
+    the reasoning is what the teacher contributes. :attr:`target` is then the bare answer sentence.
+    """
 
     sample_id: str
     domain: str
@@ -43,6 +47,11 @@ class Sample:
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
+
+    @property
+    def target(self) -> str:
+        """What a model is trained to write after the prompt: the rationale, or the answer alone."""
+        return self.rationale or answer_target(self.answer)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Sample:

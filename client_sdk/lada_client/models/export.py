@@ -265,11 +265,38 @@ def add_logprob_head(model_path: Path, out_path: Path) -> Path:
             "lada_last_layer_cut": str(found is not None),
         },
     )
-    onnx.checker.check_model(model)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(out_path))
+    save_onnx(model, out_path)
     log.info("log-prob head on %s: layers %s unpadded, last-layer cut %s", model_path, unpadded, found is not None)
     return out_path
+
+
+#: protobuf cannot serialise a message of 2 GiB or more: larger graphs keep their weights beside them
+_PROTO_LIMIT = 2**31 - 64 * 2**20
+
+
+def save_onnx(model, out_path: Path) -> None:
+    """Check and save a graph; one of 2 GiB or more (e.g. a 0.5B-parameter model in float32) keeps
+    its weights in ``<name>.data`` beside it, which onnxruntime reads from there."""
+    import onnx
+
+    if model.ByteSize() < _PROTO_LIMIT:
+        onnx.checker.check_model(model)
+        onnx.save(model, str(out_path))
+        return
+    onnx.save_model(model, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=out_path.name + EXTERNAL_DATA_SUFFIX, size_threshold=1024)
+    onnx.checker.check_model(str(out_path))
+
+
+EXTERNAL_DATA_SUFFIX = ".data"
+
+
+def scoring_files(directory: Path) -> list[str]:
+    """The files of a scoring model in ``directory`` as they must move together: the optional
+    external weights first, the graph last (its presence means the set is complete)."""
+    data = SCORING_FILES[0] + EXTERNAL_DATA_SUFFIX
+    return [*SCORING_FILES[1:], *([data] if (Path(directory) / data).exists() else []), SCORING_FILES[0]]
 
 
 def scoring_graph_version(onnx_path: Path) -> int:

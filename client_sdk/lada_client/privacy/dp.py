@@ -30,6 +30,7 @@ FEATURE_BOUNDS: Mapping[str, tuple[float, float]] = {
     "logp_gap": (-10.0, 10.0),
     "path_tokens": (0.0, 256.0),
     "slm_greedy_correct": (0.0, 1.0),
+    "local_similarity": (0.0, 1.0),
 }
 
 

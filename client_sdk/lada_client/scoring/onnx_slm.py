@@ -17,6 +17,8 @@ and generated with the old full-sequence path.
 
 from __future__ import annotations
 
+import functools
+
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -206,7 +208,7 @@ class OnnxSLM:
         ``max_new_tokens`` (default: the instance's, sized to the longest useful reasoning path)."""
         rng = np.random.default_rng(seed)
         steps = max_new_tokens or self.max_new_tokens
-        newline_ids = set(self.tokenizer.encode("\n", add_special_tokens=False).ids)
+        newline_ids = self._newline_ids
         texts: list[str] = []
         for start in range(0, len(prompts), batch_size):
             rows = encode_prompts(self.tokenizer, prompts[start : start + batch_size], self.max_length, self.special)
@@ -214,8 +216,16 @@ class OnnxSLM:
                 generated = self._generate_cached(rows, steps, temperature, rng, newline_ids)
             else:
                 generated = self._generate_full(rows, steps, temperature, rng, newline_ids)
-            texts.extend(self.tokenizer.decode(g, skip_special_tokens=True) for g in generated)
+            texts.extend(self.tokenizer.decode(g, skip_special_tokens=True).split("\n")[0] for g in generated)
         return texts
+
+    @functools.cached_property
+    def _newline_ids(self) -> set[int]:
+        """Every token whose text holds a newline (not just the id of "\n": Gemma's vocabulary has
+        "\n\n" and longer runs as tokens of their own), found once by decoding the vocabulary."""
+        vocab = self.tokenizer.get_vocab_size()
+        texts = self.tokenizer.decode_batch([[i] for i in range(vocab)], skip_special_tokens=False)
+        return {i for i, text in enumerate(texts) if "\n" in text}
 
     def _pick(self, next_lp: np.ndarray, temperature: float, rng: np.random.Generator) -> list[int]:
         if temperature > 0:

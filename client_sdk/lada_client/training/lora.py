@@ -149,6 +149,45 @@ class LoraTrainer:
         log.info("LoRA round: %d steps, L_SFT=%.3f, L_CD=%.3f, %d pairs", report.steps, report.sft_loss, report.cd_loss, len(pairs))
         return report
 
+    def gradient_alignment(
+        self, samples: Sequence[tuple[str, str]], reference: Sequence[tuple[str, str]], max_length: int = 256,
+        batch_size: int = 8,
+    ) -> np.ndarray:
+        """Cosine between each sample's L_SFT gradient and the mean L_SFT gradient of ``reference``,
+        over the LoRA weights at their current values (dropout off).
+
+        A positive cosine means a small step on the sample lowers the reference loss (to first
+        order; the TracIn view of a sample's influence). Used as the per-sample credit of the
+        held-out reward (``RewardSettings.credit="gradient"``): ``reference`` is the held-out
+        answer-NLL pairs, ``samples`` the allocated teacher paths.
+        """
+        if not samples:
+            return np.zeros(0)
+        params = self._lora_parameters()
+        was_training = self.model.training
+        self.model.eval()
+
+        def flat_gradient(pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
+            ids, mask, cmask = self._batch([p for p, _ in pairs], [c for _, c in pairs], max_length)
+            loss = sft_loss(token_logprobs(self.model, ids, mask), cmask)
+            return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+
+        try:
+            ref = torch.zeros(sum(p.numel() for p in params))
+            for start in range(0, len(reference), batch_size):
+                chunk = reference[start : start + batch_size]
+                ref += flat_gradient(chunk) * (len(chunk) / len(reference))
+            ref_norm = ref.norm()
+            out = []
+            for pair in samples:
+                g = flat_gradient([pair])
+                denominator = float(g.norm() * ref_norm)
+                out.append(float(g @ ref) / denominator if denominator > 0 else 0.0)
+        finally:
+            self.model.train(was_training)
+            self.model.zero_grad(set_to_none=True)
+        return np.asarray(out)
+
     def _lora_layers(self):  # -> Iterator[tuple[str, LoraLayer]]
         """The LoRA-adapted projections, each with its weight's name in the base checkpoint."""
         from peft.tuners.lora import LoraLayer

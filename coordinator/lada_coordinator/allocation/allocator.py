@@ -80,10 +80,11 @@ class Allocator:
         return selection.sample_ids, selection.reason
 
     def reward(
-        self, round_index: int, direction: str, client_id: str, z_selected: np.ndarray, reward: float
+        self, round_index: int, direction: str, client_id: str, z_selected: np.ndarray, reward: float | np.ndarray
     ) -> dict[str, float]:
-        """Feed the round's common reward to the filter, refit it, persist it — once per round,
-        so a round resumed after a crash does not count a reward twice."""
+        """Feed the round's reward to the filter — one common scalar, or one per selected row —
+        refit it, persist it; once per round, so a round resumed after a crash does not count a
+        reward twice."""
         if self._mode != "lada" or z_selected.shape[0] == 0:
             return {}
         if self._store.filter_updated(round_index, client_id, direction):

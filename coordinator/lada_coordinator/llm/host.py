@@ -103,7 +103,7 @@ class LLMHost:
             if good is not None:
                 chosen.append((s, good, "llm"))
             elif fallback == "gold":
-                chosen.append((s, s.rationale, "gold"))
+                chosen.append((s, s.target, "gold"))
             else:
                 stats["dropped"] += 1
                 continue

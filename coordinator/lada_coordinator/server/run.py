@@ -39,6 +39,8 @@ def build(config: CoordinatorConfig, llm_eval_dir: Path | None = None) -> tuple[
         llm_eval = [s for c in FederationData.load(llm_eval_dir).clients for s in c.test[:64]]
 
     def llm_factory() -> LLMHost:
+        if config.llm_dir is None:
+            raise ValueError("this coordinator has no llm_dir, and a round needed the LLM")
         return LLMHost(
             config.llm_dir,
             config.state_dir / "llm_adapter",

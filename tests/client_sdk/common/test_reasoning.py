@@ -30,7 +30,15 @@ def test_prompt_and_target_concatenate_into_one_example() -> None:
         ("The answer is 4. Wait. 3 + 2 = 5. The answer is 5.", "5"),
         ("The answer is 7. The answer is", None),
         ("3 + 5 = 8.", None),
-        ("The answer is unknown.", None),
+        ("The answer is unknown.", "unknown"),  # a text answer: it grades as text
+        ("The answer is 8 apples.", "8"),
+        ("The answer is 3/4.", "3/4"),
+        ("So it took 00:34:28. The answer is 00:34:28.", "00:34:28"),
+        ("Adding up, we get \\boxed{42}.", "42"),
+        ("The answer is 7. Checking: \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("\\boxed{5} so The answer is 6.", "6"),  # the later one counts
+        ("\\boxed{1,234}", "1234"),
+        ("The answer is", None),
         ("", None),
     ],
 )
@@ -54,3 +62,13 @@ def test_is_correct_compares_numbers_not_strings() -> None:
     assert not is_correct("The answer is 80.", "8")
     assert not is_correct("no answer here", "8")
     assert not is_correct("The answer is 8.", "eight")
+    assert not is_correct("The answer is unknown.", "8")
+
+
+def test_is_correct_compares_other_answers_as_text() -> None:
+    assert is_correct("The answer is 3/4.", "3/4")
+    assert is_correct("Reduced: \\boxed{138/583}", "138/583")
+    assert is_correct("The answer is 00:34:28.", " 00:34:28 ")
+    assert is_correct("The answer is True.", "true")
+    assert not is_correct("The answer is 3/4.", "6/8")
+    assert is_correct("The answer is \\boxed{288}.", "288")

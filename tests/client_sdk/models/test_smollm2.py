@@ -19,7 +19,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from lada_client.common.reasoning import format_prompt, format_target
 from lada_client.data.domains import DOMAINS, generate
-from lada_client.models import smollm2
+from lada_client.models import importer, smollm2
 from lada_client.models.encoding import SpecialTokens
 from lada_client.models.tokenizer import load_tokenizer
 
@@ -115,11 +115,13 @@ def test_checkpoint_special_tokens(prepared: tuple[Path, Path]) -> None:
 
     checkpoint, onnx_path = prepared
     special = SpecialTokens.from_model_config(AutoConfig.from_pretrained(str(checkpoint)))
-    assert special == SpecialTokens(bos=1, eos=2, pad=2)
+    # the GGUF says add_bos_token=false: no BOS, as llama.cpp runs it; the end token is <|im_end|>
+    assert special == SpecialTokens(bos=None, eos=2, pad=2)
     assert SpecialTokens.load(onnx_path.parent) == special
     hf = PreTrainedTokenizerFast.from_pretrained(str(checkpoint))
-    assert (hf.bos_token, hf.eos_token, hf.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
-    assert json.loads((checkpoint / smollm2.MARKER_FILE).read_text())["gguf"] == smollm2.GGUF_FILE
+    assert (hf.eos_token, hf.pad_token) == ("<|im_end|>", "<|im_end|>")
+    marker = json.loads((checkpoint / importer.MARKER_FILE).read_text())
+    assert marker["kind"] == "gguf" and marker["source"] == importer.source_digest(smollm2.locate_gguf())
 
 
 @needs_wheel

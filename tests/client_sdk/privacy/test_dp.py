@@ -49,3 +49,11 @@ def test_bad_settings_and_unknown_feature():
         DPSettings(noise_multiplier=-1)
     with pytest.raises(ValueError, match="bounds"):
         GaussianMechanism(DPSettings(noise_multiplier=1.0)).privatize_features(np.ones((2, 1)), ["mystery"])
+
+
+def test_every_feature_has_public_bounds():
+    """A feature without bounds would stop every DP-enabled device at its first round."""
+    from lada_client.privacy.dp import FEATURE_BOUNDS
+    from lada_client.scoring.features import FEATURE_NAMES
+
+    assert set(FEATURE_NAMES) <= set(FEATURE_BOUNDS)

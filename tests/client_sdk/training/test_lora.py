@@ -33,3 +33,21 @@ def test_lora_round_raises_chosen_over_rejected_and_round_trips(tiny_world, tmp_
     torch.testing.assert_close(reloaded.sequence_logprobs(prompts, chosen), after_c)
     fresh = LoraTrainer(tiny_world["client1"] / "base")  # base checkpoint untouched by training
     torch.testing.assert_close(fresh.sequence_logprobs(prompts, chosen), before_c)
+
+
+def test_gradient_alignment_credits_samples_that_teach_the_reference(tiny_world):
+    """A sample equal to the reference set's items aligns with its gradient; a sample of another
+    domain aligns less; the weights are left as they were."""
+    own = load_client(tiny_world["data"], "client0")
+    other = load_client(tiny_world["data"], "client2")
+    pair = lambda s: (format_prompt(s.question), format_target(s.rationale))  # noqa: E731
+    trainer = LoraTrainer(tiny_world["client0"] / "base")
+    trainer.load_adapter_vector(trainer.adapter_vector() + 0.01)  # off the zero init of lora_B: gradients reach both factors
+    before = trainer.adapter_vector()
+    reference = [pair(s) for s in own.train[:6]]
+    cos = trainer.gradient_alignment([reference[0], *(pair(s) for s in own.train[6:10]), *(pair(s) for s in other.train[:5])], reference)
+    assert cos.shape == (10,) and ((-1 <= cos) & (cos <= 1)).all()
+    assert cos[0] > 0.2 and cos[0] == cos.max()
+    assert cos[1:5].mean() > cos[5:].mean()
+    assert (trainer.adapter_vector() == before).all()
+    assert trainer.gradient_alignment([], reference).shape == (0,)

@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lada_client.scoring.features import relative_ppl_reward  # noqa: E402
+from lada_client.scoring.reward import relative_drop  # noqa: E402
 from lada_client.training.losses import contrastive_distillation_loss, sequence_logprob, sft_loss  # noqa: E402
 
 
@@ -43,11 +43,11 @@ def test_sequence_logprob_and_sft_use_only_completion_tokens():
 
 
 def test_reward_sign():
-    assert relative_ppl_reward(10.0, 8.0) == pytest.approx(0.2)
-    assert relative_ppl_reward(10.0, 12.0) == 0.0  # got worse: no reward, never negative
-    assert relative_ppl_reward(10.0, 0.0) == 1.0
+    assert relative_drop(10.0, 8.0) == pytest.approx(0.2)
+    assert relative_drop(10.0, 12.0) == 0.0  # got worse: no reward, never negative
+    assert relative_drop(10.0, 0.0) == 1.0
     with pytest.raises(ValueError):
-        relative_ppl_reward(0.0, 1.0)
+        relative_drop(0.0, 1.0)
 
 
 def test_path_weights_give_summed_or_mean_token_logprobs():
