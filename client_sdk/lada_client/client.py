@@ -131,7 +131,10 @@ class LadaClient:
     def load_slm(self, path: Path) -> OnnxSLM:
         """Load a scoring model; override to choose execution providers or session options
         (the client reloads through here after every adapter refresh)."""
-        return OnnxSLM(path, max_length=self.config.distill.max_length, max_new_tokens=self.config.max_new_tokens)
+        return OnnxSLM(
+            path, max_length=self.config.distill.max_length, max_new_tokens=self.config.max_new_tokens,
+            intra_op_threads=self.config.threads,
+        )
 
     @property
     def client_id(self) -> str | None:
@@ -194,6 +197,10 @@ class LadaClient:
 
         def load() -> None:
             try:
+                if self.config.threads and self.config.train_backend == "torch":
+                    import torch
+
+                    torch.set_num_threads(self.config.threads)
                 future.set_result(trainer_for(self.config, self._adapter_dir))
             except BaseException as exc:  # re-raised by .result() in the caller's thread
                 future.set_exception(exc)

@@ -131,6 +131,10 @@ class ClientConfig:
     scorer_refresh: str = "swap"  # after a LoRA step: "swap" weights into the ONNX graph, or "export" again
     max_offers: int = 64
     batch_size: int = 16
+    # CPU threads for scoring (onnxruntime) and training (torch); 0 = the libraries' defaults (all
+    # cores). Several SLMs sharing a machine (a local federation) each get their share, or they
+    # oversubscribe the cores and every one of them runs slower than its share.
+    threads: int = 0
     request_timeout_s: float = 60.0
     upload_chunk_bytes: int = 4 * 1024 * 1024  # larger sealed uploads go in resumable chunks of this size
     poll_interval_s: float = 0.5
@@ -167,6 +171,8 @@ class ClientConfig:
         return can_train_ort()
 
     def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = all cores), got {self.threads}")
         if self.private_sft not in PRIVATE_SFT:
             raise ValueError(f"private_sft must be one of {', '.join(PRIVATE_SFT)}, got {self.private_sft!r}")
 

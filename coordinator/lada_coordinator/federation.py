@@ -355,6 +355,7 @@ def start_processes(
                 "private_sft": settings.private_sft,
                 "eval_size": settings.eval_size,
                 "max_new_tokens": settings.max_new_tokens,
+                "threads": max(1, (os.cpu_count() or 1) // settings.clients),  # the clients share this machine
                 "dp": {"noise_multiplier": settings.dp_noise},
                 "poll_interval_s": 0.2,  # loopback: polling is cheap, and each wait shortens every round
                 **(client_overrides or {}).get(name, {}),

@@ -28,6 +28,9 @@ from lada_client.training.losses import (
 
 log = logging.getLogger(__name__)
 
+#: preference pairs per backward pass of L_CD (each pair is two sequences; gradients accumulate)
+_CD_MICRO_BATCH = 4
+
 
 class LoraTrainer:
     """Holds a base model with a trainable LoRA adapter for one party."""
@@ -87,7 +90,7 @@ class LoraTrainer:
     def _path_scores(self, prompts: Sequence[str], completions: Sequence[str], max_length: int, cd_logprob: str) -> torch.Tensor:
         """Path scores (summed or mean token log-probs, as L_CD uses them) with gradients."""
         ids, mask, weights = self._batch(prompts, completions, max_length, cd_logprob)
-        return sequence_logprob(token_logprobs(self.model, ids, mask), weights)
+        return sequence_logprob(token_logprobs(self.model, ids, mask, weights), weights)
 
     def _reference_scores(self, prompts: Sequence[str], completions: Sequence[str], max_length: int, cd_logprob: str) -> torch.Tensor:
         """Path scores under the current weights, without gradients (π_ref at round start)."""
@@ -126,20 +129,23 @@ class LoraTrainer:
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=settings.lr)
         self.model.train()
         for items, sel in batch_schedule(teacher, pairs, private, settings, with_pairs=ref_chosen is not None):
+            optimizer.zero_grad()
             ids, mask, cmask = self._batch([p for p, _ in items], [c for _, c in items], settings.max_length)
-            loss_sft = sft_loss(token_logprobs(self.model, ids, mask), cmask)
-            loss = loss_sft
+            loss_sft = sft_loss(token_logprobs(self.model, ids, mask, cmask), cmask)
+            loss_sft.backward()  # L_SFT's graph is freed before L_CD's is built: the step's memory peak is one part's
             loss_cd = torch.tensor(float("nan"))
             if sel is not None:
-                batch_pairs = [pairs[i] for i in sel]
-                batch_prompts = [p.prompt for p in batch_pairs]
-                pol_c = self._path_scores(batch_prompts, [p.chosen for p in batch_pairs], settings.max_length, settings.cd_logprob)
-                pol_r = self._path_scores(batch_prompts, [p.rejected for p in batch_pairs], settings.max_length, settings.cd_logprob)
-                index = torch.tensor(sel)
-                loss_cd = contrastive_distillation_loss(pol_c, pol_r, ref_chosen[index], ref_rejected[index], settings.cd_beta)
-                loss = loss_sft + settings.alpha * loss_cd
-            optimizer.zero_grad()
-            loss.backward()
+                loss_cd = torch.tensor(0.0)
+                for start in range(0, len(sel), _CD_MICRO_BATCH):  # gradient accumulation over pair micro-batches
+                    part = sel[start : start + _CD_MICRO_BATCH]
+                    batch_pairs = [pairs[i] for i in part]
+                    batch_prompts = [p.prompt for p in batch_pairs]
+                    pol_c = self._path_scores(batch_prompts, [p.chosen for p in batch_pairs], settings.max_length, settings.cd_logprob)
+                    pol_r = self._path_scores(batch_prompts, [p.rejected for p in batch_pairs], settings.max_length, settings.cd_logprob)
+                    index = torch.tensor(part)
+                    micro = contrastive_distillation_loss(pol_c, pol_r, ref_chosen[index], ref_rejected[index], settings.cd_beta)
+                    (settings.alpha * micro * (len(part) / len(sel))).backward()
+                    loss_cd = loss_cd + micro.detach() * (len(part) / len(sel))
             optimizer.step()
             report.steps += 1
             report.sft_loss = loss_sft.item()
@@ -166,27 +172,60 @@ class LoraTrainer:
         params = self._lora_parameters()
         was_training = self.model.training
         self.model.eval()
-
-        def flat_gradient(pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
-            ids, mask, cmask = self._batch([p for p, _ in pairs], [c for _, c in pairs], max_length)
-            loss = sft_loss(token_logprobs(self.model, ids, mask), cmask)
-            return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
-
         try:
             ref = torch.zeros(sum(p.numel() for p in params))
             for start in range(0, len(reference), batch_size):
                 chunk = reference[start : start + batch_size]
-                ref += flat_gradient(chunk) * (len(chunk) / len(reference))
-            ref_norm = ref.norm()
-            out = []
-            for pair in samples:
-                g = flat_gradient([pair])
-                denominator = float(g.norm() * ref_norm)
-                out.append(float(g @ ref) / denominator if denominator > 0 else 0.0)
+                ids, mask, cmask = self._batch([p for p, _ in chunk], [c for _, c in chunk], max_length)
+                loss = sft_loss(token_logprobs(self.model, ids, mask, cmask), cmask)
+                ref += torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]) * (len(chunk) / len(reference))
+            offsets = np.cumsum([0] + [p.numel() for p in params])
+            ref_parts = {id(p): ref[offsets[i] : offsets[i + 1]].view_as(p) for i, p in enumerate(params)}
+            out: list[float] = []
+            chunk = max(1, batch_size // 2)  # the hooks keep every factor's input and output gradient: half a batch
+            for start in range(0, len(samples), chunk):
+                dots, norms = self._per_sample_dot(samples[start : start + chunk], ref_parts, max_length)
+                denominator = norms.sqrt() * ref.norm()
+                out += [float(d / n) if n > 0 else 0.0 for d, n in zip(dots, denominator)]
         finally:
             self.model.train(was_training)
             self.model.zero_grad(set_to_none=True)
         return np.asarray(out)
+
+    def _per_sample_dot(
+        self, pairs: Sequence[tuple[str, str]], ref: dict[int, torch.Tensor], max_length: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each pair of one batch: (⟨its L_SFT gradient, ref⟩, ‖its gradient‖²) over the LoRA weights,
+        from one forward and one backward pass. A LoRA factor is a linear map ``y = x Wᵀ``, so a
+        sample's gradient of ``W`` is ``Σ_t δ_tᵀ x_t`` over its own tokens: hooks keep each factor's
+        input ``x`` and output gradient ``δ`` per row instead of letting autograd sum them over the batch."""
+        weights = set(ref)  # ids of the LoRA factor weights
+        inputs_of: dict[torch.nn.Module, torch.Tensor] = {}
+        dots = torch.zeros(len(pairs))
+        norms = torch.zeros(len(pairs))
+
+        def keep_input(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            inputs_of[module] = inputs[0].detach()
+
+        def keep_grad(module: torch.nn.Module, grad_in: tuple, grad_out: tuple) -> None:
+            g = torch.einsum("bto,bti->boi", grad_out[0], inputs_of.pop(module))  # per-sample gradient of the weight
+            dots.add_((g * ref[id(module.weight)]).sum(dim=(1, 2)))
+            norms.add_((g * g).sum(dim=(1, 2)))
+
+        hooks = []
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.Linear) and id(module.weight) in weights and module.bias is None:
+                hooks += [module.register_forward_hook(keep_input), module.register_full_backward_hook(keep_grad)]
+        try:
+            ids, mask, cmask = self._batch([p for p, _ in pairs], [c for _, c in pairs], max_length)
+            lp = token_logprobs(self.model, ids, mask, cmask)
+            per_row = -(lp * cmask).sum(dim=1) / cmask.sum(dim=1).clamp(min=1.0)  # each row's own mean NLL
+            per_row.sum().backward()  # d(sum)/d(row b's activations) = d(loss_b)/d(...)
+        finally:
+            for h in hooks:
+                h.remove()
+        self.model.zero_grad(set_to_none=True)
+        return dots, norms
 
     def _lora_layers(self):  # -> Iterator[tuple[str, LoraLayer]]
         """The LoRA-adapted projections, each with its weight's name in the base checkpoint."""

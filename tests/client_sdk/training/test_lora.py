@@ -51,3 +51,24 @@ def test_gradient_alignment_credits_samples_that_teach_the_reference(tiny_world)
     assert cos[1:5].mean() > cos[5:].mean()
     assert (trainer.adapter_vector() == before).all()
     assert trainer.gradient_alignment([], reference).shape == (0,)
+
+
+def test_per_sample_gradients_from_one_batch_equal_one_backward_per_sample(tiny_world):
+    """The hooked batched computation gives each sample's own gradient, as a pass per sample does."""
+    from lada_client.training.losses import sft_loss, token_logprobs
+
+    data = load_client(tiny_world["data"], "client1")
+    pairs = [(format_prompt(s.question), format_target(s.rationale)) for s in data.train[:5]]
+    trainer = LoraTrainer(tiny_world["client1"] / "base")
+    trainer.load_adapter_vector(trainer.adapter_vector() + 0.02)
+    reference = [(format_prompt(s.question), format_target(s.rationale)) for s in data.train[5:9]]
+    fast = trainer.gradient_alignment(pairs, reference, batch_size=8)
+    params = trainer._lora_parameters()
+    ids, mask, cmask = trainer._batch([p for p, _ in reference], [c for _, c in reference], 256)
+    ref = torch.cat([g.reshape(-1) for g in torch.autograd.grad(sft_loss(token_logprobs(trainer.model, ids, mask, cmask), cmask), params)])
+    slow = []
+    for pair in pairs:
+        ids, mask, cmask = trainer._batch([pair[0]], [pair[1]], 256)
+        g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(sft_loss(token_logprobs(trainer.model, ids, mask, cmask), cmask), params)])
+        slow.append(float(g @ ref / (g.norm() * ref.norm())))
+    torch.testing.assert_close(torch.tensor(fast), torch.tensor(slow, dtype=torch.float64), atol=1e-5, rtol=1e-4)

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from lada_client.scoring.reward import relative_drop  # noqa: E402
-from lada_client.training.losses import contrastive_distillation_loss, sequence_logprob, sft_loss  # noqa: E402
+from lada_client.training.losses import contrastive_distillation_loss, sequence_logprob, sft_loss, token_logprobs  # noqa: E402
 
 
 def test_cd_gradient_raises_chosen_and_lowers_rejected():
@@ -99,3 +99,20 @@ def test_token_logprobs_of_a_padded_batch_equal_each_row_alone(side):
             got = batch[b, : len(r) - 1] if side == "right" else batch[b, width - len(r) :]
             assert torch.isfinite(batch[b]).all()
             torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
+
+
+def test_token_logprobs_at_the_needed_positions_equal_the_full_computation(tiny_world):
+    """The LM head on completion positions only gives the same log-probs there (and gradients)."""
+    from lada_client.models.encoding import encode_pairs
+    from lada_client.models.factory import load_causal_lm
+
+    model, tok = load_causal_lm(tiny_world["client0"] / "base")
+    enc = encode_pairs(tok, ["Q: 1+1?\nA:", "Q: what is 12 - 5?\nA:"], [" 1 + 1 = 2. The answer is 2.", " The answer is 7."], 64)
+    ids, mask, cmask = (torch.from_numpy(a) for a in (enc.input_ids, enc.attention_mask, enc.completion_mask))
+    full = token_logprobs(model, ids, mask)
+    part = token_logprobs(model, ids, mask, cmask)
+    torch.testing.assert_close(part[cmask > 0], full[cmask > 0], atol=1e-5, rtol=1e-5)
+    assert (part[cmask == 0] == 0).all()
+    (g_full,) = torch.autograd.grad(sft_loss(full, cmask), [next(model.parameters())])
+    (g_part,) = torch.autograd.grad(sft_loss(part, cmask), [next(model.parameters())])
+    torch.testing.assert_close(g_part, g_full, atol=1e-6, rtol=1e-4)
