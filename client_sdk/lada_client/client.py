@@ -404,7 +404,7 @@ class LadaClient:
             log.info("%s: the %s backend gives no per-sample gradients; one reward for the round", self.config.name, self.config.train_backend)
             return None
         teacher = [(format_prompt(c.question), format_target(c.path)) for c in allocated]
-        cosines = align(teacher, heldout_pairs, self.config.distill.max_length, self.config.batch_size)
+        cosines = align(teacher, heldout_pairs, self.config.distill.max_length, self.config.distill.micro_batch_size)
         return sample_rewards(cosines, rcfg.temperature)
 
     # ------------------------------------------------------------- co-tuning (secure FedAvg)

@@ -31,7 +31,10 @@ DEFAULT_BETA = {"sum": 0.1, "mean": 1.0}
 class DistillSettings:
     """One round's optimisation. ``alpha`` weighs L_CD (0 = SFT-only distillation), ``beta`` is
     the L_CD temperature (None: :data:`DEFAULT_BETA` for ``cd_logprob``), ``rejected_temperature``
-    samples the learner's own path r^S.
+    samples the learner's own path r^S. ``micro_batch_size`` rows go through one forward and
+    backward pass and gradients accumulate up to ``batch_size``: it bounds a device's memory
+    (activations are ~0.35 GB per 256-token row for a 135 M-parameter SLM in float32) without
+    changing the step.
 
     ``cd_logprob`` is how L_CD scores a path: ``"mean"`` (default) the mean token log-prob,
     ``"sum"`` the summed one (the joint probability, as the method is written). Why the default
@@ -45,6 +48,7 @@ class DistillSettings:
     lr: float = 2e-3
     epochs: int = 2
     batch_size: int = 8
+    micro_batch_size: int = 4
     max_length: int = 256
     rejected_temperature: float = 0.8
     drop_correct_rejected: bool = True
@@ -53,8 +57,8 @@ class DistillSettings:
     def __post_init__(self) -> None:
         if self.cd_logprob not in CD_LOGPROBS:
             raise ValueError(f"distill: cd_logprob must be one of {', '.join(CD_LOGPROBS)}, got {self.cd_logprob!r}")
-        if self.alpha < 0 or self.cd_beta <= 0 or self.lr <= 0 or self.epochs < 0 or self.batch_size < 1:
-            raise ValueError("distill: alpha must be >= 0, beta and lr > 0, epochs >= 0, batch_size >= 1")
+        if self.alpha < 0 or self.cd_beta <= 0 or self.lr <= 0 or self.epochs < 0 or self.batch_size < 1 or self.micro_batch_size < 1:
+            raise ValueError("distill: alpha must be >= 0, beta and lr > 0, epochs >= 0, batch_size and micro_batch_size >= 1")
 
     @property
     def cd_beta(self) -> float:

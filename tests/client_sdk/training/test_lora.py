@@ -72,3 +72,22 @@ def test_per_sample_gradients_from_one_batch_equal_one_backward_per_sample(tiny_
         g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(sft_loss(token_logprobs(trainer.model, ids, mask, cmask), cmask), params)])
         slow.append(float(g @ ref / (g.norm() * ref.norm())))
     torch.testing.assert_close(torch.tensor(fast), torch.tensor(slow, dtype=torch.float64), atol=1e-5, rtol=1e-4)
+
+
+def test_micro_batches_change_memory_not_the_step(tiny_world):
+    """Gradient accumulation over micro-batches (L_SFT and L_CD) gives the full batch's update."""
+    data = load_client(tiny_world["data"], "client1")
+    samples = data.train[:8]
+    prompts = [format_prompt(s.question) for s in samples]
+    chosen = [format_target(s.rationale) for s in samples]
+    rejected = [format_target(s.rationale.replace("The answer is", "So it is 1. The answer is")) for s in samples]
+    pairs = [PreferencePair(p, c, r) for p, c, r in zip(prompts, chosen, rejected)]
+    vectors = []
+    for micro in (8, 3, 1):
+        trainer = LoraTrainer(tiny_world["client1"] / "base")
+        settings = DistillSettings(alpha=1.0, lr=5e-3, epochs=1, batch_size=8, micro_batch_size=micro)
+        trainer.train_round(list(zip(prompts, chosen)), pairs, [], settings)
+        vectors.append(torch.from_numpy(trainer.adapter_vector()))
+    assert (vectors[0] != torch.from_numpy(LoraTrainer(tiny_world["client1"] / "base").adapter_vector())).any()
+    for other in vectors[1:]:
+        torch.testing.assert_close(other, vectors[0], atol=1e-5, rtol=1e-4)
