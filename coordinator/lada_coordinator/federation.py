@@ -315,6 +315,9 @@ def start_processes(
         "host_framework": settings.host_framework,
         "slm_filter": {"budget": settings.budget, "seed": settings.seed},
         "seed": settings.seed,
+        # every client is a child process watched by this launcher (a dead one ends the run), so a
+        # phase waits for all of them: a slow machine must not turn into clients dropped from rounds
+        "phase_timeout_s": settings.timeout_s,
         **({"teacher_paths": str(paths["teacher_paths"]), "train_llm": False} if "teacher_paths" in paths else {}),
         **({"feature_names": list(settings.features)} if settings.features else {}),
         **(coordinator_overrides or {}),
