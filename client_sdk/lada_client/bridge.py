@@ -51,7 +51,6 @@ blocked UI thread is an "application not responding" kill. Workers should retry 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
@@ -59,19 +58,20 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import ValidationError
 
+from lada_client.capabilities import has_module
 from lada_client.client import LadaClient
 from lada_client.common.crypto import CryptoError
 from lada_client.common.wire import Candidate, RoundInfo, RoundQuery
 from lada_client.config import ClientConfig
 from lada_client.scoring.features import FEATURE_NAMES, learnability_features
-from lada_client.scoring.onnx_slm import ModelLoadError, OnnxSLM, select_providers
+from lada_client.scoring.onnx_slm import ModelLoadError, OnnxSLM
 from lada_client.common.enrollment import TokenFormatError
 from lada_client.transport import CoordinatorError
 
@@ -323,8 +323,7 @@ class Bridge:
     def _configure(self, params: dict[str, Any]) -> dict[str, Any]:
         params = dict(params)
         runtime = RuntimeOptions.from_params(params.pop("runtime", None))
-        _check_config_types(params)
-        try:
+        try:  # ClientConfig checks every field: a ConfigError (a ValueError) names the bad ones
             config = ClientConfig.from_dict(params)
         except (ValueError, TypeError) as exc:
             raise BridgeError("bad_config", str(exc)) from exc
@@ -447,22 +446,11 @@ class Bridge:
         max_samples = params.get("max_samples", max(1, len(client.data.train)))
         if not _is_int(epochs) or epochs < 1 or not _is_int(max_samples) or max_samples < 1:
             raise BridgeError("bad_request", "epochs and max_samples must be integers >= 1")
-        if cfg.train_backend == "ort" and not cfg.can_train:
+        support = cfg.training_support()  # the same check as the can_train declared at enrollment
+        if not support:
             raise BridgeError(
                 "unsupported",
-                "train_backend 'ort' needs ort_artifacts (built off the device with lada_client.training.ort_artifacts) "
-                "and onnxruntime-training installed (see scripts/setup_ort_training.sh)",
-            )
-        if cfg.base_model_dir is None and cfg.train_backend != "ort":
-            raise BridgeError(
-                "unsupported",
-                "local training needs a trainable checkpoint: "
-                "configure base_model_dir (the SLM the LoRA adapter sits on)",
-            )
-        if not _has_module("torch") and cfg.train_backend != "ort":
-            raise BridgeError(
-                "unsupported",
-                "local training needs the 'train' extra (torch, transformers, peft), which is not installed here; "
+                f"local training is not possible here: {support.reason}; "
                 "this device can still score and take part in rounds without training",
             )
         if not client.data.train:
@@ -504,9 +492,9 @@ class Bridge:
             "enrolled": client_id is not None,
             "client_id": client_id,
             "model_path": str(client.slm.model_path),
-            "providers": _session_providers(client.slm),
+            "providers": client.slm.providers,
             "can_train": cfg.can_train,
-            "torch_available": _has_module("torch"),
+            "torch_available": has_module("torch"),
             "can_train_ort": cfg.can_train_ort,
             "train_backend": cfg.train_backend,
             "known_round": known_round,
@@ -593,56 +581,8 @@ def _check_keys(params: Mapping[str, Any], allowed: set[str]) -> None:
         raise BridgeError("bad_request", f"unknown param(s) {sorted(unknown)}; {expected}")
 
 
-def _has_module(name: str) -> bool:
-    """Whether ``name`` is importable, without importing it (torch takes seconds on a phone)."""
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ImportError:  # a parent package of a dotted name is missing
-        return False
-
-
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-# ClientConfig does not check the JSON types of its scalar fields; a "16" for batch_size would
-# only fail deep inside scoring, so the bridge checks them where the app can still be told.
-_SCALAR_TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,),
-    "int": (int,),
-    "float": (int, float),
-    "bool": (bool,),
-    "Path": (str,),
-}
-
-
-def _check_config_types(params: Mapping[str, Any]) -> None:
-    features = params.get("features")
-    if "features" in params and (not isinstance(features, list) or not all(isinstance(n, str) for n in features)):
-        raise BridgeError("bad_config", f"features must be a list of feature names from {list(FEATURE_NAMES)}")
-    for f in fields(ClientConfig):
-        if f.name not in params:
-            continue
-        value = params[f.name]
-        declared = str(f.type).replace(" ", "")
-        optional = declared.endswith("|None")
-        base = declared.removesuffix("|None")
-        if value is None and optional:
-            continue
-        allowed = _SCALAR_TYPES.get(base)
-        if allowed is None:
-            continue
-        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
-            kind = "path string" if base == "Path" else base
-            raise BridgeError("bad_config", f"{f.name} must be a {kind}, not {value!r}")
-
-
-def _session_providers(slm: OnnxSLM) -> list[str]:
-    """Providers the session really uses (onnxruntime falls back silently if one fails to load)."""
-    session = getattr(slm, "_session", None)
-    if session is not None and hasattr(session, "get_providers"):
-        return list(session.get_providers())
-    return select_providers()
 
 
 def _coordinator_code(exc: CoordinatorError) -> str:

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", type=Path, required=True, help="client JSON config")
     run.add_argument("--token", help="one-time enrollment token (first run only)")
     run.add_argument("--coordinator-url")
-    run.add_argument("--max-rounds", type=int)
+    run.add_argument("--max-rounds", type=_positive_int, help="stop after this many rounds")
     run.add_argument("--results", type=Path, help="write per-round results as JSON here")
     imp = sub.add_parser("import-model", help="import a GGUF file or transformers checkpoint as this device's SLM")
     imp.add_argument("source", type=Path, help="a .gguf file or a checkpoint directory")
@@ -32,13 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "import-model":
         return _import_model(args)
+    try:  # a bad file is one readable error (every bad field named), never a traceback
+        config = ClientConfig.load(args.config).with_overrides(token=args.token, coordinator_url=args.coordinator_url)
+    except ValueError as exc:
+        print(f"lada-client: error: {exc}", file=sys.stderr)
+        return 2
     from lada_client.client import LadaClient
     from lada_client.scoring.onnx_slm import ModelLoadError
     from lada_client.training.backend import BackendUnavailable
     from lada_client.transport import CoordinatorError
 
     try:
-        config = ClientConfig.load(args.config).with_overrides(token=args.token, coordinator_url=args.coordinator_url)
         with LadaClient(config) as client:
             results = client.run(args.max_rounds)
     except (ValueError, FileNotFoundError, ModelLoadError, CoordinatorError, BackendUnavailable) as exc:
@@ -49,6 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.results:
         args.results.write_text(json.dumps([asdict(r) for r in results], indent=2))
     return 0
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a bad value is a usage error, not a traceback later on."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _import_model(args: argparse.Namespace) -> int:

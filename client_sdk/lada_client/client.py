@@ -111,11 +111,14 @@ class LadaClient:
         self._done_rounds: set[int] = set()
         self.privacy = GaussianMechanism(config.dp)
         self.model_name = config.model_name or self._default_model_name()
-        if config.train_backend == "ort" and not config.can_train:
-            from lada_client.training.backend import ORT_INSTALL_HINT
-
-            reason = "no ort_artifacts configured" if config.ort_artifacts is None else f"onnxruntime.training is missing ({ORT_INSTALL_HINT})"
-            log.warning("%s: train_backend='ort' but this device cannot train: %s; it will only score", config.name, reason)
+        support = config.training_support()
+        # A device without base_model_dir is score-only by choice; one configured to train that
+        # cannot (packages or files missing) says why before it enrolls as score-only.
+        if not support and (config.train_backend == "ort" or config.base_model_dir is not None):
+            log.warning(
+                "%s: train_backend=%r but this device cannot train: %s; it will only score",
+                config.name, config.train_backend, support.reason,
+            )
 
     def __enter__(self) -> LadaClient:
         return self
@@ -216,6 +219,12 @@ class LadaClient:
             return own
         return self.config.scoring_model
 
+    def capabilities(self) -> Capabilities:
+        """What this device declares at enrollment: it always scores, and trains only where
+        :meth:`ClientConfig.training_support` says it can (the coordinator allocates nothing to
+        a score-only device, or trains its adapter for it)."""
+        return Capabilities(can_score=True, can_train=self.config.can_train, can_train_ort=self.config.can_train_ort)
+
     def enroll(self) -> str:
         """Enroll once with the one-time token; later runs reuse the stored enrollment."""
         record = self.config.state_dir / "enrollment.json"
@@ -234,7 +243,7 @@ class LadaClient:
             self.config.name,
             domain=self.config.domain or self.data.domain,
             model_name=self.model_name,
-            capabilities=Capabilities(can_score=True, can_train=self.config.can_train, can_train_ort=self.config.can_train_ort),
+            capabilities=self.capabilities(),
         )
         assert self.transport.coordinator is not None
         staged = record.with_suffix(".tmp")

@@ -1,33 +1,78 @@
-"""Typed configuration of a LaDa client. One object; JSON file and CLI flags fill it."""
+"""Typed configuration of a LaDa client. One object; JSON file and CLI flags fill it.
+
+Every class here validates itself on construction (types, ranges, choices; see
+:mod:`lada_client.common.config_io`): a bad value is a :class:`ConfigError` naming the field, and
+the file when it was read from one, before the device enrolls or scores anything.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import asdict, dataclass, field, replace
+import typing
+from dataclasses import asdict, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from lada_client.common.config_io import from_mapping, load_json
+from pydantic import Field, field_validator, model_validator
+
+from lada_client.capabilities import TrainingSupport, can_train_ort, training_support
+from lada_client.common.config_io import (
+    Bool,
+    ConfigError,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Str,
+    load_json,
+    settings,
+    validate,
+)
+from lada_client.common.wire import ClientName, Domain, ModelName
 from lada_client.privacy.dp import DPSettings
 
+__all__ = [
+    "DEFAULT_BETA",
+    "FEATURE_NAMES",
+    "ClientConfig",
+    "ConfigError",
+    "DPSettings",
+    "DistillSettings",
+    "FeatureName",
+    "LoraSettings",
+    "RewardSettings",
+]
 
-@dataclass(frozen=True)
+Name = Annotated[Str, Field(min_length=1)]
+
+#: the learnability features a device can compute (scoring/features.py); the one list of them
+FeatureName = Literal[
+    "slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct", "local_similarity",
+]
+FEATURE_NAMES: tuple[FeatureName, ...] = typing.get_args(FeatureName)
+CdLogprob = Literal["mean", "sum"]
+TrainBackend = Literal["torch", "ort"]
+
+
+@settings
 class LoraSettings:
     """LoRA shape. Defaults adapt every projection of a Llama block (tiny models need the capacity)."""
 
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    r: PositiveInt = 8
+    alpha: PositiveInt = 16
+    dropout: Annotated[NonNegativeFloat, Field(lt=1)] = 0.0
+    target_modules: Annotated[tuple[Name, ...], Field(min_length=1)] = (
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    )
 
 
-CD_LOGPROBS = ("mean", "sum")
 #: L_CD's β when none is given: the method's 0.1 for summed log-probs; for per-token means the
 #: margin is ~1/length as large, and 1.0 is the value measured (docs/method.md, step 4)
-DEFAULT_BETA = {"sum": 0.1, "mean": 1.0}
+DEFAULT_BETA: dict[str, float] = {"sum": 0.1, "mean": 1.0}
 
 
-@dataclass(frozen=True)
+@settings
 class DistillSettings:
     """One round's optimisation. ``alpha`` weighs L_CD (0 = SFT-only distillation), ``beta`` is
     the L_CD temperature (None: :data:`DEFAULT_BETA` for ``cd_logprob``), ``rejected_temperature``
@@ -42,23 +87,17 @@ class DistillSettings:
     L_CD lowered accuracy against α = 0 under the same allocation; per-token means removed that
     loss (docs/benchmarks.md, learning quality)."""
 
-    alpha: float = 0.5
-    beta: float | None = None
-    cd_logprob: str = "mean"
-    lr: float = 2e-3
-    epochs: int = 2
-    batch_size: int = 8
-    micro_batch_size: int = 4
-    max_length: int = 256
-    rejected_temperature: float = 0.8
-    drop_correct_rejected: bool = True
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.cd_logprob not in CD_LOGPROBS:
-            raise ValueError(f"distill: cd_logprob must be one of {', '.join(CD_LOGPROBS)}, got {self.cd_logprob!r}")
-        if self.alpha < 0 or self.cd_beta <= 0 or self.lr <= 0 or self.epochs < 0 or self.batch_size < 1 or self.micro_batch_size < 1:
-            raise ValueError("distill: alpha must be >= 0, beta and lr > 0, epochs >= 0, batch_size and micro_batch_size >= 1")
+    alpha: NonNegativeFloat = 0.5
+    beta: PositiveFloat | None = None
+    cd_logprob: CdLogprob = "mean"
+    lr: PositiveFloat = 2e-3
+    epochs: NonNegativeInt = 2
+    batch_size: PositiveInt = 8
+    micro_batch_size: PositiveInt = 4
+    max_length: PositiveInt = 256
+    rejected_temperature: NonNegativeFloat = 0.8
+    drop_correct_rejected: Bool = True
+    seed: NonNegativeInt = 0
 
     @property
     def cd_beta(self) -> float:
@@ -66,11 +105,7 @@ class DistillSettings:
         return DEFAULT_BETA[self.cd_logprob] if self.beta is None else self.beta
 
 
-REWARD_KINDS = ("heldout", "ppl_drop")
-CREDITS = ("gradient", "round")
-
-
-@dataclass(frozen=True)
+@settings
 class RewardSettings:
     """How the device scores what an allocation did for it (method step 5, as implemented here).
 
@@ -87,28 +122,17 @@ class RewardSettings:
     (the paper's common reward). Only these scalars leave the device. See docs/method.md, step 5.
     """
 
-    kind: str = "heldout"
-    credit: str = "gradient"
-    heldout_size: int = 32
-    temperature: float = 0.05
-
-    def __post_init__(self) -> None:
-        if self.kind not in REWARD_KINDS:
-            raise ValueError(f"reward.kind must be one of {', '.join(REWARD_KINDS)}, got {self.kind!r}")
-        if self.credit not in CREDITS:
-            raise ValueError(f"reward.credit must be one of {', '.join(CREDITS)}, got {self.credit!r}")
-        if self.heldout_size < 1 or not self.temperature > 0:
-            raise ValueError("reward.heldout_size must be >= 1 and reward.temperature > 0")
+    kind: Literal["heldout", "ppl_drop"] = "heldout"
+    credit: Literal["gradient", "round"] = "gradient"
+    heldout_size: PositiveInt = 32
+    temperature: PositiveFloat = 0.05
 
     @property
     def uses_heldout(self) -> bool:
         return self.kind == "heldout" or self.credit == "gradient"
 
 
-PRIVATE_SFT = ("all", "with_rationale")
-
-
-@dataclass(frozen=True)
+@settings
 class ClientConfig:
     """Everything a device needs to take part in a federation.
 
@@ -117,32 +141,32 @@ class ClientConfig:
     adapter sits on (only needed on devices that train).
     """
 
-    coordinator_url: str
-    name: str
+    coordinator_url: Name
+    name: ClientName
     state_dir: Path
     data_dir: Path
     scoring_model: Path
     base_model_dir: Path | None = None
-    token: str | None = None
+    token: Name | None = None
     ca_cert: Path | None = None  # PEM file to trust for https coordinators (e.g. a self-signed one)
-    domain: str = ""
-    model_name: str = ""  # architecture id; derived from base_model_dir when empty
-    features: tuple[str, ...] = (
-        "slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct", "local_similarity",
-    )
-    eval_size: int = 64
-    max_new_tokens: int = 48  # generation cap for own paths, offers and evaluation
-    scorer_refresh: str = "swap"  # after a LoRA step: "swap" weights into the ONNX graph, or "export" again
-    max_offers: int = 64
-    batch_size: int = 16
+    domain: Domain = ""
+    model_name: ModelName = ""  # architecture id; derived from base_model_dir when empty
+    features: Annotated[tuple[FeatureName, ...], Field(min_length=1)] = FEATURE_NAMES
+    eval_size: NonNegativeInt = 64
+    max_new_tokens: PositiveInt = 48  # generation cap for own paths, offers and evaluation
+    # after a LoRA step: "swap" weights into the ONNX graph, or "export" the merged model again
+    scorer_refresh: Literal["swap", "export"] = "swap"
+    max_offers: NonNegativeInt = 64
+    batch_size: PositiveInt = 16
     # CPU threads for scoring (onnxruntime) and training (torch); 0 = the libraries' defaults (all
     # cores). Several SLMs sharing a machine (a local federation) each get their share, or they
     # oversubscribe the cores and every one of them runs slower than its share.
-    threads: int = 0
-    request_timeout_s: float = 60.0
-    upload_chunk_bytes: int = 4 * 1024 * 1024  # larger sealed uploads go in resumable chunks of this size
-    poll_interval_s: float = 0.5
-    max_wait_s: float = 1800.0
+    threads: NonNegativeInt = 0
+    request_timeout_s: PositiveFloat = 60.0
+    # larger sealed uploads go in resumable chunks of this size (the transport's floor: 1 KiB)
+    upload_chunk_bytes: Annotated[PositiveInt, Field(ge=1024)] = 4 * 1024 * 1024
+    poll_interval_s: PositiveFloat = 0.5
+    max_wait_s: PositiveFloat = 1800.0
     lora: LoraSettings = field(default_factory=LoraSettings)
     distill: DistillSettings = field(default_factory=DistillSettings)
     reward: RewardSettings = field(default_factory=RewardSettings)
@@ -150,48 +174,71 @@ class ClientConfig:
     # "The answer is X."), or "with_rationale" only (answer-only samples then serve the reward
     # and local_similarity alone: imitating bare answers can teach an SLM to skip the reasoning
     # the teacher's paths teach). See docs/method.md, step 4.
-    private_sft: str = "all"
+    private_sft: Literal["all", "with_rationale"] = "all"
     dp: DPSettings = field(default_factory=DPSettings)
     # LoRA training backend: "torch" (torch + peft on base_model_dir) or "ort" (ONNX Runtime
     # training artifacts in ort_artifacts, no torch; see lada_client/training/ort_backend.py)
-    train_backend: str = "torch"
+    train_backend: TrainBackend = "torch"
     ort_artifacts: Path | None = None
+
+    @field_validator("coordinator_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        scheme, separator, host = value.partition("://")
+        if scheme not in ("http", "https") or not separator or not host:
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value
+
+    @field_validator("features")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({n for n in value if value.count(n) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClientConfig:
+        # the ORT backend has no merged checkpoint to export (training/ort_backend.py)
+        if self.scorer_refresh == "export" and self.train_backend == "ort":
+            raise ValueError(
+                "scorer_refresh: 'export' needs train_backend 'torch' (the ort backend only swaps weights)"
+            )
+        return self
+
+    # ------------------------------------------------------------------------- capabilities
+    def training_support(self) -> TrainingSupport:
+        """Whether this device can run LoRA updates as configured, and if not, why (packages or
+        files missing); see :func:`lada_client.capabilities.training_support`."""
+        return training_support(self.train_backend, self.base_model_dir, self.ort_artifacts)
 
     @property
     def can_train(self) -> bool:
         """Training needs, with ``train_backend="torch"``, a base checkpoint and the ``train`` extra
-        (torch) installed; with ``"ort"``, training artifacts and onnxruntime-training."""
-        import importlib.util
-
-        if self.train_backend == "ort":
-            return self.ort_artifacts is not None and self.can_train_ort
-        return self.base_model_dir is not None and importlib.util.find_spec("torch") is not None
+        (torch, transformers and peft) installed; with ``"ort"``, training artifacts and
+        onnxruntime-training. Declared at enrollment: a device that cannot train scores only."""
+        return self.training_support().can_train
 
     @property
     def can_train_ort(self) -> bool:
         """onnxruntime.training is importable here (declared at enrollment)."""
-        from lada_client.training.backend import can_train_ort
-
         return can_train_ort()
 
-    def __post_init__(self) -> None:
-        if self.threads < 0:
-            raise ValueError(f"threads must be >= 0 (0 = all cores), got {self.threads}")
-        if self.private_sft not in PRIVATE_SFT:
-            raise ValueError(f"private_sft must be one of {', '.join(PRIVATE_SFT)}, got {self.private_sft!r}")
-
+    # --------------------------------------------------------------------------------- JSON
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=str, indent=2)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClientConfig:
-        if isinstance(data, dict) and data.get("train_backend", "torch") not in ("torch", "ort"):
-            raise ValueError(f"train_backend must be 'torch' or 'ort', not {data['train_backend']!r}")
-        return from_mapping(cls, data, "client config")
+        """From a JSON record; a :class:`ConfigError` names every bad field."""
+        return validate(cls, data, "client config")
 
     @classmethod
     def load(cls, path: Path) -> ClientConfig:
+        """From a JSON file; a ``ValueError`` (a :class:`ConfigError` for bad fields) names the file."""
         return load_json(cls, path, "client config")
 
     def with_overrides(self, **changes: Any) -> ClientConfig:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with the given fields replaced (validated); ``None`` values are ignored, so CLI
+        flags that were not given leave the file's values."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lada_client.common.config_io import from_mapping, load_json
-from lada_client.config import DistillSettings, LoraSettings
+from lada_client.config import FEATURE_NAMES, DistillSettings, LoraSettings
 from lada_coordinator.aggregation.secure import SecAggSettings
 from lada_coordinator.allocation.eenet import FilterConfig
 
@@ -45,9 +45,7 @@ class CoordinatorConfig:
     offer_questions: int = 64
     allocation: AllocationMode = "lada"
     host_framework: HostFramework = "mkt"
-    feature_names: tuple[str, ...] = (
-        "slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct", "local_similarity",
-    )
+    feature_names: tuple[str, ...] = FEATURE_NAMES
     slm_filter: FilterConfig = field(default_factory=FilterConfig)
     llm_filter: FilterConfig = field(default_factory=lambda: FilterConfig(budget=16))
     llm_distill: DistillSettings = field(default_factory=lambda: DistillSettings(lr=1e-3, epochs=1))

@@ -41,9 +41,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from lada_client.client import LadaClient
+from lada_client import ClientConfig, ConfigError, LadaClient
 from lada_client.common.reasoning import format_prompt, format_target
-from lada_client.config import ClientConfig
 from lada_client.scoring.onnx_slm import ModelLoadError, OnnxSLM, select_providers
 from lada_client.transport import CoordinatorError
 
@@ -117,7 +116,11 @@ def load_settings(path: Path) -> tuple[ClientConfig, DeviceSettings]:
     if unknown:
         raise ValueError(f'{path}: unknown section(s) {sorted(unknown)}; expected "client" and "device"')
     try:
-        return ClientConfig.from_dict(data["client"]), DeviceSettings.from_dict(data.get("device") or {})
+        client = ClientConfig.from_dict(data["client"])
+    except ConfigError as exc:  # one line per bad field, each named
+        raise exc.located(f"{path}: client section") from None
+    try:
+        return client, DeviceSettings.from_dict(data.get("device") or {})
     except TypeError as exc:
         raise ValueError(f"{path}: {exc}") from exc
 
@@ -156,56 +159,31 @@ def provider_options(providers: Sequence[str], device: DeviceSettings) -> list[d
 
 
 class TunedOnnxSLM(OnnxSLM):
-    """:class:`OnnxSLM` with provider options and memory-aware session options.
-
-    OnnxSLM takes provider names and a thread count only; on a Jetson the providers also need
-    options (arena cap, TensorRT workspace and engine cache). OnnxSLM still loads and validates
-    the model, on the CPU provider, which is quick; its session is then replaced by one built
-    with the options, and scoring and generation stay OnnxSLM's.
-    """
+    """:class:`OnnxSLM` with the device's providers, per-provider options (arena cap, TensorRT
+    workspace and engine cache) and, under a memory budget, no CPU arena; scoring and generation
+    stay OnnxSLM's."""
 
     def __init__(
         self, model_path: Path, device: DeviceSettings, max_length: int = 256, max_new_tokens: int = 48
     ) -> None:
         providers = choose_providers(device)
         per_provider = provider_options(providers, device)
-        rebuild = any(per_provider) or bool(device.memory_limit_mb)
+        if device.trt_engine_cache_dir and "TensorrtExecutionProvider" in providers:
+            Path(device.trt_engine_cache_dir).mkdir(parents=True, exist_ok=True)
         super().__init__(
             model_path,
-            providers=["CPUExecutionProvider"] if rebuild else providers,
+            providers=providers,
             max_length=max_length,
             intra_op_threads=device.intra_op_threads,
             max_new_tokens=max_new_tokens,
+            provider_options=dict(zip(providers, per_provider, strict=True)),
+            # The CPU arena keeps every peak allocation for the life of the session; with a
+            # budget, give memory back instead.
+            cpu_mem_arena=not device.memory_limit_mb,
         )
-        if rebuild:
-            # OnnxSLM keeps the session in _session; it is the one attribute replaced here.
-            self._session = _tuned_session(Path(model_path), providers, per_provider, device)
-        self.providers: list[str] = self._session.get_providers()
-        log.info("scoring session on %s (options %s)", self.providers, dict(zip(providers, per_provider)))
+        log.info("scoring session on %s (options %s)", self.providers, dict(zip(providers, per_provider, strict=True)))
         if self.providers[0] != providers[0]:
             log.warning("onnxruntime could not start %s; the session runs on %s", providers[0], self.providers)
-
-
-def _tuned_session(
-    model_path: Path, providers: list[str], per_provider: list[dict[str, str]], device: DeviceSettings
-) -> Any:  # onnxruntime.InferenceSession, imported lazily like OnnxSLM does
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if device.intra_op_threads:
-        options.intra_op_num_threads = device.intra_op_threads
-    if device.memory_limit_mb:
-        # The CPU arena keeps every peak allocation for the life of the session; with a budget,
-        # give memory back instead.
-        options.enable_cpu_mem_arena = False
-    if device.trt_engine_cache_dir and "TensorrtExecutionProvider" in providers:
-        Path(device.trt_engine_cache_dir).mkdir(parents=True, exist_ok=True)
-    try:
-        return ort.InferenceSession(
-            str(model_path), sess_options=options, providers=providers, provider_options=per_provider
-        )
-    except Exception as exc:  # onnxruntime raises its own untyped errors
-        raise ModelLoadError(f"cannot start {providers} for {model_path}: {exc}") from exc
 
 
 class JetsonClient(LadaClient):

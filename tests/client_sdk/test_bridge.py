@@ -151,7 +151,14 @@ def test_methods_before_configure():
 
 def test_bad_params_and_config(device_root, tmp_path):
     bridge = Bridge()
-    assert error_code(send(bridge, configure_json(device_root, tmp_path / "s1", batch_size="16"))) == "bad_config"
+    for bad, message in (
+        ({"batch_size": "16"}, "batch_size: must be an integer, got '16'"),
+        ({"scorer_refresh": "swapp"}, "scorer_refresh: must be 'swap' or 'export'"),
+        ({"lora": {"r": 0}}, "lora.r: must be >= 1"),
+        ({"poll_interval_s": -1}, "poll_interval_s: must be > 0"),
+    ):
+        reply = send(bridge, configure_json(device_root, tmp_path / "s1", **bad))
+        assert error_code(reply) == "bad_config" and message in reply["error"]["message"], reply
     assert error_code(send(bridge, configure_json(device_root, tmp_path / "s2", colour="blue"))) == "bad_config"
     missing = send(bridge, configure_json(device_root, tmp_path / "s3", scoring_model=str(tmp_path / "none.onnx")))
     assert error_code(missing) == "model_load_failed" and "none.onnx" in missing["error"]["message"]
@@ -220,7 +227,7 @@ def test_local_training_updates_the_scoring_model(device_root, tmp_path):
     assert status["model_path"] == result["model_path"] and status["last_train"]["steps"] == result["steps"]
     assert (tmp_path / "state" / "adapter" / "adapter_config.json").exists()
     # The refreshed model still runs with the app's runtime options (configure_json pins 2 threads).
-    assert bridge._client.slm._session.get_session_options().intra_op_num_threads == 2
+    assert bridge._client.slm.session.get_session_options().intra_op_num_threads == 2
 
     # A device configured without a trainable checkpoint says so instead of failing.
     other = Bridge()
@@ -228,16 +235,16 @@ def test_local_training_updates_the_scoring_model(device_root, tmp_path):
     assert error_code(send(other, '{"method": "train", "params": {}}')) == "unsupported"
 
 
-def test_training_without_torch_is_unsupported(device_root, tmp_path, monkeypatch):
-    import lada_client.bridge as bridge_module
-
-    monkeypatch.setattr(bridge_module, "_has_module", lambda name: name != "torch")
+@pytest.mark.parametrize("missing", ["torch", "peft"])
+def test_training_without_the_train_extra_is_unsupported(device_root, tmp_path, monkeypatch, missing):
+    monkeypatch.setitem(sys.modules, missing, None)  # `import <missing>` now raises ImportError
     bridge = Bridge()
     extra = {"base_model_dir": str(device_root / "build" / "base")}
     configured = send(bridge, configure_json(device_root, tmp_path / "state", **extra))
-    assert configured["ok"] and configured["result"]["torch_available"] is False
+    assert configured["ok"] and configured["result"]["can_train"] is False
+    assert configured["result"]["torch_available"] is (missing != "torch")
     reply = send(bridge, '{"method": "train", "params": {}}')
-    assert error_code(reply) == "unsupported" and "torch" in reply["error"]["message"]
+    assert error_code(reply) == "unsupported" and f"missing: {missing}" in reply["error"]["message"]
     assert not (tmp_path / "state" / "adapter").exists()
 
 

@@ -80,6 +80,15 @@ def test_bad_device_settings_are_explained(run_client, tmp_path, device, message
         run_client.load_settings(path)
 
 
+def test_a_bad_client_section_names_the_file_and_the_field(run_client, tmp_path):
+    path = tmp_path / "jetson.json"
+    client = {"coordinator_url": "http://x", "name": "c", "state_dir": "s", "data_dir": "d", "scoring_model": "m.onnx",
+              "batch_size": "16"}
+    path.write_text(json.dumps({"client": client, "device": {}}))
+    with pytest.raises(ValueError, match=f"^{path}: client section: batch_size: must be an integer, got '16'"):
+        run_client.load_settings(path)
+
+
 @pytest.fixture(scope="module")
 def device_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny untrained SLM and one client's data, as they would sit under /var/lib/lada."""
@@ -123,6 +132,9 @@ def test_check_and_client_run_on_cpu_with_device_settings(run_client, device_fil
     with run_client.JetsonClient(config, device) as client:
         assert isinstance(client.slm, run_client.TunedOnnxSLM)
         assert client.slm.providers == ["CPUExecutionProvider"]
+        # the budget in jetson.json turns the CPU arena off, through OnnxSLM's public options
+        assert client.slm.session.get_session_options().enable_cpu_mem_arena is False
+        assert client.slm.session.get_session_options().intra_op_num_threads == device.intra_op_threads
         assert client.slm.max_new_tokens == config.max_new_tokens
         # LadaClient reloads its model through load_slm after every adapter refresh.
         reloaded = client.load_slm(device_files / "model" / "model.onnx")

@@ -20,8 +20,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
+
+from lada_client.common.config_io import NonNegativeFloat, NonNegativeInt, PositiveFloat, settings
 
 # Public bounds of the default features: values outside are clipped before noise.
 FEATURE_BOUNDS: Mapping[str, tuple[float, float]] = {
@@ -34,18 +38,15 @@ FEATURE_BOUNDS: Mapping[str, tuple[float, float]] = {
 }
 
 
-@dataclass(frozen=True)
+@settings
 class DPSettings:
-    """``noise_multiplier`` = σ; 0 disables DP. ``clip`` is the L2 bound of one release."""
+    """``noise_multiplier`` = σ; 0 disables DP. ``clip`` is the L2 bound of one release,
+    ``delta`` the δ of the reported (ε, δ), ``seed`` the noise RNG's (None: fresh entropy)."""
 
-    noise_multiplier: float = 0.0
-    clip: float = 1.0
-    delta: float = 1e-5
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.noise_multiplier < 0 or self.clip <= 0 or not 0 < self.delta < 1:
-            raise ValueError("dp: noise_multiplier must be >= 0, clip > 0 and 0 < delta < 1")
+    noise_multiplier: NonNegativeFloat = 0.0
+    clip: PositiveFloat = 1.0
+    delta: Annotated[PositiveFloat, Field(lt=1)] = 1e-5
+    seed: NonNegativeInt | None = None
 
     @property
     def enabled(self) -> bool:

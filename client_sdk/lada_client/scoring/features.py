@@ -30,11 +30,11 @@ import numpy as np
 
 from lada_client.common.reasoning import extract_answer, format_prompt, format_target, is_correct
 from lada_client.common.wire import Candidate
+from lada_client.config import FEATURE_NAMES  # the one list of feature names, re-exported here
 from lada_client.scoring.onnx_slm import OnnxSLM
 
-FEATURE_NAMES: tuple[str, ...] = (
-    "slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct", "local_similarity",
-)
+__all__ = ["FEATURE_NAMES", "learnability_features", "local_similarity", "perplexity"]
+
 _TOP_K = 5
 
 

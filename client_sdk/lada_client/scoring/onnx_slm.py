@@ -18,10 +18,10 @@ and generated with the old full-sequence path.
 from __future__ import annotations
 
 import functools
-
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +56,15 @@ def _position_ids(attention_mask: np.ndarray) -> np.ndarray:
 
 
 class OnnxSLM:
-    """An SLM loaded from ``model.onnx`` (+ ``tokenizer.json``) for scoring and generation."""
+    """An SLM loaded from ``model.onnx`` (+ ``tokenizer.json``) for scoring and generation.
+
+    ``providers`` are onnxruntime execution providers in order of preference (those not available
+    here are skipped, see :func:`select_providers`); ``provider_options`` maps a provider name to
+    its options (onnxruntime takes them as strings: a CUDA arena cap, a TensorRT engine cache);
+    ``cpu_mem_arena=False`` gives memory back after each run instead of keeping every peak
+    allocation, for devices with a memory budget. Subclasses may override
+    :meth:`session_options` to tune the session further.
+    """
 
     def __init__(
         self,
@@ -66,24 +74,25 @@ class OnnxSLM:
         max_length: int = 256,
         intra_op_threads: int = 0,
         max_new_tokens: int = 48,
+        provider_options: Mapping[str, Mapping[str, str]] | None = None,
+        cpu_mem_arena: bool = True,
     ) -> None:
         import onnxruntime as ort
 
         model_path = Path(model_path)
         if not model_path.is_file():
             raise ModelLoadError(f"scoring model not found: {model_path}")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.inter_op_num_threads = 1  # sequential graph: the inter-op pool would only idle
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
+        chosen = select_providers(providers)
+        per_provider = [dict((provider_options or {}).get(name, {})) for name in chosen]
         try:
             self._session = ort.InferenceSession(
-                str(model_path), sess_options=options, providers=select_providers(providers)
+                str(model_path),
+                sess_options=self.session_options(intra_op_threads, cpu_mem_arena),
+                providers=chosen,
+                provider_options=per_provider,
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            raise ModelLoadError(f"{model_path} is not a valid ONNX model: {exc}") from exc
+            raise ModelLoadError(f"{model_path} is not a valid ONNX model, or cannot start on {chosen}: {exc}") from exc
         outputs = {o.name for o in self._session.get_outputs()}
         if not {"token_logprobs", "next_logprobs"} <= outputs:
             raise ModelLoadError(
@@ -117,6 +126,31 @@ class OnnxSLM:
         self.max_length = max_length
         self.max_new_tokens = max_new_tokens
         self.model_path = model_path
+
+    def session_options(self, intra_op_threads: int = 0, cpu_mem_arena: bool = True) -> Any:
+        """The ``onnxruntime.SessionOptions`` the scoring session is built with: all graph
+        optimisations, sequential execution (one inter-op thread: the pool would only idle)."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        options.enable_cpu_mem_arena = cpu_mem_arena
+        return options
+
+    @property
+    def session(self) -> Any:
+        """The ``onnxruntime.InferenceSession`` (for inspection: providers, options, metadata)."""
+        return self._session
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session really uses (onnxruntime falls back silently when
+        one fails to start)."""
+        return list(self._session.get_providers())
 
     # ------------------------------------------------------------------ graph calls
 

@@ -16,26 +16,43 @@ either backend loads. This module imports neither torch nor onnxruntime.
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from lada_client.config import ClientConfig, DistillSettings, LoraSettings
+# The capability checks live in lada_client.capabilities (one answer for config, enrollment and
+# bridge); re-exported here, where make_trainer uses them.
+from lada_client.capabilities import (
+    ORT_INSTALL_HINT,
+    TORCH_INSTALL_HINT,
+    can_train_ort,
+    can_train_torch,
+    missing_modules,
+)
+from lada_client.config import ClientConfig, DistillSettings, LoraSettings
 
 #: the backend names a config may ask for
 BACKENDS = ("torch", "ort")
 
-ORT_INSTALL_HINT = (
-    "install onnxruntime-training in its own environment (it replaces onnxruntime and needs onnx 1.17): "
-    "`bash scripts/setup_ort_training.sh`, or `pip install onnxruntime-training-cpu==1.19.2 onnx==1.17.0 'numpy<2'` "
-    "then `pip install --no-deps ./client_sdk`; or use train_backend='torch'"
-)
+__all__ = [
+    "BACKENDS",
+    "ORT_INSTALL_HINT",
+    "BackendUnavailable",
+    "PreferencePair",
+    "TrainReport",
+    "TrainerBackend",
+    "available_backends",
+    "batch_schedule",
+    "can_train_ort",
+    "can_train_torch",
+    "make_trainer",
+    "path_weights",
+    "trainer_for",
+]
 
 
 @dataclass(frozen=True)
@@ -139,24 +156,6 @@ class BackendUnavailable(ImportError):
     """The requested training backend's packages are not installed here."""
 
 
-def can_train_torch() -> bool:
-    """torch, transformers and peft are installed (the ``train`` extra)."""
-    return all(_has_module(m) for m in ("torch", "transformers", "peft"))
-
-
-def can_train_ort() -> bool:
-    """``onnxruntime.training.api`` is installed (the onnxruntime-training wheel), found without
-    importing anything: the plain onnxruntime wheel ships no ``training`` package, and importing
-    ``onnxruntime.training`` itself would pull torch in (see :mod:`~lada_client.training.ort_backend`)."""
-    try:
-        spec = importlib.util.find_spec("onnxruntime")
-    except (ImportError, ValueError):
-        return False
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    return any((Path(p) / "training" / "api" / "__init__.py").is_file() for p in spec.submodule_search_locations)
-
-
 def available_backends() -> dict[str, bool]:
     return {"torch": can_train_torch(), "ort": can_train_ort()}
 
@@ -182,12 +181,12 @@ def make_trainer(
         if not can_train_torch():
             raise BackendUnavailable(
                 "the 'torch' training backend needs the train extra (torch, transformers, peft), which is not "
-                "installed here: pip install torch==2.13.0 './client_sdk[train]'; or use train_backend='ort'"
+                f"fully installed here (missing: {', '.join(missing_modules()) or '?'}): {TORCH_INSTALL_HINT}; "
+                "or use train_backend='ort'"
             )
         if base_dir is None:
             raise ValueError("the 'torch' training backend needs base_model_dir (the SLM checkpoint)")
-        from lada_client.config import LoraSettings
-        from lada_client.training.lora import LoraTrainer
+        from lada_client.training.lora import LoraTrainer  # imports torch
 
         return LoraTrainer(Path(base_dir), adapter_dir, lora or LoraSettings(), seed)
     if not can_train_ort():
@@ -212,10 +211,3 @@ def trainer_for(config: ClientConfig, adapter_dir: Path | None) -> TrainerBacken
         lora=config.lora,
         seed=config.distill.seed,
     )
-
-
-def _has_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False

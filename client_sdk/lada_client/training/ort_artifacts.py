@@ -384,7 +384,11 @@ def main(argv: list[str] | None = None) -> int:
 
     lora, seed = LoraSettings(), 0
     if args.client_config:
-        cfg = ClientConfig.load(args.client_config)
+        try:
+            cfg = ClientConfig.load(args.client_config)
+        except ValueError as exc:  # names the file and every bad field
+            print(f"ort_artifacts: error: {exc}", file=sys.stderr)
+            return 2
         lora, seed = cfg.lora, cfg.distill.seed
     if args.seed is not None:
         seed = args.seed

@@ -9,6 +9,7 @@ supervised pass first (cached on disk, never repeated for the same inputs).
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -23,6 +24,34 @@ from lada_client.training.losses import sft_loss, token_logprobs
 log = logging.getLogger(__name__)
 
 
+#: fraction of the warm start spent raising the learning rate to its peak
+PCT_START = 0.1
+
+
+def warm_start_schedule(
+    optimizer: torch.optim.Optimizer, steps: int, lr: float, pct_start: float = PCT_START
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule of a ``steps``-step warm start peaking at ``lr``.
+
+    torch's one-cycle schedule (up for ``pct_start`` of the steps, cosine down after) when its
+    rising phase spans more than one step. For shorter runs (``steps * pct_start <= 1``: at most
+    10 steps with the default) OneCycleLR divides by the zero length of that phase, or runs it
+    backwards; those start at the peak instead and anneal with the same cosine to the same floor
+    (``lr / 25 / 1e4``, OneCycleLR's defaults)."""
+    if steps * pct_start > 1:
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=pct_start)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    floor = 1.0 / 25.0 / 1e4
+    last = max(steps - 1, 1)
+
+    def factor(step: int) -> float:
+        done = min(step, last) / last
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * done))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def pretrain(
     model_dir: Path,
     examples: Sequence[tuple[str, str]],
@@ -32,15 +61,23 @@ def pretrain(
     seed: int = 0,
     max_length: int = 256,
 ) -> float:
-    """Train all weights of the checkpoint in ``model_dir`` in place; returns the last loss."""
+    """Train all weights of the checkpoint in ``model_dir`` in place; returns the last loss.
+
+    ``steps`` = 0 leaves the checkpoint as it is (no warm start; the loss is NaN); any positive
+    count trains that many steps with :func:`warm_start_schedule`."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"warm-start steps must be an integer >= 0 (0 = no warm start), got {steps!r}")
     if not examples:
         raise ValueError("pretrain needs at least one example")
+    if steps == 0:
+        log.info("warm start %s: 0 steps, checkpoint left as it is", model_dir.name)
+        return float("nan")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model, tokenizer = load_causal_lm(model_dir)
     special = SpecialTokens.from_model_config(model.config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    schedule = warm_start_schedule(optimizer, steps, lr)
     model.train()
     loss_value = float("nan")
     started = time.perf_counter()

@@ -60,7 +60,7 @@ def test_asking_for_ort_without_onnxruntime_training_says_what_to_install(tmp_pa
 def test_backend_names_and_capability(tmp_path):
     with pytest.raises(ValueError, match="unknown training backend 'tensorflow'"):
         make_trainer("tensorflow")
-    with pytest.raises(ValueError, match="train_backend must be"):
+    with pytest.raises(ValueError, match="train_backend: must be .torch. or .ort."):
         _config(tmp_path, train_backend="tensorflow")
     cfg = _config(tmp_path, train_backend="ort")
     assert cfg.can_train is False  # no artifacts configured

@@ -1,0 +1,91 @@
+"""LaDa device SDK: score learnability on an ONNX SLM, take part in sealed rounds, train LoRA.
+
+The public API for embedding the client in an application::
+
+    from lada_client import ClientConfig, LadaClient
+
+    config = ClientConfig.load("client.json")      # validated: a ConfigError names each bad field
+    with LadaClient(config) as client:
+        results = client.run()
+
+Names are imported on first use, so ``import lada_client`` stays cheap and none of the public
+names imports torch: a device that only scores has none installed. Everything else (``scoring``,
+``training``, ``models``, ``common``) is importable by its module path but not a stable API.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "BackendUnavailable",
+    "Bridge",
+    "BridgeError",
+    "ClientConfig",
+    "ConfigError",
+    "CoordinatorError",
+    "DPSettings",
+    "DistillSettings",
+    "LadaClient",
+    "LoraSettings",
+    "ModelLoadError",
+    "OnnxSLM",
+    "RewardSettings",
+    "RoundResult",
+    "TrainingSupport",
+    "__version__",
+    "select_providers",
+    "training_support",
+]
+
+try:
+    __version__: str = version("lada-client")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "BackendUnavailable": "lada_client.training.backend",
+    "Bridge": "lada_client.bridge",
+    "BridgeError": "lada_client.bridge",
+    "ClientConfig": "lada_client.config",
+    "ConfigError": "lada_client.common.config_io",
+    "CoordinatorError": "lada_client.transport",
+    "DPSettings": "lada_client.privacy.dp",
+    "DistillSettings": "lada_client.config",
+    "LadaClient": "lada_client.client",
+    "LoraSettings": "lada_client.config",
+    "ModelLoadError": "lada_client.scoring.onnx_slm",
+    "OnnxSLM": "lada_client.scoring.onnx_slm",
+    "RewardSettings": "lada_client.config",
+    "RoundResult": "lada_client.client",
+    "TrainingSupport": "lada_client.capabilities",
+    "select_providers": "lada_client.scoring.onnx_slm",
+    "training_support": "lada_client.capabilities",
+}
+
+if TYPE_CHECKING:
+    from lada_client.bridge import Bridge, BridgeError
+    from lada_client.capabilities import TrainingSupport, training_support
+    from lada_client.client import LadaClient, RoundResult
+    from lada_client.common.config_io import ConfigError
+    from lada_client.config import ClientConfig, DistillSettings, LoraSettings, RewardSettings
+    from lada_client.privacy.dp import DPSettings
+    from lada_client.scoring.onnx_slm import ModelLoadError, OnnxSLM, select_providers
+    from lada_client.training.backend import BackendUnavailable
+    from lada_client.transport import CoordinatorError
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lada_client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,0 +1,38 @@
+"""LaDa coordinator: hosts the LLM, allocates public data by learnability, runs the rounds.
+
+Operators use the ``lada-coordinator`` command; code that embeds the coordinator (tests,
+benchmarks) starts from :class:`CoordinatorConfig` and :func:`lada_coordinator.server.run.build`.
+Names are imported on first use, so ``import lada_coordinator`` (for ``__version__``, say) loads
+none of torch, FastAPI or the LLM host.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["CoordinatorConfig", "__version__"]
+
+try:
+    __version__: str = version("lada-coordinator")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+_EXPORTS: dict[str, str] = {"CoordinatorConfig": "lada_coordinator.config"}
+
+if TYPE_CHECKING:
+    from lada_coordinator.config import CoordinatorConfig
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lada_coordinator' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
