@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -31,8 +31,10 @@ def pretrain(
     lr: float = 3e-3,
     seed: int = 0,
     max_length: int = 256,
+    on_step: Callable[[int], None] | None = None,
 ) -> float:
-    """Train all weights of the checkpoint in ``model_dir`` in place; returns the last loss."""
+    """Train all weights of the checkpoint in ``model_dir`` in place; returns the last loss.
+    ``on_step(done)`` is called after each step, so a caller can show how far a warm start got."""
     if not examples:
         raise ValueError("pretrain needs at least one example")
     torch.manual_seed(seed)
@@ -56,6 +58,8 @@ def pretrain(
         optimizer.step()
         schedule.step()
         loss_value = loss.item()
+        if on_step is not None:
+            on_step(step + 1)
         if (step + 1) % max(1, steps // 5) == 0:
             log.info("warm start %s: step %d/%d loss %.3f (%.0fs)", model_dir.name, step + 1, steps, loss_value, time.perf_counter() - started)
     model.eval()
