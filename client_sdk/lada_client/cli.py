@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from lada_client.common.logs import setup_logging
 from lada_client.config import ClientConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lada-client", description="LaDa federated distillation client")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, libraries' (httpx …) included")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="enroll if needed, then take part in rounds until the federation ends")
     run.add_argument("--config", type=Path, required=True, help="client JSON config")
@@ -26,10 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("source", type=Path, help="a .gguf file or a checkpoint directory")
     imp.add_argument("--out", type=Path, required=True, help="directory for checkpoint/ and onnx/ (cached)")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    setup_logging(args.verbose)
     if args.command == "import-model":
         return _import_model(args)
     try:  # a bad file is one readable error (every bad field named), never a traceback

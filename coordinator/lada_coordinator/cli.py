@@ -1,15 +1,30 @@
-"""``lada-coordinator``: serve, issue enrollment tokens, or run a whole local federation."""
+"""``lada-coordinator``: serve, issue enrollment tokens, watch and manage a running coordinator
+(``status``, ``clients``, ``revoke``), or run a whole local federation.
+
+Commands that print data take ``--json`` for scripts; without it they print tables for a person
+(``console.py``). An operator's mistake (a wrong ``--config``, a coordinator that is not running, a
+token that does not match) is one ``lada-coordinator: error: …`` line and exit code 2, not a
+traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from lada_client.common.logs import setup_logging
 from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.credentials import DEFAULT_TOKEN_TTL_S
 from lada_coordinator.store import DEFAULT_GROUP
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from lada_coordinator.store import TokenRecord
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -38,6 +53,16 @@ def _store(args: argparse.Namespace):
     return Store(CoordinatorConfig.load(args.config).db_path)
 
 
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _console() -> Console:
+    from lada_coordinator.console import make_console
+
+    return make_console()
+
+
 def _issue_token(args: argparse.Namespace) -> int:
     from lada_coordinator.credentials import issue_tokens, load_identity
 
@@ -47,25 +72,46 @@ def _issue_token(args: argparse.Namespace) -> int:
         tokens = issue_tokens(store, load_identity(config.state_dir), args.count, args.ttl_hours * 3600.0, args.group)
     finally:
         store.close()
+    if args.json:
+        _print_json({"tokens": tokens, "group": args.group, "ttl_hours": args.ttl_hours,
+                     "expires_at": time.time() + args.ttl_hours * 3600.0})
+        return 0
     for token in tokens:
         print(token)
     print(f"{len(tokens)} token(s) for group {args.group!r}, valid {args.ttl_hours:g} h; each enrolls one device once", file=sys.stderr)
     return 0
 
 
-def _tokens(args: argparse.Namespace) -> int:
-    import time
+def _token_state(r: TokenRecord, now: float) -> str:
+    """What ``tokens`` says of one token: used by whom, revoked, expired, or how long it stays open."""
+    if r.used_by:
+        return "used by " + r.used_by
+    if r.revoked:
+        return "revoked"
+    if r.expires_at is None or r.expires_at <= now:
+        return "expired"
+    return f"open, {(r.expires_at - now) / 3600:.1f} h left"
 
+
+def _tokens(args: argparse.Namespace) -> int:
     store = _store(args)
     try:
         rows = store.tokens()
     finally:
         store.close()
     now = time.time()
-    for r in rows:
-        state = "used by " + r.used_by if r.used_by else "revoked" if r.revoked else (
-            "expired" if r.expires_at is None or r.expires_at <= now else f"open, {(r.expires_at - now) / 3600:.1f} h left")
-        print(f"{r.token_id}  group {r.secagg_group:<12} {state}")
+    listed = [
+        {"token_id": r.token_id, "group": r.secagg_group, "state": _token_state(r, now), "created_at": r.created_at,
+         "expires_at": r.expires_at, "used_by": r.used_by, "revoked": r.revoked}
+        for r in rows
+    ]
+    if args.json:
+        _print_json(listed)
+        return 0
+    from lada_coordinator.console import tokens_table
+
+    console = _console()
+    console.print(tokens_table(listed, not console.is_terminal))
     return 0
 
 
@@ -77,7 +123,10 @@ def _revoke_token(args: argparse.Namespace) -> int:
         store.close()
     if n == 0:
         raise ValueError(f"no open token with id {args.token_id!r} (see `lada-coordinator tokens`)")
-    print(f"revoked {n} token(s)")
+    if args.json:
+        _print_json({"revoked_tokens": n})
+    else:
+        print(f"revoked {n} token(s)")
     return 0
 
 
@@ -88,8 +137,41 @@ def _revoke(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if not done:
-        raise ValueError(f"no enrolled device named {args.client!r}")
-    print(f"revoked {args.client}: its requests are refused from now on")
+        raise ValueError(f"no enrolled device named {args.client!r} (see `lada-coordinator clients`)")
+    if args.json:
+        _print_json({"revoked": args.client})
+    else:
+        print(f"revoked {args.client}: its requests are refused from now on")
+    return 0
+
+
+def _operator_status(args: argparse.Namespace) -> dict:
+    from lada_coordinator.operator_client import OperatorClient
+
+    return OperatorClient.for_config(CoordinatorConfig.load(args.config), args.url, args.ca_cert).status()
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = _operator_status(args)
+    if args.json:
+        _print_json(status)
+        return 0
+    from lada_coordinator.console import status_view
+
+    console = _console()
+    console.print(status_view(status, not console.is_terminal))
+    return 0
+
+
+def _clients(args: argparse.Namespace) -> int:
+    status = _operator_status(args)
+    if args.json:
+        _print_json(status["devices"])
+        return 0
+    from lada_coordinator.console import clients_table
+
+    console = _console()
+    console.print(clients_table(status, not console.is_terminal))
     return 0
 
 
@@ -123,7 +205,8 @@ def _import_llm(args: argparse.Namespace) -> int:
 
 
 def _federation(args: argparse.Namespace) -> int:
-    from lada_coordinator.federation import FederationSettings, run_federation
+    from lada_coordinator.console import ConsoleReporter, make_console, setup_console_logging
+    from lada_coordinator.federation import LOG_FILE, FederationSettings, run_federation
 
     settings = FederationSettings(
         workdir=args.workdir, clients=args.clients, rounds=args.rounds, allocation=args.allocation,
@@ -136,9 +219,12 @@ def _federation(args: argparse.Namespace) -> int:
         families=_names(args.families), public_families=_names(args.public_families), public_seed=args.public_seed,
         student=args.student, teacher_gguf=args.teacher_gguf, teacher_cache=args.teacher_cache,
         reward=args.reward, credit=args.credit, private_sft=args.private_sft, eval_size=args.eval_size,
-        max_new_tokens=args.max_new_tokens, features=_names(args.features),
+        max_new_tokens=args.max_new_tokens, features=_names(args.features), verbose=args.verbose,
     )
-    return run_federation(settings)
+    console = make_console()
+    setup_console_logging(console, args.verbose, settings.workdir / LOG_FILE)
+    with ConsoleReporter(console, make_console(stderr=True)) as reporter:
+        return run_federation(settings, reporter=reporter)
 
 
 def _non_negative_int(text: str) -> int:
@@ -162,10 +248,19 @@ def _names(text: str | None) -> tuple[str, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lada-coordinator", description="LaDa coordinator")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, libraries' (httpx, uvicorn …) included")
+    # -v also after the command (`bash scripts/federation.sh -v`); SUPPRESS keeps a -v given before it
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", help="run the coordinator HTTP server and round engine")
+    def operator(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, required=True, help="the coordinator's JSON config (its state_dir holds the operator token)")
+        p.add_argument("--url", help="where the coordinator serves (default: the address it recorded in state_dir/endpoint.json)")
+        p.add_argument("--ca-cert", type=Path, help="PEM certificate to verify its https with (default: the self-signed one it recorded)")
+        p.add_argument("--json", action="store_true", help="print the JSON document instead of tables")
+
+    p = sub.add_parser("serve", parents=[verbose], help="run the coordinator HTTP server and round engine")
     p.add_argument("--config", type=Path, required=True, help="coordinator JSON config")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
@@ -181,35 +276,47 @@ def main(argv: list[str] | None = None) -> int:
                    help="serve plain http on a non-loopback address (default there: https, self-signed if no --tls-cert)")
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("gen-cert", help="write a self-signed TLS certificate for local use")
+    p = sub.add_parser("gen-cert", parents=[verbose], help="write a self-signed TLS certificate for local use")
     p.add_argument("--out", type=Path, required=True, help="directory for cert.pem and key.pem")
     p.add_argument("--host", action="append", help="host name or IP the certificate is for (repeatable)")
     p.add_argument("--days", type=int, default=365)
     p.set_defaults(func=_gen_cert)
 
-    p = sub.add_parser("issue-token", help="print one-time enrollment tokens (they name this coordinator's key)")
+    p = sub.add_parser("issue-token", parents=[verbose], help="print one-time enrollment tokens (they name this coordinator's key)")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--ttl-hours", type=float, default=DEFAULT_TOKEN_TTL_S / 3600, help="hours a token stays valid")
     p.add_argument("--group", default=DEFAULT_GROUP,
                    help="secure-aggregation group of the devices enrolled with these tokens (co-tuning)")
+    p.add_argument("--json", action="store_true", help="print the tokens, group and expiry as JSON")
     p.set_defaults(func=_issue_token)
 
-    p = sub.add_parser("tokens", help="list enrollment tokens (id, group, state)")
+    p = sub.add_parser("tokens", parents=[verbose], help="list enrollment tokens (id, group, state)")
     p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=_tokens)
 
-    p = sub.add_parser("revoke-token", help="revoke an unused enrollment token")
+    p = sub.add_parser("revoke-token", parents=[verbose], help="revoke an unused enrollment token")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("token_id", help="its id as `tokens` lists it (at least 8 hex digits)")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=_revoke_token)
 
-    p = sub.add_parser("revoke", help="revoke an enrolled device (by name or client id)")
+    p = sub.add_parser("revoke", parents=[verbose], help="revoke an enrolled device (by name or client id)")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("client")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=_revoke)
 
-    p = sub.add_parser("teacher-paths", help="compute the teacher's verified reasoning paths over the public pool ahead of time (llama.cpp)")
+    p = sub.add_parser("status", parents=[verbose], help="a running coordinator's rounds, phase and devices (operator token)")
+    operator(p)
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("clients", parents=[verbose], help="a running coordinator's enrolled devices: last seen, set aside, revoked")
+    operator(p)
+    p.set_defaults(func=_clients)
+
+    p = sub.add_parser("teacher-paths", parents=[verbose], help="compute the teacher's verified reasoning paths over the public pool ahead of time (llama.cpp)")
     p.add_argument("--gguf", type=Path, required=True, help="the teacher as a GGUF file")
     p.add_argument("--public", type=Path, required=True, help="federation data directory (its public.jsonl)")
     p.add_argument("--out", type=Path, required=True, help="path store (JSON Lines; appended to, so a rerun resumes)")
@@ -220,12 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_teacher_paths)
 
-    p = sub.add_parser("import-llm", help="import a GGUF file or transformers checkpoint as the coordinator's LLM (llm_dir)")
+    p = sub.add_parser("import-llm", parents=[verbose], help="import a GGUF file or transformers checkpoint as the coordinator's LLM (llm_dir)")
     p.add_argument("source", type=Path, help="a .gguf file or a checkpoint directory")
     p.add_argument("--out", type=Path, required=True, help="where the float32 checkpoint goes (cached)")
     p.set_defaults(func=_import_llm)
 
-    p = sub.add_parser("federation", help="build models and data, then run coordinator + clients on loopback")
+    p = sub.add_parser("federation", parents=[verbose], help="build models and data, then run coordinator + clients on loopback")
     p.add_argument("--workdir", type=Path, default=Path(".lada-federation"))
     p.add_argument("--clients", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
@@ -271,13 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_federation)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    if args.command != "federation":  # the federation sets up its console and log file itself
+        setup_logging(args.verbose)
+    from lada_coordinator.operator_client import OperatorError
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, FileNotFoundError, ImportError, OperatorError) as exc:
         print(f"lada-coordinator: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

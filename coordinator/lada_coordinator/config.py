@@ -10,7 +10,7 @@ from typing import Any, Literal
 from lada_client.common.config_io import from_mapping, load_json
 from lada_client.config import FEATURE_NAMES, DistillSettings, LoraSettings
 from lada_coordinator.aggregation.secure import SecAggSettings
-from lada_coordinator.allocation.eenet import FilterConfig
+from lada_coordinator.allocation.filter_config import FilterConfig
 
 AllocationMode = Literal["lada", "random", "all", "none"]
 HostFramework = Literal["mkt", "cotuning"]

@@ -21,7 +21,10 @@ from lada_client.common.crypto import Identity, write_private
 from lada_client.common.enrollment import EnrollmentToken
 from lada_coordinator.store import DEFAULT_GROUP, Store
 
-__all__ = ["DEFAULT_TOKEN_TTL_S", "GROUP_PATTERN", "check_operator", "issue_tokens", "load_identity", "operator_token"]
+__all__ = [
+    "DEFAULT_TOKEN_TTL_S", "GROUP_PATTERN", "check_operator", "existing_operator_token", "issue_tokens", "load_identity",
+    "operator_token",
+]
 
 DEFAULT_TOKEN_TTL_S = 7 * 24 * 3600.0
 GROUP_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -40,6 +43,17 @@ def operator_token(state_dir: Path) -> str:
             return token
     token = secrets.token_urlsafe(32)
     write_private(path, f"{token}\n".encode())
+    return token
+
+
+def existing_operator_token(state_dir: Path) -> str:
+    """The operator token a running coordinator already uses. Unlike :func:`operator_token` it
+    never creates one: a token made by the operator's CLI would not be the server's, and the
+    request would fail later with a less telling 401."""
+    path = state_dir / "operator.token"
+    token = path.read_text().strip() if path.exists() else ""
+    if not token:
+        raise FileNotFoundError(f"no operator token in {path}: the coordinator writes it when it starts")
     return token
 
 

@@ -1,9 +1,14 @@
 """A whole federation on one machine: data, models, coordinator and clients on loopback.
 
 ``lada-coordinator federation`` builds everything offline (cached in ``--workdir``), then starts
-one real coordinator process and one real client process per client, and prints per-round
+one real coordinator process and one real client process per client, and reports per-round
 accuracy and bytes as rounds close. It is the quickest way to see LaDa run end to end, and the
 harness the end-to-end tests and benchmarks use.
+
+What happens is told to a :class:`Reporter`: set-up stages (with their step counts), each poll of
+the coordinator's operator view, each closed round, and a failing process with the end of its log.
+This module only logs (:class:`LogReporter`, the default, for benchmarks and tests); what a
+person reads on a terminal is ``console.py``'s.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import httpx
 
@@ -24,6 +32,8 @@ log = logging.getLogger(__name__)
 
 SLM_PRESETS = ("slm-large", "slm-medium", "slm-small")
 ENGINE_RETRIES = 3  # a local run gives up once the coordinator's engine failed this many times
+LOG_FILE = "federation.log"  # this process's own log, in the workdir (kept when the workdir is rebuilt)
+TAIL_LINES = 15  # lines of a failed process's log shown with its failure
 
 
 @dataclass(frozen=True)
@@ -69,12 +79,148 @@ class FederationSettings:
     eval_size: int = 64  # test questions each client evaluates per round
     max_new_tokens: int = 48  # clients' generation cap (own paths, offers, evaluation)
     features: tuple[str, ...] = ()  # learnability features the coordinator asks for; () = its defaults
+    verbose: bool = False  # debug logging in the coordinator and client processes too
 
     def __post_init__(self) -> None:
         if self.epochs < 0:  # checked here, not in each client process it would be written to
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if self.teacher_gguf is not None and self.llm_checkpoint is not None:
             raise ValueError("give a teacher as --teacher-gguf or as --llm-checkpoint, not both")
+
+
+class Stage(Protocol):
+    """One set-up stage as it runs: ``advance(done)`` of the ``total`` it was opened with, and a
+    ``note`` said when it ends (what was built, or that the cache had it)."""
+
+    def advance(self, done: int) -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class ProcessFailure:
+    """Why a federation stopped: the process (``coordinator``, ``client1``, or ``federation`` for
+    a timeout), what happened to it, and the last lines of its log."""
+
+    name: str
+    detail: str
+    log: Path | None = None
+    tail: tuple[str, ...] = ()
+
+
+class ProcessFailed(RuntimeError):
+    """A process of the federation failed before the rounds began (the coordinator at start-up)."""
+
+    def __init__(self, failure: ProcessFailure) -> None:
+        super().__init__(f"{failure.name} {failure.detail} (log: {failure.log})")
+        self.failure = failure
+
+
+class Reporter(Protocol):
+    """What a federation run tells whoever watches it; :class:`LogReporter` logs it,
+    ``console.ConsoleReporter`` draws it for a person."""
+
+    def stage(self, name: str, total: int | None = None) -> AbstractContextManager[Stage]: ...
+
+    def started(self, url: str, settings: FederationSettings, logs: Path) -> None: ...
+
+    def status(self, status: dict[str, Any], settings: FederationSettings) -> None: ...
+
+    def round_closed(self, metrics: dict[str, Any], previous: dict[str, Any] | None, settings: FederationSettings) -> None: ...
+
+    def engine_error(self, error: dict[str, Any]) -> None: ...
+
+    def failed(self, failure: ProcessFailure) -> None: ...
+
+    def finished(self, seconds: float, metrics_path: Path) -> None: ...
+
+
+@dataclass
+class _LoggedStage:
+    total: int | None
+    done: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def advance(self, done: int) -> None:
+        self.done = done
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+def round_summary(metrics: dict[str, Any]) -> str:
+    """One line for a closed round: each client's accuracy, the LLM's, and the cumulative bytes."""
+    clients = metrics.get("clients", {})
+    accs = ", ".join(f"{n} {c['test_accuracy']:.3f}" for n, c in sorted(clients.items()))
+    sent = sum(c["bytes_client_sent"] for c in clients.values())
+    recv = sum(c["bytes_client_received"] for c in clients.values())
+    llm = metrics.get("llm", {})
+    llm_acc = llm.get("accuracy")
+    return (
+        f"round {metrics['round']}: SLM accuracy [{accs}] | LLM accuracy "
+        f"{'n/a' if llm_acc is None else f'{llm_acc:.3f}'} (trained on {llm.get('n_trained', 0)} SLM paths)"
+        f" | bytes up {sent:,} down {recv:,} (cumulative)"
+    )
+
+
+class LogReporter:
+    """A federation run told through ``logging`` (the default of :func:`run_federation` and
+    :func:`prepare`): library callers and benchmarks get the same facts without a terminal."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._log = logger or log
+        self._phase: tuple[int, str] | None = None
+
+    @contextmanager
+    def stage(self, name: str, total: int | None = None) -> Iterator[Stage]:
+        started = time.perf_counter()
+        stage = _LoggedStage(total)
+        self._log.info("%s…", name)
+        yield stage
+        self._log.info("%s: done in %.1fs%s", name, time.perf_counter() - started, f" ({'; '.join(stage.notes)})" if stage.notes else "")
+
+    def started(self, url: str, settings: FederationSettings, logs: Path) -> None:
+        self._log.info(
+            "federation: coordinator + %d clients on %s, %d rounds, allocation=%s (logs in %s)",
+            settings.clients, url, settings.rounds, settings.allocation, logs,
+        )
+
+    def status(self, status: dict[str, Any], settings: FederationSettings) -> None:
+        phase = (status["round"], status["engine"]["phase"])
+        if phase != self._phase:
+            self._phase = phase
+            self._log.debug("round %d: %s", *phase)
+
+    def round_closed(self, metrics: dict[str, Any], previous: dict[str, Any] | None, settings: FederationSettings) -> None:
+        self._log.info("%s", round_summary(metrics))
+
+    def engine_error(self, error: dict[str, Any]) -> None:
+        self._log.warning("coordinator round %s %s: %s (retrying)", error["round"], error["phase"], error["error"])
+
+    def failed(self, failure: ProcessFailure) -> None:
+        self._log.error("%s %s; last lines of %s:\n%s", failure.name, failure.detail, failure.log, "\n".join(failure.tail))
+
+    def finished(self, seconds: float, metrics_path: Path) -> None:
+        self._log.info("federation: done in %.0fs; metrics in %s", seconds, metrics_path)
+
+
+def log_tail(path: Path | None, lines: int = TAIL_LINES) -> tuple[str, ...]:
+    """The last ``lines`` lines of a log file (its last 64 KiB read, however long it grew)."""
+    if path is None or not path.exists():
+        return ()
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 65536))
+        text = f.read().decode("utf-8", errors="replace")
+    return tuple(text.splitlines()[-lines:])
+
+
+def _clear(work: Path) -> None:
+    """Empty the workdir for a rebuild, keeping this process's log (it may be open for writing)."""
+    for entry in work.iterdir() if work.exists() else ():
+        if entry.name == LOG_FILE:
+            continue
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 def _marker(path: Path, key: dict) -> bool:
@@ -110,9 +256,11 @@ def _data(settings: FederationSettings, data_dir: Path):
     return make_federation(domains, settings.n_train, settings.n_test, settings.n_public, settings.seed)
 
 
-def prepare(settings: FederationSettings) -> dict[str, Path]:
+def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> dict[str, Path]:
     """Build (or reuse) data, tokenizer, LLM and per-client SLMs with their ONNX exports; with a
-    ``student``, import it once instead; with a ``teacher_gguf``, fill its path store instead."""
+    ``student``, import it once instead; with a ``teacher_gguf``, fill its path store instead.
+    Each step is a ``reporter`` stage (warm starts count their steps), so a person sees how far
+    the minutes of a first set-up got."""
     from lada_client.common.reasoning import format_prompt, format_target
     from lada_client.data.domains import GENERATOR_VERSION
     from lada_client.data.federation import FederationData
@@ -121,6 +269,7 @@ def prepare(settings: FederationSettings) -> dict[str, Path]:
     from lada_client.models.tokenizer import DEFAULT_VOCAB_SIZE, build_tokenizer, save_tokenizer
     from lada_client.training.pretrain import pretrain
 
+    reporter = reporter or LogReporter()
     work = settings.workdir
     data_dir, tok_dir, models = work / "data", work / "tokenizer", work / "models"
     toy_teacher = settings.teacher_gguf is None and settings.llm_checkpoint is None
@@ -129,62 +278,93 @@ def prepare(settings: FederationSettings) -> dict[str, Path]:
         "clients": settings.clients, "n": [settings.n_train, settings.n_test, settings.n_public], "seed": settings.seed,
         "generator": GENERATOR_VERSION, "vocab": DEFAULT_VOCAB_SIZE,
     }
-    if not _marker(work, key):
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        log.info("generating data for %d clients (%s)", settings.clients, ", ".join(settings.families) or "toy domains")
-        fed = _data(settings, data_dir)
-        fed.save(data_dir)
-        _mark(work, key)
-    fed = FederationData.load(data_dir)
+    with reporter.stage("data") as stage:
+        cached = _marker(work, key)
+        if not cached:
+            _clear(work)
+            work.mkdir(parents=True, exist_ok=True)
+            log.info("generating data for %d clients (%s)", settings.clients, ", ".join(settings.families) or "toy domains")
+            fed = _data(settings, data_dir)
+            fed.save(data_dir)
+            _mark(work, key)
+        fed = FederationData.load(data_dir)
+        stage.note(
+            f"{settings.clients} clients ({', '.join(settings.families) or 'toy domains'}), "
+            f"{settings.n_train} train / {settings.n_test} test each, {len(fed.public)} public"
+        )
+        if cached:
+            stage.note("cached")
     pairs = lambda samples: [(format_prompt(s.question), format_target(s.target)) for s in samples]  # noqa: E731
-    if (toy_teacher or settings.student is None) and not (tok_dir / "tokenizer.json").exists():
-        texts = [f"{format_prompt(s.question)}{format_target(s.target)}" for s in fed.public]
-        texts += [f"{format_prompt(s.question)}{format_target(s.target)}" for c in fed.clients for s in c.train]
-        save_tokenizer(build_tokenizer(texts), tok_dir)
+    if toy_teacher or settings.student is None:
+        with reporter.stage("tokenizer") as stage:
+            if not (tok_dir / "tokenizer.json").exists():
+                texts = [f"{format_prompt(s.question)}{format_target(s.target)}" for s in fed.public]
+                texts += [f"{format_prompt(s.question)}{format_target(s.target)}" for c in fed.clients for s in c.train]
+                tokenizer = build_tokenizer(texts)
+                save_tokenizer(tokenizer, tok_dir)
+                stage.note(f"BPE, {tokenizer.get_vocab_size()} tokens")
+            else:
+                stage.note("cached")
 
     paths: dict[str, Path] = {"data": data_dir}
     if settings.teacher_gguf is not None:
-        paths["teacher_paths"] = _teacher_paths(settings, fed.public)
+        paths["teacher_paths"] = _teacher_paths(settings, fed.public, reporter)
     elif settings.llm_checkpoint is not None:
-        paths["llm"] = Path(settings.llm_checkpoint)
-        if not (paths["llm"] / "config.json").is_file():
-            raise ValueError(f"--llm-checkpoint {paths['llm']}: not a transformers checkpoint directory (no config.json)")
-        log.info("teacher: using the checkpoint in %s as is (no warm start)", paths["llm"])
+        with reporter.stage("teacher") as stage:
+            paths["llm"] = Path(settings.llm_checkpoint)
+            if not (paths["llm"] / "config.json").is_file():
+                raise ValueError(f"--llm-checkpoint {paths['llm']}: not a transformers checkpoint directory (no config.json)")
+            log.info("teacher: using the checkpoint in %s as is (no warm start)", paths["llm"])
+            stage.note(f"checkpoint {paths['llm']} as is")
     else:
         llm_dir = paths["llm"] = models / "llm"
         llm_key = {"preset": "llm-tiny", "steps": settings.llm_warmup_steps, "seed": settings.seed}
-        if not (llm_dir.exists() and _marker(llm_dir, llm_key)):
-            shutil.rmtree(llm_dir, ignore_errors=True)
-            create_model("llm-tiny", tok_dir, llm_dir, seed=settings.seed)
-            log.info("warm-starting the LLM teacher on the public pool (%d steps)", settings.llm_warmup_steps)
-            pretrain(llm_dir, pairs(fed.public), settings.llm_warmup_steps, seed=settings.seed)
-            _mark(llm_dir, llm_key)
+        with reporter.stage("LLM teacher warm-up", settings.llm_warmup_steps) as stage:
+            if not (llm_dir.exists() and _marker(llm_dir, llm_key)):
+                shutil.rmtree(llm_dir, ignore_errors=True)
+                create_model("llm-tiny", tok_dir, llm_dir, seed=settings.seed)
+                log.info("warm-starting the LLM teacher on the public pool (%d steps)", settings.llm_warmup_steps)
+                loss = pretrain(llm_dir, pairs(fed.public), settings.llm_warmup_steps, seed=settings.seed, on_step=stage.advance)
+                _mark(llm_dir, llm_key)
+                stage.note(f"llm-tiny, {settings.llm_warmup_steps} steps, loss {loss:.2f}")
+            else:
+                stage.advance(settings.llm_warmup_steps)
+                stage.note("cached")
     if settings.student is not None:
         from lada_client.models.importer import import_slm
 
-        import_slm(settings.student, models / "student")  # cached by the source's content
+        with reporter.stage("student import") as stage:
+            import_slm(settings.student, models / "student")  # cached by the source's content
+            stage.note(f"{settings.student.name} for every client")
         for client in fed.clients:
             paths[client.name] = models / "student"
         return paths
     for i, client in enumerate(fed.clients):
         cdir = models / client.name
         ckey = {"preset": settings.slm_presets[i % len(settings.slm_presets)], "steps": settings.slm_warmup_steps, "seed": settings.seed}
-        if not (cdir.exists() and _marker(cdir, ckey)):
-            shutil.rmtree(cdir, ignore_errors=True)
-            create_model(ckey["preset"], tok_dir, cdir / "base", seed=settings.seed + i + 1)
-            log.info("warm-starting %s's SLM (%s) on its private data", client.name, ckey["preset"])
-            pretrain(cdir / "base", pairs(client.train), settings.slm_warmup_steps, seed=settings.seed + i)
-            export_scoring_model(cdir / "base", cdir / "onnx" / "model.onnx")
-            _mark(cdir, ckey)
-        elif scoring_graph_version(cdir / "onnx" / "model.onnx") != SCORING_GRAPH_VERSION:
-            log.info("re-exporting %s's scoring graph (older export format)", client.name)
-            export_scoring_model(cdir / "base", cdir / "onnx" / "model.onnx")
+        with reporter.stage(f"SLM {client.name} ({ckey['preset']})", settings.slm_warmup_steps) as stage:
+            if not (cdir.exists() and _marker(cdir, ckey)):
+                shutil.rmtree(cdir, ignore_errors=True)
+                create_model(ckey["preset"], tok_dir, cdir / "base", seed=settings.seed + i + 1)
+                log.info("warm-starting %s's SLM (%s) on its private data", client.name, ckey["preset"])
+                loss = pretrain(
+                    cdir / "base", pairs(client.train), settings.slm_warmup_steps, seed=settings.seed + i, on_step=stage.advance,
+                )
+                export_scoring_model(cdir / "base", cdir / "onnx" / "model.onnx")
+                _mark(cdir, ckey)
+                stage.note(f"{settings.slm_warmup_steps} steps, loss {loss:.2f}, ONNX exported")
+            elif scoring_graph_version(cdir / "onnx" / "model.onnx") != SCORING_GRAPH_VERSION:
+                log.info("re-exporting %s's scoring graph (older export format)", client.name)
+                export_scoring_model(cdir / "base", cdir / "onnx" / "model.onnx")
+                stage.note("cached, ONNX re-exported")
+            else:
+                stage.advance(settings.slm_warmup_steps)
+                stage.note("cached")
         paths[client.name] = cdir
     return paths
 
 
-def _teacher_paths(settings: FederationSettings, public) -> Path:
+def _teacher_paths(settings: FederationSettings, public, reporter: Reporter) -> Path:
     """Fill the llama.cpp teacher's path store for the public pool (resumable); returns its file."""
     from lada_coordinator.llm.llamacpp import DEFAULT_PROMPT, LlamaCppTeacher, fill_store
     from lada_coordinator.llm.paths import PathStore
@@ -196,42 +376,36 @@ def _teacher_paths(settings: FederationSettings, public) -> Path:
     missing = len(store.missing(public))
     if missing:
         log.info("teacher: computing %d verified paths with llama.cpp (cached in %s)", missing, out)
+    with reporter.stage("teacher paths (llama.cpp)", missing or None) as stage:
 
-    def progress(done: int, total: int, verified: int) -> None:
-        if done % 25 == 0 or done == total:
-            log.info("teacher paths: %d/%d, %d verified", done, total, verified)
+        def progress(done: int, total: int, verified: int) -> None:
+            stage.advance(done)
+            if done % 25 == 0 or done == total:
+                log.info("teacher paths: %d/%d, %d verified", done, total, verified)
 
-    fill_store(teacher, store, public, progress=progress)
+        stats = fill_store(teacher, store, public, progress=progress)
+        stage.note(f"{stats['new']} new ({stats['verified']} verified), {stats['cached']} cached")
     return out
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, verify: str | bool, timeout_s: float = 120.0) -> None:
+def _wait_healthy(url: str, proc: subprocess.Popen, verify: str | bool, log_path: Path, timeout_s: float = 120.0) -> None:
+    """Until the coordinator answers ``/healthz``; :class:`ProcessFailed` with its log's end if it
+    exits first or stays silent."""
     deadline = time.monotonic() + timeout_s
     with httpx.Client(verify=verify, timeout=2) as http:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"coordinator exited with code {proc.returncode} during start-up")
+                raise ProcessFailed(
+                    ProcessFailure("coordinator", f"exited with code {proc.returncode} during start-up", log_path, log_tail(log_path))
+                )
             try:
                 if http.get(f"{url}/healthz").status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-    raise RuntimeError(f"coordinator did not answer on {url} within {timeout_s:.0f}s")
-
-
-def _print_round(m: dict) -> None:
-    clients = m.get("clients", {})
-    accs = ", ".join(f"{n} {c['test_accuracy']:.3f}" for n, c in sorted(clients.items()))
-    sent = sum(c["bytes_client_sent"] for c in clients.values())
-    recv = sum(c["bytes_client_received"] for c in clients.values())
-    llm = m.get("llm", {})
-    llm_acc = llm.get("accuracy")
-    print(
-        f"round {m['round']}: SLM accuracy [{accs}] | LLM accuracy "
-        f"{'n/a' if llm_acc is None else f'{llm_acc:.3f}'} (trained on {llm.get('n_trained', 0)} SLM paths)"
-        f" | bytes up {sent:,} down {recv:,} (cumulative)",
-        flush=True,
+    raise ProcessFailed(
+        ProcessFailure("coordinator", f"did not answer on {url} within {timeout_s:.0f}s", log_path, log_tail(log_path))
     )
 
 
@@ -282,23 +456,29 @@ def start_processes(
     paths: dict[str, Path],
     coordinator_overrides: dict | None = None,
     client_overrides: dict[str, dict] | None = None,
+    reporter: Reporter | None = None,
 ) -> Processes:
     """Write the configs, issue enrollment tokens, start the coordinator, wait until it answers,
     then start one client process per client. Overrides are merged into the generated JSON
-    configs (``client_overrides`` by client name), e.g. to give one client another model."""
+    configs (``client_overrides`` by client name), e.g. to give one client another model.
+    Raises :class:`ProcessFailed` if the coordinator does not come up."""
     from lada_coordinator.credentials import issue_tokens, load_identity, operator_token
     from lada_coordinator.store import Store
 
+    reporter = reporter or LogReporter()
     run_dir = settings.workdir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "logs").mkdir(parents=True)
+    (run_dir / "coordinator").mkdir(mode=0o700)
     url = f"{'https' if settings.tls else 'http'}://127.0.0.1:{settings.port}"
     serve_tls: list[str] = []
     verify: str | bool = True
+    cert: Path | None = None
     if settings.tls:
         from lada_coordinator.server.tls import generate_self_signed
 
-        cert, key = generate_self_signed(run_dir / "tls")
+        # in the coordinator's state directory, where `lada-coordinator status` finds it
+        cert, key = generate_self_signed(run_dir / "coordinator" / "tls")
         serve_tls, verify = ["--tls-cert", str(cert), "--tls-key", str(key)], str(cert)
     coord_cfg = {
         "db_path": str(run_dir / "coordinator.sqlite"),
@@ -330,92 +510,137 @@ def start_processes(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     logs = run_dir / "logs"
 
-    def spawn(args: list[str], log_name: str) -> subprocess.Popen:
+    verbose = ["-v"] if settings.verbose else []
+
+    def spawn(module: str, args: list[str], log_name: str) -> subprocess.Popen:
         with open(logs / log_name, "w") as out:  # the child keeps its own copy of the descriptor
-            return subprocess.Popen([sys.executable, "-m", *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+            return subprocess.Popen([sys.executable, "-m", module, *verbose, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
 
     llm_eval = ["--llm-eval-data", str(paths["data"])] if "llm" in paths else []
-    coordinator = spawn(
-        ["lada_coordinator.cli", "serve", "--config", str(run_dir / "coordinator.json"), *llm_eval, *serve_tls],
-        "coordinator.log",
-    )
-    procs = Processes(url, verify, run_dir, coordinator, {})
-    try:
-        _wait_healthy(url, coordinator, verify)
-        for i in range(settings.clients):
-            name = f"client{i}"
-            base, scoring = slm_files(paths[name])
-            cfg = {
-                "coordinator_url": url,
-                "name": name,
-                "state_dir": str(run_dir / name),
-                "data_dir": str(paths["data"]),
-                "scoring_model": str(scoring),
-                "base_model_dir": str(base),
-                "ca_cert": str(run_dir / "tls" / "cert.pem") if settings.tls else None,
-                "distill": {"alpha": settings.alpha, "epochs": settings.epochs, "seed": settings.seed},
-                "reward": {"kind": settings.reward, "credit": settings.credit},
-                "private_sft": settings.private_sft,
-                "eval_size": settings.eval_size,
-                "max_new_tokens": settings.max_new_tokens,
-                "threads": max(1, (os.cpu_count() or 1) // settings.clients),  # the clients share this machine
-                "dp": {"noise_multiplier": settings.dp_noise},
-                "poll_interval_s": 0.2,  # loopback: polling is cheap, and each wait shortens every round
-                **(client_overrides or {}).get(name, {}),
-            }
-            (run_dir / f"{name}.json").write_text(json.dumps(cfg, indent=2))
-            procs.clients[name] = spawn(
-                ["lada_client.cli", "run", "--config", str(run_dir / f"{name}.json"),
-                 f"--token={tokens[i]}", "--results", str(run_dir / f"{name}.results.json")],
-                f"{name}.log",
-            )
-    except BaseException:
-        procs.stop()
-        raise
+    with reporter.stage("processes", settings.clients + 1) as stage:
+        coordinator = spawn(
+            "lada_coordinator.cli", ["serve", "--config", str(run_dir / "coordinator.json"), *llm_eval, *serve_tls],
+            "coordinator.log",
+        )
+        procs = Processes(url, verify, run_dir, coordinator, {})
+        try:
+            _wait_healthy(url, coordinator, verify, logs / "coordinator.log")
+            stage.advance(1)
+            for i in range(settings.clients):
+                name = f"client{i}"
+                base, scoring = slm_files(paths[name])
+                cfg = {
+                    "coordinator_url": url,
+                    "name": name,
+                    "state_dir": str(run_dir / name),
+                    "data_dir": str(paths["data"]),
+                    "scoring_model": str(scoring),
+                    "base_model_dir": str(base),
+                    "ca_cert": str(cert) if cert is not None else None,
+                    "distill": {"alpha": settings.alpha, "epochs": settings.epochs, "seed": settings.seed},
+                    "reward": {"kind": settings.reward, "credit": settings.credit},
+                    "private_sft": settings.private_sft,
+                    "eval_size": settings.eval_size,
+                    "max_new_tokens": settings.max_new_tokens,
+                    "threads": max(1, (os.cpu_count() or 1) // settings.clients),  # the clients share this machine
+                    "dp": {"noise_multiplier": settings.dp_noise},
+                    "poll_interval_s": 0.2,  # loopback: polling is cheap, and each wait shortens every round
+                    **(client_overrides or {}).get(name, {}),
+                }
+                (run_dir / f"{name}.json").write_text(json.dumps(cfg, indent=2))
+                procs.clients[name] = spawn(
+                    "lada_client.cli",
+                    ["run", "--config", str(run_dir / f"{name}.json"), f"--token={tokens[i]}",
+                     "--results", str(run_dir / f"{name}.results.json")],
+                    f"{name}.log",
+                )
+                stage.advance(i + 2)
+            stage.note(f"coordinator + {settings.clients} clients")
+        except BaseException:
+            procs.stop()
+            raise
     return procs
 
 
+def _exited(procs: Processes) -> ProcessFailure | None:
+    """The first process that ended too early: the coordinator at all (it serves until stopped),
+    a client with a non-zero code."""
+    code = procs.coordinator.poll()
+    if code is not None:
+        path = procs.logs / "coordinator.log"
+        return ProcessFailure("coordinator", f"exited with code {code}", path, log_tail(path))
+    for name, proc in procs.clients.items():
+        code = proc.poll()
+        if code not in (None, 0):
+            path = procs.logs / f"{name}.log"
+            return ProcessFailure(name, f"exited with code {code}", path, log_tail(path))
+    return None
+
+
 def run_federation(
-    settings: FederationSettings, coordinator_overrides: dict | None = None, client_overrides: dict[str, dict] | None = None,
+    settings: FederationSettings,
+    coordinator_overrides: dict | None = None,
+    client_overrides: dict[str, dict] | None = None,
+    reporter: Reporter | None = None,
 ) -> int:
     """Prepare, then run coordinator + clients as processes; returns a process exit code. Overrides
-    are merged into the generated configs, as in :func:`start_processes`."""
+    are merged into the generated configs, as in :func:`start_processes`. Everything worth telling
+    goes to ``reporter`` (default: :class:`LogReporter`); a failure ends the run with one
+    :meth:`Reporter.failed` naming the process, with the end of its log."""
+    reporter = reporter or LogReporter()
     started = time.perf_counter()
-    paths = prepare(settings)
+    paths = prepare(settings, reporter)
     log.info("set-up done in %.0fs", time.perf_counter() - started)
-    procs = start_processes(settings, paths, coordinator_overrides, client_overrides)
-    url, verify, logs, clients = procs.url, procs.verify, procs.logs, list(procs.clients.values())
+    try:
+        procs = start_processes(settings, paths, coordinator_overrides, client_overrides, reporter)
+    except ProcessFailed as exc:
+        reporter.failed(exc.failure)
+        return 1
+    url, verify, logs = procs.url, procs.verify, procs.logs
     # One connection for the whole watch: building an httpx client per poll (SSL context and all)
     # cost several CPU-seconds per federation, taken from the processes being watched.
     http = httpx.Client(verify=verify, timeout=10, headers=procs.operator_headers)
     try:
-        print(f"federation: coordinator + {settings.clients} clients on {url}, {settings.rounds} rounds, allocation={settings.allocation} (logs in {logs})", flush=True)
-        printed: set[int] = set()
+        reporter.started(url, settings, logs)
+        closed: dict[int, dict] = {}
         reported: list[dict] = []
         deadline = time.monotonic() + settings.timeout_s
+        status: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            status = procs.status(http)
+            failure = _exited(procs)
+            if failure is not None:
+                reporter.failed(failure)
+                return 1
+            try:
+                status = procs.status(http)
+            except httpx.HTTPError:  # a busy coordinator, or one that just died: the next check says which
+                time.sleep(0.25)
+                continue
+            reporter.status(status, settings)
             for m in status["rounds"]:
-                if m["phase"] in ("closed", "finished") and m["round"] not in printed:
-                    _print_round(m)
-                    printed.add(m["round"])
+                if m["phase"] in ("closed", "finished") and m["round"] not in closed:
+                    reporter.round_closed(m, closed.get(m["round"] - 1), settings)
+                    closed[m["round"]] = m
             errors = status["engine"]["errors"]
             for e in errors[len(reported):]:  # the engine retries; say so, and give up if it keeps failing
-                print(f"federation: coordinator round {e['round']} {e['phase']}: {e['error']} (retrying)", file=sys.stderr)
+                reporter.engine_error(e)
             reported = errors
             if status["engine"]["error"] and len(errors) >= ENGINE_RETRIES:
-                print(f"federation: coordinator failed {len(errors)} times; last: {status['engine']['error']}", file=sys.stderr)
+                path = logs / "coordinator.log"
+                reporter.failed(ProcessFailure(
+                    "coordinator", f"round engine failed {len(errors)} times; last: {status['engine']['error']}",
+                    path, log_tail(path),
+                ))
                 return 1
-            failed = [i for i, p in enumerate(clients) if p.poll() not in (None, 0)]
-            if failed:
-                print(f"federation: client(s) {failed} failed; see {logs}", file=sys.stderr)
-                return 1
-            if all(p.poll() == 0 for p in clients) and len(printed) == settings.rounds:
-                (settings.workdir / "last_run.json").write_text(json.dumps(status, indent=2))
-                print(f"federation: done in {time.perf_counter() - started:.0f}s; metrics in {settings.workdir / 'last_run.json'}")
+            if all(p.poll() == 0 for p in procs.clients.values()) and len(closed) == settings.rounds:
+                metrics_path = settings.workdir / "last_run.json"
+                metrics_path.write_text(json.dumps(status, indent=2))
+                reporter.finished(time.perf_counter() - started, metrics_path)
                 return 0
             time.sleep(0.25)
-        print(f"federation: timed out after {settings.timeout_s:.0f}s", file=sys.stderr)
+        path = logs / "coordinator.log"
+        where = f"round {status.get('round', 0)}, phase {status.get('engine', {}).get('phase', '?')}" if status else "before the first status"
+        reporter.failed(ProcessFailure("federation", f"timed out after {settings.timeout_s:.0f}s ({where})", path, log_tail(path)))
         return 1
     finally:
         http.close()

@@ -215,7 +215,7 @@ class RoundEngine(threading.Thread):
     def _open(self, t: int) -> None:
         cfg = self.config
         self.status.phase, self.status.round = "preparing", t
-        started = time.perf_counter()
+        started, began = time.perf_counter(), time.time()
         rng = np.random.default_rng([cfg.seed, t])
         order = [self.public[i] for i in rng.permutation(len(self.public))]
         if self.teacher_paths is not None:  # paths computed ahead of time: no LLM in this process
@@ -238,7 +238,8 @@ class RoundEngine(threading.Thread):
             secagg_configs=self.secure.configs(self.store.clients()) if cfg.host_framework == "cotuning" else {},
         )
         sources = {p.sample.sample_id: p.source for p in paths}
-        self.store.open_round(t, info.model_dump(), {"path_sources": sources, "path_stats": stats})
+        # the round's time counts from here: generating its paths is part of what it costs
+        self.store.open_round(t, info.model_dump(), {"path_sources": sources, "path_stats": stats}, opened_at=began)
         log.info("round %d open: %d candidates (paths: %s) in %.1fs", t, len(paths), stats, time.perf_counter() - started)
         self.status.phase = "features"
 

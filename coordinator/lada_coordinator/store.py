@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS clients (
     kex_key TEXT NOT NULL, domain TEXT NOT NULL, model_name TEXT NOT NULL,
     capabilities TEXT NOT NULL, enrolled_at REAL NOT NULL, last_seq INTEGER NOT NULL DEFAULT 0,
     bytes_in INTEGER NOT NULL DEFAULT 0, bytes_out INTEGER NOT NULL DEFAULT 0,
-    secagg_group TEXT NOT NULL DEFAULT 'default', revoked_at REAL);
+    secagg_group TEXT NOT NULL DEFAULT 'default', revoked_at REAL, last_seen_at REAL);
 CREATE TABLE IF NOT EXISTS quarantine (
     round INTEGER NOT NULL, client_id TEXT NOT NULL, stage TEXT NOT NULL, error TEXT NOT NULL,
     at REAL NOT NULL, PRIMARY KEY (round, client_id));
@@ -83,9 +83,11 @@ _ADDED_COLUMNS = (
     ("tokens", "secagg_group", "TEXT NOT NULL DEFAULT 'default'"),
     ("clients", "secagg_group", "TEXT NOT NULL DEFAULT 'default'"),
     ("clients", "revoked_at", "REAL"),
+    ("clients", "last_seen_at", "REAL"),
 )
 _CLIENT_COLUMNS = (
-    "client_id, name, sign_key, kex_key, domain, model_name, capabilities, last_seq, bytes_in, bytes_out, secagg_group, revoked_at"
+    "client_id, name, sign_key, kex_key, domain, model_name, capabilities, last_seq, bytes_in, bytes_out, secagg_group, revoked_at,"
+    " enrolled_at, last_seen_at"
 )
 
 
@@ -103,6 +105,9 @@ class ClientRecord:
     bytes_out: int
     secagg_group: str = DEFAULT_GROUP  # set by the operator through the enrollment token
     revoked: bool = False
+    # what the operator sees (``lada-coordinator clients``); nothing in a round depends on them
+    enrolled_at: float | None = field(default=None, compare=False)
+    last_seen_at: float | None = field(default=None, compare=False)  # last accepted sealed request
 
 
 @dataclass(frozen=True)
@@ -221,7 +226,7 @@ class Store:
                 raise EnrollmentRefused("duplicate_client", f"a client named {record.name!r} is already enrolled")
             if db.execute("SELECT 1 FROM clients WHERE sign_key = ? OR kex_key = ?", (record.sign_key, record.kex_key)).fetchone():
                 raise EnrollmentRefused("duplicate_client", "these keys are already enrolled under another name")
-            stored = replace(record, secagg_group=group)
+            stored = replace(record, secagg_group=group, enrolled_at=now, last_seen_at=now)
             self._insert_client(db, stored, now)
             db.execute("UPDATE tokens SET used_by = ?, used_at = ? WHERE token_hash = ?", (record.client_id, now, secret_hash))
         return stored
@@ -235,8 +240,9 @@ class Store:
     def _insert_client(db: sqlite3.Connection, r: ClientRecord, now: float) -> None:
         db.execute(
             "INSERT INTO clients (client_id, name, sign_key, kex_key, domain, model_name, capabilities, enrolled_at,"
-            " secagg_group) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (r.client_id, r.name, r.sign_key, r.kex_key, r.domain, r.model_name, json.dumps(r.capabilities), now, r.secagg_group),
+            " secagg_group, last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (r.client_id, r.name, r.sign_key, r.kex_key, r.domain, r.model_name, json.dumps(r.capabilities), now,
+             r.secagg_group, r.last_seen_at),
         )
 
     def client(self, client_id: str) -> ClientRecord | None:
@@ -245,12 +251,19 @@ class Store:
 
     @staticmethod
     def _client(row: tuple) -> ClientRecord:
-        return ClientRecord(*row[:6], json.loads(row[6]), *row[7:11], revoked=row[11] is not None)
+        return ClientRecord(
+            *row[:6], json.loads(row[6]), *row[7:11], revoked=row[11] is not None, enrolled_at=row[12], last_seen_at=row[13]
+        )
 
     def clients(self) -> list[ClientRecord]:
         """Enrolled clients that are not revoked, in enrollment order."""
         rows = self._all(f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE revoked_at IS NULL ORDER BY enrolled_at, client_id")
         return [self._client(r) for r in rows]
+
+    def devices(self) -> list[ClientRecord]:
+        """Every enrolled client, revoked ones included (``revoked``), in enrollment order: the
+        operator's list, where a revoked device must stay visible."""
+        return [self._client(r) for r in self._all(f"SELECT {_CLIENT_COLUMNS} FROM clients ORDER BY enrolled_at, client_id")]
 
     def revoke_client(self, name_or_id: str) -> bool:
         """Revoke a device: from now on its requests are unauthenticated and rounds stop expecting it."""
@@ -262,11 +275,12 @@ class Store:
             return cur.rowcount == 1
 
     def accept(self, db: sqlite3.Connection, client_id: str, seq: int, bytes_in: int, bytes_out: int) -> bool:
-        """Advance the sequence number inside the caller's transaction; False on replay."""
+        """Advance the sequence number inside the caller's transaction; False on replay. The device
+        was seen now (``last_seen_at``), in the same update."""
         cur = db.execute(
-            "UPDATE clients SET last_seq = ?, bytes_in = bytes_in + ?, bytes_out = bytes_out + ?"
+            "UPDATE clients SET last_seq = ?, bytes_in = bytes_in + ?, bytes_out = bytes_out + ?, last_seen_at = ?"
             " WHERE client_id = ? AND last_seq < ?",
-            (seq, bytes_in, bytes_out, client_id, seq),
+            (seq, bytes_in, bytes_out, time.time(), client_id, seq),
         )
         return cur.rowcount == 1
 
@@ -275,11 +289,14 @@ class Store:
         row = self._one("SELECT round, phase FROM rounds ORDER BY round DESC LIMIT 1")
         return (row[0], row[1]) if row else None
 
-    def open_round(self, round_index: int, info: dict[str, Any], gold: dict[str, Any]) -> None:
+    def open_round(
+        self, round_index: int, info: dict[str, Any], gold: dict[str, Any], opened_at: float | None = None,
+    ) -> None:
+        """Record an opened round (phase ``features``); ``opened_at`` is when opening it began."""
         with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO rounds (round, phase, info, gold, opened_at) VALUES (?, 'features', ?, ?, ?)",
-                (round_index, json.dumps(info), json.dumps(gold), time.time()),
+                (round_index, json.dumps(info), json.dumps(gold), time.time() if opened_at is None else opened_at),
             )
 
     def round_info(self, round_index: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -295,9 +312,11 @@ class Store:
                 db.execute("UPDATE rounds SET metrics = ?, closed_at = ? WHERE round = ?", (json.dumps(metrics), time.time(), round_index))
 
     def round_metrics(self) -> list[dict[str, Any]]:
+        """Each round's phase and metrics, with when it opened and closed (``closed_at`` None while
+        it runs): the operator's per-round seconds come from these."""
         return [
-            {"round": r, "phase": p, **json.loads(m)}
-            for r, p, m in self._all("SELECT round, phase, metrics FROM rounds ORDER BY round")
+            {"round": r, "phase": p, "opened_at": o, "closed_at": c, **json.loads(m)}
+            for r, p, o, c, m in self._all("SELECT round, phase, opened_at, closed_at, metrics FROM rounds ORDER BY round")
         ]
 
     # ------------------------------------------------------------------------------- uploads

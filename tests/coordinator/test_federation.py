@@ -25,3 +25,50 @@ def test_bad_warm_start_step_counts_are_usage_errors(tmp_path, capsys, flag, val
         main(["federation", "--workdir", str(tmp_path / "fed"), flag, value])
     assert exited.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "fed").exists()
+
+
+def _tiny(tiny_world, port: int) -> FederationSettings:
+    """The settings tiny_world was built with (so nothing is rebuilt), for one short round."""
+    return FederationSettings(
+        workdir=tiny_world["workdir"], clients=3, rounds=1, candidates=16, budget=6, port=port, n_train=40, n_test=16,
+        n_public=160, llm_warmup_steps=4, slm_warmup_steps=4, offer_questions=4, timeout_s=300,
+    )
+
+
+def _run_watched(settings: FederationSettings, **overrides) -> tuple[int, list[str], list[str]]:
+    """run_federation drawn by the console reporter into two files (stdout, stderr): its lines."""
+    import io
+
+    from rich.console import Console
+
+    from lada_coordinator.console import ConsoleReporter
+    from lada_coordinator.federation import run_federation
+
+    out, err = io.StringIO(), io.StringIO()
+    with ConsoleReporter(Console(file=out, width=160), Console(file=err, width=160)) as reporter:
+        code = run_federation(settings, reporter=reporter, **overrides)
+    return code, out.getvalue().splitlines(), err.getvalue().splitlines()
+
+
+def test_a_failing_client_ends_the_run_with_its_name_and_its_log_tail(tiny_world, free_port, tmp_path):
+    settings = _tiny(tiny_world, free_port)
+    missing = tmp_path / "no-such-model.onnx"
+    code, out, err = _run_watched(settings, client_overrides={"client1": {"scoring_model": str(missing)}})
+    log = settings.workdir / "run" / "logs" / "client1.log"
+    assert code == 1
+    assert err[0] == "✗ client1 exited with code 2", err
+    tail = log.read_text().splitlines()[-15:]
+    assert err[1] == f"  last {f'{len(tail)} lines' if len(tail) > 1 else 'line'} of {log}:"
+    assert err[2:] == [f"    {line}" for line in tail]
+    assert "lada-client: error:" in err[-1] and str(missing) in err[-1]  # the cause, verbatim, last
+    assert [line.split()[1] for line in out if line.startswith("✓ ")][-1] == "processes"  # set-up went through
+
+
+def test_a_coordinator_that_does_not_start_is_named_with_its_log_tail(tiny_world, free_port):
+    settings = _tiny(tiny_world, free_port)
+    code, out, err = _run_watched(settings, coordinator_overrides={"rounds": 0})
+    assert code == 1
+    assert err[0] == "✗ coordinator exited with code 2 during start-up", err
+    assert err[1].startswith("  last ") and err[1].endswith("coordinator.log:")
+    assert err[-1] == "    lada-coordinator: error: rounds, min_clients and candidates_per_round must be >= 1"
+    assert out[-1].startswith("✗ processes")  # the stage that failed is marked, nothing is left half-drawn

@@ -78,6 +78,27 @@ def test_revoked_clients_are_no_longer_listed(tmp_path: Path) -> None:
     assert store.revoke_client("a") and not store.revoke_client("a")
     assert [c.name for c in store.clients()] == ["b"]
     assert store.client("a-0000").revoked
+    assert [(c.name, c.revoked) for c in store.devices()] == [("a", True), ("b", False)]  # the operator still sees it
+    store.close()
+
+
+def test_a_device_is_seen_at_enrollment_and_at_each_accepted_request_only(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c.sqlite")
+    (token,) = (EnrollmentToken.parse(t) for t in issue_tokens(store, Identity.generate(), 1))
+    before = time.time()
+    stored = store.enroll(token.secret_hash, _record("a"))
+    (seen,) = store.devices()
+    assert before <= seen.enrolled_at == seen.last_seen_at == stored.last_seen_at <= time.time()
+    time.sleep(0.01)
+    with store.transaction() as db:
+        assert store.accept(db, "a-0000", 1, 10, 20)
+    assert store.client("a-0000").last_seen_at > seen.last_seen_at
+    later = store.client("a-0000").last_seen_at
+    with store.transaction() as db:
+        assert not store.accept(db, "a-0000", 1, 10, 20)  # a replay is not a sign of life
+    assert store.client("a-0000").last_seen_at == later
+    store.add_client(_record("b"))  # enrolled without ever calling in
+    assert store.client("b-0000").last_seen_at is None
     store.close()
 
 
@@ -118,11 +139,12 @@ def test_a_database_of_the_first_release_opens_and_gains_the_new_columns(tmp_pat
     conn.close()
     store = Store(db)
     (client,) = store.clients()
-    assert (client.name, client.last_seq, client.secagg_group, client.revoked) == (
+    assert (client.name, client.last_seq, client.secagg_group, client.revoked, client.last_seen_at) == (
         "a",
         1700000000000000,
         "default",
         False,
+        None,
     )
     with pytest.raises(EnrollmentRefused, match="expired"):  # an old token has no expiry: it cannot be used
         store.enroll("00ff", _record("b"))

@@ -25,7 +25,15 @@ def _run(work: Path, port: int, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "lada_coordinator.cli", "federation", "--workdir", str(work), "--port", str(port), *TINY, *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "round 1: SLM accuracy" in proc.stdout and "round 2: SLM accuracy" in proc.stdout
+    # what a person reads (captured here: not a terminal, so plain lines): set-up stages, a table
+    # per round, the end; no library chatter, no third-party warnings
+    lines = proc.stdout.splitlines()
+    assert [line.split()[1] for line in lines if line.startswith("✓ ")][:2] == ["data", "tokenizer"]
+    assert [line.split(" · ")[0] for line in lines if line.startswith("round ")] == ["round 1/2", "round 2/2"]
+    assert sum(line.startswith("client") for line in lines) == 3 * 2 and lines[-1].startswith("✓ done in ")
+    assert len(lines) <= 30 and proc.stderr == "", proc.stdout + proc.stderr
+    assert "httpx" not in proc.stdout and "Warning" not in proc.stdout
+    assert "HTTP Request" not in (work / "federation.log").read_text()  # its full log: our records, not httpx's
     status = json.loads((work / "last_run.json").read_text())
     assert [r["phase"] for r in status["rounds"]] == ["closed", "finished"]
     for r in status["rounds"]:

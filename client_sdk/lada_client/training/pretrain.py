@@ -12,7 +12,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -60,11 +60,13 @@ def pretrain(
     lr: float = 3e-3,
     seed: int = 0,
     max_length: int = 256,
+    on_step: Callable[[int], None] | None = None,
 ) -> float:
     """Train all weights of the checkpoint in ``model_dir`` in place; returns the last loss.
 
     ``steps`` = 0 leaves the checkpoint as it is (no warm start; the loss is NaN); any positive
-    count trains that many steps with :func:`warm_start_schedule`."""
+    count trains that many steps with :func:`warm_start_schedule`. ``on_step(done)`` is called after
+    each step, so a caller can show how far a warm start got."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"warm-start steps must be an integer >= 0 (0 = no warm start), got {steps!r}")
     if not examples:
@@ -93,6 +95,8 @@ def pretrain(
         optimizer.step()
         schedule.step()
         loss_value = loss.item()
+        if on_step is not None:
+            on_step(step + 1)
         if (step + 1) % max(1, steps // 5) == 0:
             log.info("warm start %s: step %d/%d loss %.3f (%.0fs)", model_dir.name, step + 1, steps, loss_value, time.perf_counter() - started)
     model.eval()

@@ -45,7 +45,6 @@ serialise access to it.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -60,129 +59,18 @@ import torch
 from torch import nn
 
 from .cold_start import kmeans_representatives
+from .filter_config import FilterConfig, _is_int
 
 __all__ = ["FilterConfig", "LearnabilityFilter", "Selection", "SelectionReason"]
 
 logger = logging.getLogger(__name__)
 
 SelectionReason = Literal["cold_start", "threshold", "floor", "cap"]
-ExploreOn = Literal["last_layer", "all"]
-ThresholdScale = Literal["absolute", "reward_max"]
 
 _FORMAT_VERSION = 1
 _STD_FLOOR = 1e-6
 _META_KEY = "__meta__"
 _BLOB_MAGIC = b"LADAEEN2"  # to_bytes layout 2 (layout 1 was an npz archive)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class FilterConfig:
-    """Hyper-parameters of one learnability filter (immutable: the networks' shapes depend on it).
-
-    Attributes:
-        exploration_weight: lambda, weight of ExploreNet's bonus in the score.
-        threshold: candidates with score above it are selected (0.5 in the method).
-        threshold_scale: ``"absolute"`` compares scores with ``threshold`` itself; ``"reward_max"``
-            (default) with ``threshold`` times the largest reward in the replay buffer. The
-            method's 0.5 assumes rewards spread over [0, 1], but a relative PPL drop after one
-            round of LoRA steps is mostly 0.05-0.4, so with the absolute threshold nearly every
-            score falls under it after the first refit and the floor, not the filter, sizes the
-            allocation (measured in docs/benchmarks_quality.md). On the reward's own scale the
-            threshold keeps its meaning: "at least half as learnable as the best seen so far".
-        budget: B, maximum number of candidates allocated per round.
-        floor_fraction: minimum allocation is ``ceil(budget * floor_fraction)`` by top score, so a
-            pessimistic filter still produces a reward signal every round.
-        hidden: width of ExploitNet's hidden layer.
-        explore_hidden: width of ExploreNet's hidden layer.
-        explore_on: which of ExploitNet's parameters ExploreNet's input gradient covers.
-        refit_epochs: passes over the replay buffer per refit (each network).
-        lr: Adam learning rate for both networks.
-        replay_capacity: maximum (z, r) pairs kept; oldest are dropped first.
-        batch_size: minibatch size during refits.
-        seed: seed for initialisation, refit shuffling and cold-start clustering.
-    """
-
-    exploration_weight: float = 1.0
-    threshold: float = 0.5
-    threshold_scale: ThresholdScale = "reward_max"
-    budget: int = 32
-    floor_fraction: float = 0.25
-    hidden: int = 32
-    explore_hidden: int = 64
-    refit_epochs: int = 10
-    lr: float = 1e-2
-    replay_capacity: int = 4096
-    batch_size: int = 64
-    seed: int = 0
-    explore_on: ExploreOn = "last_layer"
-
-    def __post_init__(self) -> None:
-        for name in ("exploration_weight", "threshold", "floor_fraction", "lr"):
-            value = getattr(self, name)
-            if not _is_real(value) or not math.isfinite(value):
-                raise ValueError(f"FilterConfig.{name} must be a finite number, got {value!r}")
-        if self.exploration_weight < 0:
-            raise ValueError(
-                f"FilterConfig.exploration_weight must be >= 0, got {self.exploration_weight}"
-            )
-        if not 0.0 <= self.floor_fraction <= 1.0:
-            raise ValueError(
-                f"FilterConfig.floor_fraction must be in [0, 1], got {self.floor_fraction}"
-            )
-        if self.lr <= 0:
-            raise ValueError(f"FilterConfig.lr must be > 0, got {self.lr}")
-        for name in (
-            "budget",
-            "hidden",
-            "explore_hidden",
-            "refit_epochs",
-            "replay_capacity",
-            "batch_size",
-        ):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"FilterConfig.{name} must be a positive integer, got {value!r}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ValueError(f"FilterConfig.seed must be a non-negative integer, got {self.seed!r}")
-        if self.threshold_scale not in ("absolute", "reward_max"):
-            raise ValueError(
-                "FilterConfig.threshold_scale must be 'absolute' or 'reward_max', "
-                f"got {self.threshold_scale!r}"
-            )
-        if self.explore_on not in ("last_layer", "all"):
-            raise ValueError(
-                f"FilterConfig.explore_on must be 'last_layer' or 'all', got {self.explore_on!r}"
-            )
-
-    @property
-    def floor(self) -> int:
-        """Minimum number of candidates allocated per round (before capping at the pool size).
-
-        ``ceil(budget * floor_fraction)``, with a tolerance so that float products such as
-        ``10 * 0.3`` or ``3 * 0.1`` do not round up past the intended integer.
-        """
-        return math.ceil(self.budget * self.floor_fraction - 1e-9)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able representation."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FilterConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are rejected rather than silently dropped."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown FilterConfig keys: {sorted(unknown)}")
-        return cls(**dict(data))
 
 
 @dataclass

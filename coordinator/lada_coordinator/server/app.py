@@ -243,8 +243,11 @@ def create_app(
 
     @app.get("/v1/status", responses={401: {"model": ErrorBody}})
     def status(authorization: str | None = Header(default=None)) -> dict:
-        """Operator view (``Authorization: Bearer`` + ``state_dir/operator.token``): rounds, devices,
-        quarantines and the engine's errors."""
+        """Operator view (``Authorization: Bearer`` + ``state_dir/operator.token``): rounds, devices
+        (revoked ones too, with when each was last seen and whether it is set aside this round),
+        how many uploads of the current round arrived, quarantines and the engine's errors.
+        ``now`` is the coordinator's clock, so "last seen" reads right on an operator's machine
+        whose clock differs."""
         if not check_operator(authorization, operator_token):
             raise ApiError(
                 401,
@@ -253,13 +256,22 @@ def create_app(
                 headers={"WWW-Authenticate": "Bearer"},
             )
         t, phase = current()
-        clients = store.clients()
-        names = {c.client_id: c.name for c in clients}
+        devices = store.devices()
+        active = [c for c in devices if not c.revoked]
+        names = {c.client_id: c.name for c in devices}
+        aside = store.quarantined(t) if t > 0 else {}
         return {
+            "now": time.time(),
             "round": t,
             "phase": phase,
+            "total_rounds": engine.config.rounds,
             "engine": engine.status.to_dict(),
-            "clients": len(clients),
+            "clients": len(active),
+            "arrived": {
+                "features": len(store.uploaders(t, "features.put")) if t > 0 else 0,
+                "rewards": len(store.uploaders(t, "reward.put")) if t > 0 else 0,
+                "expected": len([c for c in active if c.client_id not in aside]),
+            },
             "devices": [
                 {
                     "name": c.name,
@@ -270,8 +282,12 @@ def create_app(
                     "capabilities": c.capabilities,
                     "bytes_in": c.bytes_in,
                     "bytes_out": c.bytes_out,
+                    "enrolled_at": c.enrolled_at,
+                    "last_seen": c.last_seen_at,
+                    "revoked": c.revoked,
+                    "quarantined": aside.get(c.client_id),
                 }
-                for c in clients
+                for c in devices
             ],
             "quarantine": [{**q, "name": names.get(q["client_id"], q["client_id"])} for q in store.quarantine_log()],
             "rounds": store.round_metrics(),

@@ -13,6 +13,7 @@ from lada_client.data.federation import FederationData, load_public
 from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.credentials import load_identity, operator_token
 from lada_coordinator.llm.host import LLMHost
+from lada_coordinator.operator_client import write_endpoint
 from lada_coordinator.rounds import RoundEngine
 from lada_coordinator.server.app import create_app
 from lada_coordinator.server.limits import guarded_protocol
@@ -124,6 +125,7 @@ def serve(
     app, engine, store = build(config, llm_eval_dir)
     engine.start()
     scheme = "https" if cert else "http"
+    write_endpoint(config.state_dir, scheme, config.host, config.port, cert)  # for `lada-coordinator status`
     log.info(
         "coordinator on %s://%s:%d (db %s, key %s…)",
         scheme,

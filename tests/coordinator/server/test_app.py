@@ -37,8 +37,19 @@ def test_round_trip_and_status(server, enroll):
     assert store.uploads(1, "features.put")[t.client_id]["features"] == [[1.5]]
     assert httpx.get(f"{url}/v1/status").status_code == 401  # the operator's view needs its token
     status = httpx.get(f"{url}/v1/status", headers=_operator(server)).json()
-    assert status["clients"] == 1 and status["round"] == 1
+    assert status["clients"] == 1 and status["round"] == 1 and status["total_rounds"] == 2
     assert [d["name"] for d in status["devices"]] == ["dev1"]
+    (device,) = status["devices"]
+    assert device["enrolled_at"] < device["last_seen"] <= status["now"]  # seen at its last request
+    assert (device["revoked"], device["quarantined"]) == (False, None)
+    assert status["arrived"] == {"features": 1, "rewards": 0, "expected": 1}
+    assert status["rounds"][0]["opened_at"] <= status["now"] and status["rounds"][0]["closed_at"] is None
+    store.quarantine(1, t.client_id, "features.put", "bad_features: test")
+    store.revoke_client("dev1")
+    status = httpx.get(f"{url}/v1/status", headers=_operator(server)).json()
+    assert status["clients"] == 0 and status["arrived"]["expected"] == 0
+    (device,) = status["devices"]  # a revoked device stays in the operator's list, marked
+    assert device["revoked"] and device["quarantined"] == "features.put: bad_features: test"
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}  # public: nothing per client
 
 

@@ -65,9 +65,14 @@ def test_operator_cli_issues_lists_and_revokes_tokens_and_devices(tmp_path, caps
     tokens = capsys.readouterr().out.split()
     assert len(tokens) == 2 and all(t.startswith("lada1-") for t in tokens)
     assert main(["tokens", "--config", str(cfg)]) == 0
-    listing = capsys.readouterr().out.splitlines()
+    header, *listing = capsys.readouterr().out.splitlines()  # captured, so a plain table: header, one row each
+    assert header.split() == ["token", "id", "group", "state"]
     assert len(listing) == 2 and all("ward-7" in line and "open, 1.0 h left" in line for line in listing)
     token_id = listing[0].split()[0]
+    assert main(["tokens", "--config", str(cfg), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [t["token_id"] for t in listed] == [line.split()[0] for line in listing]
+    assert all(t["group"] == "ward-7" and t["used_by"] is None and not t["revoked"] for t in listed)
     assert main(["revoke-token", "--config", str(cfg), token_id]) == 0 and "revoked 1" in capsys.readouterr().out
     assert main(["revoke-token", "--config", str(cfg), token_id]) == 2  # nothing left to revoke: a clear error
     assert "no open token" in capsys.readouterr().err
