@@ -8,6 +8,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from lada_client.common.argtypes import int_at_least
 from lada_client.common.logs import setup_logging
 from lada_client.config import ClientConfig
 
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", type=Path, required=True, help="client JSON config")
     run.add_argument("--token", help="one-time enrollment token (first run only)")
     run.add_argument("--coordinator-url")
-    run.add_argument("--max-rounds", type=_positive_int, help="stop after this many rounds")
+    run.add_argument("--max-rounds", type=int_at_least(1), help="stop after this many rounds")
     run.add_argument("--results", type=Path, help="write per-round results as JSON here")
     imp = sub.add_parser("import-model", help="import a GGUF file or transformers checkpoint as this device's SLM")
     imp.add_argument("source", type=Path, help="a .gguf file or a checkpoint directory")
@@ -50,17 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.results:
         args.results.write_text(json.dumps([asdict(r) for r in results], indent=2))
     return 0
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: a bad value is a usage error, not a traceback later on."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _import_model(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lada_client.common.argtypes import int_at_least
 from lada_client.common.logs import setup_logging
 from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.credentials import DEFAULT_TOKEN_TTL_S
@@ -227,17 +228,6 @@ def _federation(args: argparse.Namespace) -> int:
         return run_federation(settings, reporter=reporter)
 
 
-def _non_negative_int(text: str) -> int:
-    """argparse type: a bad count is a usage error, not a traceback during the set-up."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def _names(text: str | None) -> tuple[str, ...]:
     """A ';'-separated list (reasoning-gym family settings use ','), or ',' when there is no ';'."""
     if not text:
@@ -346,9 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=64, help="private test samples per client")
     p.add_argument("--n-public", type=int, default=800, help="public pool size")
     p.add_argument("--offer-questions", type=int, default=32, help="public questions clients may answer for the LLM")
-    p.add_argument("--llm-warmup-steps", type=_non_negative_int, default=400,
+    p.add_argument("--llm-warmup-steps", type=int_at_least(0), default=400,
                    help="warm-start steps of the tiny LLM teacher (0 = none: it starts from random weights)")
-    p.add_argument("--slm-warmup-steps", type=_non_negative_int, default=150,
+    p.add_argument("--slm-warmup-steps", type=int_at_least(0), default=150,
                    help="warm-start steps of each SLM (0 = none)")
     p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
     p.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True,
