@@ -64,6 +64,18 @@ def _console() -> Console:
     return make_console()
 
 
+def _show(args: argparse.Namespace, data: Any, view: str, *view_args: Any) -> int:
+    """``data`` as JSON with ``--json``, else drawn by ``console.<view>(*view_args, plain)``."""
+    if args.json:
+        _print_json(data)
+        return 0
+    from lada_coordinator import console as views
+
+    console = _console()
+    console.print(getattr(views, view)(*view_args, not console.is_terminal))
+    return 0
+
+
 def _issue_token(args: argparse.Namespace) -> int:
     from lada_coordinator.credentials import issue_tokens, load_identity
 
@@ -106,14 +118,7 @@ def _tokens(args: argparse.Namespace) -> int:
          "expires_at": r.expires_at, "used_by": r.used_by, "revoked": r.revoked}
         for r in rows
     ]
-    if args.json:
-        _print_json(listed)
-        return 0
-    from lada_coordinator.console import tokens_table
-
-    console = _console()
-    console.print(tokens_table(listed, not console.is_terminal))
-    return 0
+    return _show(args, listed, "tokens_table", listed)
 
 
 def _revoke_token(args: argparse.Namespace) -> int:
@@ -154,26 +159,12 @@ def _operator_status(args: argparse.Namespace) -> dict:
 
 def _status(args: argparse.Namespace) -> int:
     status = _operator_status(args)
-    if args.json:
-        _print_json(status)
-        return 0
-    from lada_coordinator.console import status_view
-
-    console = _console()
-    console.print(status_view(status, not console.is_terminal))
-    return 0
+    return _show(args, status, "status_view", status)
 
 
 def _clients(args: argparse.Namespace) -> int:
     status = _operator_status(args)
-    if args.json:
-        _print_json(status["devices"])
-        return 0
-    from lada_coordinator.console import clients_table
-
-    console = _console()
-    console.print(clients_table(status, not console.is_terminal))
-    return 0
+    return _show(args, status["devices"], "clients_table", status)
 
 
 def _teacher_paths(args: argparse.Namespace) -> int:
