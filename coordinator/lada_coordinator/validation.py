@@ -89,3 +89,8 @@ def check_reward(report: RewardReport, n_allocated: int) -> None:
         raise UploadRejected(
             "bad_reward", f"n_allocated {report.n_allocated} is above the {n_allocated} samples allocated"
         )
+    if report.sample_rewards is not None and len(report.sample_rewards) != n_allocated:
+        raise UploadRejected(
+            "bad_reward",
+            f"{len(report.sample_rewards)} per-sample rewards for the {n_allocated} samples allocated (one each, in allocation order)",
+        )
