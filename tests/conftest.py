@@ -21,22 +21,23 @@ def free_port() -> int:
 
 
 @contextmanager
-def _running_coordinator(config) -> Iterator[tuple[str, object]]:
+def _running_coordinator(config, **tls: str) -> Iterator[tuple[str, object]]:
     """A real coordinator HTTP server for ``config`` (uvicorn in a thread on 127.0.0.1, round
-    engine not started: tests open rounds themselves); yields (url, store), stops on exit."""
+    engine not started: tests open rounds themselves); yields (url, store), stops on exit.
+    ``ssl_certfile=``/``ssl_keyfile=`` serve https (the certificate is trusted as its own CA)."""
     import httpx
     import uvicorn
 
     from lada_coordinator.server.run import build, uvicorn_config
 
     app, _, store = build(config)
-    srv = uvicorn.Server(uvicorn_config(app, config))
+    srv = uvicorn.Server(uvicorn_config(app, config, **tls))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{config.port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{config.port}"
     for _ in range(200):
         try:
-            if httpx.get(f"{url}/healthz").status_code == 200:
+            if httpx.get(f"{url}/healthz", verify=tls.get("ssl_certfile", True)).status_code == 200:
                 break
         except httpx.HTTPError:
             time.sleep(0.05)

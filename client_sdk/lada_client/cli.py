@@ -26,10 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     imp = sub.add_parser("import-model", help="import a GGUF file or transformers checkpoint as this device's SLM")
     imp.add_argument("source", type=Path, help="a .gguf file or a checkpoint directory")
     imp.add_argument("--out", type=Path, required=True, help="directory for checkpoint/ and onnx/ (cached)")
+    chk = sub.add_parser("check", help="preflight: packages, config, data, ONNX graph, training, coordinator, TLS, clock")
+    chk.add_argument("--config", type=Path, required=True, help="client JSON config")
+    chk.add_argument("--token", help="enrollment token to check against the coordinator's key")
+    chk.add_argument("--coordinator-url")
+    chk.add_argument("--json", action="store_true", help="print the checks as JSON")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     if args.command == "import-model":
         return _import_model(args)
+    if args.command == "check":
+        return _check(args)
     try:  # a bad file is one readable error (every bad field named), never a traceback
         config = ClientConfig.load(args.config).with_overrides(token=args.token, coordinator_url=args.coordinator_url)
     except ValueError as exc:
@@ -51,6 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.results:
         args.results.write_text(json.dumps([asdict(r) for r in results], indent=2))
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Exit 0 when nothing failed (warnings allowed), 1 otherwise."""
+    from lada_client.common.preflight import as_json, failed, render
+    from lada_client.preflight import run_checks
+
+    checks = run_checks(args.config, token=args.token, coordinator_url=args.coordinator_url)
+    print(as_json(checks) if args.json else render(checks))
+    return 1 if failed(checks) else 0
 
 
 def _import_model(args: argparse.Namespace) -> int:

@@ -40,6 +40,17 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    """Exit 0 when nothing failed (warnings allowed), 1 otherwise."""
+    from lada_client.common.preflight import as_json, failed, render
+    from lada_coordinator.preflight import run_checks
+
+    checks = run_checks(args.config, load_llm=not args.no_llm, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                        insecure_http=args.insecure_http)
+    print(as_json(checks) if args.json else render(checks))
+    return 1 if failed(checks) else 0
+
+
 def _gen_cert(args: argparse.Namespace) -> int:
     from lada_coordinator.server.tls import generate_self_signed
 
@@ -256,6 +267,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--insecure-http", action="store_true",
                    help="serve plain http on a non-loopback address (default there: https, self-signed if no --tls-cert)")
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("check", parents=[verbose],
+                       help="preflight: config, packages, state dir, database, public pool, LLM loads, TLS, port")
+    p.add_argument("--config", type=Path, required=True, help="coordinator JSON config")
+    p.add_argument("--tls-cert", type=Path, help="as on serve: the certificate it would use")
+    p.add_argument("--tls-key", type=Path, help="as on serve: the key of --tls-cert")
+    p.add_argument("--insecure-http", action="store_true", help="as on serve")
+    p.add_argument("--no-llm", action="store_true", help="do not load the LLM (only check its checkpoint directory)")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    p.set_defaults(func=_check)
 
     p = sub.add_parser("gen-cert", parents=[verbose], help="write a self-signed TLS certificate for local use")
     p.add_argument("--out", type=Path, required=True, help="directory for cert.pem and key.pem")
