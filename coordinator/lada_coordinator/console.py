@@ -328,7 +328,7 @@ class ConsoleReporter:
         rounds = f"{settings.rounds} round{'s' if settings.rounds != 1 else ''}"
         self.console.print(
             f"federation: coordinator + {settings.clients} clients on {url} · {rounds} · "
-            f"allocation {settings.allocation} · logs in {logs}",
+            f"allocation {settings.allocation} · logs in {logs} · dashboard {url}/dashboard",
             markup=False, highlight=False, soft_wrap=True,
         )
         self._rounds = self._progress.add_task("waiting for devices", total=settings.rounds)

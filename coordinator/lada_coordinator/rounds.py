@@ -59,13 +59,20 @@ class EngineStatus:
     round: int = 0
     error: str = ""  # the last error that was not one device's; cleared when a round step succeeds
     errors: list[dict[str, Any]] = field(default_factory=list)
+    phase_since: float = field(default_factory=time.time)  # when ``phase`` began: a dashboard tells late devices by it
+
+    def enter(self, phase: str, round_index: int | None = None) -> None:
+        self.phase, self.phase_since = phase, time.time()
+        if round_index is not None:
+            self.round = round_index
 
     def failed(self, exc: BaseException) -> None:
         self.error = f"{type(exc).__name__}: {exc}"
         self.errors = [*self.errors, {"at": time.time(), "round": self.round, "phase": self.phase, "error": self.error}][-_MAX_ERRORS:]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "round": self.round, "error": self.error, "errors": list(self.errors)}
+        return {"phase": self.phase, "round": self.round, "phase_since": self.phase_since, "error": self.error,
+                "errors": list(self.errors)}
 
 
 class RoundEngine(threading.Thread):
@@ -214,7 +221,7 @@ class RoundEngine(threading.Thread):
     # ------------------------------------------------------------------------------- phases
     def _open(self, t: int) -> None:
         cfg = self.config
-        self.status.phase, self.status.round = "preparing", t
+        self.status.enter("preparing", t)
         started, began = time.perf_counter(), time.time()
         rng = np.random.default_rng([cfg.seed, t])
         order = [self.public[i] for i in rng.permutation(len(self.public))]
@@ -241,7 +248,7 @@ class RoundEngine(threading.Thread):
         # the round's time counts from here: generating its paths is part of what it costs
         self.store.open_round(t, info.model_dump(), {"path_sources": sources, "path_stats": stats}, opened_at=began)
         log.info("round %d open: %d candidates (paths: %s) in %.1fs", t, len(paths), stats, time.perf_counter() - started)
-        self.status.phase = "features"
+        self.status.enter("features")
 
     def _stored_paths(self, order: list[Sample], n: int) -> tuple[list[TeacherPath], list[Sample], dict[str, int]]:
         """The first ``n`` questions of ``order`` that have a verified path in the store, and the
@@ -304,7 +311,7 @@ class RoundEngine(threading.Thread):
             for old in self._score_only_rounds(client_id, below=t):
                 shutil.rmtree(old, ignore_errors=True)
         self.store.set_phase(t, "training")
-        self.status.phase = "training"
+        self.status.enter("training")
         log.info(
             "round %d allocated in %.2fs: %s", t, time.perf_counter() - started,
             {c: f"{len(ids)} ({why})" for c, (ids, why) in decided.items()},
@@ -382,7 +389,7 @@ class RoundEngine(threading.Thread):
 
     def _close(self, t: int, final: bool) -> None:
         started = time.perf_counter()
-        self.status.phase = "closing"
+        self.status.enter("closing")
         features = self._features(t)
         clients = {c.client_id: c for c in self.store.clients()}
         per_client: dict[str, dict] = {}
@@ -424,7 +431,7 @@ class RoundEngine(threading.Thread):
             "seconds_close": round(time.perf_counter() - started, 3),
         }
         self.store.set_phase(t, "finished" if final else "closed", metrics)
-        self.status.phase = "finished" if final else "closed"
+        self.status.enter("finished" if final else "closed")
         log.info("round %d closed: %s", t, metrics)
 
     def _reward(self, t: int, client_id: str, up: FeatureUpload, alloc: tuple[list[str], str], raw: str) -> RewardReport:

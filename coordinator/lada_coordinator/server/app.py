@@ -28,6 +28,7 @@ from typing import Any
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse
 from lada_client.common.crypto import CryptoError, Direction, Identity, PublicIdentity, open_envelope, seal
 from lada_client.common.enrollment import EnrollmentToken, TokenFormatError
 from lada_client.common.secagg import SecAggError
@@ -57,6 +58,7 @@ from lada_coordinator.allocation.allocator import SLM
 from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.credentials import check_operator
 from lada_coordinator.rounds import RoundEngine
+from lada_coordinator.server.dashboard import DASHBOARD_CSP, DASHBOARD_HTML
 from lada_coordinator.server.errors import ApiError
 from lada_coordinator.server.limits import RateLimiter, RequestLimits
 from lada_coordinator.server.uploads import UploadSessions
@@ -236,6 +238,13 @@ def create_app(
         """Liveness for load balancers; says nothing about rounds or devices."""
         return {"status": "ok"}
 
+    @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+    def dashboard() -> HTMLResponse:
+        """The operator's live page: static, it holds no data; its script reads ``/v1/status`` with
+        the operator token the operator types in (kept in the tab's session storage only)."""
+        return HTMLResponse(DASHBOARD_HTML, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
+                                                     "Content-Security-Policy": DASHBOARD_CSP})
+
     @app.get("/v1/identity", response_model=CoordinatorKeys)
     def coordinator_identity() -> CoordinatorKeys:
         """The coordinator's public keys; devices check them against their token's fingerprint."""
@@ -260,16 +269,19 @@ def create_app(
         active = [c for c in devices if not c.revoked]
         names = {c.client_id: c.name for c in devices}
         aside = store.quarantined(t) if t > 0 else {}
+        features = store.uploaders(t, "features.put") if t > 0 else set()
+        rewards = store.uploaders(t, "reward.put") if t > 0 else set()
         return {
             "now": time.time(),
             "round": t,
             "phase": phase,
             "total_rounds": engine.config.rounds,
+            "phase_timeout_s": engine.config.phase_timeout_s,
             "engine": engine.status.to_dict(),
             "clients": len(active),
             "arrived": {
-                "features": len(store.uploaders(t, "features.put")) if t > 0 else 0,
-                "rewards": len(store.uploaders(t, "reward.put")) if t > 0 else 0,
+                "features": len(features),
+                "rewards": len(rewards),
                 "expected": len([c for c in active if c.client_id not in aside]),
             },
             "devices": [
@@ -286,6 +298,7 @@ def create_app(
                     "last_seen": c.last_seen_at,
                     "revoked": c.revoked,
                     "quarantined": aside.get(c.client_id),
+                    "uploaded": {"features": c.client_id in features, "rewards": c.client_id in rewards},
                 }
                 for c in devices
             ],

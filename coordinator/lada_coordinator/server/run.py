@@ -127,7 +127,7 @@ def serve(
     scheme = "https" if cert else "http"
     write_endpoint(config.state_dir, scheme, config.host, config.port, cert)  # for `lada-coordinator status`
     log.info(
-        "coordinator on %s://%s:%d (db %s, key %s…)",
+        "coordinator on %s://%s:%d (db %s, key %s…); operator dashboard at /dashboard",
         scheme,
         config.host,
         config.port,
