@@ -26,7 +26,7 @@ starts, built once and reused by every method (the ``cotuning`` directory starts
 every seed uses that checkpoint (``FederationSettings.llm_checkpoint``): a teacher pre-trained on
 the general mix, as a deployment would bring one; seeds vary the data and the students. Before the first round
 the benchmark evaluates the warm-started SLMs and teacher itself (round 0 of every curve). After
-each run it copies ``last_run.json``, the clients' per-round results, configs and logs to
+each run it copies ``last_run.json``, the run's ``report.html``, the clients' per-round results, configs and logs to
 ``--results-dir/<host>/<method>/seed<k>/`` and extracts allocation diagnostics (selection
 reasons, in-domain share, teacher-path sources, rewards, perplexities, LoRA steps) from the
 coordinator's database. A run whose results are already there with the same settings is not
@@ -354,6 +354,7 @@ def run_one(sizes: Sizes, seed: int, host: str, method: Method, args: argparse.N
     }
     if code == 0:
         shutil.copy2(workdir / "last_run.json", dest / "last_run.json")
+        shutil.copy2(workdir / "report.html", dest / "report.html")  # the run's own report (lada_coordinator.report)
         record["diagnostics"] = diagnostics(run_dir, workdir / "data", dest)
     (dest / "run.json").write_text(json.dumps(record, indent=2) + "\n")
     return record

@@ -221,6 +221,7 @@ def run_one(args: argparse.Namespace, settings: Any, dest: Path) -> dict[str, An
     for f in [*run_dir.glob("*.results.json"), *run_dir.glob("*.json")]:
         shutil.copy2(f, dest / f.name)
     shutil.copytree(run_dir / "logs", dest / "logs", dirs_exist_ok=True)
+    shutil.copy2(settings.workdir / "report.html", dest / "report.html")  # the federation's own report
     status = json.loads((settings.workdir / "last_run.json").read_text())
     record = {
         "signature": expected, "seconds": round(seconds, 1), "status": status,

@@ -353,10 +353,12 @@ class ConsoleReporter:
         self._stop()  # the message comes last and whole, not under a live bar
         self.err_console.print(failure_message(failure, not self.err_console.is_terminal), soft_wrap=True)
 
-    def finished(self, seconds: float, metrics_path: Path) -> None:
+    def finished(self, seconds: float, metrics_path: Path, report_path: Path) -> None:
         if self._rounds is not None:
             self._progress.remove_task(self._rounds)
             self._rounds = None
         self.console.print(
-            Text(f"{self._ok} done in {seconds:.0f} s; metrics in {metrics_path}", style="" if self.plain else "green"),
+            Text(f"{self._ok} done in {seconds:.0f} s; report {report_path} (metrics in {metrics_path})",
+                 style="" if self.plain else "green"),
+            soft_wrap=True,
         )

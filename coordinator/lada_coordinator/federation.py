@@ -132,7 +132,7 @@ class Reporter(Protocol):
 
     def failed(self, failure: ProcessFailure) -> None: ...
 
-    def finished(self, seconds: float, metrics_path: Path) -> None: ...
+    def finished(self, seconds: float, metrics_path: Path, report_path: Path) -> None: ...
 
 
 @dataclass
@@ -200,8 +200,8 @@ class LogReporter:
     def failed(self, failure: ProcessFailure) -> None:
         self._log.error("%s %s; last lines of %s:\n%s", failure.name, failure.detail, failure.log, "\n".join(failure.tail))
 
-    def finished(self, seconds: float, metrics_path: Path) -> None:
-        self._log.info("federation: done in %.0fs; metrics in %s", seconds, metrics_path)
+    def finished(self, seconds: float, metrics_path: Path, report_path: Path) -> None:
+        self._log.info("federation: done in %.0fs; metrics in %s, report %s", seconds, metrics_path, report_path)
 
 
 def log_tail(path: Path | None, lines: int = TAIL_LINES) -> tuple[str, ...]:
@@ -635,7 +635,11 @@ def run_federation(
             if all(p.poll() == 0 for p in procs.clients.values()) and len(closed) == settings.rounds:
                 metrics_path = settings.workdir / "last_run.json"
                 metrics_path.write_text(json.dumps(status, indent=2))
-                reporter.finished(time.perf_counter() - started, metrics_path)
+                from lada_coordinator.report import write_report
+
+                report_path = write_report(status, settings.workdir / "report.html",
+                                           f"LaDa federation: {settings.clients} clients, allocation {settings.allocation}")
+                reporter.finished(time.perf_counter() - started, metrics_path, report_path)
                 return 0
             time.sleep(0.25)
         path = logs / "coordinator.log"

@@ -144,12 +144,12 @@ def test_console_reporter_writes_whole_lines_to_a_file(closed_rounds, tmp_path: 
                   "engine": {"phase": "training", "round": 1}, "arrived": {"features": 3, "rewards": 1, "expected": 3}}
         reporter.status(status, settings)
         reporter.round_closed(closed_rounds[0], None, settings)
-        reporter.finished(12.0, tmp_path / "last_run.json")
+        reporter.finished(12.0, tmp_path / "last_run.json", tmp_path / "report.html")
     text = out.getvalue()
     assert "\x1b" not in text and "\r" not in text and "⠋" not in text
     lines = text.splitlines()
     assert re.fullmatch(r"✓ data +\d+\.\d s  cached", lines[0])
     assert re.fullmatch(r"✓ LLM teacher warm-up +\d+\.\d s  llm-tiny, 4 steps", lines[1])
     assert lines[2] == f"federation: coordinator + 3 clients on https://127.0.0.1:8765 · 2 rounds · allocation lada · logs in {tmp_path / 'logs'} · dashboard https://127.0.0.1:8765/dashboard"
-    assert lines[3].startswith("round 1/2 · ") and lines[-1] == f"✓ done in 12 s; metrics in {tmp_path / 'last_run.json'}"
+    assert lines[3].startswith("round 1/2 · ") and lines[-1] == f"✓ done in 12 s; report {tmp_path / 'report.html'} (metrics in {tmp_path / 'last_run.json'})"
     assert len(lines) == 3 + 6 + 1

@@ -36,6 +36,8 @@ def _run(work: Path, port: int, *extra: str) -> dict:
     assert "HTTP Request" not in (work / "federation.log").read_text()  # its full log: our records, not httpx's
     status = json.loads((work / "last_run.json").read_text())
     assert [r["phase"] for r in status["rounds"]] == ["closed", "finished"]
+    assert lines[-1].endswith(f"report {work / 'report.html'} (metrics in {work / 'last_run.json'})")
+    assert '<script type="application/json" id="lada-status">' in (work / "report.html").read_text()
     for r in status["rounds"]:
         assert sorted(r["clients"]) == ["client0", "client1", "client2"]
         for c in r["clients"].values():
