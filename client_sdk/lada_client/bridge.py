@@ -397,7 +397,11 @@ class Bridge:
             raise BridgeError("bad_request", f"feature_names must be a non-empty list of: {list(FEATURE_NAMES)}")
         try:
             rows = learnability_features(
-                client.slm, candidates, names, client.config.batch_size, local_questions=[s.question for s in client.data.train]
+                client.slm,
+                candidates,
+                names,
+                client.config.batch_size,
+                local_questions=[s.question for s in client.data.train],
             )
         except ValueError as exc:
             raise BridgeError("bad_request", str(exc)) from exc

@@ -62,7 +62,9 @@ def _import_model(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"lada-client: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"base_model_dir": str(imported.checkpoint), "scoring_model": str(imported.scoring_model)}, indent=2))
+    print(
+        json.dumps({"base_model_dir": str(imported.checkpoint), "scoring_model": str(imported.scoring_model)}, indent=2)
+    )
     return 0
 
 

@@ -117,7 +117,9 @@ class LadaClient:
         if not support and (config.train_backend == "ort" or config.base_model_dir is not None):
             log.warning(
                 "%s: train_backend=%r but this device cannot train: %s; it will only score",
-                config.name, config.train_backend, support.reason,
+                config.name,
+                config.train_backend,
+                support.reason,
             )
 
     def __enter__(self) -> LadaClient:
@@ -135,7 +137,9 @@ class LadaClient:
         """Load a scoring model; override to choose execution providers or session options
         (the client reloads through here after every adapter refresh)."""
         return OnnxSLM(
-            path, max_length=self.config.distill.max_length, max_new_tokens=self.config.max_new_tokens,
+            path,
+            max_length=self.config.distill.max_length,
+            max_new_tokens=self.config.max_new_tokens,
             intra_op_threads=self.config.threads,
         )
 
@@ -164,7 +168,13 @@ class LadaClient:
         report = self.trainer.train_round([], [], pairs, settings)
         self.export_adapter()
         after = perplexity(self.slm.completion_logprobs(prompts, targets, self.config.batch_size))
-        return {"steps": report.steps, "sft_loss": report.sft_loss, "ppl_before": before, "ppl_after": after, "n_samples": len(samples)}
+        return {
+            "steps": report.steps,
+            "sft_loss": report.sft_loss,
+            "ppl_before": before,
+            "ppl_after": after,
+            "n_samples": len(samples),
+        }
 
     def _default_model_name(self) -> str:
         if self.config.base_model_dir is not None:
@@ -249,7 +259,12 @@ class LadaClient:
         staged = record.with_suffix(".tmp")
         staged.write_text(json.dumps({"client_id": client_id, **self.transport.coordinator.to_b64()}))
         os.replace(staged, record)  # a crash never leaves a half-written enrollment
-        log.info("%s enrolled as %s (coordinator key %s…)", self.config.name, client_id, self.transport.coordinator.fingerprint()[:16])
+        log.info(
+            "%s enrolled as %s (coordinator key %s…)",
+            self.config.name,
+            client_id,
+            self.transport.coordinator.fingerprint()[:16],
+        )
         return client_id
 
     # --------------------------------------------------------------------------------- rounds
@@ -291,7 +306,11 @@ class LadaClient:
         started = time.perf_counter()
         names = list(info.feature_names or self.config.features)
         features = learnability_features(
-            self.slm, info.candidates, names, self.config.batch_size, local_questions=[s.question for s in self.data.train]
+            self.slm,
+            info.candidates,
+            names,
+            self.config.batch_size,
+            local_questions=[s.question for s in self.data.train],
         )
         features = self.privacy.privatize_features(features, names)
         offers = self._offers(info)
@@ -307,7 +326,13 @@ class LadaClient:
             adapter_size=int(self.trainer.adapter_vector().size) if secagg else 0,
         )
         self.transport.call("features.put", upload, t, Ack)
-        log.info("%s round %d: uploaded features for %d candidates, %d offers", self.config.name, t, len(info.candidates), len(offers))
+        log.info(
+            "%s round %d: uploaded features for %d candidates, %d offers",
+            self.config.name,
+            t,
+            len(info.candidates),
+            len(offers),
+        )
 
         started = time.perf_counter()
         allocation = self._wait_allocation(t)
@@ -362,8 +387,16 @@ class LadaClient:
         self._done_rounds.add(t)
         log.info(
             "%s round %d: %d allocated (%s), %s %.3f -> %.3f, reward %.3f%s, test accuracy %.3f",
-            self.config.name, t, len(allocated), allocation.reason, outcome.what, ppl_before, ppl_after, reward,
-            "" if outcome.sample_rewards is None else f" (per sample {np.mean(outcome.sample_rewards):.3f} mean)", accuracy,
+            self.config.name,
+            t,
+            len(allocated),
+            allocation.reason,
+            outcome.what,
+            ppl_before,
+            ppl_after,
+            reward,
+            "" if outcome.sample_rewards is None else f" (per sample {np.mean(outcome.sample_rewards):.3f} mean)",
+            accuracy,
         )
         return RoundResult(t, len(allocated), reward, ppl_before, ppl_after, accuracy, timings, outcome.sample_rewards)
 
@@ -403,14 +436,20 @@ class LadaClient:
             outcome.what, value = "allocated-path PPL", self._ppl(allocated)
         setattr(outcome, when, value)
 
-    def _gradient_credit(self, allocated: list[Candidate], heldout_pairs: list[tuple[str, str]] | None) -> list[float] | None:
+    def _gradient_credit(
+        self, allocated: list[Candidate], heldout_pairs: list[tuple[str, str]] | None
+    ) -> list[float] | None:
         """Per-sample rewards from gradient alignment with the held-out loss (torch backend only)."""
         rcfg = self.config.reward
         if rcfg.credit != "gradient" or not heldout_pairs:
             return None
         align = getattr(self.trainer, "gradient_alignment", None)
         if align is None:
-            log.info("%s: the %s backend gives no per-sample gradients; one reward for the round", self.config.name, self.config.train_backend)
+            log.info(
+                "%s: the %s backend gives no per-sample gradients; one reward for the round",
+                self.config.name,
+                self.config.train_backend,
+            )
             return None
         teacher = [(format_prompt(c.question), format_target(c.path)) for c in allocated]
         cosines = align(teacher, heldout_pairs, self.config.distill.max_length, self.config.distill.micro_batch_size)
@@ -441,7 +480,12 @@ class LadaClient:
         """Mask this device's adapter (DP-noised update if enabled) against its group's peers."""
         inbox = self._poll_secagg(t, "inbox")
         if inbox.status != "ready" or inbox.body is None:
-            log.warning("%s round %d: no secure aggregation (%s)", self.config.name, t, (inbox.body or {}).get("error", inbox.status))
+            log.warning(
+                "%s round %d: no secure aggregation (%s)",
+                self.config.name,
+                t,
+                (inbox.body or {}).get("error", inbox.status),
+            )
             return
         start = self._round_start_adapter if self._round_start_adapter is not None else self.trainer.adapter_vector()
         update = self.privacy.privatize_update(self.trainer.adapter_vector() - start)
@@ -453,19 +497,31 @@ class LadaClient:
         """Answer the unmask request, then adopt the group's average adapter."""
         request = self._poll_secagg(t, "unmask")
         if request.status == "failed":
-            log.warning("%s round %d: no group average (%s)", self.config.name, t, (request.body or {}).get("error", "failed"))
+            log.warning(
+                "%s round %d: no group average (%s)", self.config.name, t, (request.body or {}).get("error", "failed")
+            )
             return
         if request.status == "ready" and request.body is not None:
             response = secagg.unmask(request.body["survivors"], request.body["dropped"])
             self.transport.call("secagg.put", SecAggUpload(round=t, step="unmask", body=response.to_dict()), t, Ack)
         result = self._poll_secagg(t, "result")
         if result.status != "ready" or result.body is None:
-            log.warning("%s round %d: no group average (%s)", self.config.name, t, (result.body or {}).get("error", "not in group"))
+            log.warning(
+                "%s round %d: no group average (%s)",
+                self.config.name,
+                t,
+                (result.body or {}).get("error", "not in group"),
+            )
             return
         average = np.frombuffer(base64.b64decode(result.body["vector"]), dtype=np.float32).astype(np.float64)
         self.trainer.load_adapter_vector(average)
         self.export_adapter()
-        log.info("%s round %d: adopted the average adapter of %d clients", self.config.name, t, len(result.body["contributors"]))
+        log.info(
+            "%s round %d: adopted the average adapter of %d clients",
+            self.config.name,
+            t,
+            len(result.body["contributors"]),
+        )
 
     def _wait_allocation(self, t: int) -> Allocation:
         deadline = time.monotonic() + self.config.max_wait_s
@@ -483,11 +539,17 @@ class LadaClient:
         if not questions:
             return []
         paths = self.slm.generate([format_prompt(q.question) for q in questions], batch_size=self.config.batch_size)
-        return [PathOffer(sample_id=q.sample_id, path=p.strip()) for q, p in zip(questions, paths) if is_correct(p, q.answer)]
+        return [
+            PathOffer(sample_id=q.sample_id, path=p.strip())
+            for q, p in zip(questions, paths)
+            if is_correct(p, q.answer)
+        ]
 
     def _ppl(self, candidates: list[Candidate]) -> float:
         lps = self.slm.completion_logprobs(
-            [format_prompt(c.question) for c in candidates], [format_target(c.path) for c in candidates], self.config.batch_size
+            [format_prompt(c.question) for c in candidates],
+            [format_target(c.path) for c in candidates],
+            self.config.batch_size,
         )
         return perplexity(lps)
 
@@ -497,7 +559,9 @@ class LadaClient:
 
         cfg = self.config
         prompts = [format_prompt(c.question) for c in allocated]
-        own = self.slm.generate(prompts, temperature=cfg.distill.rejected_temperature, seed=cfg.distill.seed + t, batch_size=cfg.batch_size)
+        own = self.slm.generate(
+            prompts, temperature=cfg.distill.rejected_temperature, seed=cfg.distill.seed + t, batch_size=cfg.batch_size
+        )
         pairs = [
             PreferencePair(p, format_target(c.path), format_target(o.strip()))
             for p, c, o in zip(prompts, allocated, own)
@@ -536,11 +600,15 @@ class LadaClient:
             from lada_client.models.weight_swap import WeightMapError, load_or_build_map, swap_weights
 
             try:
-                mapping = load_or_build_map(cfg.state_dir, cfg.scoring_model, self.trainer.projection_weights(merged=False))
+                mapping = load_or_build_map(
+                    cfg.state_dir, cfg.scoring_model, self.trainer.projection_weights(merged=False)
+                )
                 for name in ("tokenizer.json", "special_tokens.json"):
                     if (cfg.scoring_model.parent / name).exists() and not (cfg.state_dir / name).exists():
                         shutil.copy(cfg.scoring_model.parent / name, cfg.state_dir / name)
-                swap_weights(cfg.scoring_model, cfg.state_dir / "model.onnx", mapping, self.trainer.projection_weights())
+                swap_weights(
+                    cfg.scoring_model, cfg.state_dir / "model.onnx", mapping, self.trainer.projection_weights()
+                )
                 self.slm = self.load_slm(cfg.state_dir / "model.onnx")
                 return
             except WeightMapError as exc:

@@ -25,15 +25,28 @@ def coordinator(tmp_path, tiny_world, free_port, serve_coordinator):
     from lada_coordinator.config import CoordinatorConfig
 
     config = CoordinatorConfig(
-        db_path=tmp_path / "c.sqlite", state_dir=tmp_path / "state", llm_dir=tiny_world["llm"],
-        public_data=tiny_world["data"], port=free_port, max_body_bytes=32_768, rounds=2,
+        db_path=tmp_path / "c.sqlite",
+        state_dir=tmp_path / "state",
+        llm_dir=tiny_world["llm"],
+        public_data=tiny_world["data"],
+        port=free_port,
+        max_body_bytes=32_768,
+        rounds=2,
     )
     with serve_coordinator(config) as (url, store):
         candidates = [
-            Candidate(sample_id=f"p{i:05d}", question="1+1?", path="1 + 1 = 2. The answer is 2.", llm_logprob=-3.0, llm_tokens=9)
+            Candidate(
+                sample_id=f"p{i:05d}",
+                question="1+1?",
+                path="1 + 1 = 2. The answer is 2.",
+                llm_logprob=-3.0,
+                llm_tokens=9,
+            )
             for i in range(1500)
         ]
-        info = RoundInfo(round=1, phase="features", total_rounds=2, candidates=candidates, feature_names=["a", "b", "c", "d"])
+        info = RoundInfo(
+            round=1, phase="features", total_rounds=2, candidates=candidates, feature_names=["a", "b", "c", "d"]
+        )
         store.open_round(1, info.model_dump(), {})
         yield url, store, info, config
 
@@ -50,7 +63,9 @@ def _client(coordinator, retry: RetryPolicy = FAST_RETRY) -> Transport:
 def _features(info: RoundInfo, seed: int = 0) -> FeatureUpload:
     rng = random.Random(seed)
     return FeatureUpload(
-        round=1, feature_names=info.feature_names, sample_ids=[c.sample_id for c in info.candidates],
+        round=1,
+        feature_names=info.feature_names,
+        sample_ids=[c.sample_id for c in info.candidates],
         features=[[rng.uniform(0, 3) for _ in info.feature_names] for _ in info.candidates],
     )
 
@@ -139,8 +154,12 @@ def test_small_bodies_go_in_one_request(coordinator):
     t = _client(coordinator)
     t.upload_chunk_bytes = DEFAULT_UPLOAD_CHUNK_BYTES
     net = Network(t)
-    small = FeatureUpload(round=1, feature_names=info.feature_names, sample_ids=[c.sample_id for c in info.candidates[:3]],
-                          features=[[1.0] * 4] * 3)
+    small = FeatureUpload(
+        round=1,
+        feature_names=info.feature_names,
+        sample_ids=[c.sample_id for c in info.candidates[:3]],
+        features=[[1.0] * 4] * 3,
+    )
     with pytest.raises(CoordinatorError) as exc:  # the round has 1500 candidates: refused, but in one request
         t.call("features.put", small, 1, Ack)
     assert exc.value.status == 422 and net.counts == {"/v1/features": 1}
@@ -157,7 +176,13 @@ def test_refused_commit_is_final_and_not_kept_for_resume(coordinator):
 
 
 def test_chunk_size_is_configurable():
-    base = {"coordinator_url": "http://x", "name": "d", "state_dir": "/tmp/s", "data_dir": "/tmp/d", "scoring_model": "/tmp/m"}
+    base = {
+        "coordinator_url": "http://x",
+        "name": "d",
+        "state_dir": "/tmp/s",
+        "data_dir": "/tmp/d",
+        "scoring_model": "/tmp/m",
+    }
     assert ClientConfig.from_dict(base).upload_chunk_bytes == DEFAULT_UPLOAD_CHUNK_BYTES == 4 * 1024 * 1024
     assert ClientConfig.from_dict({**base, "upload_chunk_bytes": 1 << 20}).upload_chunk_bytes == 1 << 20
     with pytest.raises(ValueError):

@@ -184,7 +184,9 @@ def add_logprob_head(model_path: Path, out_path: Path) -> Path:
         full = f"lada_unpad/{i}/output"
         nodes += [
             helper.make_node("GatherND", [attn, "token_index"], [f"lada_unpad/{i}/attn"], name=f"lada_unpad/{i}/attn"),
-            helper.make_node("GatherND", [layer_input, "token_index"], [f"lada_unpad/{i}/res"], name=f"lada_unpad/{i}/res"),
+            helper.make_node(
+                "GatherND", [layer_input, "token_index"], [f"lada_unpad/{i}/res"], name=f"lada_unpad/{i}/res"
+            ),
             helper.make_node("ScatterND", [layer_input, "token_index", out], [full], name=f"lada_unpad/{i}/scatter"),
         ]
         o_proj.input[0] = f"lada_unpad/{i}/attn"
@@ -285,8 +287,14 @@ def save_onnx(model, out_path: Path) -> None:
         onnx.checker.check_model(model)
         onnx.save(model, str(out_path))
         return
-    onnx.save_model(model, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=out_path.name + EXTERNAL_DATA_SUFFIX, size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(out_path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=out_path.name + EXTERNAL_DATA_SUFFIX,
+        size_threshold=1024,
+    )
     onnx.checker.check_model(str(out_path))
 
 

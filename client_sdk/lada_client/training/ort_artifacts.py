@@ -110,7 +110,19 @@ def _loss_module(peft_model: Any) -> Any:
             logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             return torch.gather(logp, 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
 
-        def forward(self, input_ids, attention_mask, completion_mask, sft_weight, chosen_index, rejected_index, ref_chosen, ref_rejected, alpha, beta):
+        def forward(
+            self,
+            input_ids,
+            attention_mask,
+            completion_mask,
+            sft_weight,
+            chosen_index,
+            rejected_index,
+            ref_chosen,
+            ref_rejected,
+            alpha,
+            beta,
+        ):
             token_lp = self.token_logprobs(input_ids, attention_mask)
             seq = sequence_logprob(token_lp, completion_mask)
             loss_sft = sft_loss(token_lp, completion_mask * sft_weight.unsqueeze(1))
@@ -123,7 +135,10 @@ def _loss_module(peft_model: Any) -> Any:
 def _example_inputs(special: Any) -> tuple:
     import torch
 
-    ids = torch.tensor([[special.bos or 1, 5, 6, 7, special.eos], [special.bos or 1, 8, 9, special.eos, special.pad]], dtype=torch.int64)
+    ids = torch.tensor(
+        [[special.bos or 1, 5, 6, 7, special.eos], [special.bos or 1, 8, 9, special.eos, special.pad]],
+        dtype=torch.int64,
+    )
     mask = (torch.arange(5).unsqueeze(0) < torch.tensor([[5], [4]])).to(torch.int64)
     cmask = torch.tensor([[0, 1, 1, 1], [0, 1, 1, 0]], dtype=torch.float32)
     return (
@@ -209,7 +224,9 @@ def export_training_graph(
         )
         for n, p in every:
             p.copy_(real[n])
-    _write_initializers(graph_path, {f"model.{n}": v.numpy() for n, v in real.items()}, [f"model.{n}" for n, _ in params])
+    _write_initializers(
+        graph_path, {f"model.{n}": v.numpy() for n, v in real.items()}, [f"model.{n}" for n, _ in params]
+    )
     peft_keys = list(get_peft_model_state_dict(model).keys())
     projections = []
     for name, layer in model.named_modules():
@@ -361,7 +378,9 @@ def build_artifacts(base_dir: Path, out_dir: Path, lora: Any = None, seed: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lada_client.training.ort_artifacts", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m lada_client.training.ort_artifacts", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (
         ("export", "export the loss graph with torch (train extra)"),

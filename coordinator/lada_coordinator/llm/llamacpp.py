@@ -83,8 +83,13 @@ def cut_after_answer(text: str) -> str:
 
 class LlamaCppTeacher:
     def __init__(
-        self, gguf: Path, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 160, n_ctx: int = 2048,
-        n_threads: int | None = None, seed: int = 0,
+        self,
+        gguf: Path,
+        prompt: str = DEFAULT_PROMPT,
+        max_new_tokens: int = 160,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        seed: int = 0,
     ) -> None:
         try:
             from llama_cpp import Llama
@@ -112,8 +117,14 @@ class LlamaCppTeacher:
             return _ANSWER_SENTENCE.search(text) is not None
 
         out = self._llm(
-            prompt, max_tokens=self.max_new_tokens, temperature=temperature, top_k=0 if temperature > 0 else 40,
-            top_p=1.0, seed=seed, stop=["\n", " Q:"], stopping_criteria=StoppingCriteriaList([answered]),
+            prompt,
+            max_tokens=self.max_new_tokens,
+            temperature=temperature,
+            top_k=0 if temperature > 0 else 40,
+            top_p=1.0,
+            seed=seed,
+            stop=["\n", " Q:"],
+            stopping_criteria=StoppingCriteriaList([answered]),
         )
         return cut_after_answer(out["choices"][0]["text"])
 
@@ -142,8 +153,14 @@ class LlamaCppTeacher:
 
 
 def fill_store(
-    teacher: LlamaCppTeacher, store: PathStore, samples: Sequence[Sample], attempts: int = 2, temperature: float = 0.7,
-    seed: int = 0, progress: Callable[[int, int, int], None] | None = None, flush_every: int = 8,
+    teacher: LlamaCppTeacher,
+    store: PathStore,
+    samples: Sequence[Sample],
+    attempts: int = 2,
+    temperature: float = 0.7,
+    seed: int = 0,
+    progress: Callable[[int, int, int], None] | None = None,
+    flush_every: int = 8,
 ) -> dict[str, int]:
     """Compute the store's missing paths for ``samples``; appends every ``flush_every`` (resumable).
     ``progress(done, total, verified)`` is called after each question."""

@@ -116,7 +116,9 @@ def create_app(
         description="Federated reasoning distillation with learnability-aware data allocation.",
     )
     app.add_middleware(
-        RequestLimits, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s,
+        RequestLimits,
+        max_bytes=config.max_body_bytes,
+        timeout_s=config.body_timeout_s,
         max_in_flight=config.max_concurrent_requests,
     )
     app.state.uploads = uploads

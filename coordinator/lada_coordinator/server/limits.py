@@ -85,7 +85,9 @@ class RequestLimits:
             if not message.get("more_body", False):
                 break
         if self.in_flight >= self.max_in_flight:
-            await send_error(send, 503, "busy", "the coordinator is at its request limit; retry shortly", [(b"retry-after", b"1")])
+            await send_error(
+                send, 503, "busy", "the coordinator is at its request limit; retry shortly", [(b"retry-after", b"1")]
+            )
             return
         replayed = False
 
