@@ -77,7 +77,8 @@ def main() -> None:
     p.add_argument(
         "--seal",
         action="store_true",
-        help="onnx-features: also build the round's features.put message and seal it (sign + encrypt) as the device sends it",
+        help="onnx-features: also build the round's features.put message and seal it (sign + encrypt) "
+        "as the device sends it",
     )
     args = p.parse_args()
     started = time.perf_counter()

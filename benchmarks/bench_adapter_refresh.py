@@ -78,11 +78,13 @@ def main() -> None:
             }
         )
     print(
-        f"{'model':8} {'adapted params':>14} {'map (once)':>10} {'swap s':>8} {'export s':>9} {'export/swap':>11} {'max diff':>9}"
+        f"{'model':8} {'adapted params':>14} {'map (once)':>10} {'swap s':>8} {'export s':>9} "
+        f"{'export/swap':>11} {'max diff':>9}"
     )
     for r in rows:
         print(
-            f"{r['model']:8} {r['adapted_params']:>14,} {r['map_build_s']:>10.3f} {r['swap_s']:>8.3f} {r['export_s']:>9.3f} {r['speedup']:>10.1f}x {r['max_abs_logprob_diff']:>9.1e}"
+            f"{r['model']:8} {r['adapted_params']:>14,} {r['map_build_s']:>10.3f} {r['swap_s']:>8.3f} "
+            f"{r['export_s']:>9.3f} {r['speedup']:>10.1f}x {r['max_abs_logprob_diff']:>9.1e}"
         )
     out = Path(__file__).parent / "results" / "adapter_refresh.json"
     out.parent.mkdir(parents=True, exist_ok=True)

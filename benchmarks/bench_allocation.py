@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 NAME = "bench_allocation"
 TARGET_S = 5.0
@@ -204,7 +204,10 @@ def main() -> int:
                         "clients": n,
                         "candidates": m,
                         "threads": 1,
-                        **profile_call(lambda: allocate_round(store, make_allocator(store), rounds[("cold", n)])),
+                        # (B023: profile_call runs the closure here, within this iteration)
+                        **profile_call(
+                            lambda: allocate_round(store, make_allocator(store), rounds[("cold", n)])  # noqa: B023
+                        ),
                     }
                 )
             # ---- history: allocate once more, then one observe + refit + save per client
@@ -217,11 +220,12 @@ def main() -> int:
             allocate_round(store, warm, t)
             rng = np.random.default_rng(m)
 
+            # (B023: refit_all and the lambdas below run within this iteration, never after it)
             def refit_all(group):
                 for cid in group:
-                    ids, _ = store.allocation(t, cid, SLM)
+                    ids, _ = store.allocation(t, cid, SLM)  # noqa: B023
                     pos = [int(s.rsplit("c", 1)[1]) for s in ids]
-                    warm.reward(t, SLM, cid, zs[cid][pos], float(rng.uniform(0.0, 0.6)))
+                    warm.reward(t, SLM, cid, zs[cid][pos], float(rng.uniform(0.0, 0.6)))  # noqa: B023
 
             # Allocator.reward (observe + refit + persist) is the per-client work of closing a round;
             # profile it on the first clients, time it on the rest.
@@ -234,10 +238,10 @@ def main() -> int:
                         "clients": k,
                         "candidates": m,
                         "threads": 1,
-                        **profile_call(lambda: refit_all(clients[1 : k + 1])),
+                        **profile_call(lambda: refit_all(clients[1 : k + 1])),  # noqa: B023
                     }
                 )
-            t_refit, _ = C.timed(lambda: refit_all(clients[k + 1 :]))
+            t_refit, _ = C.timed(lambda: refit_all(clients[k + 1 :]))  # noqa: B023
             timed_n = len(clients) - k - 1
             setup.append(
                 {
@@ -274,7 +278,10 @@ def main() -> int:
                         "clients": n,
                         "candidates": m,
                         "threads": 1,
-                        **profile_call(lambda: allocate_round(store, make_allocator(store), rounds[("warm", n)])),
+                        # (B023: profile_call runs the closure here, within this iteration)
+                        **profile_call(
+                            lambda: allocate_round(store, make_allocator(store), rounds[("warm", n)])  # noqa: B023
+                        ),
                     }
                 )
             store.close()

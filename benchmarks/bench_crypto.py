@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 NAME = "bench_crypto"
 
@@ -112,70 +112,77 @@ def payloads(m: int, offers: int, adapter_floats: int) -> dict[str, tuple[str, o
 
 
 def bench_envelopes(m: int, offers: int, adapter_floats: int, repeats: int) -> list[dict]:
+    from lada_client.common.crypto import Identity
+
+    client, coordinator = Identity.generate(), Identity.generate()
+    rows = []
+    for label, (kind, model) in payloads(m, offers, adapter_floats).items():
+        row = envelope_row(label, kind, model, client, coordinator, repeats)
+        rows.append(row)
+        C.say(f"  {label:<42} {row['payload_bytes']:>8,} B  seal {row['seal_ms']:.3f} ms  open {row['open_ms']:.3f} ms")
+    return rows
+
+
+def envelope_row(label: str, kind: str, model, client, coordinator, repeats: int) -> dict:
+    """One message's costs: seal, open and their parts, each the median of 5 timed batches."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from lada_client.common import crypto
     from lada_client.common.crypto import Direction, Identity, open_envelope, seal
     from lada_client.common.wire import EnvelopeHeader, SealedEnvelope
 
-    client, coordinator = Identity.generate(), Identity.generate()
-    rows = []
-    for label, (kind, model) in payloads(m, offers, adapter_floats).items():
-        raw = model.model_dump_json().encode()
-        header = EnvelopeHeader(client_id="client-0001", round=3, seq=1, kind=kind.split()[0], sent_at=time.time())
-        n = max(20, repeats) if len(raw) < 1_000_000 else 3
-        env = seal(raw, header, client, coordinator.public, Direction.TO_COORDINATOR)
-        wire = env.model_dump_json().encode()
-        signed = crypto._signed_bytes(
-            header.canonical_bytes(), crypto.b64d(env.nonce, "nonce"), crypto.b64d(env.ciphertext, "c")
-        )
-        aead = client._aead(coordinator.public.kex_key, header.client_id, header.round, Direction.TO_COORDINATOR)
-        nonce = b"\0" * 12
-        ct = aead.encrypt(nonce, raw, header.canonical_bytes())
-        sig = client.sign(signed)
-        verify_key = Ed25519PublicKey.from_public_bytes(client.public.sign_key)
+    raw = model.model_dump_json().encode()
+    header = EnvelopeHeader(client_id="client-0001", round=3, seq=1, kind=kind.split()[0], sent_at=time.time())
+    n = max(20, repeats) if len(raw) < 1_000_000 else 3
+    env = seal(raw, header, client, coordinator.public, Direction.TO_COORDINATOR)
+    wire = env.model_dump_json().encode()
+    signed = crypto._signed_bytes(
+        header.canonical_bytes(), crypto.b64d(env.nonce, "nonce"), crypto.b64d(env.ciphertext, "c")
+    )
+    aead = client._aead(coordinator.public.kex_key, header.client_id, header.round, Direction.TO_COORDINATOR)
+    nonce = b"\0" * 12
+    ct = aead.encrypt(nonce, raw, header.canonical_bytes())
+    sig = client.sign(signed)
+    verify_key = Ed25519PublicKey.from_public_bytes(client.public.sign_key)
 
-        def per_call(fn) -> float:
-            times = []
-            for _ in range(5):
-                started = time.perf_counter()
-                for _ in range(n):
-                    fn()
-                times.append((time.perf_counter() - started) / n)
-            return C.median(times)
+    def per_call(fn) -> float:
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times.append((time.perf_counter() - started) / n)
+        return C.median(times)
 
-        def derive():
-            Identity._aead.cache_clear()
-            client._aead(coordinator.public.kex_key, header.client_id, header.round, Direction.TO_COORDINATOR)
-
-        row = {
-            "message": label,
-            "kind": kind,
-            "payload_bytes": len(raw),
-            "envelope_bytes": len(wire),
-            "seal_ms": 1000 * per_call(lambda: seal(raw, header, client, coordinator.public, Direction.TO_COORDINATOR)),
-            "open_ms": 1000
-            * per_call(lambda: open_envelope(env, client.public, coordinator, Direction.TO_COORDINATOR)),
-            "sign_ms": 1000 * per_call(lambda: client.sign(signed)),
-            "verify_ms": 1000 * per_call(lambda: verify_key.verify(sig, signed)),
-            "aead_encrypt_ms": 1000 * per_call(lambda: aead.encrypt(nonce, raw, header.canonical_bytes())),
-            "aead_decrypt_ms": 1000 * per_call(lambda: aead.decrypt(nonce, ct, header.canonical_bytes())),
-            "key_derivation_ms": 1000 * per_call(derive),
-            # what surrounds the crypto on the wire: payload JSON out, envelope JSON out and back in
-            "json_ms": 1000
-            * per_call(
-                lambda: (
-                    model.model_dump_json(),
-                    env.model_dump_json(),
-                    SealedEnvelope.model_validate_json(wire),
-                    type(model).model_validate_json(raw),
-                )
-            ),
-        }
+    def derive():
         Identity._aead.cache_clear()
-        rows.append(row)
-        C.say(f"  {label:<42} {len(raw):>8,} B  seal {row['seal_ms']:.3f} ms  open {row['open_ms']:.3f} ms")
-    return rows
+        client._aead(coordinator.public.kex_key, header.client_id, header.round, Direction.TO_COORDINATOR)
+
+    row = {
+        "message": label,
+        "kind": kind,
+        "payload_bytes": len(raw),
+        "envelope_bytes": len(wire),
+        "seal_ms": 1000 * per_call(lambda: seal(raw, header, client, coordinator.public, Direction.TO_COORDINATOR)),
+        "open_ms": 1000 * per_call(lambda: open_envelope(env, client.public, coordinator, Direction.TO_COORDINATOR)),
+        "sign_ms": 1000 * per_call(lambda: client.sign(signed)),
+        "verify_ms": 1000 * per_call(lambda: verify_key.verify(sig, signed)),
+        "aead_encrypt_ms": 1000 * per_call(lambda: aead.encrypt(nonce, raw, header.canonical_bytes())),
+        "aead_decrypt_ms": 1000 * per_call(lambda: aead.decrypt(nonce, ct, header.canonical_bytes())),
+        "key_derivation_ms": 1000 * per_call(derive),
+        # what surrounds the crypto on the wire: payload JSON out, envelope JSON out and back in
+        "json_ms": 1000
+        * per_call(
+            lambda: (
+                model.model_dump_json(),
+                env.model_dump_json(),
+                SealedEnvelope.model_validate_json(wire),
+                type(model).model_validate_json(raw),
+            )
+        ),
+    }
+    Identity._aead.cache_clear()
+    return row
 
 
 def reference_round_time(m: int, repeats: int) -> dict:
@@ -256,7 +263,7 @@ def run_secagg(n: int, length: int, neighbours: int | None, dropouts: int, seed:
     vectors = [rng.normal(0.0, 0.02, length) for _ in range(n)]
     ids = [f"client{k:03d}" for k in range(n)]
     round_id = "r1/bench"
-    client_s = {c: 0.0 for c in ids}
+    client_s = dict.fromkeys(ids, 0.0)
     server_s = 0.0
     wire_s = 0.0
 
@@ -452,7 +459,8 @@ def main() -> int:
             else ""
         )
         + f"); coordinator crypto "
-        f"{per_round['coordinator_ms_per_client']:.2f} ms per client; JSON/pydantic around it {per_round['json_ms']:.2f} ms"
+        f"{per_round['coordinator_ms_per_client']:.2f} ms per client; "
+        f"JSON/pydantic around it {per_round['json_ms']:.2f} ms"
     )
 
     secagg_rows = []

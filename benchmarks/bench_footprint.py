@@ -9,8 +9,8 @@
    with their size on disk (``du``) and the ratio, also net of the empty baseline.
 2. Peak RSS of a scoring-only process running in the ``client`` venv: load the ONNX SLM and compute
    the learnability features of N candidates (what a device does every round), sampled with psutil
-   from outside every 10 ms and read from the process's own high-water mark (``VmHWM``). For comparison, the same candidates'
-   log-probs scored with torch in the development environment.
+   from outside every 10 ms and read from the process's own high-water mark (``VmHWM``). For
+   comparison, the same candidates' log-probs scored with torch in the development environment.
 
 Every pip run is bounded by ``--pip-timeout-s``; a run that exceeds it is reported as such.
 
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 NAME = "bench_footprint"
 

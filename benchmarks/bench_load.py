@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 NAME = "bench_load"
 
@@ -278,7 +278,8 @@ def main() -> int:
             wait_healthy(url, server, 120)
             deadline = time.monotonic() + args.time_limit_s
             C.say(
-                f"coordinator on {url} (pid {server.pid}); {n} clients, {m} candidates, time limit {args.time_limit_s:.0f}s"
+                f"coordinator on {url} (pid {server.pid}); {n} clients, {m} candidates, "
+                f"time limit {args.time_limit_s:.0f}s"
             )
             clients = [
                 Transport(url, Identity.generate(), timeout_s=args.time_limit_s, retry=RetryPolicy(attempts=1))

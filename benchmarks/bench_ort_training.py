@@ -48,7 +48,8 @@ if backend == "torch":
 else:
     trainer = make_trainer("ort", artifacts_dir=Path(artifacts), threads=threads)
 rss_loaded = hwm_mb()
-teacher, prefs = pairs[:32], [PreferencePair(p, c, c.replace("The answer is", "So it is 0. The answer is 0 and")) for p, c in pairs[32:48]]
+teacher = pairs[:32]
+prefs = [PreferencePair(p, c, c.replace("The answer is", "So it is 0. The answer is 0 and")) for p, c in pairs[32:48]]
 def round_(epochs):
     settings = DistillSettings(alpha=0.5, epochs=epochs, batch_size=8, lr=1e-3)
     start = time.perf_counter()
@@ -127,7 +128,8 @@ def main() -> None:
     for b, m in med.items():
         print(f"{b:8} {m['step_s']:8.3f} {m['round1_s']:16.2f} {m['rss_loaded_mb']:14.0f} {m['rss_peak_mb']:12.0f}")
     print(
-        f"torch/ort: step time x{result['ratio_step_torch_over_ort']:.2f}, peak RSS x{result['ratio_peak_rss_torch_over_ort']:.2f}"
+        f"torch/ort: step time x{result['ratio_step_torch_over_ort']:.2f}, "
+        f"peak RSS x{result['ratio_peak_rss_torch_over_ort']:.2f}"
     )
     args.out = args.out or BENCH_DIR / "results" / f"bench_ort_training_{args.preset}.json"
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 NAME = "bench_scoring"
 TARGET_RATIO = 1.5
@@ -76,7 +76,7 @@ def models_to_run(args) -> list[dict]:
     ]
     if args.smollm2:
         try:
-            from lada_client.models import smollm2  # noqa: PLC0415 - optional, may be absent
+            from lada_client.models import smollm2  # optional, may be absent
         except ImportError as exc:
             out.append({"model": "smollm2-135m", "skipped": f"lada_client.models.smollm2 not importable: {exc}"})
             return out
@@ -131,7 +131,7 @@ def bench_model(
                 gc.collect()
                 time.sleep(0.05)  # let the other runtime's spinning workers park
                 cpu = time.process_time()
-                elapsed, got[label] = C.timed(lambda fn=fn: fn(bs))
+                elapsed, got[label] = C.timed(lambda fn=fn, bs=bs: fn(bs))
                 (t_onnx if label == "onnx" else t_torch).append(elapsed)
                 (c_onnx if label == "onnx" else c_torch).append(time.process_time() - cpu)
             diffs.append(max_abs_diff(got["onnx"], got["torch"]))
@@ -205,9 +205,7 @@ def profile_onnx(spec: dict, pairs: list[tuple[str, str]], batch_size: int, thre
     # The attention-mask plumbing of the exported SDPA: bool mask -> additive mask (Where) per layer,
     # and Softmax -> IsNaN -> Where to zero fully-masked rows; all O(B * H * T^2) elementwise work.
     mask_ops = sum(
-        d
-        for n, d in by_node.items()
-        if "self_attn" in n and (n.startswith("Where ") or n.startswith("IsNaN ") or "/Add_2" in n)
+        d for n, d in by_node.items() if "self_attn" in n and (n.startswith(("Where ", "IsNaN ")) or "/Add_2" in n)
     )
     return {
         "model": spec["model"],

@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 NAME = "quality"
 log = logging.getLogger("benchmarks.quality")
@@ -178,7 +178,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--teacher",
         type=Path,
-        help="use this teacher checkpoint directory as is instead of warm-starting one (its --llm-warmup-steps is then only a label)",
+        help="use this teacher checkpoint directory as is instead of warm-starting one "
+        "(its --llm-warmup-steps is then only a label)",
     )
     p.add_argument(
         "--cache-dir", type=Path, default=C.CACHE_DIR / NAME, help="work directories with the cached warm starts"
@@ -575,7 +576,7 @@ def aggregate(runs: dict, warm: dict, sizes: Sizes) -> dict:
             entry["curves"] = {name: [[cs[s][name][i] for s in cs] for i in range(sizes.rounds + 1)] for name in series}
             last = {s: sorted(r["status"]["rounds"], key=lambda x: x["round"])[-1] for s, r in ok.items()}
             bytes_: dict[str, dict[str, list[float]]] = {}
-            for s, r in last.items():
+            for r in last.values():
                 sent_total = recv_total = 0
                 for c, m in r["clients"].items():
                     bytes_.setdefault(c, {"sent": [], "received": []})
@@ -833,7 +834,8 @@ def write_report(
         add(
             f"**Scale.** This report is the full protocol, {n_seeds} seeds × {R} rounds "
             f"(`--seeds {' '.join(map(str, sizes.seeds))}`). The default invocation, `python benchmarks/quality.py`, "
-            f"runs {len(DEFAULT.seeds)} seed{'s' if len(DEFAULT.seeds) != 1 else ''} ({', '.join(map(str, DEFAULT.seeds))}) × "
+            f"runs {len(DEFAULT.seeds)} seed{'s' if len(DEFAULT.seeds) != 1 else ''} "
+            f"({', '.join(map(str, DEFAULT.seeds))}) × "
             f"{DEFAULT.rounds} rounds with the same sizes otherwise, to stay within about 30 minutes including the "
             "warm starts; its runs are a subset of this report's (see the wall-time table per seed)."
         )
@@ -848,20 +850,23 @@ def write_report(
         f"| SLMs, `mkt` host | {', '.join(f'`{p}`' for p in args.mkt_presets.split(','))} (client0, client1, client2) |"
     )
     add(
-        f"| SLMs, `cotuning` host | `{COTUNING_PRESETS[0]}` for all three (adapters are averaged, so one architecture) |"
+        f"| SLMs, `cotuning` host | `{COTUNING_PRESETS[0]}` for all three "
+        "(adapters are averaged, so one architecture) |"
     )
     if timing.get("teacher"):
         add(f"| teacher | the checkpoint `{timing['teacher']}` (`--teacher`), as is; every run of every seed uses it |")
     else:
         add(
-            f"| teacher | `llm-tiny`, warm-started once on seed {sizes.seeds[0]}'s public pool (all four domains); every run of every seed uses it |"
+            f"| teacher | `llm-tiny`, warm-started once on seed {sizes.seeds[0]}'s public pool (all four domains); "
+            "every run of every seed uses it |"
         )
     add(f"| seeds | {', '.join(map(str, sizes.seeds))} (each seed: its own data, tokenizer and SLM warm starts) |")
     add(f"| rounds | {R} |")
     add(f"| candidates per round | {sizes.candidates} |")
     add(f"| allocation budget B per client | {sizes.budget} (LaDa's floor ⌈B/4⌉ = {math.ceil(sizes.budget / 4)}) |")
     add(
-        f"| private train / test samples per client | {sizes.n_train} / {sizes.n_test} (accuracy on the first {min(sizes.n_test, 64)}) |"
+        f"| private train / test samples per client | {sizes.n_train} / {sizes.n_test} "
+        f"(accuracy on the first {min(sizes.n_test, 64)}) |"
     )
     add(f"| training passes per round | {sizes.epochs} over private data + allocated paths (`--epochs`) |")
     add(f"| public pool | {sizes.n_public} |")
@@ -872,10 +877,12 @@ def write_report(
     add(f"| seeds run side by side | {timing.get('jobs', 1)} (`--jobs`; the runs of one seed go one after the other) |")
     d = DistillSettings()
     add(
-        f"| L_CD | path score = {d.cd_logprob} token log-prob, β = {d.cd_beta:g} (`DistillSettings` defaults); α per method, below |"
+        f"| L_CD | path score = {d.cd_logprob} token log-prob, β = {d.cd_beta:g} (`DistillSettings` defaults); "
+        "α per method, below |"
     )
     add(
-        "| everything else | library defaults (`CoordinatorConfig`, `ClientConfig`, `DistillSettings`, `FilterConfig`) |"
+        "| everything else | library defaults "
+        "(`CoordinatorConfig`, `ClientConfig`, `DistillSettings`, `FilterConfig`) |"
     )
     add("")
     if "local" in methods and "cotuning" in hosts:
@@ -914,7 +921,8 @@ def write_report(
         ev = sum(warm.get(h, {}).get(seed, {}).get("seconds", float("nan")) for h in hosts)
         runs_s = sum(summary[h].get(k, {}).get("wall_by_seed", {}).get(seed, 0.0) for h in hosts for k in methods)
         add(
-            f"| {seed} | {_minutes(setup)} | {_minutes(ev)} | {_minutes(runs_s)} | **{_minutes(setup + ev + runs_s)}** |"
+            f"| {seed} | {_minutes(setup)} | {_minutes(ev)} | {_minutes(runs_s)} | "
+            f"**{_minutes(setup + ev + runs_s)}** |"
         )
     add("")
     add(
@@ -926,7 +934,8 @@ def write_report(
     add("## Round 0: the warm-started teacher and students")
     add("")
     add(
-        "| host | seed | client0 SLM | client1 SLM | client2 SLM | LLM on client0 / client1 / client2 tests | LLM pooled |"
+        "| host | seed | client0 SLM | client1 SLM | client2 SLM "
+        "| LLM on client0 / client1 / client2 tests | LLM pooled |"
     )
     add("|---|---|---|---|---|---|---|")
     for host in hosts:
@@ -955,7 +964,8 @@ def write_report(
         add(f"### Host `{host}`")
         add("")
         add(
-            f"| method | SLM acc. after round {R} | mean of rounds 1–{R} | Δ vs local-only (round {R}) | client0 | client1 | client2 | LLM after round {R} |"
+            f"| method | SLM acc. after round {R} | mean of rounds 1–{R} | Δ vs local-only (round {R}) "
+            f"| client0 | client1 | client2 | LLM after round {R} |"
         )
         add("|---|---|---|---|---|---|---|---|")
         local = summary[host].get("local")
@@ -971,7 +981,8 @@ def write_report(
             )
             add(
                 f"| {METHODS[key].label} | {pm(final(e))} | {pm(over_rounds(e))} | {_signed(d) if d else '—'} | "
-                f"{pm(final(e, 'client0'))} | {pm(final(e, 'client1'))} | {pm(final(e, 'client2'))} | {pm(final(e, 'llm'))} |"
+                f"{pm(final(e, 'client0'))} | {pm(final(e, 'client1'))} | {pm(final(e, 'client2'))} | "
+                f"{pm(final(e, 'llm'))} |"
             )
         add("")
     add(f"![accuracy per round]({_relto(plots[0], args.out.parent)})")
@@ -1091,7 +1102,8 @@ def write_report(
     )
     add("")
     add(
-        "| host | method | allocated | in-domain | LLM paths | reward | PPL before → after | LoRA steps | L_CD pairs | selection reasons |"
+        "| host | method | allocated | in-domain | LLM paths | reward | PPL before → after "
+        "| LoRA steps | L_CD pairs | selection reasons |"
     )
     add("|---|---|---|---|---|---|---|---|---|---|")
     for host in hosts:
@@ -1100,12 +1112,14 @@ def write_report(
             if "diag" not in e:
                 continue
             d = e["diag"]
-            a, l = d["all"], d["later"]
+            a, later = d["all"], d["later"]
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(d["reasons"].items()))
             add(
-                f"| {host} | {METHODS[key].label} | {_both(a, l, 'n_allocated', 1)} | {_both(a, l, 'in_domain_allocated')} | "
-                f"{_both(a, l, 'llm_paths_allocated')} | {_both(a, l, 'reward')} | "
-                f"{_mean(a['ppl_before'])} → {_mean(a['ppl_after'])} | {_both(a, l, 'lora_steps', 1)} | {_both(a, l, 'cd_pairs', 1)} | {reasons} |"
+                f"| {host} | {METHODS[key].label} | {_both(a, later, 'n_allocated', 1)} | "
+                f"{_both(a, later, 'in_domain_allocated')} | "
+                f"{_both(a, later, 'llm_paths_allocated')} | {_both(a, later, 'reward')} | "
+                f"{_mean(a['ppl_before'])} → {_mean(a['ppl_after'])} | {_both(a, later, 'lora_steps', 1)} | "
+                f"{_both(a, later, 'cd_pairs', 1)} | {reasons} |"
             )
     add("")
     add_analysis(add, summary, warm, sizes, methods, hosts, verdicts)
@@ -1151,7 +1165,8 @@ def add_analysis(
             failed = [k for k, v in parts.items() if not v]
             if not failed:
                 add(
-                    "  The paper's ordering LaDa > random > all candidates / SFT-only **holds** here (see the table above for whether the margins exceed the noise)."
+                    "  The paper's ordering LaDa > random > all candidates / SFT-only **holds** here "
+                    "(see the table above for whether the margins exceed the noise)."
                 )
             else:
                 add(
@@ -1206,7 +1221,8 @@ def add_analysis(
     if sum(total.values()):
         add(
             f"  Where the teacher is not ahead its sampled paths rarely reach the gold answer and the round publishes "
-            f'the pool\'s worked solution instead (`path_fallback="gold"`): {total["gold"] / sum(total.values()):.0%} of '
+            'the pool\'s worked solution instead (`path_fallback="gold"`): '
+            f"{total['gold'] / sum(total.values()):.0%} of "
             'all candidates carried a gold fallback, so most of what is "distilled" is supervised learning on '
             "public gold rationales, three quarters of them from other clients' domains."
         )
@@ -1234,7 +1250,8 @@ def add_analysis(
             )
         else:
             add(
-                f"* **`{host}`: LaDa's allocation size.** {dval(host, 'lada', 'n_allocated'):.1f} per client and round on average (B = {B})."
+                f"* **`{host}`: LaDa's allocation size.** {dval(host, 'lada', 'n_allocated'):.1f} "
+                f"per client and round on average (B = {B})."
             )
         add("")
     # 4. what the filter picks
@@ -1290,7 +1307,8 @@ def add_analysis(
     if steps:
         add(
             f"* **Training compute.** Every round makes {sizes.epochs} pass(es) over the union of the private data and "
-            f"the allocated teacher paths (`DistillSettings.epochs`, `--epochs`), so local-only is the common base and the "
+            "the allocated teacher paths (`DistillSettings.epochs`, `--epochs`), "
+            "so local-only is the common base and the "
             f"methods differ by what the allocation adds. LoRA steps per client and round (`{host1}`): "
             + ", ".join(f"{METHODS[k].label} {v:.0f}" for k, v in steps.items())
             + "."
@@ -1377,8 +1395,8 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def _both(a: dict, l: dict, key: str, digits: int = 2) -> str:
-    return f"{_mean(a[key], digits)} / {_mean(l[key], digits)}"
+def _both(a: dict, later: dict, key: str, digits: int = 2) -> str:
+    return f"{_mean(a[key], digits)} / {_mean(later[key], digits)}"
 
 
 def _mean(values: list[float], digits: int = 2) -> str:

@@ -85,7 +85,8 @@ METHODS = {
             "lada",
             "lada",
             features=STABLE_FEATURES,
-            what="LaDa: learnability filter on features that do not drift as the SLM trains, held-out reward with per-sample gradient credit",
+            what="LaDa: learnability filter on features that do not drift as the SLM trains, "
+            "held-out reward with per-sample gradient credit",
         ),
         Method(
             "lada-allfeat",
@@ -165,7 +166,6 @@ def models(args: argparse.Namespace) -> dict[str, Path | None]:
     if args.quick:
         return {"student": None, "teacher": None}
     from _models import fetch
-
     from lada_client.models.smollm2 import locate_gguf
 
     try:
@@ -362,7 +362,7 @@ def plots(summary: dict, runs: dict, zero: dict, results: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in summary["methods"]:
         by_round: dict[int, list[float]] = {}
-        for (seed, name), run in runs.items():
+        for (_seed, name), run in runs.items():
             if name != m:
                 continue
             for per in run["allocation"].values():
@@ -411,10 +411,12 @@ def report(
         "# Learning quality on real models" + (" (quick smoke run)" if args.quick else ""),
         "",
         f"Students: {'toy slm-small' if args.quick else 'SmolLM2-135M-Instruct (Q4_1 GGUF, imported to float32)'}; "
-        f"teacher: {'toy llm-tiny' if args.quick else 'Qwen2.5-Coder-1.5B-Instruct (Q4_K_M) on llama.cpp, verified paths'}. "
+        "teacher: "
+        f"{'toy llm-tiny' if args.quick else 'Qwen2.5-Coder-1.5B-Instruct (Q4_K_M) on llama.cpp, verified paths'}. "
         f"Families (one per client): {args.families}; public pool: those + {args.extra_public or 'nothing'}; "
         f"answers only in private data (private_sft: {args.private_sft or 'local all, the others with_rationale'}).",
-        f"Sizes: {json.dumps(asdict(sizes))}. Seeds: {summary['seeds']}. Wall time of this invocation: {minutes:.1f} min.",
+        f"Sizes: {json.dumps(asdict(sizes))}. Seeds: {summary['seeds']}. "
+        f"Wall time of this invocation: {minutes:.1f} min.",
         "",
         "## Mean client accuracy after the last round",
         "",
@@ -428,7 +430,7 @@ def report(
         lines.append(f"| {m} | {mu:.3f} ± {sd:.3f} | {per} | {smu:.2f} ± {ssd:.2f} | {e['what']} |")
     lines += [
         "",
-        f"Round 0 (untrained students), per seed: "
+        "Round 0 (untrained students), per seed: "
         + "; ".join(
             f"seed {s}: " + ", ".join(f"{n} {v:.3f}" for n, v in sorted(z.items())) for s, z in sorted(zero.items())
         ),
@@ -446,7 +448,8 @@ def report(
             mu, sd = statistics.mean(d), statistics.stdev(d) if len(d) > 1 else 0.0
             met = mu >= target and mu > sd
             lines.append(
-                f"| {a} − {b} | {', '.join(f'{x:+.3f}' for x in d)} | {mu:+.3f} ± {sd:.3f} | ≥ {target:+.2f} and > std | {'yes' if met else 'no'} |"
+                f"| {a} − {b} | {', '.join(f'{x:+.3f}' for x in d)} | {mu:+.3f} ± {sd:.3f} | "
+                f"≥ {target:+.2f} and > std | {'yes' if met else 'no'} |"
             )
     sl, sr = (
         _ms(summary["methods"].get("lada", {}).get("own_domain_share", [])),
@@ -454,7 +457,8 @@ def report(
     )
     if sl[0] == sl[0] and sr[0] == sr[0]:
         lines.append(
-            f"| own-family share lada / random | {sl[0]:.2f} / {sr[0]:.2f} | ratio {sl[0] / max(sr[0], 1e-9):.2f} | ≥ 2 | "
+            f"| own-family share lada / random | {sl[0]:.2f} / {sr[0]:.2f} | "
+            f"ratio {sl[0] / max(sr[0], 1e-9):.2f} | ≥ 2 | "
             f"{'yes' if sl[0] >= 2 * sr[0] else 'no'} |"
         )
     lines += [
@@ -486,7 +490,7 @@ def report(
     ]
     for m in summary["methods"]:
         ups, downs, secs = [], [], []
-        for (s, mm), run in runs.items():
+        for (_s, mm), run in runs.items():
             if mm != m:
                 continue
             last = run["status"]["rounds"][-1]["clients"]
@@ -495,7 +499,8 @@ def report(
             secs.append(run["seconds"])
         if secs:
             lines.append(
-                f"| {m} | {statistics.mean(ups) / 1024:.0f} KiB / {statistics.mean(downs) / 1024:.0f} KiB | {statistics.mean(secs):.0f} |"
+                f"| {m} | {statistics.mean(ups) / 1024:.0f} KiB / {statistics.mean(downs) / 1024:.0f} KiB | "
+                f"{statistics.mean(secs):.0f} |"
             )
     lines += ["", *[f"![{i}]({i})" for i in images], ""]
     return "\n".join(lines)

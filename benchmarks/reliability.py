@@ -19,6 +19,7 @@ devices; every attack must be held, every round finish, and the honest results b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -238,10 +239,8 @@ class _PeakRSS:
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
-            try:
+            with contextlib.suppress(self._psutil.Error):
                 self._peak = max(self._peak, self._psutil.Process(self._pid()).memory_info().rss)
-            except self._psutil.Error:
-                pass
 
     def stop(self) -> None:
         self._stop.set()

@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-
 from lada_coordinator.federation import FederationSettings, prepare, start_processes
 
 log = logging.getLogger("smollm2_round")
@@ -64,7 +63,7 @@ def _parameters(checkpoint: Path) -> int:
 
     total = 0
     with safe_open(str(checkpoint / "model.safetensors"), framework="numpy") as f:
-        for name in f.keys():
+        for name in f.keys():  # noqa: SIM118 - a safetensors handle has keys() but is not iterable
             shape = f.get_slice(name).get_shape()
             n = 1
             for dim in shape:

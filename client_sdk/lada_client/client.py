@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from lada_client.common.crypto import CryptoError, Identity, PublicIdentity
-from lada_client.common.secagg import EncryptedShare, Roster, SecAggClient, SecAggConfig
 from lada_client.common.reasoning import extract_answer, format_prompt, format_target, is_correct
+from lada_client.common.secagg import EncryptedShare, Roster, SecAggClient, SecAggConfig
 from lada_client.common.wire import (
+    Ack,
     Allocation,
     AllocationQuery,
     Candidate,
@@ -36,7 +37,6 @@ from lada_client.common.wire import (
     RewardReport,
     RoundInfo,
     RoundQuery,
-    Ack,
     SecAggQuery,
     SecAggReply,
     SecAggUpload,
@@ -46,8 +46,8 @@ from lada_client.config import ClientConfig
 from lada_client.data.federation import load_client
 from lada_client.privacy.dp import GaussianMechanism
 from lada_client.scoring.features import learnability_features, perplexity
-from lada_client.scoring.reward import HeldoutProbe, relative_drop, sample_rewards
 from lada_client.scoring.onnx_slm import OnnxSLM
+from lada_client.scoring.reward import HeldoutProbe, relative_drop, sample_rewards
 from lada_client.transport import CoordinatorError, Transport
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class LadaClient:
 
                     torch.set_num_threads(self.config.threads)
                 future.set_result(trainer_for(self.config, self._adapter_dir))
-            except BaseException as exc:  # re-raised by .result() in the caller's thread
+            except BaseException as exc:  # noqa: BLE001 - re-raised by .result() in the caller's thread
                 future.set_exception(exc)
 
         threading.Thread(target=load, name=f"{self.config.name}-trainer-load", daemon=True).start()

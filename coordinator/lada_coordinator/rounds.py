@@ -276,7 +276,7 @@ class RoundEngine(threading.Thread):
         chosen: list[TeacherPath] = []
         stats = {"store": 0, "unverified": 0, "missing": 0}
         at = 0
-        for at, sample in enumerate(order, 1):
+        for at, sample in enumerate(order, 1):  # noqa: B007 - read after the loop
             record = self.teacher_paths.get(sample)
             if record is None:
                 stats["missing"] += 1

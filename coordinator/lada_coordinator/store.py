@@ -86,8 +86,8 @@ _ADDED_COLUMNS = (
     ("clients", "last_seen_at", "REAL"),
 )
 _CLIENT_COLUMNS = (
-    "client_id, name, sign_key, kex_key, domain, model_name, capabilities, last_seq, bytes_in, bytes_out, secagg_group, revoked_at,"
-    " enrolled_at, last_seen_at"
+    "client_id, name, sign_key, kex_key, domain, model_name, capabilities, last_seq, bytes_in, bytes_out,"
+    " secagg_group, revoked_at, enrolled_at, last_seen_at"
 )
 
 
@@ -192,7 +192,8 @@ class Store:
 
     def tokens(self) -> list[TokenRecord]:
         rows = self._all(
-            "SELECT token_hash, created_at, expires_at, used_by, revoked_at, secagg_group FROM tokens ORDER BY created_at"
+            "SELECT token_hash, created_at, expires_at, used_by, revoked_at, secagg_group"
+            " FROM tokens ORDER BY created_at"
         )
         return [TokenRecord(h[:12], c, e, u, r is not None, g) for h, c, e, u, r, g in rows]
 
@@ -202,7 +203,8 @@ class Store:
             raise ValueError("a token id is at least 8 hex digits (see `lada-coordinator tokens`)")
         with self.transaction() as db:
             cur = db.execute(
-                "UPDATE tokens SET revoked_at = ? WHERE substr(token_hash, 1, ?) = ? AND used_by IS NULL AND revoked_at IS NULL",
+                "UPDATE tokens SET revoked_at = ?"
+                " WHERE substr(token_hash, 1, ?) = ? AND used_by IS NULL AND revoked_at IS NULL",
                 (time.time(), len(token_id), token_id),
             )
             return cur.rowcount

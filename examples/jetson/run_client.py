@@ -306,7 +306,7 @@ def check(config: ClientConfig, device: DeviceSettings) -> dict[str, Any]:
         "device": asdict(device),
         "load_s": round(loaded, 3),
         "first_score_s": round(warmup, 3),
-        "first_score_tokens": int(len(lps[0])),
+        "first_score_tokens": len(lps[0]),
     }
 
 

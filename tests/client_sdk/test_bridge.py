@@ -206,7 +206,7 @@ def test_enroll_without_coordinator(device_root, tmp_path, free_port):
     reply = send(bridge, '{"method": "enroll", "params": {"token": "tok-0123456789abcdef"}}')
     assert error_code(reply) == "bad_request" and "not an enrollment token" in reply["error"]["message"]
     token = "lada1-" + "0" * 32 + "-" + "1" * 48  # well formed: it names a coordinator key
-    reply = send(bridge, '{"method": "enroll", "params": {"token": "%s"}}' % token)
+    reply = send(bridge, json.dumps({"method": "enroll", "params": {"token": token}}))
     assert error_code(reply) == "coordinator_unreachable"
     assert url in reply["error"]["message"] and "cannot reach" in reply["error"]["message"]
     # The token is kept, so a worker can retry the enrollment once the network is back.

@@ -101,7 +101,7 @@ def _n_chunks(t: Transport, payload: FeatureUpload) -> int:
 
 
 def test_interrupted_upload_resumes_with_the_missing_chunks_only(coordinator):
-    url, store, info, _ = coordinator
+    _url, store, info, _ = coordinator
     t = _client(coordinator, RetryPolicy(attempts=1))  # no retries: the first call fails for good
     net = Network(t)
     payload = _features(info)
@@ -121,7 +121,7 @@ def test_interrupted_upload_resumes_with_the_missing_chunks_only(coordinator):
 
 
 def test_outage_mid_upload_is_retried_per_chunk(coordinator, caplog):
-    url, store, info, _ = coordinator
+    _url, _store, info, _ = coordinator
     t = _client(coordinator)
     net = Network(t)
     payload = _features(info)
@@ -139,7 +139,7 @@ def test_outage_mid_upload_is_retried_per_chunk(coordinator, caplog):
 
 
 def test_lost_commit_reply_is_idempotent(coordinator):
-    url, store, info, _ = coordinator
+    _url, store, info, _ = coordinator
     t = _client(coordinator)
     net = Network(t)
     net.faults[("/v1/upload/commit", 1)] = "lost"  # committed, but the device never hears it
@@ -150,7 +150,7 @@ def test_lost_commit_reply_is_idempotent(coordinator):
 
 
 def test_small_bodies_go_in_one_request(coordinator):
-    url, store, info, _ = coordinator
+    _url, _store, info, _ = coordinator
     t = _client(coordinator)
     t.upload_chunk_bytes = DEFAULT_UPLOAD_CHUNK_BYTES
     net = Network(t)
@@ -166,7 +166,7 @@ def test_small_bodies_go_in_one_request(coordinator):
 
 
 def test_refused_commit_is_final_and_not_kept_for_resume(coordinator):
-    url, store, info, _ = coordinator
+    _url, store, info, _ = coordinator
     t = _client(coordinator)
     store.set_phase(1, "training")
     with pytest.raises(CoordinatorError) as exc:

@@ -64,7 +64,7 @@ def coordinator(tmp_path: Path, free_port: int):
     )
     assert len(tokens["tokens"]) == 3 and tokens["group"] == "default" and tokens["ttl_hours"] == 2
     assert 7100 < tokens["expires_at"] - time.time() <= 7200
-    log = open(tmp_path / "coordinator.log", "w")
+    log = open(tmp_path / "coordinator.log", "w")  # noqa: SIM115 - the server process writes to it
     proc = subprocess.Popen(
         [sys.executable, "-m", "lada_coordinator.cli", "serve", "--config", str(config)],
         stdout=log,

@@ -226,8 +226,8 @@ def test_console_reporter_writes_whole_lines_to_a_file(closed_rounds, tmp_path: 
     assert re.fullmatch(r"✓ data +\d+\.\d s  cached", lines[0])
     assert re.fullmatch(r"✓ LLM teacher warm-up +\d+\.\d s  llm-tiny, 4 steps", lines[1])
     assert (
-        lines[2]
-        == f"federation: coordinator + 3 clients on https://127.0.0.1:8765 · 2 rounds · allocation lada · logs in {tmp_path / 'logs'}"
+        lines[2] == "federation: coordinator + 3 clients on https://127.0.0.1:8765 · 2 rounds · allocation lada · "
+        f"logs in {tmp_path / 'logs'}"
     )
     assert (
         lines[3].startswith("round 1/2 · ") and lines[-1] == f"✓ done in 12 s; metrics in {tmp_path / 'last_run.json'}"

@@ -91,7 +91,7 @@ def _coordinator_with_clients(tiny_world, tmp_path, port: int, n: int = 3, **ove
             try:
                 t.enroll(token, f"d{i}")
                 break
-            except Exception:
+            except Exception:  # noqa: BLE001 - the coordinator is still starting: retry until the deadline
                 assert time.monotonic() < deadline, log.read_text()[-2000:]
                 time.sleep(0.3)
         clients.append(t)

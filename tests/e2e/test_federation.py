@@ -124,7 +124,7 @@ def test_cotuning_with_secure_aggregation_and_dp(tmp_path, free_port, dp_noise):
         # one pass over 30 private (40 minus the reward's held-out quarter) + allocated, batch 8
         assert steps == [math.ceil((30 + n) / 8) for n in allocated]
     for r in status["rounds"]:
-        ((group, summary),) = r["secagg"].items()
+        ((_group, summary),) = r["secagg"].items()
         assert summary == {"contributors": 3, "error": None}
         assert all(c["dp_epsilon"] > 0 for c in r["clients"].values())
     eps = [[c["dp_epsilon"] for c in r["clients"].values()] for r in status["rounds"]]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lada_client.common.secagg import SecAggConfig
 from lada_client.common.wire import Ack, Candidate, FeatureUpload, PublicQuestion, RoundInfo
 from lada_coordinator.allocation.allocator import SLM

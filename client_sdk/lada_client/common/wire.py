@@ -282,7 +282,8 @@ class RewardReport(_Message):
     sample_rewards: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
         default=None,
         max_length=8192,
-        description="per allocated sample, in allocation order (credit finer than one scalar); None: ``reward`` for all",
+        description="per allocated sample, in allocation order (credit finer than one scalar); "
+        "None: ``reward`` for all",
     )
 
 

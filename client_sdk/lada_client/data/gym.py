@@ -116,7 +116,7 @@ def make_gym_federation(
     public_specs = [parse_family(f) if isinstance(f, str) else f for f in (public_families or client_families)]
     if not specs or not public_specs:
         raise ValueError("at least one client family and one public family are needed")
-    families = {name: settings for name, settings in [*specs, *public_specs]}
+    families = dict([*specs, *public_specs])
     for name, settings in [*specs, *public_specs]:
         if families[name] != settings:
             raise ValueError(f"family {name!r} appears with two different settings")

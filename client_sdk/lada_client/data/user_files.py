@@ -24,7 +24,7 @@ from lada_client.common.reasoning import extract_answer, is_correct
 from lada_client.data.domains import Sample
 from lada_client.data.federation import ClientData, FederationData
 
-__all__ = ["read_samples", "make_user_federation"]
+__all__ = ["make_user_federation", "read_samples"]
 
 _FIELDS = {"question", "answer", "rationale", "domain", "id"}
 MAX_QUESTION_CHARS = 4096  # what the wire carries for a public question
@@ -108,7 +108,7 @@ def make_user_federation(
             test = read_samples(test_path, name)
         else:
             order = np.random.default_rng([seed, len(shards)]).permutation(len(train))
-            cut = max(1, int(round(test_fraction * len(train))))
+            cut = max(1, round(test_fraction * len(train)))
             test, train = [train[i] for i in order[:cut]], [train[i] for i in order[cut:]]
         domains = sorted({s.domain for s in train})
         shards.append(

@@ -73,7 +73,7 @@ def apply_lora_factors(onnx_path: Path, out_path: Path, factors: Sequence[LoraFa
     mapping: dict[str, dict[str, object]] = {}
     merged: dict[str, np.ndarray] = {}
     for f in factors:
-        for transposed, digest in ((False, f.digest), (True, f.digest_t)):
+        for transposed, digest in ((False, f.digest), (True, f.digest_t)):  # noqa: B007 - read after the loop
             found = by_digest.get(digest, [])
             if len(found) > 1:
                 raise WeightMapError(f"{f.name} matches several initializers {found}; cannot apply safely")

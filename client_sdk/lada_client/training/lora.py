@@ -239,7 +239,8 @@ class LoraTrainer:
         """For each pair of one batch: (⟨its L_SFT gradient, ref⟩, ‖its gradient‖²) over the LoRA weights,
         from one forward and one backward pass. A LoRA factor is a linear map ``y = x Wᵀ``, so a
         sample's gradient of ``W`` is ``Σ_t δ_tᵀ x_t`` over its own tokens: hooks keep each factor's
-        input ``x`` and output gradient ``δ`` per row (a forward hook and a hook on its output) instead of letting autograd sum them over the batch."""
+        input ``x`` and output gradient ``δ`` per row (a forward hook and a hook on its output)
+        instead of letting autograd sum them over the batch."""
         weights = set(ref)  # ids of the LoRA factor weights
         dots = torch.zeros(len(pairs))
         norms = torch.zeros(len(pairs))

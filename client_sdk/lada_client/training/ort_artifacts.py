@@ -77,6 +77,7 @@ FORMAT_VERSION = 1
 
 def _loss_module(peft_model: Any) -> Any:
     import torch
+
     from lada_client.training.losses import sequence_logprob, sft_loss
 
     def contrastive_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):
@@ -169,11 +170,12 @@ def export_training_graph(
     by seed). ``adapter_dir`` starts from a saved peft adapter instead.
     """
     import torch
+    from peft import get_peft_model_state_dict
+    from peft.tuners.lora import LoraLayer
+
     from lada_client.config import LoraSettings
     from lada_client.models.factory import architecture_id
     from lada_client.training.lora import LoraTrainer
-    from peft import get_peft_model_state_dict
-    from peft.tuners.lora import LoraLayer
 
     lora = lora or LoraSettings()
     if lora.dropout > 0:
@@ -309,6 +311,7 @@ def _check_initializers(graph_path: Path, manifest: dict[str, Any]) -> None:
 def generate_training_artifacts(export_dir: Path, out_dir: Path | None = None) -> Path:
     """Run ``generate_artifacts`` on an exported training graph; returns the artifact directory."""
     import onnx
+
     from lada_client.training.ort_backend import import_ort_training
 
     training = import_ort_training()

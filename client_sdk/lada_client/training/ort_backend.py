@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from lada_client.config import DistillSettings
 from lada_client.models.encoding import SpecialTokens, encode_pairs
 from lada_client.training.backend import (
@@ -124,8 +125,9 @@ class OrtTrainer:
         ]
         if missing:
             raise FileNotFoundError(
-                f"{self.artifacts_dir} is not a complete ORT training artifact directory (missing {', '.join(missing)}); "
-                "build it with `python -m lada_client.training.ort_artifacts build --base-model <base_model_dir> --out <dir>`"
+                f"{self.artifacts_dir} is not a complete ORT training artifact directory "
+                f"(missing {', '.join(missing)}); build it with "
+                "`python -m lada_client.training.ort_artifacts build --base-model <base_model_dir> --out <dir>`"
             )
         self.manifest = json.loads((self.artifacts_dir / MANIFEST).read_text())
         self._trainable = [(t["name"], tuple(t["shape"]), t["peft_key"]) for t in self.manifest["trainable"]]

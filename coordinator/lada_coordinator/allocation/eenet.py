@@ -527,10 +527,7 @@ class LearnabilityFilter:
     def from_bytes(cls, data: bytes) -> LearnabilityFilter:
         """Rebuild a filter from :meth:`to_bytes` output; corrupt input raises ``ValueError``."""
         data = bytes(data)
-        if data.startswith(_BLOB_MAGIC):
-            state = cls._decode_blob(data)
-        else:
-            state = cls._decode_npz(data)
+        state = cls._decode_blob(data) if data.startswith(_BLOB_MAGIC) else cls._decode_npz(data)
         try:
             config = FilterConfig.from_dict(state["config"])
             flt = cls(int(state["n_features"]), config, _random_init=False)

@@ -121,7 +121,7 @@ class LLMHost:
         lp, tok = self.sequence_logprobs(
             [format_prompt(s.question) for s, _, _ in chosen], [format_target(p) for _, p, _ in chosen]
         )
-        return [TeacherPath(s, p, float(l), int(t), src) for (s, p, src), l, t in zip(chosen, lp, tok)], stats
+        return [TeacherPath(s, p, float(lp_i), int(t), src) for (s, p, src), lp_i, t in zip(chosen, lp, tok)], stats
 
     def offer_features(
         self, samples: Sequence[Sample], paths: Sequence[str], seed: int

@@ -16,6 +16,7 @@ so it is the teacher's zero-shot log-prob, as the in-process LLM computes it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -63,10 +64,8 @@ def file_digest(path: Path) -> str:
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
             h.update(block)
-    try:
+    with contextlib.suppress(OSError):  # a read-only location: hash again next time
         sidecar.write_text(f"{stamp} {h.hexdigest()}\n")
-    except OSError:
-        pass  # a read-only location: hash again next time
     return h.hexdigest()
 
 
@@ -112,7 +111,7 @@ class LlamaCppTeacher:
         prompt = self.prompt + format_prompt(question)
         n_prompt = len(self._llm.tokenize(prompt.encode(), add_bos=False, special=False))
 
-        def answered(input_ids, logits) -> bool:  # noqa: ARG001 - llama-cpp-python's signature
+        def answered(input_ids, logits) -> bool:  # llama-cpp-python's signature
             text = self._llm.detokenize(list(input_ids[n_prompt:])).decode("utf-8", errors="ignore")
             return _ANSWER_SENTENCE.search(text) is not None
 

@@ -28,6 +28,8 @@ from typing import Any
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
 from lada_client.common.crypto import CryptoError, Direction, Identity, PublicIdentity, open_envelope, seal
 from lada_client.common.enrollment import EnrollmentToken, TokenFormatError
 from lada_client.common.secagg import SecAggError
@@ -62,7 +64,6 @@ from lada_coordinator.server.limits import RateLimiter, RequestLimits
 from lada_coordinator.server.uploads import UploadSessions
 from lada_coordinator.store import ClientRecord, EnrollmentRefused, Store
 from lada_coordinator.validation import RoundContext, UploadRejected, check_features, check_reward, parse_payload
-from pydantic import BaseModel, ValidationError
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,9 @@ from collections import OrderedDict
 from typing import Any
 
 import h11
-from lada_client.common.wire import ErrorBody
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from lada_client.common.wire import ErrorBody
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+
 from lada_client.data.federation import FederationData, load_public
 from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.credentials import load_identity, operator_token

@@ -222,7 +222,8 @@ class UploadSessions:
             raise UploadError(
                 413,
                 "upload_quota",
-                f"{held} bytes of open uploads + {p.total_bytes} would exceed {self.max_client_bytes} bytes for this client",
+                f"{held} bytes of open uploads + {p.total_bytes} would exceed {self.max_client_bytes} bytes "
+                "for this client",
             )
         sid = secrets.token_hex(16)
         now = self._clock()

@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("reasoning_gym")
 
-from lada_client.common.reasoning import is_correct  # noqa: E402
-from lada_client.data.gym import EASY, gym_samples, make_gym_federation, parse_family  # noqa: E402
+from lada_client.common.reasoning import is_correct
+from lada_client.data.gym import EASY, gym_samples, make_gym_federation, parse_family
 
 
 def test_family_settings_parse_over_the_easy_defaults():

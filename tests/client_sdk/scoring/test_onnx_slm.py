@@ -46,7 +46,7 @@ def test_greedy_generation_matches_torch_argmax(tiny_world, client0):
     prompt = format_prompt(client0.test[0].question)
     text = slm.generate([prompt], max_new_tokens=8)[0]
     model, tok = load_causal_lm(tiny_world["client0"] / "base")
-    ids = torch.tensor([[1] + tok.encode(prompt, add_special_tokens=False)])
+    ids = torch.tensor([[1, *tok.encode(prompt, add_special_tokens=False)]])
     out = model.eval().generate(
         ids,
         max_new_tokens=8,
@@ -99,7 +99,7 @@ def test_kv_cache_step_matches_full_prefix(tiny_world, client0):
     """Left-padded prefill + one token per step gives the distributions of a full re-run."""
     slm = OnnxSLM(tiny_world["client0"] / "onnx" / "model.onnx")
     rows = [slm.tokenizer.encode(format_prompt(s.question), add_special_tokens=False).ids for s in client0.test[:3]]
-    rows = [[1] + r[: 10 + 7 * i] for i, r in enumerate(rows)]  # different lengths
+    rows = [[1, *r[: 10 + 7 * i]] for i, r in enumerate(rows)]  # different lengths
     extra = [[5, 9, 17], [3, 3, 8], [40, 2, 11]]
     n, width = len(rows), max(len(r) for r in rows)
     ids = np.zeros((n, width), dtype=np.int64)

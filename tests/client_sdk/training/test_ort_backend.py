@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lada_client.config import ClientConfig, DistillSettings
 from lada_client.training import backend
 from lada_client.training.backend import BackendUnavailable, PreferencePair, batch_schedule, make_trainer, trainer_for
@@ -55,14 +56,14 @@ def test_asking_for_ort_without_onnxruntime_training_says_what_to_install(tmp_pa
 
     cfg = _config(tmp_path, train_backend="ort", ort_artifacts=str(tmp_path / "artifacts"))
     assert cfg.ort_artifacts == tmp_path / "artifacts"
-    with pytest.raises(BackendUnavailable, match="onnxruntime.training"):
+    with pytest.raises(BackendUnavailable, match=r"onnxruntime\.training"):
         trainer_for(cfg, None)
 
 
 def test_backend_names_and_capability(tmp_path):
     with pytest.raises(ValueError, match="unknown training backend 'tensorflow'"):
         make_trainer("tensorflow")
-    with pytest.raises(ValueError, match="train_backend: must be .torch. or .ort."):
+    with pytest.raises(ValueError, match=r"train_backend: must be .torch. or .ort."):
         _config(tmp_path, train_backend="tensorflow")
     cfg = _config(tmp_path, train_backend="ort")
     assert cfg.can_train is False  # no artifacts configured
@@ -144,6 +145,7 @@ def test_exported_loss_graph_computes_lora_trainers_losses(exported):
     """Run the exported forward+loss graph with plain onnxruntime and compare with torch."""
     import onnxruntime as ort
     import torch
+
     from lada_client.training.lora import LoraTrainer
     from lada_client.training.losses import contrastive_distillation_loss, sequence_logprob, sft_loss, token_logprobs
     from lada_client.training.ort_artifacts import MANIFEST, TRAINING_GRAPH
@@ -320,10 +322,14 @@ def test_ort_backend_trains_without_torch(artifacts, tmp_path):
         pairs = json.loads(sys.argv[1])
         trainer = make_trainer("ort", artifacts_dir=Path({str(artifacts["artifacts"])!r}))
         prefs = [PreferencePair(p, c, c + " No.") for p, c in pairs[:4]]
-        report = trainer.train_round([tuple(x) for x in pairs[:4]], prefs, [tuple(x) for x in pairs[4:8]], DistillSettings(epochs=2, batch_size=4))
+        teacher, private = [tuple(x) for x in pairs[:4]], [tuple(x) for x in pairs[4:8]]
+        report = trainer.train_round(teacher, prefs, private, DistillSettings(epochs=2, batch_size=4))
         trainer.save(Path({str(tmp_path / "adapter")!r}))
-        loaded = sorted(m for m, v in sys.modules.items() if v is not None and m.split(".")[0] in ("torch", "transformers", "peft"))
-        print(json.dumps({{"steps": report.steps, "history": report.history, "loaded": loaded, "weights": len(trainer.projection_weights())}}))
+        loaded = sorted(
+            m for m, v in sys.modules.items() if v is not None and m.split(".")[0] in ("torch", "transformers", "peft")
+        )
+        weights = len(trainer.projection_weights())
+        print(json.dumps({{"steps": report.steps, "history": report.history, "loaded": loaded, "weights": weights}}))
         """
     )
     result = subprocess.run(

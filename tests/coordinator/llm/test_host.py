@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from lada_client.config import DistillSettings, LoraSettings  # noqa: E402
-from lada_client.data.federation import FederationData  # noqa: E402
-from lada_coordinator.llm.host import LLMHost  # noqa: E402
+from lada_client.config import DistillSettings, LoraSettings
+from lada_client.data.federation import FederationData
+from lada_coordinator.llm.host import LLMHost
 
 
 def test_accuracy_is_recomputed_after_training_and_reused_otherwise(

@@ -71,7 +71,7 @@ def _operator(server) -> dict[str, str]:
 
 
 def test_enrollment_tokens_are_one_time(server, issue, db_dump):
-    url, store, config = server
+    url, _store, config = server
     token = issue(config)
     assert Transport(url, Identity.generate()).enroll(token, "a").startswith("a-")
     before = db_dump(Path(config.db_path))
@@ -87,7 +87,7 @@ def test_enrollment_tokens_are_one_time(server, issue, db_dump):
 
 
 def test_overlong_client_name_is_a_clear_error(server, issue, db_dump):
-    url, store, config = server
+    url, _store, config = server
     token = issue(config)
     before = db_dump(Path(config.db_path))
     with pytest.raises(ValueError, match="client_name"):  # refused before anything is sent
@@ -178,10 +178,10 @@ def test_bad_requests_get_4xx_and_change_nothing(server, attack, enroll, db_dump
 
 
 def test_transport_surfaces_server_errors(server, enroll):
-    url, store, _ = server
+    _url, store, _ = server
     t = enroll(server)
     _open_round(store)
-    with pytest.raises(CoordinatorError, match="wrong_phase|wrong_round|no_allocation"):
+    with pytest.raises(CoordinatorError, match=r"wrong_phase|wrong_round|no_allocation"):
         from lada_client.common.wire import RewardReport
 
         t.call(
@@ -207,7 +207,7 @@ def test_score_only_device_contributes_features_but_gets_no_allocation(server, e
     """Capabilities declared at enrollment are respected by the round engine."""
     from lada_client.common.wire import Allocation, AllocationQuery, Capabilities
 
-    url, store, config = server
+    _url, store, config = server
     transports = [
         enroll(server, name, capabilities=Capabilities(can_train=can_train))
         for name, can_train in (("phone", False), ("laptop", True))
@@ -241,7 +241,7 @@ def test_score_only_device_gets_an_adapter_trained_server_side_when_configured(s
     from lada_client.scoring.onnx_slm import OnnxSLM
     from lada_coordinator.server.run import build
 
-    url, store, config = server
+    _url, store, config = server
     phone = enroll(server, "phone", model_name="slm-small", capabilities=Capabilities(can_train=False))
     _open_round(store)
     phone.call(
@@ -278,5 +278,5 @@ def test_score_only_device_gets_an_adapter_trained_server_side_when_configured(s
 
     with pytest.raises(ValueError, match="slm_checkpoints"):
         dataclasses.replace(config, score_only_update="server")
-    with pytest.raises(ValueError, match="no config.json"):  # caught at start-up, not mid-round
+    with pytest.raises(ValueError, match=r"no config\.json"):  # caught at start-up, not mid-round
         build(dataclasses.replace(server_side, slm_checkpoints={"slm-small": tmp_path}))

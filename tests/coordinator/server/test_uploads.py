@@ -147,7 +147,7 @@ class Manual:
 
 def _one_upload(start_server, enroll) -> tuple[Manual, object, object]:
     """A server, one enrolled client and its manual upload of the round's features."""
-    server = url, store, config = start_server()
+    server = _url, store, config = start_server()
     return Manual(enroll(server), _features(_open_round(store))), store, config
 
 
@@ -157,7 +157,7 @@ def test_body_over_max_body_bytes_goes_through_in_chunks(start_server, enroll):
     t.upload_chunk_bytes = CHUNK
     info = _open_round(store)
     payload = _features(info)
-    header, body = t._seal("features.put", payload.model_dump_json().encode(), 1)
+    _header, body = t._seal("features.put", payload.model_dump_json().encode(), 1)
     assert len(body) > 4 * MAX_BODY
     r = httpx.post(f"{url}/v1/features", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"] == "too_large"
@@ -183,7 +183,7 @@ def test_body_over_max_body_bytes_goes_through_in_chunks(start_server, enroll):
 
 
 def test_largest_chunk_fits_in_max_body(start_server, enroll):
-    server = url, store, _ = start_server()
+    server = _url, store, _ = start_server()
     t = enroll(server, name="n" * 55)  # the longest client id (64 characters): the largest header
     info = _open_round(store, 400)
     big = max_chunk_bytes(MAX_BODY)
@@ -220,7 +220,7 @@ BAD = [
 
 @pytest.mark.parametrize("attack", BAD)
 def test_bad_upload_requests_get_4xx_and_change_nothing(start_server, enroll, db_dump, attack):
-    server = url, store, config = start_server(upload_max_client_bytes=500_000)
+    server = _url, store, config = start_server(upload_max_client_bytes=500_000)
     t = enroll(server)
     other = enroll(server, name="dev2")
     info = _open_round(store)
@@ -334,7 +334,7 @@ def test_begin_again_resumes_and_repeated_chunks_are_noops(start_server, enroll)
 
 
 def test_abort_drops_the_session_and_its_chunks(start_server, enroll):
-    server = url, store, config = start_server()
+    server = _url, store, config = start_server()
     t, other = enroll(server), enroll(server, "dev2")
     info = _open_round(store)
     m = Manual(t, _features(info))
@@ -363,7 +363,7 @@ def test_abort_refuses_a_committed_session(start_server, enroll):
 
 
 def test_quota_is_freed_by_abort(start_server, enroll):
-    server = url, store, config = start_server(upload_max_client_bytes=250_000)
+    server = _url, store, _config = start_server(upload_max_client_bytes=250_000)
     t = enroll(server)
     info = _open_round(store)
     first = Manual(t, _features(info, 1))
@@ -379,7 +379,7 @@ def test_quota_is_freed_by_abort(start_server, enroll):
 
 
 def test_transport_aborts_an_upload_the_coordinator_refuses(start_server, enroll):
-    server = url, store, config = start_server()
+    server = _url, store, config = start_server()
     t = enroll(server)
     info = _open_round(store)
     t.upload_chunk_bytes = CHUNK
@@ -390,7 +390,7 @@ def test_transport_aborts_an_upload_the_coordinator_refuses(start_server, enroll
 
 
 def test_sessions_expire_and_are_cleaned_up(start_server, enroll):
-    server = url, store, config = start_server(upload_ttl_s=0.6)
+    server = _url, store, config = start_server(upload_ttl_s=0.6)
     t = enroll(server)
     info = _open_round(store)
     m = Manual(t, _features(info))
@@ -412,7 +412,7 @@ def test_sessions_expire_and_are_cleaned_up(start_server, enroll):
 def test_abandoned_sessions_are_swept_without_another_upload(start_server, enroll):
     """Expired sessions and their chunks go on the server's own schedule (upload_sweep_s), not only
     when some later session begins."""
-    server = url, store, config = start_server(upload_ttl_s=0.5, upload_sweep_s=0.3)
+    server = _url, store, config = start_server(upload_ttl_s=0.5, upload_sweep_s=0.3)
     t = enroll(server)
     m = Manual(t, _features(_open_round(store)))
     s = m.begin()
@@ -443,7 +443,7 @@ def test_sigkilled_coordinator_keeps_received_chunks(tiny_world, tmp_path, free_
     token = issue(CoordinatorConfig.from_dict(cfg))
     store = Store(tmp_path / "c.sqlite")
     info = _open_round(store)
-    log = open(tmp_path / "coordinator.log", "a")
+    log = open(tmp_path / "coordinator.log", "a")  # noqa: SIM115 - the servers started below write to it
 
     def start() -> subprocess.Popen:
         return subprocess.Popen(
