@@ -37,6 +37,7 @@ from lada_client.common.wire import (
     RewardReport,
     RoundInfo,
     RoundQuery,
+    SecAggPoll,
     SecAggQuery,
     SecAggReply,
     SecAggUpload,
@@ -76,16 +77,20 @@ class _Outcome:
     sample_rewards: list[float] | None = None
 
     @property
-    def measured(self) -> bool:
-        return self.before is not None and self.after is not None
+    def measured(self) -> tuple[float, float] | None:
+        """(before, after) once both are measured, else None."""
+        if self.before is None or self.after is None:
+            return None
+        return self.before, self.after
 
     def perplexities(self) -> tuple[float, float]:
         """(before, after) as perplexities for the report: exp of an NLL, a PPL as is, 1 if unmeasured."""
-        if not self.measured:
+        if self.measured is None:
             return 1.0, 1.0
+        before, after = self.measured
         if self.what.endswith("NLL"):
-            return float(np.exp(min(self.before, 25.0))), float(np.exp(min(self.after, 25.0)))
-        return float(self.before), float(self.after)
+            return float(np.exp(min(before, 25.0))), float(np.exp(min(after, 25.0)))
+        return float(before), float(after)
 
 
 class LadaClient:
@@ -341,7 +346,7 @@ class LadaClient:
         allocated = [by_id[s] for s in allocation.sample_ids if s in by_id]
         if secagg is not None and allocation.secagg_roster is None:
             secagg = None  # the group could not form this round
-        if secagg is not None:
+        if secagg is not None and allocation.secagg_roster is not None:
             shares = secagg.share_keys(Roster.from_dict(allocation.secagg_roster))
             self.transport.call("secagg.put", SecAggUpload(round=t, step="shares", body=shares.to_dict()), t, Ack)
 
@@ -359,7 +364,8 @@ class LadaClient:
             self._apply_server_update(allocation.server_update)
             self._measure(outcome, allocated, "after")
         timings["train"] = time.perf_counter() - started
-        reward = relative_drop(outcome.before, outcome.after) if outcome.measured else 0.0
+        measured = outcome.measured
+        reward = relative_drop(*measured) if measured is not None else 0.0
         if secagg is not None:
             self._send_masked_adapter(t, secagg)
 
@@ -466,7 +472,7 @@ class LadaClient:
         assert self.transport.client_id is not None
         return SecAggClient(self.transport.client_id, secagg_round_id(info.round, group), SecAggConfig.from_dict(cfg))
 
-    def _poll_secagg(self, t: int, step: str) -> SecAggReply:
+    def _poll_secagg(self, t: int, step: SecAggPoll) -> SecAggReply:
         deadline = time.monotonic() + self.config.max_wait_s
         while True:
             reply = self.transport.call("secagg.get", SecAggQuery(round=t, step=step), t, SecAggReply)

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, overload
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -295,6 +295,12 @@ class Transport:
         if kind in UPLOAD_KINDS and _sealed_size(len(plain)) > self.upload_chunk_bytes:
             return self._call_chunked(kind, plain, round_index, reply_type)
         return self._retrying(kind, lambda: self._call_once(kind, plain, round_index, reply_type))
+
+    @overload
+    def _retrying(self, what: str, attempt: Callable[[], T], recovered: None = None) -> T: ...
+
+    @overload
+    def _retrying(self, what: str, attempt: Callable[[], T], recovered: Callable[[], bool]) -> T | None: ...
 
     def _retrying(self, what: str, attempt: Callable[[], T], recovered: Callable[[], bool] | None = None) -> T | None:
         """Run ``attempt`` per the retry policy; ``recovered`` (asked after each backoff) may end it early."""

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, Group, JustifyMethod, RenderableType
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -133,7 +133,7 @@ def round_table(
     if aside:
         title += f" · {len(aside)} set aside"
     table = _table(None, plain)
-    for name, justify in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("party", "left"),
         ("accuracy", "right"),
         ("change", "right"),
@@ -141,7 +141,8 @@ def round_table(
         ("reward", "right"),
         ("sent", "right"),
         ("received", "right"),
-    ):
+    )
+    for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=True)
     before = (previous or {}).get("clients", {})
     for name, c in sorted(metrics.get("clients", {}).items()):

@@ -337,7 +337,7 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
 
     paths: dict[str, Path] = {"data": data_dir}
     if settings.teacher_gguf is not None:
-        paths["teacher_paths"] = _teacher_paths(settings, fed.public, reporter)
+        paths["teacher_paths"] = _teacher_paths(settings, settings.teacher_gguf, fed.public, reporter)
     elif settings.llm_checkpoint is not None:
         with reporter.stage("teacher") as stage:
             paths["llm"] = Path(settings.llm_checkpoint)
@@ -374,16 +374,13 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
         return paths
     for i, client in enumerate(fed.clients):
         cdir = models / client.name
-        ckey = {
-            "preset": settings.slm_presets[i % len(settings.slm_presets)],
-            "steps": settings.slm_warmup_steps,
-            "seed": settings.seed,
-        }
-        with reporter.stage(f"SLM {client.name} ({ckey['preset']})", settings.slm_warmup_steps) as stage:
+        preset = settings.slm_presets[i % len(settings.slm_presets)]
+        ckey = {"preset": preset, "steps": settings.slm_warmup_steps, "seed": settings.seed}
+        with reporter.stage(f"SLM {client.name} ({preset})", settings.slm_warmup_steps) as stage:
             if not (cdir.exists() and _marker(cdir, ckey)):
                 shutil.rmtree(cdir, ignore_errors=True)
-                create_model(ckey["preset"], tok_dir, cdir / "base", seed=settings.seed + i + 1)
-                log.info("warm-starting %s's SLM (%s) on its private data", client.name, ckey["preset"])
+                create_model(preset, tok_dir, cdir / "base", seed=settings.seed + i + 1)
+                log.info("warm-starting %s's SLM (%s) on its private data", client.name, preset)
                 loss = pretrain(
                     cdir / "base",
                     pairs(client.train),
@@ -405,15 +402,15 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
     return paths
 
 
-def _teacher_paths(settings: FederationSettings, public, reporter: Reporter) -> Path:
+def _teacher_paths(settings: FederationSettings, gguf: Path, public, reporter: Reporter) -> Path:
     """Fill the llama.cpp teacher's path store for the public pool (resumable); returns its file."""
     from lada_coordinator.llm.llamacpp import DEFAULT_PROMPT, LlamaCppTeacher, fill_store
     from lada_coordinator.llm.paths import PathStore
 
     out = settings.teacher_cache or settings.workdir / "teacher" / "paths.jsonl"
-    teacher = LlamaCppTeacher(settings.teacher_gguf, DEFAULT_PROMPT, seed=0)
+    teacher = LlamaCppTeacher(gguf, DEFAULT_PROMPT, seed=0)
     store = PathStore(out, teacher.digest, DEFAULT_PROMPT)
-    store.write_header(str(settings.teacher_gguf))
+    store.write_header(str(gguf))
     missing = len(store.missing(public))
     if missing:
         log.info("teacher: computing %d verified paths with llama.cpp (cached in %s)", missing, out)

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -183,19 +184,22 @@ class RoundEngine(threading.Thread):
             return
         t = start if phase != "closed" else start + 1
         while t <= cfg.rounds and not self.stop_event.is_set():
-            if self.store.current_round() is None or self.store.current_round()[0] < t:
+            current = self.store.current_round()
+            if current is None or current[0] < t:
                 self._open(t)
-            phase = self.store.current_round()[1]
+                current = self.store.current_round()
+            assert current is not None  # round t is open
+            phase = current[1]
             if phase == "features":
                 self._wait_quorum(t, "features.put", lambda: {c.client_id for c in self.store.clients()})
                 self._allocate(t)
             if cfg.host_framework == "cotuning":
                 self._secure_aggregation(t)
-            self._wait_quorum(
-                t,
-                "reward.put",
-                lambda t=t: {c.client_id for c in self.store.clients() if self.store.allocation(t, c.client_id, SLM)},
-            )
+
+            def allocated(t: int = t) -> set[str]:
+                return {c.client_id for c in self.store.clients() if self.store.allocation(t, c.client_id, SLM)}
+
+            self._wait_quorum(t, "reward.put", allocated)
             self._close(t, final=t == cfg.rounds)
             self.status.error = ""
             t += 1
@@ -217,7 +221,7 @@ class RoundEngine(threading.Thread):
         for client_id, raw in sorted(self.store.raw_uploads(t, "features.put").items()):
             if client_id in aside or client_id not in enrolled:
                 continue
-            up = self._isolated(t, client_id, "features", lambda raw=raw: read(raw))
+            up = self._isolated(t, client_id, "features", partial(read, raw))
             if up is not None:
                 out[client_id] = up
         return out
@@ -319,19 +323,18 @@ class RoundEngine(threading.Thread):
                 server_side.append(client_id)
             z = np.asarray(up.features, dtype=np.float64).reshape(len(up.sample_ids), -1)
             choice = self._isolated(
-                t,
-                client_id,
-                "allocation",
-                lambda c=client_id, z=z, ids=up.sample_ids: self.allocator.allocate(t, SLM, c, ids, z),
+                t, client_id, "allocation", partial(self.allocator.allocate, t, SLM, client_id, up.sample_ids, z)
             )
             if choice is not None:
                 decided[client_id] = choice
         updates: dict[str, str] = {}
         for client_id in server_side:
             if client_id in decided:
-                update = self._isolated(
-                    t, client_id, "server_update", lambda c=client_id: self._server_update(t, clients[c], decided[c][0])
-                )
+
+                def server_update(c: str = client_id) -> str:
+                    return self._server_update(t, clients[c], decided[c][0])
+
+                update = self._isolated(t, client_id, "server_update", server_update)
                 if update is None:
                     del decided[client_id]
                 else:
@@ -426,12 +429,14 @@ class RoundEngine(threading.Thread):
                 ):
                     if self.store.secagg(t, group, done_item) is not None:
                         continue
-                    self._wait_arrivals(
-                        lambda s=step, g=group: self.secure.progress(t, g, s)[1],
-                        lambda s=step, g=group: self.secure.progress(t, g, s)[0],
-                        0,
-                        f"round {t} secagg {group} {step}",
-                    )
+
+                    def arrived(s: str = step, g: str = group) -> set[str]:
+                        return self.secure.progress(t, g, s)[1]
+
+                    def expected(s: str = step, g: str = group) -> set[str]:
+                        return self.secure.progress(t, g, s)[0]
+
+                    self._wait_arrivals(arrived, expected, 0, f"round {t} secagg {group} {step}")
                     if self.stop_event.is_set():
                         return
                     action(t, group)
@@ -449,12 +454,7 @@ class RoundEngine(threading.Thread):
             up, alloc = features.get(client_id), self.store.allocation(t, client_id, SLM)
             if up is None or alloc is None or client_id not in clients or client_id in aside:
                 continue
-            report = self._isolated(
-                t,
-                client_id,
-                "reward",
-                lambda up=up, alloc=alloc, raw=raw, c=client_id: self._reward(t, c, up, alloc, raw),
-            )
+            report = self._isolated(t, client_id, "reward", partial(self._reward, t, client_id, up, alloc, raw))
             if report is None:
                 continue
             c = clients[client_id]
@@ -519,7 +519,7 @@ class RoundEngine(threading.Thread):
         for client_id, up in features.items():
             if client_id in aside:
                 continue
-            picked = self._isolated(t, client_id, "llm_offers", lambda c=client_id, up=up: self._pick_offers(t, c, up))
+            picked = self._isolated(t, client_id, "llm_offers", partial(self._pick_offers, t, client_id, up))
             chosen.extend(picked or [])
         if not chosen:
             return {"n_trained": 0, "accuracy": self.llm.accuracy(self._llm_eval) if self._llm_eval else None}
@@ -530,12 +530,7 @@ class RoundEngine(threading.Thread):
         reward = relative_drop(before, after)
         for client_id in sorted({c[4] for c in chosen}):
             rows = np.stack([c[3] for c in chosen if c[4] == client_id])
-            self._isolated(
-                t,
-                client_id,
-                "llm_reward",
-                lambda c=client_id, rows=rows: self.allocator.reward(t, LLM, c, rows, reward),
-            )
+            self._isolated(t, client_id, "llm_reward", partial(self.allocator.reward, t, LLM, client_id, rows, reward))
         return {
             "n_trained": len(chosen),
             "ppl_before": before,

@@ -28,6 +28,8 @@ from typing import Any
 
 from pydantic_core import from_json
 
+from lada_client.common.wire import Phase
+
 log = logging.getLogger(__name__)
 
 #: The secure-aggregation group of devices whose token names none.
@@ -269,13 +271,23 @@ class Store:
 
     @staticmethod
     def _client(row: tuple) -> ClientRecord:
+        (client_id, name, sign_key, kex_key, domain, model_name, capabilities) = row[:7]
+        (last_seq, bytes_in, bytes_out, secagg_group, revoked_at, enrolled_at, last_seen_at) = row[7:]
         return ClientRecord(
-            *row[:6],
-            json.loads(row[6]),
-            *row[7:11],
-            revoked=row[11] is not None,
-            enrolled_at=row[12],
-            last_seen_at=row[13],
+            client_id,
+            name,
+            sign_key,
+            kex_key,
+            domain,
+            model_name,
+            json.loads(capabilities),
+            last_seq,
+            bytes_in,
+            bytes_out,
+            secagg_group,
+            revoked=revoked_at is not None,
+            enrolled_at=enrolled_at,
+            last_seen_at=last_seen_at,
         )
 
     def clients(self) -> list[ClientRecord]:
@@ -312,7 +324,7 @@ class Store:
         return cur.rowcount == 1
 
     # -------------------------------------------------------------------------------- rounds
-    def current_round(self) -> tuple[int, str] | None:
+    def current_round(self) -> tuple[int, Phase] | None:
         row = self._one("SELECT round, phase FROM rounds ORDER BY round DESC LIMIT 1")
         return (row[0], row[1]) if row else None
 

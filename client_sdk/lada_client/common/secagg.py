@@ -259,8 +259,8 @@ class SecAggConfig:
         return cls(
             threshold=_get(data, "threshold", int),
             neighbours=neighbours,
-            scale=float(_get(data, "scale", (int, float))),  # type: ignore[arg-type]
-            clip=float(_get(data, "clip", (int, float))),  # type: ignore[arg-type]
+            scale=float(_get(data, "scale", (int, float))),
+            clip=float(_get(data, "clip", (int, float))),
         )
 
 
@@ -994,25 +994,21 @@ class SecAggServer:
             total += self._inputs[client].vector
         for client in request.survivors:
             commitment = self._share_keys[client].self_mask_commitment
-            seed = self._reconstruct(
-                client,
-                "self_mask_shares",
-                _SELF,
-                lambda seed, c=client, k=commitment: hmac.compare_digest(_commitment(seed, self.round_id, c), k),
-            )
+
+            def is_self_mask_seed(seed: bytes, c: str = client, k: bytes = commitment) -> bool:
+                return hmac.compare_digest(_commitment(seed, self.round_id, c), k)
+
+            seed = self._reconstruct(client, "self_mask_shares", _SELF, is_self_mask_seed)
             total -= _expand(_self_mask_key(seed, self.round_id, client), n)
         for client in request.dropped:
             affected = [s for s in request.survivors if client in self._inputs[s].peers]
             if not affected:
                 continue
-            raw = self._reconstruct(
-                client,
-                "mask_key_shares",
-                _KEY,
-                lambda raw, k=roster.keys[client].mask_key: (
-                    _public_bytes(X25519PrivateKey.from_private_bytes(raw)) == k
-                ),
-            )
+
+            def is_mask_key(raw: bytes, k: bytes = roster.keys[client].mask_key) -> bool:
+                return _public_bytes(X25519PrivateKey.from_private_bytes(raw)) == k
+
+            raw = self._reconstruct(client, "mask_key_shares", _KEY, is_mask_key)
             private = X25519PrivateKey.from_private_bytes(raw)
             for survivor in affected:
                 seed = _pair_seed(private, roster.keys[survivor].mask_key, self.round_id, client, survivor)

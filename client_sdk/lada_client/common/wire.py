@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION: Final = 1
 #: Longest flattened adapter a co-tuning device may declare: its masked vector (4 bytes a value,
 #: base64 in JSON) must fit one chunked upload of at most 4 GiB.
 MAX_ADAPTER_SIZE = 2**29
@@ -288,6 +288,8 @@ class RewardReport(_Message):
 
 
 SecAggStep = Literal["shares", "masked", "unmask"]
+#: what a client polls for with ``secagg.get``
+SecAggPoll = Literal["inbox", "unmask", "result"]
 
 
 class SecAggUpload(_Message):
@@ -305,7 +307,7 @@ class SecAggQuery(_Message):
     """kind ``secagg.get``: poll for what the coordinator routes to this client."""
 
     round: RoundIndex
-    step: Literal["inbox", "unmask", "result"]
+    step: SecAggPoll
 
 
 class SecAggReply(_Message):

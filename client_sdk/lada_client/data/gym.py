@@ -140,6 +140,7 @@ def make_gym_federation(
             pools[name] = [s for s in drawn if s.question not in taken][:need]
             if len(pools[name]) < need:
                 raise ValueError(f"family {name!r} cannot give {need} private problems apart from the public ones")
+    # a slot per client, each filled by its family's loop below
     clients: list[ClientData] = [None] * len(specs)  # type: ignore[list-item]
     for name, pool in pools.items():
         at = 0

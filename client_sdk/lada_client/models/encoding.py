@@ -9,10 +9,10 @@ right-padded with the pad id. Log-probs are summed over completion tokens (and `
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -76,7 +76,8 @@ class EncodedBatch:
 
 def _ids(tokenizer: _Tokenizer, text: str) -> list[int]:
     enc = tokenizer.encode(text, add_special_tokens=False)
-    return list(enc.ids if hasattr(enc, "ids") else enc)  # tokenizers.Encoding or transformers list
+    ids = enc.ids if hasattr(enc, "ids") else enc  # tokenizers.Encoding or transformers list
+    return list(cast("Iterable[int]", ids))
 
 
 def encode_pairs(

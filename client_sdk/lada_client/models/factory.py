@@ -112,5 +112,5 @@ def load_causal_lm(model_dir: Path, adapter_dir: Path | None = None):  # -> (mod
     if adapter_dir is not None and (adapter_dir / "adapter_config.json").exists():
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True), tokenizer
     return model, tokenizer

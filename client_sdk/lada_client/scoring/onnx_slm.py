@@ -180,6 +180,7 @@ class OnnxSLM:
         if score_index is None:  # generation: one dummy scored row (any valid position)
             score_index = np.zeros((1, 2), dtype=np.int64)
             score_targets = np.zeros(1, dtype=np.int64)
+        assert score_targets is not None, "score_index comes with its score_targets"
         feeds = {
             "input_ids": ids,
             "attention_mask": mask,

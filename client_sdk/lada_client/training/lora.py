@@ -154,7 +154,8 @@ class LoraTrainer:
                 part.backward()
                 loss_sft = loss_sft + part.detach()
             loss_cd = torch.tensor(float("nan"))
-            if sel is not None:
+            if sel is not None:  # only with reference scores (with_pairs)
+                assert ref_chosen is not None and ref_rejected is not None
                 loss_cd = torch.tensor(0.0)
                 half = max(1, micro // 2)  # each pair is two sequences
                 for start in range(0, len(sel), half):

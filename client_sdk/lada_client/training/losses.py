@@ -14,6 +14,8 @@ r⁺ does not do.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -51,7 +53,9 @@ def token_logprobs(
         logits = model(input_ids=input_ids, attention_mask=bias, position_ids=position_ids).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         return torch.gather(logp, 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # a transformers causal LM, or a peft model around one (torch types both as a bare Module)
+    lm: Any = model
+    causal_lm = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
     hidden = causal_lm.get_decoder()(
         input_ids=input_ids, attention_mask=bias, position_ids=position_ids
     ).last_hidden_state

@@ -48,7 +48,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,16 @@ INPUT_NAMES = (
     "beta",
 )
 OUTPUT_NAMES = ("loss", "sft_loss", "cd_loss", "seq_logprobs")
+
+
+class _AdamW(TypedDict):
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+
+
 #: what torch.optim.AdamW does by default (LoraTrainer builds it with only ``lr``)
-ADAMW = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
+ADAMW: _AdamW = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
 OPSET = 17
 FORMAT_VERSION = 1
 

@@ -77,7 +77,7 @@ def import_ort_training() -> types.SimpleNamespace:
         shell.__package__ = "onnxruntime.training"
         shell.__doc__ = "onnxruntime.training without its torch-only __init__ (lada_client.training.ort_backend)"
         sys.modules["onnxruntime.training"] = shell
-        onnxruntime.training = shell  # type: ignore[attr-defined]
+        onnxruntime.training = shell
     api = importlib.import_module("onnxruntime.training.api")
     found = types.SimpleNamespace(api=api, artifacts=None, onnxblock=None)
     try:
@@ -265,7 +265,8 @@ class OrtTrainer:
             chosen: list[int] = []
             rejected: list[int] = []
             ref_c = ref_r = np.zeros(0)
-            if sel is not None:
+            if sel is not None:  # only with reference scores (with_pairs)
+                assert ref_chosen is not None and ref_rejected is not None
                 batch_pairs = [pairs[i] for i in sel]
                 chosen = list(range(len(rows), len(rows) + len(sel)))
                 rows += [(p.prompt, p.chosen) for p in batch_pairs]

@@ -25,6 +25,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -115,15 +116,19 @@ class LlamaCppTeacher:
             text = self._llm.detokenize(list(input_ids[n_prompt:])).decode("utf-8", errors="ignore")
             return _ANSWER_SENTENCE.search(text) is not None
 
-        out = self._llm(
-            prompt,
-            max_tokens=self.max_new_tokens,
-            temperature=temperature,
-            top_k=0 if temperature > 0 else 40,
-            top_p=1.0,
-            seed=seed,
-            stop=["\n", " Q:"],
-            stopping_criteria=StoppingCriteriaList([answered]),
+        # without stream=True the call returns one completion (a dict), not an iterator of chunks
+        out = cast(
+            "dict[str, Any]",
+            self._llm(
+                prompt,
+                max_tokens=self.max_new_tokens,
+                temperature=temperature,
+                top_k=0 if temperature > 0 else 40,
+                top_p=1.0,
+                seed=seed,
+                stop=["\n", " Q:"],
+                stopping_criteria=StoppingCriteriaList([answered]),
+            ),
         )
         return cut_after_answer(out["choices"][0]["text"])
 

@@ -47,6 +47,7 @@ from lada_client.common.wire import (
     ErrorBody,
     FeatureUpload,
     LoraFactor,
+    Phase,
     RewardReport,
     RoundInfo,
     SealedEnvelope,
@@ -72,7 +73,8 @@ UNAUTHENTICATED = (
     "ciphertext does not verify against its enrolled key"
 )
 
-Handler = Callable[[sqlite3.Connection, ClientRecord, EnvelopeHeader, BaseModel], BaseModel]
+# the payload is the model of the message's kind (``KIND_PAYLOADS``), parsed before the handler runs
+Handler = Callable[[sqlite3.Connection, ClientRecord, EnvelopeHeader, Any], BaseModel]
 
 
 def create_app(
@@ -138,7 +140,7 @@ def create_app(
     async def api_error(_: Request, exc: ApiError) -> Any:
         return exc.response()
 
-    def current() -> tuple[int, str]:
+    def current() -> tuple[int, Phase]:
         return store.current_round() or (0, "waiting")
 
     # ------------------------------------------------------------------------ authentication
@@ -377,7 +379,7 @@ def create_app(
         return seal_reply(header, EnrollResponse(client_id=stored.client_id), device)
 
     # ------------------------------------------------------------------------------- rounds
-    errors = {s: {"model": ErrorBody} for s in (400, 401, 404, 408, 409, 413, 422)}
+    errors: dict[int | str, dict[str, Any]] = {s: {"model": ErrorBody} for s in (400, 401, 404, 408, 409, 413, 422)}
 
     @app.post("/v1/round", response_model=SealedEnvelope, responses=errors)
     def get_round(envelope: SealedEnvelope) -> SealedEnvelope:

@@ -21,6 +21,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import h11
@@ -32,7 +33,9 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 
-async def send_error(send: Any, status: int, error: str, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def send_error(
+    send: Any, status: int, error: str, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     body = json.dumps(ErrorBody(error=error, detail=detail).model_dump(exclude_none=True)).encode()
     await send(
         {
@@ -114,6 +117,7 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11P
     class GuardedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
 
+        # H11Protocol's own signature: asyncio.Transport, narrower than asyncio.BaseProtocol's BaseTransport
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             if len(self.connections) > max_connections:
