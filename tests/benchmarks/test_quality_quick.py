@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # the benchmark's real federations (processes)
+
 REPO = Path(__file__).resolve().parents[2]
 
 

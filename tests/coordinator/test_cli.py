@@ -19,6 +19,8 @@ from lada_client.data.domains import DOMAINS
 from lada_client.data.federation import make_federation
 from lada_client.transport import Transport
 
+pytestmark = pytest.mark.e2e  # a real coordinator process
+
 
 def _cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(

@@ -64,6 +64,7 @@ def _run_watched(settings: FederationSettings, **overrides) -> tuple[int, list[s
     return code, out.getvalue().splitlines(), err.getvalue().splitlines()
 
 
+@pytest.mark.e2e
 def test_a_failing_client_ends_the_run_with_its_name_and_its_log_tail(tiny_world, free_port, tmp_path):
     settings = _tiny(tiny_world, free_port)
     missing = tmp_path / "no-such-model.onnx"
@@ -78,6 +79,7 @@ def test_a_failing_client_ends_the_run_with_its_name_and_its_log_tail(tiny_world
     assert [line.split()[1] for line in out if line.startswith("✓ ")][-1] == "processes"  # set-up went through
 
 
+@pytest.mark.e2e
 def test_a_coordinator_that_does_not_start_is_named_with_its_log_tail(tiny_world, free_port):
     settings = _tiny(tiny_world, free_port)
     code, out, err = _run_watched(settings, coordinator_overrides={"rounds": 0})

@@ -11,6 +11,7 @@ import time
 
 import httpx
 import numpy as np
+import pytest
 
 from lada_client.common.crypto import Identity
 from lada_client.common.wire import (
@@ -25,6 +26,8 @@ from lada_client.common.wire import (
 from lada_client.transport import Transport
 from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.credentials import issue_tokens, load_identity, operator_token
+
+pytestmark = pytest.mark.e2e  # a real coordinator process, killed and restarted
 
 
 def _start(config_path, log_path) -> subprocess.Popen:

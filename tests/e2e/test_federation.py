@@ -14,6 +14,8 @@ import pytest
 
 from lada_client.data.federation import FederationData
 
+pytestmark = pytest.mark.e2e  # real coordinator and client processes
+
 TINY = [
     "--clients",
     "3",

@@ -16,6 +16,8 @@ from lada_client.common.wire import Ack, Candidate, FeatureUpload, PublicQuestio
 from lada_coordinator.allocation.allocator import SLM
 from lada_coordinator.config import CoordinatorConfig
 
+pytestmark = pytest.mark.e2e  # a real coordinator, and whole federations of processes
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -424,6 +424,7 @@ def test_abandoned_sessions_are_swept_without_another_upload(start_server, enrol
     assert _sessions(config.db_path) == []
 
 
+@pytest.mark.e2e
 def test_sigkilled_coordinator_keeps_received_chunks(tiny_world, tmp_path, free_port, issue):
     """A real ``lada-coordinator serve`` process is SIGKILLed mid-upload and restarted: the chunks it
     acknowledged are still there, the client resumes with the missing ones only."""
