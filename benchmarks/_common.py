@@ -31,7 +31,10 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per configuration (default: per script)")
     p.add_argument(
-        "--out", type=Path, default=None, help="where to write the JSON results (default: benchmarks/results/<name>.json)"
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write the JSON results (default: benchmarks/results/<name>.json)",
     )
     return p
 
@@ -116,7 +119,7 @@ def fmt(value: Any, digits: int = 3) -> str:
         if abs(value) >= 1000:
             return f"{value:,.0f}"
         if abs(value) >= 1:
-            return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
+            return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:.0f}"
         return f"{value:.{digits}g}"
     return str(value)
 
@@ -199,7 +202,9 @@ def slm_accuracy(onnx_model: Path, samples) -> float:
     from lada_client.scoring.onnx_slm import OnnxSLM
 
     defaults = ClientConfig.__dataclass_fields__
-    model = OnnxSLM(onnx_model, max_length=DistillSettings().max_length, max_new_tokens=defaults["max_new_tokens"].default)
+    model = OnnxSLM(
+        onnx_model, max_length=DistillSettings().max_length, max_new_tokens=defaults["max_new_tokens"].default
+    )
     answers = model.generate([format_prompt(s.question) for s in samples], batch_size=defaults["batch_size"].default)
     return float(sum(is_correct(a, s.answer) for a, s in zip(answers, samples)) / max(1, len(samples)))
 

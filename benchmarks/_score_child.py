@@ -26,8 +26,15 @@ def load_candidates(public: Path, n: int):
     for i in range(n):
         s = rows[i % len(rows)]
         tokens = max(1, len(s["rationale"].split()) + 2)
-        out.append(Candidate(sample_id=f"{s['sample_id']}#{i}", question=s["question"], path=s["rationale"],
-                             llm_logprob=-0.8 * tokens, llm_tokens=tokens))
+        out.append(
+            Candidate(
+                sample_id=f"{s['sample_id']}#{i}",
+                question=s["question"],
+                path=s["rationale"],
+                llm_logprob=-0.8 * tokens,
+                llm_tokens=tokens,
+            )
+        )
     return out
 
 
@@ -39,8 +46,12 @@ def seal_upload(cands, features) -> int:
     from lada_client.scoring.features import FEATURE_NAMES
 
     device, coordinator = Identity.generate(), Identity.generate()
-    upload = FeatureUpload(round=1, feature_names=list(FEATURE_NAMES), sample_ids=[c.sample_id for c in cands],
-                           features=[[float(v) for v in row] for row in features])
+    upload = FeatureUpload(
+        round=1,
+        feature_names=list(FEATURE_NAMES),
+        sample_ids=[c.sample_id for c in cands],
+        features=[[float(v) for v in row] for row in features],
+    )
     header = EnvelopeHeader(client_id="device-0000abcd", round=1, seq=1, kind="features.put", sent_at=time.time())
     envelope = seal(upload.model_dump_json().encode(), header, device, coordinator.public, Direction.TO_COORDINATOR)
     return len(envelope.model_dump_json().encode())
@@ -63,8 +74,12 @@ def main() -> None:
     p.add_argument("--public", type=Path, required=True, help="public.jsonl of the federation data")
     p.add_argument("--candidates", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seal", action="store_true",
-                   help="onnx-features: also build the round's features.put message and seal it (sign + encrypt) as the device sends it")
+    p.add_argument(
+        "--seal",
+        action="store_true",
+        help="onnx-features: also build the round's features.put message and seal it (sign + encrypt) "
+        "as the device sends it",
+    )
     args = p.parse_args()
     started = time.perf_counter()
     sealed_bytes = None
@@ -102,22 +117,32 @@ def main() -> None:
         shape = [0]
         with torch.no_grad():
             for start in range(0, len(prompts), args.batch_size):
-                enc = encode_pairs(tokenizer, prompts[start : start + args.batch_size], paths[start : start + args.batch_size],
-                                   256, special)
+                enc = encode_pairs(
+                    tokenizer,
+                    prompts[start : start + args.batch_size],
+                    paths[start : start + args.batch_size],
+                    256,
+                    special,
+                )
                 token_logprobs(model, torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask))
                 shape[0] += enc.input_ids.shape[0]
     done = time.perf_counter()
-    print(json.dumps({
-        "sealed_upload_bytes": sealed_bytes,
-        "mode": args.mode,
-        "candidates": args.candidates,
-        "output_shape": shape,
-        "load_s": loaded - started,
-        "score_s": done - loaded,
-        "vm_hwm_mib": vm_hwm_mib(),
-        "torch_imported": "torch" in sys.modules,
-        "python": sys.executable,
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "sealed_upload_bytes": sealed_bytes,
+                "mode": args.mode,
+                "candidates": args.candidates,
+                "output_shape": shape,
+                "load_s": loaded - started,
+                "score_s": done - loaded,
+                "vm_hwm_mib": vm_hwm_mib(),
+                "torch_imported": "torch" in sys.modules,
+                "python": sys.executable,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

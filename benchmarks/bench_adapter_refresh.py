@@ -35,7 +35,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     repeats = 2 if args.quick else args.repeats
-    paths = prepare(FederationSettings(workdir=CACHE, clients=3, n_train=40, n_test=8, n_public=120, llm_warmup_steps=2, slm_warmup_steps=2))
+    paths = prepare(
+        FederationSettings(
+            workdir=CACHE, clients=3, n_train=40, n_test=8, n_public=120, llm_warmup_steps=2, slm_warmup_steps=2
+        )
+    )
     rows = []
     for client in ("client0", "client1", "client2"):  # slm-large, slm-medium, slm-small
         base = paths[client]
@@ -62,11 +66,26 @@ def main() -> None:
             diff = max(float(np.abs(x - y).max()) for x, y in zip(a, b))
         swap_s, export_s = statistics.median(swap_t[1:]), statistics.median(export_t[1:])
         params = sum(v.size for v in trainer.projection_weights(merged=False).values())
-        rows.append({"model": client, "adapted_params": params, "map_build_s": map_s, "swap_s": swap_s,
-                     "export_s": export_s, "speedup": export_s / swap_s, "max_abs_logprob_diff": diff})
-    print(f"{'model':8} {'adapted params':>14} {'map (once)':>10} {'swap s':>8} {'export s':>9} {'export/swap':>11} {'max diff':>9}")
+        rows.append(
+            {
+                "model": client,
+                "adapted_params": params,
+                "map_build_s": map_s,
+                "swap_s": swap_s,
+                "export_s": export_s,
+                "speedup": export_s / swap_s,
+                "max_abs_logprob_diff": diff,
+            }
+        )
+    print(
+        f"{'model':8} {'adapted params':>14} {'map (once)':>10} {'swap s':>8} {'export s':>9} "
+        f"{'export/swap':>11} {'max diff':>9}"
+    )
     for r in rows:
-        print(f"{r['model']:8} {r['adapted_params']:>14,} {r['map_build_s']:>10.3f} {r['swap_s']:>8.3f} {r['export_s']:>9.3f} {r['speedup']:>10.1f}x {r['max_abs_logprob_diff']:>9.1e}")
+        print(
+            f"{r['model']:8} {r['adapted_params']:>14,} {r['map_build_s']:>10.3f} {r['swap_s']:>8.3f} "
+            f"{r['export_s']:>9.3f} {r['speedup']:>10.1f}x {r['max_abs_logprob_diff']:>9.1e}"
+        )
     out = Path(__file__).parent / "results" / "adapter_refresh.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2))

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 NAME = "bench_allocation"
 TARGET_S = 5.0
@@ -58,8 +58,13 @@ def open_round(store, t: int, clients: list[str], m: int, seed: int) -> dict[str
 
     ids = [f"r{t}-c{j}" for j in range(m)]
     info = RoundInfo(
-        round=t, phase="features", total_rounds=1000,
-        candidates=[Candidate(sample_id=i, question="q?", path="p. The answer is 1.", llm_logprob=-5.0, llm_tokens=9) for i in ids],
+        round=t,
+        phase="features",
+        total_rounds=1000,
+        candidates=[
+            Candidate(sample_id=i, question="q?", path="p. The answer is 1.", llm_logprob=-5.0, llm_tokens=9)
+            for i in ids
+        ],
         feature_names=list(FEATURES),
     )
     store.open_round(t, info.model_dump(), {})
@@ -89,8 +94,14 @@ def allocate_round(store, allocator, t: int) -> dict[str, float]:
     t_alloc, decided = C.timed(decide)
     t_write, _ = C.timed(lambda: store.put_allocations(t, SLM, decided))
     reasons = sorted({why for _, why in decided.values()})
-    return {"total_s": t_read + t_alloc + t_write, "read_s": t_read, "allocate_s": t_alloc, "write_s": t_write,
-            "reasons": reasons, "clients": len(decided)}
+    return {
+        "total_s": t_read + t_alloc + t_write,
+        "read_s": t_read,
+        "allocate_s": t_alloc,
+        "write_s": t_write,
+        "reasons": reasons,
+        "clients": len(decided),
+    }
 
 
 def make_allocator(store, seed: int = 0):
@@ -110,16 +121,27 @@ def profile_call(fn, top: int = 12) -> dict:
     total = stats.total_tt or 1.0
     rows = []
     for (filename, line, func), (_, ncalls, tottime, cumtime, _) in stats.stats.items():
-        rows.append({
-            "function": f"{Path(filename).name}:{line}({func})",
-            "calls": ncalls,
-            "own_pct": round(100 * tottime / total, 1),
-            "cumulative_pct": round(100 * cumtime / total, 1),
-        })
+        rows.append(
+            {
+                "function": f"{Path(filename).name}:{line}({func})",
+                "calls": ncalls,
+                "own_pct": round(100 * tottime / total, 1),
+                "cumulative_pct": round(100 * cumtime / total, 1),
+            }
+        )
     own = sorted(rows, key=lambda r: -r["own_pct"])[:top]
-    lada = sorted((r for r in rows if "lada" in r["function"] or "eenet" in r["function"] or "allocator" in r["function"]
-                   or "cold_start" in r["function"] or "store" in r["function"]),
-                  key=lambda r: -r["cumulative_pct"])[:top]
+    lada = sorted(
+        (
+            r
+            for r in rows
+            if "lada" in r["function"]
+            or "eenet" in r["function"]
+            or "allocator" in r["function"]
+            or "cold_start" in r["function"]
+            or "store" in r["function"]
+        ),
+        key=lambda r: -r["cumulative_pct"],
+    )[:top]
     return {"total_s": total, "by_own_time": own, "project_functions_by_cumulative": lada}
 
 
@@ -128,8 +150,12 @@ def main() -> int:
     p.add_argument("--clients", type=int, nargs="+", default=None, help="N values (default 10 100 1000; quick 10 100)")
     p.add_argument("--candidates", type=int, nargs="+", default=[64, 256], help="M values")
     p.add_argument("--threads", type=int, nargs="+", default=None, help="torch thread counts (default: 1 and all CPUs)")
-    p.add_argument("--multi-thread-repeat-max-n", type=int, default=100,
-                   help="repeat multi-thread runs only up to this N (larger N: one multi-thread run)")
+    p.add_argument(
+        "--multi-thread-repeat-max-n",
+        type=int,
+        default=100,
+        help="repeat multi-thread runs only up to this N (larger N: one multi-thread run)",
+    )
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the cProfile of the largest case")
     args = p.parse_args()
     import torch
@@ -138,8 +164,10 @@ def main() -> int:
     thread_counts = args.threads or sorted({1, cpus})
     ns = sorted(args.clients or ([10, 100] if args.quick else [10, 100, 1000]))
     repeats = args.repeats or (2 if args.quick else 3)
-    C.say(f"allocation of one round, N clients x M candidates, torch threads {thread_counts}, {repeats} repeats, median"
-          f" (multi-thread runs once for N > {args.multi_thread_repeat_max_n})")
+    C.say(
+        f"allocation of one round, N clients x M candidates, torch threads {thread_counts}, {repeats} repeats, median"
+        f" (multi-thread runs once for N > {args.multi_thread_repeat_max_n})"
+    )
 
     def threads_for(rep: int, n: int) -> list[int]:
         """Thread counts for repeat ``rep`` (order alternates); the slow multi-thread case of large N
@@ -170,8 +198,18 @@ def main() -> int:
             if args.profile and m == max(args.candidates):  # before any filter is saved: a true cold start
                 torch.set_num_threads(1)
                 n = max(ns)
-                profiles.append({"case": "cold", "clients": n, "candidates": m, "threads": 1,
-                                 **profile_call(lambda: allocate_round(store, make_allocator(store), rounds[("cold", n)]))})
+                profiles.append(
+                    {
+                        "case": "cold",
+                        "clients": n,
+                        "candidates": m,
+                        "threads": 1,
+                        # (B023: profile_call runs the closure here, within this iteration)
+                        **profile_call(
+                            lambda: allocate_round(store, make_allocator(store), rounds[("cold", n)])  # noqa: B023
+                        ),
+                    }
+                )
             # ---- history: allocate once more, then one observe + refit + save per client
             from lada_coordinator.allocation.allocator import SLM
 
@@ -182,25 +220,41 @@ def main() -> int:
             allocate_round(store, warm, t)
             rng = np.random.default_rng(m)
 
+            # (B023: refit_all and the lambdas below run within this iteration, never after it)
             def refit_all(group):
                 for cid in group:
-                    ids, _ = store.allocation(t, cid, SLM)
+                    ids, _ = store.allocation(t, cid, SLM)  # noqa: B023
                     pos = [int(s.rsplit("c", 1)[1]) for s in ids]
-                    warm.reward(t, SLM, cid, zs[cid][pos], float(rng.uniform(0.0, 0.6)))
+                    warm.reward(t, SLM, cid, zs[cid][pos], float(rng.uniform(0.0, 0.6)))  # noqa: B023
 
             # Allocator.reward (observe + refit + persist) is the per-client work of closing a round;
             # profile it on the first clients, time it on the rest.
             refit_all(clients[:1])  # the first refit of a process pays torch's lazy imports: not timed
             k = min(100, len(clients) // 2) if args.profile and m == max(args.candidates) else 0
             if k:
-                profiles.append({"case": "reward (observe+refit+save)", "clients": k, "candidates": m, "threads": 1,
-                                 **profile_call(lambda: refit_all(clients[1 : k + 1]))})
-            t_refit, _ = C.timed(lambda: refit_all(clients[k + 1 :]))
+                profiles.append(
+                    {
+                        "case": "reward (observe+refit+save)",
+                        "clients": k,
+                        "candidates": m,
+                        "threads": 1,
+                        **profile_call(lambda: refit_all(clients[1 : k + 1])),  # noqa: B023
+                    }
+                )
+            t_refit, _ = C.timed(lambda: refit_all(clients[k + 1 :]))  # noqa: B023
             timed_n = len(clients) - k - 1
-            setup.append({"candidates": m, "clients": timed_n, "observe_refit_save_s": t_refit,
-                          "per_client_ms": 1000 * t_refit / timed_n})
-            C.say(f"  M={m}: Allocator.reward (observe+refit+save) for {timed_n} clients took {t_refit:.1f}s "
-                  f"({1000 * t_refit / timed_n:.1f} ms/client, 1 thread)")
+            setup.append(
+                {
+                    "candidates": m,
+                    "clients": timed_n,
+                    "observe_refit_save_s": t_refit,
+                    "per_client_ms": 1000 * t_refit / timed_n,
+                }
+            )
+            C.say(
+                f"  M={m}: Allocator.reward (observe+refit+save) for {timed_n} clients took {t_refit:.1f}s "
+                f"({1000 * t_refit / timed_n:.1f} ms/client, 1 thread)"
+            )
             # ---- warm rounds
             for n in ns:
                 t += 1
@@ -218,8 +272,18 @@ def main() -> int:
             if args.profile and m == max(args.candidates):
                 torch.set_num_threads(1)
                 n = max(ns)
-                profiles.append({"case": "warm (store)", "clients": n, "candidates": m, "threads": 1,
-                                 **profile_call(lambda: allocate_round(store, make_allocator(store), rounds[("warm", n)]))})
+                profiles.append(
+                    {
+                        "case": "warm (store)",
+                        "clients": n,
+                        "candidates": m,
+                        "threads": 1,
+                        # (B023: profile_call runs the closure here, within this iteration)
+                        **profile_call(
+                            lambda: allocate_round(store, make_allocator(store), rounds[("warm", n)])  # noqa: B023
+                        ),
+                    }
+                )
             store.close()
 
     # ---- aggregate: median per (case, N, M, threads)
@@ -229,14 +293,23 @@ def main() -> int:
     summary = []
     for (case, n, m, threads), rs in keyed.items():
         total = C.median([r["total_s"] for r in rs])
-        summary.append({
-            "case": case, "clients": n, "candidates": m, "threads": threads,
-            "total_s": total, "total_range_s": [min(r["total_s"] for r in rs), max(r["total_s"] for r in rs)],
-            "read_s": C.median([r["read_s"] for r in rs]), "allocate_s": C.median([r["allocate_s"] for r in rs]),
-            "write_s": C.median([r["write_s"] for r in rs]), "per_client_ms": 1000 * total / n,
-            "reasons": rs[0]["reasons"], "repeats": len(rs),
-            "meets_target": total < TARGET_S if (n, m) == TARGET_SIZE else None,
-        })
+        summary.append(
+            {
+                "case": case,
+                "clients": n,
+                "candidates": m,
+                "threads": threads,
+                "total_s": total,
+                "total_range_s": [min(r["total_s"] for r in rs), max(r["total_s"] for r in rs)],
+                "read_s": C.median([r["read_s"] for r in rs]),
+                "allocate_s": C.median([r["allocate_s"] for r in rs]),
+                "write_s": C.median([r["write_s"] for r in rs]),
+                "per_client_ms": 1000 * total / n,
+                "reasons": rs[0]["reasons"],
+                "repeats": len(rs),
+                "meets_target": total < TARGET_S if (n, m) == TARGET_SIZE else None,
+            }
+        )
     order = {"cold": 0, "warm (memory)": 1, "warm (store)": 2}
     summary.sort(key=lambda r: (order[r["case"]], r["candidates"], r["clients"], r["threads"]))
     # threads ratio: time with all CPUs / time with 1 thread, per configuration
@@ -246,28 +319,69 @@ def main() -> int:
         r["vs_1_thread"] = r["total_s"] / one if one else None
 
     C.say()
-    C.say(C.table(
-        ["case", "N", "M", "threads", "total s", "per client ms", "read s", "allocate s", "write s", "vs 1 thread",
-         "reason", "target <5s"],
-        [[r["case"], r["clients"], r["candidates"], r["threads"], r["total_s"], r["per_client_ms"], r["read_s"],
-          r["allocate_s"], r["write_s"], f"{r['vs_1_thread']:.2f}x" if r["vs_1_thread"] else "",
-          ",".join(r["reasons"]), "" if r["meets_target"] is None else ("met" if r["meets_target"] else "MISSED")]
-         for r in summary],
-    ))
+    C.say(
+        C.table(
+            [
+                "case",
+                "N",
+                "M",
+                "threads",
+                "total s",
+                "per client ms",
+                "read s",
+                "allocate s",
+                "write s",
+                "vs 1 thread",
+                "reason",
+                "target <5s",
+            ],
+            [
+                [
+                    r["case"],
+                    r["clients"],
+                    r["candidates"],
+                    r["threads"],
+                    r["total_s"],
+                    r["per_client_ms"],
+                    r["read_s"],
+                    r["allocate_s"],
+                    r["write_s"],
+                    f"{r['vs_1_thread']:.2f}x" if r["vs_1_thread"] else "",
+                    ",".join(r["reasons"]),
+                    "" if r["meets_target"] is None else ("met" if r["meets_target"] else "MISSED"),
+                ]
+                for r in summary
+            ],
+        )
+    )
     for prof in profiles:
-        C.say(f"\ncProfile, {prof['case']}, N={prof['clients']} M={prof['candidates']}, 1 thread "
-              f"({prof['total_s']:.2f}s profiled), top own time:")
+        C.say(
+            f"\ncProfile, {prof['case']}, N={prof['clients']} M={prof['candidates']}, 1 thread "
+            f"({prof['total_s']:.2f}s profiled), top own time:"
+        )
         for f in prof["by_own_time"][:8]:
             C.say(f"  {f['own_pct']:5.1f}% own {f['cumulative_pct']:5.1f}% cum  {f['calls']:>8} calls  {f['function']}")
         C.say("  project functions by cumulative time:")
         for f in prof["project_functions_by_cumulative"][:8]:
             C.say(f"  {f['cumulative_pct']:5.1f}% cum  {f['calls']:>8} calls  {f['function']}")
-    path = C.write_results(NAME, {
-        "settings": {"clients": ns, "candidates": args.candidates, "threads": thread_counts, "repeats": repeats,
-                     "quick": args.quick},
-        "target": {"clients": TARGET_SIZE[0], "candidates": TARGET_SIZE[1], "seconds": TARGET_S},
-        "summary": summary, "history_setup": setup, "profiles": profiles, "runs": rows,
-    }, args.out)
+    path = C.write_results(
+        NAME,
+        {
+            "settings": {
+                "clients": ns,
+                "candidates": args.candidates,
+                "threads": thread_counts,
+                "repeats": repeats,
+                "quick": args.quick,
+            },
+            "target": {"clients": TARGET_SIZE[0], "candidates": TARGET_SIZE[1], "seconds": TARGET_S},
+            "summary": summary,
+            "history_setup": setup,
+            "profiles": profiles,
+            "runs": rows,
+        },
+        args.out,
+    )
     C.say(f"\nresults: {path}")
     return 0
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 NAME = "bench_crypto"
 
@@ -38,7 +38,15 @@ def payloads(m: int, offers: int, adapter_floats: int) -> dict[str, tuple[str, o
     co-tuning message that carries a masked adapter of ``adapter_floats`` values."""
     from lada_client.common.secagg import MaskedInput
     from lada_client.common.wire import (
-        Ack, Allocation, AllocationQuery, FeatureUpload, PathOffer, PublicQuestion, RewardReport, RoundInfo, RoundQuery,
+        Ack,
+        Allocation,
+        AllocationQuery,
+        FeatureUpload,
+        PathOffer,
+        PublicQuestion,
+        RewardReport,
+        RoundInfo,
+        RoundQuery,
         SecAggUpload,
     )
     from lada_client.scoring.features import FEATURE_NAMES
@@ -47,87 +55,134 @@ def payloads(m: int, offers: int, adapter_floats: int) -> dict[str, tuple[str, o
     cands = C.candidates(samples, m)
     rng = np.random.default_rng(0)
     feats = rng.normal(2.0, 1.0, (m, len(FEATURE_NAMES)))
-    questions = [PublicQuestion(sample_id=f"o{i}", question=s.question, answer=s.answer)
-                 for i, s in enumerate(samples[:offers])]
-    info = RoundInfo(round=3, phase="features", total_rounds=10, candidates=cands, offer_questions=questions,
-                     feature_names=list(FEATURE_NAMES))
+    questions = [
+        PublicQuestion(sample_id=f"o{i}", question=s.question, answer=s.answer) for i, s in enumerate(samples[:offers])
+    ]
+    info = RoundInfo(
+        round=3,
+        phase="features",
+        total_rounds=10,
+        candidates=cands,
+        offer_questions=questions,
+        feature_names=list(FEATURE_NAMES),
+    )
     upload = FeatureUpload(
-        round=3, feature_names=list(FEATURE_NAMES), sample_ids=[c.sample_id for c in cands], features=feats.tolist(),
-        offers=[PathOffer(sample_id=q.sample_id, path=s.rationale) for q, s in zip(questions, samples[:offers])][: offers // 2],
+        round=3,
+        feature_names=list(FEATURE_NAMES),
+        sample_ids=[c.sample_id for c in cands],
+        features=feats.tolist(),
+        offers=[PathOffer(sample_id=q.sample_id, path=s.rationale) for q, s in zip(questions, samples[:offers])][
+            : offers // 2
+        ],
     )
     return {
         f"round info ({m} candidates, {offers} questions)": ("round.get reply", info),
         f"feature upload ({m}x{len(FEATURE_NAMES)}, {offers // 2} offers)": ("features.put", upload),
-        "allocation (32 ids)": ("allocation.get reply", Allocation(round=3, status="ready",
-                                                                    sample_ids=[c.sample_id for c in cands[:32]], reason="cap")),
-        "reward report": ("reward.put", RewardReport(round=3, reward=0.12, ppl_before=3.1, ppl_after=2.7, n_allocated=32,
-                                                      test_accuracy=0.4, bytes_sent=123456, bytes_received=654321)),
+        "allocation (32 ids)": (
+            "allocation.get reply",
+            Allocation(round=3, status="ready", sample_ids=[c.sample_id for c in cands[:32]], reason="cap"),
+        ),
+        "reward report": (
+            "reward.put",
+            RewardReport(
+                round=3,
+                reward=0.12,
+                ppl_before=3.1,
+                ppl_after=2.7,
+                n_allocated=32,
+                test_accuracy=0.4,
+                bytes_sent=123456,
+                bytes_received=654321,
+            ),
+        ),
         "round query": ("round.get", RoundQuery()),
         "allocation query": ("allocation.get", AllocationQuery(round=3)),
         "ack": ("reply", Ack(message="stored")),
-        f"secagg masked adapter ({adapter_floats:,} floats)": ("secagg.put", SecAggUpload(
-            round=3, step="masked",
-            body=MaskedInput("client-0001", "r3/g", ("client-0002",),
-                             rng.integers(0, 2**32, adapter_floats, dtype=np.uint32)).to_dict())),
+        f"secagg masked adapter ({adapter_floats:,} floats)": (
+            "secagg.put",
+            SecAggUpload(
+                round=3,
+                step="masked",
+                body=MaskedInput(
+                    "client-0001", "r3/g", ("client-0002",), rng.integers(0, 2**32, adapter_floats, dtype=np.uint32)
+                ).to_dict(),
+            ),
+        ),
     }
 
 
 def bench_envelopes(m: int, offers: int, adapter_floats: int, repeats: int) -> list[dict]:
+    from lada_client.common.crypto import Identity
+
+    client, coordinator = Identity.generate(), Identity.generate()
+    rows = []
+    for label, (kind, model) in payloads(m, offers, adapter_floats).items():
+        row = envelope_row(label, kind, model, client, coordinator, repeats)
+        rows.append(row)
+        C.say(f"  {label:<42} {row['payload_bytes']:>8,} B  seal {row['seal_ms']:.3f} ms  open {row['open_ms']:.3f} ms")
+    return rows
+
+
+def envelope_row(label: str, kind: str, model, client, coordinator, repeats: int) -> dict:
+    """One message's costs: seal, open and their parts, each the median of 5 timed batches."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from lada_client.common import crypto
     from lada_client.common.crypto import Direction, Identity, open_envelope, seal
     from lada_client.common.wire import EnvelopeHeader, SealedEnvelope
 
-    client, coordinator = Identity.generate(), Identity.generate()
-    rows = []
-    for label, (kind, model) in payloads(m, offers, adapter_floats).items():
-        raw = model.model_dump_json().encode()
-        header = EnvelopeHeader(client_id="client-0001", round=3, seq=1, kind=kind.split()[0], sent_at=time.time())
-        n = max(20, repeats) if len(raw) < 1_000_000 else 3
-        env = seal(raw, header, client, coordinator.public, Direction.TO_COORDINATOR)
-        wire = env.model_dump_json().encode()
-        signed = crypto._signed_bytes(header.canonical_bytes(), crypto.b64d(env.nonce, "nonce"), crypto.b64d(env.ciphertext, "c"))
-        aead = client._aead(coordinator.public.kex_key, header.client_id, header.round, Direction.TO_COORDINATOR)
-        nonce = b"\0" * 12
-        ct = aead.encrypt(nonce, raw, header.canonical_bytes())
-        sig = client.sign(signed)
-        verify_key = Ed25519PublicKey.from_public_bytes(client.public.sign_key)
+    raw = model.model_dump_json().encode()
+    header = EnvelopeHeader(client_id="client-0001", round=3, seq=1, kind=kind.split()[0], sent_at=time.time())
+    n = max(20, repeats) if len(raw) < 1_000_000 else 3
+    env = seal(raw, header, client, coordinator.public, Direction.TO_COORDINATOR)
+    wire = env.model_dump_json().encode()
+    signed = crypto._signed_bytes(
+        header.canonical_bytes(), crypto.b64d(env.nonce, "nonce"), crypto.b64d(env.ciphertext, "c")
+    )
+    aead = client._aead(coordinator.public.kex_key, header.client_id, header.round, Direction.TO_COORDINATOR)
+    nonce = b"\0" * 12
+    ct = aead.encrypt(nonce, raw, header.canonical_bytes())
+    sig = client.sign(signed)
+    verify_key = Ed25519PublicKey.from_public_bytes(client.public.sign_key)
 
-        def per_call(fn) -> float:
-            times = []
-            for _ in range(5):
-                started = time.perf_counter()
-                for _ in range(n):
-                    fn()
-                times.append((time.perf_counter() - started) / n)
-            return C.median(times)
+    def per_call(fn) -> float:
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times.append((time.perf_counter() - started) / n)
+        return C.median(times)
 
-        def derive():
-            Identity._aead.cache_clear()
-            client._aead(coordinator.public.kex_key, header.client_id, header.round, Direction.TO_COORDINATOR)
-
-        row = {
-            "message": label,
-            "kind": kind,
-            "payload_bytes": len(raw),
-            "envelope_bytes": len(wire),
-            "seal_ms": 1000 * per_call(lambda: seal(raw, header, client, coordinator.public, Direction.TO_COORDINATOR)),
-            "open_ms": 1000 * per_call(lambda: open_envelope(env, client.public, coordinator, Direction.TO_COORDINATOR)),
-            "sign_ms": 1000 * per_call(lambda: client.sign(signed)),
-            "verify_ms": 1000 * per_call(lambda: verify_key.verify(sig, signed)),
-            "aead_encrypt_ms": 1000 * per_call(lambda: aead.encrypt(nonce, raw, header.canonical_bytes())),
-            "aead_decrypt_ms": 1000 * per_call(lambda: aead.decrypt(nonce, ct, header.canonical_bytes())),
-            "key_derivation_ms": 1000 * per_call(derive),
-            # what surrounds the crypto on the wire: payload JSON out, envelope JSON out and back in
-            "json_ms": 1000 * per_call(lambda: (model.model_dump_json(), env.model_dump_json(),
-                                                SealedEnvelope.model_validate_json(wire),
-                                                type(model).model_validate_json(raw))),
-        }
+    def derive():
         Identity._aead.cache_clear()
-        rows.append(row)
-        C.say(f"  {label:<42} {len(raw):>8,} B  seal {row['seal_ms']:.3f} ms  open {row['open_ms']:.3f} ms")
-    return rows
+        client._aead(coordinator.public.kex_key, header.client_id, header.round, Direction.TO_COORDINATOR)
+
+    row = {
+        "message": label,
+        "kind": kind,
+        "payload_bytes": len(raw),
+        "envelope_bytes": len(wire),
+        "seal_ms": 1000 * per_call(lambda: seal(raw, header, client, coordinator.public, Direction.TO_COORDINATOR)),
+        "open_ms": 1000 * per_call(lambda: open_envelope(env, client.public, coordinator, Direction.TO_COORDINATOR)),
+        "sign_ms": 1000 * per_call(lambda: client.sign(signed)),
+        "verify_ms": 1000 * per_call(lambda: verify_key.verify(sig, signed)),
+        "aead_encrypt_ms": 1000 * per_call(lambda: aead.encrypt(nonce, raw, header.canonical_bytes())),
+        "aead_decrypt_ms": 1000 * per_call(lambda: aead.decrypt(nonce, ct, header.canonical_bytes())),
+        "key_derivation_ms": 1000 * per_call(derive),
+        # what surrounds the crypto on the wire: payload JSON out, envelope JSON out and back in
+        "json_ms": 1000
+        * per_call(
+            lambda: (
+                model.model_dump_json(),
+                env.model_dump_json(),
+                SealedEnvelope.model_validate_json(wire),
+                type(model).model_validate_json(raw),
+            )
+        ),
+    }
+    Identity._aead.cache_clear()
+    return row
 
 
 def reference_round_time(m: int, repeats: int) -> dict:
@@ -143,10 +198,16 @@ def reference_round_time(m: int, repeats: int) -> dict:
     learnability_features(slm, cands[:16])  # warm-up
     full = [C.timed(lambda: learnability_features(slm, cands))[0] for _ in range(max(1, repeats // 2))]
     prompts = [format_prompt(c.question) for c in cands]
-    logprobs = [C.timed(lambda: slm.completion_logprobs(prompts, [format_target(c.path) for c in cands]))[0]
-                for _ in range(repeats)]
-    return {"model": "slm-small", "candidates": m, "features_pass_s": C.median(full),
-            "logprob_pass_s": C.median(logprobs)}
+    logprobs = [
+        C.timed(lambda: slm.completion_logprobs(prompts, [format_target(c.path) for c in cands]))[0]
+        for _ in range(repeats)
+    ]
+    return {
+        "model": "slm-small",
+        "candidates": m,
+        "features_pass_s": C.median(full),
+        "logprob_pass_s": C.median(logprobs),
+    }
 
 
 def client_round_crypto(rows: list[dict]) -> dict:
@@ -163,8 +224,12 @@ def client_round_crypto(rows: list[dict]) -> dict:
     client_ms = sum(r["seal_ms"] for r in sent) + sum(r["open_ms"] for r in received) + kdf
     coordinator_ms = sum(r["open_ms"] for r in sent) + sum(r["seal_ms"] for r in received) + kdf
     json_ms = sum(r["json_ms"] for r in sent + received)
-    return {"client_ms": client_ms, "coordinator_ms_per_client": coordinator_ms, "json_ms": json_ms,
-            "messages": len(sent) + len(received)}
+    return {
+        "client_ms": client_ms,
+        "coordinator_ms_per_client": coordinator_ms,
+        "json_ms": json_ms,
+        "messages": len(sent) + len(received),
+    }
 
 
 # ------------------------------------------------------------------------------------- secagg
@@ -183,7 +248,14 @@ def secagg_config(n: int, neighbours: int | None):
 
 def run_secagg(n: int, length: int, neighbours: int | None, dropouts: int, seed: int = 0) -> dict:
     from lada_client.common.secagg import (
-        MaskedInput, Roster, SecAggClient, SecAggServer, ShareKeys, UnmaskRequest, UnmaskResponse, fedavg,
+        MaskedInput,
+        Roster,
+        SecAggClient,
+        SecAggServer,
+        ShareKeys,
+        UnmaskRequest,
+        UnmaskResponse,
+        fedavg,
     )
 
     config = secagg_config(n, neighbours)
@@ -191,7 +263,7 @@ def run_secagg(n: int, length: int, neighbours: int | None, dropouts: int, seed:
     vectors = [rng.normal(0.0, 0.02, length) for _ in range(n)]
     ids = [f"client{k:03d}" for k in range(n)]
     round_id = "r1/bench"
-    client_s = {c: 0.0 for c in ids}
+    client_s = dict.fromkeys(ids, 0.0)
     server_s = 0.0
     wire_s = 0.0
 
@@ -245,12 +317,19 @@ def run_secagg(n: int, length: int, neighbours: int | None, dropouts: int, seed:
     error = float(np.max(np.abs(mean_secure - mean_plain)))
     per_client = [client_s[c] for c in survivors]
     return {
-        "clients": n, "length": length, "neighbours": neighbours, "threshold": config.threshold, "dropouts": dropouts,
-        "client_s_mean": float(np.mean(per_client)), "client_s_max": float(np.max(per_client)),
-        "server_s": server_s, "wire_s": wire_s,
+        "clients": n,
+        "length": length,
+        "neighbours": neighbours,
+        "threshold": config.threshold,
+        "dropouts": dropouts,
+        "client_s_mean": float(np.mean(per_client)),
+        "client_s_max": float(np.max(per_client)),
+        "server_s": server_s,
+        "wire_s": wire_s,
         "total_compute_s": float(sum(client_s.values())) + server_s,
         "fedavg_s": C.median(t_fedavg),
-        "max_abs_error": error, "error_bound": 1.0 / config.scale,
+        "max_abs_error": error,
+        "error_bound": 1.0 / config.scale,
         "equal": error <= 1.0 / config.scale,
     }
 
@@ -280,8 +359,11 @@ def profile_aggregate(n: int, length: int, neighbours: int | None) -> dict:
     stats = pstats.Stats(prof)
     total = max((v[3] for k, v in stats.stats.items() if k[2] == "aggregate"), default=stats.total_tt) or 1.0
     rows = sorted(
-        ({"function": f"{Path(f).name}:{line}({fn})", "calls": v[1], "cumulative_pct": round(100 * v[3] / total, 1)}
-         for (f, line, fn), v in stats.stats.items() if "secagg" in f),
+        (
+            {"function": f"{Path(f).name}:{line}({fn})", "calls": v[1], "cumulative_pct": round(100 * v[3] / total, 1)}
+            for (f, line, fn), v in stats.stats.items()
+            if "secagg" in f
+        ),
         key=lambda r: -r["cumulative_pct"],
     )
     return {"clients": n, "length": length, "aggregate_s": total, "functions": rows[:8]}
@@ -292,8 +374,12 @@ def main() -> int:
     p.add_argument("--candidates", type=int, default=256, help="M: candidates in a round")
     p.add_argument("--offer-questions", type=int, default=64, help="public questions offered in a round")
     p.add_argument("--adapter-floats", type=int, default=100_000, help="masked adapter size in the envelope table")
-    p.add_argument("--round-time-s", type=float, default=None,
-                   help="reference round time; default: measure a client scoring pass of M candidates")
+    p.add_argument(
+        "--round-time-s",
+        type=float,
+        default=None,
+        help="reference round time; default: measure a client scoring pass of M candidates",
+    )
     p.add_argument("--clients", type=int, nargs="+", default=None, help="secagg n values (default 5 10 20 50)")
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="adapter sizes in floats (default 10k 100k 1M)")
     p.add_argument("--neighbours", type=int, default=None, help="SecAgg+ graph degree (default: all pairs)")
@@ -323,30 +409,69 @@ def main() -> int:
         r["seal_open_pct_of_round"] = 100 * (r["seal_ms"] + r["open_ms"]) / 1000 / round_s
 
     C.say()
-    C.say(C.table(
-        ["message", "payload B", "envelope B", "seal ms", "open ms", "sign ms", "verify ms", "AEAD enc ms",
-         "AEAD dec ms", "KDF ms", "JSON ms", "seal+open % of round"],
-        [[r["message"], r["payload_bytes"], r["envelope_bytes"], r["seal_ms"], r["open_ms"], r["sign_ms"],
-          r["verify_ms"], r["aead_encrypt_ms"], r["aead_decrypt_ms"], r["key_derivation_ms"], r["json_ms"],
-          f"{r['seal_open_pct_of_round']:.4f}%"] for r in rows],
-    ))
-    ref_text = (f"given {round_s:.2f}s" if args.round_time_s is not None else
-                f"measured features pass of {args.candidates} candidates on slm-small: {round_s:.2f}s "
-                f"(log-prob pass alone {reference['logprob_pass_s']:.2f}s)")
-    C.say(f"\none client round ({per_round['messages']} messages): client crypto {per_round['client_ms']:.2f} ms = "
-          f"{per_round['client_pct_of_round']:.3f}% of the reference round ({ref_text}"
-          + (f"; {per_round['client_pct_of_logprob_pass']:.2f}% of the log-prob pass alone"
-             if "client_pct_of_logprob_pass" in per_round else "")
-          + f"); coordinator crypto "
-          f"{per_round['coordinator_ms_per_client']:.2f} ms per client; JSON/pydantic around it {per_round['json_ms']:.2f} ms")
+    C.say(
+        C.table(
+            [
+                "message",
+                "payload B",
+                "envelope B",
+                "seal ms",
+                "open ms",
+                "sign ms",
+                "verify ms",
+                "AEAD enc ms",
+                "AEAD dec ms",
+                "KDF ms",
+                "JSON ms",
+                "seal+open % of round",
+            ],
+            [
+                [
+                    r["message"],
+                    r["payload_bytes"],
+                    r["envelope_bytes"],
+                    r["seal_ms"],
+                    r["open_ms"],
+                    r["sign_ms"],
+                    r["verify_ms"],
+                    r["aead_encrypt_ms"],
+                    r["aead_decrypt_ms"],
+                    r["key_derivation_ms"],
+                    r["json_ms"],
+                    f"{r['seal_open_pct_of_round']:.4f}%",
+                ]
+                for r in rows
+            ],
+        )
+    )
+    ref_text = (
+        f"given {round_s:.2f}s"
+        if args.round_time_s is not None
+        else f"measured features pass of {args.candidates} candidates on slm-small: {round_s:.2f}s "
+        f"(log-prob pass alone {reference['logprob_pass_s']:.2f}s)"
+    )
+    C.say(
+        f"\none client round ({per_round['messages']} messages): client crypto {per_round['client_ms']:.2f} ms = "
+        f"{per_round['client_pct_of_round']:.3f}% of the reference round ({ref_text}"
+        + (
+            f"; {per_round['client_pct_of_logprob_pass']:.2f}% of the log-prob pass alone"
+            if "client_pct_of_logprob_pass" in per_round
+            else ""
+        )
+        + f"); coordinator crypto "
+        f"{per_round['coordinator_ms_per_client']:.2f} ms per client; "
+        f"JSON/pydantic around it {per_round['json_ms']:.2f} ms"
+    )
 
     secagg_rows = []
     if args.secagg:
         C.say(f"\nsecure aggregation vs FedAvg (neighbours {args.neighbours or 'all'}, {args.dropouts} dropouts)")
         for length in sizes:
             for n in clients:
-                reps = [run_secagg(n, length, args.neighbours, args.dropouts, seed=k)
-                        for k in range(secagg_repeats if length <= 100_000 else 1)]
+                reps = [
+                    run_secagg(n, length, args.neighbours, args.dropouts, seed=k)
+                    for k in range(secagg_repeats if length <= 100_000 else 1)
+                ]
                 r = {k: (C.median([x[k] for x in reps]) if isinstance(v, float) else v) for k, v in reps[0].items()}
                 r["max_abs_error"] = max(x["max_abs_error"] for x in reps)
                 r["equal"] = all(x["equal"] for x in reps)
@@ -354,32 +479,76 @@ def main() -> int:
                 r["server_over_fedavg"] = r["server_s"] / r["fedavg_s"]
                 r["total_over_fedavg"] = r["total_compute_s"] / r["fedavg_s"]
                 secagg_rows.append(r)
-                C.say(f"  n={n:<3} L={length:>9,}  client {r['client_s_mean']:.3f}s  server {r['server_s']:.3f}s  "
-                      f"fedavg {r['fedavg_s'] * 1000:.2f}ms  max|err| {r['max_abs_error']:.1e}")
+                C.say(
+                    f"  n={n:<3} L={length:>9,}  client {r['client_s_mean']:.3f}s  server {r['server_s']:.3f}s  "
+                    f"fedavg {r['fedavg_s'] * 1000:.2f}ms  max|err| {r['max_abs_error']:.1e}"
+                )
         prof = profile_aggregate(max(clients), min(sizes), args.neighbours)
-        C.say(f"\nprofile of SecAggServer.aggregate, n={prof['clients']}, L={prof['length']:,} "
-              f"({1000 * prof['aggregate_s']:.0f} ms):")
+        C.say(
+            f"\nprofile of SecAggServer.aggregate, n={prof['clients']}, L={prof['length']:,} "
+            f"({1000 * prof['aggregate_s']:.0f} ms):"
+        )
         for f in prof["functions"]:
             C.say(f"  {f['cumulative_pct']:5.1f}% cum  {f['calls']:>6} calls  {f['function']}")
         C.say()
-        C.say(C.table(
-            ["n", "floats", "threshold", "client ms (mean)", "client ms (max)", "server ms", "all parties ms",
-             "JSON wire ms", "fedavg ms", "server/fedavg", "all/fedavg", "max|err|", "equal"],
-            [[r["clients"], r["length"], r["threshold"], 1000 * r["client_s_mean"], 1000 * r["client_s_max"],
-              1000 * r["server_s"], 1000 * r["total_compute_s"], 1000 * r["wire_s"], 1000 * r["fedavg_s"],
-              f"{r['server_over_fedavg']:.2f}x", f"{r['total_over_fedavg']:.1f}x", f"{r['max_abs_error']:.1e}",
-              r["equal"]] for r in secagg_rows],
-        ))
-    path = C.write_results(NAME, {
-        "settings": {"candidates": args.candidates, "offer_questions": args.offer_questions, "repeats": repeats,
-                     "quick": args.quick, "clients": clients, "sizes": sizes, "neighbours": args.neighbours,
-                     "dropouts": args.dropouts},
-        "reference_round": reference,
-        "envelopes": rows,
-        "client_round": per_round,
-        "secagg": secagg_rows,
-        "secagg_server_profile": prof if args.secagg else None,
-    }, args.out)
+        C.say(
+            C.table(
+                [
+                    "n",
+                    "floats",
+                    "threshold",
+                    "client ms (mean)",
+                    "client ms (max)",
+                    "server ms",
+                    "all parties ms",
+                    "JSON wire ms",
+                    "fedavg ms",
+                    "server/fedavg",
+                    "all/fedavg",
+                    "max|err|",
+                    "equal",
+                ],
+                [
+                    [
+                        r["clients"],
+                        r["length"],
+                        r["threshold"],
+                        1000 * r["client_s_mean"],
+                        1000 * r["client_s_max"],
+                        1000 * r["server_s"],
+                        1000 * r["total_compute_s"],
+                        1000 * r["wire_s"],
+                        1000 * r["fedavg_s"],
+                        f"{r['server_over_fedavg']:.2f}x",
+                        f"{r['total_over_fedavg']:.1f}x",
+                        f"{r['max_abs_error']:.1e}",
+                        r["equal"],
+                    ]
+                    for r in secagg_rows
+                ],
+            )
+        )
+    path = C.write_results(
+        NAME,
+        {
+            "settings": {
+                "candidates": args.candidates,
+                "offer_questions": args.offer_questions,
+                "repeats": repeats,
+                "quick": args.quick,
+                "clients": clients,
+                "sizes": sizes,
+                "neighbours": args.neighbours,
+                "dropouts": args.dropouts,
+            },
+            "reference_round": reference,
+            "envelopes": rows,
+            "client_round": per_round,
+            "secagg": secagg_rows,
+            "secagg_server_profile": prof if args.secagg else None,
+        },
+        args.out,
+    )
     C.say(f"\nresults: {path}")
     return 0 if all(r["equal"] for r in secagg_rows) else 1
 

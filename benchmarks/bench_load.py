@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 NAME = "bench_load"
 
@@ -101,8 +101,10 @@ def run_phase(name: str, clients: list, action, deadline: float) -> dict:
         "max_ms": 1000 * max(done) if done else float("nan"),
         "error_samples": sorted(set(errors))[:5],
     }
-    C.say(f"  {name:<13} {result['ok']}/{n} ok in {wall:.2f}s  p50 {result['p50_ms']:.0f} ms  "
-          f"p99 {result['p99_ms']:.0f} ms  {result['throughput_rps']:.1f} req/s  errors {result['errors']}")
+    C.say(
+        f"  {name:<13} {result['ok']}/{n} ok in {wall:.2f}s  p50 {result['p50_ms']:.0f} ms  "
+        f"p99 {result['p99_ms']:.0f} ms  {result['throughput_rps']:.1f} req/s  errors {result['errors']}"
+    )
     return result
 
 
@@ -115,7 +117,12 @@ def server_breakdown(cands, names: list[str], iterations: int) -> dict:
     """
     from lada_client.common.crypto import Direction, Identity, PublicIdentity, open_envelope, seal
     from lada_client.common.wire import (
-        Ack, EnvelopeHeader, FeatureUpload, RoundInfo, RoundQuery, SealedEnvelope,
+        Ack,
+        EnvelopeHeader,
+        FeatureUpload,
+        RoundInfo,
+        RoundQuery,
+        SealedEnvelope,
     )
     from lada_coordinator.store import ClientRecord, Store
 
@@ -138,14 +145,30 @@ def server_breakdown(cands, names: list[str], iterations: int) -> dict:
             keys = ident.public.to_b64()
             cid = f"step{k:04d}"
             store.add_client(ClientRecord(cid, cid, keys["sign_key"], keys["kex_key"], "", "", {}, 0, 0, 0))
-            for seq, (kind, payload, payload_type) in enumerate((
-                ("round.get", RoundQuery(), RoundQuery),
-                ("features.put", FeatureUpload(round=1, feature_names=names, sample_ids=[c.sample_id for c in cands],
-                                               features=rng.normal(2.0, 1.0, (m, len(names))).tolist()), FeatureUpload),
-            ), start=1):
+            for seq, (kind, payload, payload_type) in enumerate(
+                (
+                    ("round.get", RoundQuery(), RoundQuery),
+                    (
+                        "features.put",
+                        FeatureUpload(
+                            round=1,
+                            feature_names=names,
+                            sample_ids=[c.sample_id for c in cands],
+                            features=rng.normal(2.0, 1.0, (m, len(names))).tolist(),
+                        ),
+                        FeatureUpload,
+                    ),
+                ),
+                start=1,
+            ):
                 header = EnvelopeHeader(client_id=cid, round=1, seq=seq, kind=kind, sent_at=time.time())
-                body = seal(payload.model_dump_json().encode(), header, ident, coordinator.public,
-                            Direction.TO_COORDINATOR).model_dump_json().encode()
+                body = (
+                    seal(
+                        payload.model_dump_json().encode(), header, ident, coordinator.public, Direction.TO_COORDINATOR
+                    )
+                    .model_dump_json()
+                    .encode()
+                )
                 t0 = time.perf_counter()
                 env = SealedEnvelope.model_validate_json(body)
                 t = tick(kind, "parse envelope", t0)
@@ -167,8 +190,13 @@ def server_breakdown(cands, names: list[str], iterations: int) -> dict:
                     else:
                         reply = RoundInfo.model_validate(round_info)
                     t = tick(kind, "handler body", t)
-                    out = seal(reply.model_dump_json().encode(), header.model_copy(update={"sent_at": time.time()}),
-                               coordinator, sender, Direction.TO_CLIENT)
+                    out = seal(
+                        reply.model_dump_json().encode(),
+                        header.model_copy(update={"sent_at": time.time()}),
+                        coordinator,
+                        sender,
+                        Direction.TO_CLIENT,
+                    )
                     t = tick(kind, "seal reply", t)
                     sizes = len(env.model_dump_json()), len(out.model_dump_json())
                     t = tick(kind, "size accounting", t)
@@ -184,9 +212,13 @@ def server_breakdown(cands, names: list[str], iterations: int) -> dict:
         med = {k: C.median(v) for k, v in by_step.items()}
         total = sum(med.values())
         txn = sum(v for k, v in med.items() if k in in_txn)
-        result[kind] = {"steps_ms": med, "total_ms": total, "in_transaction_ms": txn,
-                        "serial_bound_rps": 1000 / txn if txn else float("nan"),
-                        "cpu_bound_rps_per_core": 1000 / total if total else float("nan")}
+        result[kind] = {
+            "steps_ms": med,
+            "total_ms": total,
+            "in_transaction_ms": txn,
+            "serial_bound_rps": 1000 / txn if txn else float("nan"),
+            "cpu_bound_rps_per_core": 1000 / total if total else float("nan"),
+        }
     return result
 
 
@@ -196,8 +228,9 @@ def main() -> int:
     p.add_argument("--candidates", type=int, default=64, help="candidates in the round")
     p.add_argument("--rounds", type=int, default=None, help="rounds of round.get + features.put (default 3; quick 1)")
     p.add_argument("--time-limit-s", type=float, default=120.0, help="bound on the whole load run (after start-up)")
-    p.add_argument("--no-breakdown", dest="breakdown", action="store_false",
-                   help="skip the in-process timing of each server step")
+    p.add_argument(
+        "--no-breakdown", dest="breakdown", action="store_false", help="skip the in-process timing of each server step"
+    )
     args = p.parse_args()
     n = args.clients or (50 if args.quick else 200)
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -219,9 +252,15 @@ def main() -> int:
         tmp = Path(tmp)
         port = free_port()
         config = {
-            "db_path": str(tmp / "coordinator.sqlite"), "state_dir": str(tmp / "state"),
-            "llm_dir": str(paths["llm"]), "public_data": str(paths["data"]),
-            "host": "127.0.0.1", "port": port, "rounds": 2, "min_clients": n, "candidates_per_round": m,
+            "db_path": str(tmp / "coordinator.sqlite"),
+            "state_dir": str(tmp / "state"),
+            "llm_dir": str(paths["llm"]),
+            "public_data": str(paths["data"]),
+            "host": "127.0.0.1",
+            "port": port,
+            "rounds": 2,
+            "min_clients": n,
+            "candidates_per_round": m,
         }
         (tmp / "coordinator.json").write_text(json.dumps(config))
         store = Store(Path(config["db_path"]))
@@ -230,15 +269,22 @@ def main() -> int:
         with open(log_path, "w") as log:
             server = subprocess.Popen(
                 [sys.executable, str(C.BENCH_DIR / "_load_server.py"), "--config", str(tmp / "coordinator.json")],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         url = f"http://127.0.0.1:{port}"
         try:
             wait_healthy(url, server, 120)
             deadline = time.monotonic() + args.time_limit_s
-            C.say(f"coordinator on {url} (pid {server.pid}); {n} clients, {m} candidates, time limit {args.time_limit_s:.0f}s")
-            clients = [Transport(url, Identity.generate(), timeout_s=args.time_limit_s, retry=RetryPolicy(attempts=1))
-                       for _ in range(n)]
+            C.say(
+                f"coordinator on {url} (pid {server.pid}); {n} clients, {m} candidates, "
+                f"time limit {args.time_limit_s:.0f}s"
+            )
+            clients = [
+                Transport(url, Identity.generate(), timeout_s=args.time_limit_s, retry=RetryPolicy(attempts=1))
+                for _ in range(n)
+            ]
 
             def enroll(i: int, t: Transport) -> None:
                 t.enroll(tokens[i], f"load{i:04d}")
@@ -247,8 +293,9 @@ def main() -> int:
             rng = np.random.default_rng(0)
             stored = {}
             for r in range(1, args.rounds + 1):
-                info = RoundInfo(round=r, phase="features", total_rounds=args.rounds + 1, candidates=cands,
-                                 feature_names=names)
+                info = RoundInfo(
+                    round=r, phase="features", total_rounds=args.rounds + 1, candidates=cands, feature_names=names
+                )
                 store.open_round(r, info.model_dump(), {})
 
                 def get_round(i: int, t: Transport, r=r) -> None:
@@ -257,8 +304,12 @@ def main() -> int:
                         raise RuntimeError(f"round info for round {got.round} carried {len(got.candidates)} candidates")
 
                 uploads = [
-                    FeatureUpload(round=r, feature_names=names, sample_ids=[c.sample_id for c in cands],
-                                  features=rng.normal(2.0, 1.0, (m, len(names))).tolist())
+                    FeatureUpload(
+                        round=r,
+                        feature_names=names,
+                        sample_ids=[c.sample_id for c in cands],
+                        features=rng.normal(2.0, 1.0, (m, len(names))).tolist(),
+                    )
                     for _ in range(n)
                 ]
 
@@ -291,55 +342,95 @@ def main() -> int:
         except Exception as exc:  # noqa: BLE001 - the breakdown mirrors internals; report, do not fail the run
             breakdown = {"error": f"{type(exc).__name__}: {exc}"}
     errors = sum(ph["errors"] for ph in phases)
-    complete = len(phases) == 1 + 2 * args.rounds and all(v == n for v in stored.values()) and len(stored) == args.rounds
+    complete = (
+        len(phases) == 1 + 2 * args.rounds and all(v == n for v in stored.values()) and len(stored) == args.rounds
+    )
     summary = []
     for name in ("enroll", "round.get", "features.put"):
         runs = [ph for ph in phases if ph["phase"] == name]
         if runs:
-            summary.append({
-                "phase": name, "runs": len(runs), "requests": sum(ph["requests"] for ph in runs),
-                "errors": sum(ph["errors"] for ph in runs),
-                **{k: C.median([ph[k] for ph in runs]) for k in ("wall_s", "throughput_rps", "p50_ms", "p90_ms", "p99_ms", "max_ms")},
-            })
+            summary.append(
+                {
+                    "phase": name,
+                    "runs": len(runs),
+                    "requests": sum(ph["requests"] for ph in runs),
+                    "errors": sum(ph["errors"] for ph in runs),
+                    **{
+                        k: C.median([ph[k] for ph in runs])
+                        for k in ("wall_s", "throughput_rps", "p50_ms", "p90_ms", "p99_ms", "max_ms")
+                    },
+                }
+            )
     C.say()
-    C.say(C.table(
-        ["phase", "rounds", "requests", "errors", "wall s", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms"],
-        [[ph["phase"], ph["runs"], ph["requests"], ph["errors"], ph["wall_s"], ph["throughput_rps"], ph["p50_ms"],
-          ph["p90_ms"], ph["p99_ms"], ph["max_ms"]] for ph in summary],
-        title=f"{n} concurrent clients, {m} candidates; medians over rounds",
-    ))
-    C.say(f"\nuploads in SQLite per round: {stored} (expected {n} each); errors: {errors}"
-          + ("" if complete else " (run incomplete)"))
+    C.say(
+        C.table(
+            ["phase", "rounds", "requests", "errors", "wall s", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+            [
+                [
+                    ph["phase"],
+                    ph["runs"],
+                    ph["requests"],
+                    ph["errors"],
+                    ph["wall_s"],
+                    ph["throughput_rps"],
+                    ph["p50_ms"],
+                    ph["p90_ms"],
+                    ph["p99_ms"],
+                    ph["max_ms"],
+                ]
+                for ph in summary
+            ],
+            title=f"{n} concurrent clients, {m} candidates; medians over rounds",
+        )
+    )
+    C.say(
+        f"\nuploads in SQLite per round: {stored} (expected {n} each); errors: {errors}"
+        + ("" if complete else " (run incomplete)")
+    )
     if "error" in breakdown:
         C.say(f"\nserver step breakdown unavailable: {breakdown['error']}")
     elif breakdown:
         kinds = list(breakdown)
         step_names = list(dict.fromkeys(k for kind in kinds for k in breakdown[kind]["steps_ms"]))
         C.say()
-        C.say(C.table(
-            ["server step (ms, one request)", *kinds],
-            [[name, *(breakdown[k]["steps_ms"].get(name, float("nan")) for k in kinds)] for name in step_names]
-            + [["total", *(breakdown[k]["total_ms"] for k in kinds)],
-               ["in the store transaction", *(breakdown[k]["in_transaction_ms"] for k in kinds)],
-               ["bound: 1/transaction (req/s)", *(breakdown[k]["serial_bound_rps"] for k in kinds)],
-               ["bound: 1/total per core (req/s)", *(breakdown[k]["cpu_bound_rps_per_core"] for k in kinds)]],
-        ))
+        C.say(
+            C.table(
+                ["server step (ms, one request)", *kinds],
+                [[name, *(breakdown[k]["steps_ms"].get(name, float("nan")) for k in kinds)] for name in step_names]
+                + [
+                    ["total", *(breakdown[k]["total_ms"] for k in kinds)],
+                    ["in the store transaction", *(breakdown[k]["in_transaction_ms"] for k in kinds)],
+                    ["bound: 1/transaction (req/s)", *(breakdown[k]["serial_bound_rps"] for k in kinds)],
+                    ["bound: 1/total per core (req/s)", *(breakdown[k]["cpu_bound_rps_per_core"] for k in kinds)],
+                ],
+            )
+        )
     for ph in phases:
         for e in ph["error_samples"]:
             C.say(f"  {ph['phase']} error: {e}")
     if server_log.strip():
         C.say(f"server log tail:\n{server_log}")
-    path = C.write_results(NAME, {
-        "settings": {"clients": n, "candidates": m, "rounds": args.rounds, "time_limit_s": args.time_limit_s, "quick": args.quick,
-                     "server": "uvicorn, 1 process, round engine not started; clients: 1 thread each in one process"},
-        "summary": summary,
-        "server_steps": breakdown,
-        "phases": phases,
-        "uploads_stored": stored,
-        "errors": errors,
-        "bytes_sent_by_clients": request_bytes,
-        "server_log_tail": server_log,
-    }, args.out)
+    path = C.write_results(
+        NAME,
+        {
+            "settings": {
+                "clients": n,
+                "candidates": m,
+                "rounds": args.rounds,
+                "time_limit_s": args.time_limit_s,
+                "quick": args.quick,
+                "server": "uvicorn, 1 process, round engine not started; clients: 1 thread each in one process",
+            },
+            "summary": summary,
+            "server_steps": breakdown,
+            "phases": phases,
+            "uploads_stored": stored,
+            "errors": errors,
+            "bytes_sent_by_clients": request_bytes,
+            "server_log_tail": server_log,
+        },
+        args.out,
+    )
     C.say(f"results: {path}")
     return 0 if errors == 0 and complete else 1
 

@@ -48,7 +48,8 @@ if backend == "torch":
 else:
     trainer = make_trainer("ort", artifacts_dir=Path(artifacts), threads=threads)
 rss_loaded = hwm_mb()
-teacher, prefs = pairs[:32], [PreferencePair(p, c, c.replace("The answer is", "So it is 0. The answer is 0 and")) for p, c in pairs[32:48]]
+teacher = pairs[:32]
+prefs = [PreferencePair(p, c, c.replace("The answer is", "So it is 0. The answer is 0 and")) for p, c in pairs[32:48]]
 def round_(epochs):
     settings = DistillSettings(alpha=0.5, epochs=epochs, batch_size=8, lr=1e-3)
     start = time.perf_counter()
@@ -109,7 +110,10 @@ def main() -> None:
             block = "1" if backend == "ort" and not args.ort_allow_torch else "0"
             out = _run(python, ["-c", CHILD, backend, str(base), str(artifacts), str(args.threads), block, str(data)])
             runs[backend].append(json.loads(out.strip().splitlines()[-1]))
-    med = {b: {k: statistics.median(r[k] for r in rs) for k in ("step_s", "round1_s", "rss_loaded_mb", "rss_peak_mb")} for b, rs in runs.items()}
+    med = {
+        b: {k: statistics.median(r[k] for r in rs) for k in ("step_s", "round1_s", "rss_loaded_mb", "rss_peak_mb")}
+        for b, rs in runs.items()
+    }
     result = {
         "preset": args.preset,
         "threads": args.threads,
@@ -123,7 +127,10 @@ def main() -> None:
     print(f"{'backend':8} {'s/step':>8} {'1-epoch round s':>16} {'RSS loaded MB':>14} {'peak RSS MB':>12}")
     for b, m in med.items():
         print(f"{b:8} {m['step_s']:8.3f} {m['round1_s']:16.2f} {m['rss_loaded_mb']:14.0f} {m['rss_peak_mb']:12.0f}")
-    print(f"torch/ort: step time x{result['ratio_step_torch_over_ort']:.2f}, peak RSS x{result['ratio_peak_rss_torch_over_ort']:.2f}")
+    print(
+        f"torch/ort: step time x{result['ratio_step_torch_over_ort']:.2f}, "
+        f"peak RSS x{result['ratio_peak_rss_torch_over_ort']:.2f}"
+    )
     args.out = args.out or BENCH_DIR / "results" / f"bench_ort_training_{args.preset}.json"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 NAME = "bench_scoring"
 TARGET_RATIO = 1.5
@@ -76,7 +76,7 @@ def models_to_run(args) -> list[dict]:
     ]
     if args.smollm2:
         try:
-            from lada_client.models import smollm2  # noqa: PLC0415 - optional, may be absent
+            from lada_client.models import smollm2  # optional, may be absent
         except ImportError as exc:
             out.append({"model": "smollm2-135m", "skipped": f"lada_client.models.smollm2 not importable: {exc}"})
             return out
@@ -89,7 +89,9 @@ def models_to_run(args) -> list[dict]:
     return out
 
 
-def bench_model(spec: dict, pairs: list[tuple[str, str]], batch_sizes: list[int], threads: int, repeats: int) -> list[dict]:
+def bench_model(
+    spec: dict, pairs: list[tuple[str, str]], batch_sizes: list[int], threads: int, repeats: int
+) -> list[dict]:
     import torch
 
     from lada_client.models.encoding import SpecialTokens, encode_pairs
@@ -105,7 +107,9 @@ def bench_model(spec: dict, pairs: list[tuple[str, str]], batch_sizes: list[int]
         raise SystemExit(f"{spec['model']}: special tokens differ (checkpoint {special}, onnx {slm.special})")
     prompts = [p for p, _ in pairs]
     completions = [c for _, c in pairs]
-    tokens = int(sum(encode_pairs(slm.tokenizer, [p], [c], slm.max_length, slm.special).attention_mask.sum() for p, c in pairs))
+    tokens = int(
+        sum(encode_pairs(slm.tokenizer, [p], [c], slm.max_length, slm.special).attention_mask.sum() for p, c in pairs)
+    )
     n_params = sum(p.numel() for p in model.parameters())
 
     def run_onnx(bs: int, n: int | None = None):
@@ -119,13 +123,15 @@ def bench_model(spec: dict, pairs: list[tuple[str, str]], batch_sizes: list[int]
         run_onnx(bs, bs), run_torch(bs, bs)  # warm-up on one batch: allocators, thread pools, first calls
         t_onnx, t_torch, c_onnx, c_torch, diffs = [], [], [], [], []
         for r in range(repeats):
-            order = (("onnx", run_onnx), ("torch", run_torch)) if r % 2 == 0 else (("torch", run_torch), ("onnx", run_onnx))
+            order = (
+                (("onnx", run_onnx), ("torch", run_torch)) if r % 2 == 0 else (("torch", run_torch), ("onnx", run_onnx))
+            )
             got = {}
             for label, fn in order:
                 gc.collect()
                 time.sleep(0.05)  # let the other runtime's spinning workers park
                 cpu = time.process_time()
-                elapsed, got[label] = C.timed(lambda fn=fn: fn(bs))
+                elapsed, got[label] = C.timed(lambda fn=fn, bs=bs: fn(bs))
                 (t_onnx if label == "onnx" else t_torch).append(elapsed)
                 (c_onnx if label == "onnx" else c_torch).append(time.process_time() - cpu)
             diffs.append(max_abs_diff(got["onnx"], got["torch"]))
@@ -199,8 +205,7 @@ def profile_onnx(spec: dict, pairs: list[tuple[str, str]], batch_size: int, thre
     # The attention-mask plumbing of the exported SDPA: bool mask -> additive mask (Where) per layer,
     # and Softmax -> IsNaN -> Where to zero fully-masked rows; all O(B * H * T^2) elementwise work.
     mask_ops = sum(
-        d for n, d in by_node.items()
-        if "self_attn" in n and (n.startswith("Where ") or n.startswith("IsNaN ") or "/Add_2" in n)
+        d for n, d in by_node.items() if "self_attn" in n and (n.startswith(("Where ", "IsNaN ")) or "/Add_2" in n)
     )
     return {
         "model": spec["model"],
@@ -217,13 +222,18 @@ def profile_onnx(spec: dict, pairs: list[tuple[str, str]], batch_size: int, thre
 def main() -> int:
     p = C.parser(__doc__.split("\n\n")[0])
     p.add_argument(
-        "--threads", type=int, nargs="+", default=None,
+        "--threads",
+        type=int,
+        nargs="+",
+        default=None,
         help="thread counts to run, each set equal for both runtimes (default: 1 and all CPUs)",
     )
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--presets", nargs="*", default=["slm-small", "slm-large"], help="tiny SLM presets to run")
     p.add_argument("--pairs", type=int, default=None, help="pairs scored per pass, tiny SLMs")
-    p.add_argument("--smollm2-pairs", type=int, default=None, help="pairs per pass for SmolLM2 (default 8 quick, 16 full)")
+    p.add_argument(
+        "--smollm2-pairs", type=int, default=None, help="pairs per pass for SmolLM2 (default 8 quick, 16 full)"
+    )
     p.add_argument("--no-smollm2", dest="smollm2", action="store_false", help="skip SmolLM2 even if available")
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the onnxruntime per-node profile")
     args = p.parse_args()
@@ -254,7 +264,9 @@ def main() -> int:
         pairs = all_pairs[: n_smol if large else n_pairs]
         sizes = [b for b in args.batch_sizes if not large or b <= len(pairs)]
         for b in sorted(set(args.batch_sizes) - set(sizes)):
-            skipped.append({"model": spec["model"], "batch_size": b, "reason": f"larger than the {len(pairs)} pairs scored"})
+            skipped.append(
+                {"model": spec["model"], "batch_size": b, "reason": f"larger than the {len(pairs)} pairs scored"}
+            )
         for threads in thread_counts:
             rows += bench_model(spec, pairs, sizes, threads, max(2, repeats - 2) if large else repeats)
             C.say(f"  ({spec['model']}, {threads} thread(s) done; load average {os.getloadavg()[0]:.1f})")
@@ -264,14 +276,35 @@ def main() -> int:
     C.say()
     C.say(
         C.table(
-            ["model", "threads", "batch", "pairs", "tokens", "onnx tok/s", "torch tok/s", "onnx/torch", "range",
-             "cpu onnx/torch", "max|diff|", "target 1.5x"],
             [
-                [r["model"], r["threads"], r["batch_size"], r["pairs"], r["tokens"], r["onnx_tokens_per_s"],
-                 r["torch_tokens_per_s"], f"{r['ratio_onnx_over_torch']:.2f}x",
-                 f"{r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}", f"{r['cpu_ratio_onnx_over_torch']:.2f}x",
-                 f"{r['max_abs_diff']:.1e}",
-                 "met" if r["meets_target"] else "MISSED"]
+                "model",
+                "threads",
+                "batch",
+                "pairs",
+                "tokens",
+                "onnx tok/s",
+                "torch tok/s",
+                "onnx/torch",
+                "range",
+                "cpu onnx/torch",
+                "max|diff|",
+                "target 1.5x",
+            ],
+            [
+                [
+                    r["model"],
+                    r["threads"],
+                    r["batch_size"],
+                    r["pairs"],
+                    r["tokens"],
+                    r["onnx_tokens_per_s"],
+                    r["torch_tokens_per_s"],
+                    f"{r['ratio_onnx_over_torch']:.2f}x",
+                    f"{r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}",
+                    f"{r['cpu_ratio_onnx_over_torch']:.2f}x",
+                    f"{r['max_abs_diff']:.1e}",
+                    "met" if r["meets_target"] else "MISSED",
+                ]
                 for r in rows
             ],
         )
@@ -289,8 +322,12 @@ def main() -> int:
         NAME,
         {
             "settings": {
-                "threads": thread_counts, "repeats": repeats, "quick": args.quick, "batch_sizes": args.batch_sizes,
-                "pairs": n_pairs, "smollm2_pairs": n_smol,
+                "threads": thread_counts,
+                "repeats": repeats,
+                "quick": args.quick,
+                "batch_sizes": args.batch_sizes,
+                "pairs": n_pairs,
+                "smollm2_pairs": n_smol,
             },
             "target_ratio": TARGET_RATIO,
             "max_abs_diff_allowed": MAX_ABS_DIFF,
@@ -302,7 +339,9 @@ def main() -> int:
     )
     C.say(f"\nresults: {path}")
     if bad:
-        C.say(f"ERROR: ONNX and torch disagree beyond {MAX_ABS_DIFF} for {[(r['model'], r['batch_size']) for r in bad]}")
+        C.say(
+            f"ERROR: ONNX and torch disagree beyond {MAX_ABS_DIFF} for {[(r['model'], r['batch_size']) for r in bad]}"
+        )
         return 1
     return 0
 

@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 NAME = "quality"
 log = logging.getLogger("benchmarks.quality")
@@ -145,8 +145,12 @@ COORDINATOR_PHASES = ("open", "allocate", "close")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 2 rounds, methods random+lada, host mkt, tiny sizes")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 seed, 2 rounds, methods random+lada, host mkt, tiny sizes"
+    )
     p.add_argument("--seeds", type=int, nargs="+", help=f"federation seeds (default {list(DEFAULT.seeds)})")
     p.add_argument("--rounds", type=int, help=f"rounds per federation (default {DEFAULT.rounds})")
     p.add_argument("--candidates", type=int, help=f"candidates per round (default {DEFAULT.candidates})")
@@ -155,22 +159,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, help=f"clients' training passes per round (default {DEFAULT.epochs})")
     p.add_argument("--n-test", type=int, help=f"private test samples per client (default {DEFAULT.n_test})")
     p.add_argument("--n-public", type=int, help=f"public pool size (default {DEFAULT.n_public})")
-    p.add_argument("--offer-questions", type=int, help=f"public questions offered to the LLM (default {DEFAULT.offer_questions})")
-    p.add_argument("--llm-warmup-steps", type=int, help=f"teacher warm-start steps (default {DEFAULT.llm_warmup_steps})")
+    p.add_argument(
+        "--offer-questions", type=int, help=f"public questions offered to the LLM (default {DEFAULT.offer_questions})"
+    )
+    p.add_argument(
+        "--llm-warmup-steps", type=int, help=f"teacher warm-start steps (default {DEFAULT.llm_warmup_steps})"
+    )
     p.add_argument("--slm-warmup-steps", type=int, help=f"SLM warm-start steps (default {DEFAULT.slm_warmup_steps})")
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), help=f"methods to run (default all: {' '.join(METHODS)})")
+    p.add_argument(
+        "--methods", nargs="+", choices=list(METHODS), help=f"methods to run (default all: {' '.join(METHODS)})"
+    )
     p.add_argument("--hosts", nargs="+", choices=list(HOSTS), help="host frameworks to run (default both)")
-    p.add_argument("--mkt-presets", default="slm-large,slm-medium,slm-small", help="SLM presets of the mkt host, one per client in turn")
-    p.add_argument("--teacher", type=Path, help="use this teacher checkpoint directory as is instead of warm-starting one (its --llm-warmup-steps is then only a label)")
-    p.add_argument("--cache-dir", type=Path, default=C.CACHE_DIR / NAME, help="work directories with the cached warm starts")
-    p.add_argument("--results-dir", type=Path, help="per-run results (default benchmarks/results/quality, or quality_quick with --quick)")
-    p.add_argument("--out", type=Path, help="report path (default docs/benchmarks_quality.md, or benchmarks/results/quality_quick.md with --quick)")
+    p.add_argument(
+        "--mkt-presets",
+        default="slm-large,slm-medium,slm-small",
+        help="SLM presets of the mkt host, one per client in turn",
+    )
+    p.add_argument(
+        "--teacher",
+        type=Path,
+        help="use this teacher checkpoint directory as is instead of warm-starting one "
+        "(its --llm-warmup-steps is then only a label)",
+    )
+    p.add_argument(
+        "--cache-dir", type=Path, default=C.CACHE_DIR / NAME, help="work directories with the cached warm starts"
+    )
+    p.add_argument(
+        "--results-dir",
+        type=Path,
+        help="per-run results (default benchmarks/results/quality, or quality_quick with --quick)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="report path (default docs/benchmarks_quality.md, or benchmarks/results/quality_quick.md with --quick)",
+    )
     p.add_argument("--port", type=int, default=0, help="coordinator port (0: a free port per run)")
-    p.add_argument("--client-threads", type=int, default=1, help="OMP/torch threads of each coordinator and client process")
-    p.add_argument("--jobs", type=int, default=1, help="seeds run side by side (on 2 cores, 2 jobs were slower than 1: 57 s per federation against 48 s)")
-    p.add_argument("--timeout", type=float, default=3600.0, help="give up on one federation run after this many seconds")
+    p.add_argument(
+        "--client-threads", type=int, default=1, help="OMP/torch threads of each coordinator and client process"
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="seeds run side by side (on 2 cores, 2 jobs were slower than 1: 57 s per federation against 48 s)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=3600.0, help="give up on one federation run after this many seconds"
+    )
     p.add_argument("--rerun", action="store_true", help="run every configuration even if its results are already saved")
-    p.add_argument("--report-only", action="store_true", help="do not run anything: rebuild the report from saved results")
+    p.add_argument(
+        "--report-only", action="store_true", help="do not run anything: rebuild the report from saved results"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
 
@@ -202,7 +242,9 @@ def presets_for(host: str, args: argparse.Namespace) -> tuple[str, ...]:
     return COTUNING_PRESETS if host == "cotuning" else tuple(args.mkt_presets.split(","))
 
 
-def settings_for(sizes: Sizes, seed: int, host: str, method: Method | None, args: argparse.Namespace, workdir: Path, port: int = 0):
+def settings_for(
+    sizes: Sizes, seed: int, host: str, method: Method | None, args: argparse.Namespace, workdir: Path, port: int = 0
+):
     from lada_coordinator.federation import FederationSettings
 
     return FederationSettings(
@@ -225,7 +267,9 @@ def settings_for(sizes: Sizes, seed: int, host: str, method: Method | None, args
         host_framework=host,
         slm_presets=presets_for(host, args),
         timeout_s=args.timeout,
-        llm_checkpoint=None if args.teacher is None and workdir == args.teacher_world and method is None else teacher_dir(args),
+        llm_checkpoint=None
+        if args.teacher is None and workdir == args.teacher_world and method is None
+        else teacher_dir(args),
     )
 
 
@@ -273,7 +317,9 @@ def prepare_world(sizes: Sizes, seed: int, host: str, args: argparse.Namespace) 
     return paths, time.perf_counter() - started
 
 
-def warmstart_eval(paths: dict[str, Path], key: dict[str, Any], cache: Path, setup_s: float, teacher_memo: dict) -> dict[str, Any]:
+def warmstart_eval(
+    paths: dict[str, Path], key: dict[str, Any], cache: Path, setup_s: float, teacher_memo: dict
+) -> dict[str, Any]:
     """Round 0: the warm-started SLMs on their own test split and the teacher on all of them,
     evaluated exactly as the clients and the coordinator evaluate during rounds. The hosts of one
     seed share the teacher and the test questions, so ``teacher_memo`` keeps its figures for the
@@ -293,10 +339,15 @@ def warmstart_eval(paths: dict[str, Path], key: dict[str, Any], cache: Path, set
     slm = {c.name: C.slm_accuracy(paths[c.name] / "onnx" / "model.onnx", c.test[:eval_size]) for c in fed.clients}
     coord_max_new = next(f.default for f in fields(CoordinatorConfig) if f.name == "max_new_tokens")
     # by content: sample ids are positional, so two seeds' test splits share them
-    memo_key = (str(paths["llm"].resolve()), tuple((s.question, s.answer) for c in fed.clients for s in c.test[:eval_size]))
+    memo_key = (
+        str(paths["llm"].resolve()),
+        tuple((s.question, s.answer) for c in fed.clients for s in c.test[:eval_size]),
+    )
     if memo_key not in teacher_memo:
         with tempfile.TemporaryDirectory(prefix="lada-quality-") as tmp:
-            host = LLMHost(paths["llm"], Path(tmp) / "adapter", LoraSettings(), DistillSettings().max_length, coord_max_new)
+            host = LLMHost(
+                paths["llm"], Path(tmp) / "adapter", LoraSettings(), DistillSettings().max_length, coord_max_new
+            )
             teacher_memo[memo_key] = {c.name: host.accuracy(c.test[:eval_size]) for c in fed.clients}
     per_domain = teacher_memo[memo_key]
     # the coordinator's figure pools the same test prefixes: the size-weighted mean of the above
@@ -323,7 +374,9 @@ _ALLOC = re.compile(r"round (\d+) allocated in ([\d.]+)s")
 _LORA = re.compile(r"LoRA round: (\d+) steps, L_SFT=(\S+), L_CD=(\S+), (\d+) pairs")
 
 
-def run_one(sizes: Sizes, seed: int, host: str, method: Method, args: argparse.Namespace, workdir: Path, dest: Path) -> dict[str, Any]:
+def run_one(
+    sizes: Sizes, seed: int, host: str, method: Method, args: argparse.Namespace, workdir: Path, dest: Path
+) -> dict[str, Any]:
     from lada_coordinator.federation import run_federation
 
     port = args.port or free_port()
@@ -395,8 +448,12 @@ def diagnostics(run_dir: Path, data_dir: Path, dest: Path) -> dict[str, Any]:
                     "in_domain_allocated": _share([public_domain.get(s) == own_domain.get(name) for s in alloc[0]]),
                     "in_domain_candidates": _share([public_domain.get(s) == own_domain.get(name) for s in ids]),
                     "llm_paths_allocated": _share([sources.get(s) == "llm" for s in alloc[0]]),
-                    "features_allocated": dict(zip(up["feature_names"], z[rows].mean(axis=0).round(4).tolist())) if rows else {},
-                    "features_candidates": dict(zip(up["feature_names"], z.mean(axis=0).round(4).tolist())) if len(ids) else {},
+                    "features_allocated": dict(zip(up["feature_names"], z[rows].mean(axis=0).round(4).tolist()))
+                    if rows
+                    else {},
+                    "features_candidates": dict(zip(up["feature_names"], z.mean(axis=0).round(4).tolist()))
+                    if len(ids)
+                    else {},
                     "n_offers": len(up.get("offers", [])),
                     "n_offers_taken": len(llm_alloc[0]) if llm_alloc else 0,
                 }
@@ -406,7 +463,11 @@ def diagnostics(run_dir: Path, data_dir: Path, dest: Path) -> dict[str, Any]:
     for name in own_domain:
         results = dest / f"{name}.results.json"
         per_round = json.loads(results.read_text()) if results.exists() else []
-        lora = [m.groups() for m in _LORA.finditer((dest / "logs" / f"{name}.log").read_text())] if (dest / "logs" / f"{name}.log").exists() else []
+        lora = (
+            [m.groups() for m in _LORA.finditer((dest / "logs" / f"{name}.log").read_text())]
+            if (dest / "logs" / f"{name}.log").exists()
+            else []
+        )
         for r in rounds:
             entry = r["clients"].setdefault(name, {})
             res = next((x for x in per_round if x["round"] == r["round"]), None)
@@ -417,7 +478,10 @@ def diagnostics(run_dir: Path, data_dir: Path, dest: Path) -> dict[str, Any]:
                 entry.update(lora_steps=int(steps), l_sft=_float(l_sft), l_cd=_float(l_cd), cd_pairs=int(pairs))
     coord_log = dest / "logs" / "coordinator.log"
     text = coord_log.read_text() if coord_log.exists() else ""
-    phases = {"open": {int(t): float(s) for t, s in _OPEN.findall(text)}, "allocate": {int(t): float(s) for t, s in _ALLOC.findall(text)}}
+    phases = {
+        "open": {int(t): float(s) for t, s in _OPEN.findall(text)},
+        "allocate": {int(t): float(s) for t, s in _ALLOC.findall(text)},
+    }
     return {"rounds": rounds, "coordinator_phase_s": phases, "domains": own_domain}
 
 
@@ -450,7 +514,9 @@ def pm(values: list[float], digits: int = 3) -> str:
     return f"{m:.{digits}f}" if n == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def load_runs(results_dir: Path, sizes: Sizes, hosts: tuple[str, ...], methods: tuple[str, ...], args: argparse.Namespace) -> dict:
+def load_runs(
+    results_dir: Path, sizes: Sizes, hosts: tuple[str, ...], methods: tuple[str, ...], args: argparse.Namespace
+) -> dict:
     """{host: {method: {seed: run}}} for the saved runs whose settings match the current ones."""
     out: dict[str, dict[str, dict[int, dict]]] = {}
     for host in hosts:
@@ -489,7 +555,9 @@ def curves(run: dict, warm: dict) -> dict[str, list[float | None]]:
         for c in clients:
             out[c].append(r["clients"].get(c, {}).get("test_accuracy"))
         out["llm"].append((r.get("llm") or {}).get("accuracy"))
-    out["mean"] = [statistics.fmean(v) if None not in (v := [out[c][i] for c in clients]) else None for i in range(len(rounds) + 1)]
+    out["mean"] = [
+        statistics.fmean(v) if None not in (v := [out[c][i] for c in clients]) else None for i in range(len(rounds) + 1)
+    ]
     return out
 
 
@@ -506,12 +574,10 @@ def aggregate(runs: dict, warm: dict, sizes: Sizes) -> dict:
                 summary.setdefault(host, {})[key] = entry
                 continue
             series = next(iter(cs.values())).keys()
-            entry["curves"] = {
-                name: [[cs[s][name][i] for s in cs] for i in range(sizes.rounds + 1)] for name in series
-            }
+            entry["curves"] = {name: [[cs[s][name][i] for s in cs] for i in range(sizes.rounds + 1)] for name in series}
             last = {s: sorted(r["status"]["rounds"], key=lambda x: x["round"])[-1] for s, r in ok.items()}
             bytes_: dict[str, dict[str, list[float]]] = {}
-            for s, r in last.items():
+            for r in last.values():
                 sent_total = recv_total = 0
                 for c, m in r["clients"].items():
                     bytes_.setdefault(c, {"sent": [], "received": []})
@@ -537,7 +603,9 @@ def aggregate(runs: dict, warm: dict, sizes: Sizes) -> dict:
             entry["phase_s"] = phases
             entry["wall_s"] = [r["wall_s"] for r in ok.values()]
             entry["wall_by_seed"] = {s: r["wall_s"] for s, r in ok.items()}
-            entry["llm_trained"] = [(x.get("llm") or {}).get("n_trained", 0) for r in ok.values() for x in r["status"]["rounds"]]
+            entry["llm_trained"] = [
+                (x.get("llm") or {}).get("n_trained", 0) for r in ok.values() for x in r["status"]["rounds"]
+            ]
             entry["loadavg"] = [x for r in ok.values() for x in (r["loadavg_before"][0], r["loadavg_after"][0])]
             entry["diag"] = _diag_summary(ok)
             if METHODS[key].allocation != "none":
@@ -563,9 +631,25 @@ def _reward_progress(ok: dict[int, dict], warm: dict[int, dict]) -> list[tuple[f
 
 def _diag_summary(ok: dict[int, dict]) -> dict[str, Any]:
     """Mean per client and round (rounds >= 2 separately, where the filter has reward history)."""
-    keys = ("n_allocated", "in_domain_allocated", "in_domain_candidates", "llm_paths_allocated", "reward", "ppl_before",
-            "ppl_after", "lora_steps", "cd_pairs", "n_offers", "n_offers_taken")
-    out: dict[str, Any] = {"all": {k: [] for k in keys}, "later": {k: [] for k in keys}, "reasons": {}, "path_stats": {}}
+    keys = (
+        "n_allocated",
+        "in_domain_allocated",
+        "in_domain_candidates",
+        "llm_paths_allocated",
+        "reward",
+        "ppl_before",
+        "ppl_after",
+        "lora_steps",
+        "cd_pairs",
+        "n_offers",
+        "n_offers_taken",
+    )
+    out: dict[str, Any] = {
+        "all": {k: [] for k in keys},
+        "later": {k: [] for k in keys},
+        "reasons": {},
+        "path_stats": {},
+    }
     for r in ok.values():
         for rd in r.get("diagnostics", {}).get("rounds", []):
             for name, st in rd.get("path_stats", {}).items():
@@ -620,9 +704,17 @@ def plot(summary: dict, methods: tuple[str, ...], sizes: Sizes, out_acc: Path, o
 
     hosts = [h for h in HOSTS if h in summary]
     series = ["mean", "client0", "client1", "client2", "llm"]
-    titles = {"mean": "SLMs (mean of clients)", "client0": "client0", "client1": "client1", "client2": "client2", "llm": "LLM (all test splits)"}
+    titles = {
+        "mean": "SLMs (mean of clients)",
+        "client0": "client0",
+        "client1": "client1",
+        "client2": "client2",
+        "llm": "LLM (all test splits)",
+    }
     colors = {k: f"C{i}" for i, k in enumerate(METHODS)}
-    fig, axes = plt.subplots(len(hosts), len(series), figsize=(3.4 * len(series), 3.0 * len(hosts)), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        len(hosts), len(series), figsize=(3.4 * len(series), 3.0 * len(hosts)), squeeze=False, sharex=True
+    )
     x = np.arange(sizes.rounds + 1)
     for i, host in enumerate(hosts):
         for j, name in enumerate(series):
@@ -658,14 +750,23 @@ def plot(summary: dict, methods: tuple[str, ...], sizes: Sizes, out_acc: Path, o
             if "curves" not in entry:
                 continue
             per_seed_bytes = [
-                statistics.fmean(entry["bytes"][c]["sent"][k] + entry["bytes"][c]["received"][k] for c in entry["bytes"] if c != "coordinator")
+                statistics.fmean(
+                    entry["bytes"][c]["sent"][k] + entry["bytes"][c]["received"][k]
+                    for c in entry["bytes"]
+                    if c != "coordinator"
+                )
                 for k in range(len(entry["seeds"]))
             ]
             acc = final(entry)
             ax.errorbar(
-                np.mean(per_seed_bytes) / 1024, np.mean(acc), yerr=np.std(acc, ddof=1) if len(acc) > 1 else None,
+                np.mean(per_seed_bytes) / 1024,
+                np.mean(acc),
+                yerr=np.std(acc, ddof=1) if len(acc) > 1 else None,
                 xerr=np.std(per_seed_bytes, ddof=1) / 1024 if len(per_seed_bytes) > 1 else None,
-                fmt="o", color=colors[key], capsize=3, label=METHODS[key].label,
+                fmt="o",
+                color=colors[key],
+                capsize=3,
+                label=METHODS[key].label,
             )
         ax.set_xlim(left=0)
         ax.set_xlabel(f"KiB sent + received per client over {sizes.rounds} rounds")
@@ -684,8 +785,15 @@ def kib(values: list[float]) -> str:
 
 
 def write_report(
-    out: Path, summary: dict, warm: dict, sizes: Sizes, methods: tuple[str, ...], hosts: tuple[str, ...],
-    timing: dict, args: argparse.Namespace, plots: tuple[Path, Path],
+    out: Path,
+    summary: dict,
+    warm: dict,
+    sizes: Sizes,
+    methods: tuple[str, ...],
+    hosts: tuple[str, ...],
+    timing: dict,
+    args: argparse.Namespace,
+    plots: tuple[Path, Path],
 ) -> None:
     from lada_client.config import DistillSettings
 
@@ -709,9 +817,17 @@ def write_report(
         add(
             f"**Scale of this report.** The protocol asks for 3 seeds × 5 rounds; this report was produced with "
             f"**{n_seeds} seed{'s' if n_seeds != 1 else ''} × {R} rounds**"
-            + (" (the `--quick` smoke size). " if args.quick else " so that it fits the time budget of the benchmark on the machine below. ")
-            + ("With a single seed there is no spread to report: differences between methods below are "
-               "*not* tested against seed-to-seed variation and must be read as indicative only. " if n_seeds == 1 else "")
+            + (
+                " (the `--quick` smoke size). "
+                if args.quick
+                else " so that it fits the time budget of the benchmark on the machine below. "
+            )
+            + (
+                "With a single seed there is no spread to report: differences between methods below are "
+                "*not* tested against seed-to-seed variation and must be read as indicative only. "
+                if n_seeds == 1
+                else ""
+            )
             + "Run `python benchmarks/quality.py --seeds 0 1 2 --rounds 5` for the full protocol."
         )
         add("")
@@ -719,7 +835,8 @@ def write_report(
         add(
             f"**Scale.** This report is the full protocol, {n_seeds} seeds × {R} rounds "
             f"(`--seeds {' '.join(map(str, sizes.seeds))}`). The default invocation, `python benchmarks/quality.py`, "
-            f"runs {len(DEFAULT.seeds)} seed{'s' if len(DEFAULT.seeds) != 1 else ''} ({', '.join(map(str, DEFAULT.seeds))}) × "
+            f"runs {len(DEFAULT.seeds)} seed{'s' if len(DEFAULT.seeds) != 1 else ''} "
+            f"({', '.join(map(str, DEFAULT.seeds))}) × "
             f"{DEFAULT.rounds} rounds with the same sizes otherwise, to stay within about 30 minutes including the "
             "warm starts; its runs are a subset of this report's (see the wall-time table per seed)."
         )
@@ -730,17 +847,28 @@ def write_report(
     add("| setting | value |")
     add("|---|---|")
     add("| clients | 3: `client0` add, `client1` sub, `client2` mul (one reasoning domain each, non-IID) |")
-    add(f"| SLMs, `mkt` host | {', '.join(f'`{p}`' for p in args.mkt_presets.split(','))} (client0, client1, client2) |")
-    add(f"| SLMs, `cotuning` host | `{COTUNING_PRESETS[0]}` for all three (adapters are averaged, so one architecture) |")
+    add(
+        f"| SLMs, `mkt` host | {', '.join(f'`{p}`' for p in args.mkt_presets.split(','))} (client0, client1, client2) |"
+    )
+    add(
+        f"| SLMs, `cotuning` host | `{COTUNING_PRESETS[0]}` for all three "
+        "(adapters are averaged, so one architecture) |"
+    )
     if timing.get("teacher"):
         add(f"| teacher | the checkpoint `{timing['teacher']}` (`--teacher`), as is; every run of every seed uses it |")
     else:
-        add(f"| teacher | `llm-tiny`, warm-started once on seed {sizes.seeds[0]}'s public pool (all four domains); every run of every seed uses it |")
+        add(
+            f"| teacher | `llm-tiny`, warm-started once on seed {sizes.seeds[0]}'s public pool (all four domains); "
+            "every run of every seed uses it |"
+        )
     add(f"| seeds | {', '.join(map(str, sizes.seeds))} (each seed: its own data, tokenizer and SLM warm starts) |")
     add(f"| rounds | {R} |")
     add(f"| candidates per round | {sizes.candidates} |")
     add(f"| allocation budget B per client | {sizes.budget} (LaDa's floor ⌈B/4⌉ = {math.ceil(sizes.budget / 4)}) |")
-    add(f"| private train / test samples per client | {sizes.n_train} / {sizes.n_test} (accuracy on the first {min(sizes.n_test, 64)}) |")
+    add(
+        f"| private train / test samples per client | {sizes.n_train} / {sizes.n_test} "
+        f"(accuracy on the first {min(sizes.n_test, 64)}) |"
+    )
     add(f"| training passes per round | {sizes.epochs} over private data + allocated paths (`--epochs`) |")
     add(f"| public pool | {sizes.n_public} |")
     add(f"| public questions offered to the LLM per round | {sizes.offer_questions} |")
@@ -749,8 +877,14 @@ def write_report(
     add(f"| processes | coordinator + 3 clients, {args.client_threads} torch/OMP thread(s) each |")
     add(f"| seeds run side by side | {timing.get('jobs', 1)} (`--jobs`; the runs of one seed go one after the other) |")
     d = DistillSettings()
-    add(f"| L_CD | path score = {d.cd_logprob} token log-prob, β = {d.cd_beta:g} (`DistillSettings` defaults); α per method, below |")
-    add("| everything else | library defaults (`CoordinatorConfig`, `ClientConfig`, `DistillSettings`, `FilterConfig`) |")
+    add(
+        f"| L_CD | path score = {d.cd_logprob} token log-prob, β = {d.cd_beta:g} (`DistillSettings` defaults); "
+        "α per method, below |"
+    )
+    add(
+        "| everything else | library defaults "
+        "(`CoordinatorConfig`, `ClientConfig`, `DistillSettings`, `FilterConfig`) |"
+    )
     add("")
     if "local" in methods and "cotuning" in hosts:
         add(
@@ -787,7 +921,10 @@ def write_report(
         setup = sum(warm.get(h, {}).get(seed, {}).get("setup_s", float("nan")) for h in hosts)
         ev = sum(warm.get(h, {}).get(seed, {}).get("seconds", float("nan")) for h in hosts)
         runs_s = sum(summary[h].get(k, {}).get("wall_by_seed", {}).get(seed, 0.0) for h in hosts for k in methods)
-        add(f"| {seed} | {_minutes(setup)} | {_minutes(ev)} | {_minutes(runs_s)} | **{_minutes(setup + ev + runs_s)}** |")
+        add(
+            f"| {seed} | {_minutes(setup)} | {_minutes(ev)} | {_minutes(runs_s)} | "
+            f"**{_minutes(setup + ev + runs_s)}** |"
+        )
     add("")
     add(
         f"This invocation ran {timing.get('n_runs', 0)} federation(s) and reused {timing.get('reused_runs', 0)} saved "
@@ -797,7 +934,10 @@ def write_report(
     # ---- teacher vs students at round 0
     add("## Round 0: the warm-started teacher and students")
     add("")
-    add("| host | seed | client0 SLM | client1 SLM | client2 SLM | LLM on client0 / client1 / client2 tests | LLM pooled |")
+    add(
+        "| host | seed | client0 SLM | client1 SLM | client2 SLM "
+        "| LLM on client0 / client1 / client2 tests | LLM pooled |"
+    )
     add("|---|---|---|---|---|---|---|")
     for host in hosts:
         for s in sizes.seeds:
@@ -815,8 +955,8 @@ def write_report(
     add("## Results")
     add("")
     add(
-        f"SLM accuracy = mean of the three clients' test accuracies. \"After round {R}\" is the last round; "
-        f"\"mean of rounds 1–{R}\" averages every round's accuracy (less sensitive to one noisy evaluation). "
+        f'SLM accuracy = mean of the three clients\' test accuracies. "After round {R}" is the last round; '
+        f'"mean of rounds 1–{R}" averages every round\'s accuracy (less sensitive to one noisy evaluation). '
         "Δ is the paired difference to local-only over the same seeds. Values are mean ± std over seeds "
         "(std omitted with one seed)."
     )
@@ -824,7 +964,10 @@ def write_report(
     for host in hosts:
         add(f"### Host `{host}`")
         add("")
-        add(f"| method | SLM acc. after round {R} | mean of rounds 1–{R} | Δ vs local-only (round {R}) | client0 | client1 | client2 | LLM after round {R} |")
+        add(
+            f"| method | SLM acc. after round {R} | mean of rounds 1–{R} | Δ vs local-only (round {R}) "
+            f"| client0 | client1 | client2 | LLM after round {R} |"
+        )
         add("|---|---|---|---|---|---|---|---|")
         local = summary[host].get("local")
         for key in methods:
@@ -832,10 +975,15 @@ def write_report(
             if "curves" not in e:
                 add(f"| {METHODS[key].label} | failed or missing (seeds {e.get('failed_seeds', [])}) | | | | | | |")
                 continue
-            d = paired_diff(e, local, e["seeds"], local["seeds"]) if local and "curves" in local and key != "local" else []
+            d = (
+                paired_diff(e, local, e["seeds"], local["seeds"])
+                if local and "curves" in local and key != "local"
+                else []
+            )
             add(
                 f"| {METHODS[key].label} | {pm(final(e))} | {pm(over_rounds(e))} | {_signed(d) if d else '—'} | "
-                f"{pm(final(e, 'client0'))} | {pm(final(e, 'client1'))} | {pm(final(e, 'client2'))} | {pm(final(e, 'llm'))} |"
+                f"{pm(final(e, 'client0'))} | {pm(final(e, 'client1'))} | {pm(final(e, 'client2'))} | "
+                f"{pm(final(e, 'llm'))} |"
             )
         add("")
     add(f"![accuracy per round]({_relto(plots[0], args.out.parent)})")
@@ -856,7 +1004,14 @@ def write_report(
     add("|---|---|---|---|---|")
     verdicts: dict[str, list[bool]] = {}
     for host in hosts:
-        for a, b in (("lada", "random"), ("random", "all"), ("random", "sft"), ("lada", "all"), ("lada", "sft"), ("lada", "local")):
+        for a, b in (
+            ("lada", "random"),
+            ("random", "all"),
+            ("random", "sft"),
+            ("lada", "all"),
+            ("lada", "sft"),
+            ("lada", "local"),
+        ):
             ea, eb = summary[host].get(a, {}), summary[host].get(b, {})
             if "curves" not in ea or "curves" not in eb:
                 continue
@@ -864,8 +1019,10 @@ def write_report(
             d_mean = paired_diff(ea, eb, ea["seeds"], eb["seeds"], over_rounds)
             holds = mean_std(d_last)[0] > 0
             verdicts.setdefault(host, []).append(holds)
-            add(f"| {host} | {METHODS[a].label} > {METHODS[b].label} | {_signed(d_last)} | {_signed(d_mean)} | "
-                f"{'yes' if holds else 'no'}{_noise(d_last)} |")
+            add(
+                f"| {host} | {METHODS[a].label} > {METHODS[b].label} | {_signed(d_last)} | {_signed(d_mean)} | "
+                f"{'yes' if holds else 'no'}{_noise(d_last)} |"
+            )
     add("")
     # ---- per round tables
     add("## Accuracy per round")
@@ -885,8 +1042,10 @@ def write_report(
     # ---- bytes
     add("## Bytes per party")
     add("")
-    add(f"Cumulative over the {R} rounds, KiB (application payload as counted by the coordinator, both directions; "
-        "the coordinator's figures are the sums over clients).")
+    add(
+        f"Cumulative over the {R} rounds, KiB (application payload as counted by the coordinator, both directions; "
+        "the coordinator's figures are the sums over clients)."
+    )
     add("")
     add("| host | method | client0 up / down | client1 up / down | client2 up / down | coordinator sent / received |")
     add("|---|---|---|---|---|---|")
@@ -896,20 +1055,28 @@ def write_report(
             if "bytes" not in e:
                 continue
             b = e["bytes"]
-            cells = [f"{kib(b[p]['sent'])} / {kib(b[p]['received'])}" for p in ("client0", "client1", "client2", "coordinator") if p in b]
+            cells = [
+                f"{kib(b[p]['sent'])} / {kib(b[p]['received'])}"
+                for p in ("client0", "client1", "client2", "coordinator")
+                if p in b
+            ]
             add(f"| {host} | {METHODS[key].label} | " + " | ".join(cells) + " |")
     add("")
     # ---- wall time per phase
     add("## Wall time per phase")
     add("")
-    add("Seconds per round (mean ± std over clients, rounds and seeds). Client phases are measured by each client "
+    add(
+        "Seconds per round (mean ± std over clients, rounds and seeds). Client phases are measured by each client "
         "(`score` = learnability features + offered paths, `train` = rejected paths + LoRA update + ONNX re-export "
         "+ PPL before/after, `evaluate` = greedy answers on the test split); coordinator phases come from its log "
         "(`open` = LLM reasoning paths for the candidates, `close` = filter refit + LLM direction + LLM evaluation). "
-        "Phases overlap across processes. Run = one whole federation including process start-up.")
+        "Phases overlap across processes. Run = one whole federation including process start-up."
+    )
     add("")
     phase_names = [f"client {p}" for p in CLIENT_PHASES] + [f"coordinator {p}" for p in COORDINATOR_PHASES]
-    present = [p for p in phase_names if any(p in summary[h].get(k, {}).get("phase_s", {}) for h in hosts for k in methods)]
+    present = [
+        p for p in phase_names if any(p in summary[h].get(k, {}).get("phase_s", {}) for h in hosts for k in methods)
+    ]
     add("| host | method | " + " | ".join(present) + " | run |")
     add("|---|---|" + "---|" * (len(present) + 1))
     for host in hosts:
@@ -917,7 +1084,11 @@ def write_report(
             e = summary[host].get(key, {})
             if "phase_s" not in e:
                 continue
-            add(f"| {host} | {METHODS[key].label} | " + " | ".join(pm(e["phase_s"].get(p, []), 1) for p in present) + f" | {pm(e['wall_s'], 0)} |")
+            add(
+                f"| {host} | {METHODS[key].label} | "
+                + " | ".join(pm(e["phase_s"].get(p, []), 1) for p in present)
+                + f" | {pm(e['wall_s'], 0)} |"
+            )
     add("")
     # ---- diagnostics
     add("## Diagnostics: what each method allocated and what it did to the SLMs")
@@ -927,11 +1098,14 @@ def write_report(
         "LaDa's filter has a reward history). *in-domain* = share of the allocated candidates from the "
         "client's own domain (the candidates themselves are a 4-domain mix, so uniform picking gives about "
         "a quarter); *LLM paths* = share of allocated candidates whose teacher path was sampled from the LLM "
-        "rather than the pool's gold solution (`path_fallback=\"gold\"`); *reward* = relative PPL drop of the "
+        'rather than the pool\'s gold solution (`path_fallback="gold"`); *reward* = relative PPL drop of the '
         "SLM on its allocation; *LoRA steps* and *L_CD pairs* from the clients' training logs."
     )
     add("")
-    add("| host | method | allocated | in-domain | LLM paths | reward | PPL before → after | LoRA steps | L_CD pairs | selection reasons |")
+    add(
+        "| host | method | allocated | in-domain | LLM paths | reward | PPL before → after "
+        "| LoRA steps | L_CD pairs | selection reasons |"
+    )
     add("|---|---|---|---|---|---|---|---|---|---|")
     for host in hosts:
         for key in methods:
@@ -939,12 +1113,14 @@ def write_report(
             if "diag" not in e:
                 continue
             d = e["diag"]
-            a, l = d["all"], d["later"]
+            a, later = d["all"], d["later"]
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(d["reasons"].items()))
             add(
-                f"| {host} | {METHODS[key].label} | {_both(a, l, 'n_allocated', 1)} | {_both(a, l, 'in_domain_allocated')} | "
-                f"{_both(a, l, 'llm_paths_allocated')} | {_both(a, l, 'reward')} | "
-                f"{_mean(a['ppl_before'])} → {_mean(a['ppl_after'])} | {_both(a, l, 'lora_steps', 1)} | {_both(a, l, 'cd_pairs', 1)} | {reasons} |"
+                f"| {host} | {METHODS[key].label} | {_both(a, later, 'n_allocated', 1)} | "
+                f"{_both(a, later, 'in_domain_allocated')} | "
+                f"{_both(a, later, 'llm_paths_allocated')} | {_both(a, later, 'reward')} | "
+                f"{_mean(a['ppl_before'])} → {_mean(a['ppl_after'])} | {_both(a, later, 'lora_steps', 1)} | "
+                f"{_both(a, later, 'cd_pairs', 1)} | {reasons} |"
             )
     add("")
     add_analysis(add, summary, warm, sizes, methods, hosts, verdicts)
@@ -952,7 +1128,9 @@ def write_report(
     out.write_text("\n".join(lines).rstrip() + "\n")
 
 
-def add_analysis(add, summary: dict, warm: dict, sizes: Sizes, methods: tuple[str, ...], hosts: tuple[str, ...], verdicts: dict) -> None:
+def add_analysis(
+    add, summary: dict, warm: dict, sizes: Sizes, methods: tuple[str, ...], hosts: tuple[str, ...], verdicts: dict
+) -> None:
     """The reading of the numbers above; every figure is computed from the runs."""
     from lada_coordinator.allocation.eenet import FilterConfig
 
@@ -987,25 +1165,39 @@ def add_analysis(add, summary: dict, warm: dict, sizes: Sizes, methods: tuple[st
             held = [k for k, v in parts.items() if v]
             failed = [k for k, v in parts.items() if not v]
             if not failed:
-                add("  The paper's ordering LaDa > random > all candidates / SFT-only **holds** here (see the table above for whether the margins exceed the noise).")
+                add(
+                    "  The paper's ordering LaDa > random > all candidates / SFT-only **holds** here "
+                    "(see the table above for whether the margins exceed the noise)."
+                )
             else:
                 add(
                     f"  The paper's ordering LaDa > random > all candidates / SFT-only **does not hold** here: "
                     f"{', '.join(failed)} fail{'s' if len(failed) == 1 else ''}"
-                    + (f" ({', '.join(held)} hold{'s' if len(held) == 1 else ''})" if held else "") + "."
+                    + (f" ({', '.join(held)} hold{'s' if len(held) == 1 else ''})" if held else "")
+                    + "."
                 )
         if has(host, "local"):
-            better = [METHODS[k].label for k in methods if k != "local" and has(host, k) and acc(host, k) > acc(host, "local")]
+            better = [
+                METHODS[k].label for k in methods if k != "local" and has(host, k) and acc(host, k) > acc(host, "local")
+            ]
             add(
                 f"  Against local-only ({acc(host, 'local'):.3f}): "
-                + (f"{', '.join(better)} end{'s' if len(better) == 1 else ''} higher." if better else "no collaborative method ends higher.")
+                + (
+                    f"{', '.join(better)} end{'s' if len(better) == 1 else ''} higher."
+                    if better
+                    else "no collaborative method ends higher."
+                )
             )
     add("")
     # 2. the premise: is the teacher ahead?
     for host in hosts:
         rows = []
         for name in ("client0", "client1", "client2"):
-            t_acc = [w["llm_accuracy_per_client"][name] for w in warm.get(host, {}).values() if name in w["llm_accuracy_per_client"]]
+            t_acc = [
+                w["llm_accuracy_per_client"][name]
+                for w in warm.get(host, {}).values()
+                if name in w["llm_accuracy_per_client"]
+            ]
             s_acc = [w["slm_accuracy"][name] for w in warm.get(host, {}).values() if name in w["slm_accuracy"]]
             if t_acc and s_acc:
                 domain = next(iter(warm[host].values()))["domains"].get(name, "?")
@@ -1018,7 +1210,8 @@ def add_analysis(add, summary: dict, warm: dict, sizes: Sizes, methods: tuple[st
             f"* **Is the teacher ahead of the students (`{host}`, round 0)?** After {sizes.llm_warmup_steps} "
             f"warm-up steps the teacher is at least 10 points ahead of the SLM ({sizes.slm_warmup_steps} steps) on "
             f"{', '.join(ahead) if ahead else 'no client domain'}"
-            + (f"; it is not on {', '.join(level)}" if level else "") + "."
+            + (f"; it is not on {', '.join(level)}" if level else "")
+            + "."
         )
     total = {"llm": 0, "gold": 0}
     for host in hosts:
@@ -1029,8 +1222,9 @@ def add_analysis(add, summary: dict, warm: dict, sizes: Sizes, methods: tuple[st
     if sum(total.values()):
         add(
             f"  Where the teacher is not ahead its sampled paths rarely reach the gold answer and the round publishes "
-            f"the pool's worked solution instead (`path_fallback=\"gold\"`): {total['gold'] / sum(total.values()):.0%} of "
-            "all candidates carried a gold fallback, so most of what is \"distilled\" is supervised learning on "
+            'the pool\'s worked solution instead (`path_fallback="gold"`): '
+            f"{total['gold'] / sum(total.values()):.0%} of "
+            'all candidates carried a gold fallback, so most of what is "distilled" is supervised learning on '
             "public gold rationales, three quarters of them from other clients' domains."
         )
     add("")
@@ -1044,18 +1238,22 @@ def add_analysis(add, summary: dict, warm: dict, sizes: Sizes, methods: tuple[st
             mean_reward = dval(host, "lada", "reward")
             why = (
                 f"The mean reward is {mean_reward:.2f} (a relative PPL drop) and the threshold is "
-                f"{fc.threshold:g} × the largest reward seen (`threshold_scale=\"{fc.threshold_scale}\"`); "
+                f'{fc.threshold:g} × the largest reward seen (`threshold_scale="{fc.threshold_scale}"`); '
                 f"candidates under it are not sent, down to the floor ⌈B·{fc.floor_fraction:g}⌉ = {fc.floor}. "
             )
             add(
                 f"* **`{host}`: LaDa spends less of the budget.** Random allocation sends B = {B} candidates per "
                 f"client and round; LaDa sends {dval(host, 'lada', 'n_allocated'):.1f} on average, "
                 f"{later:.1f} in rounds ≥ 2 (selection reasons over all client-rounds: "
-                f"{', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))}). " + why
+                f"{', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))}). "
+                + why
                 + "Its rounds therefore train on fewer teacher paths than random allocation's."
             )
         else:
-            add(f"* **`{host}`: LaDa's allocation size.** {dval(host, 'lada', 'n_allocated'):.1f} per client and round on average (B = {B}).")
+            add(
+                f"* **`{host}`: LaDa's allocation size.** {dval(host, 'lada', 'n_allocated'):.1f} "
+                f"per client and round on average (B = {B})."
+            )
         add("")
     # 4. what the filter picks
     host0 = next((h for h in hosts if has(h, "lada")), None)
@@ -1066,7 +1264,11 @@ def add_analysis(add, summary: dict, warm: dict, sizes: Sizes, methods: tuple[st
             f"* **What the filter picks (`{host0}`).** Share of the client's own domain among LaDa's allocations: "
             f"{lin:.2f} ({lin_later:.2f} in rounds ≥ 2), against {rin:.2f} for random allocation and {cin:.2f} among "
             "the candidates. "
-            + ("LaDa does not steer the clients towards their own domain. " if lin_later <= cin + 0.05 else "LaDa does lean towards the client's own domain. ")
+            + (
+                "LaDa does not steer the clients towards their own domain. "
+                if lin_later <= cin + 0.05
+                else "LaDa does lean towards the client's own domain. "
+            )
             + "The reward it learns from is the PPL drop on the allocated teacher paths themselves, which says "
             "nothing about the client's own task, and it is one common scalar per client and round, given to "
             f"every sample of the round: after {R} rounds each filter has seen {R} distinct reward values, and "
@@ -1088,10 +1290,12 @@ def add_analysis(add, summary: dict, warm: dict, sizes: Sizes, methods: tuple[st
             verdict = f"undefined: rewards or accuracy changes did not vary (n = {len(pairs)} client-rounds)."
         else:
             verdict = f"{corr:+.2f} (n = {len(pairs)} client-rounds). " + (
-                "The reward is a weak guide to what improves accuracy." if abs(corr) < 0.3
+                "The reward is a weak guide to what improves accuracy."
+                if abs(corr) < 0.3
                 else "Large rewards go with accuracy *losses*: a big PPL drop on the allocated teacher paths means "
                 "the SLM moved towards them, and since most of them come from other domains, away from its own task."
-                if corr < 0 else "The reward carries some signal about accuracy gains."
+                if corr < 0
+                else "The reward carries some signal about accuracy gains."
             )
         add(
             "* **Does the reward track learning?** Over all runs that allocate, the Pearson correlation between a "
@@ -1104,21 +1308,29 @@ def add_analysis(add, summary: dict, warm: dict, sizes: Sizes, methods: tuple[st
     if steps:
         add(
             f"* **Training compute.** Every round makes {sizes.epochs} pass(es) over the union of the private data and "
-            f"the allocated teacher paths (`DistillSettings.epochs`, `--epochs`), so local-only is the common base and the "
+            "the allocated teacher paths (`DistillSettings.epochs`, `--epochs`), "
+            "so local-only is the common base and the "
             f"methods differ by what the allocation adds. LoRA steps per client and round (`{host1}`): "
-            + ", ".join(f"{METHODS[k].label} {v:.0f}" for k, v in steps.items()) + "."
+            + ", ".join(f"{METHODS[k].label} {v:.0f}" for k, v in steps.items())
+            + "."
         )
         add("")
     # 7. L_CD
     if host0 and has(host0, "sft"):
         pairs_n, alloc_n = dval(host0, "lada", "cd_pairs"), dval(host0, "lada", "n_allocated")
-        diffs = {h: paired_diff(summary[h]["lada"], summary[h]["sft"], *(sorted(summary[h][k]["seeds"]) for k in ("lada", "sft")))
-                 for h in hosts if has(h, "lada") and has(h, "sft")}
+        diffs = {
+            h: paired_diff(
+                summary[h]["lada"], summary[h]["sft"], *(sorted(summary[h][k]["seeds"]) for k in ("lada", "sft"))
+            )
+            for h in hosts
+            if has(h, "lada") and has(h, "sft")
+        }
         add(
             f"* **L_CD vs SFT-only.** The SLMs' own sampled paths are almost always wrong, so nearly every allocated "
             f"sample becomes a preference pair ({pairs_n:.1f} pairs for {alloc_n:.1f} allocated per client and round, "
             f"`{host0}`). Same allocation rule, α = 0.5 against α = 0, paired over seeds after round {R}: "
-            + ", ".join(f"`{h}` {_signed(d)}{_noise(d)}" for h, d in diffs.items()) + "."
+            + ", ".join(f"`{h}` {_signed(d)}{_noise(d)}" for h, d in diffs.items())
+            + "."
         )
         add("")
     # 9. LLM direction and bytes
@@ -1140,17 +1352,25 @@ def add_analysis(add, summary: dict, warm: dict, sizes: Sizes, methods: tuple[st
             e = summary[host].get(key, {})
             if "bytes" in e:
                 clients = [c for c in e["bytes"] if c != "coordinator"]
-                per_method[key] = statistics.fmean(
-                    statistics.fmean(e["bytes"][c]["sent"]) + statistics.fmean(e["bytes"][c]["received"]) for c in clients
-                ) / 1024
+                per_method[key] = (
+                    statistics.fmean(
+                        statistics.fmean(e["bytes"][c]["sent"]) + statistics.fmean(e["bytes"][c]["received"])
+                        for c in clients
+                    )
+                    / 1024
+                )
         if per_method:
             lo, hi = min(per_method.values()), max(per_method.values())
             add(
                 f"* **Bytes (`{host}`).** {lo:.0f}–{hi:.0f} KiB per client over {R} rounds across methods"
-                + (": every client downloads all candidates with their teacher paths in order to score them, and "
-                   "an allocation is only a list of ids, so the method hardly changes the traffic"
-                   if hi < 1.25 * lo else "")
-                + ("; the masked adapters of secure aggregation dominate" if host == "cotuning" else "") + "."
+                + (
+                    ": every client downloads all candidates with their teacher paths in order to score them, and "
+                    "an allocation is only a list of ids, so the method hardly changes the traffic"
+                    if hi < 1.25 * lo
+                    else ""
+                )
+                + ("; the masked adapters of secure aggregation dominate" if host == "cotuning" else "")
+                + "."
             )
     add("")
     add(
@@ -1176,8 +1396,8 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def _both(a: dict, l: dict, key: str, digits: int = 2) -> str:
-    return f"{_mean(a[key], digits)} / {_mean(l[key], digits)}"
+def _both(a: dict, later: dict, key: str, digits: int = 2) -> str:
+    return f"{_mean(a[key], digits)} / {_mean(later[key], digits)}"
 
 
 def _mean(values: list[float], digits: int = 2) -> str:
@@ -1186,7 +1406,7 @@ def _mean(values: list[float], digits: int = 2) -> str:
 
 
 def _noise(diffs: list[float]) -> str:
-    """" (clear)" when a paired difference exceeds its seed-to-seed std, " (within noise)" when
+    """ " (clear)" when a paired difference exceeds its seed-to-seed std, " (within noise)" when
     not, nothing with a single seed."""
     m, s, n = mean_std(diffs)
     if n < 2 or math.isnan(s):
@@ -1257,8 +1477,14 @@ def _world_key(sizes: Sizes, seed: int, host: str, args: argparse.Namespace) -> 
 
 
 def run_world(
-    sizes: Sizes, seed: int, host: str, methods: tuple[str, ...], args: argparse.Namespace, progress: _Progress,
-    teacher_memo: dict, earlier_setup_s: float = 0.0,
+    sizes: Sizes,
+    seed: int,
+    host: str,
+    methods: tuple[str, ...],
+    args: argparse.Namespace,
+    progress: _Progress,
+    teacher_memo: dict,
+    earlier_setup_s: float = 0.0,
 ) -> tuple[dict[str, Any], dict[str, Any], int]:
     """Prepare one (seed, host) work directory, evaluate round 0 and run every method not saved yet.
 
@@ -1290,7 +1516,10 @@ def run_world(
         timing["warm_eval_s"][f"seed {seed} {host}"] = time.perf_counter() - t0
         log.info(
             "seed %d, host %s: round 0: SLM accuracy %s, LLM %.3f (per client %s)",
-            seed, host, {k: round(v, 3) for k, v in w["slm_accuracy"].items()}, w["llm_accuracy"],
+            seed,
+            host,
+            {k: round(v, 3) for k, v in w["slm_accuracy"].items()},
+            w["llm_accuracy"],
             {k: round(v, 3) for k, v in w["llm_accuracy_per_client"].items()},
         )
     for key_m in methods:
@@ -1305,7 +1534,15 @@ def run_world(
         timing["loadavg"] += [record["loadavg_before"][0], record["loadavg_after"][0]]
         if record["exit_code"] != 0:
             failures += 1
-            log.error("%s %s/%s seed %d: FAILED (exit code %d); logs in %s", progress.next(), host, key_m, seed, record["exit_code"], match[0] / "logs")
+            log.error(
+                "%s %s/%s seed %d: FAILED (exit code %d); logs in %s",
+                progress.next(),
+                host,
+                key_m,
+                seed,
+                record["exit_code"],
+                match[0] / "logs",
+            )
         else:
             log.info("%s %s/%s seed %d: done in %.0fs", progress.next(), host, key_m, seed, record["wall_s"])
     return json.loads(cache.read_text()), timing, failures
@@ -1316,7 +1553,9 @@ def run_world(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     sizes, methods, hosts = resolve(args)
@@ -1328,7 +1567,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["OMP_NUM_THREADS"] = str(args.client_threads)  # inherited by coordinator and client processes
         import torch
 
-        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+        torch.set_num_threads(
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        )
     worlds = [(seed, host) for seed in sizes.seeds for host in hosts]
     failures = 0
     if args.report_only:
@@ -1349,7 +1590,16 @@ def main(argv: list[str] | None = None) -> int:
             # one task per seed: its hosts' worlds in turn, since the second starts as a copy of the first
             per_seed = pool.map(
                 lambda seed: [
-                    run_world(sizes, seed, h, methods, args, progress, teacher_memo, teacher_s if (seed, h) == worlds[0] else 0.0)
+                    run_world(
+                        sizes,
+                        seed,
+                        h,
+                        methods,
+                        args,
+                        progress,
+                        teacher_memo,
+                        teacher_s if (seed, h) == worlds[0] else 0.0,
+                    )
                     for h in hosts
                 ],
                 sizes.seeds,
@@ -1383,10 +1633,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         C.write_results(
             NAME,
-            {"sizes": asdict(sizes), "methods": list(methods), "hosts": list(hosts), "timing": timing, "warmstart": warm, "summary": _jsonable(summary)},
+            {
+                "sizes": asdict(sizes),
+                "methods": list(methods),
+                "hosts": list(hosts),
+                "timing": timing,
+                "warmstart": warm,
+                "summary": _jsonable(summary),
+            },
             args.results_dir / "summary.json",
         )
-    log.info("report written to %s (plots %s, %s) in %.0fs total", args.out, out_acc.name, out_bytes.name, timing["total_s"])
+    log.info(
+        "report written to %s (plots %s, %s) in %.0fs total", args.out, out_acc.name, out_bytes.name, timing["total_s"]
+    )
     return 1 if failures else 0
 
 

@@ -77,18 +77,37 @@ class Method:
 METHODS = {
     m.name: m
     for m in (
-        Method("local", "none", private_sft="all", what="local-only: L_SFT on the private answers alone, no teacher paths"),
+        Method(
+            "local", "none", private_sft="all", what="local-only: L_SFT on the private answers alone, no teacher paths"
+        ),
         Method("random", "random", what="the same budget of teacher paths, drawn at random"),
-        Method("lada", "lada", features=STABLE_FEATURES,
-               what="LaDa: learnability filter on features that do not drift as the SLM trains, held-out reward with per-sample gradient credit"),
-        Method("lada-allfeat", "lada",
-               what="LaDa with the SLM-likelihood features too (slm_path_nll, slm_answer_nll, logp_gap)"),
+        Method(
+            "lada",
+            "lada",
+            features=STABLE_FEATURES,
+            what="LaDa: learnability filter on features that do not drift as the SLM trains, "
+            "held-out reward with per-sample gradient credit",
+        ),
+        Method(
+            "lada-allfeat",
+            "lada",
+            what="LaDa with the SLM-likelihood features too (slm_path_nll, slm_answer_nll, logp_gap)",
+        ),
         Method("sft", "lada", alpha=0.0, what="LaDa allocation, SFT-only distillation (α = 0)"),
         Method("all", "all", what="every candidate, no filter"),
-        Method("lada-ppl", "lada", reward="ppl_drop", credit="round",
-               what="LaDa with the method's reward as written: relative PPL drop on the allocated paths, one per round"),
-        Method("lada-nolocal", "lada", features=tuple(f for f in FEATURES if f != "local_similarity"),
-               what="LaDa without the local_similarity feature"),
+        Method(
+            "lada-ppl",
+            "lada",
+            reward="ppl_drop",
+            credit="round",
+            what="LaDa with the method's reward as written: relative PPL drop on the allocated paths, one per round",
+        ),
+        Method(
+            "lada-nolocal",
+            "lada",
+            features=tuple(f for f in FEATURES if f != "local_similarity"),
+            what="LaDa without the local_similarity feature",
+        ),
     )
 }
 
@@ -106,7 +125,9 @@ class Sizes:
     max_new_tokens: int = 96
 
 
-QUICK = Sizes(rounds=1, n_train=24, n_test=8, n_public=48, candidates=12, budget=4, epochs=1, eval_size=8, max_new_tokens=32)
+QUICK = Sizes(
+    rounds=1, n_train=24, n_test=8, n_public=48, candidates=12, budget=4, epochs=1, eval_size=8, max_new_tokens=32
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -128,8 +149,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def sizes_of(args: argparse.Namespace) -> Sizes:
     base = QUICK if args.quick else Sizes()
-    return dataclasses.replace(base, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Sizes)
-                                        if getattr(args, f.name) is not None})
+    return dataclasses.replace(
+        base, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Sizes) if getattr(args, f.name) is not None}
+    )
 
 
 def free_port() -> int:
@@ -144,7 +166,6 @@ def models(args: argparse.Namespace) -> dict[str, Path | None]:
     if args.quick:
         return {"student": None, "teacher": None}
     from _models import fetch
-
     from lada_client.models.smollm2 import locate_gguf
 
     try:
@@ -160,16 +181,35 @@ def settings_for(args: argparse.Namespace, sizes: Sizes, seed: int, method: Meth
     families = tuple(args.families.split(","))
     public = families + tuple(f for f in args.extra_public.split(",") if f)
     return FederationSettings(
-        workdir=args.cache_dir / f"seed{seed}", clients=len(families), rounds=sizes.rounds,
-        allocation=method.allocation if method else "lada", candidates=sizes.candidates, budget=sizes.budget,
-        port=free_port(), seed=seed, n_train=sizes.n_train, n_test=sizes.n_test, n_public=sizes.n_public,
-        offer_questions=0, alpha=method.alpha if method else 0.5, epochs=sizes.epochs, timeout_s=args.timeout,
-        families=families, public_families=public, public_seed=0,
-        student=gguf["student"], teacher_gguf=gguf["teacher"], teacher_cache=None if args.quick else args.cache_dir / "teacher_paths.jsonl",
-        llm_warmup_steps=40, slm_warmup_steps=4, slm_presets=("slm-small",),
-        reward=method.reward if method else "heldout", credit=method.credit if method else "gradient",
+        workdir=args.cache_dir / f"seed{seed}",
+        clients=len(families),
+        rounds=sizes.rounds,
+        allocation=method.allocation if method else "lada",
+        candidates=sizes.candidates,
+        budget=sizes.budget,
+        port=free_port(),
+        seed=seed,
+        n_train=sizes.n_train,
+        n_test=sizes.n_test,
+        n_public=sizes.n_public,
+        offer_questions=0,
+        alpha=method.alpha if method else 0.5,
+        epochs=sizes.epochs,
+        timeout_s=args.timeout,
+        families=families,
+        public_families=public,
+        public_seed=0,
+        student=gguf["student"],
+        teacher_gguf=gguf["teacher"],
+        teacher_cache=None if args.quick else args.cache_dir / "teacher_paths.jsonl",
+        llm_warmup_steps=40,
+        slm_warmup_steps=4,
+        slm_presets=("slm-small",),
+        reward=method.reward if method else "heldout",
+        credit=method.credit if method else "gradient",
         private_sft=args.private_sft or (method.private_sft if method else "with_rationale"),
-        eval_size=sizes.eval_size, max_new_tokens=sizes.max_new_tokens,
+        eval_size=sizes.eval_size,
+        max_new_tokens=sizes.max_new_tokens,
         features=method.features if method else FEATURES,
     )
 
@@ -188,7 +228,10 @@ def round_zero(paths: dict[str, Path], sizes: Sizes, cache: Path) -> dict[str, f
     from lada_client.scoring.onnx_slm import OnnxSLM
     from lada_coordinator.federation import slm_files
 
-    key = {"sizes": asdict(sizes), "models": {n: str(slm_files(p)[1]) for n, p in paths.items() if n.startswith("client")}}
+    key = {
+        "sizes": asdict(sizes),
+        "models": {n: str(slm_files(p)[1]) for n, p in paths.items() if n.startswith("client")},
+    }
     if cache.exists() and (saved := json.loads(cache.read_text())).get("key") == key:
         return saved["accuracy"]
     fed = FederationData.load(paths["data"])
@@ -224,8 +267,12 @@ def run_one(args: argparse.Namespace, settings: Any, dest: Path) -> dict[str, An
     shutil.copy2(settings.workdir / "report.html", dest / "report.html")  # the federation's own report
     status = json.loads((settings.workdir / "last_run.json").read_text())
     record = {
-        "signature": expected, "seconds": round(seconds, 1), "status": status,
-        "clients": {p.name.removesuffix(".results.json"): json.loads(p.read_text()) for p in sorted(dest.glob("*.results.json"))},
+        "signature": expected,
+        "seconds": round(seconds, 1),
+        "status": status,
+        "clients": {
+            p.name.removesuffix(".results.json"): json.loads(p.read_text()) for p in sorted(dest.glob("*.results.json"))
+        },
         "allocation": own_domain(run_dir / "coordinator.sqlite", settings.workdir / "data"),
     }
     (dest / "run.json").write_text(json.dumps(record, indent=2))
@@ -242,7 +289,9 @@ def own_domain(db: Path, data_dir: Path) -> dict[str, Any]:
     conn = sqlite3.connect(str(db))
     try:
         names = dict(conn.execute("SELECT client_id, name FROM clients"))
-        rows = conn.execute("SELECT round, client_id, sample_ids FROM allocations WHERE direction = 'slm' ORDER BY round").fetchall()
+        rows = conn.execute(
+            "SELECT round, client_id, sample_ids FROM allocations WHERE direction = 'slm' ORDER BY round"
+        ).fetchall()
     finally:
         conn.close()
     out: dict[str, dict[str, Any]] = {}
@@ -255,7 +304,9 @@ def own_domain(db: Path, data_dir: Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- summary
-def summarise(runs: dict[tuple[int, str], dict], zero: dict[int, dict[str, float]], seeds: list[int], methods: list[str]) -> dict:
+def summarise(
+    runs: dict[tuple[int, str], dict], zero: dict[int, dict[str, float]], seeds: list[int], methods: list[str]
+) -> dict:
     out: dict[str, Any] = {"seeds": seeds, "methods": {}}
     for m in methods:
         finals, shares, curves = [], [], []
@@ -269,10 +320,16 @@ def summarise(runs: dict[tuple[int, str], dict], zero: dict[int, dict[str, float
             curve += [statistics.mean(c["test_accuracy"] for c in r["clients"].values()) for r in rounds]
             curves.append(curve)
             finals.append(curve[-1])
-            s = [v["own_share"] for per in run["allocation"].values() for v in per.values() if v["own_share"] is not None]
+            s = [
+                v["own_share"] for per in run["allocation"].values() for v in per.values() if v["own_share"] is not None
+            ]
             shares.append(statistics.mean(s) if s else None)
-        out["methods"][m] = {"final_mean_accuracy": finals, "own_domain_share": shares, "mean_accuracy_per_round": curves,
-                             "what": METHODS[m].what}
+        out["methods"][m] = {
+            "final_mean_accuracy": finals,
+            "own_domain_share": shares,
+            "mean_accuracy_per_round": curves,
+            "what": METHODS[m].what,
+        }
     return out
 
 
@@ -306,7 +363,7 @@ def plots(summary: dict, runs: dict, zero: dict, results: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in summary["methods"]:
         by_round: dict[int, list[float]] = {}
-        for (seed, name), run in runs.items():
+        for (_seed, name), run in runs.items():
             if name != m:
                 continue
             for per in run["allocation"].values():
@@ -316,7 +373,13 @@ def plots(summary: dict, runs: dict, zero: dict, results: Path) -> list[str]:
         if by_round:
             xs = sorted(by_round)
             ax.plot(xs, [statistics.mean(by_round[x]) for x in xs], marker="o", label=m)
-    ax.set_xlabel("round"), ax.set_ylabel("own-family share of allocations"), ax.set_ylim(0, 1), ax.legend(), ax.grid(alpha=0.3)
+    (
+        ax.set_xlabel("round"),
+        ax.set_ylabel("own-family share of allocations"),
+        ax.set_ylim(0, 1),
+        ax.legend(),
+        ax.grid(alpha=0.3),
+    )
     fig.tight_layout(), fig.savefig(results / "own_domain_share.png", dpi=120), plt.close(fig)
     made.append("own_domain_share.png")
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -326,8 +389,13 @@ def plots(summary: dict, runs: dict, zero: dict, results: Path) -> list[str]:
     for ph in phases:
         vals = []
         for m in methods:
-            secs = [r["seconds"].get(ph, 0.0) for (s, name), run in runs.items() if name == m
-                    for rs in run["clients"].values() for r in rs]
+            secs = [
+                r["seconds"].get(ph, 0.0)
+                for (s, name), run in runs.items()
+                if name == m
+                for rs in run["clients"].values()
+                for r in rs
+            ]
             vals.append(statistics.mean(secs) if secs else 0.0)
         ax.bar(methods, vals, bottom=bottom, label=ph)
         bottom = [b + v for b, v in zip(bottom, vals)]
@@ -337,15 +405,19 @@ def plots(summary: dict, runs: dict, zero: dict, results: Path) -> list[str]:
     return made
 
 
-def report(summary: dict, runs: dict, zero: dict, args: argparse.Namespace, sizes: Sizes, images: list[str], minutes: float) -> str:
+def report(
+    summary: dict, runs: dict, zero: dict, args: argparse.Namespace, sizes: Sizes, images: list[str], minutes: float
+) -> str:
     lines = [
         "# Learning quality on real models" + (" (quick smoke run)" if args.quick else ""),
         "",
         f"Students: {'toy slm-small' if args.quick else 'SmolLM2-135M-Instruct (Q4_1 GGUF, imported to float32)'}; "
-        f"teacher: {'toy llm-tiny' if args.quick else 'Qwen2.5-Coder-1.5B-Instruct (Q4_K_M) on llama.cpp, verified paths'}. "
+        "teacher: "
+        f"{'toy llm-tiny' if args.quick else 'Qwen2.5-Coder-1.5B-Instruct (Q4_K_M) on llama.cpp, verified paths'}. "
         f"Families (one per client): {args.families}; public pool: those + {args.extra_public or 'nothing'}; "
         f"answers only in private data (private_sft: {args.private_sft or 'local all, the others with_rationale'}).",
-        f"Sizes: {json.dumps(asdict(sizes))}. Seeds: {summary['seeds']}. Wall time of this invocation: {minutes:.1f} min.",
+        f"Sizes: {json.dumps(asdict(sizes))}. Seeds: {summary['seeds']}. "
+        f"Wall time of this invocation: {minutes:.1f} min.",
         "",
         "## Mean client accuracy after the last round",
         "",
@@ -357,35 +429,69 @@ def report(summary: dict, runs: dict, zero: dict, args: argparse.Namespace, size
         smu, ssd = _ms(e["own_domain_share"])
         per = ", ".join("–" if v is None else f"{v:.3f}" for v in e["final_mean_accuracy"])
         lines.append(f"| {m} | {mu:.3f} ± {sd:.3f} | {per} | {smu:.2f} ± {ssd:.2f} | {e['what']} |")
-    lines += ["", f"Round 0 (untrained students), per seed: "
-              + "; ".join(f"seed {s}: " + ", ".join(f"{n} {v:.3f}" for n, v in sorted(z.items())) for s, z in sorted(zero.items())), ""]
-    lines += ["## Targets (paired over seeds)", "", "| comparison | differences | mean ± std | target | met |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Round 0 (untrained students), per seed: "
+        + "; ".join(
+            f"seed {s}: " + ", ".join(f"{n} {v:.3f}" for n, v in sorted(z.items())) for s, z in sorted(zero.items())
+        ),
+        "",
+    ]
+    lines += [
+        "## Targets (paired over seeds)",
+        "",
+        "| comparison | differences | mean ± std | target | met |",
+        "|---|---|---|---|---|",
+    ]
     for a, b, target in (("lada", "random", 0.05), ("lada", "local", 0.10)):
         d = paired(summary, a, b)
         if d:
             mu, sd = statistics.mean(d), statistics.stdev(d) if len(d) > 1 else 0.0
             met = mu >= target and mu > sd
-            lines.append(f"| {a} − {b} | {', '.join(f'{x:+.3f}' for x in d)} | {mu:+.3f} ± {sd:.3f} | ≥ {target:+.2f} and > std | {'yes' if met else 'no'} |")
-    sl, sr = _ms(summary["methods"].get("lada", {}).get("own_domain_share", [])), _ms(summary["methods"].get("random", {}).get("own_domain_share", []))
+            lines.append(
+                f"| {a} − {b} | {', '.join(f'{x:+.3f}' for x in d)} | {mu:+.3f} ± {sd:.3f} | "
+                f"≥ {target:+.2f} and > std | {'yes' if met else 'no'} |"
+            )
+    sl, sr = (
+        _ms(summary["methods"].get("lada", {}).get("own_domain_share", [])),
+        _ms(summary["methods"].get("random", {}).get("own_domain_share", [])),
+    )
     if sl[0] == sl[0] and sr[0] == sr[0]:
-        lines.append(f"| own-family share lada / random | {sl[0]:.2f} / {sr[0]:.2f} | ratio {sl[0] / max(sr[0], 1e-9):.2f} | ≥ 2 | "
-                     f"{'yes' if sl[0] >= 2 * sr[0] else 'no'} |")
-    lines += ["", "## Per client and round (mean over seeds)", "", "| method | client | " + " | ".join(f"round {t}" for t in range(sizes.rounds + 1)) + " |",
-              "|---|---|" + "---|" * (sizes.rounds + 1)]
+        lines.append(
+            f"| own-family share lada / random | {sl[0]:.2f} / {sr[0]:.2f} | "
+            f"ratio {sl[0] / max(sr[0], 1e-9):.2f} | ≥ 2 | "
+            f"{'yes' if sl[0] >= 2 * sr[0] else 'no'} |"
+        )
+    lines += [
+        "",
+        "## Per client and round (mean over seeds)",
+        "",
+        "| method | client | " + " | ".join(f"round {t}" for t in range(sizes.rounds + 1)) + " |",
+        "|---|---|" + "---|" * (sizes.rounds + 1),
+    ]
     for m in summary["methods"]:
         names = sorted({n for (s, mm), run in runs.items() if mm == m for n in run["clients"]})
         for n in names:
             cells = [statistics.mean(z[n] for z in zero.values())]
             for t in range(1, sizes.rounds + 1):
-                vals = [next((r["test_accuracy"] for r in run["clients"][n] if r["round"] == t), None)
-                        for (s, mm), run in runs.items() if mm == m]
+                vals = [
+                    next((r["test_accuracy"] for r in run["clients"][n] if r["round"] == t), None)
+                    for (s, mm), run in runs.items()
+                    if mm == m
+                ]
                 vals = [v for v in vals if v is not None]
                 cells.append(statistics.mean(vals) if vals else float("nan"))
             lines.append(f"| {m} | {n} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
-    lines += ["", "## Bytes and time", "", "| method | client bytes up / down per round (mean) | seconds per federation (mean) |", "|---|---|---|"]
+    lines += [
+        "",
+        "## Bytes and time",
+        "",
+        "| method | client bytes up / down per round (mean) | seconds per federation (mean) |",
+        "|---|---|---|",
+    ]
     for m in summary["methods"]:
         ups, downs, secs = [], [], []
-        for (s, mm), run in runs.items():
+        for (_s, mm), run in runs.items():
             if mm != m:
                 continue
             last = run["status"]["rounds"][-1]["clients"]
@@ -393,7 +499,10 @@ def report(summary: dict, runs: dict, zero: dict, args: argparse.Namespace, size
             downs += [c["bytes_client_received"] / sizes.rounds for c in last.values()]
             secs.append(run["seconds"])
         if secs:
-            lines.append(f"| {m} | {statistics.mean(ups) / 1024:.0f} KiB / {statistics.mean(downs) / 1024:.0f} KiB | {statistics.mean(secs):.0f} |")
+            lines.append(
+                f"| {m} | {statistics.mean(ups) / 1024:.0f} KiB / {statistics.mean(downs) / 1024:.0f} KiB | "
+                f"{statistics.mean(secs):.0f} |"
+            )
     lines += ["", *[f"![{i}]({i})" for i in images], ""]
     return "\n".join(lines)
 
@@ -435,8 +544,11 @@ def main(argv: list[str] | None = None) -> int:
             for m in methods:
                 done += 1
                 log.info("[%d/%d] seed %d, %s", done, total, seed, m)
-                runs[(seed, m)] = run_one(args, settings_for(args, sizes, seed, METHODS[m], gguf),
-                                          args.results_dir / "runs" / f"seed{seed}-{m}")
+                runs[(seed, m)] = run_one(
+                    args,
+                    settings_for(args, sizes, seed, METHODS[m], gguf),
+                    args.results_dir / "runs" / f"seed{seed}-{m}",
+                )
     summary = summarise(runs, zero, seeds, methods)
     summary["families"], summary["sizes"] = args.families.split(","), asdict(sizes)
     (args.results_dir / "summary.json").write_text(json.dumps(summary, indent=2))

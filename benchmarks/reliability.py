@@ -19,6 +19,7 @@ devices; every attack must be held, every round finish, and the honest results b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -38,8 +39,17 @@ import _hostile
 from lada_client.common.crypto import Identity
 from lada_client.common.secagg import EncryptedShare, MaskedInput, Roster, SecAggClient, SecAggConfig
 from lada_client.common.wire import (
-    Ack, Allocation, AllocationQuery, Candidate, FeatureUpload, PublicQuestion, RewardReport, RoundInfo, RoundQuery,
-    SecAggUpload, secagg_round_id,
+    Ack,
+    Allocation,
+    AllocationQuery,
+    Candidate,
+    FeatureUpload,
+    PublicQuestion,
+    RewardReport,
+    RoundInfo,
+    RoundQuery,
+    SecAggUpload,
+    secagg_round_id,
 )
 from lada_client.transport import RetryPolicy, Transport
 from lada_coordinator.aggregation.secure import SecAggSettings, SecureAggregation, group_id
@@ -54,13 +64,18 @@ CACHE = ROOT / "benchmarks" / ".cache" / "reliability"
 
 
 def _start(cfg: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lada_coordinator.cli", "serve", "--config", str(cfg)],
-                            stdout=open(log, "a"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lada_coordinator.cli", "serve", "--config", str(cfg)],
+        stdout=open(log, "a"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _status(url: str, state_dir: Path) -> dict | None:
     try:
-        return httpx.get(f"{url}/v1/status", timeout=5, headers={"Authorization": f"Bearer {operator_token(state_dir)}"}).json()
+        return httpx.get(
+            f"{url}/v1/status", timeout=5, headers={"Authorization": f"Bearer {operator_token(state_dir)}"}
+        ).json()
     except httpx.HTTPError:
         return None
 
@@ -106,16 +121,26 @@ def resumed_upload(paths: dict, port: int, mib: float, seed: int) -> dict:
     upload passes every check the coordinator makes of a masked input."""
     url = f"http://127.0.0.1:{port}"
     tmp = Path(tempfile.mkdtemp(prefix="lada-upload-"))
-    cfg = {"db_path": str(tmp / "c.sqlite"), "state_dir": str(tmp / "state"), "llm_dir": str(paths["llm"]),
-           "public_data": str(paths["data"]), "port": port, "min_clients": 99}  # the engine idles; we drive the round
+    cfg = {
+        "db_path": str(tmp / "c.sqlite"),
+        "state_dir": str(tmp / "state"),
+        "llm_dir": str(paths["llm"]),
+        "public_data": str(paths["data"]),
+        "port": port,
+        "min_clients": 99,
+    }  # the engine idles; we drive the round
     (token,) = _coordinator(tmp, cfg, 1)
     store = Store(tmp / "c.sqlite")
     log = tmp / "coordinator.log"
     proc = _start(tmp / "c.json", log)
-    t = Transport(url, Identity.generate(), timeout_s=60, retry=RetryPolicy(attempts=40, initial_backoff_s=0.3, max_backoff_s=1.0))
+    t = Transport(
+        url, Identity.generate(), timeout_s=60, retry=RetryPolicy(attempts=40, initial_backoff_s=0.3, max_backoff_s=1.0)
+    )
     _enroll(t, token, "big", model_name="smollm2")
     n_values = int(mib * 2**20 * 9 / 64)  # sealed body ~ 16/9 x 4 bytes per value
-    helpers = [ClientRecord(f"helper{i}-0", f"helper{i}", f"s{i}", f"k{i}", "", "smollm2", {}, 0, 0, 0) for i in range(2)]
+    helpers = [
+        ClientRecord(f"helper{i}-0", f"helper{i}", f"s{i}", f"k{i}", "", "smollm2", {}, 0, 0, 0) for i in range(2)
+    ]
     for h in helpers:
         store.add_client(h)
     members = [store.client(t.client_id), *helpers]
@@ -124,8 +149,16 @@ def resumed_upload(paths: dict, port: int, mib: float, seed: int) -> dict:
     group = group_id(members[0])
     info = RoundInfo(round=1, phase="features", total_rounds=1, host_framework="cotuning", secagg_configs=configs)
     store.open_round(1, info.model_dump(), {})
-    parties = {m.client_id: SecAggClient(m.client_id, secagg_round_id(1, group), SecAggConfig.from_dict(configs[group])) for m in members}
-    secure.setup(1, {c: {"secagg_keys": p.advertise().to_dict(), "adapter_size": n_values} for c, p in parties.items()}, members, configs)
+    parties = {
+        m.client_id: SecAggClient(m.client_id, secagg_round_id(1, group), SecAggConfig.from_dict(configs[group]))
+        for m in members
+    }
+    secure.setup(
+        1,
+        {c: {"secagg_keys": p.advertise().to_dict(), "adapter_size": n_values} for c, p in parties.items()},
+        members,
+        configs,
+    )
     roster = Roster.from_dict(store.secagg(1, group, "roster"))
     for cid, party in parties.items():
         with store.transaction() as db:
@@ -176,11 +209,19 @@ def resumed_upload(paths: dict, port: int, mib: float, seed: int) -> dict:
     intact = stored is not None and MaskedInput.from_dict(stored["body"]).vector.tobytes() == masked.vector.tobytes()
     store.close()
     return {
-        "sealed_body_mib": round(sealed_bytes / 2**20, 1), "vector_values": n_values, "chunk_mib": t.upload_chunk_bytes / 2**20,
-        "chunks": n_chunks, "sigkill_after_chunks": kill_after, "chunk_requests_refused_while_down": stats["refused"],
-        "chunks_delivered": stats["ok"], "chunks_resent": stats["ok"] - n_chunks,
-        "mib_on_the_wire": round(stats["delivered_bytes"] / 2**20, 1), "ack": ack.message, "stored_intact": intact,
-        "seconds_including_restart": round(seconds, 1), "coordinator_rss_mib_before": baseline,
+        "sealed_body_mib": round(sealed_bytes / 2**20, 1),
+        "vector_values": n_values,
+        "chunk_mib": t.upload_chunk_bytes / 2**20,
+        "chunks": n_chunks,
+        "sigkill_after_chunks": kill_after,
+        "chunk_requests_refused_while_down": stats["refused"],
+        "chunks_delivered": stats["ok"],
+        "chunks_resent": stats["ok"] - n_chunks,
+        "mib_on_the_wire": round(stats["delivered_bytes"] / 2**20, 1),
+        "ack": ack.message,
+        "stored_intact": intact,
+        "seconds_including_restart": round(seconds, 1),
+        "coordinator_rss_mib_before": baseline,
         "coordinator_peak_rss_mib": peak.mib,
     }
 
@@ -198,10 +239,8 @@ class _PeakRSS:
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
-            try:
+            with contextlib.suppress(self._psutil.Error):
                 self._peak = max(self._peak, self._psutil.Process(self._pid()).memory_info().rss)
-            except self._psutil.Error:
-                pass
 
     def stop(self) -> None:
         self._stop.set()
@@ -217,15 +256,31 @@ def hostile(paths: dict, port: int) -> dict:
     round set up here), then a real co-tuning federation with one hostile member."""
     url = f"http://127.0.0.1:{port}"
     tmp = Path(tempfile.mkdtemp(prefix="lada-hostile-"))
-    cfg = {"db_path": str(tmp / "c.sqlite"), "state_dir": str(tmp / "state"), "llm_dir": str(paths["llm"]),
-           "public_data": str(paths["data"]), "port": port, "min_clients": 999, "header_timeout_s": 2.0, "body_timeout_s": 4.0}
+    cfg = {
+        "db_path": str(tmp / "c.sqlite"),
+        "state_dir": str(tmp / "state"),
+        "llm_dir": str(paths["llm"]),
+        "public_data": str(paths["data"]),
+        "port": port,
+        "min_clients": 999,
+        "header_timeout_s": 2.0,
+        "body_timeout_s": 4.0,
+    }
     _coordinator(tmp, cfg, 0)
     config = CoordinatorConfig.from_dict(cfg)
     store = Store(config.db_path)
     info = RoundInfo(
-        round=1, phase="features", total_rounds=1, feature_names=["slm_path_nll", "logp_gap"], host_framework="cotuning",
-        candidates=[Candidate(sample_id=f"p{i}", question=f"{i}+1?", path=f"The answer is {i + 1}.", llm_logprob=-2.0, llm_tokens=6)
-                    for i in range(8)],
+        round=1,
+        phase="features",
+        total_rounds=1,
+        feature_names=["slm_path_nll", "logp_gap"],
+        host_framework="cotuning",
+        candidates=[
+            Candidate(
+                sample_id=f"p{i}", question=f"{i}+1?", path=f"The answer is {i + 1}.", llm_logprob=-2.0, llm_tokens=6
+            )
+            for i in range(8)
+        ],
         offer_questions=[PublicQuestion(sample_id=f"o{i}", question=f"2+{i}?", answer=str(2 + i)) for i in range(2)],
         secagg_configs={"default/any": SecAggConfig(threshold=1).to_dict()},
     )
@@ -235,8 +290,15 @@ def hostile(paths: dict, port: int) -> dict:
         return issue_tokens(store, load_identity(config.state_dir), 1, ttl_s or 3600.0)[0]
 
     proc = _start(tmp / "c.json", tmp / "coordinator.log")
-    target = _hostile.Target(url, issue, config.header_timeout_s, config.body_timeout_s, config.max_body_bytes,
-                             enroll_burst=config.enroll_burst, slow_connections=1000)
+    target = _hostile.Target(
+        url,
+        issue,
+        config.header_timeout_s,
+        config.body_timeout_s,
+        config.max_body_bytes,
+        enroll_burst=config.enroll_burst,
+        slow_connections=1000,
+    )
     while not _hostile._healthy(target):
         time.sleep(0.2)
     import psutil
@@ -246,8 +308,17 @@ def hostile(paths: dict, port: int) -> dict:
     try:
         outcomes = _hostile.run_all(target, "any") + _hostile.run_all(target, "features")
         t = _hostile.device(target)
-        t.call("features.put", FeatureUpload(round=1, feature_names=info.feature_names, sample_ids=[c.sample_id for c in info.candidates],
-                                             features=[[1.0, 0.5]] * len(info.candidates)), 1, Ack)
+        t.call(
+            "features.put",
+            FeatureUpload(
+                round=1,
+                feature_names=info.feature_names,
+                sample_ids=[c.sample_id for c in info.candidates],
+                features=[[1.0, 0.5]] * len(info.candidates),
+            ),
+            1,
+            Ack,
+        )
         store.put_allocations(1, SLM, {t.client_id: (["p0", "p1"], "benchmark")})
         store.set_phase(1, "training")
         outcomes += _hostile.poison_reward(t, 1, 2) + _hostile.run_all(target, "last")
@@ -259,9 +330,13 @@ def hostile(paths: dict, port: int) -> dict:
     quarantined = len(store.quarantined(1))
     store.close()
     catalogue = {
-        "attacks": len(outcomes), "held": sum(o.held for o in outcomes), "requests": sum(o.requests for o in outcomes),
-        "coordinator_alive_after": alive, "devices_quarantined": quarantined,
-        "coordinator_rss_mib_before": before, "coordinator_peak_rss_mib": peak.mib,
+        "attacks": len(outcomes),
+        "held": sum(o.held for o in outcomes),
+        "requests": sum(o.requests for o in outcomes),
+        "coordinator_alive_after": alive,
+        "devices_quarantined": quarantined,
+        "coordinator_rss_mib_before": before,
+        "coordinator_peak_rss_mib": peak.mib,
         "outcomes": [{"attack": o.attack, "held": o.held, "answer": o.answer} for o in outcomes],
     }
     print(json.dumps({k: v for k, v in catalogue.items() if k != "outcomes"}, indent=2))
@@ -269,20 +344,36 @@ def hostile(paths: dict, port: int) -> dict:
         print(f"  {'held ' if o.held else 'BROKE'} {o.attack:34} {o.answer[:110]}")
 
     fed_settings = FederationSettings(
-        workdir=CACHE / "hostile-fed", clients=3, rounds=3, candidates=16, budget=6, port=port, n_train=40, n_test=16,
-        n_public=160, llm_warmup_steps=4, slm_warmup_steps=4, offer_questions=4, host_framework="cotuning",
-        slm_presets=("slm-small",), epochs=1,
+        workdir=CACHE / "hostile-fed",
+        clients=3,
+        rounds=3,
+        candidates=16,
+        budget=6,
+        port=port,
+        n_train=40,
+        n_test=16,
+        n_public=160,
+        llm_warmup_steps=4,
+        slm_warmup_steps=4,
+        offer_questions=4,
+        host_framework="cotuning",
+        slm_presets=("slm-small",),
+        epochs=1,
     )
     run = _hostile.hostile_federation(fed_settings, prepare(fed_settings))
     rounds = run["status"]["rounds"]
     federation = {
-        "honest_devices": fed_settings.clients, "hostile_members": 1, "rounds": fed_settings.rounds,
+        "honest_devices": fed_settings.clients,
+        "hostile_members": 1,
+        "rounds": fed_settings.rounds,
         "rounds_finished": sum(r["phase"] in ("closed", "finished") for r in rounds),
         "honest_results_per_round": [len(r["clients"]) for r in rounds],
         "secure_average_contributors_per_round": [[g["contributors"] for g in r["secagg"].values()] for r in rounds],
         "hostile_quarantined_rounds": sum("mallory" in r["quarantined"] for r in rounds),
         "member_attacks": [{"attack": o.attack, "held": o.held, "answer": o.answer} for o in run["member"].outcomes],
-        "engine_errors": run["status"]["engine"]["errors"], "honest_exit_codes": run["exit_codes"], "seconds": run["seconds"],
+        "engine_errors": run["status"]["engine"]["errors"],
+        "honest_exit_codes": run["exit_codes"],
+        "seconds": run["seconds"],
     }
     print(json.dumps(federation, indent=2))
     return {"catalogue": catalogue, "federation": federation}
@@ -290,9 +381,14 @@ def hostile(paths: dict, port: int) -> dict:
 
 def _hostile_ok(h: dict) -> bool:
     fed = h["federation"]
-    return (h["catalogue"]["held"] == h["catalogue"]["attacks"] and h["catalogue"]["coordinator_alive_after"]
-            and fed["rounds_finished"] == fed["rounds"] and all(n == fed["honest_devices"] for n in fed["honest_results_per_round"])
-            and all(m["held"] for m in fed["member_attacks"]) and not fed["engine_errors"])
+    return (
+        h["catalogue"]["held"] == h["catalogue"]["attacks"]
+        and h["catalogue"]["coordinator_alive_after"]
+        and fed["rounds_finished"] == fed["rounds"]
+        and all(n == fed["honest_devices"] for n in fed["honest_results_per_round"])
+        and all(m["held"] for m in fed["member_attacks"])
+        and not fed["engine_errors"]
+    )
 
 
 def main() -> None:
@@ -303,12 +399,18 @@ def main() -> None:
     ap.add_argument("--fuzz", type=int, default=1000, help="requests generated by the schema fuzzer")
     ap.add_argument("--port", type=int, default=8931)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--upload-mib", type=float, default=40.0, help="sealed size of the resumed chunked upload (0 = skip)")
+    ap.add_argument(
+        "--upload-mib", type=float, default=40.0, help="sealed size of the resumed chunked upload (0 = skip)"
+    )
     ap.add_argument("--upload-only", action="store_true", help="only the resumed chunked upload")
     ap.add_argument("--hostile-only", action="store_true", help="only the hostile-client suite")
     args = ap.parse_args()
     rng = random.Random(args.seed)
-    paths = prepare(FederationSettings(workdir=CACHE, clients=3, n_train=20, n_test=8, n_public=120, llm_warmup_steps=2, slm_warmup_steps=2))
+    paths = prepare(
+        FederationSettings(
+            workdir=CACHE, clients=3, n_train=20, n_test=8, n_public=120, llm_warmup_steps=2, slm_warmup_steps=2
+        )
+    )
     out = ROOT / "benchmarks" / "results" / "reliability.json"
     results = json.loads(out.read_text()) if out.exists() else {}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -324,9 +426,17 @@ def main() -> None:
     url = f"http://127.0.0.1:{args.port}"
     tmp = Path(tempfile.mkdtemp(prefix="lada-reliability-"))
     cfg = {
-        "db_path": str(tmp / "c.sqlite"), "state_dir": str(tmp / "state"), "llm_dir": str(paths["llm"]),
-        "public_data": str(paths["data"]), "port": args.port, "rounds": args.rounds, "min_clients": args.clients,
-        "candidates_per_round": 8, "offer_questions": 0, "slm_filter": {"budget": 4}, "train_llm": False,
+        "db_path": str(tmp / "c.sqlite"),
+        "state_dir": str(tmp / "state"),
+        "llm_dir": str(paths["llm"]),
+        "public_data": str(paths["data"]),
+        "port": args.port,
+        "rounds": args.rounds,
+        "min_clients": args.clients,
+        "candidates_per_round": 8,
+        "offer_questions": 0,
+        "slm_filter": {"budget": 4},
+        "train_llm": False,
     }
     tokens = _coordinator(tmp, cfg, args.clients)
     state = tmp / "state"
@@ -380,8 +490,16 @@ def main() -> None:
                 allocated[c.client_id] = len(a.sample_ids)
 
             def put_reward(c: Transport, t=t, allocated=allocated) -> None:
-                r = RewardReport(round=t, reward=0.1, ppl_before=2.0, ppl_after=1.8, n_allocated=allocated[c.client_id],
-                                 test_accuracy=0.0, bytes_sent=1, bytes_received=1)
+                r = RewardReport(
+                    round=t,
+                    reward=0.1,
+                    ppl_before=2.0,
+                    ppl_after=1.8,
+                    n_allocated=allocated[c.client_id],
+                    test_accuracy=0.0,
+                    bytes_sent=1,
+                    bytes_received=1,
+                )
                 c.call("reward.put", r, t, Ack)
                 with lock:
                     acked.append((t, c.client_id, "reward.put"))
@@ -395,21 +513,35 @@ def main() -> None:
     lost = [a for a in acked if a[1] not in store.uploads(a[0], a[2])]
     rounds_closed = sum(1 for m in store.round_metrics() if m["phase"] in ("closed", "finished"))
     store.close()
-    faults = {"coordinator_sigkills": kills, "acknowledged_uploads": len(acked), "uploads_lost": len(lost),
-              "rounds_completed": rounds_closed, "seconds": round(time.perf_counter() - started, 1)}
+    faults = {
+        "coordinator_sigkills": kills,
+        "acknowledged_uploads": len(acked),
+        "uploads_lost": len(lost),
+        "rounds_completed": rounds_closed,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     print(json.dumps(faults, indent=2))
 
     fuzz_report = tmp / "fuzz.json"
     env = {**os.environ, "LADA_FUZZ_EXAMPLES": str(args.fuzz), "LADA_FUZZ_REPORT": str(fuzz_report)}
-    rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/coordinator/server/test_fuzz.py"], cwd=ROOT, env=env).returncode
+    rc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "tests/coordinator/server/test_fuzz.py"], cwd=ROOT, env=env
+    ).returncode
     fuzz = json.loads(fuzz_report.read_text()) if fuzz_report.exists() else {}
     fuzz["passed"] = rc == 0
     print(json.dumps(fuzz, indent=2))
     upload = resumed_upload(paths, args.port, args.upload_mib, args.seed) if args.upload_mib > 0 else None
     print(json.dumps(upload, indent=2))
     h = hostile(paths, args.port)
-    out.write_text(json.dumps({"faults": faults, "fuzz": fuzz, "resumed_upload": upload, "hostile": h}, indent=2, default=str))
-    if lost or rc != 0 or (upload is not None and not (upload["stored_intact"] and upload["chunks_resent"] == 0)) or not _hostile_ok(h):
+    out.write_text(
+        json.dumps({"faults": faults, "fuzz": fuzz, "resumed_upload": upload, "hostile": h}, indent=2, default=str)
+    )
+    if (
+        lost
+        or rc != 0
+        or (upload is not None and not (upload["stored_intact"] and upload["chunks_resent"] == 0))
+        or not _hostile_ok(h)
+    ):
         sys.exit(1)
 
 

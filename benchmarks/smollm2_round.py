@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-
 from lada_coordinator.federation import FederationSettings, prepare, start_processes
 
 log = logging.getLogger("smollm2_round")
@@ -64,7 +63,7 @@ def _parameters(checkpoint: Path) -> int:
 
     total = 0
     with safe_open(str(checkpoint / "model.safetensors"), framework="numpy") as f:
-        for name in f.keys():
+        for name in f.keys():  # noqa: SIM118 - a safetensors handle has keys() but is not iterable
             shape = f.get_slice(name).get_shape()
             n = 1
             for dim in shape:
@@ -108,7 +107,10 @@ def check_agreement(checkpoint: Path, onnx_path: Path, data_dir: Path, n: int, f
     samples = load_client(data_dir, "client0").train[:n]
     started = time.perf_counter()
     figures.logprob_max_diff = max_logprob_difference(
-        checkpoint, onnx_path, [format_prompt(s.question) for s in samples], [format_target(s.rationale) for s in samples]
+        checkpoint,
+        onnx_path,
+        [format_prompt(s.question) for s in samples],
+        [format_target(s.rationale) for s in samples],
     )
     figures.setup_seconds[f"ONNX vs torch check ({n} pairs)"] = time.perf_counter() - started
 
@@ -150,7 +152,8 @@ def measure_scoring_only(onnx_path: Path, data_dir: Path, n: int, figures: Figur
     """Run :func:`score_only` in a fresh interpreter and record its times and peak RSS."""
     output = subprocess.run(
         [sys.executable, __file__, "--score-only", str(onnx_path), "--data", str(data_dir), "--n", str(n)],
-        stdout=subprocess.PIPE, check=True,
+        stdout=subprocess.PIPE,
+        check=True,
     ).stdout
     figures.scoring_only = {**json.loads(output), "n": n}
 
@@ -173,7 +176,11 @@ def _high_water_mark(pid: int) -> int | None:
 
 
 def run_round(
-    args: argparse.Namespace, settings: FederationSettings, world: dict[str, Path], smol: tuple[Path, Path], figures: Figures
+    args: argparse.Namespace,
+    settings: FederationSettings,
+    world: dict[str, Path],
+    smol: tuple[Path, Path],
+    figures: Figures,
 ) -> None:
     """Start the coordinator and the clients, wait for the one round to finish, collect figures."""
     settings = replace(settings, port=args.port or _free_port())
@@ -195,7 +202,9 @@ def run_round(
             if failed:
                 raise RuntimeError(f"client(s) failed with exit codes {failed}; see {logs}")
             if procs.coordinator.poll() is not None:
-                raise RuntimeError(f"coordinator exited with {procs.coordinator.returncode}; see {logs / 'coordinator.log'}")
+                raise RuntimeError(
+                    f"coordinator exited with {procs.coordinator.returncode}; see {logs / 'coordinator.log'}"
+                )
             error = procs.status()["engine"]["error"]
             if error:
                 raise RuntimeError(f"coordinator failed: {error}")
@@ -278,16 +287,25 @@ def main(argv: list[str] | None = None) -> int:
     smol = prepare_smollm2(args.workdir / "model", figures)
     started = time.perf_counter()
     settings = FederationSettings(
-        workdir=args.workdir / "world", clients=args.clients, rounds=1, candidates=args.candidates,
-        budget=args.budget, n_train=60, n_test=max(16, args.eval_size), n_public=200,
-        llm_warmup_steps=60, slm_warmup_steps=30, offer_questions=args.offer_questions,
+        workdir=args.workdir / "world",
+        clients=args.clients,
+        rounds=1,
+        candidates=args.candidates,
+        budget=args.budget,
+        n_train=60,
+        n_test=max(16, args.eval_size),
+        n_public=200,
+        llm_warmup_steps=60,
+        slm_warmup_steps=30,
+        offer_questions=args.offer_questions,
     )
     world = prepare(settings)
     figures.setup_seconds["tiny federation world"] = time.perf_counter() - started
     tiny = world["client1"] / "base" if args.clients > 1 else None
     if tiny is not None:
         figures.sizes["tiny SLM ONNX fp32 (client1)"] = (
-            _parameters(tiny), (world["client1"] / "onnx" / "model.onnx").stat().st_size
+            _parameters(tiny),
+            (world["client1"] / "onnx" / "model.onnx").stat().st_size,
         )
     if args.agreement_pairs:
         check_agreement(*smol, world["data"], args.agreement_pairs, figures)

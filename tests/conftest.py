@@ -12,6 +12,15 @@ from pathlib import Path
 import pytest
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs the tiny world (directly or through another fixture) is marked
+    ``world``: building it trains and exports models once per test run, so the unit tier leaves
+    these out (``-m "not slow and not e2e and not world"``)."""
+    for item in items:
+        if "tiny_world" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.world)
+
+
 @pytest.fixture()
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""

@@ -68,14 +68,14 @@ from pydantic import ValidationError
 from lada_client.capabilities import has_module
 from lada_client.client import LadaClient
 from lada_client.common.crypto import CryptoError
+from lada_client.common.enrollment import TokenFormatError
 from lada_client.common.wire import Candidate, RoundInfo, RoundQuery
 from lada_client.config import ClientConfig
 from lada_client.scoring.features import FEATURE_NAMES, learnability_features
 from lada_client.scoring.onnx_slm import ModelLoadError, OnnxSLM
-from lada_client.common.enrollment import TokenFormatError
 from lada_client.transport import CoordinatorError
 
-__all__ = ["Bridge", "BridgeError", "ERROR_CODES", "RuntimeOptions"]
+__all__ = ["ERROR_CODES", "Bridge", "BridgeError", "RuntimeOptions"]
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ class Bridge:
             reply = _error_reply("bad_request", _validation_message(exc))
         except TokenFormatError as exc:
             reply = _error_reply("bad_request", str(exc))
-        except Exception as exc:  # noqa: BLE001 - the host app must never see a Python exception
+        except Exception as exc:  # the host app must never see a Python exception
             log.exception("bridge %s: unexpected failure", method)
             reply = _error_reply("internal", f"internal error in {method!r} ({type(exc).__name__}); see the app log")
         if not reply["ok"] and reply["error"]["code"] != "internal":  # internal is logged above
@@ -397,7 +397,11 @@ class Bridge:
             raise BridgeError("bad_request", f"feature_names must be a non-empty list of: {list(FEATURE_NAMES)}")
         try:
             rows = learnability_features(
-                client.slm, candidates, names, client.config.batch_size, local_questions=[s.question for s in client.data.train]
+                client.slm,
+                candidates,
+                names,
+                client.config.batch_size,
+                local_questions=[s.question for s in client.data.train],
             )
         except ValueError as exc:
             raise BridgeError("bad_request", str(exc)) from exc

@@ -84,8 +84,12 @@ def training_support(backend: str, base_model_dir: Path | None, ort_artifacts: P
     and the bridge's ``train``."""
     if backend == "ort":
         if ort_artifacts is None:
-            return TrainingSupport(backend, False, "no ort_artifacts configured (built off the device with "
-                                   "`python -m lada_client.training.ort_artifacts build`)")
+            return TrainingSupport(
+                backend,
+                False,
+                "no ort_artifacts configured (built off the device with "
+                "`python -m lada_client.training.ort_artifacts build`)",
+            )
         if not can_train_ort():
             return TrainingSupport(backend, False, f"onnxruntime.training is not importable here; {ORT_INSTALL_HINT}")
         return TrainingSupport(backend, True)
@@ -98,7 +102,8 @@ def training_support(backend: str, base_model_dir: Path | None, ort_artifacts: P
     missing = missing_modules(TORCH_MODULES)
     if missing:
         return TrainingSupport(
-            backend, False,
+            backend,
+            False,
             f"the 'train' extra is not fully installed here (missing: {', '.join(missing)}): {TORCH_INSTALL_HINT}",
         )
     return TrainingSupport(backend, True)

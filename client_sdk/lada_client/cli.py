@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     imp = sub.add_parser("import-model", help="import a GGUF file or transformers checkpoint as this device's SLM")
     imp.add_argument("source", type=Path, help="a .gguf file or a checkpoint directory")
     imp.add_argument("--out", type=Path, required=True, help="directory for checkpoint/ and onnx/ (cached)")
-    chk = sub.add_parser("check", help="preflight: packages, config, data, ONNX graph, training, coordinator, TLS, clock")
+    chk = sub.add_parser(
+        "check", help="preflight: packages, config, data, ONNX graph, training, coordinator, TLS, clock"
+    )
     chk.add_argument("--config", type=Path, required=True, help="client JSON config")
     chk.add_argument("--token", help="enrollment token to check against the coordinator's key")
     chk.add_argument("--coordinator-url")
@@ -79,7 +81,9 @@ def _import_model(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"lada-client: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"base_model_dir": str(imported.checkpoint), "scoring_model": str(imported.scoring_model)}, indent=2))
+    print(
+        json.dumps({"base_model_dir": str(imported.checkpoint), "scoring_model": str(imported.scoring_model)}, indent=2)
+    )
     return 0
 
 

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from lada_client.common.crypto import CryptoError, Identity, PublicIdentity
-from lada_client.common.secagg import EncryptedShare, Roster, SecAggClient, SecAggConfig
 from lada_client.common.reasoning import extract_answer, format_prompt, format_target, is_correct
+from lada_client.common.secagg import EncryptedShare, Roster, SecAggClient, SecAggConfig
 from lada_client.common.wire import (
+    Ack,
     Allocation,
     AllocationQuery,
     Candidate,
@@ -36,7 +37,7 @@ from lada_client.common.wire import (
     RewardReport,
     RoundInfo,
     RoundQuery,
-    Ack,
+    SecAggPoll,
     SecAggQuery,
     SecAggReply,
     SecAggUpload,
@@ -46,8 +47,8 @@ from lada_client.config import ClientConfig
 from lada_client.data.federation import load_client
 from lada_client.privacy.dp import GaussianMechanism
 from lada_client.scoring.features import learnability_features, perplexity
-from lada_client.scoring.reward import HeldoutProbe, relative_drop, sample_rewards
 from lada_client.scoring.onnx_slm import OnnxSLM
+from lada_client.scoring.reward import HeldoutProbe, relative_drop, sample_rewards
 from lada_client.transport import CoordinatorError, Transport
 
 log = logging.getLogger(__name__)
@@ -76,16 +77,20 @@ class _Outcome:
     sample_rewards: list[float] | None = None
 
     @property
-    def measured(self) -> bool:
-        return self.before is not None and self.after is not None
+    def measured(self) -> tuple[float, float] | None:
+        """(before, after) once both are measured, else None."""
+        if self.before is None or self.after is None:
+            return None
+        return self.before, self.after
 
     def perplexities(self) -> tuple[float, float]:
         """(before, after) as perplexities for the report: exp of an NLL, a PPL as is, 1 if unmeasured."""
-        if not self.measured:
+        if self.measured is None:
             return 1.0, 1.0
+        before, after = self.measured
         if self.what.endswith("NLL"):
-            return float(np.exp(min(self.before, 25.0))), float(np.exp(min(self.after, 25.0)))
-        return float(self.before), float(self.after)
+            return float(np.exp(min(before, 25.0))), float(np.exp(min(after, 25.0)))
+        return float(before), float(after)
 
 
 class LadaClient:
@@ -117,7 +122,9 @@ class LadaClient:
         if not support and (config.train_backend == "ort" or config.base_model_dir is not None):
             log.warning(
                 "%s: train_backend=%r but this device cannot train: %s; it will only score",
-                config.name, config.train_backend, support.reason,
+                config.name,
+                config.train_backend,
+                support.reason,
             )
 
     def __enter__(self) -> LadaClient:
@@ -135,7 +142,9 @@ class LadaClient:
         """Load a scoring model; override to choose execution providers or session options
         (the client reloads through here after every adapter refresh)."""
         return OnnxSLM(
-            path, max_length=self.config.distill.max_length, max_new_tokens=self.config.max_new_tokens,
+            path,
+            max_length=self.config.distill.max_length,
+            max_new_tokens=self.config.max_new_tokens,
             intra_op_threads=self.config.threads,
         )
 
@@ -164,7 +173,13 @@ class LadaClient:
         report = self.trainer.train_round([], [], pairs, settings)
         self.export_adapter()
         after = perplexity(self.slm.completion_logprobs(prompts, targets, self.config.batch_size))
-        return {"steps": report.steps, "sft_loss": report.sft_loss, "ppl_before": before, "ppl_after": after, "n_samples": len(samples)}
+        return {
+            "steps": report.steps,
+            "sft_loss": report.sft_loss,
+            "ppl_before": before,
+            "ppl_after": after,
+            "n_samples": len(samples),
+        }
 
     def _default_model_name(self) -> str:
         if self.config.base_model_dir is not None:
@@ -205,7 +220,7 @@ class LadaClient:
 
                     torch.set_num_threads(self.config.threads)
                 future.set_result(trainer_for(self.config, self._adapter_dir))
-            except BaseException as exc:  # re-raised by .result() in the caller's thread
+            except BaseException as exc:  # noqa: BLE001 - re-raised by .result() in the caller's thread
                 future.set_exception(exc)
 
         threading.Thread(target=load, name=f"{self.config.name}-trainer-load", daemon=True).start()
@@ -249,7 +264,12 @@ class LadaClient:
         staged = record.with_suffix(".tmp")
         staged.write_text(json.dumps({"client_id": client_id, **self.transport.coordinator.to_b64()}))
         os.replace(staged, record)  # a crash never leaves a half-written enrollment
-        log.info("%s enrolled as %s (coordinator key %s…)", self.config.name, client_id, self.transport.coordinator.fingerprint()[:16])
+        log.info(
+            "%s enrolled as %s (coordinator key %s…)",
+            self.config.name,
+            client_id,
+            self.transport.coordinator.fingerprint()[:16],
+        )
         return client_id
 
     # --------------------------------------------------------------------------------- rounds
@@ -291,7 +311,11 @@ class LadaClient:
         started = time.perf_counter()
         names = list(info.feature_names or self.config.features)
         features = learnability_features(
-            self.slm, info.candidates, names, self.config.batch_size, local_questions=[s.question for s in self.data.train]
+            self.slm,
+            info.candidates,
+            names,
+            self.config.batch_size,
+            local_questions=[s.question for s in self.data.train],
         )
         features = self.privacy.privatize_features(features, names)
         offers = self._offers(info)
@@ -307,7 +331,13 @@ class LadaClient:
             adapter_size=int(self.trainer.adapter_vector().size) if secagg else 0,
         )
         self.transport.call("features.put", upload, t, Ack)
-        log.info("%s round %d: uploaded features for %d candidates, %d offers", self.config.name, t, len(info.candidates), len(offers))
+        log.info(
+            "%s round %d: uploaded features for %d candidates, %d offers",
+            self.config.name,
+            t,
+            len(info.candidates),
+            len(offers),
+        )
 
         started = time.perf_counter()
         allocation = self._wait_allocation(t)
@@ -316,7 +346,7 @@ class LadaClient:
         allocated = [by_id[s] for s in allocation.sample_ids if s in by_id]
         if secagg is not None and allocation.secagg_roster is None:
             secagg = None  # the group could not form this round
-        if secagg is not None:
+        if secagg is not None and allocation.secagg_roster is not None:
             shares = secagg.share_keys(Roster.from_dict(allocation.secagg_roster))
             self.transport.call("secagg.put", SecAggUpload(round=t, step="shares", body=shares.to_dict()), t, Ack)
 
@@ -334,7 +364,8 @@ class LadaClient:
             self._apply_server_update(allocation.server_update)
             self._measure(outcome, allocated, "after")
         timings["train"] = time.perf_counter() - started
-        reward = relative_drop(outcome.before, outcome.after) if outcome.measured else 0.0
+        measured = outcome.measured
+        reward = relative_drop(*measured) if measured is not None else 0.0
         if secagg is not None:
             self._send_masked_adapter(t, secagg)
 
@@ -362,8 +393,16 @@ class LadaClient:
         self._done_rounds.add(t)
         log.info(
             "%s round %d: %d allocated (%s), %s %.3f -> %.3f, reward %.3f%s, test accuracy %.3f",
-            self.config.name, t, len(allocated), allocation.reason, outcome.what, ppl_before, ppl_after, reward,
-            "" if outcome.sample_rewards is None else f" (per sample {np.mean(outcome.sample_rewards):.3f} mean)", accuracy,
+            self.config.name,
+            t,
+            len(allocated),
+            allocation.reason,
+            outcome.what,
+            ppl_before,
+            ppl_after,
+            reward,
+            "" if outcome.sample_rewards is None else f" (per sample {np.mean(outcome.sample_rewards):.3f} mean)",
+            accuracy,
         )
         return RoundResult(t, len(allocated), reward, ppl_before, ppl_after, accuracy, timings, outcome.sample_rewards)
 
@@ -403,14 +442,20 @@ class LadaClient:
             outcome.what, value = "allocated-path PPL", self._ppl(allocated)
         setattr(outcome, when, value)
 
-    def _gradient_credit(self, allocated: list[Candidate], heldout_pairs: list[tuple[str, str]] | None) -> list[float] | None:
+    def _gradient_credit(
+        self, allocated: list[Candidate], heldout_pairs: list[tuple[str, str]] | None
+    ) -> list[float] | None:
         """Per-sample rewards from gradient alignment with the held-out loss (torch backend only)."""
         rcfg = self.config.reward
         if rcfg.credit != "gradient" or not heldout_pairs:
             return None
         align = getattr(self.trainer, "gradient_alignment", None)
         if align is None:
-            log.info("%s: the %s backend gives no per-sample gradients; one reward for the round", self.config.name, self.config.train_backend)
+            log.info(
+                "%s: the %s backend gives no per-sample gradients; one reward for the round",
+                self.config.name,
+                self.config.train_backend,
+            )
             return None
         teacher = [(format_prompt(c.question), format_target(c.path)) for c in allocated]
         cosines = align(teacher, heldout_pairs, self.config.distill.max_length, self.config.distill.micro_batch_size)
@@ -427,7 +472,7 @@ class LadaClient:
         assert self.transport.client_id is not None
         return SecAggClient(self.transport.client_id, secagg_round_id(info.round, group), SecAggConfig.from_dict(cfg))
 
-    def _poll_secagg(self, t: int, step: str) -> SecAggReply:
+    def _poll_secagg(self, t: int, step: SecAggPoll) -> SecAggReply:
         deadline = time.monotonic() + self.config.max_wait_s
         while True:
             reply = self.transport.call("secagg.get", SecAggQuery(round=t, step=step), t, SecAggReply)
@@ -441,7 +486,12 @@ class LadaClient:
         """Mask this device's adapter (DP-noised update if enabled) against its group's peers."""
         inbox = self._poll_secagg(t, "inbox")
         if inbox.status != "ready" or inbox.body is None:
-            log.warning("%s round %d: no secure aggregation (%s)", self.config.name, t, (inbox.body or {}).get("error", inbox.status))
+            log.warning(
+                "%s round %d: no secure aggregation (%s)",
+                self.config.name,
+                t,
+                (inbox.body or {}).get("error", inbox.status),
+            )
             return
         start = self._round_start_adapter if self._round_start_adapter is not None else self.trainer.adapter_vector()
         update = self.privacy.privatize_update(self.trainer.adapter_vector() - start)
@@ -453,19 +503,31 @@ class LadaClient:
         """Answer the unmask request, then adopt the group's average adapter."""
         request = self._poll_secagg(t, "unmask")
         if request.status == "failed":
-            log.warning("%s round %d: no group average (%s)", self.config.name, t, (request.body or {}).get("error", "failed"))
+            log.warning(
+                "%s round %d: no group average (%s)", self.config.name, t, (request.body or {}).get("error", "failed")
+            )
             return
         if request.status == "ready" and request.body is not None:
             response = secagg.unmask(request.body["survivors"], request.body["dropped"])
             self.transport.call("secagg.put", SecAggUpload(round=t, step="unmask", body=response.to_dict()), t, Ack)
         result = self._poll_secagg(t, "result")
         if result.status != "ready" or result.body is None:
-            log.warning("%s round %d: no group average (%s)", self.config.name, t, (result.body or {}).get("error", "not in group"))
+            log.warning(
+                "%s round %d: no group average (%s)",
+                self.config.name,
+                t,
+                (result.body or {}).get("error", "not in group"),
+            )
             return
         average = np.frombuffer(base64.b64decode(result.body["vector"]), dtype=np.float32).astype(np.float64)
         self.trainer.load_adapter_vector(average)
         self.export_adapter()
-        log.info("%s round %d: adopted the average adapter of %d clients", self.config.name, t, len(result.body["contributors"]))
+        log.info(
+            "%s round %d: adopted the average adapter of %d clients",
+            self.config.name,
+            t,
+            len(result.body["contributors"]),
+        )
 
     def _wait_allocation(self, t: int) -> Allocation:
         deadline = time.monotonic() + self.config.max_wait_s
@@ -483,11 +545,17 @@ class LadaClient:
         if not questions:
             return []
         paths = self.slm.generate([format_prompt(q.question) for q in questions], batch_size=self.config.batch_size)
-        return [PathOffer(sample_id=q.sample_id, path=p.strip()) for q, p in zip(questions, paths) if is_correct(p, q.answer)]
+        return [
+            PathOffer(sample_id=q.sample_id, path=p.strip())
+            for q, p in zip(questions, paths)
+            if is_correct(p, q.answer)
+        ]
 
     def _ppl(self, candidates: list[Candidate]) -> float:
         lps = self.slm.completion_logprobs(
-            [format_prompt(c.question) for c in candidates], [format_target(c.path) for c in candidates], self.config.batch_size
+            [format_prompt(c.question) for c in candidates],
+            [format_target(c.path) for c in candidates],
+            self.config.batch_size,
         )
         return perplexity(lps)
 
@@ -497,7 +565,9 @@ class LadaClient:
 
         cfg = self.config
         prompts = [format_prompt(c.question) for c in allocated]
-        own = self.slm.generate(prompts, temperature=cfg.distill.rejected_temperature, seed=cfg.distill.seed + t, batch_size=cfg.batch_size)
+        own = self.slm.generate(
+            prompts, temperature=cfg.distill.rejected_temperature, seed=cfg.distill.seed + t, batch_size=cfg.batch_size
+        )
         pairs = [
             PreferencePair(p, format_target(c.path), format_target(o.strip()))
             for p, c, o in zip(prompts, allocated, own)
@@ -536,11 +606,15 @@ class LadaClient:
             from lada_client.models.weight_swap import WeightMapError, load_or_build_map, swap_weights
 
             try:
-                mapping = load_or_build_map(cfg.state_dir, cfg.scoring_model, self.trainer.projection_weights(merged=False))
+                mapping = load_or_build_map(
+                    cfg.state_dir, cfg.scoring_model, self.trainer.projection_weights(merged=False)
+                )
                 for name in ("tokenizer.json", "special_tokens.json"):
                     if (cfg.scoring_model.parent / name).exists() and not (cfg.state_dir / name).exists():
                         shutil.copy(cfg.scoring_model.parent / name, cfg.state_dir / name)
-                swap_weights(cfg.scoring_model, cfg.state_dir / "model.onnx", mapping, self.trainer.projection_weights())
+                swap_weights(
+                    cfg.scoring_model, cfg.state_dir / "model.onnx", mapping, self.trainer.projection_weights()
+                )
                 self.slm = self.load_slm(cfg.state_dir / "model.onnx")
                 return
             except WeightMapError as exc:

@@ -48,7 +48,12 @@ Name = Annotated[Str, Field(min_length=1)]
 
 #: the learnability features a device can compute (scoring/features.py); the one list of them
 FeatureName = Literal[
-    "slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct", "local_similarity",
+    "slm_path_nll",
+    "slm_answer_nll",
+    "logp_gap",
+    "path_tokens",
+    "slm_greedy_correct",
+    "local_similarity",
 ]
 FEATURE_NAMES: tuple[FeatureName, ...] = typing.get_args(FeatureName)
 CdLogprob = Literal["mean", "sum"]
@@ -63,7 +68,13 @@ class LoraSettings:
     alpha: PositiveInt = 16
     dropout: Annotated[NonNegativeFloat, Field(lt=1)] = 0.0
     target_modules: Annotated[tuple[Name, ...], Field(min_length=1)] = (
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
     )
 
 

@@ -19,9 +19,15 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from lada_client.common.preflight import Check, Status, probe
+
+if TYPE_CHECKING:  # imported where used: a check must run even where a package is broken
+    import httpx
+
+    from lada_client.config import ClientConfig
 
 __all__ = ["CLOCK_FAIL_S", "CLOCK_WARN_S", "REQUIRED_PACKAGES", "run_checks"]
 
@@ -33,8 +39,9 @@ CLOCK_WARN_S = 60.0
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def run_checks(config_path: Path, *, token: str | None = None, coordinator_url: str | None = None,
-               timeout_s: float = 5.0) -> list[Check]:
+def run_checks(
+    config_path: Path, *, token: str | None = None, coordinator_url: str | None = None, timeout_s: float = 5.0
+) -> list[Check]:
     """Every check for the device configured by ``config_path`` (overrides as on ``lada-client run``)."""
     checks = [probe("python", _python), probe("packages", _packages)]
     from lada_client.config import ClientConfig
@@ -43,8 +50,10 @@ def run_checks(config_path: Path, *, token: str | None = None, coordinator_url: 
         config = ClientConfig.load(config_path).with_overrides(token=token, coordinator_url=coordinator_url)
     except (ValueError, OSError) as exc:
         checks.append(Check("config", "fail", str(exc)))
-        return checks + [Check(n, "skip", "needs a valid config") for n in (
-            "data", "scoring model", "training", "state dir", "enrollment", "coordinator", "clock")]
+        return checks + [
+            Check(n, "skip", "needs a valid config")
+            for n in ("data", "scoring model", "training", "state dir", "enrollment", "coordinator", "clock")
+        ]
     checks.append(Check("config", "ok", f"{config_path} (client {config.name!r})"))
     checks.append(probe("data", lambda: _data(config)))
     checks.append(probe("scoring model", lambda: _scoring_model(config)))
@@ -53,8 +62,11 @@ def run_checks(config_path: Path, *, token: str | None = None, coordinator_url: 
     checks.append(probe("enrollment", lambda: _enrollment(config)))
     reach, server_time = _coordinator(config, timeout_s)
     checks.append(reach)
-    checks.append(probe("clock", lambda: _clock(server_time)) if server_time is not None
-                  else Check("clock", "skip", "needs the coordinator's reply"))
+    checks.append(
+        probe("clock", lambda: _clock(server_time))
+        if server_time is not None
+        else Check("clock", "skip", "needs the coordinator's reply")
+    )
     return checks
 
 
@@ -77,7 +89,7 @@ def _packages() -> tuple[Status, str]:
     return "ok", ", ".join(found)
 
 
-def _data(config) -> tuple[Status, str]:
+def _data(config: ClientConfig) -> tuple[Status, str]:
     from lada_client.data.federation import load_client
 
     data = load_client(config.data_dir, config.name)
@@ -86,7 +98,7 @@ def _data(config) -> tuple[Status, str]:
     return "ok", f"{len(data.train)} private, {len(data.test)} test samples (domain {data.domain!r})"
 
 
-def _scoring_model(config) -> tuple[Status, str]:
+def _scoring_model(config: ClientConfig) -> tuple[Status, str]:
     from lada_client.scoring.onnx_slm import ModelLoadError, OnnxSLM
 
     try:
@@ -96,11 +108,13 @@ def _scoring_model(config) -> tuple[Status, str]:
         return "fail", str(exc)
     size = config.scoring_model.stat().st_size / 2**20
     cache = "KV cache" if slm.kv_cache else "no KV cache (generation re-runs the prefix)"
-    return "ok", (f"{config.scoring_model} ({size:.0f} MiB, {', '.join(slm.providers)}, {cache}; "
-                  f"one pair scored: mean log p {float(lp.mean()):.2f})")
+    return "ok", (
+        f"{config.scoring_model} ({size:.0f} MiB, {', '.join(slm.providers)}, {cache}; "
+        f"one pair scored: mean log p {float(lp.mean()):.2f})"
+    )
 
 
-def _training(config) -> tuple[Status, str]:
+def _training(config: ClientConfig) -> tuple[Status, str]:
     support = config.training_support()
     if support:
         return "ok", f"can train (backend {support.backend!r})"
@@ -120,7 +134,7 @@ def _state_dir(state_dir: Path) -> tuple[Status, str]:
     return "fail", f"{state_dir} does not exist and cannot be created ({parent} is not writable)"
 
 
-def _enrollment(config) -> tuple[Status, str]:
+def _enrollment(config: ClientConfig) -> tuple[Status, str]:
     record = config.state_dir / "enrollment.json"
     if record.exists():
         saved = json.loads(record.read_text())
@@ -130,10 +144,10 @@ def _enrollment(config) -> tuple[Status, str]:
 
         parsed = EnrollmentToken.parse(config.token)
         return "ok", f"not enrolled yet; will enroll with token {parsed.token_id}"
-    return "fail", "not enrolled and no enrollment token (--token or \"token\" in the config)"
+    return "fail", 'not enrolled and no enrollment token (--token or "token" in the config)'
 
 
-def _coordinator(config, timeout_s: float) -> tuple[Check, float | None]:
+def _coordinator(config: ClientConfig, timeout_s: float) -> tuple[Check, float | None]:
     """Reachability, TLS and the coordinator's key in one request pair; also its clock (``Date``)."""
     import httpx
 
@@ -149,7 +163,11 @@ def _coordinator(config, timeout_s: float) -> tuple[Check, float | None]:
             keys = http.get("/v1/identity")
     except httpx.ConnectError as exc:
         if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc):
-            hint = "set ca_cert to the coordinator's certificate" if not config.ca_cert else f"{config.ca_cert} does not sign it"
+            hint = (
+                "set ca_cert to the coordinator's certificate"
+                if not config.ca_cert
+                else f"{config.ca_cert} does not sign it"
+            )
             return Check("coordinator", "fail", f"{url}: TLS certificate not trusted ({hint})"), None
         return Check("coordinator", "fail", f"{url}: cannot connect ({exc})"), None
     except httpx.TimeoutException:
@@ -158,8 +176,12 @@ def _coordinator(config, timeout_s: float) -> tuple[Check, float | None]:
         return Check("coordinator", "fail", f"{url}: {type(exc).__name__}: {exc}"), None
     server_time = _date_header(health)
     if health.status_code != 200 or keys.status_code != 200:
-        return Check("coordinator", "fail", f"{url} answers but is not a LaDa coordinator "
-                     f"(/healthz {health.status_code}, /v1/identity {keys.status_code})"), server_time
+        return Check(
+            "coordinator",
+            "fail",
+            f"{url} answers but is not a LaDa coordinator "
+            f"(/healthz {health.status_code}, /v1/identity {keys.status_code})",
+        ), server_time
     body = keys.json()
     fingerprint = PublicIdentity.from_b64(body["sign_key"], body["kex_key"]).fingerprint()
     record = config.state_dir / "enrollment.json"
@@ -167,26 +189,38 @@ def _coordinator(config, timeout_s: float) -> tuple[Check, float | None]:
         saved = json.loads(record.read_text())
         expected = PublicIdentity.from_b64(saved["sign_key"], saved["kex_key"]).fingerprint()
         if expected != fingerprint:
-            return Check("coordinator", "fail", f"{url} holds key {fingerprint[:16]}…, not the {expected[:16]}… this "
-                         "device enrolled with: wrong URL, or the coordinator's keys changed"), server_time
+            return Check(
+                "coordinator",
+                "fail",
+                f"{url} holds key {fingerprint[:16]}…, not the {expected[:16]}… this "
+                "device enrolled with: wrong URL, or the coordinator's keys changed",
+            ), server_time
     elif config.token:
         from lada_client.common.enrollment import EnrollmentToken
 
         parsed = EnrollmentToken.parse(config.token)
         if not parsed.names(fingerprint):
-            return Check("coordinator", "fail", f"{url} holds key {fingerprint[:16]}…, not the "
-                         f"{parsed.fingerprint[:16]}… the token names: wrong URL or wrong token"), server_time
+            return Check(
+                "coordinator",
+                "fail",
+                f"{url} holds key {fingerprint[:16]}…, not the "
+                f"{parsed.fingerprint[:16]}… the token names: wrong URL or wrong token",
+            ), server_time
     if parts.scheme == "https":
         transport = trust
     elif parts.hostname in _LOOPBACK:
         transport = "plain http on loopback"
     else:
-        return Check("coordinator", "warn", f"{url} reachable, key {fingerprint[:16]}…; plain http off loopback: "
-                     "payloads stay sealed, but use https so routing metadata is not visible"), server_time
+        return Check(
+            "coordinator",
+            "warn",
+            f"{url} reachable, key {fingerprint[:16]}…; plain http off loopback: "
+            "payloads stay sealed, but use https so routing metadata is not visible",
+        ), server_time
     return Check("coordinator", "ok", f"{url} reachable, key {fingerprint[:16]}…, {transport}"), server_time
 
 
-def _date_header(response) -> float | None:
+def _date_header(response: httpx.Response) -> float | None:
     value = response.headers.get("date")
     if not value:
         return None
@@ -201,7 +235,10 @@ def _clock(server_time: float) -> tuple[Status, str]:
     skew = time.time() - server_time
     text = f"{skew:+.0f}s against the coordinator"
     if abs(skew) > CLOCK_FAIL_S:
-        return "fail", f"{text}; the coordinator refuses envelopes past ±{CLOCK_FAIL_S:.0f}s by default: set the clock (NTP)"
+        return (
+            "fail",
+            f"{text}; the coordinator refuses envelopes past ±{CLOCK_FAIL_S:.0f}s by default: set the clock (NTP)",
+        )
     if abs(skew) > CLOCK_WARN_S:
         return "warn", f"{text}; consider NTP"
     return "ok", text

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, overload
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -95,8 +95,12 @@ class CoordinatorError(Exception):
     """
 
     def __init__(
-        self, message: str, status: int | None = None, error: str = "",
-        last_seq: int | None = None, server_time: float | None = None,
+        self,
+        message: str,
+        status: int | None = None,
+        error: str = "",
+        last_seq: int | None = None,
+        server_time: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -167,7 +171,9 @@ class Transport:
             else:
                 response = self._http.post(path, content=body, headers={"content-type": "application/json"})
         except httpx.HTTPError as exc:
-            raise CoordinatorError(f"cannot reach coordinator at {self._http.base_url}: {exc}", None, "unreachable") from exc
+            raise CoordinatorError(
+                f"cannot reach coordinator at {self._http.base_url}: {exc}", None, "unreachable"
+            ) from exc
         self.bytes_sent += len(body or b"")
         self.bytes_received += len(response.content)
         if response.status_code >= 400:
@@ -180,14 +186,21 @@ class Transport:
             if isinstance(last_seq, int):
                 self._seq.advance_past(last_seq)
             raise CoordinatorError(
-                f"{path}: {response.status_code} {error}: {detail}", response.status_code, error,
+                f"{path}: {response.status_code} {error}: {detail}",
+                response.status_code,
+                error,
                 last_seq if isinstance(last_seq, int) else None,
                 float(server_time) if isinstance(server_time, (int, float)) else None,
             )
         return response
 
     def enroll(
-        self, token: str, client_name: str, *, domain: str = "", model_name: str = "",
+        self,
+        token: str,
+        client_name: str,
+        *,
+        domain: str = "",
+        model_name: str = "",
         capabilities: Capabilities = Capabilities(),
     ) -> str:
         """Enroll with the operator's one-time ``token``; returns the client id.
@@ -199,7 +212,11 @@ class Transport:
         """
         parsed = EnrollmentToken.parse(token)
         request = EnrollRequest(
-            token=token, client_name=client_name, domain=domain, model_name=model_name, capabilities=capabilities,
+            token=token,
+            client_name=client_name,
+            domain=domain,
+            model_name=model_name,
+            capabilities=capabilities,
         )
         keys = self._parse(CoordinatorKeys, self._post("/v1/identity").content, "identity")
         try:
@@ -210,15 +227,20 @@ class Transport:
             raise CoordinatorError(
                 f"the coordinator at {self._http.base_url} holds key {coordinator.fingerprint()[:16]}…, not the "
                 f"{parsed.fingerprint[:16]}… the enrollment token names: wrong URL, or an interception; not enrolling",
-                0, "fingerprint_mismatch",
+                0,
+                "fingerprint_mismatch",
             )
         own = self._identity.public.to_b64()
 
         def attempt() -> EnrollResponse:
             header = self._header(client_name, 0, "enroll")
-            sealed = seal(request.model_dump_json().encode(), header, self._identity, coordinator, Direction.TO_COORDINATOR)
+            sealed = seal(
+                request.model_dump_json().encode(), header, self._identity, coordinator, Direction.TO_COORDINATOR
+            )
             body = EnrollEnvelope(sign_key=own["sign_key"], kex_key=own["kex_key"], envelope=sealed)
-            reply = self._parse(SealedEnvelope, self._post("/v1/enroll", body.model_dump_json().encode()).content, "enroll")
+            reply = self._parse(
+                SealedEnvelope, self._post("/v1/enroll", body.model_dump_json().encode()).content, "enroll"
+            )
             return self._open_reply("enroll", reply, header, EnrollResponse, coordinator)
 
         response = self._resynchronising("enroll", attempt)
@@ -231,7 +253,11 @@ class Transport:
 
     def _header(self, client_id: str, round_index: int, kind: str) -> EnvelopeHeader:
         return EnvelopeHeader(
-            client_id=client_id, round=round_index, seq=self._seq.next(), kind=kind, sent_at=time.time() + self._clock_offset
+            client_id=client_id,
+            round=round_index,
+            seq=self._seq.next(),
+            kind=kind,
+            sent_at=time.time() + self._clock_offset,
         )
 
     def _resynchronising(self, what: str, attempt: Callable[[], T]) -> T:
@@ -270,6 +296,12 @@ class Transport:
             return self._call_chunked(kind, plain, round_index, reply_type)
         return self._retrying(kind, lambda: self._call_once(kind, plain, round_index, reply_type))
 
+    @overload
+    def _retrying(self, what: str, attempt: Callable[[], T], recovered: None = None) -> T: ...
+
+    @overload
+    def _retrying(self, what: str, attempt: Callable[[], T], recovered: Callable[[], bool]) -> T | None: ...
+
     def _retrying(self, what: str, attempt: Callable[[], T], recovered: Callable[[], bool] | None = None) -> T | None:
         """Run ``attempt`` per the retry policy; ``recovered`` (asked after each backoff) may end it early."""
         backoff = self._retry.initial_backoff_s
@@ -293,7 +325,11 @@ class Transport:
         return header, envelope.model_dump_json().encode()
 
     def _open_reply(
-        self, kind: str, reply: SealedEnvelope, header: EnvelopeHeader, reply_type: type[M],
+        self,
+        kind: str,
+        reply: SealedEnvelope,
+        header: EnvelopeHeader,
+        reply_type: type[M],
         coordinator: PublicIdentity | None = None,
     ) -> M:
         sender = coordinator or self.coordinator
@@ -344,14 +380,21 @@ class Transport:
 
     def _upload(self, kind: str, up: _PendingUpload, round_index: int, reply_type: type[M]) -> M:
         begin = UploadBegin(target=up.header, total_bytes=len(up.body), sha256=up.sha256, chunk_bytes=up.chunk_bytes)
-        status = self._retrying("upload.begin", lambda: self._call_once("upload.begin", begin, round_index, UploadStatus))
+        status = self._retrying(
+            "upload.begin", lambda: self._call_once("upload.begin", begin, round_index, UploadStatus)
+        )
         assert status is not None
         sid = status.session_id
         held = set(status.received)
         missing = [] if status.committed else [i for i in range(status.n_chunks) if i not in held]
         log.info(
             "%s: uploading a %.1f MiB sealed body as %d chunks of %d bytes (session %s, %d already held)",
-            kind, len(up.body) / 2**20, status.n_chunks, up.chunk_bytes, sid, status.n_chunks - len(missing),
+            kind,
+            len(up.body) / 2**20,
+            status.n_chunks,
+            up.chunk_bytes,
+            sid,
+            status.n_chunks - len(missing),
         )
         step = max(1, len(missing) // 10)
         commit = UploadCommit(session_id=sid)
@@ -359,8 +402,17 @@ class Transport:
             for done, index in enumerate(missing, 1):
                 self._send_chunk(up, sid, index, round_index)
                 if done % step == 0 or done == len(missing):
-                    log.info("%s: upload %s: %d/%d chunks sent (%.0f%%)", kind, sid, done, len(missing), 100 * done / len(missing))
-            committed = self._retrying("upload.commit", lambda: self._call_once("upload.commit", commit, round_index, UploadCommitted))
+                    log.info(
+                        "%s: upload %s: %d/%d chunks sent (%.0f%%)",
+                        kind,
+                        sid,
+                        done,
+                        len(missing),
+                        100 * done / len(missing),
+                    )
+            committed = self._retrying(
+                "upload.commit", lambda: self._call_once("upload.commit", commit, round_index, UploadCommitted)
+            )
         except CoordinatorError as exc:
             if exc.status is not None and 400 <= exc.status < 500:  # refused for good: free the session now
                 self._abort(sid, round_index)
@@ -380,7 +432,7 @@ class Transport:
 
     def _send_chunk(self, up: _PendingUpload, session_id: str, index: int, round_index: int) -> None:
         """Send one chunk per the retry policy; after a failure, skip it if the coordinator holds it."""
-        data = up.body[index * up.chunk_bytes:(index + 1) * up.chunk_bytes]
+        data = up.body[index * up.chunk_bytes : (index + 1) * up.chunk_bytes]
         message = UploadChunk(session_id=session_id, index=index, data=encode_chunk(data))
 
         def attempt() -> None:
@@ -389,7 +441,9 @@ class Transport:
 
         def held() -> bool:  # the reply may have been lost after the chunk was stored
             try:
-                status = self._call_once("upload.status", UploadStatusQuery(session_id=session_id), round_index, UploadStatus)
+                status = self._call_once(
+                    "upload.status", UploadStatusQuery(session_id=session_id), round_index, UploadStatus
+                )
             except CoordinatorError as exc:
                 if _retriable(exc):
                     return False

@@ -32,8 +32,12 @@ def _serve(args: argparse.Namespace) -> int:
     from lada_coordinator.server.run import serve
 
     config = CoordinatorConfig.load(args.config).with_overrides(
-        host=args.host, port=args.port, rounds=args.rounds, allocation=args.allocation,
-        max_body_bytes=args.max_body_bytes, upload_ttl_s=args.upload_ttl,
+        host=args.host,
+        port=args.port,
+        rounds=args.rounds,
+        allocation=args.allocation,
+        max_body_bytes=args.max_body_bytes,
+        upload_ttl_s=args.upload_ttl,
         upload_max_client_bytes=args.upload_max_client_bytes,
     )
     serve(config, args.llm_eval_data, args.tls_cert, args.tls_key, args.insecure_http)
@@ -45,8 +49,13 @@ def _check(args: argparse.Namespace) -> int:
     from lada_client.common.preflight import as_json, failed, render
     from lada_coordinator.preflight import run_checks
 
-    checks = run_checks(args.config, load_llm=not args.no_llm, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                        insecure_http=args.insecure_http)
+    checks = run_checks(
+        args.config,
+        load_llm=not args.no_llm,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        insecure_http=args.insecure_http,
+    )
     print(as_json(checks) if args.json else render(checks))
     return 1 if failed(checks) else 0
 
@@ -97,12 +106,21 @@ def _issue_token(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        _print_json({"tokens": tokens, "group": args.group, "ttl_hours": args.ttl_hours,
-                     "expires_at": time.time() + args.ttl_hours * 3600.0})
+        _print_json(
+            {
+                "tokens": tokens,
+                "group": args.group,
+                "ttl_hours": args.ttl_hours,
+                "expires_at": time.time() + args.ttl_hours * 3600.0,
+            }
+        )
         return 0
     for token in tokens:
         print(token)
-    print(f"{len(tokens)} token(s) for group {args.group!r}, valid {args.ttl_hours:g} h; each enrolls one device once", file=sys.stderr)
+    print(
+        f"{len(tokens)} token(s) for group {args.group!r}, valid {args.ttl_hours:g} h; each enrolls one device once",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -125,8 +143,15 @@ def _tokens(args: argparse.Namespace) -> int:
         store.close()
     now = time.time()
     listed = [
-        {"token_id": r.token_id, "group": r.secagg_group, "state": _token_state(r, now), "created_at": r.created_at,
-         "expires_at": r.expires_at, "used_by": r.used_by, "revoked": r.revoked}
+        {
+            "token_id": r.token_id,
+            "group": r.secagg_group,
+            "state": _token_state(r, now),
+            "created_at": r.created_at,
+            "expires_at": r.expires_at,
+            "used_by": r.used_by,
+            "revoked": r.revoked,
+        }
         for r in rows
     ]
     return _show(args, listed, "tokens_table", listed)
@@ -195,8 +220,10 @@ def _teacher_paths(args: argparse.Namespace) -> int:
 
     stats = fill_store(teacher, store, samples, args.attempts, args.temperature, args.seed, progress)
     served = sum(1 for s in samples if (r := store.get(s)) is not None and r.correct)
-    print(f"{args.out}: {served}/{len(samples)} public questions have a verified path ({stats['new']} new); "
-          f"set teacher_paths in the coordinator config to serve them")
+    print(
+        f"{args.out}: {served}/{len(samples)} public questions have a verified path ({stats['new']} new); "
+        f"set teacher_paths in the coordinator config to serve them"
+    )
     return 0
 
 
@@ -212,17 +239,41 @@ def _federation(args: argparse.Namespace) -> int:
     from lada_coordinator.federation import LOG_FILE, FederationSettings, run_federation
 
     settings = FederationSettings(
-        workdir=args.workdir, clients=args.clients, rounds=args.rounds, allocation=args.allocation,
-        candidates=args.candidates, budget=args.budget, port=args.port, seed=args.seed,
-        n_train=args.n_train, n_test=args.n_test, n_public=args.n_public,
-        llm_warmup_steps=args.llm_warmup_steps, slm_warmup_steps=args.slm_warmup_steps,
-        offer_questions=args.offer_questions, timeout_s=args.timeout, tls=args.tls,
-        alpha=args.alpha, epochs=args.epochs, dp_noise=args.dp_noise, host_framework=args.host_framework,
-        slm_presets=tuple(args.slm_presets.split(",")), llm_checkpoint=args.llm_checkpoint,
-        families=_names(args.families), public_families=_names(args.public_families), public_seed=args.public_seed,
-        student=args.student, teacher_gguf=args.teacher_gguf, teacher_cache=args.teacher_cache,
-        reward=args.reward, credit=args.credit, private_sft=args.private_sft, eval_size=args.eval_size,
-        max_new_tokens=args.max_new_tokens, features=_names(args.features), verbose=args.verbose,
+        workdir=args.workdir,
+        clients=args.clients,
+        rounds=args.rounds,
+        allocation=args.allocation,
+        candidates=args.candidates,
+        budget=args.budget,
+        port=args.port,
+        seed=args.seed,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        n_public=args.n_public,
+        llm_warmup_steps=args.llm_warmup_steps,
+        slm_warmup_steps=args.slm_warmup_steps,
+        offer_questions=args.offer_questions,
+        timeout_s=args.timeout,
+        tls=args.tls,
+        alpha=args.alpha,
+        epochs=args.epochs,
+        dp_noise=args.dp_noise,
+        host_framework=args.host_framework,
+        slm_presets=tuple(args.slm_presets.split(",")),
+        llm_checkpoint=args.llm_checkpoint,
+        families=_names(args.families),
+        public_families=_names(args.public_families),
+        public_seed=args.public_seed,
+        student=args.student,
+        teacher_gguf=args.teacher_gguf,
+        teacher_cache=args.teacher_cache,
+        reward=args.reward,
+        credit=args.credit,
+        private_sft=args.private_sft,
+        eval_size=args.eval_size,
+        max_new_tokens=args.max_new_tokens,
+        features=_names(args.features),
+        verbose=args.verbose,
     )
     console = make_console()
     setup_console_logging(console, args.verbose, settings.workdir / LOG_FILE)
@@ -240,16 +291,29 @@ def _names(text: str | None) -> tuple[str, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lada-coordinator", description="LaDa coordinator")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, libraries' (httpx, uvicorn …) included")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, libraries' (httpx, uvicorn …) included"
+    )
     # -v also after the command (`bash scripts/federation.sh -v`); SUPPRESS keeps a -v given before it
     verbose = argparse.ArgumentParser(add_help=False)
     verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def operator(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", type=Path, required=True, help="the coordinator's JSON config (its state_dir holds the operator token)")
-        p.add_argument("--url", help="where the coordinator serves (default: the address it recorded in state_dir/endpoint.json)")
-        p.add_argument("--ca-cert", type=Path, help="PEM certificate to verify its https with (default: the self-signed one it recorded)")
+        p.add_argument(
+            "--config",
+            type=Path,
+            required=True,
+            help="the coordinator's JSON config (its state_dir holds the operator token)",
+        )
+        p.add_argument(
+            "--url", help="where the coordinator serves (default: the address it recorded in state_dir/endpoint.json)"
+        )
+        p.add_argument(
+            "--ca-cert",
+            type=Path,
+            help="PEM certificate to verify its https with (default: the self-signed one it recorded)",
+        )
         p.add_argument("--json", action="store_true", help="print the JSON document instead of tables")
 
     p = sub.add_parser("serve", parents=[verbose], help="run the coordinator HTTP server and round engine")
@@ -264,12 +328,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-body-bytes", type=int, help="largest request body; larger uploads come in chunks")
     p.add_argument("--upload-ttl", type=float, help="seconds a chunked upload session lives after its last chunk")
     p.add_argument("--upload-max-client-bytes", type=int, help="bytes of open chunked uploads one client may hold")
-    p.add_argument("--insecure-http", action="store_true",
-                   help="serve plain http on a non-loopback address (default there: https, self-signed if no --tls-cert)")
+    p.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="serve plain http on a non-loopback address (default there: https, self-signed if no --tls-cert)",
+    )
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("check", parents=[verbose],
-                       help="preflight: config, packages, state dir, database, public pool, LLM loads, TLS, port")
+    p = sub.add_parser(
+        "check",
+        parents=[verbose],
+        help="preflight: config, packages, state dir, database, public pool, LLM loads, TLS, port",
+    )
     p.add_argument("--config", type=Path, required=True, help="coordinator JSON config")
     p.add_argument("--tls-cert", type=Path, help="as on serve: the certificate it would use")
     p.add_argument("--tls-key", type=Path, help="as on serve: the key of --tls-cert")
@@ -284,12 +354,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--days", type=int, default=365)
     p.set_defaults(func=_gen_cert)
 
-    p = sub.add_parser("issue-token", parents=[verbose], help="print one-time enrollment tokens (they name this coordinator's key)")
+    p = sub.add_parser(
+        "issue-token", parents=[verbose], help="print one-time enrollment tokens (they name this coordinator's key)"
+    )
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--ttl-hours", type=float, default=DEFAULT_TOKEN_TTL_S / 3600, help="hours a token stays valid")
-    p.add_argument("--group", default=DEFAULT_GROUP,
-                   help="secure-aggregation group of the devices enrolled with these tokens (co-tuning)")
+    p.add_argument(
+        "--group",
+        default=DEFAULT_GROUP,
+        help="secure-aggregation group of the devices enrolled with these tokens (co-tuning)",
+    )
     p.add_argument("--json", action="store_true", help="print the tokens, group and expiry as JSON")
     p.set_defaults(func=_issue_token)
 
@@ -310,36 +385,58 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_revoke)
 
-    p = sub.add_parser("status", parents=[verbose], help="a running coordinator's rounds, phase and devices (operator token)")
+    p = sub.add_parser(
+        "status", parents=[verbose], help="a running coordinator's rounds, phase and devices (operator token)"
+    )
     operator(p)
     p.set_defaults(func=_status)
 
-    p = sub.add_parser("clients", parents=[verbose], help="a running coordinator's enrolled devices: last seen, set aside, revoked")
+    p = sub.add_parser(
+        "clients", parents=[verbose], help="a running coordinator's enrolled devices: last seen, set aside, revoked"
+    )
     operator(p)
     p.set_defaults(func=_clients)
 
-    p = sub.add_parser("teacher-paths", parents=[verbose], help="compute the teacher's verified reasoning paths over the public pool ahead of time (llama.cpp)")
+    p = sub.add_parser(
+        "teacher-paths",
+        parents=[verbose],
+        help="compute the teacher's verified reasoning paths over the public pool ahead of time (llama.cpp)",
+    )
     p.add_argument("--gguf", type=Path, required=True, help="the teacher as a GGUF file")
     p.add_argument("--public", type=Path, required=True, help="federation data directory (its public.jsonl)")
     p.add_argument("--out", type=Path, required=True, help="path store (JSON Lines; appended to, so a rerun resumes)")
-    p.add_argument("--prompt-file", type=Path, help="few-shot prefix for the teacher (default: lada_coordinator.llm.llamacpp.DEFAULT_PROMPT)")
+    p.add_argument(
+        "--prompt-file",
+        type=Path,
+        help="few-shot prefix for the teacher (default: lada_coordinator.llm.llamacpp.DEFAULT_PROMPT)",
+    )
     p.add_argument("--attempts", type=int, default=2, help="greedy first, then sampled attempts until one is right")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_teacher_paths)
 
-    p = sub.add_parser("import-llm", parents=[verbose], help="import a GGUF file or transformers checkpoint as the coordinator's LLM (llm_dir)")
+    p = sub.add_parser(
+        "import-llm",
+        parents=[verbose],
+        help="import a GGUF file or transformers checkpoint as the coordinator's LLM (llm_dir)",
+    )
     p.add_argument("source", type=Path, help="a .gguf file or a checkpoint directory")
     p.add_argument("--out", type=Path, required=True, help="where the float32 checkpoint goes (cached)")
     p.set_defaults(func=_import_llm)
 
-    p = sub.add_parser("federation", parents=[verbose], help="build models and data, then run coordinator + clients on loopback")
+    p = sub.add_parser(
+        "federation", parents=[verbose], help="build models and data, then run coordinator + clients on loopback"
+    )
     p.add_argument("--workdir", type=Path, default=Path(".lada-federation"))
     p.add_argument("--clients", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--allocation", choices=["lada", "random", "all", "none"], default="lada",
-                   help="lada: learnability filters; random: same budget at random; all: every candidate; none: local-only")
+    p.add_argument(
+        "--allocation",
+        choices=["lada", "random", "all", "none"],
+        default="lada",
+        help="lada: learnability filters; random: same budget at random; all: every candidate; none: local-only",
+    )
     p.add_argument("--candidates", type=int, default=128, help="candidates per round")
     p.add_argument("--budget", type=int, default=32, help="per-client allocation budget B")
     p.add_argument("--port", type=int, default=8765)
@@ -348,32 +445,70 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=64, help="private test samples per client")
     p.add_argument("--n-public", type=int, default=800, help="public pool size")
     p.add_argument("--offer-questions", type=int, default=32, help="public questions clients may answer for the LLM")
-    p.add_argument("--llm-warmup-steps", type=int_at_least(0), default=400,
-                   help="warm-start steps of the tiny LLM teacher (0 = none: it starts from random weights)")
-    p.add_argument("--slm-warmup-steps", type=int_at_least(0), default=150,
-                   help="warm-start steps of each SLM (0 = none)")
+    p.add_argument(
+        "--llm-warmup-steps",
+        type=int_at_least(0),
+        default=400,
+        help="warm-start steps of the tiny LLM teacher (0 = none: it starts from random weights)",
+    )
+    p.add_argument(
+        "--slm-warmup-steps", type=int_at_least(0), default=150, help="warm-start steps of each SLM (0 = none)"
+    )
     p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
-    p.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True,
-                   help="https with a generated self-signed certificate (default); --no-tls: plain http on loopback")
+    p.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="https with a generated self-signed certificate (default); --no-tls: plain http on loopback",
+    )
     p.add_argument("--alpha", type=float, default=0.5, help="weight of L_CD on the clients (0 = SFT-only baseline)")
-    p.add_argument("--epochs", type=int, default=2, help="clients' training passes per round over private data + allocated paths")
+    p.add_argument(
+        "--epochs", type=int, default=2, help="clients' training passes per round over private data + allocated paths"
+    )
     p.add_argument("--dp-noise", type=float, default=0.0, help="DP noise multiplier on client features (0 = off)")
-    p.add_argument("--host-framework", choices=["mkt", "cotuning"], default="mkt",
-                   help="mkt: mutual knowledge transfer; cotuning: + secure FedAvg of same-architecture SLM adapters")
-    p.add_argument("--slm-presets", default="slm-large,slm-medium,slm-small",
-                   help="comma-separated SLM sizes, assigned to clients in turn")
-    p.add_argument("--llm-checkpoint", type=Path,
-                   help="local transformers checkpoint to use as the teacher instead of warm-starting llm-tiny")
-    p.add_argument("--families", help="reasoning-gym task families, one per client in turn, e.g. chain_sum,simple_equations,"
-                   "leg_counting (settings: 'chain_sum:max_terms=3;leg_counting'); default: the toy arithmetic domains")
+    p.add_argument(
+        "--host-framework",
+        choices=["mkt", "cotuning"],
+        default="mkt",
+        help="mkt: mutual knowledge transfer; cotuning: + secure FedAvg of same-architecture SLM adapters",
+    )
+    p.add_argument(
+        "--slm-presets",
+        default="slm-large,slm-medium,slm-small",
+        help="comma-separated SLM sizes, assigned to clients in turn",
+    )
+    p.add_argument(
+        "--llm-checkpoint",
+        type=Path,
+        help="local transformers checkpoint to use as the teacher instead of warm-starting llm-tiny",
+    )
+    p.add_argument(
+        "--families",
+        help="reasoning-gym task families, one per client in turn, e.g. chain_sum,simple_equations,"
+        "leg_counting (settings: 'chain_sum:max_terms=3;leg_counting'); default: the toy arithmetic domains",
+    )
     p.add_argument("--public-families", help="families of the public pool (default: the clients')")
     p.add_argument("--public-seed", type=int, help="keep the public pool fixed across --seed values")
-    p.add_argument("--student", type=Path, help="a GGUF file or checkpoint imported as every client's SLM (e.g. SmolLM2)")
-    p.add_argument("--teacher-gguf", type=Path, help="the teacher as a GGUF file on llama.cpp; its verified paths are computed once")
-    p.add_argument("--teacher-cache", type=Path, help="where --teacher-gguf's paths are kept (default: WORKDIR/teacher/paths.jsonl)")
-    p.add_argument("--reward", choices=["heldout", "ppl_drop"], default="heldout", help="what the clients' reward measures")
+    p.add_argument(
+        "--student", type=Path, help="a GGUF file or checkpoint imported as every client's SLM (e.g. SmolLM2)"
+    )
+    p.add_argument(
+        "--teacher-gguf",
+        type=Path,
+        help="the teacher as a GGUF file on llama.cpp; its verified paths are computed once",
+    )
+    p.add_argument(
+        "--teacher-cache",
+        type=Path,
+        help="where --teacher-gguf's paths are kept (default: WORKDIR/teacher/paths.jsonl)",
+    )
+    p.add_argument(
+        "--reward", choices=["heldout", "ppl_drop"], default="heldout", help="what the clients' reward measures"
+    )
     p.add_argument("--credit", choices=["gradient", "round"], default="gradient", help="per-sample or per-round reward")
-    p.add_argument("--private-sft", choices=["all", "with_rationale"], default="all", help="private samples trained with L_SFT")
+    p.add_argument(
+        "--private-sft", choices=["all", "with_rationale"], default="all", help="private samples trained with L_SFT"
+    )
     p.add_argument("--eval-size", type=int, default=64, help="test questions each client evaluates per round")
     p.add_argument("--max-new-tokens", type=int, default=48, help="clients' generation cap")
     p.add_argument("--features", help="learnability features, comma-separated (default: the coordinator's)")

@@ -88,9 +88,13 @@ class CoordinatorConfig:
             raise ValueError(f"score_only_update must be 'skip' or 'server', not {self.score_only_update!r}")
         object.__setattr__(self, "slm_checkpoints", {str(k): Path(v) for k, v in dict(self.slm_checkpoints).items()})
         if self.score_only_update == "server" and not self.slm_checkpoints:
-            raise ValueError("score_only_update='server' needs slm_checkpoints: model name -> base checkpoint directory")
+            raise ValueError(
+                "score_only_update='server' needs slm_checkpoints: model name -> base checkpoint directory"
+            )
         if self.llm_dir is None and (self.teacher_paths is None or self.train_llm):
-            raise ValueError("llm_dir is required unless teacher_paths serves the candidates' paths and train_llm is false")
+            raise ValueError(
+                "llm_dir is required unless teacher_paths serves the candidates' paths and train_llm is false"
+            )
         if not 0 < self.quorum_fraction <= 1 or self.phase_timeout_s <= 0:
             raise ValueError("quorum_fraction must be in (0, 1] and phase_timeout_s > 0")
         if self.rounds < 1 or self.min_clients < 1 or self.candidates_per_round < 1:

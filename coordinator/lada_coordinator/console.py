@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, Group, JustifyMethod, RenderableType
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -29,8 +29,15 @@ from lada_client.common.logs import LOG_FORMAT, quiet_libraries
 from lada_coordinator.federation import FederationSettings, ProcessFailure
 
 __all__ = [
-    "ConsoleReporter", "clients_table", "failure_message", "human_bytes", "make_console", "round_table",
-    "setup_console_logging", "status_view", "tokens_table",
+    "ConsoleReporter",
+    "clients_table",
+    "failure_message",
+    "human_bytes",
+    "make_console",
+    "round_table",
+    "setup_console_logging",
+    "status_view",
+    "tokens_table",
 ]
 
 #: Phases of the round engine (``RoundEngine.status.phase``) as the progress line names them.
@@ -85,8 +92,15 @@ def _ago(then: float | None, now: float) -> str:
 def _table(title: str | None, plain: bool, **kwargs: Any) -> Table:
     """Rules and a bold header on a terminal; bare aligned columns in a log (``plain``)."""
     return Table(
-        title=title, title_justify="left", title_style="bold" if not plain else "", box=None if plain else box.SIMPLE_HEAD,
-        show_edge=False, pad_edge=False, header_style="" if plain else "bold", caption_justify="left", **kwargs,
+        title=title,
+        title_justify="left",
+        title_style="bold" if not plain else "",
+        box=None if plain else box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        header_style="" if plain else "bold",
+        caption_justify="left",
+        **kwargs,
     )
 
 
@@ -101,7 +115,10 @@ def _seconds(m: dict[str, Any], now: float | None = None) -> float | None:
 
 
 def round_table(
-    metrics: dict[str, Any], previous: dict[str, Any] | None = None, total_rounds: int | None = None, plain: bool = False,
+    metrics: dict[str, Any],
+    previous: dict[str, Any] | None = None,
+    total_rounds: int | None = None,
+    plain: bool = False,
 ) -> Group:
     """One closed round, one row per party: test accuracy (and its change since ``previous``),
     what was allocated to it, its reward, and the bytes it sent and received in this round.
@@ -116,8 +133,16 @@ def round_table(
     if aside:
         title += f" · {len(aside)} set aside"
     table = _table(None, plain)
-    for name, justify in (("party", "left"), ("accuracy", "right"), ("change", "right"), ("allocated", "right"),
-                          ("reward", "right"), ("sent", "right"), ("received", "right")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("party", "left"),
+        ("accuracy", "right"),
+        ("change", "right"),
+        ("allocated", "right"),
+        ("reward", "right"),
+        ("sent", "right"),
+        ("received", "right"),
+    )
+    for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=True)
     before = (previous or {}).get("clients", {})
     for name, c in sorted(metrics.get("clients", {}).items()):
@@ -126,8 +151,13 @@ def round_table(
         sent = c["bytes_client_sent"] - (prev["bytes_client_sent"] if prev else 0)
         received = c["bytes_client_received"] - (prev["bytes_client_received"] if prev else 0)
         table.add_row(
-            name, f"{c['test_accuracy']:.3f}", change, str(c["n_allocated"]), f"{c['reward']:.3f}",
-            human_bytes(sent), human_bytes(received),
+            name,
+            f"{c['test_accuracy']:.3f}",
+            change,
+            str(c["n_allocated"]),
+            f"{c['reward']:.3f}",
+            human_bytes(sent),
+            human_bytes(received),
         )
     llm = metrics.get("llm") or {}
     if llm.get("accuracy") is not None or llm.get("n_trained"):
@@ -136,8 +166,13 @@ def round_table(
         change = "" if acc is None or prev_acc is None else f"{acc - prev_acc:+.3f}"
         reward = llm.get("reward")
         table.add_row(
-            "LLM", "" if acc is None else f"{acc:.3f}", change, f"{llm.get('n_trained', 0)} paths",
-            "" if reward is None else f"{reward:.3f}", "", "",
+            "LLM",
+            "" if acc is None else f"{acc:.3f}",
+            change,
+            f"{llm.get('n_trained', 0)} paths",
+            "" if reward is None else f"{reward:.3f}",
+            "",
+            "",
         )
     notes = [f"{name} set aside: {why}" for name, why in sorted(aside.items())]
     if llm.get("error"):
@@ -153,7 +188,9 @@ def clients_table(status: dict[str, Any], plain: bool = False) -> Table:
     table = _table(None, plain)
     for name in ("name", "client id", "model", "group", "last seen", "state", "sent", "received"):
         table.add_column(
-            name, justify="right" if name in ("sent", "received") else "left", no_wrap=name != "state",
+            name,
+            justify="right" if name in ("sent", "received") else "left",
+            no_wrap=name != "state",
             min_width=7 if name == "state" else None,
         )
     for d in status["devices"]:
@@ -164,8 +201,14 @@ def clients_table(status: dict[str, Any], plain: bool = False) -> Table:
         else:
             state = "active"
         table.add_row(
-            d["name"], d["client_id"], d.get("model_name", ""), d.get("secagg_group", ""), _ago(d.get("last_seen"), now),
-            state, human_bytes(d.get("bytes_in")), human_bytes(d.get("bytes_out")),
+            d["name"],
+            d["client_id"],
+            d.get("model_name", ""),
+            d.get("secagg_group", ""),
+            _ago(d.get("last_seen"), now),
+            state,
+            human_bytes(d.get("bytes_in")),
+            human_bytes(d.get("bytes_out")),
         )
     return table
 
@@ -198,7 +241,16 @@ def status_view(status: dict[str, Any], plain: bool = False) -> Group:
     head.append(f" · engine: {'error' if engine.get('error') else 'ok'}")
     parts: list[RenderableType] = [head]
     rounds = _table(None, plain)
-    for name in ("round", "phase", "seconds", "clients", "SLM accuracy (mean)", "LLM accuracy", "allocated", "set aside"):
+    for name in (
+        "round",
+        "phase",
+        "seconds",
+        "clients",
+        "SLM accuracy (mean)",
+        "LLM accuracy",
+        "allocated",
+        "set aside",
+    ):
         rounds.add_column(name, justify="left" if name in ("round", "phase") else "right", no_wrap=True)
     for m in status.get("rounds", []):
         clients = m.get("clients") or {}
@@ -206,9 +258,14 @@ def status_view(status: dict[str, Any], plain: bool = False) -> Group:
         seconds = _seconds(m, status.get("now"))
         llm_acc = (m.get("llm") or {}).get("accuracy")
         rounds.add_row(
-            str(m["round"]), m["phase"], "" if seconds is None else f"{seconds:.0f}", str(len(clients)) if clients else "",
-            f"{sum(accs) / len(accs):.3f}" if accs else "", "" if llm_acc is None else f"{llm_acc:.3f}",
-            str(sum(c["n_allocated"] for c in clients.values())) if clients else "", str(len(m.get("quarantined") or {})) if clients else "",
+            str(m["round"]),
+            m["phase"],
+            "" if seconds is None else f"{seconds:.0f}",
+            str(len(clients)) if clients else "",
+            f"{sum(accs) / len(accs):.3f}" if accs else "",
+            "" if llm_acc is None else f"{llm_acc:.3f}",
+            str(sum(c["n_allocated"] for c in clients.values())) if clients else "",
+            str(len(m.get("quarantined") or {})) if clients else "",
         )
     if status.get("rounds"):
         parts.append(rounds)
@@ -216,7 +273,9 @@ def status_view(status: dict[str, Any], plain: bool = False) -> Group:
     parts.append(clients_table(status, plain))
     errors = engine.get("errors") or []
     for e in errors[-3:]:
-        parts.append(Text(f"engine error in round {e['round']} ({e['phase']}): {e['error']}", style="" if plain else "red"))
+        parts.append(
+            Text(f"engine error in round {e['round']} ({e['phase']}): {e['error']}", style="" if plain else "red")
+        )
     return Group(*parts)
 
 
@@ -287,8 +346,14 @@ class ConsoleReporter:
         self.err_console = err_console or console
         self.plain = not console.is_terminal
         self._progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=console, transient=True, refresh_per_second=4,
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            refresh_per_second=4,
         )
         self._rounds: TaskID | None = None
         self._closed = 0
@@ -329,7 +394,9 @@ class ConsoleReporter:
         self.console.print(
             f"federation: coordinator + {settings.clients} clients on {url} · {rounds} · "
             f"allocation {settings.allocation} · logs in {logs} · dashboard {url}/dashboard",
-            markup=False, highlight=False, soft_wrap=True,
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
         self._rounds = self._progress.add_task("waiting for devices", total=settings.rounds)
 
@@ -337,7 +404,9 @@ class ConsoleReporter:
         if self._rounds is not None:
             self._progress.update(self._rounds, description=_round_line(status), completed=self._closed)
 
-    def round_closed(self, metrics: dict[str, Any], previous: dict[str, Any] | None, settings: FederationSettings) -> None:
+    def round_closed(
+        self, metrics: dict[str, Any], previous: dict[str, Any] | None, settings: FederationSettings
+    ) -> None:
         self._closed += 1
         if self._rounds is not None:
             self._progress.update(self._rounds, completed=self._closed)
@@ -345,8 +414,10 @@ class ConsoleReporter:
 
     def engine_error(self, error: dict[str, Any]) -> None:
         self.console.print(
-            Text(f"! coordinator, round {error['round']} ({error['phase']}): {error['error']} (retrying)",
-                 style="" if self.plain else "yellow"),
+            Text(
+                f"! coordinator, round {error['round']} ({error['phase']}): {error['error']} (retrying)",
+                style="" if self.plain else "yellow",
+            ),
         )
 
     def failed(self, failure: ProcessFailure) -> None:
@@ -358,7 +429,9 @@ class ConsoleReporter:
             self._progress.remove_task(self._rounds)
             self._rounds = None
         self.console.print(
-            Text(f"{self._ok} done in {seconds:.0f} s; report {report_path} (metrics in {metrics_path})",
-                 style="" if self.plain else "green"),
+            Text(
+                f"{self._ok} done in {seconds:.0f} s; report {report_path} (metrics in {metrics_path})",
+                style="" if self.plain else "green",
+            ),
             soft_wrap=True,
         )

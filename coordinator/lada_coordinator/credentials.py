@@ -22,7 +22,12 @@ from lada_client.common.enrollment import EnrollmentToken
 from lada_coordinator.store import DEFAULT_GROUP, Store
 
 __all__ = [
-    "DEFAULT_TOKEN_TTL_S", "GROUP_PATTERN", "check_operator", "existing_operator_token", "issue_tokens", "load_identity",
+    "DEFAULT_TOKEN_TTL_S",
+    "GROUP_PATTERN",
+    "check_operator",
+    "existing_operator_token",
+    "issue_tokens",
+    "load_identity",
     "operator_token",
 ]
 

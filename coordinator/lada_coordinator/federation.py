@@ -67,7 +67,9 @@ class FederationSettings:
     timeout_s: float = 1800.0
     tls: bool = True
     llm_checkpoint: Path | None = None  # a local transformers checkpoint used as the teacher as is
-    families: tuple[str, ...] = ()  # reasoning-gym families for the clients ("name" or "name:key=value,..."); () = toy domains
+    families: tuple[
+        str, ...
+    ] = ()  # reasoning-gym families for the clients ("name" or "name:key=value,..."); () = toy domains
     public_families: tuple[str, ...] = ()  # families of the public pool; () = the clients'
     public_seed: int | None = None  # fixes the public pool across seeds (its teacher paths are computed once)
     student: Path | None = None  # GGUF file or checkpoint imported as every client's SLM
@@ -126,7 +128,9 @@ class Reporter(Protocol):
 
     def status(self, status: dict[str, Any], settings: FederationSettings) -> None: ...
 
-    def round_closed(self, metrics: dict[str, Any], previous: dict[str, Any] | None, settings: FederationSettings) -> None: ...
+    def round_closed(
+        self, metrics: dict[str, Any], previous: dict[str, Any] | None, settings: FederationSettings
+    ) -> None: ...
 
     def engine_error(self, error: dict[str, Any]) -> None: ...
 
@@ -177,12 +181,21 @@ class LogReporter:
         stage = _LoggedStage(total)
         self._log.info("%s…", name)
         yield stage
-        self._log.info("%s: done in %.1fs%s", name, time.perf_counter() - started, f" ({'; '.join(stage.notes)})" if stage.notes else "")
+        self._log.info(
+            "%s: done in %.1fs%s",
+            name,
+            time.perf_counter() - started,
+            f" ({'; '.join(stage.notes)})" if stage.notes else "",
+        )
 
     def started(self, url: str, settings: FederationSettings, logs: Path) -> None:
         self._log.info(
             "federation: coordinator + %d clients on %s, %d rounds, allocation=%s (logs in %s)",
-            settings.clients, url, settings.rounds, settings.allocation, logs,
+            settings.clients,
+            url,
+            settings.rounds,
+            settings.allocation,
+            logs,
         )
 
     def status(self, status: dict[str, Any], settings: FederationSettings) -> None:
@@ -191,14 +204,18 @@ class LogReporter:
             self._phase = phase
             self._log.debug("round %d: %s", *phase)
 
-    def round_closed(self, metrics: dict[str, Any], previous: dict[str, Any] | None, settings: FederationSettings) -> None:
+    def round_closed(
+        self, metrics: dict[str, Any], previous: dict[str, Any] | None, settings: FederationSettings
+    ) -> None:
         self._log.info("%s", round_summary(metrics))
 
     def engine_error(self, error: dict[str, Any]) -> None:
         self._log.warning("coordinator round %s %s: %s (retrying)", error["round"], error["phase"], error["error"])
 
     def failed(self, failure: ProcessFailure) -> None:
-        self._log.error("%s %s; last lines of %s:\n%s", failure.name, failure.detail, failure.log, "\n".join(failure.tail))
+        self._log.error(
+            "%s %s; last lines of %s:\n%s", failure.name, failure.detail, failure.log, "\n".join(failure.tail)
+        )
 
     def finished(self, seconds: float, metrics_path: Path, report_path: Path) -> None:
         self._log.info("federation: done in %.0fs; metrics in %s, report %s", seconds, metrics_path, report_path)
@@ -247,8 +264,13 @@ def _data(settings: FederationSettings, data_dir: Path):
 
         families = [settings.families[i % len(settings.families)] for i in range(settings.clients)]
         return make_gym_federation(
-            families, settings.n_train, settings.n_test, settings.n_public, settings.seed,
-            public_families=settings.public_families or None, public_seed=settings.public_seed,
+            families,
+            settings.n_train,
+            settings.n_test,
+            settings.n_public,
+            settings.seed,
+            public_families=settings.public_families or None,
+            public_seed=settings.public_seed,
         )
     from lada_client.data.domains import DOMAINS
 
@@ -274,16 +296,23 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
     data_dir, tok_dir, models = work / "data", work / "tokenizer", work / "models"
     toy_teacher = settings.teacher_gguf is None and settings.llm_checkpoint is None
     key = {
-        "data": list(settings.families) or "toy", "public": list(settings.public_families), "public_seed": settings.public_seed,
-        "clients": settings.clients, "n": [settings.n_train, settings.n_test, settings.n_public], "seed": settings.seed,
-        "generator": GENERATOR_VERSION, "vocab": DEFAULT_VOCAB_SIZE,
+        "data": list(settings.families) or "toy",
+        "public": list(settings.public_families),
+        "public_seed": settings.public_seed,
+        "clients": settings.clients,
+        "n": [settings.n_train, settings.n_test, settings.n_public],
+        "seed": settings.seed,
+        "generator": GENERATOR_VERSION,
+        "vocab": DEFAULT_VOCAB_SIZE,
     }
     with reporter.stage("data") as stage:
         cached = _marker(work, key)
         if not cached:
             _clear(work)
             work.mkdir(parents=True, exist_ok=True)
-            log.info("generating data for %d clients (%s)", settings.clients, ", ".join(settings.families) or "toy domains")
+            log.info(
+                "generating data for %d clients (%s)", settings.clients, ", ".join(settings.families) or "toy domains"
+            )
             fed = _data(settings, data_dir)
             fed.save(data_dir)
             _mark(work, key)
@@ -308,12 +337,14 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
 
     paths: dict[str, Path] = {"data": data_dir}
     if settings.teacher_gguf is not None:
-        paths["teacher_paths"] = _teacher_paths(settings, fed.public, reporter)
+        paths["teacher_paths"] = _teacher_paths(settings, settings.teacher_gguf, fed.public, reporter)
     elif settings.llm_checkpoint is not None:
         with reporter.stage("teacher") as stage:
             paths["llm"] = Path(settings.llm_checkpoint)
             if not (paths["llm"] / "config.json").is_file():
-                raise ValueError(f"--llm-checkpoint {paths['llm']}: not a transformers checkpoint directory (no config.json)")
+                raise ValueError(
+                    f"--llm-checkpoint {paths['llm']}: not a transformers checkpoint directory (no config.json)"
+                )
             log.info("teacher: using the checkpoint in %s as is (no warm start)", paths["llm"])
             stage.note(f"checkpoint {paths['llm']} as is")
     else:
@@ -324,7 +355,9 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
                 shutil.rmtree(llm_dir, ignore_errors=True)
                 create_model("llm-tiny", tok_dir, llm_dir, seed=settings.seed)
                 log.info("warm-starting the LLM teacher on the public pool (%d steps)", settings.llm_warmup_steps)
-                loss = pretrain(llm_dir, pairs(fed.public), settings.llm_warmup_steps, seed=settings.seed, on_step=stage.advance)
+                loss = pretrain(
+                    llm_dir, pairs(fed.public), settings.llm_warmup_steps, seed=settings.seed, on_step=stage.advance
+                )
                 _mark(llm_dir, llm_key)
                 stage.note(f"llm-tiny, {settings.llm_warmup_steps} steps, loss {loss:.2f}")
             else:
@@ -341,14 +374,19 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
         return paths
     for i, client in enumerate(fed.clients):
         cdir = models / client.name
-        ckey = {"preset": settings.slm_presets[i % len(settings.slm_presets)], "steps": settings.slm_warmup_steps, "seed": settings.seed}
-        with reporter.stage(f"SLM {client.name} ({ckey['preset']})", settings.slm_warmup_steps) as stage:
+        preset = settings.slm_presets[i % len(settings.slm_presets)]
+        ckey = {"preset": preset, "steps": settings.slm_warmup_steps, "seed": settings.seed}
+        with reporter.stage(f"SLM {client.name} ({preset})", settings.slm_warmup_steps) as stage:
             if not (cdir.exists() and _marker(cdir, ckey)):
                 shutil.rmtree(cdir, ignore_errors=True)
-                create_model(ckey["preset"], tok_dir, cdir / "base", seed=settings.seed + i + 1)
-                log.info("warm-starting %s's SLM (%s) on its private data", client.name, ckey["preset"])
+                create_model(preset, tok_dir, cdir / "base", seed=settings.seed + i + 1)
+                log.info("warm-starting %s's SLM (%s) on its private data", client.name, preset)
                 loss = pretrain(
-                    cdir / "base", pairs(client.train), settings.slm_warmup_steps, seed=settings.seed + i, on_step=stage.advance,
+                    cdir / "base",
+                    pairs(client.train),
+                    settings.slm_warmup_steps,
+                    seed=settings.seed + i,
+                    on_step=stage.advance,
                 )
                 export_scoring_model(cdir / "base", cdir / "onnx" / "model.onnx")
                 _mark(cdir, ckey)
@@ -364,15 +402,15 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
     return paths
 
 
-def _teacher_paths(settings: FederationSettings, public, reporter: Reporter) -> Path:
+def _teacher_paths(settings: FederationSettings, gguf: Path, public, reporter: Reporter) -> Path:
     """Fill the llama.cpp teacher's path store for the public pool (resumable); returns its file."""
     from lada_coordinator.llm.llamacpp import DEFAULT_PROMPT, LlamaCppTeacher, fill_store
     from lada_coordinator.llm.paths import PathStore
 
     out = settings.teacher_cache or settings.workdir / "teacher" / "paths.jsonl"
-    teacher = LlamaCppTeacher(settings.teacher_gguf, DEFAULT_PROMPT, seed=0)
+    teacher = LlamaCppTeacher(gguf, DEFAULT_PROMPT, seed=0)
     store = PathStore(out, teacher.digest, DEFAULT_PROMPT)
-    store.write_header(str(settings.teacher_gguf))
+    store.write_header(str(gguf))
     missing = len(store.missing(public))
     if missing:
         log.info("teacher: computing %d verified paths with llama.cpp (cached in %s)", missing, out)
@@ -388,7 +426,9 @@ def _teacher_paths(settings: FederationSettings, public, reporter: Reporter) -> 
     return out
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, verify: str | bool, log_path: Path, timeout_s: float = 120.0) -> None:
+def _wait_healthy(
+    url: str, proc: subprocess.Popen, verify: str | bool, log_path: Path, timeout_s: float = 120.0
+) -> None:
     """Until the coordinator answers ``/healthz``; :class:`ProcessFailed` with its log's end if it
     exits first or stays silent."""
     deadline = time.monotonic() + timeout_s
@@ -396,7 +436,12 @@ def _wait_healthy(url: str, proc: subprocess.Popen, verify: str | bool, log_path
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise ProcessFailed(
-                    ProcessFailure("coordinator", f"exited with code {proc.returncode} during start-up", log_path, log_tail(log_path))
+                    ProcessFailure(
+                        "coordinator",
+                        f"exited with code {proc.returncode} during start-up",
+                        log_path,
+                        log_tail(log_path),
+                    )
                 )
             try:
                 if http.get(f"{url}/healthz").status_code == 200:
@@ -514,12 +559,15 @@ def start_processes(
 
     def spawn(module: str, args: list[str], log_name: str) -> subprocess.Popen:
         with open(logs / log_name, "w") as out:  # the child keeps its own copy of the descriptor
-            return subprocess.Popen([sys.executable, "-m", module, *verbose, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+            return subprocess.Popen(
+                [sys.executable, "-m", module, *verbose, *args], stdout=out, stderr=subprocess.STDOUT, env=env
+            )
 
     llm_eval = ["--llm-eval-data", str(paths["data"])] if "llm" in paths else []
     with reporter.stage("processes", settings.clients + 1) as stage:
         coordinator = spawn(
-            "lada_coordinator.cli", ["serve", "--config", str(run_dir / "coordinator.json"), *llm_eval, *serve_tls],
+            "lada_coordinator.cli",
+            ["serve", "--config", str(run_dir / "coordinator.json"), *llm_eval, *serve_tls],
             "coordinator.log",
         )
         procs = Processes(url, verify, run_dir, coordinator, {})
@@ -550,8 +598,14 @@ def start_processes(
                 (run_dir / f"{name}.json").write_text(json.dumps(cfg, indent=2))
                 procs.clients[name] = spawn(
                     "lada_client.cli",
-                    ["run", "--config", str(run_dir / f"{name}.json"), f"--token={tokens[i]}",
-                     "--results", str(run_dir / f"{name}.results.json")],
+                    [
+                        "run",
+                        "--config",
+                        str(run_dir / f"{name}.json"),
+                        f"--token={tokens[i]}",
+                        "--results",
+                        str(run_dir / f"{name}.results.json"),
+                    ],
                     f"{name}.log",
                 )
                 stage.advance(i + 2)
@@ -622,29 +676,42 @@ def run_federation(
                     reporter.round_closed(m, closed.get(m["round"] - 1), settings)
                     closed[m["round"]] = m
             errors = status["engine"]["errors"]
-            for e in errors[len(reported):]:  # the engine retries; say so, and give up if it keeps failing
+            for e in errors[len(reported) :]:  # the engine retries; say so, and give up if it keeps failing
                 reporter.engine_error(e)
             reported = errors
             if status["engine"]["error"] and len(errors) >= ENGINE_RETRIES:
                 path = logs / "coordinator.log"
-                reporter.failed(ProcessFailure(
-                    "coordinator", f"round engine failed {len(errors)} times; last: {status['engine']['error']}",
-                    path, log_tail(path),
-                ))
+                reporter.failed(
+                    ProcessFailure(
+                        "coordinator",
+                        f"round engine failed {len(errors)} times; last: {status['engine']['error']}",
+                        path,
+                        log_tail(path),
+                    )
+                )
                 return 1
             if all(p.poll() == 0 for p in procs.clients.values()) and len(closed) == settings.rounds:
                 metrics_path = settings.workdir / "last_run.json"
                 metrics_path.write_text(json.dumps(status, indent=2))
                 from lada_coordinator.report import write_report
 
-                report_path = write_report(status, settings.workdir / "report.html",
-                                           f"LaDa federation: {settings.clients} clients, allocation {settings.allocation}")
+                report_path = write_report(
+                    status,
+                    settings.workdir / "report.html",
+                    f"LaDa federation: {settings.clients} clients, allocation {settings.allocation}",
+                )
                 reporter.finished(time.perf_counter() - started, metrics_path, report_path)
                 return 0
             time.sleep(0.25)
         path = logs / "coordinator.log"
-        where = f"round {status.get('round', 0)}, phase {status.get('engine', {}).get('phase', '?')}" if status else "before the first status"
-        reporter.failed(ProcessFailure("federation", f"timed out after {settings.timeout_s:.0f}s ({where})", path, log_tail(path)))
+        where = (
+            f"round {status.get('round', 0)}, phase {status.get('engine', {}).get('phase', '?')}"
+            if status
+            else "before the first status"
+        )
+        reporter.failed(
+            ProcessFailure("federation", f"timed out after {settings.timeout_s:.0f}s ({where})", path, log_tail(path))
+        )
         return 1
     finally:
         http.close()

@@ -51,7 +51,9 @@ def write_endpoint(state_dir: Path, scheme: str, host: str, port: int, cert: Pat
     if host in ("0.0.0.0", "", "::"):
         host = "127.0.0.1"
     shown = f"[{host}]" if ":" in host else host
-    endpoint = Endpoint(f"{scheme}://{shown}:{port}", cert.resolve() if cert is not None and _is_self_signed(cert) else None)
+    endpoint = Endpoint(
+        f"{scheme}://{shown}:{port}", cert.resolve() if cert is not None and _is_self_signed(cert) else None
+    )
     (state_dir / ENDPOINT_FILE).write_text(
         json.dumps({"url": endpoint.url, "ca_cert": None if endpoint.ca_cert is None else str(endpoint.ca_cert)}) + "\n"
     )
@@ -78,7 +80,9 @@ class OperatorClient:
         self._timeout_s = timeout_s
 
     @classmethod
-    def for_config(cls, config: CoordinatorConfig, url: str | None = None, ca_cert: Path | None = None) -> OperatorClient:
+    def for_config(
+        cls, config: CoordinatorConfig, url: str | None = None, ca_cert: Path | None = None
+    ) -> OperatorClient:
         """The coordinator that runs with ``config``; ``url``/``ca_cert`` override where it is and
         what verifies it (a coordinator behind a proxy, or a certificate from elsewhere)."""
         if not config.state_dir.is_dir():
@@ -91,7 +95,9 @@ class OperatorClient:
         except FileNotFoundError as exc:
             raise OperatorError(str(exc)) from None
         found = read_endpoint(config)
-        endpoint = Endpoint(url.rstrip("/") if url else found.url, ca_cert if ca_cert is not None else (None if url else found.ca_cert))
+        endpoint = Endpoint(
+            url.rstrip("/") if url else found.url, ca_cert if ca_cert is not None else (None if url else found.ca_cert)
+        )
         return cls(endpoint, token)
 
     def status(self) -> dict[str, Any]:
@@ -106,7 +112,9 @@ class OperatorClient:
                 raise OperatorError(
                     f"the TLS certificate of {where} does not verify ({exc}); give the one it serves with --ca-cert"
                 ) from None
-            raise OperatorError(f"cannot reach the coordinator at {where} ({exc}): is it running? (--url to ask another address)") from None
+            raise OperatorError(
+                f"cannot reach the coordinator at {where} ({exc}): is it running? (--url to ask another address)"
+            ) from None
         except httpx.TimeoutException:
             raise OperatorError(f"the coordinator at {where} did not answer within {self._timeout_s:.0f}s") from None
         except httpx.HTTPError as exc:

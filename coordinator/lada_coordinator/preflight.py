@@ -29,18 +29,32 @@ LLM_PACKAGES = ("torch", "transformers", "peft")
 CERT_WARN_DAYS = 14
 
 
-def run_checks(config_path: Path, *, load_llm: bool = True, tls_cert: Path | None = None,
-               tls_key: Path | None = None, insecure_http: bool = False) -> list[Check]:
+def run_checks(
+    config_path: Path,
+    *,
+    load_llm: bool = True,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    insecure_http: bool = False,
+) -> list[Check]:
     """Every check for ``serve --config config_path`` with the same TLS flags."""
     checks = [probe("packages", lambda: _packages(load_llm))]
     try:
         config = CoordinatorConfig.load(config_path)
     except (ValueError, OSError) as exc:
         checks.append(Check("config", "fail", str(exc)))
-        return checks + [Check(n, "skip", "needs a valid config") for n in
-                         ("state dir", "database", "public pool", "teacher", "tls", "port")]
-    checks.append(Check("config", "ok", f"{config_path} ({config.rounds} rounds, allocation {config.allocation!r}, "
-                        f"min {config.min_clients} clients)"))
+        return checks + [
+            Check(n, "skip", "needs a valid config")
+            for n in ("state dir", "database", "public pool", "teacher", "tls", "port")
+        ]
+    checks.append(
+        Check(
+            "config",
+            "ok",
+            f"{config_path} ({config.rounds} rounds, allocation {config.allocation!r}, "
+            f"min {config.min_clients} clients)",
+        )
+    )
     checks.append(probe("state dir", lambda: _state_dir(config.state_dir)))
     checks.append(probe("database", lambda: _database(config.db_path)))
     checks.append(probe("public pool", lambda: _public(config.public_data)))
@@ -132,18 +146,19 @@ def _teacher(config: CoordinatorConfig, load_llm: bool) -> tuple[Status, str]:
             return "fail", f"teacher paths {config.teacher_paths} hold no records"
         parts.append(f"{len(store)} teacher paths in {config.teacher_paths}")
     if config.llm_dir is None:
-        return "ok", "; ".join(parts + ["no LLM (train_llm is off)"])
+        return "ok", "; ".join([*parts, "no LLM (train_llm is off)"])
     if not (config.llm_dir / "config.json").is_file():
         return "fail", f"llm_dir {config.llm_dir} is not a transformers checkpoint directory (no config.json)"
     if not load_llm:
-        return "ok", "; ".join(parts + [f"LLM {config.llm_dir} (not loaded: --no-llm)"])
+        return "ok", "; ".join([*parts, f"LLM {config.llm_dir} (not loaded: --no-llm)"])
     from lada_coordinator.llm.host import LLMHost
 
     with tempfile.TemporaryDirectory(prefix="lada-check-") as tmp:
-        host = LLMHost(config.llm_dir, Path(tmp) / "adapter", config.llm_lora, config.llm_distill.max_length,
-                       config.max_new_tokens)
+        host = LLMHost(
+            config.llm_dir, Path(tmp) / "adapter", config.llm_lora, config.llm_distill.max_length, config.max_new_tokens
+        )
         n = sum(p.numel() for p in host.model.parameters())
-    return "ok", "; ".join(parts + [f"LLM {config.llm_dir} loads ({n / 1e6:.1f} M parameters)"])
+    return "ok", "; ".join([*parts, f"LLM {config.llm_dir} loads ({n / 1e6:.1f} M parameters)"])
 
 
 def _tls(config: CoordinatorConfig, cert: Path | None, key: Path | None, insecure_http: bool) -> tuple[Status, str]:

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,7 +60,9 @@ class EngineStatus:
     round: int = 0
     error: str = ""  # the last error that was not one device's; cleared when a round step succeeds
     errors: list[dict[str, Any]] = field(default_factory=list)
-    phase_since: float = field(default_factory=time.time)  # when ``phase`` began: a dashboard tells late devices by it
+    phase_since: float = field(
+        default_factory=time.time
+    )  # when ``phase`` began: the dashboard tells late devices by it
 
     def enter(self, phase: str, round_index: int | None = None) -> None:
         self.phase, self.phase_since = phase, time.time()
@@ -68,11 +71,19 @@ class EngineStatus:
 
     def failed(self, exc: BaseException) -> None:
         self.error = f"{type(exc).__name__}: {exc}"
-        self.errors = [*self.errors, {"at": time.time(), "round": self.round, "phase": self.phase, "error": self.error}][-_MAX_ERRORS:]
+        self.errors = [
+            *self.errors,
+            {"at": time.time(), "round": self.round, "phase": self.phase, "error": self.error},
+        ][-_MAX_ERRORS:]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "round": self.round, "phase_since": self.phase_since, "error": self.error,
-                "errors": list(self.errors)}
+        return {
+            "phase": self.phase,
+            "round": self.round,
+            "phase_since": self.phase_since,
+            "error": self.error,
+            "errors": list(self.errors),
+        }
 
 
 class RoundEngine(threading.Thread):
@@ -94,7 +105,9 @@ class RoundEngine(threading.Thread):
         self._llm_eval = llm_eval or []
         self.teacher_paths = PathStore.open(config.teacher_paths) if config.teacher_paths is not None else None
         self.secure = SecureAggregation(store, config.secagg, on_offender=self._quarantine)
-        self.allocator = Allocator(store, config.allocation, {SLM: config.slm_filter, LLM: config.llm_filter}, config.seed)
+        self.allocator = Allocator(
+            store, config.allocation, {SLM: config.slm_filter, LLM: config.llm_filter}, config.seed
+        )
         self.stop_event = threading.Event()
         self.wake = threading.Event()
         self.status = EngineStatus()
@@ -139,7 +152,9 @@ class RoundEngine(threading.Thread):
         need = max(1, math.ceil(self.config.quorum_fraction * len(wanted())))
         self._wait_arrivals(lambda: wanted() & self.store.uploaders(t, kind), wanted, need, f"round {t} {kind}")
 
-    def _wait_arrivals(self, arrived: Callable[[], set[str]], expected: Callable[[], set[str]], need: int, what: str) -> set[str]:
+    def _wait_arrivals(
+        self, arrived: Callable[[], set[str]], expected: Callable[[], set[str]], need: int, what: str
+    ) -> set[str]:
         deadline = time.monotonic() + self.config.phase_timeout_s
         warned = False
         while not self.stop_event.is_set():
@@ -148,7 +163,9 @@ class RoundEngine(threading.Thread):
                 return got
             if time.monotonic() > deadline:
                 if len(got) >= need:
-                    log.warning("%s timed out; proceeding with %d/%d, without %s", what, len(got), len(want), sorted(want - got))
+                    log.warning(
+                        "%s timed out; proceeding with %d/%d, without %s", what, len(got), len(want), sorted(want - got)
+                    )
                     return got
                 if not warned:
                     log.warning("%s below quorum (%d/%d, need %d); still waiting", what, len(got), len(want), need)
@@ -176,22 +193,27 @@ class RoundEngine(threading.Thread):
         cfg = self.config
         self._wait(lambda: len(self.store.clients()) >= cfg.min_clients)
         current = self.store.current_round()
-        start, phase = (current if current else (0, "closed"))
+        start, phase = current if current else (0, "closed")
         if phase == "finished":
             return
         t = start if phase != "closed" else start + 1
         while t <= cfg.rounds and not self.stop_event.is_set():
-            if self.store.current_round() is None or self.store.current_round()[0] < t:
+            current = self.store.current_round()
+            if current is None or current[0] < t:
                 self._open(t)
-            phase = self.store.current_round()[1]
+                current = self.store.current_round()
+            assert current is not None  # round t is open
+            phase = current[1]
             if phase == "features":
                 self._wait_quorum(t, "features.put", lambda: {c.client_id for c in self.store.clients()})
                 self._allocate(t)
             if cfg.host_framework == "cotuning":
                 self._secure_aggregation(t)
-            self._wait_quorum(t, "reward.put", lambda t=t: {
-                c.client_id for c in self.store.clients() if self.store.allocation(t, c.client_id, SLM)
-            })
+
+            def allocated(t: int = t) -> set[str]:
+                return {c.client_id for c in self.store.clients() if self.store.allocation(t, c.client_id, SLM)}
+
+            self._wait_quorum(t, "reward.put", allocated)
             self._close(t, final=t == cfg.rounds)
             self.status.error = ""
             t += 1
@@ -213,7 +235,7 @@ class RoundEngine(threading.Thread):
         for client_id, raw in sorted(self.store.raw_uploads(t, "features.put").items()):
             if client_id in aside or client_id not in enrolled:
                 continue
-            up = self._isolated(t, client_id, "features", lambda raw=raw: read(raw))
+            up = self._isolated(t, client_id, "features", partial(read, raw))
             if up is not None:
                 out[client_id] = up
         return out
@@ -229,17 +251,30 @@ class RoundEngine(threading.Thread):
             paths, rest, stats = self._stored_paths(order, cfg.candidates_per_round)
             offer_pool = rest[: cfg.offer_questions]
         else:
-            pool, offer_pool = order[: cfg.candidates_per_round], order[cfg.candidates_per_round :][: cfg.offer_questions]
-            paths, stats = self.llm.reasoning_paths(pool, cfg.paths_per_question, cfg.path_temperature, cfg.path_fallback, seed=cfg.seed + t)
+            pool, offer_pool = (
+                order[: cfg.candidates_per_round],
+                order[cfg.candidates_per_round :][: cfg.offer_questions],
+            )
+            paths, stats = self.llm.reasoning_paths(
+                pool, cfg.paths_per_question, cfg.path_temperature, cfg.path_fallback, seed=cfg.seed + t
+            )
         info = RoundInfo(
             round=t,
             phase="features",
             total_rounds=cfg.rounds,
             candidates=[
-                Candidate(sample_id=p.sample.sample_id, question=p.sample.question, path=p.path, llm_logprob=p.logprob, llm_tokens=p.tokens)
+                Candidate(
+                    sample_id=p.sample.sample_id,
+                    question=p.sample.question,
+                    path=p.path,
+                    llm_logprob=p.logprob,
+                    llm_tokens=p.tokens,
+                )
                 for p in paths
             ],
-            offer_questions=[PublicQuestion(sample_id=s.sample_id, question=s.question, answer=s.answer) for s in offer_pool],
+            offer_questions=[
+                PublicQuestion(sample_id=s.sample_id, question=s.question, answer=s.answer) for s in offer_pool
+            ],
             feature_names=list(cfg.feature_names),
             host_framework=cfg.host_framework,
             secagg_configs=self.secure.configs(self.store.clients()) if cfg.host_framework == "cotuning" else {},
@@ -247,7 +282,9 @@ class RoundEngine(threading.Thread):
         sources = {p.sample.sample_id: p.source for p in paths}
         # the round's time counts from here: generating its paths is part of what it costs
         self.store.open_round(t, info.model_dump(), {"path_sources": sources, "path_stats": stats}, opened_at=began)
-        log.info("round %d open: %d candidates (paths: %s) in %.1fs", t, len(paths), stats, time.perf_counter() - started)
+        log.info(
+            "round %d open: %d candidates (paths: %s) in %.1fs", t, len(paths), stats, time.perf_counter() - started
+        )
         self.status.enter("features")
 
     def _stored_paths(self, order: list[Sample], n: int) -> tuple[list[TeacherPath], list[Sample], dict[str, int]]:
@@ -257,7 +294,7 @@ class RoundEngine(threading.Thread):
         chosen: list[TeacherPath] = []
         stats = {"store": 0, "unverified": 0, "missing": 0}
         at = 0
-        for at, sample in enumerate(order, 1):
+        for at, sample in enumerate(order, 1):  # noqa: B007 - read after the loop
             record = self.teacher_paths.get(sample)
             if record is None:
                 stats["missing"] += 1
@@ -269,7 +306,9 @@ class RoundEngine(threading.Thread):
                 if len(chosen) == n:
                     break
         if stats["missing"]:
-            log.warning("teacher paths: %d drawn questions have no record in %s", stats["missing"], self.teacher_paths.path)
+            log.warning(
+                "teacher paths: %d drawn questions have no record in %s", stats["missing"], self.teacher_paths.path
+            )
         return chosen, order[at:], stats
 
     def _allocate(self, t: int) -> None:
@@ -278,7 +317,9 @@ class RoundEngine(threading.Thread):
         clients = {c.client_id: c for c in self.store.clients()}
         if self.config.host_framework == "cotuning":  # first: a bad advert sets its client aside
             info, _ = self.store.round_info(t)
-            adverts = {cid: {"secagg_keys": up.secagg_keys, "adapter_size": up.adapter_size} for cid, up in uploads.items()}
+            adverts = {
+                cid: {"secagg_keys": up.secagg_keys, "adapter_size": up.adapter_size} for cid, up in uploads.items()
+            }
             self.secure.setup(t, adverts, list(clients.values()), info["secagg_configs"])
         aside = self.store.quarantined(t)
         decided: dict[str, tuple[list[str], str]] = {}
@@ -295,13 +336,19 @@ class RoundEngine(threading.Thread):
                     continue
                 server_side.append(client_id)
             z = np.asarray(up.features, dtype=np.float64).reshape(len(up.sample_ids), -1)
-            choice = self._isolated(t, client_id, "allocation", lambda c=client_id, z=z, ids=up.sample_ids: self.allocator.allocate(t, SLM, c, ids, z))
+            choice = self._isolated(
+                t, client_id, "allocation", partial(self.allocator.allocate, t, SLM, client_id, up.sample_ids, z)
+            )
             if choice is not None:
                 decided[client_id] = choice
         updates: dict[str, str] = {}
         for client_id in server_side:
             if client_id in decided:
-                update = self._isolated(t, client_id, "server_update", lambda c=client_id: self._server_update(t, clients[c], decided[c][0]))
+
+                def server_update(c: str = client_id) -> str:
+                    return self._server_update(t, clients[c], decided[c][0])
+
+                update = self._isolated(t, client_id, "server_update", server_update)
                 if update is None:
                     del decided[client_id]
                 else:
@@ -313,7 +360,9 @@ class RoundEngine(threading.Thread):
         self.store.set_phase(t, "training")
         self.status.enter("training")
         log.info(
-            "round %d allocated in %.2fs: %s", t, time.perf_counter() - started,
+            "round %d allocated in %.2fs: %s",
+            t,
+            time.perf_counter() - started,
             {c: f"{len(ids)} ({why})" for c, (ids, why) in decided.items()},
         )
 
@@ -323,7 +372,11 @@ class RoundEngine(threading.Thread):
             return None
         ckpt = self.config.slm_checkpoints.get(client.model_name)
         if ckpt is None:
-            log.warning("%s is score-only and no slm_checkpoints entry names its model %r: update skipped", client.name, client.model_name)
+            log.warning(
+                "%s is score-only and no slm_checkpoints entry names its model %r: update skipped",
+                client.name,
+                client.model_name,
+            )
         return ckpt
 
     def _server_update(self, t: int, client: ClientRecord, sample_ids: list[str]) -> str:
@@ -339,20 +392,34 @@ class RoundEngine(threading.Thread):
         started = time.perf_counter()
         info, _ = self.store.round_info(t)
         by_id = {c["sample_id"]: c for c in info["candidates"]}
-        teacher = [(format_prompt(by_id[s]["question"]), format_target(by_id[s]["path"])) for s in sample_ids if s in by_id]
+        teacher = [
+            (format_prompt(by_id[s]["question"]), format_target(by_id[s]["path"])) for s in sample_ids if s in by_id
+        ]
         earlier = self._score_only_rounds(client.client_id, below=t)
-        trainer = LoraTrainer(self.config.slm_checkpoints[client.model_name], earlier[-1] if earlier else None, seed=self.config.seed)
+        trainer = LoraTrainer(
+            self.config.slm_checkpoints[client.model_name], earlier[-1] if earlier else None, seed=self.config.seed
+        )
         if teacher:
             trainer.train_round(teacher, [], [], self.config.score_only_distill)
         trainer.save(self.config.state_dir / "score_only" / client.client_id / f"round{t}")
         factors = trainer.lora_factors()
-        log.info("round %d: trained %s's adapter here on %d teacher paths in %.1fs", t, client.name, len(teacher), time.perf_counter() - started)
+        log.info(
+            "round %d: trained %s's adapter here on %d teacher paths in %.1fs",
+            t,
+            client.name,
+            len(teacher),
+            time.perf_counter() - started,
+        )
         return json.dumps([f.model_dump() for f in factors])
 
     def _score_only_rounds(self, client_id: str, below: int) -> list[Path]:
         """Saved server-side adapters of a score-only device from rounds before ``below``, oldest first."""
         root = self.config.state_dir / "score_only" / client_id
-        found = [(int(p.name[5:]), p) for p in root.glob("round*") if p.name[5:].isdigit() and (p / "adapter_config.json").exists()]
+        found = [
+            (int(p.name[5:]), p)
+            for p in root.glob("round*")
+            if p.name[5:].isdigit() and (p / "adapter_config.json").exists()
+        ]
         return [p for r, p in sorted(found) if r < below]
 
     def _secure_aggregation(self, t: int) -> None:
@@ -376,11 +443,14 @@ class RoundEngine(threading.Thread):
                 ):
                     if self.store.secagg(t, group, done_item) is not None:
                         continue
-                    self._wait_arrivals(
-                        lambda s=step, g=group: self.secure.progress(t, g, s)[1],
-                        lambda s=step, g=group: self.secure.progress(t, g, s)[0],
-                        0, f"round {t} secagg {group} {step}",
-                    )
+
+                    def arrived(s: str = step, g: str = group) -> set[str]:
+                        return self.secure.progress(t, g, s)[1]
+
+                    def expected(s: str = step, g: str = group) -> set[str]:
+                        return self.secure.progress(t, g, s)[0]
+
+                    self._wait_arrivals(arrived, expected, 0, f"round {t} secagg {group} {step}")
                     if self.stop_event.is_set():
                         return
                     action(t, group)
@@ -398,7 +468,7 @@ class RoundEngine(threading.Thread):
             up, alloc = features.get(client_id), self.store.allocation(t, client_id, SLM)
             if up is None or alloc is None or client_id not in clients or client_id in aside:
                 continue
-            report = self._isolated(t, client_id, "reward", lambda up=up, alloc=alloc, raw=raw, c=client_id: self._reward(t, c, up, alloc, raw))
+            report = self._isolated(t, client_id, "reward", partial(self._reward, t, client_id, up, alloc, raw))
             if report is None:
                 continue
             c = clients[client_id]
@@ -434,7 +504,9 @@ class RoundEngine(threading.Thread):
         self.status.enter("finished" if final else "closed")
         log.info("round %d closed: %s", t, metrics)
 
-    def _reward(self, t: int, client_id: str, up: FeatureUpload, alloc: tuple[list[str], str], raw: str) -> RewardReport:
+    def _reward(
+        self, t: int, client_id: str, up: FeatureUpload, alloc: tuple[list[str], str], raw: str
+    ) -> RewardReport:
         """Read one client's reward report back and feed it to its filter (once per round)."""
         report = parse_payload(RewardReport, raw)
         check_reward(report, len(alloc[0]))
@@ -443,7 +515,11 @@ class RoundEngine(threading.Thread):
         if len(rows) != len(alloc[0]):
             raise UploadRejected("bad_reward", "the allocation names samples that are not among the round's candidates")
         z = np.asarray(up.features, dtype=np.float64).reshape(len(up.sample_ids), -1)
-        rewards = float(report.reward) if report.sample_rewards is None else np.asarray(report.sample_rewards, dtype=np.float64)
+        rewards = (
+            float(report.reward)
+            if report.sample_rewards is None
+            else np.asarray(report.sample_rewards, dtype=np.float64)
+        )
         self.allocator.reward(t, SLM, client_id, z[rows], rewards)
         return report
 
@@ -457,7 +533,7 @@ class RoundEngine(threading.Thread):
         for client_id, up in features.items():
             if client_id in aside:
                 continue
-            picked = self._isolated(t, client_id, "llm_offers", lambda c=client_id, up=up: self._pick_offers(t, c, up))
+            picked = self._isolated(t, client_id, "llm_offers", partial(self._pick_offers, t, client_id, up))
             chosen.extend(picked or [])
         if not chosen:
             return {"n_trained": 0, "accuracy": self.llm.accuracy(self._llm_eval) if self._llm_eval else None}
@@ -468,7 +544,7 @@ class RoundEngine(threading.Thread):
         reward = relative_drop(before, after)
         for client_id in sorted({c[4] for c in chosen}):
             rows = np.stack([c[3] for c in chosen if c[4] == client_id])
-            self._isolated(t, client_id, "llm_reward", lambda c=client_id, rows=rows: self.allocator.reward(t, LLM, c, rows, reward))
+            self._isolated(t, client_id, "llm_reward", partial(self.allocator.reward, t, LLM, client_id, rows, reward))
         return {
             "n_trained": len(chosen),
             "ppl_before": before,

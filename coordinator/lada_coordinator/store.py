@@ -28,6 +28,8 @@ from typing import Any
 
 from pydantic_core import from_json
 
+from lada_client.common.wire import Phase
+
 log = logging.getLogger(__name__)
 
 #: The secure-aggregation group of devices whose token names none.
@@ -86,8 +88,8 @@ _ADDED_COLUMNS = (
     ("clients", "last_seen_at", "REAL"),
 )
 _CLIENT_COLUMNS = (
-    "client_id, name, sign_key, kex_key, domain, model_name, capabilities, last_seq, bytes_in, bytes_out, secagg_group, revoked_at,"
-    " enrolled_at, last_seen_at"
+    "client_id, name, sign_key, kex_key, domain, model_name, capabilities, last_seq, bytes_in, bytes_out,"
+    " secagg_group, revoked_at, enrolled_at, last_seen_at"
 )
 
 
@@ -191,7 +193,10 @@ class Store:
             )
 
     def tokens(self) -> list[TokenRecord]:
-        rows = self._all("SELECT token_hash, created_at, expires_at, used_by, revoked_at, secagg_group FROM tokens ORDER BY created_at")
+        rows = self._all(
+            "SELECT token_hash, created_at, expires_at, used_by, revoked_at, secagg_group"
+            " FROM tokens ORDER BY created_at"
+        )
         return [TokenRecord(h[:12], c, e, u, r is not None, g) for h, c, e, u, r, g in rows]
 
     def revoke_token(self, token_id: str) -> int:
@@ -200,7 +205,8 @@ class Store:
             raise ValueError("a token id is at least 8 hex digits (see `lada-coordinator tokens`)")
         with self.transaction() as db:
             cur = db.execute(
-                "UPDATE tokens SET revoked_at = ? WHERE substr(token_hash, 1, ?) = ? AND used_by IS NULL AND revoked_at IS NULL",
+                "UPDATE tokens SET revoked_at = ?"
+                " WHERE substr(token_hash, 1, ?) = ? AND used_by IS NULL AND revoked_at IS NULL",
                 (time.time(), len(token_id), token_id),
             )
             return cur.rowcount
@@ -224,11 +230,15 @@ class Store:
                 raise EnrollmentRefused("bad_token", "enrollment token has expired; ask the operator for a new one")
             if db.execute("SELECT 1 FROM clients WHERE name = ?", (record.name,)).fetchone():
                 raise EnrollmentRefused("duplicate_client", f"a client named {record.name!r} is already enrolled")
-            if db.execute("SELECT 1 FROM clients WHERE sign_key = ? OR kex_key = ?", (record.sign_key, record.kex_key)).fetchone():
+            if db.execute(
+                "SELECT 1 FROM clients WHERE sign_key = ? OR kex_key = ?", (record.sign_key, record.kex_key)
+            ).fetchone():
                 raise EnrollmentRefused("duplicate_client", "these keys are already enrolled under another name")
             stored = replace(record, secagg_group=group, enrolled_at=now, last_seen_at=now)
             self._insert_client(db, stored, now)
-            db.execute("UPDATE tokens SET used_by = ?, used_at = ? WHERE token_hash = ?", (record.client_id, now, secret_hash))
+            db.execute(
+                "UPDATE tokens SET used_by = ?, used_at = ? WHERE token_hash = ?", (record.client_id, now, secret_hash)
+            )
         return stored
 
     def add_client(self, record: ClientRecord) -> None:
@@ -241,8 +251,18 @@ class Store:
         db.execute(
             "INSERT INTO clients (client_id, name, sign_key, kex_key, domain, model_name, capabilities, enrolled_at,"
             " secagg_group, last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (r.client_id, r.name, r.sign_key, r.kex_key, r.domain, r.model_name, json.dumps(r.capabilities), now,
-             r.secagg_group, r.last_seen_at),
+            (
+                r.client_id,
+                r.name,
+                r.sign_key,
+                r.kex_key,
+                r.domain,
+                r.model_name,
+                json.dumps(r.capabilities),
+                now,
+                r.secagg_group,
+                r.last_seen_at,
+            ),
         )
 
     def client(self, client_id: str) -> ClientRecord | None:
@@ -251,19 +271,38 @@ class Store:
 
     @staticmethod
     def _client(row: tuple) -> ClientRecord:
+        (client_id, name, sign_key, kex_key, domain, model_name, capabilities) = row[:7]
+        (last_seq, bytes_in, bytes_out, secagg_group, revoked_at, enrolled_at, last_seen_at) = row[7:]
         return ClientRecord(
-            *row[:6], json.loads(row[6]), *row[7:11], revoked=row[11] is not None, enrolled_at=row[12], last_seen_at=row[13]
+            client_id,
+            name,
+            sign_key,
+            kex_key,
+            domain,
+            model_name,
+            json.loads(capabilities),
+            last_seq,
+            bytes_in,
+            bytes_out,
+            secagg_group,
+            revoked=revoked_at is not None,
+            enrolled_at=enrolled_at,
+            last_seen_at=last_seen_at,
         )
 
     def clients(self) -> list[ClientRecord]:
         """Enrolled clients that are not revoked, in enrollment order."""
-        rows = self._all(f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE revoked_at IS NULL ORDER BY enrolled_at, client_id")
+        rows = self._all(
+            f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE revoked_at IS NULL ORDER BY enrolled_at, client_id"
+        )
         return [self._client(r) for r in rows]
 
     def devices(self) -> list[ClientRecord]:
         """Every enrolled client, revoked ones included (``revoked``), in enrollment order: the
         operator's list, where a revoked device must stay visible."""
-        return [self._client(r) for r in self._all(f"SELECT {_CLIENT_COLUMNS} FROM clients ORDER BY enrolled_at, client_id")]
+        return [
+            self._client(r) for r in self._all(f"SELECT {_CLIENT_COLUMNS} FROM clients ORDER BY enrolled_at, client_id")
+        ]
 
     def revoke_client(self, name_or_id: str) -> bool:
         """Revoke a device: from now on its requests are unauthenticated and rounds stop expecting it."""
@@ -285,12 +324,16 @@ class Store:
         return cur.rowcount == 1
 
     # -------------------------------------------------------------------------------- rounds
-    def current_round(self) -> tuple[int, str] | None:
+    def current_round(self) -> tuple[int, Phase] | None:
         row = self._one("SELECT round, phase FROM rounds ORDER BY round DESC LIMIT 1")
         return (row[0], row[1]) if row else None
 
     def open_round(
-        self, round_index: int, info: dict[str, Any], gold: dict[str, Any], opened_at: float | None = None,
+        self,
+        round_index: int,
+        info: dict[str, Any],
+        gold: dict[str, Any],
+        opened_at: float | None = None,
     ) -> None:
         """Record an opened round (phase ``features``); ``opened_at`` is when opening it began."""
         with self.transaction() as db:
@@ -309,14 +352,19 @@ class Store:
         with self.transaction() as db:
             db.execute("UPDATE rounds SET phase = ? WHERE round = ?", (phase, round_index))
             if metrics is not None:
-                db.execute("UPDATE rounds SET metrics = ?, closed_at = ? WHERE round = ?", (json.dumps(metrics), time.time(), round_index))
+                db.execute(
+                    "UPDATE rounds SET metrics = ?, closed_at = ? WHERE round = ?",
+                    (json.dumps(metrics), time.time(), round_index),
+                )
 
     def round_metrics(self) -> list[dict[str, Any]]:
         """Each round's phase and metrics, with when it opened and closed (``closed_at`` None while
         it runs): the operator's per-round seconds come from these."""
         return [
             {"round": r, "phase": p, "opened_at": o, "closed_at": c, **json.loads(m)}
-            for r, p, o, c, m in self._all("SELECT round, phase, opened_at, closed_at, metrics FROM rounds ORDER BY round")
+            for r, p, o, c, m in self._all(
+                "SELECT round, phase, opened_at, closed_at, metrics FROM rounds ORDER BY round"
+            )
         ]
 
     # ------------------------------------------------------------------------------- uploads
@@ -342,11 +390,15 @@ class Store:
         return out
 
     def raw_uploads(self, round_index: int, kind: str) -> dict[str, str]:
-        return dict(self._all("SELECT client_id, payload FROM uploads WHERE round = ? AND kind = ?", (round_index, kind)))
+        return dict(
+            self._all("SELECT client_id, payload FROM uploads WHERE round = ? AND kind = ?", (round_index, kind))
+        )
 
     def uploaders(self, round_index: int, kind: str) -> set[str]:
         """Who uploaded ``kind`` this round (no payloads read: the engine polls this)."""
-        return {r[0] for r in self._all("SELECT client_id FROM uploads WHERE round = ? AND kind = ?", (round_index, kind))}
+        return {
+            r[0] for r in self._all("SELECT client_id FROM uploads WHERE round = ? AND kind = ?", (round_index, kind))
+        }
 
     # ---------------------------------------------------------------------------- quarantine
     def quarantine(self, round_index: int, client_id: str, stage: str, error: str) -> bool:
@@ -354,7 +406,8 @@ class Store:
         the first reason recorded stays. Returns whether this call recorded it."""
         with self.transaction() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO quarantine VALUES (?, ?, ?, ?, ?)", (round_index, client_id, stage, error[:500], time.time())
+                "INSERT OR IGNORE INTO quarantine VALUES (?, ?, ?, ?, ?)",
+                (round_index, client_id, stage, error[:500], time.time()),
             )
             return cur.rowcount == 1
 
@@ -368,7 +421,10 @@ class Store:
         return [{"round": r, "client_id": c, "stage": st, "error": e, "at": at} for r, c, st, e, at in rows]
 
     def put_allocations(
-        self, round_index: int, direction: str, allocations: dict[str, tuple[list[str], str]],
+        self,
+        round_index: int,
+        direction: str,
+        allocations: dict[str, tuple[list[str], str]],
         server_updates: dict[str, str] | None = None,
     ) -> None:
         """Store a round's allocations and, in the same transaction, the adapters trained for
@@ -383,7 +439,9 @@ class Store:
                 db.execute("INSERT OR REPLACE INTO server_updates VALUES (?, ?, ?)", (round_index, client_id, factors))
 
     def server_update(self, round_index: int, client_id: str) -> list[dict[str, Any]] | None:
-        row = self._one("SELECT factors FROM server_updates WHERE round = ? AND client_id = ?", (round_index, client_id))
+        row = self._one(
+            "SELECT factors FROM server_updates WHERE round = ? AND client_id = ?", (round_index, client_id)
+        )
         return json.loads(row[0]) if row else None
 
     def allocation(self, round_index: int, client_id: str, direction: str) -> tuple[list[str], str] | None:
@@ -397,10 +455,14 @@ class Store:
     def put_secagg(self, round_index: int, group_id: str, item: str, payload: dict[str, Any]) -> None:
         """Coordinator-side protocol output (roster, routed shares, unmask request, result)."""
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO secagg VALUES (?, ?, ?, ?)", (round_index, group_id, item, json.dumps(payload)))
+            db.execute(
+                "INSERT OR REPLACE INTO secagg VALUES (?, ?, ?, ?)", (round_index, group_id, item, json.dumps(payload))
+            )
 
     def secagg(self, round_index: int, group_id: str, item: str) -> dict[str, Any] | None:
-        row = self._one("SELECT payload FROM secagg WHERE round = ? AND group_id = ? AND item = ?", (round_index, group_id, item))
+        row = self._one(
+            "SELECT payload FROM secagg WHERE round = ? AND group_id = ? AND item = ?", (round_index, group_id, item)
+        )
         return json.loads(row[0]) if row else None
 
     # ------------------------------------------------------------------------------- filters
@@ -412,10 +474,13 @@ class Store:
 
     def filter_updated(self, round_index: int, client_id: str, direction: str) -> bool:
         """Whether this round's reward already reached the filter (so a resumed round skips it)."""
-        return self._one(
-            "SELECT 1 FROM filter_updates WHERE round = ? AND client_id = ? AND direction = ?",
-            (round_index, client_id, direction),
-        ) is not None
+        return (
+            self._one(
+                "SELECT 1 FROM filter_updates WHERE round = ? AND client_id = ? AND direction = ?",
+                (round_index, client_id, direction),
+            )
+            is not None
+        )
 
     def load_filter(self, client_id: str, direction: str) -> bytes | None:
         row = self._one("SELECT state FROM filters WHERE client_id = ? AND direction = ?", (client_id, direction))

@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from lada_client.common.wire import FeatureUpload, RewardReport
 from pydantic import BaseModel, ValidationError
+
+from lada_client.common.wire import FeatureUpload, RewardReport
 
 __all__ = ["RoundContext", "UploadRejected", "check_features", "check_reward", "parse_payload"]
 
@@ -92,5 +93,6 @@ def check_reward(report: RewardReport, n_allocated: int) -> None:
     if report.sample_rewards is not None and len(report.sample_rewards) != n_allocated:
         raise UploadRejected(
             "bad_reward",
-            f"{len(report.sample_rewards)} per-sample rewards for the {n_allocated} samples allocated (one each, in allocation order)",
+            f"{len(report.sample_rewards)} per-sample rewards for the {n_allocated} samples allocated "
+            "(one each, in allocation order)",
         )

@@ -69,8 +69,11 @@ class DeviceSettings:
     trt_engine_cache_dir: str = ""
 
     def __post_init__(self) -> None:
-        ints = {"memory_limit_mb": self.memory_limit_mb, "gpu_mem_limit_mb": self.gpu_mem_limit_mb,
-                "intra_op_threads": self.intra_op_threads}
+        ints = {
+            "memory_limit_mb": self.memory_limit_mb,
+            "gpu_mem_limit_mb": self.gpu_mem_limit_mb,
+            "intra_op_threads": self.intra_op_threads,
+        }
         for name, value in ints.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"device.{name} must be an integer >= 0 (got {value!r})")
@@ -232,7 +235,9 @@ def check_power_mode(device: DeviceSettings) -> int | None:
         return device.power_mode
     log.warning(
         "power mode is %d but %d is configured; run `sudo nvpmodel -m %d` (the systemd unit does it with ExecStartPre)",
-        current, device.power_mode, device.power_mode,
+        current,
+        device.power_mode,
+        device.power_mode,
     )
     return current
 
@@ -264,7 +269,10 @@ def memory_report(device: DeviceSettings) -> dict[str, int | None]:
             )
     log.info(
         "memory: budget %s MiB (GPU arena %s MiB), board %s MiB, available %s MiB, cgroup limit %s",
-        limit or "unlimited", device.gpu_limit_mb or "uncapped", total, available,
+        limit or "unlimited",
+        device.gpu_limit_mb or "uncapped",
+        total,
+        available,
         "none" if cgroup is None else f"{cgroup} MiB",
     )
     return {
@@ -298,7 +306,7 @@ def check(config: ClientConfig, device: DeviceSettings) -> dict[str, Any]:
         "device": asdict(device),
         "load_s": round(loaded, 3),
         "first_score_s": round(warmup, 3),
-        "first_score_tokens": int(len(lps[0])),
+        "first_score_tokens": len(lps[0]),
     }
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # the benchmark's real federations (processes)
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -22,10 +24,15 @@ def test_quality_quick_writes_its_report(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     out = tmp_path / "report" / "quality_quick.md"
     cmd = [
-        sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick",
-        "--cache-dir", str(tmp_path / "cache"),
-        "--results-dir", str(tmp_path / "results"),
-        "--out", str(out),
+        sys.executable,
+        str(REPO / "benchmarks" / "quality.py"),
+        "--quick",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--out",
+        str(out),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -36,8 +43,20 @@ def test_quality_quick_writes_its_report(tmp_path: Path) -> None:
 
     fit = tmp_path / "fit_check.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "fit_check.py"), "--cache-dir", str(tmp_path / "cache"), "--n", "8", "--out", str(fit)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "fit_check.py"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--n",
+            "8",
+            "--out",
+            str(fit),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads(fit.read_text())["rows"]

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # the benchmark's real federations (processes)
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -22,8 +24,15 @@ def test_quality_real_quick_writes_summary_report_and_plots(tmp_path: Path) -> N
     pytest.importorskip("torch")
     pytest.importorskip("reasoning_gym")
     results = tmp_path / "results"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "quality_real.py"), "--quick",
-           "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(results)]
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "quality_real.py"),
+        "--quick",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--results-dir",
+        str(results),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((results / "summary.json").read_text())
@@ -36,7 +45,11 @@ def test_quality_real_quick_writes_summary_report_and_plots(tmp_path: Path) -> N
     assert 0.0 <= share <= 1.0
     report = (results / "report.md").read_text()
     assert "lada − local" in report and "own-family share" in report
-    assert all((results / png).stat().st_size > 1000 for png in ("accuracy.png", "own_domain_share.png", "time_per_phase.png"))
+    assert all(
+        (results / png).stat().st_size > 1000 for png in ("accuracy.png", "own_domain_share.png", "time_per_phase.png")
+    )
     run = json.loads((results / "runs" / "seed0-lada" / "run.json").read_text())
     rewards = [r["sample_rewards"] for rs in run["clients"].values() for r in rs]
-    assert all(r is not None and all(0.0 <= x <= 1.0 for x in r) for r in rewards)  # per-sample credit reached the filter
+    assert all(
+        r is not None and all(0.0 <= x <= 1.0 for x in r) for r in rewards
+    )  # per-sample credit reached the filter

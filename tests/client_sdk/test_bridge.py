@@ -90,19 +90,40 @@ def test_configure_score_status(device_root, tmp_path):
     scored = send(bridge, request)
     assert scored["ok"], scored
     rows, names = scored["result"]["rows"], scored["result"]["feature_names"]
-    assert names == ["slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct", "local_similarity"]
+    assert names == [
+        "slm_path_nll",
+        "slm_answer_nll",
+        "logp_gap",
+        "path_tokens",
+        "slm_greedy_correct",
+        "local_similarity",
+    ]
     assert len(rows) == 2 and all(len(r) == len(names) for r in rows)
     assert all(isinstance(v, float) and math.isfinite(v) for r in rows for v in r)
     assert all(r[0] > 0 and r[3] >= 1 for r in rows)  # an NLL and a token count
     assert all(0 < r[5] <= 1 for r in rows)  # the device's own questions are word problems like these
     assert scored["result"]["sample_ids"] == ["local-0", "q-2"]
 
-    subset = send(bridge, json.dumps({"method": "score", "id": 41, "params": {
-        "candidates": [
-            {"question": "What is 2 + 2?", "path": "2 + 2 = 4. The answer is 4.", "llm_logprob": -1.0, "llm_tokens": 9}
-        ],
-        "feature_names": ["logp_gap", "path_tokens"],
-    }}))
+    subset = send(
+        bridge,
+        json.dumps(
+            {
+                "method": "score",
+                "id": 41,
+                "params": {
+                    "candidates": [
+                        {
+                            "question": "What is 2 + 2?",
+                            "path": "2 + 2 = 4. The answer is 4.",
+                            "llm_logprob": -1.0,
+                            "llm_tokens": 9,
+                        }
+                    ],
+                    "feature_names": ["logp_gap", "path_tokens"],
+                },
+            }
+        ),
+    )
     assert subset["ok"] and subset["id"] == 41 and len(subset["result"]["rows"][0]) == 2
 
     status = send(bridge, '{"method": "status", "params": {}}')
@@ -185,15 +206,18 @@ def test_enroll_without_coordinator(device_root, tmp_path, free_port):
     reply = send(bridge, '{"method": "enroll", "params": {"token": "tok-0123456789abcdef"}}')
     assert error_code(reply) == "bad_request" and "not an enrollment token" in reply["error"]["message"]
     token = "lada1-" + "0" * 32 + "-" + "1" * 48  # well formed: it names a coordinator key
-    reply = send(bridge, '{"method": "enroll", "params": {"token": "%s"}}' % token)
+    reply = send(bridge, json.dumps({"method": "enroll", "params": {"token": token}}))
     assert error_code(reply) == "coordinator_unreachable"
     assert url in reply["error"]["message"] and "cannot reach" in reply["error"]["message"]
     # The token is kept, so a worker can retry the enrollment once the network is back.
     assert error_code(send(bridge, '{"method": "enroll", "params": {}}')) == "coordinator_unreachable"
     assert error_code(send(bridge, '{"method": "round_step", "params": {}}')) == "not_enrolled"
     # The device still scores without its coordinator.
-    scored = send(bridge, '{"method": "score", "params": {"candidates": [{"question": "What is 1 + 1?",'
-                          ' "path": "1 + 1 = 2. The answer is 2.", "llm_logprob": -2.0, "llm_tokens": 10}]}}')
+    scored = send(
+        bridge,
+        '{"method": "score", "params": {"candidates": [{"question": "What is 1 + 1?",'
+        ' "path": "1 + 1 = 2. The answer is 2.", "llm_logprob": -2.0, "llm_tokens": 10}]}}',
+    )
     assert scored["ok"] and len(scored["result"]["rows"]) == 1
 
 

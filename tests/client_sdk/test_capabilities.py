@@ -25,7 +25,11 @@ from lada_client.config import ClientConfig
 from lada_client.training.backend import BackendUnavailable, make_trainer
 
 BASE = {
-    "coordinator_url": "http://127.0.0.1:1", "name": "c0", "state_dir": "s", "data_dir": "d", "scoring_model": "m.onnx",
+    "coordinator_url": "http://127.0.0.1:1",
+    "name": "c0",
+    "state_dir": "s",
+    "data_dir": "d",
+    "scoring_model": "m.onnx",
 }
 
 

@@ -51,6 +51,6 @@ def test_a_trainer_that_fails_to_load_raises_at_first_use(tiny_world, tmp_path):
     with LadaClient(_config(tiny_world, tmp_path, broken)) as client:  # construction reads only config.json
         future = client._start_loading_trainer()
         with pytest.raises(Exception) as raised:
-            client.trainer
+            _ = client.trainer
         assert raised.value is future.exception()  # the loader's own error, raised in the caller's thread
         assert client._trainer is None and client._trainer_future is None  # the next use tries again

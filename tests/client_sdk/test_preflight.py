@@ -17,8 +17,12 @@ from lada_coordinator.config import CoordinatorConfig
 
 
 def _check(config: Path, *args: str) -> tuple[int, dict[str, Check], str]:
-    proc = subprocess.run([sys.executable, "-m", "lada_client.cli", "check", "--config", str(config), "--json", *args],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lada_client.cli", "check", "--config", str(config), "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     body = json.loads(proc.stdout)
     checks = {c["name"]: Check(**c) for c in body["checks"]}
@@ -28,17 +32,26 @@ def _check(config: Path, *args: str) -> tuple[int, dict[str, Check], str]:
 
 def _client_config(path: Path, world: dict[str, Path], url: str, **extra: object) -> Path:
     body = {
-        "coordinator_url": url, "name": "client0", "state_dir": str(path.parent / "state"),
-        "data_dir": str(world["data"]), "scoring_model": str(world["client0"] / "onnx" / "model.onnx"),
-        "base_model_dir": str(world["client0"] / "base"), **extra,
+        "coordinator_url": url,
+        "name": "client0",
+        "state_dir": str(path.parent / "state"),
+        "data_dir": str(world["data"]),
+        "scoring_model": str(world["client0"] / "onnx" / "model.onnx"),
+        "base_model_dir": str(world["client0"] / "base"),
+        **extra,
     }
     path.write_text(json.dumps({k: v for k, v in body.items() if v is not None}))
     return path
 
 
 def _coordinator(tmp_path: Path, world: dict[str, Path], port: int) -> CoordinatorConfig:
-    return CoordinatorConfig(db_path=tmp_path / "c.sqlite", state_dir=tmp_path / "cstate", llm_dir=world["llm"],
-                             public_data=world["data"], port=port)
+    return CoordinatorConfig(
+        db_path=tmp_path / "c.sqlite",
+        state_dir=tmp_path / "cstate",
+        llm_dir=world["llm"],
+        public_data=world["data"],
+        port=port,
+    )
 
 
 def test_a_ready_device_passes_and_a_wrong_token_or_missing_trainer_is_named(
@@ -56,7 +69,9 @@ def test_a_ready_device_passes_and_a_wrong_token_or_missing_trainer_is_named(
 
         # a token of another coordinator: the URL is wrong (or something in between answers)
         code, checks, _ = _check(cfg, "--token", str(EnrollmentToken.new("ab" * 16)))
-        assert code == 1 and checks["coordinator"].status == "fail" and "the token names" in checks["coordinator"].detail
+        assert (
+            code == 1 and checks["coordinator"].status == "fail" and "the token names" in checks["coordinator"].detail
+        )
 
         # no base checkpoint: a score-only device is ready, with a warning that says so
         no_base = _client_config(tmp_path / "score-only.json", tiny_world, url, base_model_dir=None)

@@ -25,15 +25,28 @@ def coordinator(tmp_path, tiny_world, free_port, serve_coordinator):
     from lada_coordinator.config import CoordinatorConfig
 
     config = CoordinatorConfig(
-        db_path=tmp_path / "c.sqlite", state_dir=tmp_path / "state", llm_dir=tiny_world["llm"],
-        public_data=tiny_world["data"], port=free_port, max_body_bytes=32_768, rounds=2,
+        db_path=tmp_path / "c.sqlite",
+        state_dir=tmp_path / "state",
+        llm_dir=tiny_world["llm"],
+        public_data=tiny_world["data"],
+        port=free_port,
+        max_body_bytes=32_768,
+        rounds=2,
     )
     with serve_coordinator(config) as (url, store):
         candidates = [
-            Candidate(sample_id=f"p{i:05d}", question="1+1?", path="1 + 1 = 2. The answer is 2.", llm_logprob=-3.0, llm_tokens=9)
+            Candidate(
+                sample_id=f"p{i:05d}",
+                question="1+1?",
+                path="1 + 1 = 2. The answer is 2.",
+                llm_logprob=-3.0,
+                llm_tokens=9,
+            )
             for i in range(1500)
         ]
-        info = RoundInfo(round=1, phase="features", total_rounds=2, candidates=candidates, feature_names=["a", "b", "c", "d"])
+        info = RoundInfo(
+            round=1, phase="features", total_rounds=2, candidates=candidates, feature_names=["a", "b", "c", "d"]
+        )
         store.open_round(1, info.model_dump(), {})
         yield url, store, info, config
 
@@ -50,7 +63,9 @@ def _client(coordinator, retry: RetryPolicy = FAST_RETRY) -> Transport:
 def _features(info: RoundInfo, seed: int = 0) -> FeatureUpload:
     rng = random.Random(seed)
     return FeatureUpload(
-        round=1, feature_names=info.feature_names, sample_ids=[c.sample_id for c in info.candidates],
+        round=1,
+        feature_names=info.feature_names,
+        sample_ids=[c.sample_id for c in info.candidates],
         features=[[rng.uniform(0, 3) for _ in info.feature_names] for _ in info.candidates],
     )
 
@@ -86,7 +101,7 @@ def _n_chunks(t: Transport, payload: FeatureUpload) -> int:
 
 
 def test_interrupted_upload_resumes_with_the_missing_chunks_only(coordinator):
-    url, store, info, _ = coordinator
+    _url, store, info, _ = coordinator
     t = _client(coordinator, RetryPolicy(attempts=1))  # no retries: the first call fails for good
     net = Network(t)
     payload = _features(info)
@@ -106,7 +121,7 @@ def test_interrupted_upload_resumes_with_the_missing_chunks_only(coordinator):
 
 
 def test_outage_mid_upload_is_retried_per_chunk(coordinator, caplog):
-    url, store, info, _ = coordinator
+    _url, _store, info, _ = coordinator
     t = _client(coordinator)
     net = Network(t)
     payload = _features(info)
@@ -124,7 +139,7 @@ def test_outage_mid_upload_is_retried_per_chunk(coordinator, caplog):
 
 
 def test_lost_commit_reply_is_idempotent(coordinator):
-    url, store, info, _ = coordinator
+    _url, store, info, _ = coordinator
     t = _client(coordinator)
     net = Network(t)
     net.faults[("/v1/upload/commit", 1)] = "lost"  # committed, but the device never hears it
@@ -135,19 +150,23 @@ def test_lost_commit_reply_is_idempotent(coordinator):
 
 
 def test_small_bodies_go_in_one_request(coordinator):
-    url, store, info, _ = coordinator
+    _url, _store, info, _ = coordinator
     t = _client(coordinator)
     t.upload_chunk_bytes = DEFAULT_UPLOAD_CHUNK_BYTES
     net = Network(t)
-    small = FeatureUpload(round=1, feature_names=info.feature_names, sample_ids=[c.sample_id for c in info.candidates[:3]],
-                          features=[[1.0] * 4] * 3)
+    small = FeatureUpload(
+        round=1,
+        feature_names=info.feature_names,
+        sample_ids=[c.sample_id for c in info.candidates[:3]],
+        features=[[1.0] * 4] * 3,
+    )
     with pytest.raises(CoordinatorError) as exc:  # the round has 1500 candidates: refused, but in one request
         t.call("features.put", small, 1, Ack)
     assert exc.value.status == 422 and net.counts == {"/v1/features": 1}
 
 
 def test_refused_commit_is_final_and_not_kept_for_resume(coordinator):
-    url, store, info, _ = coordinator
+    _url, store, info, _ = coordinator
     t = _client(coordinator)
     store.set_phase(1, "training")
     with pytest.raises(CoordinatorError) as exc:
@@ -157,7 +176,13 @@ def test_refused_commit_is_final_and_not_kept_for_resume(coordinator):
 
 
 def test_chunk_size_is_configurable():
-    base = {"coordinator_url": "http://x", "name": "d", "state_dir": "/tmp/s", "data_dir": "/tmp/d", "scoring_model": "/tmp/m"}
+    base = {
+        "coordinator_url": "http://x",
+        "name": "d",
+        "state_dir": "/tmp/s",
+        "data_dir": "/tmp/d",
+        "scoring_model": "/tmp/m",
+    }
     assert ClientConfig.from_dict(base).upload_chunk_bytes == DEFAULT_UPLOAD_CHUNK_BYTES == 4 * 1024 * 1024
     assert ClientConfig.from_dict({**base, "upload_chunk_bytes": 1 << 20}).upload_chunk_bytes == 1 << 20
     with pytest.raises(ValueError):

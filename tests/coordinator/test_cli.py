@@ -19,9 +19,13 @@ from lada_client.data.domains import DOMAINS
 from lada_client.data.federation import make_federation
 from lada_client.transport import Transport
 
+pytestmark = pytest.mark.e2e  # a real coordinator process
+
 
 def _cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "lada_coordinator.cli", *args], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lada_coordinator.cli", *args], capture_output=True, text=True, timeout=120
+    )
     if ok:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -44,16 +48,29 @@ def coordinator(tmp_path: Path, free_port: int):
     round engine waits and the test shapes the round itself (no LLM is ever loaded)."""
     make_federation(DOMAINS[:2], 8, 4, 16, 0).save(tmp_path / "data")
     config = tmp_path / "c.json"
-    config.write_text(json.dumps({
-        "db_path": str(tmp_path / "c.sqlite"), "state_dir": str(tmp_path / "state"), "llm_dir": str(tmp_path / "no-llm"),
-        "public_data": str(tmp_path / "data"), "port": free_port, "min_clients": 9, "rounds": 2,
-    }))
-    tokens = json.loads(_cli("issue-token", "--config", str(config), "--count", "3", "--ttl-hours", "2", "--json").stdout)
+    config.write_text(
+        json.dumps(
+            {
+                "db_path": str(tmp_path / "c.sqlite"),
+                "state_dir": str(tmp_path / "state"),
+                "llm_dir": str(tmp_path / "no-llm"),
+                "public_data": str(tmp_path / "data"),
+                "port": free_port,
+                "min_clients": 9,
+                "rounds": 2,
+            }
+        )
+    )
+    tokens = json.loads(
+        _cli("issue-token", "--config", str(config), "--count", "3", "--ttl-hours", "2", "--json").stdout
+    )
     assert len(tokens["tokens"]) == 3 and tokens["group"] == "default" and tokens["ttl_hours"] == 2
     assert 7100 < tokens["expires_at"] - time.time() <= 7200
-    log = open(tmp_path / "coordinator.log", "w")
+    log = open(tmp_path / "coordinator.log", "w")  # noqa: SIM115 - the server process writes to it
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lada_coordinator.cli", "serve", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "lada_coordinator.cli", "serve", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{free_port}"
     deadline = time.monotonic() + 120
@@ -82,8 +99,15 @@ def test_status_and_clients_show_rounds_phases_and_devices(coordinator, tmp_path
     store = Store(tmp_path / "c.sqlite")  # the round, as the engine would open it; then one device is set aside
     try:
         info = RoundInfo(
-            round=1, phase="features", total_rounds=2, feature_names=["slm_path_nll"],
-            candidates=[Candidate(sample_id="p1", question="1+1?", path="1 + 1 = 2. The answer is 2.", llm_logprob=-3.0, llm_tokens=9)],
+            round=1,
+            phase="features",
+            total_rounds=2,
+            feature_names=["slm_path_nll"],
+            candidates=[
+                Candidate(
+                    sample_id="p1", question="1+1?", path="1 + 1 = 2. The answer is 2.", llm_logprob=-3.0, llm_tokens=9
+                )
+            ],
         )
         store.open_round(1, info.model_dump(), {})
         store.quarantine(1, ids[1], "features.put", "bad_features: NaN in row 0")
@@ -137,6 +161,8 @@ def test_operator_errors_are_one_line(coordinator, tmp_path):
 
     elsewhere = json.loads(config.read_text()) | {"state_dir": str(tmp_path / "missing")}
     (tmp_path / "other.json").write_text(json.dumps(elsewhere))
-    _one_line_error(_cli("clients", "--config", str(tmp_path / "other.json"), ok=False), "no coordinator state directory")
+    _one_line_error(
+        _cli("clients", "--config", str(tmp_path / "other.json"), ok=False), "no coordinator state directory"
+    )
     assert not (tmp_path / "missing").exists()  # asking created nothing
     _one_line_error(_cli("status", "--config", str(tmp_path / "absent.json"), ok=False), "absent.json")

@@ -31,8 +31,13 @@ def _file_console() -> tuple[Console, io.StringIO]:
 
 def _features(t: int, info: RoundInfo, value: float) -> str:
     return FeatureUpload.model_construct(  # unvalidated, as a hostile device's bytes would arrive
-        round=t, feature_names=NAMES, sample_ids=[c.sample_id for c in info.candidates],
-        features=[[value + i] for i in range(len(info.candidates))], offers=[], secagg_keys=None, adapter_size=0,
+        round=t,
+        feature_names=NAMES,
+        sample_ids=[c.sample_id for c in info.candidates],
+        features=[[value + i] for i in range(len(info.candidates))],
+        offers=[],
+        secagg_keys=None,
+        adapter_size=0,
     ).model_dump_json()
 
 
@@ -42,8 +47,15 @@ def closed_rounds(tmp_path_factory, tiny_world) -> list[dict]:
     round-2 features out of range (it is set aside), the LLM evaluated on the clients' test splits."""
     tmp = tmp_path_factory.mktemp("rounds")
     config = CoordinatorConfig(
-        db_path=tmp / "c.sqlite", state_dir=tmp / "state", llm_dir=tiny_world["llm"], public_data=tiny_world["data"],
-        rounds=2, min_clients=3, feature_names=tuple(NAMES), offer_questions=0, phase_timeout_s=30,
+        db_path=tmp / "c.sqlite",
+        state_dir=tmp / "state",
+        llm_dir=tiny_world["llm"],
+        public_data=tiny_world["data"],
+        rounds=2,
+        min_clients=3,
+        feature_names=tuple(NAMES),
+        offer_questions=0,
+        phase_timeout_s=30,
         slm_filter=FilterConfig(budget=2),
     )
     _, engine, store = build(config, tiny_world["data"])
@@ -53,23 +65,48 @@ def closed_rounds(tmp_path_factory, tiny_world) -> list[dict]:
         seq = 0
         for t in (1, 2):
             info = RoundInfo(
-                round=t, phase="features", total_rounds=2, feature_names=NAMES,
-                candidates=[Candidate(sample_id=f"p{t}{i}", question=f"{i} + {t}?", path=f"{i} + {t} = {i + t}. The answer is {i + t}.",
-                                      llm_logprob=-3.0, llm_tokens=9) for i in range(4)],
+                round=t,
+                phase="features",
+                total_rounds=2,
+                feature_names=NAMES,
+                candidates=[
+                    Candidate(
+                        sample_id=f"p{t}{i}",
+                        question=f"{i} + {t}?",
+                        path=f"{i} + {t} = {i + t}. The answer is {i + t}.",
+                        llm_logprob=-3.0,
+                        llm_tokens=9,
+                    )
+                    for i in range(4)
+                ],
             )
             store.open_round(t, info.model_dump(), {})
             for name in CLIENTS:
                 seq += 1
                 with store.transaction() as db:
-                    store.put_upload(db, t, f"{name}-1", "features.put", _features(t, info, 1e39 if (name, t) == ("gamma", 2) else 1.0))
+                    store.put_upload(
+                        db,
+                        t,
+                        f"{name}-1",
+                        "features.put",
+                        _features(t, info, 1e39 if (name, t) == ("gamma", 2) else 1.0),
+                    )
                     store.accept(db, f"{name}-1", seq, 1000, 2500)  # what this device sent and received in the round
             engine._allocate(t)
             for i, name in enumerate(CLIENTS):
                 found = store.allocation(t, f"{name}-1", SLM)
                 if found is None:
                     continue
-                report = RewardReport(round=t, reward=0.3, ppl_before=2.0, ppl_after=1.4, n_allocated=len(found[0]),
-                                      test_accuracy=0.25 * t + i / 8, bytes_sent=1, bytes_received=1)
+                report = RewardReport(
+                    round=t,
+                    reward=0.3,
+                    ppl_before=2.0,
+                    ppl_after=1.4,
+                    n_allocated=len(found[0]),
+                    test_accuracy=0.25 * t + i / 8,
+                    bytes_sent=1,
+                    bytes_received=1,
+                )
                 with store.transaction() as db:
                     store.put_upload(db, t, f"{name}-1", "reward.put", report.model_dump_json())
             engine._close(t, final=t == 2)
@@ -90,10 +127,19 @@ def test_round_table_in_a_log_is_one_plain_line_per_party(closed_rounds):
     # round 1: title, header, three devices, the LLM; round 2: the same less gamma, plus why it is missing
     assert len(lines) == 6 + 6, text
     assert re.fullmatch(r"round 1/2 · \d+ s", lines[0]) and re.fullmatch(r"round 2/2 · \d+ s · 1 set aside", lines[6])
-    assert lines[1].split() == lines[7].split() == ["party", "accuracy", "change", "allocated", "reward", "sent", "received"]
+    assert (
+        lines[1].split()
+        == lines[7].split()
+        == ["party", "accuracy", "change", "allocated", "reward", "sent", "received"]
+    )
     alpha1, alpha2 = lines[2].split(), lines[8].split()
     assert alpha1[:2] == ["alpha", "0.250"] and alpha1[3:] == ["0.300", "1.0", "kB", "2.5", "kB"]
-    assert alpha2[:3] == ["alpha", "0.500", "+0.250"] and alpha2[-4:] == ["1.0", "kB", "2.5", "kB"]  # this round's bytes
+    assert alpha2[:3] == ["alpha", "0.500", "+0.250"] and alpha2[-4:] == [
+        "1.0",
+        "kB",
+        "2.5",
+        "kB",
+    ]  # this round's bytes
     assert int(alpha1[2]) == first["clients"]["alpha"]["n_allocated"] >= 1
     assert [line.split()[0] for line in lines[2:6]] == ["alpha", "beta", "gamma", "LLM"]
     llm = lines[10].split()
@@ -104,14 +150,37 @@ def test_round_table_in_a_log_is_one_plain_line_per_party(closed_rounds):
 
 def test_status_and_device_tables_in_a_log(closed_rounds):
     status = {
-        "now": closed_rounds[-1]["closed_at"] + 5, "round": 2, "phase": "finished", "total_rounds": 2,
-        "engine": {"phase": "finished", "round": 2, "error": "", "errors": []}, "clients": 2,
-        "arrived": {"features": 3, "rewards": 2, "expected": 2}, "rounds": closed_rounds,
+        "now": closed_rounds[-1]["closed_at"] + 5,
+        "round": 2,
+        "phase": "finished",
+        "total_rounds": 2,
+        "engine": {"phase": "finished", "round": 2, "error": "", "errors": []},
+        "clients": 2,
+        "arrived": {"features": 3, "rewards": 2, "expected": 2},
+        "rounds": closed_rounds,
         "devices": [
-            {"name": "alpha", "client_id": "alpha-1", "model_name": "m", "secagg_group": "default", "bytes_in": 2000,
-             "bytes_out": 5000, "last_seen": closed_rounds[-1]["closed_at"], "revoked": False, "quarantined": None},
-            {"name": "gamma", "client_id": "gamma-1", "model_name": "m", "secagg_group": "default", "bytes_in": 2000,
-             "bytes_out": 5000, "last_seen": None, "revoked": True, "quarantined": "features.put: out of range"},
+            {
+                "name": "alpha",
+                "client_id": "alpha-1",
+                "model_name": "m",
+                "secagg_group": "default",
+                "bytes_in": 2000,
+                "bytes_out": 5000,
+                "last_seen": closed_rounds[-1]["closed_at"],
+                "revoked": False,
+                "quarantined": None,
+            },
+            {
+                "name": "gamma",
+                "client_id": "gamma-1",
+                "model_name": "m",
+                "secagg_group": "default",
+                "bytes_in": 2000,
+                "bytes_out": 5000,
+                "last_seen": None,
+                "revoked": True,
+                "quarantined": "features.put: out of range",
+            },
         ],
     }
     console, out = _file_console()
@@ -140,8 +209,14 @@ def test_console_reporter_writes_whole_lines_to_a_file(closed_rounds, tmp_path: 
                 stage.advance(step)
             stage.note("llm-tiny, 4 steps")
         reporter.started("https://127.0.0.1:8765", settings, tmp_path / "logs")
-        status = {"round": 1, "phase": "training", "total_rounds": 2, "clients": 3,
-                  "engine": {"phase": "training", "round": 1}, "arrived": {"features": 3, "rewards": 1, "expected": 3}}
+        status = {
+            "round": 1,
+            "phase": "training",
+            "total_rounds": 2,
+            "clients": 3,
+            "engine": {"phase": "training", "round": 1},
+            "arrived": {"features": 3, "rewards": 1, "expected": 3},
+        }
         reporter.status(status, settings)
         reporter.round_closed(closed_rounds[0], None, settings)
         reporter.finished(12.0, tmp_path / "last_run.json", tmp_path / "report.html")
@@ -150,6 +225,12 @@ def test_console_reporter_writes_whole_lines_to_a_file(closed_rounds, tmp_path: 
     lines = text.splitlines()
     assert re.fullmatch(r"✓ data +\d+\.\d s  cached", lines[0])
     assert re.fullmatch(r"✓ LLM teacher warm-up +\d+\.\d s  llm-tiny, 4 steps", lines[1])
-    assert lines[2] == f"federation: coordinator + 3 clients on https://127.0.0.1:8765 · 2 rounds · allocation lada · logs in {tmp_path / 'logs'} · dashboard https://127.0.0.1:8765/dashboard"
-    assert lines[3].startswith("round 1/2 · ") and lines[-1] == f"✓ done in 12 s; report {tmp_path / 'report.html'} (metrics in {tmp_path / 'last_run.json'})"
+    assert (
+        lines[2] == "federation: coordinator + 3 clients on https://127.0.0.1:8765 · 2 rounds · allocation lada · "
+        f"logs in {tmp_path / 'logs'} · dashboard https://127.0.0.1:8765/dashboard"
+    )
+    assert (
+        lines[3].startswith("round 1/2 · ")
+        and lines[-1] == f"✓ done in 12 s; report {tmp_path / 'report.html'} (metrics in {tmp_path / 'last_run.json'})"
+    )
     assert len(lines) == 3 + 6 + 1

@@ -16,10 +16,13 @@ def test_negative_epochs_are_refused_before_anything_is_built(tmp_path, capsys):
     assert not (tmp_path / "fed").exists()
 
 
-@pytest.mark.parametrize(("flag", "value", "message"), [
-    ("--slm-warmup-steps", "-1", "must be >= 0, got -1"),
-    ("--llm-warmup-steps", "ten", "'ten' is not an integer"),
-])
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--slm-warmup-steps", "-1", "must be >= 0, got -1"),
+        ("--llm-warmup-steps", "ten", "'ten' is not an integer"),
+    ],
+)
 def test_bad_warm_start_step_counts_are_usage_errors(tmp_path, capsys, flag, value, message):
     with pytest.raises(SystemExit) as exited:
         main(["federation", "--workdir", str(tmp_path / "fed"), flag, value])
@@ -30,8 +33,19 @@ def test_bad_warm_start_step_counts_are_usage_errors(tmp_path, capsys, flag, val
 def _tiny(tiny_world, port: int) -> FederationSettings:
     """The settings tiny_world was built with (so nothing is rebuilt), for one short round."""
     return FederationSettings(
-        workdir=tiny_world["workdir"], clients=3, rounds=1, candidates=16, budget=6, port=port, n_train=40, n_test=16,
-        n_public=160, llm_warmup_steps=4, slm_warmup_steps=4, offer_questions=4, timeout_s=300,
+        workdir=tiny_world["workdir"],
+        clients=3,
+        rounds=1,
+        candidates=16,
+        budget=6,
+        port=port,
+        n_train=40,
+        n_test=16,
+        n_public=160,
+        llm_warmup_steps=4,
+        slm_warmup_steps=4,
+        offer_questions=4,
+        timeout_s=300,
     )
 
 
@@ -50,6 +64,7 @@ def _run_watched(settings: FederationSettings, **overrides) -> tuple[int, list[s
     return code, out.getvalue().splitlines(), err.getvalue().splitlines()
 
 
+@pytest.mark.e2e
 def test_a_failing_client_ends_the_run_with_its_name_and_its_log_tail(tiny_world, free_port, tmp_path):
     settings = _tiny(tiny_world, free_port)
     missing = tmp_path / "no-such-model.onnx"
@@ -64,6 +79,7 @@ def test_a_failing_client_ends_the_run_with_its_name_and_its_log_tail(tiny_world
     assert [line.split()[1] for line in out if line.startswith("✓ ")][-1] == "processes"  # set-up went through
 
 
+@pytest.mark.e2e
 def test_a_coordinator_that_does_not_start_is_named_with_its_log_tail(tiny_world, free_port):
     settings = _tiny(tiny_world, free_port)
     code, out, err = _run_watched(settings, coordinator_overrides={"rounds": 0})
@@ -71,5 +87,7 @@ def test_a_coordinator_that_does_not_start_is_named_with_its_log_tail(tiny_world
     assert err[0] == "✗ coordinator exited with code 2 during start-up", err
     assert err[1].startswith("  last ") and err[1].endswith("coordinator.log:")
     assert err[-1].startswith("    lada-coordinator: error: coordinator config ")  # names the file ...
-    assert err[-1].endswith("coordinator.json: rounds, min_clients and candidates_per_round must be >= 1")  # ... and the field
+    assert err[-1].endswith(
+        "coordinator.json: rounds, min_clients and candidates_per_round must be >= 1"
+    )  # ... and the field
     assert out[-1].startswith("✗ processes")  # the stage that failed is marked, nothing is left half-drawn

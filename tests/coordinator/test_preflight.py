@@ -15,16 +15,26 @@ from lada_coordinator.server.tls import generate_self_signed
 
 
 def _config(tmp_path: Path, world: dict[str, Path], port: int, **extra: object) -> Path:
-    body = {"db_path": str(tmp_path / "state" / "c.sqlite"), "state_dir": str(tmp_path / "state"),
-            "llm_dir": str(world["llm"]), "public_data": str(world["data"]), "port": port, **extra}
+    body = {
+        "db_path": str(tmp_path / "state" / "c.sqlite"),
+        "state_dir": str(tmp_path / "state"),
+        "llm_dir": str(world["llm"]),
+        "public_data": str(world["data"]),
+        "port": port,
+        **extra,
+    }
     path = tmp_path / "coordinator.json"
     path.write_text(json.dumps(body))
     return path
 
 
 def _cli(*args: str) -> tuple[int, dict]:
-    proc = subprocess.run([sys.executable, "-m", "lada_coordinator.cli", "check", "--json", *args],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lada_coordinator.cli", "check", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     body = json.loads(proc.stdout)
     return proc.returncode, {c["name"]: c for c in body["checks"]}

@@ -8,6 +8,7 @@ import json
 import time
 
 import pytest
+
 from lada_client.common.wire import Candidate, FeatureUpload, PathOffer, PublicQuestion, RewardReport, RoundInfo
 from lada_coordinator.allocation.allocator import SLM
 from lada_coordinator.allocation.eenet import FilterConfig

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from lada_client.common.crypto import Identity
 from lada_client.common.enrollment import EnrollmentToken
 from lada_coordinator.credentials import issue_tokens

@@ -9,8 +9,16 @@ from lada_coordinator.validation import UploadRejected, check_reward
 
 
 def _report(**kw) -> RewardReport:
-    base = dict(round=1, reward=0.2, ppl_before=2.0, ppl_after=1.5, n_allocated=3, test_accuracy=0.1,
-                bytes_sent=1, bytes_received=1)
+    base = {
+        "round": 1,
+        "reward": 0.2,
+        "ppl_before": 2.0,
+        "ppl_after": 1.5,
+        "n_allocated": 3,
+        "test_accuracy": 0.1,
+        "bytes_sent": 1,
+        "bytes_received": 1,
+    }
     return RewardReport(**{**base, **kw})
 
 

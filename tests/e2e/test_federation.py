@@ -14,15 +14,47 @@ import pytest
 
 from lada_client.data.federation import FederationData
 
+pytestmark = pytest.mark.e2e  # real coordinator and client processes
+
 TINY = [
-    "--clients", "3", "--rounds", "2", "--candidates", "16", "--budget", "6",
-    "--n-train", "40", "--n-test", "16", "--n-public", "160", "--offer-questions", "4",
-    "--llm-warmup-steps", "4", "--slm-warmup-steps", "4", "--timeout", "600",
+    "--clients",
+    "3",
+    "--rounds",
+    "2",
+    "--candidates",
+    "16",
+    "--budget",
+    "6",
+    "--n-train",
+    "40",
+    "--n-test",
+    "16",
+    "--n-public",
+    "160",
+    "--offer-questions",
+    "4",
+    "--llm-warmup-steps",
+    "4",
+    "--slm-warmup-steps",
+    "4",
+    "--timeout",
+    "600",
 ]
 
 
 def _run(work: Path, port: int, *extra: str) -> dict:
-    cmd = [sys.executable, "-m", "lada_coordinator.cli", "federation", "--workdir", str(work), "--port", str(port), *TINY, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lada_coordinator.cli",
+        "federation",
+        "--workdir",
+        str(work),
+        "--port",
+        str(port),
+        *TINY,
+        *extra,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # what a person reads (captured here: not a terminal, so plain lines): set-up stages, a table
@@ -71,14 +103,32 @@ def test_mutual_knowledge_transfer_over_tls(tiny_world, free_port):
 def test_cotuning_with_secure_aggregation_and_dp(tmp_path, free_port, dp_noise):
     """Same-architecture SLMs average adapters through secure aggregation; features carry DP noise;
     one training pass per round (--epochs 1)."""
-    status = _run(tmp_path / "fed", free_port, "--host-framework", "cotuning", "--slm-presets", "slm-small", "--dp-noise", dp_noise, "--epochs", "1")
+    status = _run(
+        tmp_path / "fed",
+        free_port,
+        "--host-framework",
+        "cotuning",
+        "--slm-presets",
+        "slm-small",
+        "--dp-noise",
+        dp_noise,
+        "--epochs",
+        "1",
+    )
     for name in ("client0", "client1", "client2"):
-        allocated = [r["n_allocated"] for r in json.loads((tmp_path / "fed" / "run" / f"{name}.results.json").read_text())]
-        steps = [int(n) for n in re.findall(r"LoRA round: (\d+) steps", (tmp_path / "fed" / "run" / "logs" / f"{name}.log").read_text())]
+        allocated = [
+            r["n_allocated"] for r in json.loads((tmp_path / "fed" / "run" / f"{name}.results.json").read_text())
+        ]
+        steps = [
+            int(n)
+            for n in re.findall(
+                r"LoRA round: (\d+) steps", (tmp_path / "fed" / "run" / "logs" / f"{name}.log").read_text()
+            )
+        ]
         # one pass over 30 private (40 minus the reward's held-out quarter) + allocated, batch 8
         assert steps == [math.ceil((30 + n) / 8) for n in allocated]
     for r in status["rounds"]:
-        (group, summary), = r["secagg"].items()
+        ((_group, summary),) = r["secagg"].items()
         assert summary == {"contributors": 3, "error": None}
         assert all(c["dp_epsilon"] > 0 for c in r["clients"].values())
     eps = [[c["dp_epsilon"] for c in r["clients"].values()] for r in status["rounds"]]
@@ -87,7 +137,10 @@ def test_cotuning_with_secure_aggregation_and_dp(tmp_path, free_port, dp_noise):
     import numpy as np
     from safetensors.numpy import load_file
 
-    adapters = [load_file(str(tmp_path / "fed" / "run" / n / "adapter" / "adapter_model.safetensors")) for n in ("client0", "client1", "client2")]
+    adapters = [
+        load_file(str(tmp_path / "fed" / "run" / n / "adapter" / "adapter_model.safetensors"))
+        for n in ("client0", "client1", "client2")
+    ]
     for key in adapters[0]:
         np.testing.assert_allclose(adapters[0][key], adapters[1][key], atol=1e-6)
         np.testing.assert_allclose(adapters[0][key], adapters[2][key], atol=1e-6)
@@ -103,13 +156,27 @@ def test_score_only_device_gets_its_adapter_trained_by_the_coordinator(tiny_worl
 
     work = tiny_world["workdir"]
     settings = FederationSettings(
-        workdir=work, clients=3, rounds=2, candidates=16, budget=6, port=free_port, n_train=40, n_test=16,
-        n_public=160, llm_warmup_steps=4, slm_warmup_steps=4, offer_questions=4,
+        workdir=work,
+        clients=3,
+        rounds=2,
+        candidates=16,
+        budget=6,
+        port=free_port,
+        n_train=40,
+        n_test=16,
+        n_public=160,
+        llm_warmup_steps=4,
+        slm_warmup_steps=4,
+        offer_questions=4,
     )
     paths = prepare(settings)
     procs = start_processes(
-        settings, paths,
-        coordinator_overrides={"score_only_update": "server", "slm_checkpoints": {"phone-slm": str(paths["client2"] / "base")}},
+        settings,
+        paths,
+        coordinator_overrides={
+            "score_only_update": "server",
+            "slm_checkpoints": {"phone-slm": str(paths["client2"] / "base")},
+        },
         client_overrides={"client2": {"base_model_dir": None, "model_name": "phone-slm"}},
     )
     try:

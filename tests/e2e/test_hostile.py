@@ -10,10 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lada_client.common.secagg import SecAggConfig
 from lada_client.common.wire import Ack, Candidate, FeatureUpload, PublicQuestion, RoundInfo
 from lada_coordinator.allocation.allocator import SLM
 from lada_coordinator.config import CoordinatorConfig
+
+pytestmark = pytest.mark.e2e  # a real coordinator, and whole federations of processes
 
 REPO = Path(__file__).resolve().parents[2]
 

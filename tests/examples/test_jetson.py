@@ -82,8 +82,14 @@ def test_bad_device_settings_are_explained(run_client, tmp_path, device, message
 
 def test_a_bad_client_section_names_the_file_and_the_field(run_client, tmp_path):
     path = tmp_path / "jetson.json"
-    client = {"coordinator_url": "http://x", "name": "c", "state_dir": "s", "data_dir": "d", "scoring_model": "m.onnx",
-              "batch_size": "16"}
+    client = {
+        "coordinator_url": "http://x",
+        "name": "c",
+        "state_dir": "s",
+        "data_dir": "d",
+        "scoring_model": "m.onnx",
+        "batch_size": "16",
+    }
     path.write_text(json.dumps({"client": client, "device": {}}))
     with pytest.raises(ValueError, match=f"^{path}: client section: batch_size: must be an integer, got '16'"):
         run_client.load_settings(path)

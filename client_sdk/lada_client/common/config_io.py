@@ -121,8 +121,15 @@ def validate(cls: type[T], data: object, what: str) -> T:
 
 # ------------------------------------------------------------------------------ error messages
 def _kind(value: object) -> str:
-    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "a list",
-             dict: "an object", type(None): "null"}
+    names = {
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        list: "a list",
+        dict: "an object",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -237,7 +244,8 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], what: str) -> T:
     if unknown:
         raise ValueError(f"unknown {what} key(s): {sorted(unknown)}")
     required = {
-        name for name, f in fields.items()
+        name
+        for name, f in fields.items()
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     }
     missing = required - set(data)
@@ -264,5 +272,5 @@ def load_json(cls: type[T], path: Path, what: str) -> T:
         raise ValueError(f"{what} {path} is invalid: {exc}") from exc
     except ValueError as exc:
         if str(exc).startswith(what):
-            raise ValueError(f"{what} {path}: {str(exc)[len(what):].lstrip(' :')}") from exc
+            raise ValueError(f"{what} {path}: {str(exc)[len(what) :].lstrip(' :')}") from exc
         raise ValueError(f"{what} {path}: {exc}") from exc

@@ -114,9 +114,7 @@ class Identity:
         self._sign = sign_key
         self._kex = kex_key
         raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        self.public = PublicIdentity(
-            sign_key.public_key().public_bytes(*raw), kex_key.public_key().public_bytes(*raw)
-        )
+        self.public = PublicIdentity(sign_key.public_key().public_bytes(*raw), kex_key.public_key().public_bytes(*raw))
 
     @classmethod
     def generate(cls) -> Identity:
@@ -199,9 +197,7 @@ def seal(
     nonce = os.urandom(_NONCE_BYTES)
     ciphertext = aead.encrypt(nonce, payload, header_bytes)
     signature = sender.sign(_signed_bytes(header_bytes, nonce, ciphertext))
-    return SealedEnvelope(
-        header=header, nonce=b64e(nonce), ciphertext=b64e(ciphertext), signature=b64e(signature)
-    )
+    return SealedEnvelope(header=header, nonce=b64e(nonce), ciphertext=b64e(ciphertext), signature=b64e(signature))
 
 
 def open_envelope(

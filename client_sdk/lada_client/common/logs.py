@@ -16,8 +16,20 @@ LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 #: Third-party loggers whose INFO records are per-request or per-step chatter, not events.
 NOISY_LOGGERS = (
-    "httpx", "httpcore", "urllib3", "uvicorn", "uvicorn.access", "uvicorn.error",
-    "transformers", "optimum", "torch", "onnx", "onnxruntime", "filelock", "huggingface_hub", "asyncio",
+    "httpx",
+    "httpcore",
+    "urllib3",
+    "uvicorn",
+    "uvicorn.access",
+    "uvicorn.error",
+    "transformers",
+    "optimum",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "filelock",
+    "huggingface_hub",
+    "asyncio",
 )
 
 

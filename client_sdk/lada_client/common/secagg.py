@@ -259,8 +259,8 @@ class SecAggConfig:
         return cls(
             threshold=_get(data, "threshold", int),
             neighbours=neighbours,
-            scale=float(_get(data, "scale", (int, float))),  # type: ignore[arg-type]
-            clip=float(_get(data, "clip", (int, float))),  # type: ignore[arg-type]
+            scale=float(_get(data, "scale", (int, float))),
+            clip=float(_get(data, "clip", (int, float))),
         )
 
 
@@ -726,11 +726,19 @@ class SecAggClient:
             aead = _share_aead(self._channel_key, roster.keys[sender], self.round_id, sender, self.client_id)
             try:
                 plain = aead.decrypt(share.nonce, share.ciphertext, _share_ad(self.round_id, sender, self.client_id))
-                held[sender] = (Share.from_bytes(my_x, plain[:_SHARE_BYTES]), Share.from_bytes(my_x, plain[_SHARE_BYTES:]))
+                held[sender] = (
+                    Share.from_bytes(my_x, plain[:_SHARE_BYTES]),
+                    Share.from_bytes(my_x, plain[_SHARE_BYTES:]),
+                )
             except (InvalidTag, SecAggError):
                 # Leave the sender out of this input's masks: the coordinator sees it missing from
                 # ``peers`` and drops it from the sum, instead of the whole group failing on it.
-                logger.warning("secagg %s: the shares %s sent %s do not open; masking without it", self.round_id, sender, self.client_id)
+                logger.warning(
+                    "secagg %s: the shares %s sent %s do not open; masking without it",
+                    self.round_id,
+                    sender,
+                    self.client_id,
+                )
         if len(held) < self.config.threshold:
             raise SecAggError(
                 f"only {len(held)} neighbours of {self.client_id} shared keys; threshold is {self.config.threshold}"
@@ -936,7 +944,9 @@ class SecAggServer:
         vector = np.asarray(message.vector)
         if vector.dtype != np.uint32 or vector.shape != (self.vector_length,):
             raise SecAggError(f"masked input from {sender} must be {self.vector_length} uint32 values")
-        check_masked_peers(message.peers, self._roster.graph[sender] & set(self._share_keys), self.config.threshold, sender)
+        check_masked_peers(
+            message.peers, self._roster.graph[sender] & set(self._share_keys), self.config.threshold, sender
+        )
         self._inputs[sender] = message
 
     def unmask_request(self) -> UnmaskRequest:
@@ -984,19 +994,21 @@ class SecAggServer:
             total += self._inputs[client].vector
         for client in request.survivors:
             commitment = self._share_keys[client].self_mask_commitment
-            seed = self._reconstruct(
-                client, "self_mask_shares", _SELF,
-                lambda seed, c=client, k=commitment: hmac.compare_digest(_commitment(seed, self.round_id, c), k),
-            )
+
+            def is_self_mask_seed(seed: bytes, c: str = client, k: bytes = commitment) -> bool:
+                return hmac.compare_digest(_commitment(seed, self.round_id, c), k)
+
+            seed = self._reconstruct(client, "self_mask_shares", _SELF, is_self_mask_seed)
             total -= _expand(_self_mask_key(seed, self.round_id, client), n)
         for client in request.dropped:
             affected = [s for s in request.survivors if client in self._inputs[s].peers]
             if not affected:
                 continue
-            raw = self._reconstruct(
-                client, "mask_key_shares", _KEY,
-                lambda raw, k=roster.keys[client].mask_key: _public_bytes(X25519PrivateKey.from_private_bytes(raw)) == k,
-            )
+
+            def is_mask_key(raw: bytes, k: bytes = roster.keys[client].mask_key) -> bool:
+                return _public_bytes(X25519PrivateKey.from_private_bytes(raw)) == k
+
+            raw = self._reconstruct(client, "mask_key_shares", _KEY, is_mask_key)
             private = X25519PrivateKey.from_private_bytes(raw)
             for survivor in affected:
                 seed = _pair_seed(private, roster.keys[survivor].mask_key, self.round_id, client, survivor)
@@ -1041,6 +1053,14 @@ class SecAggServer:
             secret = attempt([r for r in order if r != suspect]) if len(order) > t else None
             if secret is not None:
                 self.offenders[suspect] = f"it revealed a wrong share of the {what} of {owner}"
-                logger.warning("secagg %s: %s revealed a wrong share of the %s of %s; ignoring its shares", self.round_id, suspect, what, owner)
+                logger.warning(
+                    "secagg %s: %s revealed a wrong share of the %s of %s; ignoring its shares",
+                    self.round_id,
+                    suspect,
+                    what,
+                    owner,
+                )
                 return secret
-        raise SecAggError(f"cannot rebuild the {what} of {owner}: its shares are inconsistent (did {owner} share garbage?)", owner)
+        raise SecAggError(
+            f"cannot rebuild the {what} of {owner}: its shares are inconsistent (did {owner} share garbage?)", owner
+        )

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION: Final = 1
 #: Longest flattened adapter a co-tuning device may declare: its masked vector (4 bytes a value,
 #: base64 in JSON) must fit one chunked upload of at most 4 GiB.
 MAX_ADAPTER_SIZE = 2**29
@@ -182,9 +182,12 @@ class RoundInfo(_Message):
     feature_names: list[str] = []
     host_framework: Literal["mkt", "cotuning"] = "mkt"
     secagg_configs: dict[str, dict[str, Any]] = Field(
-        default={}, description="co-tuning: secure-aggregation parameters per group (in a reply: the asking device's group only)"
+        default={},
+        description="co-tuning: secure-aggregation parameters per group (in a reply: the asking device's group only)",
     )
-    secagg_group: str | None = Field(default=None, description="co-tuning: the asking device's group, None if it has none")
+    secagg_group: str | None = Field(
+        default=None, description="co-tuning: the asking device's group, None if it has none"
+    )
 
 
 class PathOffer(_Message):
@@ -206,7 +209,9 @@ class FeatureUpload(_Message):
     features: list[list[float]] = Field(max_length=8192)
     offers: list[PathOffer] = Field(default=[], max_length=1024)
     secagg_keys: dict[str, Any] | None = Field(default=None, description="co-tuning: AdvertiseKeys of this round")
-    adapter_size: int = Field(default=0, ge=0, le=MAX_ADAPTER_SIZE, description="co-tuning: length of the flattened LoRA adapter")
+    adapter_size: int = Field(
+        default=0, ge=0, le=MAX_ADAPTER_SIZE, description="co-tuning: length of the flattened LoRA adapter"
+    )
 
     @field_validator("features")
     @classmethod
@@ -271,14 +276,20 @@ class RewardReport(_Message):
     test_accuracy: float = Field(ge=0.0, le=1.0)
     bytes_sent: Count
     bytes_received: Count
-    dp_epsilon: float = Field(default=0.0, ge=0.0, le=PPL_MAX, allow_inf_nan=False, description="privacy budget spent so far (0 = DP off)")
+    dp_epsilon: float = Field(
+        default=0.0, ge=0.0, le=PPL_MAX, allow_inf_nan=False, description="privacy budget spent so far (0 = DP off)"
+    )
     sample_rewards: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
-        default=None, max_length=8192,
-        description="per allocated sample, in allocation order (credit finer than one scalar); None: ``reward`` for all",
+        default=None,
+        max_length=8192,
+        description="per allocated sample, in allocation order (credit finer than one scalar); "
+        "None: ``reward`` for all",
     )
 
 
 SecAggStep = Literal["shares", "masked", "unmask"]
+#: what a client polls for with ``secagg.get``
+SecAggPoll = Literal["inbox", "unmask", "result"]
 
 
 class SecAggUpload(_Message):
@@ -296,7 +307,7 @@ class SecAggQuery(_Message):
     """kind ``secagg.get``: poll for what the coordinator routes to this client."""
 
     round: RoundIndex
-    step: Literal["inbox", "unmask", "result"]
+    step: SecAggPoll
 
 
 class SecAggReply(_Message):

@@ -25,9 +25,7 @@ DOMAINS: tuple[str, ...] = ("add", "sub", "mul", "two_step")
 # Bumped whenever the same seed would generate different problems, so cached data is rebuilt.
 GENERATOR_VERSION = 2
 
-_NAMES = tuple(
-    "Ana Ben Cara Dev Eli Fay Gus Hana Ivan Jo Kim Leo Mia Nia Omar Pia Raj Sam Tara Zoe".split()
-)
+_NAMES = tuple("Ana Ben Cara Dev Eli Fay Gus Hana Ivan Jo Kim Leo Mia Nia Omar Pia Raj Sam Tara Zoe".split())
 _ITEMS = ("apples", "books", "coins", "stickers", "marbles", "pencils", "shells", "cards", "beads")
 
 
@@ -236,9 +234,7 @@ def generate(
     budget = 50 * n + 1000
     while len(samples) < n:
         if budget == 0:
-            raise ValueError(
-                f"domain {domain!r} could only produce {len(samples)} of {n} distinct questions"
-            )
+            raise ValueError(f"domain {domain!r} could only produce {len(samples)} of {n} distinct questions")
         budget -= 1
         question, rationale, answer = _draw(domain, rng)
         if question in seen or question in exclude:

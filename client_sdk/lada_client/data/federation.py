@@ -215,8 +215,7 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
 def _client_entries(directory: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     entries = manifest.get("clients")
     if not isinstance(entries, list) or not all(
-        isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("domain"), str)
-        for e in entries
+        isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("domain"), str) for e in entries
     ):
         raise ValueError(f"corrupt federation manifest {directory / MANIFEST}: bad 'clients' list")
     return entries

@@ -29,7 +29,12 @@ __all__ = ["EASY", "FamilySpec", "gym_samples", "make_gym_federation", "parse_fa
 EASY: dict[str, dict[str, Any]] = {
     "chain_sum": {"min_terms": 2, "max_terms": 4, "min_digits": 1, "max_digits": 2},
     "basic_arithmetic": {
-        "min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2, "operators": ("+", "-", "*"), "allow_negation": False,
+        "min_terms": 2,
+        "max_terms": 3,
+        "min_digits": 1,
+        "max_digits": 2,
+        "operators": ("+", "-", "*"),
+        "allow_negation": False,
     },
     "leg_counting": {"min_animals": 1, "max_animals": 3, "max_instances": 5},
     "products": {"min_digits": 1, "max_digits": 2},
@@ -81,11 +86,15 @@ def gym_samples(family: FamilySpec, n: int, seed: int) -> list[Sample]:
             if answer is None or question in out:
                 continue
             sid = f"{name}-{hashlib.sha1(question.encode()).hexdigest()[:12]}"
-            out[question] = Sample(sample_id=sid, domain=name, question=question, rationale="", answer=str(answer).strip())
+            out[question] = Sample(
+                sample_id=sid, domain=name, question=question, rationale="", answer=str(answer).strip()
+            )
             if len(out) == n:
                 return list(out.values())
         size *= 2
-    raise ValueError(f"family {name!r} with settings {settings} has fewer than {n} distinct problems; widen its settings")
+    raise ValueError(
+        f"family {name!r} with settings {settings} has fewer than {n} distinct problems; widen its settings"
+    )
 
 
 def make_gym_federation(
@@ -107,18 +116,22 @@ def make_gym_federation(
     public_specs = [parse_family(f) if isinstance(f, str) else f for f in (public_families or client_families)]
     if not specs or not public_specs:
         raise ValueError("at least one client family and one public family are needed")
-    families = {name: settings for name, settings in [*specs, *public_specs]}
+    families = dict([*specs, *public_specs])
     for name, settings in [*specs, *public_specs]:
         if families[name] != settings:
             raise ValueError(f"family {name!r} appears with two different settings")
     public_names = list(dict.fromkeys(name for name, _ in public_specs))
-    per_public = {name: n_public // len(public_names) + (i < n_public % len(public_names)) for i, name in enumerate(public_names)}
+    per_public = {
+        name: n_public // len(public_names) + (i < n_public % len(public_names)) for i, name in enumerate(public_names)
+    }
     clients_of = {name: [i for i, (n, _) in enumerate(specs) if n == name] for name in families}
     pools: dict[str, list[Sample]] = {}
     public_seed = seed if public_seed is None else public_seed
     public: list[Sample] = []
     for name in public_names:
-        public.extend(gym_samples((name, families[name]), per_public[name], zlib.crc32(f"public/{public_seed}/{name}".encode())))
+        public.extend(
+            gym_samples((name, families[name]), per_public[name], zlib.crc32(f"public/{public_seed}/{name}".encode()))
+        )
     taken = {s.question for s in public}
     for name, settings in families.items():
         need = len(clients_of[name]) * (n_train + n_test)
@@ -127,6 +140,7 @@ def make_gym_federation(
             pools[name] = [s for s in drawn if s.question not in taken][:need]
             if len(pools[name]) < need:
                 raise ValueError(f"family {name!r} cannot give {need} private problems apart from the public ones")
+    # a slot per client, each filled by its family's loop below
     clients: list[ClientData] = [None] * len(specs)  # type: ignore[list-item]
     for name, pool in pools.items():
         at = 0

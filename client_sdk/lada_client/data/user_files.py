@@ -24,7 +24,7 @@ from lada_client.common.reasoning import extract_answer, is_correct
 from lada_client.data.domains import Sample
 from lada_client.data.federation import ClientData, FederationData
 
-__all__ = ["read_samples", "make_user_federation"]
+__all__ = ["make_user_federation", "read_samples"]
 
 _FIELDS = {"question", "answer", "rationale", "domain", "id"}
 MAX_QUESTION_CHARS = 4096  # what the wire carries for a public question
@@ -76,8 +76,15 @@ def read_samples(path: Path, domain: str | None = None) -> list[Sample]:
         if sid in seen:
             raise ValueError(f"{where}: id {sid!r} appears twice (or the same question does)")
         seen.add(sid)
-        out.append(Sample(sample_id=sid, domain=values["domain"] or label, question=values["question"],
-                          rationale=rationale, answer=values["answer"]))
+        out.append(
+            Sample(
+                sample_id=sid,
+                domain=values["domain"] or label,
+                question=values["question"],
+                rationale=rationale,
+                answer=values["answer"],
+            )
+        )
     if not out:
         raise ValueError(f"{path} holds no samples")
     return out
@@ -101,18 +108,23 @@ def make_user_federation(
             test = read_samples(test_path, name)
         else:
             order = np.random.default_rng([seed, len(shards)]).permutation(len(train))
-            cut = max(1, int(round(test_fraction * len(train))))
+            cut = max(1, round(test_fraction * len(train)))
             test, train = [train[i] for i in order[:cut]], [train[i] for i in order[cut:]]
         domains = sorted({s.domain for s in train})
-        shards.append(ClientData(name=name, domain=domains[0] if len(domains) == 1 else "mixed", train=train, test=test))
+        shards.append(
+            ClientData(name=name, domain=domains[0] if len(domains) == 1 else "mixed", train=train, test=test)
+        )
     _no_overlap(pool, shards)
     return FederationData(clients=shards, public=pool, seed=seed)
 
 
 def _no_overlap(public: Sequence[Sample], clients: Sequence[ClientData]) -> None:
     owner: dict[str, str] = {}
-    for label, samples in [("public", public), *((f"{c.name} train", c.train) for c in clients),
-                           *((f"{c.name} test", c.test) for c in clients)]:
+    for label, samples in [
+        ("public", public),
+        *((f"{c.name} train", c.train) for c in clients),
+        *((f"{c.name} test", c.test) for c in clients),
+    ]:
         for s in samples:
             key = " ".join(s.question.lower().split())
             if key in owner and owner[key] != label:

@@ -9,9 +9,10 @@ right-padded with the pad id. Log-probs are summed over completion tokens (and `
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -23,8 +24,8 @@ SPECIAL_TOKENS_FILE = "special_tokens.json"
 @dataclass(frozen=True)
 class SpecialTokens:
     """Ids framing a sequence. Models differ (ours: <pad>=0 <s>=1 </s>=2; SmolLM2-Instruct frames
-    with <|im_start|>=1 … <|im_end|>=2 and pads with EOS), so they travel with the model: in ``config.json`` for checkpoints and in
-    ``special_tokens.json`` beside an ONNX scoring model."""
+    with <|im_start|>=1 … <|im_end|>=2 and pads with EOS), so they travel with the model: in
+    ``config.json`` for checkpoints and in ``special_tokens.json`` beside an ONNX scoring model."""
 
     bos: int | None = BOS_ID
     eos: int = EOS_ID
@@ -75,7 +76,8 @@ class EncodedBatch:
 
 def _ids(tokenizer: _Tokenizer, text: str) -> list[int]:
     enc = tokenizer.encode(text, add_special_tokens=False)
-    return list(enc.ids if hasattr(enc, "ids") else enc)  # tokenizers.Encoding or transformers list
+    ids = enc.ids if hasattr(enc, "ids") else enc  # tokenizers.Encoding or transformers list
+    return list(cast("Iterable[int]", ids))
 
 
 def encode_pairs(

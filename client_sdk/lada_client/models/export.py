@@ -52,8 +52,12 @@ import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lada_client.models.encoding import SpecialTokens
+
+if TYPE_CHECKING:  # onnx is imported where a graph is rewritten (the ``export`` extra)
+    from onnx import GraphProto, NodeProto
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +76,7 @@ GRAPH_VERSION_KEY = "lada_scoring_graph"
 HEAD_INPUTS = ("token_index", "score_index", "score_targets", "next_index")
 
 
-def _decoder_layers(graph) -> dict[int, object]:
+def _decoder_layers(graph: GraphProto) -> dict[int, NodeProto]:
     """Layer index -> that layer's ``o_proj`` MatMul node."""
     layers = {}
     for node in graph.node:
@@ -82,7 +86,9 @@ def _decoder_layers(graph) -> dict[int, object]:
     return layers
 
 
-def _attention_residual(graph, consumers: dict, o_proj) -> tuple[object, int] | None:
+def _attention_residual(
+    graph: GraphProto, consumers: dict[str, list[NodeProto]], o_proj: NodeProto
+) -> tuple[NodeProto, int] | None:
     """The ``Add`` of ``o_proj``'s output and the layer input, with the layer input's index."""
     users = consumers[o_proj.output[0]]
     if len(users) != 1 or users[0].op_type != "Add" or len(users[0].input) != 2:
@@ -93,11 +99,13 @@ def _attention_residual(graph, consumers: dict, o_proj) -> tuple[object, int] | 
     return add, 1 - list(add.input).index(o_proj.output[0])
 
 
-def _mlp_block(consumers: dict, layer: int, add_attn) -> object | None:
+def _mlp_block(consumers: dict[str, list[NodeProto]], layer: int, add_attn: NodeProto) -> NodeProto | None:
     """The layer's closing residual ``Add`` (after post-attention norm and MLP), if everything
     between the attention residual and it is that layer's norm or MLP (row-wise ops only)."""
     prefixes = (f"/model/layers.{layer}/post_attention_layernorm/", f"/model/layers.{layer}/mlp/")
-    closing, seen, stack = None, set(), [add_attn.output[0]]
+    closing: NodeProto | None = None
+    seen: set[int] = set()
+    stack = [add_attn.output[0]]
     while stack:
         for node in consumers[stack.pop()]:
             if id(node) in seen:
@@ -154,7 +162,7 @@ def add_logprob_head(model_path: Path, out_path: Path) -> Path:
     if [o.name for o in graph.output][:1] != ["logits"]:
         raise ValueError(f"{model_path} has no 'logits' output; is it a decoder export?")
     initializers = {i.name for i in graph.initializer}
-    consumers: dict[str, list] = defaultdict(list)
+    consumers: dict[str, list[NodeProto]] = defaultdict(list)
     for node in graph.node:
         for name in node.input:
             consumers[name].append(node)
@@ -170,12 +178,12 @@ def add_logprob_head(model_path: Path, out_path: Path) -> Path:
 
     # 1. layers but the last: o_proj, norm and MLP on the real tokens only
     layers = _decoder_layers(graph)
-    last = max(layers) if layers else None
+    last_o_proj = layers[max(layers)] if layers else None
     unpadded = []
     for i in sorted(layers)[:-1]:
         found = _attention_residual(graph, consumers, layers[i])
         closing = _mlp_block(consumers, i, found[0]) if found else None
-        if closing is None:
+        if found is None or closing is None:
             log.warning("%s: layer %d does not have the expected shape; its padding is kept", model_path, i)
             continue
         add_attn, residual = found
@@ -184,7 +192,9 @@ def add_logprob_head(model_path: Path, out_path: Path) -> Path:
         full = f"lada_unpad/{i}/output"
         nodes += [
             helper.make_node("GatherND", [attn, "token_index"], [f"lada_unpad/{i}/attn"], name=f"lada_unpad/{i}/attn"),
-            helper.make_node("GatherND", [layer_input, "token_index"], [f"lada_unpad/{i}/res"], name=f"lada_unpad/{i}/res"),
+            helper.make_node(
+                "GatherND", [layer_input, "token_index"], [f"lada_unpad/{i}/res"], name=f"lada_unpad/{i}/res"
+            ),
             helper.make_node("ScatterND", [layer_input, "token_index", out], [full], name=f"lada_unpad/{i}/scatter"),
         ]
         o_proj.input[0] = f"lada_unpad/{i}/attn"
@@ -203,10 +213,10 @@ def add_logprob_head(model_path: Path, out_path: Path) -> Path:
         source, weight = producer.input[0], producer.input[1]  # lm_head: moved behind the gather
     else:
         source, weight, producer = "logits", None, None
-    found = _attention_residual(graph, consumers, layers[last]) if layers else None
-    if found is not None:
+    found = _attention_residual(graph, consumers, last_o_proj) if last_o_proj is not None else None
+    if found is not None and last_o_proj is not None:
         add_attn, residual = found
-        o_proj = layers[last]
+        o_proj = last_o_proj
         head += [
             helper.make_node("GatherND", [o_proj.input[0], "lada_rows"], ["lada_attn_sel"]),
             helper.make_node("GatherND", [add_attn.input[residual], "lada_rows"], ["lada_residual_sel"]),
@@ -285,8 +295,14 @@ def save_onnx(model, out_path: Path) -> None:
         onnx.checker.check_model(model)
         onnx.save(model, str(out_path))
         return
-    onnx.save_model(model, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=out_path.name + EXTERNAL_DATA_SUFFIX, size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(out_path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=out_path.name + EXTERNAL_DATA_SUFFIX,
+        size_threshold=1024,
+    )
     onnx.checker.check_model(str(out_path))
 
 

@@ -42,9 +42,7 @@ def resolve_spec(name_or_spec: str | ModelSpec) -> ModelSpec:
     try:
         return PRESETS[name_or_spec]
     except KeyError:
-        raise ValueError(
-            f"unknown model preset {name_or_spec!r}; choose one of {sorted(PRESETS)}"
-        ) from None
+        raise ValueError(f"unknown model preset {name_or_spec!r}; choose one of {sorted(PRESETS)}") from None
 
 
 def create_model(spec: str | ModelSpec, tokenizer_dir: Path, out_dir: Path, seed: int = 0) -> Path:
@@ -86,8 +84,11 @@ def architecture_id(model_dir: Path) -> str:
     except (OSError, ValueError) as exc:
         raise FileNotFoundError(f"{model_dir} has no readable config.json") from exc
     return "{}-h{}-l{}-a{}-v{}".format(
-        c.get("model_type", "model"), c.get("hidden_size"), c.get("num_hidden_layers"),
-        c.get("num_attention_heads"), c.get("vocab_size"),
+        c.get("model_type", "model"),
+        c.get("hidden_size"),
+        c.get("num_hidden_layers"),
+        c.get("num_attention_heads"),
+        c.get("vocab_size"),
     )
 
 
@@ -111,5 +112,5 @@ def load_causal_lm(model_dir: Path, adapter_dir: Path | None = None):  # -> (mod
     if adapter_dir is not None and (adapter_dir / "adapter_config.json").exists():
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True), tokenizer
     return model, tokenizer

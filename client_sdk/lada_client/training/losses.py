@@ -14,6 +14,8 @@ r⁺ does not do.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -32,7 +34,10 @@ def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype = torch.floa
 
 
 def token_logprobs(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, needed: torch.Tensor | None = None,
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    needed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``log p(x_t | x_<t)`` for t = 1..T-1, shape ``[B, T-1]`` (left or right padding).
 
@@ -48,8 +53,12 @@ def token_logprobs(
         logits = model(input_ids=input_ids, attention_mask=bias, position_ids=position_ids).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         return torch.gather(logp, 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=bias, position_ids=position_ids).last_hidden_state
+    # a transformers causal LM, or a peft model around one (torch types both as a bare Module)
+    lm: Any = model
+    causal_lm = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    hidden = causal_lm.get_decoder()(
+        input_ids=input_ids, attention_mask=bias, position_ids=position_ids
+    ).last_hidden_state
     rows, cols = torch.nonzero(needed > 0, as_tuple=True)
     logits = causal_lm.get_output_embeddings()(hidden[rows, cols]).float()
     cap = getattr(causal_lm.config, "final_logit_softcapping", None)

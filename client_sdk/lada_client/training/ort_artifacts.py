@@ -48,7 +48,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,23 @@ INPUT_NAMES = (
     "beta",
 )
 OUTPUT_NAMES = ("loss", "sft_loss", "cd_loss", "seq_logprobs")
+
+
+class _AdamW(TypedDict):
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+
+
 #: what torch.optim.AdamW does by default (LoraTrainer builds it with only ``lr``)
-ADAMW = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
+ADAMW: _AdamW = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
 OPSET = 17
 FORMAT_VERSION = 1
 
 
 def _loss_module(peft_model: Any) -> Any:
     import torch
+
     from lada_client.training.losses import sequence_logprob, sft_loss
 
     def contrastive_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):
@@ -110,7 +119,19 @@ def _loss_module(peft_model: Any) -> Any:
             logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             return torch.gather(logp, 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
 
-        def forward(self, input_ids, attention_mask, completion_mask, sft_weight, chosen_index, rejected_index, ref_chosen, ref_rejected, alpha, beta):
+        def forward(
+            self,
+            input_ids,
+            attention_mask,
+            completion_mask,
+            sft_weight,
+            chosen_index,
+            rejected_index,
+            ref_chosen,
+            ref_rejected,
+            alpha,
+            beta,
+        ):
             token_lp = self.token_logprobs(input_ids, attention_mask)
             seq = sequence_logprob(token_lp, completion_mask)
             loss_sft = sft_loss(token_lp, completion_mask * sft_weight.unsqueeze(1))
@@ -123,7 +144,10 @@ def _loss_module(peft_model: Any) -> Any:
 def _example_inputs(special: Any) -> tuple:
     import torch
 
-    ids = torch.tensor([[special.bos or 1, 5, 6, 7, special.eos], [special.bos or 1, 8, 9, special.eos, special.pad]], dtype=torch.int64)
+    ids = torch.tensor(
+        [[special.bos or 1, 5, 6, 7, special.eos], [special.bos or 1, 8, 9, special.eos, special.pad]],
+        dtype=torch.int64,
+    )
     mask = (torch.arange(5).unsqueeze(0) < torch.tensor([[5], [4]])).to(torch.int64)
     cmask = torch.tensor([[0, 1, 1, 1], [0, 1, 1, 0]], dtype=torch.float32)
     return (
@@ -154,11 +178,12 @@ def export_training_graph(
     by seed). ``adapter_dir`` starts from a saved peft adapter instead.
     """
     import torch
+    from peft import get_peft_model_state_dict
+    from peft.tuners.lora import LoraLayer
+
     from lada_client.config import LoraSettings
     from lada_client.models.factory import architecture_id
     from lada_client.training.lora import LoraTrainer
-    from peft import get_peft_model_state_dict
-    from peft.tuners.lora import LoraLayer
 
     lora = lora or LoraSettings()
     if lora.dropout > 0:
@@ -209,7 +234,9 @@ def export_training_graph(
         )
         for n, p in every:
             p.copy_(real[n])
-    _write_initializers(graph_path, {f"model.{n}": v.numpy() for n, v in real.items()}, [f"model.{n}" for n, _ in params])
+    _write_initializers(
+        graph_path, {f"model.{n}": v.numpy() for n, v in real.items()}, [f"model.{n}" for n, _ in params]
+    )
     peft_keys = list(get_peft_model_state_dict(model).keys())
     projections = []
     for name, layer in model.named_modules():
@@ -292,6 +319,7 @@ def _check_initializers(graph_path: Path, manifest: dict[str, Any]) -> None:
 def generate_training_artifacts(export_dir: Path, out_dir: Path | None = None) -> Path:
     """Run ``generate_artifacts`` on an exported training graph; returns the artifact directory."""
     import onnx
+
     from lada_client.training.ort_backend import import_ort_training
 
     training = import_ort_training()
@@ -361,7 +389,9 @@ def build_artifacts(base_dir: Path, out_dir: Path, lora: Any = None, seed: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lada_client.training.ort_artifacts", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m lada_client.training.ort_artifacts", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (
         ("export", "export the loss graph with torch (train extra)"),

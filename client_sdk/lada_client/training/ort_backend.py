@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from lada_client.config import DistillSettings
 from lada_client.models.encoding import SpecialTokens, encode_pairs
 from lada_client.training.backend import (
@@ -76,7 +77,7 @@ def import_ort_training() -> types.SimpleNamespace:
         shell.__package__ = "onnxruntime.training"
         shell.__doc__ = "onnxruntime.training without its torch-only __init__ (lada_client.training.ort_backend)"
         sys.modules["onnxruntime.training"] = shell
-        onnxruntime.training = shell  # type: ignore[attr-defined]
+        onnxruntime.training = shell
     api = importlib.import_module("onnxruntime.training.api")
     found = types.SimpleNamespace(api=api, artifacts=None, onnxblock=None)
     try:
@@ -110,11 +111,23 @@ class OrtTrainer:
     ) -> None:
         self._ort = import_ort_training().api
         self.artifacts_dir = Path(artifacts_dir)
-        missing = [n for n in ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint", MANIFEST, "tokenizer.json") if not (self.artifacts_dir / n).exists()]
+        missing = [
+            n
+            for n in (
+                "training_model.onnx",
+                "eval_model.onnx",
+                "optimizer_model.onnx",
+                "checkpoint",
+                MANIFEST,
+                "tokenizer.json",
+            )
+            if not (self.artifacts_dir / n).exists()
+        ]
         if missing:
             raise FileNotFoundError(
-                f"{self.artifacts_dir} is not a complete ORT training artifact directory (missing {', '.join(missing)}); "
-                "build it with `python -m lada_client.training.ort_artifacts build --base-model <base_model_dir> --out <dir>`"
+                f"{self.artifacts_dir} is not a complete ORT training artifact directory "
+                f"(missing {', '.join(missing)}); build it with "
+                "`python -m lada_client.training.ort_artifacts build --base-model <base_model_dir> --out <dir>`"
             )
         self.manifest = json.loads((self.artifacts_dir / MANIFEST).read_text())
         self._trainable = [(t["name"], tuple(t["shape"]), t["peft_key"]) for t in self.manifest["trainable"]]
@@ -157,7 +170,11 @@ class OrtTrainer:
             self._state = self._ort.CheckpointState.load_checkpoint(str(self.artifacts_dir / "checkpoint"))
         a = self.artifacts_dir
         self._module = self._ort.Module(
-            str(a / "training_model.onnx"), self._state, str(a / "eval_model.onnx"), device="cpu", session_options=self._session_options()
+            str(a / "training_model.onnx"),
+            self._state,
+            str(a / "eval_model.onnx"),
+            device="cpu",
+            session_options=self._session_options(),
         )
         self._optimizer = self._ort.Optimizer(str(a / "optimizer_model.onnx"), self._module)
         names = self._module.input_names()
@@ -203,17 +220,23 @@ class OrtTrainer:
         ]
 
     # ------------------------------------------------------------------------------ training
-    def sequence_logprobs(self, prompts: Sequence[str], completions: Sequence[str], max_length: int = 256) -> np.ndarray:
+    def sequence_logprobs(
+        self, prompts: Sequence[str], completions: Sequence[str], max_length: int = 256
+    ) -> np.ndarray:
         """Path log-probs under the current weights (the eval graph), shape ``[N]``."""
         return self._path_scores(prompts, completions, max_length, "sum")
 
-    def _path_scores(self, prompts: Sequence[str], completions: Sequence[str], max_length: int, cd_logprob: str) -> np.ndarray:
+    def _path_scores(
+        self, prompts: Sequence[str], completions: Sequence[str], max_length: int, cd_logprob: str
+    ) -> np.ndarray:
         self._module.eval()
         out: list[np.ndarray] = []
         rows = list(zip(prompts, completions))
         for start in range(0, len(rows), EVAL_BATCH):
             chunk = rows[start : start + EVAL_BATCH]
-            outputs = self._module(*self._inputs(chunk, 0, [], [], np.zeros(0), np.zeros(0), 0.0, 1.0, max_length, cd_logprob))
+            outputs = self._module(
+                *self._inputs(chunk, 0, [], [], np.zeros(0), np.zeros(0), 0.0, 1.0, max_length, cd_logprob)
+            )
             out.append(np.asarray(outputs[3], dtype=np.float32))
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
@@ -233,14 +256,17 @@ class OrtTrainer:
         if pairs and settings.alpha > 0:
             prompts = [p.prompt for p in pairs]
             ref_chosen = self._path_scores(prompts, [p.chosen for p in pairs], settings.max_length, settings.cd_logprob)
-            ref_rejected = self._path_scores(prompts, [p.rejected for p in pairs], settings.max_length, settings.cd_logprob)
+            ref_rejected = self._path_scores(
+                prompts, [p.rejected for p in pairs], settings.max_length, settings.cd_logprob
+            )
         self._optimizer.set_learning_rate(settings.lr)
         for items, sel in batch_schedule(teacher, pairs, private, settings, with_pairs=ref_chosen is not None):
             rows = list(items)
             chosen: list[int] = []
             rejected: list[int] = []
             ref_c = ref_r = np.zeros(0)
-            if sel is not None:
+            if sel is not None:  # only with reference scores (with_pairs)
+                assert ref_chosen is not None and ref_rejected is not None
                 batch_pairs = [pairs[i] for i in sel]
                 chosen = list(range(len(rows), len(rows) + len(sel)))
                 rows += [(p.prompt, p.chosen) for p in batch_pairs]
@@ -248,7 +274,16 @@ class OrtTrainer:
                 rows += [(p.prompt, p.rejected) for p in batch_pairs]
                 ref_c, ref_r = ref_chosen[sel], ref_rejected[sel]
             inputs = self._inputs(
-                rows, len(items), chosen, rejected, ref_c, ref_r, settings.alpha, settings.cd_beta, settings.max_length, settings.cd_logprob
+                rows,
+                len(items),
+                chosen,
+                rejected,
+                ref_c,
+                ref_r,
+                settings.alpha,
+                settings.cd_beta,
+                settings.max_length,
+                settings.cd_logprob,
             )
             self._module.train()
             _, loss_sft, loss_cd, _ = self._module(*inputs)
@@ -259,7 +294,13 @@ class OrtTrainer:
             report.cd_loss = float(loss_cd) if ref_chosen is not None else float("nan")
             report.history.append({"sft": report.sft_loss, "cd": report.cd_loss})
         self._module.eval()
-        log.info("ORT LoRA round: %d steps, L_SFT=%.3f, L_CD=%.3f, %d pairs", report.steps, report.sft_loss, report.cd_loss, len(pairs))
+        log.info(
+            "ORT LoRA round: %d steps, L_SFT=%.3f, L_CD=%.3f, %d pairs",
+            report.steps,
+            report.sft_loss,
+            report.cd_loss,
+            len(pairs),
+        )
         return report
 
     # ------------------------------------------------------------------------ adapter weights
@@ -277,7 +318,9 @@ class OrtTrainer:
         offset = 0
         for name, shape, _ in self._trainable:
             size = int(np.prod(shape))
-            self._state.parameters[name] = np.ascontiguousarray(vector[offset : offset + size].reshape(shape), dtype=np.float32)
+            self._state.parameters[name] = np.ascontiguousarray(
+                vector[offset : offset + size].reshape(shape), dtype=np.float32
+            )
             offset += size
 
     def projection_weights(self, merged: bool = True) -> dict[str, np.ndarray]:

@@ -98,7 +98,14 @@ def pretrain(
         if on_step is not None:
             on_step(step + 1)
         if (step + 1) % max(1, steps // 5) == 0:
-            log.info("warm start %s: step %d/%d loss %.3f (%.0fs)", model_dir.name, step + 1, steps, loss_value, time.perf_counter() - started)
+            log.info(
+                "warm start %s: step %d/%d loss %.3f (%.0fs)",
+                model_dir.name,
+                step + 1,
+                steps,
+                loss_value,
+                time.perf_counter() - started,
+            )
     model.eval()
     model.save_pretrained(str(model_dir))
     return loss_value

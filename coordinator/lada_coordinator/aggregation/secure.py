@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from lada_client.common.secagg import (
     AdvertiseKeys,
     MaskedInput,

@@ -20,6 +20,7 @@ from lada_coordinator.store import Store
 
 log = logging.getLogger(__name__)
 
+
 @contextmanager
 def _one_thread() -> Iterator[None]:
     """The filters are tiny MLPs: torch's thread pool costs more than it saves (3–26× measured in

@@ -186,9 +186,7 @@ class LearnabilityFilter:
         flt.refit()                                    # retrain on the replay buffer
     """
 
-    def __init__(
-        self, n_features: int, config: FilterConfig | None = None, *, _random_init: bool = True
-    ) -> None:
+    def __init__(self, n_features: int, config: FilterConfig | None = None, *, _random_init: bool = True) -> None:
         if not _is_int(n_features) or n_features < 1:
             raise ValueError(f"n_features must be a positive integer, got {n_features!r}")
         self.n_features = int(n_features)
@@ -251,10 +249,7 @@ class LearnabilityFilter:
         if arr.ndim == 1 and arr.shape[0] == self.n_features:
             arr = arr[None, :]
         if arr.ndim != 2 or arr.shape[1] != self.n_features:
-            raise ValueError(
-                f"{name} must have shape [n, {self.n_features}] (one row per candidate), "
-                f"got {arr.shape}"
-            )
+            raise ValueError(f"{name} must have shape [n, {self.n_features}] (one row per candidate), got {arr.shape}")
         with np.errstate(over="ignore"):
             arr = arr.astype(np.float32, copy=False)
         if not np.isfinite(arr).all():
@@ -336,9 +331,7 @@ class LearnabilityFilter:
                 take, reason = n_pass, "threshold"
             chosen = order[:take].astype(np.int64)
 
-        logger.debug(
-            "round %d: selected %d/%d candidates (%s)", round_index, chosen.size, n, reason
-        )
+        logger.debug("round %d: selected %d/%d candidates (%s)", round_index, chosen.size, n, reason)
         return Selection(
             sample_ids=[ids[i] for i in chosen],
             scores=scores[chosen],
@@ -360,15 +353,11 @@ class LearnabilityFilter:
         if r.ndim == 0:
             r = np.full(arr.shape[0], float(r))
         elif r.shape != (arr.shape[0],):
-            raise ValueError(
-                f"reward must be a scalar or have shape ({arr.shape[0]},), got {r.shape}"
-            )
+            raise ValueError(f"reward must be a scalar or have shape ({arr.shape[0]},), got {r.shape}")
         if not np.isfinite(r).all():
             raise ValueError("reward contains NaN or infinite values")
         if r.size and (r.min() < 0.0 or r.max() > 1.0):
-            raise ValueError(
-                f"reward must lie in [0, 1], got values in [{r.min():.4g}, {r.max():.4g}]"
-            )
+            raise ValueError(f"reward must lie in [0, 1], got values in [{r.min():.4g}, {r.max():.4g}]")
         if arr.shape[0] == 0:
             return
         cap = self.config.replay_capacity
@@ -440,12 +429,8 @@ class LearnabilityFilter:
             "scaler_std": self._std.copy(),
             "buffer_z": self._buffer_z.copy(),
             "buffer_r": self._buffer_r.copy(),
-            "exploit": {
-                k: v.detach().numpy().copy() for k, v in self._exploit.state_dict().items()
-            },
-            "explore": {
-                k: v.detach().numpy().copy() for k, v in self._explore.state_dict().items()
-            },
+            "exploit": {k: v.detach().numpy().copy() for k, v in self._exploit.state_dict().items()},
+            "explore": {k: v.detach().numpy().copy() for k, v in self._explore.state_dict().items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -466,9 +451,7 @@ class LearnabilityFilter:
         if version != _FORMAT_VERSION:
             raise ValueError(f"unsupported filter state version {version}")
         if n_features != self.n_features:
-            raise ValueError(
-                f"state has {n_features} features but this filter expects {self.n_features}"
-            )
+            raise ValueError(f"state has {n_features} features but this filter expects {self.n_features}")
         if config != self.config:
             raise ValueError("state was saved with a different FilterConfig")
         if fit_count < 0:
@@ -496,21 +479,15 @@ class LearnabilityFilter:
         self._fit_count = fit_count
 
     @staticmethod
-    def _to_tensors(
-        module: nn.Module, arrays: Mapping[str, np.ndarray], label: str
-    ) -> dict[str, torch.Tensor]:
+    def _to_tensors(module: nn.Module, arrays: Mapping[str, np.ndarray], label: str) -> dict[str, torch.Tensor]:
         expected = module.state_dict()
         if set(arrays) != set(expected):
-            raise ValueError(
-                f"{label} parameters {sorted(arrays)} do not match expected {sorted(expected)}"
-            )
+            raise ValueError(f"{label} parameters {sorted(arrays)} do not match expected {sorted(expected)}")
         out: dict[str, torch.Tensor] = {}
         for name, ref in expected.items():
             arr = arrays[name]
             if tuple(arr.shape) != tuple(ref.shape):
-                raise ValueError(
-                    f"{label}.{name} has shape {arr.shape}, expected {tuple(ref.shape)}"
-                )
+                raise ValueError(f"{label}.{name} has shape {arr.shape}, expected {tuple(ref.shape)}")
             if not np.isfinite(arr).all():
                 raise ValueError(f"{label}.{name} contains NaN or infinite values")
             out[name] = torch.from_numpy(arr)
@@ -550,10 +527,7 @@ class LearnabilityFilter:
     def from_bytes(cls, data: bytes) -> LearnabilityFilter:
         """Rebuild a filter from :meth:`to_bytes` output; corrupt input raises ``ValueError``."""
         data = bytes(data)
-        if data.startswith(_BLOB_MAGIC):
-            state = cls._decode_blob(data)
-        else:
-            state = cls._decode_npz(data)
+        state = cls._decode_blob(data) if data.startswith(_BLOB_MAGIC) else cls._decode_npz(data)
         try:
             config = FilterConfig.from_dict(state["config"])
             flt = cls(int(state["n_features"]), config, _random_init=False)

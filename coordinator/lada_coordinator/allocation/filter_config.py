@@ -77,13 +77,9 @@ class FilterConfig:
             if not _is_real(value) or not math.isfinite(value):
                 raise ValueError(f"FilterConfig.{name} must be a finite number, got {value!r}")
         if self.exploration_weight < 0:
-            raise ValueError(
-                f"FilterConfig.exploration_weight must be >= 0, got {self.exploration_weight}"
-            )
+            raise ValueError(f"FilterConfig.exploration_weight must be >= 0, got {self.exploration_weight}")
         if not 0.0 <= self.floor_fraction <= 1.0:
-            raise ValueError(
-                f"FilterConfig.floor_fraction must be in [0, 1], got {self.floor_fraction}"
-            )
+            raise ValueError(f"FilterConfig.floor_fraction must be in [0, 1], got {self.floor_fraction}")
         if self.lr <= 0:
             raise ValueError(f"FilterConfig.lr must be > 0, got {self.lr}")
         for name in (
@@ -101,13 +97,10 @@ class FilterConfig:
             raise ValueError(f"FilterConfig.seed must be a non-negative integer, got {self.seed!r}")
         if self.threshold_scale not in ("absolute", "reward_max"):
             raise ValueError(
-                "FilterConfig.threshold_scale must be 'absolute' or 'reward_max', "
-                f"got {self.threshold_scale!r}"
+                f"FilterConfig.threshold_scale must be 'absolute' or 'reward_max', got {self.threshold_scale!r}"
             )
         if self.explore_on not in ("last_layer", "all"):
-            raise ValueError(
-                f"FilterConfig.explore_on must be 'last_layer' or 'all', got {self.explore_on!r}"
-            )
+            raise ValueError(f"FilterConfig.explore_on must be 'last_layer' or 'all', got {self.explore_on!r}")
 
     @property
     def floor(self) -> int:

@@ -37,7 +37,9 @@ class TeacherPath:
 
 
 class LLMHost:
-    def __init__(self, llm_dir: Path, adapter_dir: Path, lora: LoraSettings, max_length: int = 256, max_new_tokens: int = 48) -> None:
+    def __init__(
+        self, llm_dir: Path, adapter_dir: Path, lora: LoraSettings, max_length: int = 256, max_new_tokens: int = 48
+    ) -> None:
         self.adapter_dir = adapter_dir
         self.trainer = LoraTrainer(llm_dir, adapter_dir, lora)
         self.model = self.trainer.model
@@ -49,7 +51,9 @@ class LLMHost:
         self._weights_version = 0
         self._accuracy_memo: dict[tuple[int, tuple[tuple[str, str], ...], int], float] = {}
 
-    def _generate(self, prompts: Sequence[str], n: int, temperature: float, max_new_tokens: int, seed: int, batch_size: int = 64) -> list[list[str]]:
+    def _generate(
+        self, prompts: Sequence[str], n: int, temperature: float, max_new_tokens: int, seed: int, batch_size: int = 64
+    ) -> list[list[str]]:
         torch.manual_seed(seed)
         self.model.eval()
         out: list[list[str]] = []
@@ -81,13 +85,17 @@ class LLMHost:
                 out.append([t.split("\n")[0].strip() for t in texts[b * n : (b + 1) * n]])
         return out
 
-    def sequence_logprobs(self, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    def sequence_logprobs(
+        self, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 64
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(summed log-prob, token count) of each completion under the LLM (adapter included)."""
         sums, counts = [], []
         for start in range(0, len(prompts), batch_size):
             p, c = prompts[start : start + batch_size], completions[start : start + batch_size]
             sums.append(self.trainer.sequence_logprobs(p, c, self.max_length).numpy())
-            counts.append(encode_pairs(self.tokenizer, p, c, self.max_length, self.trainer.special).completion_mask.sum(axis=1))
+            counts.append(
+                encode_pairs(self.tokenizer, p, c, self.max_length, self.trainer.special).completion_mask.sum(axis=1)
+            )
         return np.concatenate(sums), np.concatenate(counts)
 
     def reasoning_paths(
@@ -110,10 +118,14 @@ class LLMHost:
             stats[chosen[-1][2]] += 1
         if not chosen:
             return [], stats
-        lp, tok = self.sequence_logprobs([format_prompt(s.question) for s, _, _ in chosen], [format_target(p) for _, p, _ in chosen])
-        return [TeacherPath(s, p, float(l), int(t), src) for (s, p, src), l, t in zip(chosen, lp, tok)], stats
+        lp, tok = self.sequence_logprobs(
+            [format_prompt(s.question) for s, _, _ in chosen], [format_target(p) for _, p, _ in chosen]
+        )
+        return [TeacherPath(s, p, float(lp_i), int(t), src) for (s, p, src), lp_i, t in zip(chosen, lp, tok)], stats
 
-    def offer_features(self, samples: Sequence[Sample], paths: Sequence[str], seed: int) -> tuple[np.ndarray, list[str]]:
+    def offer_features(
+        self, samples: Sequence[Sample], paths: Sequence[str], seed: int
+    ) -> tuple[np.ndarray, list[str]]:
         """LLM-side features of SLM-offered paths (method step 6), and the LLM's own greedy paths."""
         if not samples:
             return np.zeros((0, len(LLM_FEATURE_NAMES))), []
@@ -126,10 +138,14 @@ class LLMHost:
         return z, own
 
     def perplexity(self, samples: Sequence[Sample], paths: Sequence[str]) -> float:
-        lp, tok = self.sequence_logprobs([format_prompt(s.question) for s in samples], [format_target(p) for p in paths])
+        lp, tok = self.sequence_logprobs(
+            [format_prompt(s.question) for s in samples], [format_target(p) for p in paths]
+        )
         return float(np.mean(np.exp(-lp / np.maximum(tok, 1))))
 
-    def train(self, samples: Sequence[Sample], slm_paths: Sequence[str], own_paths: Sequence[str], settings: DistillSettings) -> TrainReport:
+    def train(
+        self, samples: Sequence[Sample], slm_paths: Sequence[str], own_paths: Sequence[str], settings: DistillSettings
+    ) -> TrainReport:
         """Mirrored loss: chosen = the SLM's verified path, rejected = the LLM's own wrong path."""
         prompts = [format_prompt(s.question) for s in samples]
         teacher = [(p, format_target(path)) for p, path in zip(prompts, slm_paths)]

@@ -16,6 +16,7 @@ so it is the teacher's zero-shot log-prob, as the in-process LLM computes it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -24,6 +25,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -63,10 +65,8 @@ def file_digest(path: Path) -> str:
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
             h.update(block)
-    try:
+    with contextlib.suppress(OSError):  # a read-only location: hash again next time
         sidecar.write_text(f"{stamp} {h.hexdigest()}\n")
-    except OSError:
-        pass  # a read-only location: hash again next time
     return h.hexdigest()
 
 
@@ -83,8 +83,13 @@ def cut_after_answer(text: str) -> str:
 
 class LlamaCppTeacher:
     def __init__(
-        self, gguf: Path, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 160, n_ctx: int = 2048,
-        n_threads: int | None = None, seed: int = 0,
+        self,
+        gguf: Path,
+        prompt: str = DEFAULT_PROMPT,
+        max_new_tokens: int = 160,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        seed: int = 0,
     ) -> None:
         try:
             from llama_cpp import Llama
@@ -107,13 +112,23 @@ class LlamaCppTeacher:
         prompt = self.prompt + format_prompt(question)
         n_prompt = len(self._llm.tokenize(prompt.encode(), add_bos=False, special=False))
 
-        def answered(input_ids, logits) -> bool:  # noqa: ARG001 - llama-cpp-python's signature
+        def answered(input_ids, logits) -> bool:  # llama-cpp-python's signature
             text = self._llm.detokenize(list(input_ids[n_prompt:])).decode("utf-8", errors="ignore")
             return _ANSWER_SENTENCE.search(text) is not None
 
-        out = self._llm(
-            prompt, max_tokens=self.max_new_tokens, temperature=temperature, top_k=0 if temperature > 0 else 40,
-            top_p=1.0, seed=seed, stop=["\n", " Q:"], stopping_criteria=StoppingCriteriaList([answered]),
+        # without stream=True the call returns one completion (a dict), not an iterator of chunks
+        out = cast(
+            "dict[str, Any]",
+            self._llm(
+                prompt,
+                max_tokens=self.max_new_tokens,
+                temperature=temperature,
+                top_k=0 if temperature > 0 else 40,
+                top_p=1.0,
+                seed=seed,
+                stop=["\n", " Q:"],
+                stopping_criteria=StoppingCriteriaList([answered]),
+            ),
         )
         return cut_after_answer(out["choices"][0]["text"])
 
@@ -142,8 +157,14 @@ class LlamaCppTeacher:
 
 
 def fill_store(
-    teacher: LlamaCppTeacher, store: PathStore, samples: Sequence[Sample], attempts: int = 2, temperature: float = 0.7,
-    seed: int = 0, progress: Callable[[int, int, int], None] | None = None, flush_every: int = 8,
+    teacher: LlamaCppTeacher,
+    store: PathStore,
+    samples: Sequence[Sample],
+    attempts: int = 2,
+    temperature: float = 0.7,
+    seed: int = 0,
+    progress: Callable[[int, int, int], None] | None = None,
+    flush_every: int = 8,
 ) -> dict[str, int]:
     """Compute the store's missing paths for ``samples``; appends every ``flush_every`` (resumable).
     ``progress(done, total, verified)`` is called after each question."""

@@ -29,6 +29,8 @@ from typing import Any
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ValidationError
+
 from lada_client.common.crypto import CryptoError, Direction, Identity, PublicIdentity, open_envelope, seal
 from lada_client.common.enrollment import EnrollmentToken, TokenFormatError
 from lada_client.common.secagg import SecAggError
@@ -46,6 +48,7 @@ from lada_client.common.wire import (
     ErrorBody,
     FeatureUpload,
     LoraFactor,
+    Phase,
     RewardReport,
     RoundInfo,
     SealedEnvelope,
@@ -64,7 +67,6 @@ from lada_coordinator.server.limits import RateLimiter, RequestLimits
 from lada_coordinator.server.uploads import UploadSessions
 from lada_coordinator.store import ClientRecord, EnrollmentRefused, Store
 from lada_coordinator.validation import RoundContext, UploadRejected, check_features, check_reward, parse_payload
-from pydantic import BaseModel, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,8 @@ UNAUTHENTICATED = (
     "ciphertext does not verify against its enrolled key"
 )
 
-Handler = Callable[[sqlite3.Connection, ClientRecord, EnvelopeHeader, BaseModel], BaseModel]
+# the payload is the model of the message's kind (``KIND_PAYLOADS``), parsed before the handler runs
+Handler = Callable[[sqlite3.Connection, ClientRecord, EnvelopeHeader, Any], BaseModel]
 
 
 def create_app(
@@ -118,7 +121,9 @@ def create_app(
         description="Federated reasoning distillation with learnability-aware data allocation.",
     )
     app.add_middleware(
-        RequestLimits, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s,
+        RequestLimits,
+        max_bytes=config.max_body_bytes,
+        timeout_s=config.body_timeout_s,
         max_in_flight=config.max_concurrent_requests,
     )
     app.state.uploads = uploads
@@ -137,7 +142,7 @@ def create_app(
     async def api_error(_: Request, exc: ApiError) -> Any:
         return exc.response()
 
-    def current() -> tuple[int, str]:
+    def current() -> tuple[int, Phase]:
         return store.current_round() or (0, "waiting")
 
     # ------------------------------------------------------------------------ authentication
@@ -242,8 +247,8 @@ def create_app(
     def dashboard() -> HTMLResponse:
         """The operator's live page: static, it holds no data; its script reads ``/v1/status`` with
         the operator token the operator types in (kept in the tab's session storage only)."""
-        return HTMLResponse(DASHBOARD_HTML, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
-                                                     "Content-Security-Policy": DASHBOARD_CSP})
+        headers = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Content-Security-Policy": DASHBOARD_CSP}
+        return HTMLResponse(DASHBOARD_HTML, headers=headers)
 
     @app.get("/v1/identity", response_model=CoordinatorKeys)
     def coordinator_identity() -> CoordinatorKeys:
@@ -387,7 +392,7 @@ def create_app(
         return seal_reply(header, EnrollResponse(client_id=stored.client_id), device)
 
     # ------------------------------------------------------------------------------- rounds
-    errors = {s: {"model": ErrorBody} for s in (400, 401, 404, 408, 409, 413, 422)}
+    errors: dict[int | str, dict[str, Any]] = {s: {"model": ErrorBody} for s in (400, 401, 404, 408, 409, 413, 422)}
 
     @app.post("/v1/round", response_model=SealedEnvelope, responses=errors)
     def get_round(envelope: SealedEnvelope) -> SealedEnvelope:

@@ -24,8 +24,10 @@ def _hash(text: str) -> str:
 def _csp(html: str) -> str:
     (script,) = re.findall(r"<script>(.*?)</script>", html, re.S)
     (style,) = re.findall(r"<style>(.*?)</style>", html, re.S)
-    return (f"default-src 'none'; script-src {_hash(script)}; style-src {_hash(style)}; connect-src 'self'; "
-            "img-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
+    return (
+        f"default-src 'none'; script-src {_hash(script)}; style-src {_hash(style)}; connect-src 'self'; "
+        "img-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+    )
 
 
 DASHBOARD_HTML: str = resources.files("lada_coordinator.server").joinpath("dashboard.html").read_text("utf-8")

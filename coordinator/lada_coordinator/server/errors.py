@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi.responses import JSONResponse
+
 from lada_client.common.wire import ErrorBody
 
 

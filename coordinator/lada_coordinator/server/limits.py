@@ -21,17 +21,21 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import h11
-from lada_client.common.wire import ErrorBody
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from lada_client.common.wire import ErrorBody
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
 
 
-async def send_error(send: Any, status: int, error: str, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def send_error(
+    send: Any, status: int, error: str, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     body = json.dumps(ErrorBody(error=error, detail=detail).model_dump(exclude_none=True)).encode()
     await send(
         {
@@ -85,7 +89,9 @@ class RequestLimits:
             if not message.get("more_body", False):
                 break
         if self.in_flight >= self.max_in_flight:
-            await send_error(send, 503, "busy", "the coordinator is at its request limit; retry shortly", [(b"retry-after", b"1")])
+            await send_error(
+                send, 503, "busy", "the coordinator is at its request limit; retry shortly", [(b"retry-after", b"1")]
+            )
             return
         replayed = False
 
@@ -111,6 +117,7 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11P
     class GuardedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
 
+        # H11Protocol's own signature: asyncio.Transport, narrower than asyncio.BaseProtocol's BaseTransport
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             if len(self.connections) > max_connections:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+
 from lada_client.data.federation import FederationData, load_public
 from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.credentials import load_identity, operator_token
@@ -55,7 +56,9 @@ def build(config: CoordinatorConfig, llm_eval_dir: Path | None = None) -> tuple[
     return app, engine, store
 
 
-def uvicorn_config(app: FastAPI, config: CoordinatorConfig, **tls: str | None) -> uvicorn.Config:
+def uvicorn_config(
+    app: FastAPI, config: CoordinatorConfig, ssl_certfile: str | None = None, ssl_keyfile: str | None = None
+) -> uvicorn.Config:
     """The HTTP server with the connection bounds of ``config`` (``server/limits.py``); the bound on
     requests handled at once is the app's own (``RequestLimits``), not uvicorn's ``limit_concurrency``,
     which counts idle and half-open connections too."""
@@ -66,7 +69,8 @@ def uvicorn_config(app: FastAPI, config: CoordinatorConfig, **tls: str | None) -
         log_level="warning",
         http=guarded_protocol(config.header_timeout_s, config.max_connections),
         timeout_keep_alive=5,
-        **tls,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
 
 

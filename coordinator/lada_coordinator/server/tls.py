@@ -20,7 +20,9 @@ from cryptography.x509.oid import NameOID
 from lada_client.common.crypto import write_private
 
 
-def generate_self_signed(out_dir: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"), days: int = 365) -> tuple[Path, Path]:
+def generate_self_signed(
+    out_dir: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"), days: int = 365
+) -> tuple[Path, Path]:
     """Write ``cert.pem`` and ``key.pem`` (0600) valid for ``hosts``; returns their paths."""
     if not hosts:
         raise ValueError("at least one host name or IP address is needed")
@@ -47,6 +49,9 @@ def generate_self_signed(out_dir: Path, hosts: Sequence[str] = ("127.0.0.1", "lo
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = out_dir / "cert.pem", out_dir / "key.pem"
-    write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    write_private(
+        key_path,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path

@@ -93,7 +93,9 @@ _COLUMNS = "session_id, client_id, target, total_bytes, sha256, chunk_bytes, exp
 
 def _session(row: tuple) -> Session:
     sid, cid, target, total, sha, chunk, expires, committed = row
-    return Session(sid, cid, EnvelopeHeader.model_validate_json(target), total, sha, chunk, expires, committed is not None)
+    return Session(
+        sid, cid, EnvelopeHeader.model_validate_json(target), total, sha, chunk, expires, committed is not None
+    )
 
 
 class UploadSessions:
@@ -138,19 +140,30 @@ class UploadSessions:
             (session_id, client.client_id, self._clock()),
         ).fetchone()
         if row is None:
-            raise UploadError(404, "unknown_upload", f"no open upload session {session_id} for this client (never begun, or expired)")
+            raise UploadError(
+                404, "unknown_upload", f"no open upload session {session_id} for this client (never begun, or expired)"
+            )
         session = _session(row)
         if header.round != session.target.round:
-            raise UploadError(400, "round_mismatch", f"upload session {session_id} belongs to round {session.target.round}")
+            raise UploadError(
+                400, "round_mismatch", f"upload session {session_id} belongs to round {session.target.round}"
+            )
         return session
 
     def _received(self, db: sqlite3.Connection, session_id: str) -> list[int]:
-        return [r[0] for r in db.execute("SELECT idx FROM upload_chunks WHERE session_id = ? ORDER BY idx", (session_id,))]
+        return [
+            r[0] for r in db.execute("SELECT idx FROM upload_chunks WHERE session_id = ? ORDER BY idx", (session_id,))
+        ]
 
     def _status(self, db: sqlite3.Connection, s: Session) -> UploadStatus:
         return UploadStatus(
-            session_id=s.session_id, total_bytes=s.total_bytes, chunk_bytes=s.chunk_bytes, n_chunks=s.n_chunks,
-            received=self._received(db, s.session_id), committed=s.committed, expires_at=s.expires_at,
+            session_id=s.session_id,
+            total_bytes=s.total_bytes,
+            chunk_bytes=s.chunk_bytes,
+            n_chunks=s.n_chunks,
+            received=self._received(db, s.session_id),
+            committed=s.committed,
+            expires_at=s.expires_at,
         )
 
     def _touch(self, db: sqlite3.Connection, s: Session) -> Session:
@@ -159,53 +172,90 @@ class UploadSessions:
         return replace(s, expires_at=expires)
 
     # ----------------------------------------------------------------------------- handlers
-    def begin(self, db: sqlite3.Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadBegin) -> UploadStatus:
+    def begin(
+        self, db: sqlite3.Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadBegin
+    ) -> UploadStatus:
         target = p.target
         if target.client_id != client.client_id:
             raise UploadError(422, "bad_upload", "the target envelope must come from this client")
         if target.kind not in UPLOAD_KINDS:
-            raise UploadError(422, "bad_upload", f"only {', '.join(UPLOAD_KINDS)} bodies may be chunked, not {target.kind!r}")
+            raise UploadError(
+                422, "bad_upload", f"only {', '.join(UPLOAD_KINDS)} bodies may be chunked, not {target.kind!r}"
+            )
         if target.round != header.round:
             raise UploadError(400, "round_mismatch", "header round and target round differ")
         if target.seq >= header.seq:
             raise UploadError(422, "bad_upload", "the target envelope must be sealed before upload.begin (lower seq)")
         if p.chunk_bytes > self.max_chunk_bytes:
-            raise UploadError(413, "chunk_too_large", f"chunk_bytes must be at most {self.max_chunk_bytes} on this coordinator")
+            raise UploadError(
+                413, "chunk_too_large", f"chunk_bytes must be at most {self.max_chunk_bytes} on this coordinator"
+            )
         n_chunks = upload_chunk_count(p.total_bytes, p.chunk_bytes)
         if n_chunks > MAX_CHUNKS:
             raise UploadError(422, "bad_upload", f"{n_chunks} chunks is over {MAX_CHUNKS}: use larger chunks")
         self.cleanup(db)
         row = db.execute(
-            f"SELECT {_COLUMNS} FROM upload_sessions WHERE client_id = ? AND target_seq = ?", (client.client_id, target.seq)
+            f"SELECT {_COLUMNS} FROM upload_sessions WHERE client_id = ? AND target_seq = ?",
+            (client.client_id, target.seq),
         ).fetchone()
         if row is not None:  # beginning again: resume the same session
             s = _session(row)
             if (s.target, s.total_bytes, s.sha256, s.chunk_bytes) != (target, p.total_bytes, p.sha256, p.chunk_bytes):
-                raise UploadError(409, "upload_conflict", f"an upload of sequence number {target.seq} with other contents exists")
+                raise UploadError(
+                    409, "upload_conflict", f"an upload of sequence number {target.seq} with other contents exists"
+                )
             return self._status(db, s if s.committed else self._touch(db, s))
         last_seq = db.execute("SELECT last_seq FROM clients WHERE client_id = ?", (client.client_id,)).fetchone()[0]
         if target.seq <= last_seq:
-            raise UploadError(409, "replay", f"target sequence number {target.seq} is not above the last accepted one", last_seq=last_seq)
+            raise UploadError(
+                409,
+                "replay",
+                f"target sequence number {target.seq} is not above the last accepted one",
+                last_seq=last_seq,
+            )
         held = db.execute(
             "SELECT COALESCE(SUM(total_bytes), 0) FROM upload_sessions"
-            " WHERE client_id = ? AND committed_at IS NULL AND expires_at > ?", (client.client_id, self._clock()),
+            " WHERE client_id = ? AND committed_at IS NULL AND expires_at > ?",
+            (client.client_id, self._clock()),
         ).fetchone()[0]
         if held + p.total_bytes > self.max_client_bytes:
             raise UploadError(
-                413, "upload_quota",
-                f"{held} bytes of open uploads + {p.total_bytes} would exceed {self.max_client_bytes} bytes for this client",
+                413,
+                "upload_quota",
+                f"{held} bytes of open uploads + {p.total_bytes} would exceed {self.max_client_bytes} bytes "
+                "for this client",
             )
         sid = secrets.token_hex(16)
         now = self._clock()
         db.execute(
             "INSERT INTO upload_sessions (session_id, client_id, target, target_seq, total_bytes, sha256, chunk_bytes,"
             " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (sid, client.client_id, target.model_dump_json(), target.seq, p.total_bytes, p.sha256, p.chunk_bytes,
-             now, now + self.ttl_s),
+            (
+                sid,
+                client.client_id,
+                target.model_dump_json(),
+                target.seq,
+                p.total_bytes,
+                p.sha256,
+                p.chunk_bytes,
+                now,
+                now + self.ttl_s,
+            ),
         )
-        log.info("upload %s begun by %s: %s, %d bytes in %d chunks", sid, client.client_id, target.kind, p.total_bytes, n_chunks)
+        log.info(
+            "upload %s begun by %s: %s, %d bytes in %d chunks",
+            sid,
+            client.client_id,
+            target.kind,
+            p.total_bytes,
+            n_chunks,
+        )
         return UploadStatus(
-            session_id=sid, total_bytes=p.total_bytes, chunk_bytes=p.chunk_bytes, n_chunks=n_chunks, expires_at=now + self.ttl_s
+            session_id=sid,
+            total_bytes=p.total_bytes,
+            chunk_bytes=p.chunk_bytes,
+            n_chunks=n_chunks,
+            expires_at=now + self.ttl_s,
         )
 
     def chunk(self, db: sqlite3.Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadChunk) -> Ack:
@@ -219,8 +269,12 @@ class UploadSessions:
         except ValueError as exc:
             raise UploadError(422, "bad_chunk", str(exc)) from exc
         if len(data) != s.chunk_len(p.index):
-            raise UploadError(422, "bad_chunk", f"chunk {p.index} must be {s.chunk_len(p.index)} bytes, not {len(data)}")
-        held = db.execute("SELECT data FROM upload_chunks WHERE session_id = ? AND idx = ?", (s.session_id, p.index)).fetchone()
+            raise UploadError(
+                422, "bad_chunk", f"chunk {p.index} must be {s.chunk_len(p.index)} bytes, not {len(data)}"
+            )
+        held = db.execute(
+            "SELECT data FROM upload_chunks WHERE session_id = ? AND idx = ?", (s.session_id, p.index)
+        ).fetchone()
         if held is not None:
             if bytes(held[0]) != data:
                 raise UploadError(409, "chunk_conflict", f"chunk {p.index} is already held with other bytes")
@@ -229,7 +283,9 @@ class UploadSessions:
         self._touch(db, s)
         return Ack(message="stored")
 
-    def status(self, db: sqlite3.Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadStatusQuery) -> UploadStatus:
+    def status(
+        self, db: sqlite3.Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadStatusQuery
+    ) -> UploadStatus:
         return self._status(db, self._load(db, client, header, p.session_id))
 
     def abort(self, db: sqlite3.Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadAbort) -> Ack:
@@ -240,20 +296,30 @@ class UploadSessions:
         if row is None:  # never begun, expired and swept, or aborted before: nothing to drop
             return Ack(message="no such session")
         if row[0]:
-            raise UploadError(409, "upload_committed", f"upload session {p.session_id} is committed; its body was processed")
+            raise UploadError(
+                409, "upload_committed", f"upload session {p.session_id} is committed; its body was processed"
+            )
         db.execute("DELETE FROM upload_chunks WHERE session_id = ?", (p.session_id,))
         db.execute("DELETE FROM upload_sessions WHERE session_id = ?", (p.session_id,))
         log.info("upload %s aborted by %s", p.session_id, client.client_id)
         return Ack(message="aborted")
 
-    def commit(self, db: sqlite3.Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadCommit) -> UploadCommitted:
+    def commit(
+        self, db: sqlite3.Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadCommit
+    ) -> UploadCommitted:
         s = self._load(db, client, header, p.session_id)
         if s.committed:  # a retried commit whose first answer was lost: same answer as a retried upload
-            return UploadCommitted(session_id=s.session_id, reply=self._seal_reply(client, s.target, Ack(message="already stored")))
-        held = [r[0] for r in db.execute("SELECT idx FROM upload_chunks WHERE session_id = ? ORDER BY idx", (s.session_id,))]
+            return UploadCommitted(
+                session_id=s.session_id, reply=self._seal_reply(client, s.target, Ack(message="already stored"))
+            )
+        held = [
+            r[0] for r in db.execute("SELECT idx FROM upload_chunks WHERE session_id = ? ORDER BY idx", (s.session_id,))
+        ]
         if len(held) != s.n_chunks:
             missing = sorted(set(range(s.n_chunks)) - set(held))
-            raise UploadError(409, "upload_incomplete", f"{len(missing)} of {s.n_chunks} chunks missing (first {missing[0]})")
+            raise UploadError(
+                409, "upload_incomplete", f"{len(missing)} of {s.n_chunks} chunks missing (first {missing[0]})"
+            )
         # One copy of the body in memory: chunks are read one at a time into a buffer of the
         # declared length and hashed as they come, and the buffer goes as soon as it is parsed.
         body, digest, at = bytearray(s.total_bytes), hashlib.sha256(), 0
@@ -264,7 +330,9 @@ class UploadSessions:
             digest.update(data)
             at += len(data)
         if at != s.total_bytes or digest.hexdigest() != s.sha256:
-            raise UploadError(422, "hash_mismatch", "the reassembled body does not match the declared length and SHA-256")
+            raise UploadError(
+                422, "hash_mismatch", "the reassembled body does not match the declared length and SHA-256"
+            )
         try:
             envelope = SealedEnvelope.model_validate_json(body)
         except ValidationError as exc:
@@ -272,12 +340,17 @@ class UploadSessions:
             raise UploadError(422, "malformed_upload", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
         del body
         if envelope.header != s.target:
-            raise UploadError(422, "bad_upload", "the reassembled envelope's header is not the one declared at upload.begin")
+            raise UploadError(
+                422, "bad_upload", "the reassembled envelope's header is not the one declared at upload.begin"
+            )
         reply = self._run_target(db, client, envelope)  # the target endpoint's checks and handler
         now = self._clock()
         db.execute(
-            "UPDATE upload_sessions SET committed_at = ?, expires_at = ? WHERE session_id = ?", (now, now + self.ttl_s, s.session_id)
+            "UPDATE upload_sessions SET committed_at = ?, expires_at = ? WHERE session_id = ?",
+            (now, now + self.ttl_s, s.session_id),
         )
         db.execute("DELETE FROM upload_chunks WHERE session_id = ?", (s.session_id,))
-        log.info("upload %s committed: %s from %s, %d bytes", s.session_id, s.target.kind, client.client_id, s.total_bytes)
+        log.info(
+            "upload %s committed: %s from %s, %d bytes", s.session_id, s.target.kind, client.client_id, s.total_bytes
+        )
         return UploadCommitted(session_id=s.session_id, reply=reply)

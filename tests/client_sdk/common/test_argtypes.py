@@ -21,11 +21,14 @@ def test_values_at_or_above_the_minimum_parse():
     assert (args.steps, args.rounds) == (0, 3)
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--rounds", "0"], "argument --rounds: must be >= 1, got 0"),
-    (["--steps", "-2"], "argument --steps: must be >= 0, got -2"),
-    (["--steps", "ten"], "argument --steps: 'ten' is not an integer"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--rounds", "0"], "argument --rounds: must be >= 1, got 0"),
+        (["--steps", "-2"], "argument --steps: must be >= 0, got -2"),
+        (["--steps", "ten"], "argument --steps: 'ten' is not an integer"),
+    ],
+)
 def test_bad_values_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exited:
         _parser().parse_args(argv)

@@ -12,14 +12,25 @@ from lada_client.config import FEATURE_NAMES, ClientConfig, ConfigError, Distill
 from lada_coordinator.allocation.eenet import FilterConfig
 from lada_coordinator.config import CoordinatorConfig
 
-CLIENT = {"coordinator_url": "http://127.0.0.1:1", "name": "c", "state_dir": "s", "data_dir": "d", "scoring_model": "m.onnx"}
+CLIENT = {
+    "coordinator_url": "http://127.0.0.1:1",
+    "name": "c",
+    "state_dir": "s",
+    "data_dir": "d",
+    "scoring_model": "m.onnx",
+}
 COORD = {"db_path": "db.sqlite", "state_dir": "s", "llm_dir": "llm", "public_data": "data"}
 
 
 def test_client_config_round_trips_through_json(tmp_path: Path) -> None:
     cfg = ClientConfig.from_dict(
-        {**CLIENT, "base_model_dir": "base", "features": ["slm_path_nll"], "lora": {"r": 4, "target_modules": ["q_proj"]},
-         "distill": {"alpha": 0.0}}
+        {
+            **CLIENT,
+            "base_model_dir": "base",
+            "features": ["slm_path_nll"],
+            "lora": {"r": 4, "target_modules": ["q_proj"]},
+            "distill": {"alpha": 0.0},
+        }
     )
     assert cfg.state_dir == Path("s") and cfg.base_model_dir == Path("base") and cfg.ca_cert is None
     assert cfg.features == ("slm_path_nll",)
@@ -31,7 +42,9 @@ def test_client_config_round_trips_through_json(tmp_path: Path) -> None:
 
 
 def test_coordinator_config_round_trips_through_json(tmp_path: Path) -> None:
-    cfg = CoordinatorConfig.from_dict({**COORD, "slm_filter": {"budget": 4}, "llm_lora": {"target_modules": ["q_proj"]}})
+    cfg = CoordinatorConfig.from_dict(
+        {**COORD, "slm_filter": {"budget": 4}, "llm_lora": {"target_modules": ["q_proj"]}}
+    )
     assert cfg.slm_filter == FilterConfig(budget=4) and cfg.llm_lora.target_modules == ("q_proj",)
     path = tmp_path / "coordinator.json"
     path.write_text(cfg.to_json())
@@ -65,8 +78,10 @@ def test_coordinator_config_round_trips_through_json(tmp_path: Path) -> None:
         ({**CLIENT, "state_dir": 3}, "state_dir: must be a path (a string), got 3"),
         ({**CLIENT, "lora": 8}, "lora: must be an object, got 8"),
         ({**CLIENT, "upload_chunk_bytes": 10}, "upload_chunk_bytes: must be >= 1024"),
-        ({**CLIENT, "train_backend": "ort", "scorer_refresh": "export"},
-         "scorer_refresh: 'export' needs train_backend 'torch'"),
+        (
+            {**CLIENT, "train_backend": "ort", "scorer_refresh": "export"},
+            "scorer_refresh: 'export' needs train_backend 'torch'",
+        ),
     ],
 )
 def test_bad_client_configs_name_the_field(data: dict, message: str) -> None:
@@ -79,8 +94,9 @@ def test_bad_client_configs_name_the_field(data: dict, message: str) -> None:
 
 def test_every_bad_field_is_one_line_naming_the_file(tmp_path: Path) -> None:
     path = tmp_path / "client.json"
-    path.write_text(json.dumps({**CLIENT, "batch_size": "16", "scorer_refresh": "swapp", "lora": {"r": 0},
-                                "poll_interval_s": -1}))
+    path.write_text(
+        json.dumps({**CLIENT, "batch_size": "16", "scorer_refresh": "swapp", "lora": {"r": 0}, "poll_interval_s": -1})
+    )
     with pytest.raises(ConfigError) as info:
         ClientConfig.load(path)
     message = str(info.value)

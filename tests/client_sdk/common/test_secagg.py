@@ -412,7 +412,9 @@ def _unmask_with_a_lie(rnd: Round, liar: str, victim: str) -> None:
         response = rnd.clients[cid].unmask(request.survivors, request.dropped)
         if cid == liar:  # shift the victim's self-mask share: stays in range, so only the commitment notices
             bumped = (int.from_bytes(response.self_mask_shares[victim], "big") + 1).to_bytes(66, "big")
-            response = UnmaskResponse(cid, ROUND, {**response.self_mask_shares, victim: bumped}, response.mask_key_shares)
+            response = UnmaskResponse(
+                cid, ROUND, {**response.self_mask_shares, victim: bumped}, response.mask_key_shares
+            )
         rnd.server.receive_unmask(response)
 
 

@@ -115,9 +115,7 @@ def test_missing_split_file_is_named(federation: FederationData, tmp_path: Path)
     "corruption",
     ["not json\n", '{"sample_id": "x"}\n', "[1, 2]\n"],
 )
-def test_corrupt_records_are_reported_with_file(
-    federation: FederationData, tmp_path: Path, corruption: str
-) -> None:
+def test_corrupt_records_are_reported_with_file(federation: FederationData, tmp_path: Path, corruption: str) -> None:
     federation.save(tmp_path)
     path = tmp_path / "clients" / "client2" / "train.jsonl"
     path.write_text(path.read_text() + corruption)

@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("optimum.exporters.onnx")
 
-from lada_client.models.encoding import SpecialTokens  # noqa: E402
-from lada_client.models.importer import MARKER_FILE, import_checkpoint, import_slm, source_digest  # noqa: E402
+from lada_client.models.encoding import SpecialTokens
+from lada_client.models.importer import MARKER_FILE, import_checkpoint, import_slm, source_digest
 
 
 def test_a_checkpoint_imports_as_an_slm_with_the_end_token_of_its_generation_config(tiny_world, tmp_path):
@@ -25,16 +25,23 @@ def test_a_checkpoint_imports_as_an_slm_with_the_end_token_of_its_generation_con
     marker = json.loads((imported.checkpoint / MARKER_FILE).read_text())
     assert marker["kind"] == "checkpoint" and marker["source"] == source_digest(source)
     stamp = imported.scoring_model.stat().st_mtime_ns
-    assert import_slm(source, tmp_path / "slm") == imported and imported.scoring_model.stat().st_mtime_ns == stamp  # cached
+    assert (
+        import_slm(source, tmp_path / "slm") == imported and imported.scoring_model.stat().st_mtime_ns == stamp
+    )  # cached
     (source / "generation_config.json").write_text(json.dumps({"eos_token_id": 2}))  # the source changed: imported anew
-    assert json.loads((import_checkpoint(source, tmp_path / "slm" / "checkpoint") / "config.json").read_text())["eos_token_id"] == 2
+    assert (
+        json.loads((import_checkpoint(source, tmp_path / "slm" / "checkpoint") / "config.json").read_text())[
+            "eos_token_id"
+        ]
+        == 2
+    )
 
 
 def test_what_is_not_a_model_is_a_clear_error(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="must be GGUF"):
         import_checkpoint(tmp_path / "notes.txt", tmp_path / "out")
-    with pytest.raises(ValueError, match="no config.json"):
+    with pytest.raises(ValueError, match=r"no config\.json"):
         import_checkpoint(tmp_path, tmp_path / "out")
     with pytest.raises(FileNotFoundError):
         import_checkpoint(tmp_path / "missing.gguf", tmp_path / "out")

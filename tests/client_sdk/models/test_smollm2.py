@@ -170,7 +170,7 @@ def test_greedy_generation_matches_torch(prepared: tuple[Path, Path], pairs: tup
     prompt = pairs[0][0]
     text = OnnxSLM(onnx_path).generate([prompt], max_new_tokens=6)[0]
     model, tok = load_causal_lm(checkpoint)
-    ids = torch.tensor([[1] + tok.encode(prompt, add_special_tokens=False)])
+    ids = torch.tensor([[1, *tok.encode(prompt, add_special_tokens=False)]])
     stop = [2, *tok.encode("\n", add_special_tokens=False)]
     out = model.eval().generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=2, eos_token_id=stop)
     assert text == tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).split("\n")[0]

@@ -67,9 +67,7 @@ def test_digits_are_single_tokens(tokenizer: Tokenizer) -> None:
     assert digit_tokens == list("12345357357")
 
 
-def test_prompt_and_target_tokenize_independently(
-    tokenizer: Tokenizer, pairs: list[tuple[str, str]]
-) -> None:
+def test_prompt_and_target_tokenize_independently(tokenizer: Tokenizer, pairs: list[tuple[str, str]]) -> None:
     # Training tokenizes prompt and target separately to mask the prompt; that must agree with
     # tokenizing the full example, or the model learns a split it never sees at generation time.
     for prompt, target in pairs[::10]:
@@ -99,9 +97,7 @@ def test_vocab_too_small_rejected() -> None:
         build_tokenizer(["a"], vocab_size=100)
 
 
-def test_transformers_loads_saved_directory(
-    tokenizer: Tokenizer, pairs: list[tuple[str, str]], tmp_path: Path
-) -> None:
+def test_transformers_loads_saved_directory(tokenizer: Tokenizer, pairs: list[tuple[str, str]], tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers")
     directory = save_tokenizer(tokenizer, tmp_path / "tok")
     hf = transformers.PreTrainedTokenizerFast.from_pretrained(str(directory))

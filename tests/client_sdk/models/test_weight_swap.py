@@ -9,13 +9,13 @@ import pytest
 
 pytest.importorskip("torch")
 
-from lada_client.common.reasoning import format_prompt, format_target  # noqa: E402
-from lada_client.config import DistillSettings  # noqa: E402
-from lada_client.data.federation import load_client  # noqa: E402
-from lada_client.models.export import export_scoring_model  # noqa: E402
-from lada_client.models.weight_swap import WeightMapError, apply_lora_factors, build_weight_map, swap_weights  # noqa: E402
-from lada_client.scoring.onnx_slm import OnnxSLM  # noqa: E402
-from lada_client.training.lora import LoraTrainer  # noqa: E402
+from lada_client.common.reasoning import format_prompt, format_target
+from lada_client.config import DistillSettings
+from lada_client.data.federation import load_client
+from lada_client.models.export import export_scoring_model
+from lada_client.models.weight_swap import WeightMapError, apply_lora_factors, build_weight_map, swap_weights
+from lada_client.scoring.onnx_slm import OnnxSLM
+from lada_client.training.lora import LoraTrainer
 
 
 def test_swap_equals_reexport(tiny_world, tmp_path):

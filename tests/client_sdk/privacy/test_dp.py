@@ -12,7 +12,16 @@ NAMES = ["slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greed
 
 def _z(n: int = 2000) -> np.ndarray:
     rng = np.random.default_rng(0)
-    return np.stack([rng.uniform(0, 5, n), rng.uniform(0, 5, n), rng.normal(0, 1, n), rng.integers(10, 60, n), rng.integers(0, 2, n)], 1)
+    return np.stack(
+        [
+            rng.uniform(0, 5, n),
+            rng.uniform(0, 5, n),
+            rng.normal(0, 1, n),
+            rng.integers(10, 60, n),
+            rng.integers(0, 2, n),
+        ],
+        1,
+    )
 
 
 def test_off_is_identity_and_costs_nothing():

@@ -29,7 +29,9 @@ def test_onnx_logprobs_match_torch(tiny_world, client0):
     model, tok = load_causal_lm(tiny_world["client0"] / "base")
     enc = encode_pairs(tok, prompts, targets, 256)
     with torch.no_grad():
-        ref = token_logprobs(model.eval(), torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask)).numpy()
+        ref = token_logprobs(
+            model.eval(), torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask)
+        ).numpy()
     for b, lp in enumerate(onnx_lps):
         expected = ref[b][enc.completion_mask[b] > 0]
         assert lp.shape == expected.shape
@@ -44,9 +46,15 @@ def test_greedy_generation_matches_torch_argmax(tiny_world, client0):
     prompt = format_prompt(client0.test[0].question)
     text = slm.generate([prompt], max_new_tokens=8)[0]
     model, tok = load_causal_lm(tiny_world["client0"] / "base")
-    ids = torch.tensor([[1] + tok.encode(prompt, add_special_tokens=False)])
-    out = model.eval().generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=[2, *tok.encode("\n", add_special_tokens=False)])
-    expected = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n")[0]
+    ids = torch.tensor([[1, *tok.encode(prompt, add_special_tokens=False)]])
+    out = model.eval().generate(
+        ids,
+        max_new_tokens=8,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=[2, *tok.encode("\n", add_special_tokens=False)],
+    )
+    expected = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).split("\n")[0]
     assert text == expected
 
 
@@ -91,7 +99,7 @@ def test_kv_cache_step_matches_full_prefix(tiny_world, client0):
     """Left-padded prefill + one token per step gives the distributions of a full re-run."""
     slm = OnnxSLM(tiny_world["client0"] / "onnx" / "model.onnx")
     rows = [slm.tokenizer.encode(format_prompt(s.question), add_special_tokens=False).ids for s in client0.test[:3]]
-    rows = [[1] + r[: 10 + 7 * i] for i, r in enumerate(rows)]  # different lengths
+    rows = [[1, *r[: 10 + 7 * i]] for i, r in enumerate(rows)]  # different lengths
     extra = [[5, 9, 17], [3, 3, 8], [40, 2, 11]]
     n, width = len(rows), max(len(r) for r in rows)
     ids = np.zeros((n, width), dtype=np.int64)
@@ -115,8 +123,10 @@ def test_kv_cache_step_matches_full_prefix(tiny_world, client0):
         mask = np.concatenate([mask, np.ones((n, 1), dtype=np.int64)], axis=1)
         pos = pos + 1
         step_ids = np.array([[e[step]] for e in extra])
-        feeds = {**slm._head_feeds(step_ids, mask, pos, np.zeros(n)),
-                 **{name: p for (name, _, _, _), p in zip(slm._past, present)}}
+        feeds = {
+            **slm._head_feeds(step_ids, mask, pos, np.zeros(n)),
+            **{name: p for (name, _, _, _), p in zip(slm._past, present)},
+        }
 
 
 def test_padding_does_not_change_scores(tiny_world, client0):
@@ -136,7 +146,9 @@ def test_cached_generation_equals_full_prefix_generation(tiny_world, client0):
     cached = OnnxSLM(tiny_world["client0"] / "onnx" / "model.onnx")
     full = OnnxSLM(tiny_world["client0"] / "onnx" / "model.onnx")
     full.kv_cache = False
-    assert cached.generate(prompts, max_new_tokens=6, batch_size=3) == full.generate(prompts, max_new_tokens=6, batch_size=3)
+    assert cached.generate(prompts, max_new_tokens=6, batch_size=3) == full.generate(
+        prompts, max_new_tokens=6, batch_size=3
+    )
     assert cached.generate(prompts[:1], max_new_tokens=6) == cached.generate(prompts, max_new_tokens=6)[:1]
     sampled = cached.generate(prompts, max_new_tokens=6, temperature=1.0, seed=3)
     assert sampled == cached.generate(prompts, max_new_tokens=6, temperature=1.0, seed=3)

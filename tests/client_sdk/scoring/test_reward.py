@@ -19,7 +19,7 @@ def test_heldout_probe_scores_the_gold_answer_after_the_slms_own_reasoning(tiny_
     pairs, nll = probe.measure(slm)
     own = slm.generate([p.split("\nA:")[0] + "\nA:" for p, _ in pairs], batch_size=4)
     for (prompt, completion), sample, text in zip(pairs, data.train[:6], own):
-        assert prompt.startswith(f"Q: {sample.question}\nA:") and ANSWER_PHRASE not in prompt[len(sample.question):]
+        assert prompt.startswith(f"Q: {sample.question}\nA:") and ANSWER_PHRASE not in prompt[len(sample.question) :]
         assert completion == f" {ANSWER_PHRASE} {sample.answer}."
         cut = text.rfind(ANSWER_PHRASE)
         assert prompt.endswith((text[:cut] if cut >= 0 else text).rstrip())  # the SLM's own reasoning, up to its answer

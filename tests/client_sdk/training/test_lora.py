@@ -22,7 +22,12 @@ def test_lora_round_raises_chosen_over_rejected_and_round_trips(tiny_world, tmp_
     before_c = trainer.sequence_logprobs(prompts, chosen)
     before_r = trainer.sequence_logprobs(prompts, rejected)
     settings = DistillSettings(alpha=1.0, beta=0.5, lr=5e-3, epochs=6, batch_size=8)
-    report = trainer.train_round(list(zip(prompts, chosen)), [PreferencePair(p, c, r) for p, c, r in zip(prompts, chosen, rejected)], [], settings)
+    report = trainer.train_round(
+        list(zip(prompts, chosen)),
+        [PreferencePair(p, c, r) for p, c, r in zip(prompts, chosen, rejected)],
+        [],
+        settings,
+    )
     assert report.steps == 6 and report.n_pairs == 8
     after_c = trainer.sequence_logprobs(prompts, chosen)
     after_r = trainer.sequence_logprobs(prompts, rejected)
@@ -42,10 +47,14 @@ def test_gradient_alignment_credits_samples_that_teach_the_reference(tiny_world)
     other = load_client(tiny_world["data"], "client2")
     pair = lambda s: (format_prompt(s.question), format_target(s.rationale))  # noqa: E731
     trainer = LoraTrainer(tiny_world["client0"] / "base")
-    trainer.load_adapter_vector(trainer.adapter_vector() + 0.01)  # off the zero init of lora_B: gradients reach both factors
+    trainer.load_adapter_vector(
+        trainer.adapter_vector() + 0.01
+    )  # off the zero init of lora_B: gradients reach both factors
     before = trainer.adapter_vector()
     reference = [pair(s) for s in own.train[:6]]
-    cos = trainer.gradient_alignment([reference[0], *(pair(s) for s in own.train[6:10]), *(pair(s) for s in other.train[:5])], reference)
+    cos = trainer.gradient_alignment(
+        [reference[0], *(pair(s) for s in own.train[6:10]), *(pair(s) for s in other.train[:5])], reference
+    )
     assert cos.shape == (10,) and ((-1 <= cos) & (cos <= 1)).all()
     assert cos[0] > 0.2 and cos[0] == cos.max()
     assert cos[1:5].mean() > cos[5:].mean()
@@ -65,11 +74,21 @@ def test_per_sample_gradients_from_one_batch_equal_one_backward_per_sample(tiny_
     fast = trainer.gradient_alignment(pairs, reference, batch_size=8)
     params = trainer._lora_parameters()
     ids, mask, cmask = trainer._batch([p for p, _ in reference], [c for _, c in reference], 256)
-    ref = torch.cat([g.reshape(-1) for g in torch.autograd.grad(sft_loss(token_logprobs(trainer.model, ids, mask, cmask), cmask), params)])
+    ref = torch.cat(
+        [
+            g.reshape(-1)
+            for g in torch.autograd.grad(sft_loss(token_logprobs(trainer.model, ids, mask, cmask), cmask), params)
+        ]
+    )
     slow = []
     for pair in pairs:
         ids, mask, cmask = trainer._batch([pair[0]], [pair[1]], 256)
-        g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(sft_loss(token_logprobs(trainer.model, ids, mask, cmask), cmask), params)])
+        g = torch.cat(
+            [
+                x.reshape(-1)
+                for x in torch.autograd.grad(sft_loss(token_logprobs(trainer.model, ids, mask, cmask), cmask), params)
+            ]
+        )
         slow.append(float(g @ ref / (g.norm() * ref.norm())))
     torch.testing.assert_close(torch.tensor(fast), torch.tensor(slow, dtype=torch.float64), atol=1e-5, rtol=1e-4)
 

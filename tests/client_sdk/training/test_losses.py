@@ -31,7 +31,9 @@ def test_cd_loss_falls_as_margin_grows_and_beta_scales_it():
 
 def test_reference_cancels_a_prior_preference():
     """What counts is the change relative to π_ref, not the absolute log-probs."""
-    a = contrastive_distillation_loss(torch.tensor([-5.0]), torch.tensor([-1.0]), torch.tensor([-5.0]), torch.tensor([-1.0]), 0.1)
+    a = contrastive_distillation_loss(
+        torch.tensor([-5.0]), torch.tensor([-1.0]), torch.tensor([-5.0]), torch.tensor([-1.0]), 0.1
+    )
     assert a.item() == pytest.approx(torch.log(torch.tensor(2.0)).item())
 
 
@@ -84,7 +86,9 @@ def test_token_logprobs_of_a_padded_batch_equal_each_row_alone(side):
     from lada_client.training.losses import token_logprobs
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    ).eval()
     rows = [torch.randint(1, 40, (n,)) for n in (9, 5, 2)]
     width = max(len(r) for r in rows)
     ids = torch.zeros(len(rows), width, dtype=torch.long)
@@ -107,7 +111,9 @@ def test_token_logprobs_at_the_needed_positions_equal_the_full_computation(tiny_
     from lada_client.models.factory import load_causal_lm
 
     model, tok = load_causal_lm(tiny_world["client0"] / "base")
-    enc = encode_pairs(tok, ["Q: 1+1?\nA:", "Q: what is 12 - 5?\nA:"], [" 1 + 1 = 2. The answer is 2.", " The answer is 7."], 64)
+    enc = encode_pairs(
+        tok, ["Q: 1+1?\nA:", "Q: what is 12 - 5?\nA:"], [" 1 + 1 = 2. The answer is 2.", " The answer is 7."], 64
+    )
     ids, mask, cmask = (torch.from_numpy(a) for a in (enc.input_ids, enc.attention_mask, enc.completion_mask))
     full = token_logprobs(model, ids, mask)
     part = token_logprobs(model, ids, mask, cmask)

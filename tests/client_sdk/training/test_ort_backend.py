@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lada_client.config import ClientConfig, DistillSettings
 from lada_client.training import backend
 from lada_client.training.backend import BackendUnavailable, PreferencePair, batch_schedule, make_trainer, trainer_for
@@ -48,19 +49,21 @@ def test_asking_for_ort_without_onnxruntime_training_says_what_to_install(tmp_pa
     with pytest.raises(BackendUnavailable) as info:
         make_trainer("ort", artifacts_dir=tmp_path)
     message = str(info.value)
-    assert "onnxruntime.training" in message and "setup_ort_training.sh" in message and "onnxruntime-training" in message
+    assert (
+        "onnxruntime.training" in message and "setup_ort_training.sh" in message and "onnxruntime-training" in message
+    )
     assert isinstance(info.value, ImportError)  # the bridge reports ImportErrors as "unsupported"
 
     cfg = _config(tmp_path, train_backend="ort", ort_artifacts=str(tmp_path / "artifacts"))
     assert cfg.ort_artifacts == tmp_path / "artifacts"
-    with pytest.raises(BackendUnavailable, match="onnxruntime.training"):
+    with pytest.raises(BackendUnavailable, match=r"onnxruntime\.training"):
         trainer_for(cfg, None)
 
 
 def test_backend_names_and_capability(tmp_path):
     with pytest.raises(ValueError, match="unknown training backend 'tensorflow'"):
         make_trainer("tensorflow")
-    with pytest.raises(ValueError, match="train_backend: must be .torch. or .ort."):
+    with pytest.raises(ValueError, match=r"train_backend: must be .torch. or .ort."):
         _config(tmp_path, train_backend="tensorflow")
     cfg = _config(tmp_path, train_backend="ort")
     assert cfg.can_train is False  # no artifacts configured
@@ -96,7 +99,10 @@ def test_batch_schedule_covers_every_item_each_epoch():
 
 
 def test_safetensors_round_trip(tmp_path):
-    tensors = {"b.lora_A.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "a.lora_B.weight": np.ones((3, 2), np.float32)}
+    tensors = {
+        "b.lora_A.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "a.lora_B.weight": np.ones((3, 2), np.float32),
+    }
     path = write_safetensors(tmp_path / "adapter_model.safetensors", tensors, {"format": "pt"})
     back = read_safetensors(path)
     assert set(back) == set(tensors) and all(np.array_equal(back[k], tensors[k]) for k in tensors)
@@ -139,13 +145,16 @@ def test_exported_loss_graph_computes_lora_trainers_losses(exported):
     """Run the exported forward+loss graph with plain onnxruntime and compare with torch."""
     import onnxruntime as ort
     import torch
+
     from lada_client.training.lora import LoraTrainer
     from lada_client.training.losses import contrastive_distillation_loss, sequence_logprob, sft_loss, token_logprobs
     from lada_client.training.ort_artifacts import MANIFEST, TRAINING_GRAPH
 
     manifest = json.loads((exported["artifacts"] / MANIFEST).read_text())
     trainer = LoraTrainer(exported["base"])
-    assert [t["name"].removeprefix("model.") for t in manifest["trainable"]] == [n for n, p in sorted(trainer.model.named_parameters()) if "lora_" in n]
+    assert [t["name"].removeprefix("model.") for t in manifest["trainable"]] == [
+        n for n, p in sorted(trainer.model.named_parameters()) if "lora_" in n
+    ]
     # a non-zero adapter, so the LoRA path of the graph matters
     rng = np.random.default_rng(0)
     vector = rng.normal(0, 0.05, trainer.adapter_vector().size)
@@ -195,8 +204,14 @@ def test_exported_loss_graph_computes_lora_trainers_losses(exported):
 
         ids, mask, cmask = batch(sft_rows)
         t_sft = sft_loss(token_logprobs(trainer.model, ids, mask), cmask)
-        c = sequence_logprob(token_logprobs(trainer.model, *batch([(p.prompt, p.chosen) for p in prefs])[:2]), batch([(p.prompt, p.chosen) for p in prefs])[2])
-        r = sequence_logprob(token_logprobs(trainer.model, *batch([(p.prompt, p.rejected) for p in prefs])[:2]), batch([(p.prompt, p.rejected) for p in prefs])[2])
+        c = sequence_logprob(
+            token_logprobs(trainer.model, *batch([(p.prompt, p.chosen) for p in prefs])[:2]),
+            batch([(p.prompt, p.chosen) for p in prefs])[2],
+        )
+        r = sequence_logprob(
+            token_logprobs(trainer.model, *batch([(p.prompt, p.rejected) for p in prefs])[:2]),
+            batch([(p.prompt, p.rejected) for p in prefs])[2],
+        )
         t_cd = contrastive_distillation_loss(c, r, torch.from_numpy(ref_c), torch.from_numpy(ref_r), 0.3)
     assert float(l_sft) == pytest.approx(float(t_sft), rel=1e-4)
     assert float(l_cd) == pytest.approx(float(t_cd), rel=1e-4)
@@ -207,7 +222,9 @@ def test_exported_loss_graph_computes_lora_trainers_losses(exported):
     for shift in (1e4, -1e4):
         feeds["ref_chosen"] = ref_c + np.float32(shift)
         _, _, l_cd, _ = session.run(None, feeds)
-        expected = contrastive_distillation_loss(c, r, torch.from_numpy(feeds["ref_chosen"]), torch.from_numpy(ref_r), 0.3)
+        expected = contrastive_distillation_loss(
+            c, r, torch.from_numpy(feeds["ref_chosen"]), torch.from_numpy(ref_r), 0.3
+        )
         assert math.isfinite(float(l_cd)) and float(l_cd) == pytest.approx(float(expected), rel=1e-4, abs=1e-6)
 
 
@@ -232,7 +249,11 @@ def test_ort_training_matches_torch_and_lowers_the_loss(artifacts, tmp_path):
     assert isinstance(ort_trainer, OrtTrainer) and isinstance(ort_trainer, backend.TrainerBackend)
     torch_trainer = LoraTrainer(artifacts["base"])  # same LoRA seed → same initial adapter
     np.testing.assert_array_equal(ort_trainer.adapter_vector(), torch_trainer.adapter_vector())
-    np.testing.assert_allclose(ort_trainer.sequence_logprobs(prompts, chosen), torch_trainer.sequence_logprobs(prompts, chosen).numpy(), atol=1e-3)
+    np.testing.assert_allclose(
+        ort_trainer.sequence_logprobs(prompts, chosen),
+        torch_trainer.sequence_logprobs(prompts, chosen).numpy(),
+        atol=1e-3,
+    )
 
     settings = DistillSettings(alpha=1.0, beta=0.5, lr=5e-3, epochs=3, batch_size=4)
     private = pairs[20:28]
@@ -255,7 +276,9 @@ def test_ort_training_matches_torch_and_lowers_the_loss(artifacts, tmp_path):
     # what the ORT backend learned, loaded into torch + peft, scores the same
     torch_trainer.load_adapter_vector(ort_trainer.adapter_vector())
     np.testing.assert_allclose(
-        ort_trainer.sequence_logprobs(prompts, chosen), torch_trainer.sequence_logprobs(prompts, chosen).numpy(), atol=1e-3
+        ort_trainer.sequence_logprobs(prompts, chosen),
+        torch_trainer.sequence_logprobs(prompts, chosen).numpy(),
+        atol=1e-3,
     )
     ours, theirs = ort_trainer.projection_weights(), torch_trainer.projection_weights()
     assert set(ours) == set(theirs)
@@ -277,7 +300,9 @@ def test_ort_adapter_saves_in_peft_format_and_reloads(artifacts, tmp_path):
     np.testing.assert_array_equal(OrtTrainer(artifacts["artifacts"], tmp_path / "adapter").adapter_vector(), vector)
     np.testing.assert_allclose(LoraTrainer(artifacts["base"], tmp_path / "adapter").adapter_vector(), vector, atol=0)
     trainer.save_checkpoint(tmp_path / "ort_checkpoint")
-    np.testing.assert_array_equal(OrtTrainer(artifacts["artifacts"], checkpoint=tmp_path / "ort_checkpoint").adapter_vector(), vector)
+    np.testing.assert_array_equal(
+        OrtTrainer(artifacts["artifacts"], checkpoint=tmp_path / "ort_checkpoint").adapter_vector(), vector
+    )
     with pytest.raises(ValueError, match="adapter vector has"):
         trainer.load_adapter_vector(vector[:-1])
     with pytest.raises(NotImplementedError, match="swap"):
@@ -297,14 +322,22 @@ def test_ort_backend_trains_without_torch(artifacts, tmp_path):
         pairs = json.loads(sys.argv[1])
         trainer = make_trainer("ort", artifacts_dir=Path({str(artifacts["artifacts"])!r}))
         prefs = [PreferencePair(p, c, c + " No.") for p, c in pairs[:4]]
-        report = trainer.train_round([tuple(x) for x in pairs[:4]], prefs, [tuple(x) for x in pairs[4:8]], DistillSettings(epochs=2, batch_size=4))
+        teacher, private = [tuple(x) for x in pairs[:4]], [tuple(x) for x in pairs[4:8]]
+        report = trainer.train_round(teacher, prefs, private, DistillSettings(epochs=2, batch_size=4))
         trainer.save(Path({str(tmp_path / "adapter")!r}))
-        loaded = sorted(m for m, v in sys.modules.items() if v is not None and m.split(".")[0] in ("torch", "transformers", "peft"))
-        print(json.dumps({{"steps": report.steps, "history": report.history, "loaded": loaded, "weights": len(trainer.projection_weights())}}))
+        loaded = sorted(
+            m for m, v in sys.modules.items() if v is not None and m.split(".")[0] in ("torch", "transformers", "peft")
+        )
+        weights = len(trainer.projection_weights())
+        print(json.dumps({{"steps": report.steps, "history": report.history, "loaded": loaded, "weights": weights}}))
         """
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(artifacts["pairs"][:8])], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-c", script, json.dumps(artifacts["pairs"][:8])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])

@@ -8,6 +8,7 @@ import base64
 
 import numpy as np
 import pytest
+
 from lada_client.common.secagg import EncryptedShare, Roster, SecAggClient, SecAggConfig, SecAggError
 from lada_client.common.wire import SecAggUpload, secagg_round_id
 from lada_coordinator.aggregation.secure import NotNow, SecAggSettings, SecureAggregation, group_id

@@ -56,7 +56,7 @@ def test_all_and_empty(tmp_path):
 def test_a_round_reward_counts_once(tmp_path):
     store = Store(tmp_path / "db.sqlite")
     alloc = Allocator(store, "lada", _configs(), seed=0)
-    ids, z = _round(np.random.default_rng(3), n=40)
+    _ids, z = _round(np.random.default_rng(3), n=40)
     assert alloc.reward(1, SLM, "c1", z[:4], 0.5)  # refit happened
     assert alloc.reward(1, SLM, "c1", z[:4], 0.5) == {}  # replayed after a restart: ignored
     assert alloc.reward(2, SLM, "c1", z[:4], 0.5)

@@ -60,9 +60,7 @@ def test_deterministic_given_seed() -> None:
 def test_invariant_to_feature_scale() -> None:
     z, _ = _blobs(4)
     scaled = z * np.array([1.0, 1000.0, 0.001, 50.0, 1.0]) + 7.0
-    np.testing.assert_array_equal(
-        kmeans_representatives(z, 4, seed=0), kmeans_representatives(scaled, 4, seed=0)
-    )
+    np.testing.assert_array_equal(kmeans_representatives(z, 4, seed=0), kmeans_representatives(scaled, 4, seed=0))
 
 
 def test_empty_input_gives_empty_selection() -> None:

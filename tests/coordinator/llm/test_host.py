@@ -9,12 +9,14 @@ import pytest
 
 pytest.importorskip("torch")
 
-from lada_client.config import DistillSettings, LoraSettings  # noqa: E402
-from lada_client.data.federation import FederationData  # noqa: E402
-from lada_coordinator.llm.host import LLMHost  # noqa: E402
+from lada_client.config import DistillSettings, LoraSettings
+from lada_client.data.federation import FederationData
+from lada_coordinator.llm.host import LLMHost
 
 
-def test_accuracy_is_recomputed_after_training_and_reused_otherwise(tiny_world: dict[str, Path], tmp_path: Path) -> None:
+def test_accuracy_is_recomputed_after_training_and_reused_otherwise(
+    tiny_world: dict[str, Path], tmp_path: Path
+) -> None:
     fed = FederationData.load(tiny_world["data"])
     host = LLMHost(tiny_world["llm"], tmp_path / "adapter", LoraSettings(), max_new_tokens=8)
     test = fed.clients[0].test[:6]

@@ -26,7 +26,11 @@ def test_store_keys_by_teacher_prompt_and_question_and_resumes(tmp_path):
     with open(tmp_path / "paths.jsonl", "a") as fh:
         fh.write('{"key": "cut by a cra')  # a crash mid-line
     again = PathStore.open(tmp_path / "paths.jsonl")
-    assert len(again) == 3 and again.missing(samples) == samples[3:] and again.get(samples[0]).path.endswith("The answer is 1.")
+    assert (
+        len(again) == 3
+        and again.missing(samples) == samples[3:]
+        and again.get(samples[0]).path.endswith("The answer is 1.")
+    )
     assert PathStore(tmp_path / "paths.jsonl", "digest-b", "prompt").missing(samples) == samples  # another teacher
     assert PathStore(tmp_path / "paths.jsonl", "digest-a", "other prompt").missing(samples) == samples
     assert path_key("d", "p", "q") != path_key("d", "p", "q2")
@@ -35,7 +39,9 @@ def test_store_keys_by_teacher_prompt_and_question_and_resumes(tmp_path):
 
 
 def test_teachers_repeated_answer_sentences_are_cut_after_the_first():
-    assert cut_after_answer(" 2 + 3 = 5. The answer is 5. The answer is 5. The answer is") == "2 + 3 = 5. The answer is 5."
+    assert (
+        cut_after_answer(" 2 + 3 = 5. The answer is 5. The answer is 5. The answer is") == "2 + 3 = 5. The answer is 5."
+    )
     assert cut_after_answer("x = 2.5. The answer is 2.5. Q: next") == "x = 2.5. The answer is 2.5."
     assert cut_after_answer("no answer sentence") == "no answer sentence"
 
@@ -50,8 +56,14 @@ def test_rounds_draw_candidates_with_verified_stored_paths_and_run_no_llm(tmp_pa
     store.write_header("t")
     store.add([_record(store, s, correct=i % 3 != 0) for i, s in enumerate(public[:120])])  # a third unverified
     config = CoordinatorConfig(
-        db_path=tmp_path / "c.sqlite", state_dir=tmp_path / "state", llm_dir=None, public_data=tiny_world["data"],
-        teacher_paths=tmp_path / "paths.jsonl", train_llm=False, candidates_per_round=20, offer_questions=4,
+        db_path=tmp_path / "c.sqlite",
+        state_dir=tmp_path / "state",
+        llm_dir=None,
+        public_data=tiny_world["data"],
+        teacher_paths=tmp_path / "paths.jsonl",
+        train_llm=False,
+        candidates_per_round=20,
+        offer_questions=4,
     )
     _, engine, db = build(config)
     engine._open(1)

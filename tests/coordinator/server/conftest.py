@@ -30,8 +30,13 @@ def db_dump() -> Callable[[Path], list[str]]:
 @pytest.fixture()
 def server(tmp_path, tiny_world, free_port, serve_coordinator):
     config = CoordinatorConfig(
-        db_path=tmp_path / "c.sqlite", state_dir=tmp_path / "state", llm_dir=tiny_world["llm"],
-        public_data=tiny_world["data"], port=free_port, max_body_bytes=200_000, rounds=2,
+        db_path=tmp_path / "c.sqlite",
+        state_dir=tmp_path / "state",
+        llm_dir=tiny_world["llm"],
+        public_data=tiny_world["data"],
+        port=free_port,
+        max_body_bytes=200_000,
+        rounds=2,
     )
     with serve_coordinator(config) as (url, store):
         yield url, store, config

@@ -17,8 +17,14 @@ from lada_client.transport import CoordinatorError, Transport
 
 def _open_round(store) -> None:
     info = RoundInfo(
-        round=1, phase="features", total_rounds=2,
-        candidates=[Candidate(sample_id="p1", question="1+1?", path="1 + 1 = 2. The answer is 2.", llm_logprob=-3.0, llm_tokens=9)],
+        round=1,
+        phase="features",
+        total_rounds=2,
+        candidates=[
+            Candidate(
+                sample_id="p1", question="1+1?", path="1 + 1 = 2. The answer is 2.", llm_logprob=-3.0, llm_tokens=9
+            )
+        ],
         feature_names=["slm_path_nll"],
     )
     store.open_round(1, info.model_dump(), {})
@@ -32,7 +38,12 @@ def test_round_trip_and_status(server, enroll):
     _open_round(store)
     info = t.call("round.get", RoundQuery(), 0, RoundInfo)
     assert info.round == 1 and info.candidates[0].sample_id == "p1"
-    ack = t.call("features.put", FeatureUpload(round=1, feature_names=["slm_path_nll"], sample_ids=["p1"], features=[[1.5]]), 1, Ack)
+    ack = t.call(
+        "features.put",
+        FeatureUpload(round=1, feature_names=["slm_path_nll"], sample_ids=["p1"], features=[[1.5]]),
+        1,
+        Ack,
+    )
     assert ack.message == "stored"
     assert store.uploads(1, "features.put")[t.client_id]["features"] == [[1.5]]
     assert httpx.get(f"{url}/v1/status").status_code == 401  # the operator's view needs its token
@@ -60,7 +71,7 @@ def _operator(server) -> dict[str, str]:
 
 
 def test_enrollment_tokens_are_one_time(server, issue, db_dump):
-    url, store, config = server
+    url, _store, config = server
     token = issue(config)
     assert Transport(url, Identity.generate()).enroll(token, "a").startswith("a-")
     before = db_dump(Path(config.db_path))
@@ -76,18 +87,30 @@ def test_enrollment_tokens_are_one_time(server, issue, db_dump):
 
 
 def test_overlong_client_name_is_a_clear_error(server, issue, db_dump):
-    url, store, config = server
+    url, _store, config = server
     token = issue(config)
     before = db_dump(Path(config.db_path))
     with pytest.raises(ValueError, match="client_name"):  # refused before anything is sent
         Transport(url, Identity.generate()).enroll(token, "n" * 56)
     assert db_dump(Path(config.db_path)) == before
-    assert Transport(url, Identity.generate()).enroll(issue(config), "n" * 55)  # the longest name whose client id still fits
+    assert Transport(url, Identity.generate()).enroll(
+        issue(config), "n" * 55
+    )  # the longest name whose client id still fits
 
 
 @pytest.mark.parametrize(
     "attack",
-    ["unknown_client", "bad_signature", "malformed", "replay", "wrong_round", "oversized", "wrong_kind", "nan_features", "truncated"],
+    [
+        "unknown_client",
+        "bad_signature",
+        "malformed",
+        "replay",
+        "wrong_round",
+        "oversized",
+        "wrong_kind",
+        "nan_features",
+        "truncated",
+    ],
 )
 def test_bad_requests_get_4xx_and_change_nothing(server, attack, enroll, db_dump):
     url, store, config = server
@@ -99,8 +122,20 @@ def test_bad_requests_get_4xx_and_change_nothing(server, attack, enroll, db_dump
     from lada_client.common.wire import EnvelopeHeader
 
     def envelope(round_index=1, seq=None, kind="features.put", client_id=None, signer=None, body=None):
-        header = EnvelopeHeader(client_id=client_id or t.client_id, round=round_index, seq=seq or t._seq.next(), kind=kind, sent_at=time.time())
-        env = seal(body or payload.model_dump_json().encode(), header, signer or t._identity, t.coordinator, Direction.TO_COORDINATOR)
+        header = EnvelopeHeader(
+            client_id=client_id or t.client_id,
+            round=round_index,
+            seq=seq or t._seq.next(),
+            kind=kind,
+            sent_at=time.time(),
+        )
+        env = seal(
+            body or payload.model_dump_json().encode(),
+            header,
+            signer or t._identity,
+            t.coordinator,
+            Direction.TO_COORDINATOR,
+        )
         return env.model_dump()
 
     path = "/v1/features"
@@ -143,13 +178,27 @@ def test_bad_requests_get_4xx_and_change_nothing(server, attack, enroll, db_dump
 
 
 def test_transport_surfaces_server_errors(server, enroll):
-    url, store, _ = server
+    _url, store, _ = server
     t = enroll(server)
     _open_round(store)
-    with pytest.raises(CoordinatorError, match="wrong_phase|wrong_round|no_allocation"):
+    with pytest.raises(CoordinatorError, match=r"wrong_phase|wrong_round|no_allocation"):
         from lada_client.common.wire import RewardReport
 
-        t.call("reward.put", RewardReport(round=1, reward=0.1, ppl_before=2, ppl_after=1.8, n_allocated=1, test_accuracy=0, bytes_sent=0, bytes_received=0), 1, Ack)
+        t.call(
+            "reward.put",
+            RewardReport(
+                round=1,
+                reward=0.1,
+                ppl_before=2,
+                ppl_after=1.8,
+                n_allocated=1,
+                test_accuracy=0,
+                bytes_sent=0,
+                bytes_received=0,
+            ),
+            1,
+            Ack,
+        )
     with pytest.raises(CoordinatorError, match="cannot reach"):
         Transport("http://127.0.0.1:9", Identity.generate(), timeout_s=2)._post("/healthz", b"")
 
@@ -158,13 +207,19 @@ def test_score_only_device_contributes_features_but_gets_no_allocation(server, e
     """Capabilities declared at enrollment are respected by the round engine."""
     from lada_client.common.wire import Allocation, AllocationQuery, Capabilities
 
-    url, store, config = server
+    _url, store, config = server
     transports = [
-        enroll(server, name, capabilities=Capabilities(can_train=can_train)) for name, can_train in (("phone", False), ("laptop", True))
+        enroll(server, name, capabilities=Capabilities(can_train=can_train))
+        for name, can_train in (("phone", False), ("laptop", True))
     ]
     _open_round(store)
     for t in transports:
-        t.call("features.put", FeatureUpload(round=1, feature_names=["slm_path_nll"], sample_ids=["p1"], features=[[1.0]]), 1, Ack)
+        t.call(
+            "features.put",
+            FeatureUpload(round=1, feature_names=["slm_path_nll"], sample_ids=["p1"], features=[[1.0]]),
+            1,
+            Ack,
+        )
     from lada_coordinator.server.run import build  # the same engine class the server runs
 
     _, engine, engine_store = build(config)
@@ -186,12 +241,19 @@ def test_score_only_device_gets_an_adapter_trained_server_side_when_configured(s
     from lada_client.scoring.onnx_slm import OnnxSLM
     from lada_coordinator.server.run import build
 
-    url, store, config = server
+    _url, store, config = server
     phone = enroll(server, "phone", model_name="slm-small", capabilities=Capabilities(can_train=False))
     _open_round(store)
-    phone.call("features.put", FeatureUpload(round=1, feature_names=["slm_path_nll"], sample_ids=["p1"], features=[[1.0]]), 1, Ack)
+    phone.call(
+        "features.put",
+        FeatureUpload(round=1, feature_names=["slm_path_nll"], sample_ids=["p1"], features=[[1.0]]),
+        1,
+        Ack,
+    )
     device_model = tiny_world["client2"]  # slm-small, as the phone declared
-    server_side = dataclasses.replace(config, score_only_update="server", slm_checkpoints={"slm-small": device_model / "base"})
+    server_side = dataclasses.replace(
+        config, score_only_update="server", slm_checkpoints={"slm-small": device_model / "base"}
+    )
     _, engine, engine_store = build(server_side)
     engine._allocate(1)
     engine_store.close()
@@ -202,15 +264,19 @@ def test_score_only_device_gets_an_adapter_trained_server_side_when_configured(s
     again = phone.call("allocation.get", AllocationQuery(round=1), 1, Allocation)
     assert again.server_update == got.server_update  # trained from the same start, not twice
     assert got.sample_ids == ["p1"] and got.server_update
-    assert (config.state_dir / "score_only" / phone.client_id / "round1" / "adapter_config.json").exists()  # next round starts from it
+    assert (
+        config.state_dir / "score_only" / phone.client_id / "round1" / "adapter_config.json"
+    ).exists()  # next round starts from it
 
     merged = apply_lora_factors(device_model / "onnx" / "model.onnx", tmp_path / "model.onnx", got.server_update)
     (tmp_path / "tokenizer.json").write_bytes((device_model / "onnx" / "tokenizer.json").read_bytes())
-    before = OnnxSLM(device_model / "onnx" / "model.onnx").completion_logprobs(["1+1?"], [" 1 + 1 = 2. The answer is 2."])
+    before = OnnxSLM(device_model / "onnx" / "model.onnx").completion_logprobs(
+        ["1+1?"], [" 1 + 1 = 2. The answer is 2."]
+    )
     after = OnnxSLM(merged).completion_logprobs(["1+1?"], [" 1 + 1 = 2. The answer is 2."])
     assert after[0].sum() > before[0].sum()  # trained on that path: it became more likely
 
     with pytest.raises(ValueError, match="slm_checkpoints"):
         dataclasses.replace(config, score_only_update="server")
-    with pytest.raises(ValueError, match="no config.json"):  # caught at start-up, not mid-round
+    with pytest.raises(ValueError, match=r"no config\.json"):  # caught at start-up, not mid-round
         build(dataclasses.replace(server_side, slm_checkpoints={"slm-small": tmp_path}))

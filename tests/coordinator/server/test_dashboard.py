@@ -19,15 +19,31 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def _open(store, t: int) -> None:
     info = RoundInfo(
-        round=t, phase="features", total_rounds=2, feature_names=["slm_path_nll"],
-        candidates=[Candidate(sample_id="p1", question="1+1?", path="1 + 1 = 2. The answer is 2.", llm_logprob=-3.0, llm_tokens=9)],
+        round=t,
+        phase="features",
+        total_rounds=2,
+        feature_names=["slm_path_nll"],
+        candidates=[
+            Candidate(
+                sample_id="p1", question="1+1?", path="1 + 1 = 2. The answer is 2.", llm_logprob=-3.0, llm_tokens=9
+            )
+        ],
     )
     store.open_round(t, info.model_dump(), {})
 
 
 def _browser(url: str, tmp_path: Path, *, screenshot: Path | None = None) -> str:
-    args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-            f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=6000", "--window-size=1280,1500"]
+    args = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--virtual-time-budget=6000",
+        "--window-size=1280,1500",
+    ]
     args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
     proc = subprocess.run([*args, url], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -43,15 +59,34 @@ def test_dashboard_shows_rounds_devices_and_states_in_a_real_browser(server, enr
     from lada_coordinator.credentials import operator_token
 
     url, store, config = server
-    done, aside, revoked, working = (enroll(server, name, model_name="slm-s") for name in ("done1", "aside2", "gone3", "busy4"))
+    done, aside, _revoked, working = (
+        enroll(server, name, model_name="slm-s") for name in ("done1", "aside2", "gone3", "busy4")
+    )
     _open(store, 1)
-    store.set_phase(1, "closed", metrics={
-        "clients": {n: {"test_accuracy": acc, "reward": 0.1, "n_allocated": k, "bytes_client_sent": 1000, "bytes_client_received": 5000}
-                    for n, acc, k in (("done1", 0.25, 8), ("aside2", 0.125, 4), ("busy4", 0.5, 6))},
-        "llm": {"accuracy": 0.375, "n_trained": 4},
-    })
+    store.set_phase(
+        1,
+        "closed",
+        metrics={
+            "clients": {
+                n: {
+                    "test_accuracy": acc,
+                    "reward": 0.1,
+                    "n_allocated": k,
+                    "bytes_client_sent": 1000,
+                    "bytes_client_received": 5000,
+                }
+                for n, acc, k in (("done1", 0.25, 8), ("aside2", 0.125, 4), ("busy4", 0.5, 6))
+            },
+            "llm": {"accuracy": 0.375, "n_trained": 4},
+        },
+    )
     _open(store, 2)
-    ack = done.call("features.put", FeatureUpload(round=2, feature_names=["slm_path_nll"], sample_ids=["p1"], features=[[1.5]]), 2, Ack)
+    ack = done.call(
+        "features.put",
+        FeatureUpload(round=2, feature_names=["slm_path_nll"], sample_ids=["p1"], features=[[1.5]]),
+        2,
+        Ack,
+    )
     assert ack.message == "stored"
     store.quarantine(2, aside.client_id, "features.put", "bad_features: NaN in row 0")
     store.revoke_client("gone3")

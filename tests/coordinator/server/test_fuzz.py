@@ -24,8 +24,12 @@ def test_fuzz_api_from_openapi_schema(server, enroll, db_dump):
     url, store, config = server
     enroll(server)  # a real enrolled client and an open round: fuzzed input meets real state
     info = RoundInfo(
-        round=1, phase="features", total_rounds=2,
-        candidates=[Candidate(sample_id="p1", question="q", path="1 + 1 = 2. The answer is 2.", llm_logprob=-2.0, llm_tokens=8)],
+        round=1,
+        phase="features",
+        total_rounds=2,
+        candidates=[
+            Candidate(sample_id="p1", question="q", path="1 + 1 = 2. The answer is 2.", llm_logprob=-2.0, llm_tokens=8)
+        ],
         feature_names=["slm_path_nll"],
     )
     store.open_round(1, info.model_dump(), {})
@@ -42,7 +46,9 @@ def test_fuzz_api_from_openapi_schema(server, enroll, db_dump):
         def check(case) -> None:
             response = case.call(base_url=url, timeout=10)
             seen[f"{case.method} {case.path}"] = seen.get(f"{case.method} {case.path}", 0) + 1
-            assert response.status_code < 500, f"{case.method} {case.path} -> {response.status_code}: {response.text[:300]}"
+            assert response.status_code < 500, (
+                f"{case.method} {case.path} -> {response.status_code}: {response.text[:300]}"
+            )
             if response.status_code >= 400:
                 body = response.json()
                 assert body.get("error") and body.get("detail"), body

@@ -6,6 +6,7 @@ import logging
 import stat
 
 import pytest
+
 from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.server.limits import RateLimiter
 from lada_coordinator.server.run import is_loopback, tls_material

@@ -21,8 +21,21 @@ import pytest
 
 from lada_client.common.crypto import Direction, Identity, open_envelope, seal
 from lada_client.common.wire import (
-    Ack, Candidate, EnvelopeHeader, FeatureUpload, RoundInfo, RoundQuery, UploadAbort, UploadBegin,
-    UploadChunk, UploadCommit, UploadCommitted, UploadStatus, UploadStatusQuery, encode_chunk, max_chunk_bytes,
+    Ack,
+    Candidate,
+    EnvelopeHeader,
+    FeatureUpload,
+    RoundInfo,
+    RoundQuery,
+    UploadAbort,
+    UploadBegin,
+    UploadChunk,
+    UploadCommit,
+    UploadCommitted,
+    UploadStatus,
+    UploadStatusQuery,
+    encode_chunk,
+    max_chunk_bytes,
 )
 from lada_client.transport import CoordinatorError, RetryPolicy, Transport
 from lada_coordinator.config import CoordinatorConfig
@@ -38,8 +51,13 @@ def start_server(tmp_path, tiny_world, free_port, serve_coordinator):
 
         def start(**overrides):
             config = CoordinatorConfig(
-                db_path=tmp_path / "c.sqlite", state_dir=tmp_path / "state", llm_dir=tiny_world["llm"],
-                public_data=tiny_world["data"], port=free_port, rounds=2, **{"max_body_bytes": MAX_BODY, **overrides},
+                db_path=tmp_path / "c.sqlite",
+                state_dir=tmp_path / "state",
+                llm_dir=tiny_world["llm"],
+                public_data=tiny_world["data"],
+                port=free_port,
+                rounds=2,
+                **{"max_body_bytes": MAX_BODY, **overrides},
             )
             url, store = running.enter_context(serve_coordinator(config))
             return url, store, config
@@ -49,10 +67,14 @@ def start_server(tmp_path, tiny_world, free_port, serve_coordinator):
 
 def _open_round(store, n: int = 1500) -> RoundInfo:
     candidates = [
-        Candidate(sample_id=f"p{i:05d}", question="1+1?", path="1 + 1 = 2. The answer is 2.", llm_logprob=-3.0, llm_tokens=9)
+        Candidate(
+            sample_id=f"p{i:05d}", question="1+1?", path="1 + 1 = 2. The answer is 2.", llm_logprob=-3.0, llm_tokens=9
+        )
         for i in range(n)
     ]
-    info = RoundInfo(round=1, phase="features", total_rounds=2, candidates=candidates, feature_names=["a", "b", "c", "d"])
+    info = RoundInfo(
+        round=1, phase="features", total_rounds=2, candidates=candidates, feature_names=["a", "b", "c", "d"]
+    )
     store.open_round(1, info.model_dump(), {})
     return info
 
@@ -60,7 +82,9 @@ def _open_round(store, n: int = 1500) -> RoundInfo:
 def _features(info: RoundInfo, seed: int = 0) -> FeatureUpload:
     rng = random.Random(seed)
     return FeatureUpload(
-        round=1, feature_names=info.feature_names, sample_ids=[c.sample_id for c in info.candidates],
+        round=1,
+        feature_names=info.feature_names,
+        sample_ids=[c.sample_id for c in info.candidates],
         features=[[rng.uniform(0, 3) for _ in info.feature_names] for _ in info.candidates],
     )
 
@@ -97,12 +121,17 @@ class Manual:
         self.n = -(-len(self.body) // chunk)
 
     def begin(self, **changes) -> UploadStatus:
-        fields = {"target": self.header, "total_bytes": len(self.body), "sha256": hashlib.sha256(self.body).hexdigest(),
-                  "chunk_bytes": self.chunk, **changes}
+        fields = {
+            "target": self.header,
+            "total_bytes": len(self.body),
+            "sha256": hashlib.sha256(self.body).hexdigest(),
+            "chunk_bytes": self.chunk,
+            **changes,
+        }
         return self.t._call_once("upload.begin", UploadBegin(**fields), 1, UploadStatus)
 
     def put(self, sid: str, i: int, data: bytes | None = None) -> Ack:
-        data = self.body[i * self.chunk:(i + 1) * self.chunk] if data is None else data
+        data = self.body[i * self.chunk : (i + 1) * self.chunk] if data is None else data
         return self.t._call_once("upload.chunk", UploadChunk(session_id=sid, index=i, data=encode_chunk(data)), 1, Ack)
 
     def status(self, sid: str) -> UploadStatus:
@@ -118,7 +147,7 @@ class Manual:
 
 def _one_upload(start_server, enroll) -> tuple[Manual, object, object]:
     """A server, one enrolled client and its manual upload of the round's features."""
-    server = url, store, config = start_server()
+    server = _url, store, config = start_server()
     return Manual(enroll(server), _features(_open_round(store))), store, config
 
 
@@ -128,7 +157,7 @@ def test_body_over_max_body_bytes_goes_through_in_chunks(start_server, enroll):
     t.upload_chunk_bytes = CHUNK
     info = _open_round(store)
     payload = _features(info)
-    header, body = t._seal("features.put", payload.model_dump_json().encode(), 1)
+    _header, body = t._seal("features.put", payload.model_dump_json().encode(), 1)
     assert len(body) > 4 * MAX_BODY
     r = httpx.post(f"{url}/v1/features", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"] == "too_large"
@@ -154,7 +183,7 @@ def test_body_over_max_body_bytes_goes_through_in_chunks(start_server, enroll):
 
 
 def test_largest_chunk_fits_in_max_body(start_server, enroll):
-    server = url, store, _ = start_server()
+    server = _url, store, _ = start_server()
     t = enroll(server, name="n" * 55)  # the longest client id (64 characters): the largest header
     info = _open_round(store, 400)
     big = max_chunk_bytes(MAX_BODY)
@@ -169,16 +198,29 @@ def test_largest_chunk_fits_in_max_body(start_server, enroll):
 
 
 BAD = [
-    "unknown_session", "index_out_of_range", "wrong_size", "last_chunk_wrong_size", "conflicting_chunk",
-    "incomplete_commit", "other_clients_session", "bad_chunk_signature", "replayed_chunk",
-    "target_kind", "target_not_fresh", "target_of_other_client", "quota", "forged_body", "wrong_phase",
-    "round_mismatch", "not_bytes",
+    "unknown_session",
+    "index_out_of_range",
+    "wrong_size",
+    "last_chunk_wrong_size",
+    "conflicting_chunk",
+    "incomplete_commit",
+    "other_clients_session",
+    "bad_chunk_signature",
+    "replayed_chunk",
+    "target_kind",
+    "target_not_fresh",
+    "target_of_other_client",
+    "quota",
+    "forged_body",
+    "wrong_phase",
+    "round_mismatch",
+    "not_bytes",
 ]
 
 
 @pytest.mark.parametrize("attack", BAD)
 def test_bad_upload_requests_get_4xx_and_change_nothing(start_server, enroll, db_dump, attack):
-    server = url, store, config = start_server(upload_max_client_bytes=500_000)
+    server = _url, store, config = start_server(upload_max_client_bytes=500_000)
     t = enroll(server)
     other = enroll(server, name="dev2")
     info = _open_round(store)
@@ -190,7 +232,10 @@ def test_bad_upload_requests_get_4xx_and_change_nothing(start_server, enroll, db
     elif attack == "target_kind":
         action, want = (lambda: m.begin(target=m.header.model_copy(update={"kind": "round.get"}))), (422, "bad_upload")
     elif attack == "target_of_other_client":
-        action, want = (lambda: m.begin(target=m.header.model_copy(update={"client_id": other.client_id}))), (422, "bad_upload")
+        action, want = (
+            (lambda: m.begin(target=m.header.model_copy(update={"client_id": other.client_id}))),
+            (422, "bad_upload"),
+        )
     elif attack == "quota":
         action, want = (lambda: m.begin(total_bytes=600_000)), (413, "upload_quota")
     else:
@@ -202,28 +247,32 @@ def test_bad_upload_requests_get_4xx_and_change_nothing(start_server, enroll, db
         elif attack == "index_out_of_range":
             action, want = (lambda: m.put(sid, s.n_chunks, b"x" * CHUNK)), (422, "bad_chunk")
         elif attack == "wrong_size":
-            action, want = (lambda: m.put(sid, 1, m.body[CHUNK:2 * CHUNK - 1])), (422, "bad_chunk")
+            action, want = (lambda: m.put(sid, 1, m.body[CHUNK : 2 * CHUNK - 1])), (422, "bad_chunk")
         elif attack == "last_chunk_wrong_size":
             action, want = (lambda: m.put(sid, s.n_chunks - 1, b"x" * CHUNK)), (422, "bad_chunk")
         elif attack == "not_bytes":  # a character that is not one byte
+
             def action():
                 msg = UploadChunk(session_id=sid, index=1, data="\u20ac" * 100)
                 return t._call_once("upload.chunk", msg, 1, Ack)
+
             want = (422, "bad_chunk")
         elif attack == "conflicting_chunk":
             action, want = (lambda: m.put(sid, 0, b"y" * CHUNK)), (409, "chunk_conflict")
         elif attack == "other_clients_session":
             om = Manual(other, _features(info, 1))  # t's session is invisible to another client
-            action, want = (lambda: om.put(sid, 1, m.body[CHUNK:2 * CHUNK])), (404, "unknown_upload")
+            action, want = (lambda: om.put(sid, 1, m.body[CHUNK : 2 * CHUNK])), (404, "unknown_upload")
         elif attack == "incomplete_commit":
             action, want = (lambda: m.commit(sid)), (409, "upload_incomplete")
         elif attack == "round_mismatch":
+
             def action():
-                msg = UploadChunk(session_id=sid, index=1, data=encode_chunk(m.body[CHUNK:2 * CHUNK]))
+                msg = UploadChunk(session_id=sid, index=1, data=encode_chunk(m.body[CHUNK : 2 * CHUNK]))
                 return t._call_once("upload.chunk", msg, 2, Ack)
+
             want = (400, "round_mismatch")
         elif attack in ("bad_chunk_signature", "replayed_chunk"):
-            msg = UploadChunk(session_id=sid, index=1, data=encode_chunk(m.body[CHUNK:2 * CHUNK]))
+            msg = UploadChunk(session_id=sid, index=1, data=encode_chunk(m.body[CHUNK : 2 * CHUNK]))
             signer = Identity.generate() if attack == "bad_chunk_signature" else t._identity
             seq = t._seq.next() if attack == "bad_chunk_signature" else t._seq.next() - 1
             header = EnvelopeHeader(client_id=t.client_id, round=1, seq=seq, kind="upload.chunk", sent_at=time.time())
@@ -231,6 +280,7 @@ def test_bad_upload_requests_get_4xx_and_change_nothing(start_server, enroll, db
 
             def action():
                 return t._post("/v1/upload/chunk", env.model_dump_json().encode())
+
             want = (401, "unauthenticated") if attack == "bad_chunk_signature" else (409, "replay")
         else:  # forged_body, wrong_phase: every chunk is there, the target endpoint refuses the body
             if attack == "forged_body":  # a body whose inner envelope is not signed by the client
@@ -284,7 +334,7 @@ def test_begin_again_resumes_and_repeated_chunks_are_noops(start_server, enroll)
 
 
 def test_abort_drops_the_session_and_its_chunks(start_server, enroll):
-    server = url, store, config = start_server()
+    server = _url, store, config = start_server()
     t, other = enroll(server), enroll(server, "dev2")
     info = _open_round(store)
     m = Manual(t, _features(info))
@@ -313,7 +363,7 @@ def test_abort_refuses_a_committed_session(start_server, enroll):
 
 
 def test_quota_is_freed_by_abort(start_server, enroll):
-    server = url, store, config = start_server(upload_max_client_bytes=250_000)
+    server = _url, store, _config = start_server(upload_max_client_bytes=250_000)
     t = enroll(server)
     info = _open_round(store)
     first = Manual(t, _features(info, 1))
@@ -329,7 +379,7 @@ def test_quota_is_freed_by_abort(start_server, enroll):
 
 
 def test_transport_aborts_an_upload_the_coordinator_refuses(start_server, enroll):
-    server = url, store, config = start_server()
+    server = _url, store, config = start_server()
     t = enroll(server)
     info = _open_round(store)
     t.upload_chunk_bytes = CHUNK
@@ -340,7 +390,7 @@ def test_transport_aborts_an_upload_the_coordinator_refuses(start_server, enroll
 
 
 def test_sessions_expire_and_are_cleaned_up(start_server, enroll):
-    server = url, store, config = start_server(upload_ttl_s=0.6)
+    server = _url, store, config = start_server(upload_ttl_s=0.6)
     t = enroll(server)
     info = _open_round(store)
     m = Manual(t, _features(info))
@@ -362,7 +412,7 @@ def test_sessions_expire_and_are_cleaned_up(start_server, enroll):
 def test_abandoned_sessions_are_swept_without_another_upload(start_server, enroll):
     """Expired sessions and their chunks go on the server's own schedule (upload_sweep_s), not only
     when some later session begins."""
-    server = url, store, config = start_server(upload_ttl_s=0.5, upload_sweep_s=0.3)
+    server = _url, store, config = start_server(upload_ttl_s=0.5, upload_sweep_s=0.3)
     t = enroll(server)
     m = Manual(t, _features(_open_round(store)))
     s = m.begin()
@@ -374,6 +424,7 @@ def test_abandoned_sessions_are_swept_without_another_upload(start_server, enrol
     assert _sessions(config.db_path) == []
 
 
+@pytest.mark.e2e
 def test_sigkilled_coordinator_keeps_received_chunks(tiny_world, tmp_path, free_port, issue):
     """A real ``lada-coordinator serve`` process is SIGKILLed mid-upload and restarted: the chunks it
     acknowledged are still there, the client resumes with the missing ones only."""
@@ -381,25 +432,37 @@ def test_sigkilled_coordinator_keeps_received_chunks(tiny_world, tmp_path, free_
 
     url = f"http://127.0.0.1:{free_port}"
     cfg = {
-        "db_path": str(tmp_path / "c.sqlite"), "state_dir": str(tmp_path / "state"),
-        "llm_dir": str(tiny_world["llm"]), "public_data": str(tiny_world["data"]), "port": free_port,
-        "min_clients": 99, "max_body_bytes": MAX_BODY,  # the engine idles: the test drives the round
+        "db_path": str(tmp_path / "c.sqlite"),
+        "state_dir": str(tmp_path / "state"),
+        "llm_dir": str(tiny_world["llm"]),
+        "public_data": str(tiny_world["data"]),
+        "port": free_port,
+        "min_clients": 99,
+        "max_body_bytes": MAX_BODY,  # the engine idles: the test drives the round
     }
     (tmp_path / "c.json").write_text(json.dumps(cfg))
     token = issue(CoordinatorConfig.from_dict(cfg))
     store = Store(tmp_path / "c.sqlite")
     info = _open_round(store)
-    log = open(tmp_path / "coordinator.log", "a")
+    log = open(tmp_path / "coordinator.log", "a")  # noqa: SIM115 - the servers started below write to it
 
     def start() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "lada_coordinator.cli", "serve", "--config", str(tmp_path / "c.json")],
-                                stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "lada_coordinator.cli", "serve", "--config", str(tmp_path / "c.json")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     proc = start()
     try:
         ident = Identity.generate()
-        t = Transport(url, ident, timeout_s=10, retry=RetryPolicy(attempts=60, initial_backoff_s=0.2, max_backoff_s=0.5),
-                      upload_chunk_bytes=CHUNK)
+        t = Transport(
+            url,
+            ident,
+            timeout_s=10,
+            retry=RetryPolicy(attempts=60, initial_backoff_s=0.2, max_backoff_s=0.5),
+            upload_chunk_bytes=CHUNK,
+        )
         deadline = time.monotonic() + 120
         while True:
             try:
