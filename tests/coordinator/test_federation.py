@@ -4,16 +4,59 @@ from __future__ import annotations
 
 import pytest
 
-from lada_coordinator.cli import main
-from lada_coordinator.federation import FederationSettings
+from lada_coordinator.cli import build_parser, main
+from lada_coordinator.federation import PRESETS, FederationSettings, defaults, settings_from
 
 
 def test_negative_epochs_are_refused_before_anything_is_built(tmp_path, capsys):
     with pytest.raises(ValueError, match="epochs"):
         FederationSettings(workdir=tmp_path, epochs=-1)
-    assert main(["federation", "--workdir", str(tmp_path / "fed"), "--epochs", "-1"]) == 2
-    assert "epochs must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["federation", "--workdir", str(tmp_path / "fed"), "--epochs", "-1"])
+    assert exited.value.code == 2 and "--epochs: must be >= 0, got -1" in capsys.readouterr().err
     assert not (tmp_path / "fed").exists()
+
+
+def _federation_args(*argv: str) -> dict:
+    args = build_parser().parse_args(["federation", *argv])
+    return {k: v for k, v in vars(args).items() if k not in ("command", "func", "preset", "verbose") and v is not None}
+
+
+def test_flags_default_to_the_settings_and_say_so_in_the_help(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps its help at the terminal width, hyphens too
+    assert _federation_args() == {}  # nothing given: every value is FederationSettings' own
+    assert settings_from() == FederationSettings()
+    given = _federation_args("--rounds", "5", "--slm-presets", "slm-small", "--no-tls", "--timeout", "60")
+    assert given == {"rounds": 5, "slm_presets": ("slm-small",), "tls": False, "timeout_s": 60.0}
+    assert settings_from(**given) == FederationSettings(rounds=5, slm_presets=("slm-small",), tls=False, timeout_s=60.0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["federation", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for name, value in defaults().items():
+        if name in ("verbose", "timeout_s") or value in (None, ()):
+            continue
+        flag = "--" + name.replace("_", "-")
+        shown = ",".join(value) if isinstance(value, tuple) else value
+        assert f"{flag}" in help_text and f"(default: {shown})" in help_text, (flag, shown)
+
+
+def test_a_preset_fills_what_is_not_given_and_a_flag_beats_it():
+    from lada_client.models.smollm2 import locate_gguf
+
+    preset = PRESETS["smollm2"].settings()
+    smollm2 = settings_from("smollm2")
+    assert smollm2.student == locate_gguf() and smollm2.student.suffix == ".gguf"
+    assert (smollm2.rounds, smollm2.budget, smollm2.candidates) == (
+        preset["rounds"],
+        preset["budget"],
+        preset["candidates"],
+    )
+    assert smollm2.clients == FederationSettings().clients  # not in the preset: the default
+    assert settings_from("smollm2", rounds=4).rounds == 4
+    with pytest.raises(ValueError, match="unknown preset"):
+        settings_from("gpt-5")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["federation", "--preset", "gpt-5"])
 
 
 @pytest.mark.parametrize(
