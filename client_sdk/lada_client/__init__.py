@@ -29,11 +29,13 @@ __all__ = [
     "DPSettings",
     "DistillSettings",
     "LadaClient",
+    "LogProgress",
     "LoraSettings",
     "ModelLoadError",
     "OnnxSLM",
     "RewardSettings",
     "RoundResult",
+    "TerminalProgress",
     "TrainingSupport",
     "__version__",
     "select_providers",
@@ -56,6 +58,8 @@ _EXPORTS: dict[str, str] = {
     "DPSettings": "lada_client.privacy.dp",
     "DistillSettings": "lada_client.config",
     "LadaClient": "lada_client.client",
+    "LogProgress": "lada_client.progress",
+    "TerminalProgress": "lada_client.progress",
     "LoraSettings": "lada_client.config",
     "ModelLoadError": "lada_client.scoring.onnx_slm",
     "OnnxSLM": "lada_client.scoring.onnx_slm",
@@ -73,6 +77,7 @@ if TYPE_CHECKING:
     from lada_client.common.config_io import ConfigError
     from lada_client.config import ClientConfig, DistillSettings, LoraSettings, RewardSettings
     from lada_client.privacy.dp import DPSettings
+    from lada_client.progress import LogProgress, TerminalProgress
     from lada_client.scoring.onnx_slm import ModelLoadError, OnnxSLM, select_providers
     from lada_client.training.backend import BackendUnavailable
     from lada_client.transport import CoordinatorError

@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     from lada_client.transport import CoordinatorError
 
     try:
-        with LadaClient(config) as client:
+        from lada_client.progress import TerminalProgress
+
+        # on a terminal, one live line per long step; otherwise the default log lines
+        progress = TerminalProgress(sys.stderr, f"{config.name} ") if sys.stderr.isatty() else None
+        with LadaClient(config, progress=progress) as client:
             results = client.run(args.max_rounds)
     except (ValueError, FileNotFoundError, ModelLoadError, CoordinatorError, BackendUnavailable) as exc:
         print(f"lada-client: error: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from lada_client.common.wire import (
 from lada_client.config import ClientConfig
 from lada_client.data.federation import load_client
 from lada_client.privacy.dp import GaussianMechanism
+from lada_client.progress import LogProgress, ProgressFn, bind
 from lada_client.scoring.features import learnability_features, perplexity
 from lada_client.scoring.onnx_slm import OnnxSLM
 from lada_client.scoring.reward import HeldoutProbe, relative_drop, sample_rewards
@@ -96,8 +98,12 @@ class _Outcome:
 class LadaClient:
     """Runs rounds against a coordinator. Use as a context manager to close the connection."""
 
-    def __init__(self, config: ClientConfig) -> None:
+    def __init__(self, config: ClientConfig, progress: ProgressFn | None = None) -> None:
+        """``progress(task, done, total)`` hears the long loops of a round (scoring, offers,
+        training, evaluation); default: log lines at each quarter (:mod:`lada_client.progress`)."""
         self.config = config
+        self.progress: ProgressFn = progress or LogProgress(log, f"{config.name} ")
+        self._t = 0  # the round being worked on, for progress task names
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.identity = Identity.load_or_create(config.state_dir / "identity.key")
         self.transport = Transport(
@@ -126,6 +132,9 @@ class LadaClient:
                 config.train_backend,
                 support.reason,
             )
+
+    def _task(self, name: str) -> Callable[[int, int], None] | None:
+        return bind(self.progress, f"round {self._t} {name}" if self._t else name)
 
     def __enter__(self) -> LadaClient:
         return self
@@ -170,7 +179,7 @@ class LadaClient:
         prompts, targets = [p for p, _ in pairs], [c for _, c in pairs]
         before = perplexity(self.slm.completion_logprobs(prompts, targets, self.config.batch_size))
         settings = replace(self.config.distill, epochs=epochs or self.config.distill.epochs)
-        report = self.trainer.train_round([], [], pairs, settings)
+        report = self.trainer.train_round([], [], pairs, settings, progress=self._task("local training"))
         self.export_adapter()
         after = perplexity(self.slm.completion_logprobs(prompts, targets, self.config.batch_size))
         return {
@@ -305,7 +314,7 @@ class LadaClient:
         return results
 
     def run_round(self, info: RoundInfo) -> RoundResult:
-        t = info.round
+        t = self._t = info.round
         self._round_start_adapter = None
         timings: dict[str, float] = {}
         started = time.perf_counter()
@@ -316,6 +325,7 @@ class LadaClient:
             names,
             self.config.batch_size,
             local_questions=[s.question for s in self.data.train],
+            progress=lambda task, done, total: self.progress(f"round {t} {task}", done, total),
         )
         features = self.privacy.privatize_features(features, names)
         offers = self._offers(info)
@@ -544,7 +554,11 @@ class LadaClient:
         questions = info.offer_questions[: self.config.max_offers]
         if not questions:
             return []
-        paths = self.slm.generate([format_prompt(q.question) for q in questions], batch_size=self.config.batch_size)
+        paths = self.slm.generate(
+            [format_prompt(q.question) for q in questions],
+            batch_size=self.config.batch_size,
+            progress=self._task("offers"),
+        )
         return [
             PathOffer(sample_id=q.sample_id, path=p.strip())
             for q, p in zip(questions, paths)
@@ -566,7 +580,11 @@ class LadaClient:
         cfg = self.config
         prompts = [format_prompt(c.question) for c in allocated]
         own = self.slm.generate(
-            prompts, temperature=cfg.distill.rejected_temperature, seed=cfg.distill.seed + t, batch_size=cfg.batch_size
+            prompts,
+            temperature=cfg.distill.rejected_temperature,
+            seed=cfg.distill.seed + t,
+            batch_size=cfg.batch_size,
+            progress=self._task("train: own paths"),
         )
         pairs = [
             PreferencePair(p, format_target(c.path), format_target(o.strip()))
@@ -576,7 +594,7 @@ class LadaClient:
         teacher = [(p, format_target(c.path)) for p, c in zip(prompts, allocated)]
         private = [(format_prompt(s.question), format_target(s.target)) for s in self._training_samples]
         self._round_start_adapter = self.trainer.adapter_vector()
-        self.trainer.train_round(teacher, pairs, private, cfg.distill)
+        self.trainer.train_round(teacher, pairs, private, cfg.distill, progress=self._task("train: LoRA steps"))
         self.export_adapter()
 
     def _apply_server_update(self, factors: list[LoraFactor]) -> None:
@@ -637,5 +655,9 @@ class LadaClient:
         test = self.data.test[: self.config.eval_size]
         if not test:
             return 0.0
-        outputs = self.slm.generate([format_prompt(s.question) for s in test], batch_size=self.config.batch_size)
+        outputs = self.slm.generate(
+            [format_prompt(s.question) for s in test],
+            batch_size=self.config.batch_size,
+            progress=self._task("evaluate"),
+        )
         return float(np.mean([is_correct(o, s.answer) for o, s in zip(outputs, test)]))

@@ -31,6 +31,7 @@ import numpy as np
 from lada_client.common.reasoning import extract_answer, format_prompt, format_target, is_correct
 from lada_client.common.wire import Candidate
 from lada_client.config import FEATURE_NAMES  # the one list of feature names, re-exported here
+from lada_client.progress import ProgressFn, bind
 from lada_client.scoring.onnx_slm import OnnxSLM
 
 __all__ = ["FEATURE_NAMES", "learnability_features", "local_similarity", "perplexity"]
@@ -79,9 +80,11 @@ def learnability_features(
     names: Sequence[str] = FEATURE_NAMES,
     batch_size: int = 16,
     local_questions: Sequence[str] = (),
+    progress: ProgressFn | None = None,
 ) -> np.ndarray:
     """Feature matrix ``[len(candidates), len(names)]`` in the order of ``names``;
-    ``local_questions`` (the device's private training questions) feed ``local_similarity``."""
+    ``local_questions`` (the device's private training questions) feed ``local_similarity``;
+    ``progress`` hears each pass over the candidates (:mod:`lada_client.progress`)."""
     unknown = set(names) - set(FEATURE_NAMES)
     if unknown:
         raise ValueError(f"unknown feature(s) {sorted(unknown)}; available: {list(FEATURE_NAMES)}")
@@ -89,18 +92,20 @@ def learnability_features(
         return np.zeros((0, len(names)), dtype=np.float64)
     prompts = [format_prompt(c.question) for c in candidates]
     columns: dict[str, np.ndarray] = {}
-    path_lp = slm.completion_logprobs(prompts, [format_target(c.path) for c in candidates], batch_size)
+    path_lp = slm.completion_logprobs(
+        prompts, [format_target(c.path) for c in candidates], batch_size, bind(progress, "score: paths")
+    )
     columns["slm_path_nll"] = np.array([-lp.mean() for lp in path_lp])
     columns["path_tokens"] = np.array([float(len(lp)) for lp in path_lp])
     columns["logp_gap"] = np.array([c.llm_logprob / c.llm_tokens - lp.mean() for c, lp in zip(candidates, path_lp)])
     if "slm_answer_nll" in names:
         answers = [f" The answer is {extract_answer(c.path) or ''}." for c in candidates]
-        ans_lp = slm.completion_logprobs(prompts, answers, batch_size)
+        ans_lp = slm.completion_logprobs(prompts, answers, batch_size, bind(progress, "score: answers"))
         columns["slm_answer_nll"] = np.array([-lp.mean() for lp in ans_lp])
     if "local_similarity" in names:
         columns["local_similarity"] = local_similarity(slm.tokenizer, [c.question for c in candidates], local_questions)
     if "slm_greedy_correct" in names:
-        own = slm.generate(prompts, batch_size=batch_size)
+        own = slm.generate(prompts, batch_size=batch_size, progress=bind(progress, "score: greedy answers"))
         gold = [extract_answer(c.path) or "" for c in candidates]
         columns["slm_greedy_correct"] = np.array([float(is_correct(o, g)) for o, g in zip(own, gold)])
     return np.stack([columns[n] for n in names], axis=1)

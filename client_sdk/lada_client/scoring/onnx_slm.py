@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,12 +214,21 @@ class OnnxSLM:
     # ------------------------------------------------------------------ scoring
 
     def completion_logprobs(
-        self, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 16
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        batch_size: int = 16,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[np.ndarray]:
-        """Log-probs of each completion token (incl. ``</s>``) given its prompt, one array per pair."""
+        """Log-probs of each completion token (incl. ``</s>``) given its prompt, one array per pair;
+        ``progress(done, total)`` after each batch (see :mod:`lada_client.progress`)."""
         order = np.argsort([len(p) + len(c) for p, c in zip(prompts, completions)])
         results: dict[int, np.ndarray] = {}
+        if progress is not None:
+            progress(0, len(order))
         for start in range(0, len(order), batch_size):
+            if progress is not None and start:
+                progress(start, len(order))
             idx = order[start : start + batch_size]
             batch = encode_pairs(
                 self.tokenizer, [prompts[i] for i in idx], [completions[i] for i in idx], self.max_length, self.special
@@ -232,6 +241,8 @@ class OnnxSLM:
             for row, i in enumerate(idx):
                 mask = batch.completion_mask[row, : token_lp.shape[1]] > 0
                 results[int(i)] = token_lp[row][mask].astype(np.float64)
+        if progress is not None:
+            progress(len(order), len(order))
         return [results[i] for i in range(len(prompts))]
 
     # ------------------------------------------------------------------ generation
@@ -243,20 +254,26 @@ class OnnxSLM:
         temperature: float = 0.0,
         seed: int = 0,
         batch_size: int = 16,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[str]:
         """Continue each prompt; ``temperature == 0`` is greedy. Stops at EOS, a newline or
-        ``max_new_tokens`` (default: the instance's, sized to the longest useful reasoning path)."""
+        ``max_new_tokens`` (default: the instance's, sized to the longest useful reasoning path).
+        ``progress(done, total)`` after each batch of prompts."""
         rng = np.random.default_rng(seed)
         steps = max_new_tokens or self.max_new_tokens
         newline_ids = self._newline_ids
         texts: list[str] = []
         for start in range(0, len(prompts), batch_size):
+            if progress is not None:
+                progress(start, len(prompts))
             rows = encode_prompts(self.tokenizer, prompts[start : start + batch_size], self.max_length, self.special)
             if self._head and self._past and self.kv_cache:
                 generated = self._generate_cached(rows, steps, temperature, rng, newline_ids)
             else:
                 generated = self._generate_full(rows, steps, temperature, rng, newline_ids)
             texts.extend(self.tokenizer.decode(g, skip_special_tokens=True).split("\n")[0] for g in generated)
+        if progress is not None:
+            progress(len(prompts), len(prompts))
         return texts
 
     @functools.cached_property

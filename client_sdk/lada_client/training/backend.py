@@ -17,7 +17,7 @@ either backend loads. This module imports neither torch nor onnxruntime.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -94,8 +94,10 @@ class TrainerBackend(Protocol):
         pairs: Sequence[PreferencePair],
         private: Sequence[tuple[str, str]],
         settings: DistillSettings,
+        progress: Callable[[int, int], None] | None = None,
     ) -> TrainReport:
-        """One round: L_SFT on teacher + private (prompt, completion) pairs, α·L_CD on ``pairs``."""
+        """One round: L_SFT on teacher + private (prompt, completion) pairs, α·L_CD on ``pairs``;
+        ``progress(done, total)`` before each optimiser step and after the last."""
         ...
 
     def sequence_logprobs(self, prompts: Sequence[str], completions: Sequence[str], max_length: int = 256) -> Any:

@@ -8,7 +8,7 @@ written here loads in any peft tool, and the base weights never change.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +116,7 @@ class LoraTrainer:
         pairs: Sequence[PreferencePair],
         private: Sequence[tuple[str, str]],
         settings: DistillSettings,
+        progress: Callable[[int, int], None] | None = None,
     ) -> TrainReport:
         """Fit the adapter on the allocated teacher paths, the pairs and private data.
 
@@ -140,7 +141,10 @@ class LoraTrainer:
             )
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=settings.lr)
         self.model.train()
-        for items, sel in batch_schedule(teacher, pairs, private, settings, with_pairs=ref_chosen is not None):
+        schedule = list(batch_schedule(teacher, pairs, private, settings, with_pairs=ref_chosen is not None))
+        for step, (items, sel) in enumerate(schedule):
+            if progress is not None:
+                progress(step, len(schedule))
             optimizer.zero_grad()
             micro = settings.micro_batch_size
             # L_SFT is a token mean over the whole batch: each micro-batch's share is its token sum over the
@@ -180,6 +184,8 @@ class LoraTrainer:
             report.sft_loss = loss_sft.item()
             report.cd_loss = loss_cd.item()
             report.history.append({"sft": report.sft_loss, "cd": report.cd_loss})
+        if progress is not None:
+            progress(len(schedule), len(schedule))
         self.model.eval()
         log.info(
             "LoRA round: %d steps, L_SFT=%.3f, L_CD=%.3f, %d pairs",

@@ -32,7 +32,7 @@ import logging
 import struct
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +246,7 @@ class OrtTrainer:
         pairs: Sequence[PreferencePair],
         private: Sequence[tuple[str, str]],
         settings: DistillSettings,
+        progress: Callable[[int, int], None] | None = None,
     ) -> TrainReport:
         """Same contract and batching as :meth:`LoraTrainer.train_round`."""
         report = TrainReport(n_pairs=len(pairs))
@@ -260,7 +261,10 @@ class OrtTrainer:
                 prompts, [p.rejected for p in pairs], settings.max_length, settings.cd_logprob
             )
         self._optimizer.set_learning_rate(settings.lr)
-        for items, sel in batch_schedule(teacher, pairs, private, settings, with_pairs=ref_chosen is not None):
+        schedule = list(batch_schedule(teacher, pairs, private, settings, with_pairs=ref_chosen is not None))
+        for step, (items, sel) in enumerate(schedule):
+            if progress is not None:
+                progress(step, len(schedule))
             rows = list(items)
             chosen: list[int] = []
             rejected: list[int] = []
@@ -293,6 +297,8 @@ class OrtTrainer:
             report.sft_loss = float(loss_sft)
             report.cd_loss = float(loss_cd) if ref_chosen is not None else float("nan")
             report.history.append({"sft": report.sft_loss, "cd": report.cd_loss})
+        if progress is not None:
+            progress(len(schedule), len(schedule))
         self._module.eval()
         log.info(
             "ORT LoRA round: %d steps, L_SFT=%.3f, L_CD=%.3f, %d pairs",
