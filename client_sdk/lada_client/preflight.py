@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import email.utils
 import json
-import os
 import sys
-import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from lada_client.common.preflight import Check, Status, probe
+from lada_client.common.preflight import Check, Status, package_versions, probe, writable_or_creatable
 
 if TYPE_CHECKING:  # imported where used: a check must run even where a package is broken
     import httpx
@@ -78,12 +75,7 @@ def _python() -> tuple[Status, str]:
 
 
 def _packages() -> tuple[Status, str]:
-    found, missing = [], []
-    for name in REQUIRED_PACKAGES:
-        try:
-            found.append(f"{name} {metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            missing.append(name)
+    found, missing = package_versions(REQUIRED_PACKAGES)
     if missing:
         return "fail", f"missing: {', '.join(missing)} (pip install ./client_sdk); found: {', '.join(found)}"
     return "ok", ", ".join(found)
@@ -122,16 +114,8 @@ def _training(config: ClientConfig) -> tuple[Status, str]:
 
 
 def _state_dir(state_dir: Path) -> tuple[Status, str]:
-    if state_dir.is_dir():
-        with tempfile.NamedTemporaryFile(dir=state_dir, prefix=".check-"):
-            pass
-        return "ok", f"{state_dir} is writable"
-    parent = state_dir.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent.is_dir() and os.access(parent, os.W_OK | os.X_OK):
-        return "ok", f"{state_dir} will be created on the first run"
-    return "fail", f"{state_dir} does not exist and cannot be created ({parent} is not writable)"
+    ok, text = writable_or_creatable(state_dir)
+    return ("ok" if ok else "fail"), text
 
 
 def _enrollment(config: ClientConfig) -> tuple[Status, str]:

@@ -15,10 +15,9 @@ import socket
 import sqlite3
 import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
-from lada_client.common.preflight import Check, Status, probe
+from lada_client.common.preflight import Check, Status, package_versions, probe, writable_or_creatable
 from lada_coordinator.config import CoordinatorConfig
 
 __all__ = ["CERT_WARN_DAYS", "run_checks"]
@@ -65,13 +64,7 @@ def run_checks(
 
 
 def _packages(load_llm: bool) -> tuple[Status, str]:
-    names = REQUIRED_PACKAGES + (LLM_PACKAGES if load_llm else ())
-    found, missing = [], []
-    for name in names:
-        try:
-            found.append(f"{name} {metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            missing.append(name)
+    found, missing = package_versions(REQUIRED_PACKAGES + (LLM_PACKAGES if load_llm else ()))
     v = sys.version_info
     python = f"python {v.major}.{v.minor}.{v.micro}"
     if missing:
@@ -79,21 +72,8 @@ def _packages(load_llm: bool) -> tuple[Status, str]:
     return "ok", ", ".join([python, *found])
 
 
-def _writable_or_creatable(path: Path) -> tuple[bool, str]:
-    if path.is_dir():
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".check-"):
-            pass
-        return True, f"{path} is writable"
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent.is_dir() and os.access(parent, os.W_OK | os.X_OK):
-        return True, f"{path} will be created on the first start"
-    return False, f"{path} does not exist and cannot be created ({parent} is not writable)"
-
-
 def _state_dir(state_dir: Path) -> tuple[Status, str]:
-    ok, text = _writable_or_creatable(state_dir)
+    ok, text = writable_or_creatable(state_dir)
     if not ok:
         return "fail", text
     key = state_dir / "coordinator.key"
@@ -107,7 +87,7 @@ def _state_dir(state_dir: Path) -> tuple[Status, str]:
 
 def _database(db_path: Path) -> tuple[Status, str]:
     if not db_path.exists():
-        ok, text = _writable_or_creatable(db_path.parent)
+        ok, text = writable_or_creatable(db_path.parent)
         return ("ok", f"{db_path} made on first start") if ok else ("fail", text)
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:

@@ -8,11 +8,15 @@ does not hide the others. The result is the same list for the terminal and for `
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
 from typing import Literal
 
-__all__ = ["Check", "Status", "as_json", "failed", "probe", "render"]
+__all__ = ["Check", "Status", "as_json", "failed", "package_versions", "probe", "render", "writable_or_creatable"]
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
@@ -52,3 +56,29 @@ def render(checks: list[Check]) -> str:
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     verdict = "not ready" if counts["fail"] else "ready"
     return "\n".join([*lines, f"{verdict}: {summary}"])
+
+
+def package_versions(names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(``"name version"`` of each installed distribution, names of the missing ones)."""
+    found, missing = [], []
+    for name in names:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            missing.append(name)
+    return found, missing
+
+
+def writable_or_creatable(path: Path) -> tuple[bool, str]:
+    """Whether a directory can be written (a temporary file is made and removed) or, if it does not
+    exist yet, created; nothing is left behind either way."""
+    if path.is_dir():
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".check-"):
+            pass
+        return True, f"{path} is writable"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.is_dir() and os.access(parent, os.W_OK | os.X_OK):
+        return True, f"{path} will be created on the first start"
+    return False, f"{path} does not exist and cannot be created ({parent} is not writable)"
