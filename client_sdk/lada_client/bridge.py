@@ -69,7 +69,7 @@ from lada_client.capabilities import has_module
 from lada_client.client import LadaClient
 from lada_client.common.crypto import CryptoError
 from lada_client.common.enrollment import TokenFormatError
-from lada_client.common.wire import Candidate, RoundInfo, RoundQuery
+from lada_client.common.wire import Candidate, Phase, RoundInfo, RoundQuery
 from lada_client.config import ClientConfig
 from lada_client.scoring.features import FEATURE_NAMES, learnability_features
 from lada_client.scoring.onnx_slm import ModelLoadError, OnnxSLM
@@ -420,7 +420,7 @@ class Bridge:
             "total_rounds": info.total_rounds,
             "ran": False,
         }
-        if info.phase != "features":
+        if info.phase != Phase.FEATURES:
             return reply
         if info.round in (self._history.done_rounds or []):
             return {**reply, "reason": f"already took part in round {info.round}"}

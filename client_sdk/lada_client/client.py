@@ -35,6 +35,7 @@ from lada_client.common.wire import (
     FeatureUpload,
     LoraFactor,
     PathOffer,
+    Phase,
     RewardReport,
     RoundInfo,
     RoundQuery,
@@ -293,10 +294,10 @@ class LadaClient:
         while max_rounds is None or len(results) < max_rounds:
             info = self.transport.call("round.get", RoundQuery(), known_round, RoundInfo)
             known_round = info.round
-            if info.phase == "finished":
+            if info.phase == Phase.FINISHED:
                 log.info("%s: federation finished after round %d", self.config.name, info.round)
                 break
-            if info.phase != "features" or info.round in self._done_rounds:
+            if info.phase != Phase.FEATURES or info.round in self._done_rounds:
                 if time.monotonic() > deadline:
                     raise CoordinatorError(f"no new round within {self.config.max_wait_s:.0f}s")
                 time.sleep(self.config.poll_interval_s)

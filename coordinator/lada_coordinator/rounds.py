@@ -35,7 +35,15 @@ from typing import Any, TypeVar
 import numpy as np
 
 from lada_client.common.secagg import SecAggError
-from lada_client.common.wire import Candidate, FeatureUpload, PublicQuestion, RewardReport, RoundInfo
+from lada_client.common.wire import (
+    Candidate,
+    EnginePhase,
+    FeatureUpload,
+    Phase,
+    PublicQuestion,
+    RewardReport,
+    RoundInfo,
+)
 from lada_client.data.domains import Sample
 from lada_client.scoring.reward import relative_drop
 from lada_coordinator.aggregation.secure import SecureAggregation
@@ -56,7 +64,7 @@ _RETRY_BACKOFF_S = (1.0, 60.0)
 class EngineStatus:
     """What the operator sees of the engine: its phase, and its recent errors (not devices')."""
 
-    phase: str = "waiting"
+    phase: EnginePhase = EnginePhase.WAITING
     round: int = 0
     error: str = ""  # the last error that was not one device's; cleared when a round step succeeds
     errors: list[dict[str, Any]] = field(default_factory=list)
@@ -64,7 +72,7 @@ class EngineStatus:
         default_factory=time.time
     )  # when ``phase`` began: the dashboard tells late devices by it
 
-    def enter(self, phase: str, round_index: int | None = None) -> None:
+    def enter(self, phase: EnginePhase, round_index: int | None = None) -> None:
         self.phase, self.phase_since = phase, time.time()
         if round_index is not None:
             self.round = round_index
@@ -193,10 +201,10 @@ class RoundEngine(threading.Thread):
         cfg = self.config
         self._wait(lambda: len(self.store.clients()) >= cfg.min_clients)
         current = self.store.current_round()
-        start, phase = current if current else (0, "closed")
-        if phase == "finished":
+        start, phase = current if current else (0, Phase.CLOSED)
+        if phase == Phase.FINISHED:
             return
-        t = start if phase != "closed" else start + 1
+        t = start if phase != Phase.CLOSED else start + 1
         while t <= cfg.rounds and not self.stop_event.is_set():
             current = self.store.current_round()
             if current is None or current[0] < t:
@@ -204,7 +212,7 @@ class RoundEngine(threading.Thread):
                 current = self.store.current_round()
             assert current is not None  # round t is open
             phase = current[1]
-            if phase == "features":
+            if phase == Phase.FEATURES:
                 self._wait_quorum(t, "features.put", lambda: {c.client_id for c in self.store.clients()})
                 self._allocate(t)
             if cfg.host_framework == "cotuning":
@@ -243,7 +251,7 @@ class RoundEngine(threading.Thread):
     # ------------------------------------------------------------------------------- phases
     def _open(self, t: int) -> None:
         cfg = self.config
-        self.status.enter("preparing", t)
+        self.status.enter(EnginePhase.PREPARING, t)
         started, began = time.perf_counter(), time.time()
         rng = np.random.default_rng([cfg.seed, t])
         order = [self.public[i] for i in rng.permutation(len(self.public))]
@@ -260,7 +268,7 @@ class RoundEngine(threading.Thread):
             )
         info = RoundInfo(
             round=t,
-            phase="features",
+            phase=Phase.FEATURES,
             total_rounds=cfg.rounds,
             candidates=[
                 Candidate(
@@ -285,7 +293,7 @@ class RoundEngine(threading.Thread):
         log.info(
             "round %d open: %d candidates (paths: %s) in %.1fs", t, len(paths), stats, time.perf_counter() - started
         )
-        self.status.enter("features")
+        self.status.enter(EnginePhase.FEATURES)
 
     def _stored_paths(self, order: list[Sample], n: int) -> tuple[list[TeacherPath], list[Sample], dict[str, int]]:
         """The first ``n`` questions of ``order`` that have a verified path in the store, and the
@@ -357,8 +365,8 @@ class RoundEngine(threading.Thread):
         for client_id in updates:  # stored: the adapters this round started from are not needed again
             for old in self._score_only_rounds(client_id, below=t):
                 shutil.rmtree(old, ignore_errors=True)
-        self.store.set_phase(t, "training")
-        self.status.enter("training")
+        self.store.set_phase(t, Phase.TRAINING)
+        self.status.enter(EnginePhase.TRAINING)
         log.info(
             "round %d allocated in %.2fs: %s",
             t,
@@ -459,7 +467,7 @@ class RoundEngine(threading.Thread):
 
     def _close(self, t: int, final: bool) -> None:
         started = time.perf_counter()
-        self.status.enter("closing")
+        self.status.enter(EnginePhase.CLOSING)
         features = self._features(t)
         clients = {c.client_id: c for c in self.store.clients()}
         per_client: dict[str, dict] = {}
@@ -500,8 +508,8 @@ class RoundEngine(threading.Thread):
             "llm": llm_metrics,
             "seconds_close": round(time.perf_counter() - started, 3),
         }
-        self.store.set_phase(t, "finished" if final else "closed", metrics)
-        self.status.enter("finished" if final else "closed")
+        self.store.set_phase(t, Phase.FINISHED if final else Phase.CLOSED, metrics)
+        self.status.enter(EnginePhase.FINISHED if final else EnginePhase.CLOSED)
         log.info("round %d closed: %s", t, metrics)
 
     def _reward(

@@ -326,7 +326,7 @@ class Store:
     # -------------------------------------------------------------------------------- rounds
     def current_round(self) -> tuple[int, Phase] | None:
         row = self._one("SELECT round, phase FROM rounds ORDER BY round DESC LIMIT 1")
-        return (row[0], row[1]) if row else None
+        return (row[0], Phase(row[1])) if row else None
 
     def open_round(
         self,
@@ -348,9 +348,9 @@ class Store:
             raise KeyError(round_index)
         return json.loads(row[0]), json.loads(row[1])
 
-    def set_phase(self, round_index: int, phase: str, metrics: dict[str, Any] | None = None) -> None:
+    def set_phase(self, round_index: int, phase: Phase, metrics: dict[str, Any] | None = None) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE rounds SET phase = ? WHERE round = ?", (phase, round_index))
+            db.execute("UPDATE rounds SET phase = ? WHERE round = ?", (Phase(phase).value, round_index))
             if metrics is not None:
                 db.execute(
                     "UPDATE rounds SET metrics = ?, closed_at = ? WHERE round = ?",

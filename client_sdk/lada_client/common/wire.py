@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from enum import Enum
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -148,7 +149,38 @@ class EnrollResponse(_Message):
 
 
 # ---------------------------------------------------------------------------------------- rounds
-Phase = Literal["waiting", "features", "training", "closed", "finished"]
+class _Named(str, Enum):
+    """A ``str`` enum that compares equal to, prints, formats, serialises and is stored as its value
+    (``Phase.FEATURES == "features"``, ``f"{Phase.FEATURES}" == "features"``) on every Python."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Phase(_Named):
+    """A round's phase as devices see it and the store keeps it."""
+
+    WAITING = "waiting"  # no round open yet
+    FEATURES = "features"  # candidates out, feature uploads in
+    TRAINING = "training"  # allocations out, rewards (and masked adapters) in
+    CLOSED = "closed"  # the round is done; the next one opens
+    FINISHED = "finished"  # the last round is done
+
+
+class EnginePhase(_Named):
+    """What the round engine is doing (the operator's view): the round phases plus the two steps
+    the engine takes between them."""
+
+    WAITING = "waiting"
+    PREPARING = "preparing"  # drawing candidates, generating or fetching teacher paths
+    FEATURES = "features"
+    TRAINING = "training"
+    CLOSING = "closing"  # rewards into the filters, the LLM update, evaluation
+    CLOSED = "closed"
+    FINISHED = "finished"
 
 
 class RoundQuery(_Message):

@@ -143,7 +143,7 @@ def create_app(
         return exc.response()
 
     def current() -> tuple[int, Phase]:
-        return store.current_round() or (0, "waiting")
+        return store.current_round() or (0, Phase.WAITING)
 
     # ------------------------------------------------------------------------ authentication
     def authenticate(
@@ -228,14 +228,14 @@ def create_app(
                 f"this device was set aside for round {t} ({why}); it can take part in the next round",
             )
 
-    def check_round(header: EnvelopeHeader, payload_round: int, want_phase: str) -> None:
+    def check_round(header: EnvelopeHeader, payload_round: int, want_phase: Phase) -> None:
         t, phase = current()
         if header.round != payload_round:
             raise ApiError(400, "round_mismatch", "header round and payload round differ")
         if payload_round != t:
             raise ApiError(409, "wrong_round", f"round {payload_round} is not the current round ({t})")
         if phase != want_phase:
-            raise ApiError(409, "wrong_phase", f"round {t} is in phase {phase!r}, not {want_phase!r}")
+            raise ApiError(409, "wrong_phase", f"round {t} is in phase '{phase}', not '{want_phase}'")
 
     # ----------------------------------------------------------------- public and operator
     @app.get("/healthz")
@@ -399,8 +399,8 @@ def create_app(
         def handle(db, client, header, payload) -> RoundInfo:
             t, phase = current()
             if t == 0:
-                return RoundInfo(round=0, phase="waiting", total_rounds=engine.config.rounds)
-            if phase != "features":  # candidates only matter while features are being collected
+                return RoundInfo(round=0, phase=Phase.WAITING, total_rounds=engine.config.rounds)
+            if phase != Phase.FEATURES:  # candidates only matter while features are being collected
                 return RoundInfo(round=t, phase=phase, total_rounds=engine.config.rounds)
             info, _ = store.round_info(t)
             group = group_id(client)  # each device sees its own group's parameters only
@@ -410,7 +410,7 @@ def create_app(
         return sealed("round.get", envelope, handle)
 
     def handle_features(db, client, header, payload: FeatureUpload) -> Ack:
-        check_round(header, payload.round, "features")
+        check_round(header, payload.round, Phase.FEATURES)
         refuse_if_quarantined(payload.round, client)
         info, _ = store.round_info(payload.round)
         check_features(payload, RoundContext.of(info))
@@ -442,7 +442,7 @@ def create_app(
             refuse_if_quarantined(t, client)
             found = store.allocation(t, client.client_id, SLM)
             if found is None:
-                if phase != "features":
+                if phase != Phase.FEATURES:
                     raise ApiError(409, "not_allocated", f"round {t} was allocated without this client's features")
                 return Allocation(round=t, status="pending")
             group = engine.secure.group_of(t, client)
@@ -460,7 +460,7 @@ def create_app(
         return sealed("allocation.get", envelope, handle)
 
     def handle_reward(db, client, header, payload: RewardReport) -> Ack:
-        check_round(header, payload.round, "training")
+        check_round(header, payload.round, Phase.TRAINING)
         refuse_if_quarantined(payload.round, client)
         allocation = store.allocation(payload.round, client.client_id, SLM)
         if allocation is None:
@@ -474,7 +474,7 @@ def create_app(
         return sealed("reward.put", envelope, handle_reward)
 
     def handle_secagg(db, client, header, payload: SecAggUpload) -> Ack:
-        check_round(header, payload.round, "training")
+        check_round(header, payload.round, Phase.TRAINING)
         refuse_if_quarantined(payload.round, client)
         group = engine.secure.group_of(payload.round, client)
         if group is None:
