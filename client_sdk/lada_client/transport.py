@@ -35,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 from lada_client.common.crypto import CryptoError, Direction, Identity, PublicIdentity, open_envelope, seal
 from lada_client.common.enrollment import EnrollmentToken
 from lada_client.common.wire import (
+    ROUTES,
     UPLOAD_KINDS,
     Ack,
     Capabilities,
@@ -61,20 +62,6 @@ T = TypeVar("T")
 
 DEFAULT_UPLOAD_CHUNK_BYTES = 4 * 1024 * 1024  # well under the coordinator's max_body_bytes (16 MiB)
 _RESTART_ERRORS = ("replay", "unknown_upload", "upload_conflict")  # a resumable session is gone: reseal
-
-ENDPOINTS: dict[str, str] = {
-    "round.get": "/v1/round",
-    "features.put": "/v1/features",
-    "allocation.get": "/v1/allocation",
-    "reward.put": "/v1/reward",
-    "secagg.put": "/v1/secagg/put",
-    "secagg.get": "/v1/secagg/get",
-    "upload.begin": "/v1/upload/begin",
-    "upload.chunk": "/v1/upload/chunk",
-    "upload.status": "/v1/upload/status",
-    "upload.commit": "/v1/upload/commit",
-    "upload.abort": "/v1/upload/abort",
-}
 
 
 def _sealed_size(payload_bytes: int) -> int:
@@ -347,7 +334,7 @@ class Transport:
 
         def attempt() -> M:
             header, body = self._seal(kind, plain, round_index)
-            reply = self._parse(SealedEnvelope, self._post(ENDPOINTS[kind], body).content, kind)
+            reply = self._parse(SealedEnvelope, self._post(ROUTES[kind], body).content, kind)
             return self._open_reply(kind, reply, header, reply_type)
 
         return self._resynchronising(kind, attempt)

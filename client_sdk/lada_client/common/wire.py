@@ -370,6 +370,24 @@ def secagg_round_id(round_index: int, group: str) -> str:
 # the client gives up on. See docs/protocol.md.
 
 UPLOAD_KINDS: tuple[str, ...] = ("features.put", "reward.put", "secagg.put")  # kinds that may be chunked
+
+#: Every sealed endpoint, one table for both sides: the transport posts a request of kind ``k`` to
+#: ``ROUTES[k]`` and the server mounts its handler for ``k`` there (``server/app.py`` checks at
+#: start-up that it serves each one). Enrollment (``/v1/enroll``) is not here: it is not sealed to
+#: an enrolled identity yet.
+ROUTES: Final[dict[str, str]] = {
+    "round.get": "/v1/round",
+    "features.put": "/v1/features",
+    "allocation.get": "/v1/allocation",
+    "reward.put": "/v1/reward",
+    "secagg.put": "/v1/secagg/put",
+    "secagg.get": "/v1/secagg/get",
+    "upload.begin": "/v1/upload/begin",
+    "upload.chunk": "/v1/upload/chunk",
+    "upload.status": "/v1/upload/status",
+    "upload.commit": "/v1/upload/commit",
+    "upload.abort": "/v1/upload/abort",
+}
 MAX_UPLOAD_BYTES = 4 * 1024**3
 SessionId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 

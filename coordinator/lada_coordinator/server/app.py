@@ -36,6 +36,7 @@ from lada_client.common.enrollment import EnrollmentToken, TokenFormatError
 from lada_client.common.secagg import SecAggError
 from lada_client.common.wire import (
     KIND_PAYLOADS,
+    ROUTES,
     UPLOAD_KINDS,
     Ack,
     Allocation,
@@ -394,7 +395,11 @@ def create_app(
     # ------------------------------------------------------------------------------- rounds
     errors: dict[int | str, dict[str, Any]] = {s: {"model": ErrorBody} for s in (400, 401, 404, 408, 409, 413, 422)}
 
-    @app.post("/v1/round", response_model=SealedEnvelope, responses=errors)
+    def sealed_route(kind: str) -> Callable[[Callable[..., SealedEnvelope]], Callable[..., SealedEnvelope]]:
+        """Mount a sealed endpoint where the shared route table puts requests of ``kind``."""
+        return app.post(ROUTES[kind], response_model=SealedEnvelope, responses=errors)
+
+    @sealed_route("round.get")
     def get_round(envelope: SealedEnvelope) -> SealedEnvelope:
         def handle(db, client, header, payload) -> RoundInfo:
             t, phase = current()
@@ -427,11 +432,11 @@ def create_app(
         fresh = store.put_upload(db, payload.round, client.client_id, "features.put", payload.model_dump_json())
         return Ack(message="stored" if fresh else "already stored")
 
-    @app.post("/v1/features", response_model=SealedEnvelope, responses=errors)
+    @sealed_route("features.put")
     def put_features(envelope: SealedEnvelope) -> SealedEnvelope:
         return sealed("features.put", envelope, handle_features)
 
-    @app.post("/v1/allocation", response_model=SealedEnvelope, responses=errors)
+    @sealed_route("allocation.get")
     def get_allocation(envelope: SealedEnvelope) -> SealedEnvelope:
         def handle(db, client, header, payload: AllocationQuery) -> Allocation:
             t, phase = current()
@@ -469,7 +474,7 @@ def create_app(
         fresh = store.put_upload(db, payload.round, client.client_id, "reward.put", payload.model_dump_json())
         return Ack(message="stored" if fresh else "already stored")
 
-    @app.post("/v1/reward", response_model=SealedEnvelope, responses=errors)
+    @sealed_route("reward.put")
     def put_reward(envelope: SealedEnvelope) -> SealedEnvelope:
         return sealed("reward.put", envelope, handle_reward)
 
@@ -490,12 +495,12 @@ def create_app(
         )
         return Ack(message="stored" if fresh else "already stored")
 
-    @app.post("/v1/secagg/put", response_model=SealedEnvelope, responses=errors)
+    @sealed_route("secagg.put")
     def put_secagg(envelope: SealedEnvelope) -> SealedEnvelope:
         """Co-tuning: a client's secure-aggregation message (shares, masked adapter, unmask shares)."""
         return sealed("secagg.put", envelope, handle_secagg)
 
-    @app.post("/v1/secagg/get", response_model=SealedEnvelope, responses=errors)
+    @sealed_route("secagg.get")
     def get_secagg(envelope: SealedEnvelope) -> SealedEnvelope:
         """Co-tuning: poll for the shares routed to this client, the unmask request, or the average;
         ``failed`` once the group cannot finish this round."""
@@ -548,30 +553,34 @@ def create_app(
             raise ApiError(422, "bad_upload", "the uploaded envelope must come from this client")
         return seal_reply(envelope.header, upload_handlers[kind](db, client, envelope.header, payload), sender)
 
-    @app.post("/v1/upload/begin", response_model=SealedEnvelope, responses=errors)
+    @sealed_route("upload.begin")
     def upload_begin(envelope: SealedEnvelope) -> SealedEnvelope:
         """A sealed body over max_body_bytes: declare it (header, length, SHA-256, chunk length);
         beginning again returns the same session and the chunks already held (resume)."""
         return sealed("upload.begin", envelope, uploads.begin)
 
-    @app.post("/v1/upload/chunk", response_model=SealedEnvelope, responses=errors)
+    @sealed_route("upload.chunk")
     def upload_chunk(envelope: SealedEnvelope) -> SealedEnvelope:
         """One chunk of the sealed body, stored durably before the reply."""
         return sealed("upload.chunk", envelope, uploads.chunk)
 
-    @app.post("/v1/upload/status", response_model=SealedEnvelope, responses=errors)
+    @sealed_route("upload.status")
     def upload_status(envelope: SealedEnvelope) -> SealedEnvelope:
         """Which chunks of a session the coordinator holds."""
         return sealed("upload.status", envelope, uploads.status)
 
-    @app.post("/v1/upload/commit", response_model=SealedEnvelope, responses=errors)
+    @sealed_route("upload.commit")
     def upload_commit(envelope: SealedEnvelope) -> SealedEnvelope:
         """Reassemble, verify and process the body through its endpoint; idempotent."""
         return sealed("upload.commit", envelope, uploads.commit)
 
-    @app.post("/v1/upload/abort", response_model=SealedEnvelope, responses=errors)
+    @sealed_route("upload.abort")
     def upload_abort(envelope: SealedEnvelope) -> SealedEnvelope:
         """Drop an uncommitted session and its chunks; a session that is gone is not an error."""
         return sealed("upload.abort", envelope, uploads.abort)
 
+    served = {getattr(r, "path", None) for r in app.routes}
+    missing = sorted(kind for kind, path in ROUTES.items() if path not in served)
+    if missing:  # the route table and the handlers disagree: a programming error, caught at start-up
+        raise RuntimeError(f"no handler for request kind(s) {missing}")
     return app

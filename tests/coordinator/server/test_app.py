@@ -280,3 +280,13 @@ def test_score_only_device_gets_an_adapter_trained_server_side_when_configured(s
         dataclasses.replace(config, score_only_update="server")
     with pytest.raises(ValueError, match=r"no config\.json"):  # caught at start-up, not mid-round
         build(dataclasses.replace(server_side, slm_checkpoints={"slm-small": tmp_path}))
+
+
+def test_every_kind_of_the_shared_route_table_is_served(server):
+    """The transport posts kind k to ROUTES[k]; the server mounts a handler at each of them."""
+    from lada_client.common.wire import ROUTES
+
+    url, _, _ = server
+    for kind, path in ROUTES.items():
+        reply = httpx.post(f"{url}{path}", content=b"{}", headers={"Content-Type": "application/json"})
+        assert reply.status_code not in (404, 405) and 400 <= reply.status_code < 500, (kind, reply.status_code)
