@@ -15,9 +15,10 @@ names imports torch: a device that only scores has none installed. Everything el
 
 from __future__ import annotations
 
-import importlib
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lada_client.common.lazy import lazy_exports
 
 __all__ = [
     "BackendUnavailable",
@@ -83,14 +84,4 @@ if TYPE_CHECKING:
     from lada_client.transport import CoordinatorError
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lada_client' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, __all__)

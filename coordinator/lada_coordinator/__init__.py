@@ -8,9 +8,10 @@ none of torch, FastAPI or the LLM host.
 
 from __future__ import annotations
 
-import importlib
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lada_client.common.lazy import lazy_exports
 
 __all__ = ["CoordinatorConfig", "__version__"]
 
@@ -25,14 +26,4 @@ if TYPE_CHECKING:
     from lada_coordinator.config import CoordinatorConfig
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lada_coordinator' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, __all__)
