@@ -46,7 +46,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import socket
 import statistics
@@ -369,10 +368,6 @@ def warmstart_eval(
 
 # ---------------------------------------------------------------------------------- one run
 
-_OPEN = re.compile(r"round (\d+) open: .* in ([\d.]+)s")
-_ALLOC = re.compile(r"round (\d+) allocated in ([\d.]+)s")
-_LORA = re.compile(r"LoRA round: (\d+) steps, L_SFT=(\S+), L_CD=(\S+), (\d+) pairs")
-
 
 def run_one(
     sizes: Sizes, seed: int, host: str, method: Method, args: argparse.Namespace, workdir: Path, dest: Path
@@ -463,38 +458,29 @@ def diagnostics(run_dir: Path, data_dir: Path, dest: Path) -> dict[str, Any]:
     for name in own_domain:
         results = dest / f"{name}.results.json"
         per_round = json.loads(results.read_text()) if results.exists() else []
-        lora = (
-            [m.groups() for m in _LORA.finditer((dest / "logs" / f"{name}.log").read_text())]
-            if (dest / "logs" / f"{name}.log").exists()
-            else []
-        )
         for r in rounds:
             entry = r["clients"].setdefault(name, {})
             res = next((x for x in per_round if x["round"] == r["round"]), None)
             if res and res["n_allocated"]:
                 entry.update(ppl_before=res["ppl_before"], ppl_after=res["ppl_after"], reward=res["reward"])
-            if r["round"] - 1 < len(lora):
-                steps, l_sft, l_cd, pairs = lora[r["round"] - 1]
-                entry.update(lora_steps=int(steps), l_sft=_float(l_sft), l_cd=_float(l_cd), cd_pairs=int(pairs))
-    coord_log = dest / "logs" / "coordinator.log"
-    text = coord_log.read_text() if coord_log.exists() else ""
-    phases = {
-        "open": {int(t): float(s) for t, s in _OPEN.findall(text)},
-        "allocate": {int(t): float(s) for t, s in _ALLOC.findall(text)},
+            training = (res or {}).get("training")  # the client's own record of its LoRA update
+            if training:
+                entry.update(
+                    lora_steps=training["steps"],
+                    l_sft=training["sft_loss"],
+                    l_cd=training["cd_loss"],
+                    cd_pairs=training["cd_pairs"],
+                )
+    status = json.loads((dest / "last_run.json").read_text()) if (dest / "last_run.json").exists() else {}
+    phases = {  # the coordinator's own timing of its steps, recorded with each round's metrics
+        step: {m["round"]: m[f"seconds_{step}"] for m in status.get("rounds", []) if f"seconds_{step}" in m}
+        for step in ("open", "allocate")
     }
     return {"rounds": rounds, "coordinator_phase_s": phases, "domains": own_domain}
 
 
 def _share(flags: list[bool]) -> float | None:
     return float(sum(flags) / len(flags)) if flags else None
-
-
-def _float(text: str) -> float | None:
-    try:
-        v = float(text.rstrip(","))
-    except ValueError:
-        return None
-    return v if math.isfinite(v) else None
 
 
 # -------------------------------------------------------------------------------- aggregation

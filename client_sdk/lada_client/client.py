@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -54,6 +56,9 @@ from lada_client.scoring.onnx_slm import OnnxSLM
 from lada_client.scoring.reward import HeldoutProbe, relative_drop, sample_rewards
 from lada_client.transport import CoordinatorError, Transport
 
+if TYPE_CHECKING:  # the training backend is imported when a trainer is built: score-only devices lack torch
+    from lada_client.training.backend import TrainReport
+
 log = logging.getLogger(__name__)
 
 
@@ -67,6 +72,8 @@ class RoundResult:
     test_accuracy: float
     seconds: dict[str, float]
     sample_rewards: list[float] | None = None
+    #: the round's LoRA update (``steps``, last ``sft_loss``/``cd_loss``, ``cd_pairs``), None without one
+    training: dict[str, float | int | None] | None = None
 
 
 @dataclass
@@ -363,12 +370,19 @@ class LadaClient:
 
         started = time.perf_counter()
         outcome = _Outcome()
+        training: dict[str, float | int | None] | None = None
         if self.config.can_train and (allocated or self._training_samples):
             # L_SFT on private data every round; teacher paths and L_CD on top when allocated.
             self._measure(outcome, allocated, "before")
             if allocated:
                 outcome.sample_rewards = self._gradient_credit(allocated, outcome.heldout_pairs)
-            self._train(allocated, t)
+            done = self._train(allocated, t)
+            training = {
+                "steps": done.steps,
+                "sft_loss": None if math.isnan(done.sft_loss) else done.sft_loss,
+                "cd_loss": None if math.isnan(done.cd_loss) else done.cd_loss,
+                "cd_pairs": done.n_pairs,
+            }
             self._measure(outcome, allocated, "after")
         elif allocation.server_update is not None:  # score-only: the coordinator trained our adapter
             self._measure(outcome, allocated, "before")
@@ -415,7 +429,9 @@ class LadaClient:
             "" if outcome.sample_rewards is None else f" (per sample {np.mean(outcome.sample_rewards):.3f} mean)",
             accuracy,
         )
-        return RoundResult(t, len(allocated), reward, ppl_before, ppl_after, accuracy, timings, outcome.sample_rewards)
+        return RoundResult(
+            t, len(allocated), reward, ppl_before, ppl_after, accuracy, timings, outcome.sample_rewards, training
+        )
 
     # ------------------------------------------------------------------------------- reward
     @property
@@ -574,7 +590,7 @@ class LadaClient:
         )
         return perplexity(lps)
 
-    def _train(self, allocated: list[Candidate], t: int) -> None:
+    def _train(self, allocated: list[Candidate], t: int) -> TrainReport:
         """LoRA update, then re-export the merged SLM so next round's scores reflect it."""
         from lada_client.training.backend import PreferencePair
 
@@ -595,8 +611,11 @@ class LadaClient:
         teacher = [(p, format_target(c.path)) for p, c in zip(prompts, allocated)]
         private = [(format_prompt(s.question), format_target(s.target)) for s in self._training_samples]
         self._round_start_adapter = self.trainer.adapter_vector()
-        self.trainer.train_round(teacher, pairs, private, cfg.distill, progress=self._task("train: LoRA steps"))
+        report = self.trainer.train_round(
+            teacher, pairs, private, cfg.distill, progress=self._task("train: LoRA steps")
+        )
         self.export_adapter()
+        return report
 
     def _apply_server_update(self, factors: list[LoraFactor]) -> None:
         """Merge an adapter the coordinator trained for this score-only device into the base

@@ -119,6 +119,9 @@ class RoundEngine(threading.Thread):
         self.stop_event = threading.Event()
         self.wake = threading.Event()
         self.status = EngineStatus()
+        #: seconds of each round's open and allocate steps, recorded with its metrics at close
+        #: (a coordinator restarted mid-round records the steps it ran again)
+        self._step_seconds: dict[int, dict[str, float]] = {}
 
     # ------------------------------------------------------------------------------ helpers
     @property
@@ -290,9 +293,8 @@ class RoundEngine(threading.Thread):
         sources = {p.sample.sample_id: p.source for p in paths}
         # the round's time counts from here: generating its paths is part of what it costs
         self.store.open_round(t, info.model_dump(), {"path_sources": sources, "path_stats": stats}, opened_at=began)
-        log.info(
-            "round %d open: %d candidates (paths: %s) in %.1fs", t, len(paths), stats, time.perf_counter() - started
-        )
+        seconds = self._step_seconds.setdefault(t, {})["seconds_open"] = round(time.perf_counter() - started, 3)
+        log.info("round %d open: %d candidates (paths: %s) in %.1fs", t, len(paths), stats, seconds)
         self.status.enter(EnginePhase.FEATURES)
 
     def _stored_paths(self, order: list[Sample], n: int) -> tuple[list[TeacherPath], list[Sample], dict[str, int]]:
@@ -367,10 +369,11 @@ class RoundEngine(threading.Thread):
                 shutil.rmtree(old, ignore_errors=True)
         self.store.set_phase(t, Phase.TRAINING)
         self.status.enter(EnginePhase.TRAINING)
+        seconds = self._step_seconds.setdefault(t, {})["seconds_allocate"] = round(time.perf_counter() - started, 3)
         log.info(
             "round %d allocated in %.2fs: %s",
             t,
-            time.perf_counter() - started,
+            seconds,
             {c: f"{len(ids)} ({why})" for c, (ids, why) in decided.items()},
         )
 
@@ -506,6 +509,7 @@ class RoundEngine(threading.Thread):
             "quarantined": {names.get(cid, cid): why for cid, why in self.store.quarantined(t).items()},
             "secagg": secagg,
             "llm": llm_metrics,
+            **self._step_seconds.pop(t, {}),
             "seconds_close": round(time.perf_counter() - started, 3),
         }
         self.store.set_phase(t, Phase.FINISHED if final else Phase.CLOSED, metrics)
