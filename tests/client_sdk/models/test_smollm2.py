@@ -18,10 +18,10 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from lada_client.common.reasoning import format_prompt, format_target
-from lada_client.data.domains import DOMAINS, generate
 from lada_client.models import importer, smollm2
 from lada_client.models.encoding import SpecialTokens
 from lada_client.models.tokenizer import load_tokenizer
+from lada_coordinator.simulation.domains import DOMAINS, generate
 
 ROUND_TRIP_TEXTS = [
     " leading space",

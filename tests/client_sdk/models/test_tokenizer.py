@@ -6,7 +6,6 @@ import pytest
 from tokenizers import Tokenizer
 
 from lada_client.common.reasoning import format_prompt, format_target
-from lada_client.data.domains import DOMAINS, generate
 from lada_client.models.tokenizer import (
     BOS_ID,
     DEFAULT_VOCAB_SIZE,
@@ -16,6 +15,7 @@ from lada_client.models.tokenizer import (
     load_tokenizer,
     save_tokenizer,
 )
+from lada_coordinator.simulation.domains import DOMAINS, generate
 
 ODD_TEXTS = [
     " leading space",
