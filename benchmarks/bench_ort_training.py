@@ -73,10 +73,10 @@ def _run(python: str, args: list[str], timeout: float = 1800) -> str:
 
 def prepare(preset: str, ort_python: str) -> tuple[Path, Path, Path]:
     from lada_client.common.reasoning import format_prompt, format_target
-    from lada_client.models.factory import create_model
-    from lada_client.models.tokenizer import build_tokenizer, save_tokenizer
     from lada_client.training.ort_artifacts import MANIFEST, export_training_graph
     from lada_coordinator.simulation.domains import DOMAINS, generate
+    from lada_coordinator.simulation.factory import create_model
+    from lada_coordinator.simulation.tokenizer import build_tokenizer, save_tokenizer
 
     root = CACHE / preset
     base, artifacts, data = root / "base", root / "artifacts", root / "pairs.json"

@@ -200,7 +200,7 @@ class LadaClient:
 
     def _default_model_name(self) -> str:
         if self.config.base_model_dir is not None:
-            from lada_client.models.factory import architecture_id
+            from lada_client.models.checkpoint import architecture_id
 
             return architecture_id(self.config.base_model_dir)
         if self.config.train_backend == "ort" and self.config.ort_artifacts is not None:

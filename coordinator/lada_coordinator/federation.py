@@ -341,10 +341,10 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
     from lada_client.common.reasoning import format_prompt, format_target
     from lada_client.data.federation import FederationData
     from lada_client.models.export import SCORING_GRAPH_VERSION, export_scoring_model, scoring_graph_version
-    from lada_client.models.factory import create_model
-    from lada_client.models.tokenizer import DEFAULT_VOCAB_SIZE, build_tokenizer, save_tokenizer
-    from lada_client.training.pretrain import pretrain
     from lada_coordinator.simulation.domains import GENERATOR_VERSION
+    from lada_coordinator.simulation.factory import create_model
+    from lada_coordinator.simulation.pretrain import pretrain
+    from lada_coordinator.simulation.tokenizer import DEFAULT_VOCAB_SIZE, build_tokenizer, save_tokenizer
 
     reporter = reporter or LogReporter()
     work = settings.workdir

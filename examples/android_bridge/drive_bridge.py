@@ -138,9 +138,9 @@ def build_demo(root: Path, name: str) -> None:
     """A tiny untrained SLM and one client's data, built offline (needs lada-coordinator)."""
     from lada_client.common.reasoning import format_prompt, format_target
     from lada_client.models.export import export_scoring_model
-    from lada_client.models.factory import create_model
-    from lada_client.models.tokenizer import build_tokenizer, save_tokenizer
     from lada_coordinator.simulation.domains import make_federation
+    from lada_coordinator.simulation.factory import create_model
+    from lada_coordinator.simulation.tokenizer import build_tokenizer, save_tokenizer
 
     if name != "client0":
         raise SystemExit("--build-demo builds data for client0; use --name client0")

@@ -69,7 +69,7 @@ def repair_tokenizer(hf_tokenizer: Any, config: Any, pre_type: str) -> Any:
     the "smollm" pre-tokenizer's one-token-per-digit split; the vocabulary has no multi-digit
     tokens, so ids do not change, but it is restored to match the model's own definition. Special
     tokens are taken from the ids in the model config (from the GGUF metadata), so the tokenizer
-    and :class:`~lada_client.models.encoding.SpecialTokens` agree by construction.
+    and :class:`~lada_client.models.tokenizer.SpecialTokens` agree by construction.
     """
     from tokenizers import decoders, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -140,8 +140,9 @@ def max_logprob_difference(
     import numpy as np
     import torch
 
-    from lada_client.models.encoding import SpecialTokens, encode_pairs
-    from lada_client.models.factory import load_causal_lm
+    from lada_client.models.checkpoint import load_causal_lm
+    from lada_client.models.encoding import encode_pairs
+    from lada_client.models.tokenizer import SpecialTokens
     from lada_client.scoring.onnx_slm import OnnxSLM
     from lada_client.training.losses import token_logprobs
 

@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from lada_client.config import DistillSettings
-from lada_client.models.encoding import SpecialTokens, encode_pairs
+from lada_client.models.encoding import encode_pairs
+from lada_client.models.tokenizer import SpecialTokens
 from lada_client.training.backend import (
     ORT_INSTALL_HINT,
     BackendUnavailable,

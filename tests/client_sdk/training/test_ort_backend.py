@@ -113,9 +113,9 @@ def test_safetensors_round_trip(tmp_path):
 # --------------------------------------------------------------- a tiny SLM (needs torch)
 def _tiny_slm(root: Path) -> tuple[Path, list[tuple[str, str]]]:
     from lada_client.common.reasoning import format_prompt, format_target
-    from lada_client.models.factory import create_model
-    from lada_client.models.tokenizer import build_tokenizer, save_tokenizer
     from lada_coordinator.simulation.domains import DOMAINS, generate
+    from lada_coordinator.simulation.factory import create_model
+    from lada_coordinator.simulation.tokenizer import build_tokenizer, save_tokenizer
 
     samples = generate(DOMAINS[0], 48, 0, "ort")
     pairs = [(format_prompt(s.question), format_target(s.rationale)) for s in samples]
