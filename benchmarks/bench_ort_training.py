@@ -40,7 +40,8 @@ if block:
         sys.modules[name] = None
 pairs = [tuple(p) for p in json.loads(Path(sys.argv[6]).read_text())]
 from lada_client.config import DistillSettings
-from lada_client.training.backend import PreferencePair, make_trainer
+from lada_client.training.backend import PreferencePair
+from lada_client.training.trainers import make_trainer
 if backend == "torch":
     import torch
     torch.set_num_threads(threads)

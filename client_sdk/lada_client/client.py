@@ -226,7 +226,7 @@ class LadaClient:
         when the client starts running, it overlaps enrollment and the wait for the coordinator to open
         the first round, instead of delaying that round's training. Errors surface at first use.
         """
-        from lada_client.training.backend import trainer_for
+        from lada_client.training.trainers import trainer_for
 
         future: Future = Future()
 
