@@ -241,20 +241,33 @@ def main() -> int:
                         **profile_call(lambda: refit_all(clients[1 : k + 1])),  # noqa: B023
                     }
                 )
-            t_refit, _ = C.timed(lambda: refit_all(clients[k + 1 :]))  # noqa: B023
-            timed_n = len(clients) - k - 1
-            setup.append(
-                {
-                    "candidates": m,
-                    "clients": timed_n,
-                    "observe_refit_save_s": t_refit,
-                    "per_client_ms": 1000 * t_refit / timed_n,
-                }
-            )
-            C.say(
-                f"  M={m}: Allocator.reward (observe+refit+save) for {timed_n} clients took {t_refit:.1f}s "
-                f"({1000 * t_refit / timed_n:.1f} ms/client, 1 thread)"
-            )
+            # side by side on the two halves of the rest: one commit per client (each reward saves
+            # its filter), and a round close's saving_together() (one commit for all)
+            rest = clients[k + 1 :]
+            half = len(rest) // 2
+
+            def refit_together(group):
+                with warm.saving_together():  # noqa: B023 - runs within this iteration
+                    refit_all(group)
+
+            for how, fn, group in (
+                ("commit per client", refit_all, rest[:half]),
+                ("one commit", refit_together, rest[half:]),
+            ):
+                t_refit, _ = C.timed(lambda fn=fn, group=group: fn(group))
+                setup.append(
+                    {
+                        "candidates": m,
+                        "clients": len(group),
+                        "saves": how,
+                        "observe_refit_save_s": t_refit,
+                        "per_client_ms": 1000 * t_refit / len(group),
+                    }
+                )
+                C.say(
+                    f"  M={m}: Allocator.reward (observe+refit+save, {how}) for {len(group)} clients took "
+                    f"{t_refit:.1f}s ({1000 * t_refit / len(group):.1f} ms/client, 1 thread)"
+                )
             # ---- warm rounds
             for n in ns:
                 t += 1

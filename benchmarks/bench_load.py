@@ -14,7 +14,13 @@ Retries are off, so every failed request counts as an error. Per phase: p50/p99/
 (client-side, sealing and opening included), throughput (requests / wall time of the phase) and
 errors; afterwards the database must hold exactly N uploads.
 
-    python benchmarks/bench_load.py [--quick] [--clients 200] [--candidates 64] [--time-limit-s 120]
+The store variants (``--variants``) run one after the other within each repeat, each with its own
+coordinator process and database: ``per-request`` (one transaction and one fsync per request) and
+``group`` (group commit, the default: requests share a commit, read-only kinds skip the fsync).
+Both acknowledge an upload only once it is committed and its WAL flushed.
+
+    python benchmarks/bench_load.py [--quick] [--clients 200] [--candidates 64] [--repeats 1]
+        [--variants per-request,group] [--time-limit-s 120]
 """
 
 from __future__ import annotations
@@ -88,7 +94,7 @@ def run_phase(name: str, clients: list, action, deadline: float) -> dict:
     unfinished = sum(t.is_alive() for t in threads)
     done = [x for x in latencies if x is not None]
     result = {
-        "phase": name,
+        "label": name,
         "requests": n,
         "ok": len(done),
         "errors": len(errors) + unfinished,
@@ -222,34 +228,24 @@ def server_breakdown(cands, names: list[str], iterations: int) -> dict:
     return result
 
 
-def main() -> int:
-    p = C.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--clients", type=int, default=None, help="concurrent clients (default 200; quick 50)")
-    p.add_argument("--candidates", type=int, default=64, help="candidates in the round")
-    p.add_argument("--rounds", type=int, default=None, help="rounds of round.get + features.put (default 3; quick 1)")
-    p.add_argument("--time-limit-s", type=float, default=120.0, help="bound on the whole load run (after start-up)")
-    p.add_argument(
-        "--no-breakdown", dest="breakdown", action="store_false", help="skip the in-process timing of each server step"
-    )
-    args = p.parse_args()
-    n = args.clients or (50 if args.quick else 200)
-    args.rounds = args.rounds or (1 if args.quick else 3)
-    m = args.candidates
+#: the store variants compared side by side (``CoordinatorConfig.group_commit``); the same durability:
+#: every acknowledged upload is committed and its WAL flushed before the reply
+VARIANTS = {"per-request": False, "group": True}
 
+
+def load_run(variant: str, args, paths: dict, cands: list, names: list[str]) -> dict:
+    """One coordinator process with the ``variant`` store, the clients enrolled, ``args.rounds`` rounds."""
     from lada_client.common.crypto import Identity
     from lada_client.common.wire import Ack, FeatureUpload, RoundInfo, RoundQuery
-    from lada_client.scoring.features import FEATURE_NAMES
     from lada_client.transport import RetryPolicy, Transport
     from lada_coordinator.credentials import issue_tokens, load_identity
     from lada_coordinator.store import Store
 
-    paths = C.world()
-    samples = C.public_samples(paths)
-    cands = C.candidates(samples, m)
-    names = list(FEATURE_NAMES)
+    n, m = args.clients, args.candidates
     phases: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="lada-bench-load-") as tmp:
-        tmp = Path(tmp)
+    stored: dict[int, int] = {}
+    with tempfile.TemporaryDirectory(prefix="lada-bench-load-") as tmp_dir:
+        tmp = Path(tmp_dir)
         port = free_port()
         config = {
             "db_path": str(tmp / "coordinator.sqlite"),
@@ -261,6 +257,10 @@ def main() -> int:
             "rounds": 2,
             "min_clients": n,
             "candidates_per_round": m,
+            "group_commit": VARIANTS[variant],
+            # the server sheds load above this with 503 (a device retries); here every client is
+            # let in, so that what is measured is serving, not shedding
+            "max_concurrent_requests": max(512, n),
         }
         (tmp / "coordinator.json").write_text(json.dumps(config))
         store = Store(Path(config["db_path"]))
@@ -268,7 +268,14 @@ def main() -> int:
         log_path = tmp / "server.log"
         with open(log_path, "w") as log:
             server = subprocess.Popen(
-                [sys.executable, str(C.BENCH_DIR / "_load_server.py"), "--config", str(tmp / "coordinator.json")],
+                [
+                    sys.executable,
+                    str(C.BENCH_DIR / "_load_server.py"),
+                    "--config",
+                    str(tmp / "coordinator.json"),
+                    "--stats-out",
+                    str(tmp / "store_stats.json"),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -277,10 +284,7 @@ def main() -> int:
         try:
             wait_healthy(url, server, 120)
             deadline = time.monotonic() + args.time_limit_s
-            C.say(
-                f"coordinator on {url} (pid {server.pid}); {n} clients, {m} candidates, "
-                f"time limit {args.time_limit_s:.0f}s"
-            )
+            C.say(f"[{variant}] coordinator on {url} (pid {server.pid}); {n} clients, {m} candidates")
             clients = [
                 Transport(url, Identity.generate(), timeout_s=args.time_limit_s, retry=RetryPolicy(attempts=1))
                 for _ in range(n)
@@ -289,9 +293,8 @@ def main() -> int:
             def enroll(i: int, t: Transport) -> None:
                 t.enroll(tokens[i], f"load{i:04d}")
 
-            phases.append(run_phase("enroll", clients, enroll, deadline))
+            phases.append({"phase": "enroll", **run_phase("enroll", clients, enroll, deadline)})
             rng = np.random.default_rng(0)
-            stored = {}
             for r in range(1, args.rounds + 1):
                 info = RoundInfo(
                     round=r, phase="features", total_rounds=args.rounds + 1, candidates=cands, feature_names=names
@@ -320,8 +323,9 @@ def main() -> int:
 
                 for name, action in (("round.get", get_round), ("features.put", put_features)):
                     if time.monotonic() < deadline:
-                        phases.append({"round": r, **run_phase(f"{name} r{r}", clients, action, deadline)})
-                        phases[-1]["phase"] = name
+                        phases.append(
+                            {"round": r, "phase": name, **run_phase(f"{name} r{r}", clients, action, deadline)}
+                        )
                 stored[r] = len(store.uploads(r, "features.put"))
             request_bytes = sum(t.bytes_sent for t in clients)
             for t in clients:
@@ -334,6 +338,133 @@ def main() -> int:
                 server.kill()
             store.close()
         server_log = log_path.read_text()[-2000:]
+        stats_path = tmp / "store_stats.json"
+        store_stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    complete = (
+        len(phases) == 1 + 2 * args.rounds and len(stored) == args.rounds and all(v == n for v in stored.values())
+    )
+    return {
+        "variant": variant,
+        "phases": phases,
+        "uploads_stored": stored,
+        "errors": sum(ph["errors"] for ph in phases),
+        "complete": complete,
+        "bytes_sent_by_clients": request_bytes,
+        "store_stats": store_stats,  # the server's transactions and commits (requests per commit)
+        "server_log_tail": server_log,
+    }
+
+
+def store_bound(variant: str, threads: int, per_thread: int, payload: str) -> dict:
+    """The store alone, in process: ``threads`` threads each storing ``per_thread`` uploads the way
+    ``features.put`` does (insert + replay counter, one durable transaction each), no HTTP, no crypto.
+    Its rate bounds what the coordinator can acknowledge, whatever the CPU spent around it."""
+    from lada_coordinator.store import ClientRecord, Store
+
+    with tempfile.TemporaryDirectory(prefix="lada-bench-store-") as tmp:
+        store = Store(Path(tmp) / "c.sqlite", group_commit=VARIANTS[variant])
+        for i in range(threads):
+            store.add_client(ClientRecord(f"c{i}", f"c{i}", f"s{i}", f"k{i}", "", "", {}, 0, 0, 0))
+        before = dict(store.stats)
+        barrier = threading.Barrier(threads + 1)
+
+        def worker(i: int) -> None:
+            barrier.wait()
+            for r in range(1, per_thread + 1):
+                with store.transaction() as db:
+                    store.put_upload(db, r, f"c{i}", "features.put", payload)
+                    store.accept(db, f"c{i}", r, len(payload), 100)
+
+        pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+        for t in pool:
+            t.start()
+        barrier.wait()
+        started = time.perf_counter()
+        for t in pool:
+            t.join()
+        wall = time.perf_counter() - started
+        done = store.stats["transactions"] - before["transactions"]
+        commits = store.stats["commits"] - before["commits"]
+        stored = sum(len(store.uploaders(r, "features.put")) for r in range(1, per_thread + 1))
+        store.close()
+    return {
+        "variant": variant,
+        "transactions": done,
+        "commits": commits,
+        "stored": stored,
+        "wall_s": wall,
+        "tx_per_s": done / wall,
+        "requests_per_commit": done / commits if commits else float("nan"),
+    }
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """Per variant and phase: medians over rounds and repeats, requests and errors summed."""
+    out = []
+    for variant in VARIANTS:
+        for name in ("enroll", "round.get", "features.put"):
+            got = [ph for run in runs if run["variant"] == variant for ph in run["phases"] if ph["phase"] == name]
+            if got:
+                out.append(
+                    {
+                        "variant": variant,
+                        "phase": name,
+                        "runs": len(got),
+                        "requests": sum(ph["requests"] for ph in got),
+                        "errors": sum(ph["errors"] for ph in got),
+                        **{
+                            k: C.median([ph[k] for ph in got])
+                            for k in ("wall_s", "throughput_rps", "p50_ms", "p90_ms", "p99_ms", "max_ms")
+                        },
+                    }
+                )
+    return out
+
+
+def main() -> int:
+    p = C.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, default=None, help="concurrent clients (default 200; quick 50)")
+    p.add_argument("--candidates", type=int, default=64, help="candidates in the round")
+    p.add_argument("--rounds", type=int, default=None, help="rounds of round.get + features.put (default 3; quick 1)")
+    p.add_argument(
+        "--time-limit-s", type=float, default=120.0, help="bound on each variant's load run (after start-up)"
+    )
+    p.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"store variants to compare, in order (of {', '.join(VARIANTS)})"
+    )
+    p.add_argument(
+        "--no-breakdown", dest="breakdown", action="store_false", help="skip the in-process timing of each server step"
+    )
+    args = p.parse_args()
+    args.clients = args.clients or (50 if args.quick else 200)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.repeats = args.repeats or 1
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or not variants:
+        p.error(f"--variants: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(VARIANTS)}")
+    n, m = args.clients, args.candidates
+
+    from lada_client.scoring.features import FEATURE_NAMES
+
+    paths = C.world()
+    cands = C.candidates(C.public_samples(paths), m)
+    names = list(FEATURE_NAMES)
+    runs = []
+    for repeat in range(args.repeats):  # the variants alternate within each repeat: same machine state
+        for variant in variants:
+            C.say(f"repeat {repeat + 1}/{args.repeats}, store {variant}")
+            runs.append({"repeat": repeat, **load_run(variant, args, paths, cands, names)})
+    payload = json.dumps({"features": np.random.default_rng(0).normal(2.0, 1.0, (m, len(names))).tolist()})
+    bound = []
+    for repeat in range(args.repeats):
+        for variant in variants:
+            got = store_bound(variant, n, 2 if args.quick else 5, payload)
+            C.say(
+                f"store alone [{variant}]: {got['transactions']} uploads in {got['wall_s']:.2f}s, "
+                f"{got['tx_per_s']:.0f}/s, {got['requests_per_commit']:.1f} per commit"
+            )
+            bound.append({"repeat": repeat, **got})
 
     breakdown = {}
     if args.breakdown:
@@ -341,32 +472,16 @@ def main() -> int:
             breakdown = server_breakdown(cands, names, 20 if args.quick else 50)
         except Exception as exc:  # noqa: BLE001 - the breakdown mirrors internals; report, do not fail the run
             breakdown = {"error": f"{type(exc).__name__}: {exc}"}
-    errors = sum(ph["errors"] for ph in phases)
-    complete = (
-        len(phases) == 1 + 2 * args.rounds and all(v == n for v in stored.values()) and len(stored) == args.rounds
-    )
-    summary = []
-    for name in ("enroll", "round.get", "features.put"):
-        runs = [ph for ph in phases if ph["phase"] == name]
-        if runs:
-            summary.append(
-                {
-                    "phase": name,
-                    "runs": len(runs),
-                    "requests": sum(ph["requests"] for ph in runs),
-                    "errors": sum(ph["errors"] for ph in runs),
-                    **{
-                        k: C.median([ph[k] for ph in runs])
-                        for k in ("wall_s", "throughput_rps", "p50_ms", "p90_ms", "p99_ms", "max_ms")
-                    },
-                }
-            )
+    errors = sum(run["errors"] for run in runs)
+    complete = all(run["complete"] for run in runs)
+    summary = summarise(runs)
     C.say()
     C.say(
         C.table(
-            ["phase", "rounds", "requests", "errors", "wall s", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+            ["store", "phase", "runs", "requests", "errors", "wall s", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms"],
             [
                 [
+                    ph["variant"],
                     ph["phase"],
                     ph["runs"],
                     ph["requests"],
@@ -380,13 +495,40 @@ def main() -> int:
                 ]
                 for ph in summary
             ],
-            title=f"{n} concurrent clients, {m} candidates; medians over rounds",
+            title=f"{n} concurrent clients, {m} candidates; medians over rounds and repeats",
         )
     )
-    C.say(
-        f"\nuploads in SQLite per round: {stored} (expected {n} each); errors: {errors}"
-        + ("" if complete else " (run incomplete)")
-    )
+    ratios = {}
+    for name in ("round.get", "features.put"):
+        per_repeat = []
+        for repeat in range(args.repeats):
+            rps = {}
+            for run in runs:
+                if run["repeat"] == repeat:
+                    got = [ph["throughput_rps"] for ph in run["phases"] if ph["phase"] == name]
+                    if got:
+                        rps[run["variant"]] = C.median(got)
+            if {"group", "per-request"} <= set(rps):
+                per_repeat.append(rps["group"] / rps["per-request"])
+        if per_repeat:
+            ratios[name] = C.median(per_repeat)
+    if ratios:
+        C.say(
+            "\nreq/s, group commit / one commit per request (median of per-repeat ratios): "
+            + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
+        )
+    for run in runs:
+        st = run["store_stats"]
+        if st.get("commits"):
+            C.say(
+                f"[{run['variant']}] server store: {st['transactions']} transactions in {st['commits']} commits "
+                f"({st['transactions'] / st['commits']:.1f} per commit; "
+                f"{st.get('commits_without_fsync', 0)} without fsync)"
+            )
+        C.say(
+            f"[{run['variant']}] uploads in SQLite per round: {run['uploads_stored']} (expected {n} each); "
+            f"errors: {run['errors']}" + ("" if run["complete"] else " (run incomplete)")
+        )
     if "error" in breakdown:
         C.say(f"\nserver step breakdown unavailable: {breakdown['error']}")
     elif breakdown:
@@ -405,11 +547,12 @@ def main() -> int:
                 ],
             )
         )
-    for ph in phases:
-        for e in ph["error_samples"]:
-            C.say(f"  {ph['phase']} error: {e}")
-    if server_log.strip():
-        C.say(f"server log tail:\n{server_log}")
+    for run in runs:
+        for ph in run["phases"]:
+            for e in ph["error_samples"]:
+                C.say(f"  [{run['variant']}] {ph['phase']} error: {e}")
+        if run["errors"] and run["server_log_tail"].strip():
+            C.say(f"[{run['variant']}] server log tail:\n{run['server_log_tail']}")
     path = C.write_results(
         NAME,
         {
@@ -417,17 +560,18 @@ def main() -> int:
                 "clients": n,
                 "candidates": m,
                 "rounds": args.rounds,
+                "repeats": args.repeats,
+                "variants": variants,
                 "time_limit_s": args.time_limit_s,
                 "quick": args.quick,
                 "server": "uvicorn, 1 process, round engine not started; clients: 1 thread each in one process",
             },
             "summary": summary,
+            "ratios_group_over_per_request": ratios,
+            "store_alone": bound,
             "server_steps": breakdown,
-            "phases": phases,
-            "uploads_stored": stored,
+            "runs": runs,
             "errors": errors,
-            "bytes_sent_by_clients": request_bytes,
-            "server_log_tail": server_log,
         },
         args.out,
     )

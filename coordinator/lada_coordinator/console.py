@@ -11,6 +11,7 @@ imports this.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -319,6 +320,29 @@ def setup_console_logging(console: Console, verbose: bool, log_file: Path | None
         root.addHandler(kept)
     logging.captureWarnings(True)  # what is left of third-party warnings: logged, once, not printed raw
     quiet_libraries(verbose)
+    if not verbose:
+        shown.addFilter(_library_chatter)
+        # tqdm bars of libraries (GGUF de-quantisation in transformers) would tear the stage lines;
+        # the stages show progress themselves. The variable reaches the child processes too.
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    _route_transformers_logs()
+
+
+def _library_chatter(record: logging.LogRecord) -> bool:
+    """Console filter: library warnings that are known noise (transformers' notes on tokenizer
+    defaults and the like) stay in the log file; the console shows the libraries' errors only."""
+    return record.levelno >= logging.ERROR or not record.name.startswith(("transformers", "optimum", "torch"))
+
+
+def _route_transformers_logs() -> None:
+    """transformers writes to stderr through a handler of its own, past ours: send its records to
+    the root logger instead (file and console handlers decide what is kept and shown)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
 
 
 class _ConsoleStage:

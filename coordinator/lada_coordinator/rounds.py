@@ -475,22 +475,23 @@ class RoundEngine(threading.Thread):
         clients = {c.client_id: c for c in self.store.clients()}
         per_client: dict[str, dict] = {}
         aside = self.store.quarantined(t)
-        for client_id, raw in sorted(self.store.raw_uploads(t, "reward.put").items()):
-            up, alloc = features.get(client_id), self.store.allocation(t, client_id, SLM)
-            if up is None or alloc is None or client_id not in clients or client_id in aside:
-                continue
-            report = self._isolated(t, client_id, "reward", partial(self._reward, t, client_id, up, alloc, raw))
-            if report is None:
-                continue
-            c = clients[client_id]
-            per_client[c.name] = {
-                "test_accuracy": report.test_accuracy,
-                "reward": report.reward,
-                "n_allocated": report.n_allocated,
-                "bytes_client_sent": c.bytes_in,
-                "bytes_client_received": c.bytes_out,
-                "dp_epsilon": report.dp_epsilon,
-            }
+        with self.allocator.saving_together():  # every client's refit filter in one commit
+            for client_id, raw in sorted(self.store.raw_uploads(t, "reward.put").items()):
+                up, alloc = features.get(client_id), self.store.allocation(t, client_id, SLM)
+                if up is None or alloc is None or client_id not in clients or client_id in aside:
+                    continue
+                report = self._isolated(t, client_id, "reward", partial(self._reward, t, client_id, up, alloc, raw))
+                if report is None:
+                    continue
+                c = clients[client_id]
+                per_client[c.name] = {
+                    "test_accuracy": report.test_accuracy,
+                    "reward": report.reward,
+                    "n_allocated": report.n_allocated,
+                    "bytes_client_sent": c.bytes_in,
+                    "bytes_client_received": c.bytes_out,
+                    "dp_epsilon": report.dp_epsilon,
+                }
         try:
             llm_metrics = self._llm_direction(t, features) if self.config.train_llm else {}
         except Exception as exc:  # the LLM is not one device's: the round closes without its update

@@ -5,6 +5,8 @@ real tiny LLM evaluated), read back as ``/v1/status`` serves them."""
 from __future__ import annotations
 
 import io
+import logging
+import os
 import re
 from pathlib import Path
 
@@ -234,3 +236,38 @@ def test_console_reporter_writes_whole_lines_to_a_file(closed_rounds, tmp_path: 
         and lines[-1] == f"✓ done in 12 s; report {tmp_path / 'report.html'} (metrics in {tmp_path / 'last_run.json'})"
     )
     assert len(lines) == 3 + 6 + 1
+
+
+def test_library_notes_go_to_the_log_file_and_not_the_console(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """transformers prints through its own stderr handler and draws tqdm bars: after the federation's
+    logging set-up its warnings reach the log file only, its errors the console too, and tqdm is off."""
+    from transformers.utils import logging as hf_logging
+
+    from lada_coordinator.console import setup_console_logging
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    console, out = _file_console()
+    try:
+        setup_console_logging(console, verbose=False, log_file=tmp_path / "federation.log")
+        hf = hf_logging.get_logger("transformers.models.llama.tokenization_llama_fast")
+        hf.warning("You are using the default legacy behaviour")
+        hf.error("the checkpoint is damaged")
+        for handler in root.handlers:
+            handler.flush()
+        assert os.environ.get("TQDM_DISABLE") == "1"
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            if handler not in saved[1]:
+                handler.close()
+        root.setLevel(saved[0])
+        for handler in saved[1]:
+            root.addHandler(handler)
+        hf_logging.enable_default_handler()
+        hf_logging.disable_propagation()
+    shown = out.getvalue()
+    kept = (tmp_path / "federation.log").read_text()
+    assert "legacy behaviour" not in shown and "the checkpoint is damaged" in shown
+    assert "legacy behaviour" in kept and "the checkpoint is damaged" in kept

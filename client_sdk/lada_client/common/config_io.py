@@ -1,15 +1,13 @@
 """Config objects that validate themselves, and reading them from JSON.
 
-The client's settings are pydantic dataclasses made with :func:`settings`: frozen, keyword or
+Both sides' settings (``ClientConfig``, ``CoordinatorConfig`` and what they nest) are pydantic
+dataclasses made with :func:`settings`: frozen, keyword or
 positional construction, ``dataclasses.replace``/``asdict``/``fields`` as before, and every field
 checked on construction. Scalars are strict (the types below: ``"16"`` is not an integer, ``1``
 is not ``True``), because a config file with a quoted number is a mistake the device should report
 before it runs, not a value to guess at; paths accept strings, tuples JSON lists and nested
 settings JSON objects, which is all JSON can say. Every failure is one :class:`ConfigError`
-listing each bad field by its dotted name.
-
-The coordinator's config is still a plain frozen dataclass: :func:`from_mapping` converts a JSON
-record into either kind from the class's own type hints, refusing unknown keys (a misspelt option
+listing each bad field by its dotted name; an unknown key is an error too (a misspelt option
 would otherwise fall back to its default without a word).
 """
 
@@ -20,7 +18,6 @@ import difflib
 import functools
 import json
 import sys
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +25,6 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import ConfigDict, Field, Strict, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
-from pydantic.dataclasses import is_pydantic_dataclass
 
 if sys.version_info >= (3, 11):
     from typing import dataclass_transform
@@ -43,7 +39,6 @@ __all__ = [
     "PositiveFloat",
     "PositiveInt",
     "Str",
-    "from_mapping",
     "load_json",
     "settings",
     "validate",
@@ -216,45 +211,7 @@ def _dataclass_in(hint: Any) -> type | None:
     return None
 
 
-# ----------------------------------------------------------------------- plain dataclasses + files
-def _convert(hint: Any, value: Any, what: str) -> Any:
-    if value is None:
-        return None
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
-        hint = next((a for a in args if a is not type(None)), hint)
-        args = typing.get_args(hint)
-    if hint is Path:
-        return Path(value)
-    if typing.get_origin(hint) is tuple and isinstance(value, (list, tuple)):
-        return tuple(value)
-    if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
-        return from_mapping(typing.cast(type, hint), value, what)
-    return value
-
-
-def from_mapping(cls: type[T], data: Mapping[str, Any], what: str) -> T:
-    """Build dataclass ``cls`` from a JSON record; ``what`` names it in error messages."""
-    if is_pydantic_dataclass(cls):
-        return typing.cast(T, validate(cls, data, what))
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{what} must be a JSON object, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(typing.cast(Any, cls))}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise ValueError(f"unknown {what} key(s): {sorted(unknown)}")
-    required = {
-        name
-        for name, f in fields.items()
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    }
-    missing = required - set(data)
-    if missing:
-        raise ValueError(f"{what} is missing: {sorted(missing)}")
-    hints = typing.get_type_hints(cls)
-    return cls(**{k: _convert(hints[k], v, f"{what} {k!r}") for k, v in data.items()})
-
-
+# ------------------------------------------------------------------------------------- files
 def load_json(cls: type[T], path: Path, what: str) -> T:
     """Read a JSON file into ``cls``; every failure is a ``ValueError`` that names the file, a
     :class:`ConfigError` when fields are wrong."""
@@ -265,7 +222,7 @@ def load_json(cls: type[T], path: Path, what: str) -> T:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{what} {path} is invalid: {exc}") from exc
     try:
-        return from_mapping(cls, data, what)
+        return validate(cls, data, what)
     except ConfigError as exc:
         raise exc.located(f"{what} {path}") from None
     except TypeError as exc:

@@ -370,6 +370,9 @@ def secagg_round_id(round_index: int, group: str) -> str:
 # the client gives up on. See docs/protocol.md.
 
 UPLOAD_KINDS: tuple[str, ...] = ("features.put", "reward.put", "secagg.put")  # kinds that may be chunked
+#: kinds that only read round state: repeating one changes nothing, so a device may retry it freely
+#: and the coordinator commits its bookkeeping (the replay counter) without an fsync (store.py)
+READ_KINDS: frozenset[str] = frozenset({"round.get", "allocation.get", "secagg.get", "upload.status"})
 
 #: Every sealed endpoint, one table for both sides: the transport posts a request of kind ``k`` to
 #: ``ROUTES[k]`` and the server mounts its handler for ``k`` there (``server/app.py`` checks at

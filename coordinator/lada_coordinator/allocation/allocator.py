@@ -1,7 +1,8 @@
 """Where allocation is decided: which candidates go to which learner, in both directions.
 
 One :class:`~lada_coordinator.allocation.eenet.LearnabilityFilter` per (client, direction),
-persisted in SQLite after every change so a restarted coordinator keeps what it learned.
+persisted in SQLite after every change so a restarted coordinator keeps what it learned (inside
+:meth:`Allocator.saving_together`, all the changes of a round close in one commit).
 ``mode`` switches LaDa off for the baselines: ``random`` allocates the same budget uniformly at
 random; ``all`` allocates every candidate; ``none`` allocates nothing (local-only).
 """
@@ -46,6 +47,32 @@ class Allocator:
         self._configs = configs
         self._seed = seed
         self._filters: dict[tuple[str, str], LearnabilityFilter] = {}
+        # refit filters not yet written, while saving_together() is open: (client, direction) -> round
+        self._unsaved: dict[tuple[str, str], int] | None = None
+
+    @contextmanager
+    def saving_together(self) -> Iterator[None]:
+        """Write every filter refit in the block at its end, in one transaction: closing a round
+        costs one commit instead of one per client. The refits themselves run outside any
+        transaction, so devices' requests are not held up by them. If the block or the write
+        fails, the filters refit in it are dropped from memory and reload from the store, so no
+        reward is counted twice when the round is closed again."""
+        if self._unsaved is not None:  # nested: the outer block writes
+            yield
+            return
+        self._unsaved = {}
+        try:
+            yield
+            with self._store.transaction():
+                for (client_id, direction), round_index in self._unsaved.items():
+                    state = self._filters[(client_id, direction)].to_bytes()
+                    self._store.save_filter(client_id, direction, state, round_index)
+        except BaseException:
+            for key in self._unsaved:
+                self._filters.pop(key, None)
+            raise
+        finally:
+            self._unsaved = None
 
     def _filter(self, client_id: str, direction: str, n_features: int) -> LearnabilityFilter:
         key = (client_id, direction)
@@ -90,9 +117,14 @@ class Allocator:
             return {}
         if self._store.filter_updated(round_index, client_id, direction):
             return {}
+        if self._unsaved is not None and self._unsaved.get((client_id, direction)) == round_index:
+            return {}  # refit already in this round, not written yet
         flt = self._filter(client_id, direction, z_selected.shape[1])
         flt.observe(z_selected, reward)
         with _one_thread():
             losses = flt.refit()
-        self._store.save_filter(client_id, direction, flt.to_bytes(), round_index)
+        if self._unsaved is not None:
+            self._unsaved[(client_id, direction)] = round_index
+        else:
+            self._store.save_filter(client_id, direction, flt.to_bytes(), round_index)
         return losses

@@ -36,6 +36,7 @@ from lada_client.common.enrollment import EnrollmentToken, TokenFormatError
 from lada_client.common.secagg import SecAggError
 from lada_client.common.wire import (
     KIND_PAYLOADS,
+    READ_KINDS,
     ROUTES,
     UPLOAD_KINDS,
     Ack,
@@ -197,7 +198,7 @@ def create_app(
         header = envelope.header
         try:
             client, sender, payload = authenticate(kind, envelope)
-            with store.transaction() as db:
+            with store.transaction(durable=kind not in READ_KINDS) as db:
                 reply = handler(db, client, header, payload)
                 out = seal_reply(header, reply, sender)
                 size_in = len(envelope.model_dump_json())

@@ -33,7 +33,7 @@ def build(config: CoordinatorConfig, llm_eval_dir: Path | None = None) -> tuple[
                     " (no config.json)"
                 )
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    store = Store(config.db_path)
+    store = Store(config.db_path, group_commit=config.group_commit)
     identity = load_identity(config.state_dir)
     public = load_public(config.public_data)
     llm_eval = None

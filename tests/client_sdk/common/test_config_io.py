@@ -128,12 +128,32 @@ def test_python_construction_and_replace_validate_too() -> None:
 
 
 def test_coordinator_config_nests_the_client_settings_with_their_checks(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"coordinator config 'llm_distill': alpah: unknown field"):
+    with pytest.raises(
+        ConfigError, match=r"coordinator config: llm_distill.alpah: unknown field \(did you mean 'alpha'\?\)"
+    ):
         CoordinatorConfig.from_dict({**COORD, "llm_distill": {"alpah": 1.0}})
     path = tmp_path / "coordinator.json"
     path.write_text(json.dumps({**COORD, "llm_lora": {"r": "8"}}))
-    with pytest.raises(ConfigError, match=rf"coordinator config {path}: r: must be an integer"):
+    with pytest.raises(ConfigError, match=rf"coordinator config {path}: llm_lora.r: must be an integer"):
         CoordinatorConfig.load(path)
+
+
+def test_a_bad_coordinator_config_names_every_bad_field_and_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "coordinator.json"
+    bad = {"rounds": "3", "allocation": "lad", "port": 70000, "quorum_fraction": 0, "group_comit": False}
+    path.write_text(json.dumps({**COORD, **bad}))
+    with pytest.raises(ConfigError) as caught:
+        CoordinatorConfig.load(path)
+    assert caught.value.what == f"coordinator config {path}"
+    assert dict(caught.value.problems) == {
+        "rounds": "must be an integer, got '3' (a string)",
+        "allocation": "must be 'lada', 'random', 'all' or 'none', got 'lad' (a string)",
+        "port": "must be <= 65535, got 70000 (an integer)",
+        "quorum_fraction": "must be > 0, got 0 (an integer)",
+        "group_comit": "unknown field (did you mean 'group_commit'?)",
+    }
+    with pytest.raises(ConfigError, match="score_only_update='server' needs slm_checkpoints"):
+        CoordinatorConfig.from_dict({**COORD, "score_only_update": "server"})  # across fields
 
 
 def test_the_cli_reports_a_bad_file_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

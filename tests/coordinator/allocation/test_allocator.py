@@ -82,3 +82,40 @@ def test_random_draw_follows_the_client_name_not_its_enrollment(tmp_path):
         draws.append((alloc.allocate(1, SLM, client_id, ids, z), alloc.allocate(1, SLM, f"client1-{run}", ids, z)))
     (first, other), (again, _) = draws
     assert first == again and first != other
+
+
+def test_a_round_close_writes_every_refit_filter_in_one_commit(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    alloc = Allocator(store, "lada", _configs(), seed=0)
+    _ids, z = _round(np.random.default_rng(4), n=40)
+    before = dict(store.stats)
+    with alloc.saving_together():
+        for k in range(5):
+            assert alloc.reward(1, SLM, f"c{k}", z[:4], 0.5)
+        assert alloc.reward(1, SLM, "c0", z[:4], 0.5) == {}  # once per round, also before the write
+        assert store.load_filter("c0", SLM) is None  # nothing written inside the block
+    assert store.stats["commits"] - before["commits"] == 1
+    assert all(store.filter_updated(1, f"c{k}", SLM) for k in range(5))
+    restarted = Allocator(Store(tmp_path / "db.sqlite"), "lada", _configs(), seed=0)
+    ids, z2 = _round(np.random.default_rng(5))
+    assert restarted.allocate(2, SLM, "c3", ids, z2) == alloc.allocate(2, SLM, "c3", ids, z2)
+
+
+def test_a_failed_round_close_counts_no_reward_twice(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    alloc = Allocator(store, "lada", _configs(), seed=0)
+    _ids, z = _round(np.random.default_rng(6), n=40)
+    try:
+        with alloc.saving_together():
+            assert alloc.reward(1, SLM, "c1", z[:4], 0.5)
+            raise RuntimeError("the close failed after the refit")
+    except RuntimeError:
+        pass
+    assert store.load_filter("c1", SLM) is None and not store.filter_updated(1, "c1", SLM)
+    # closed again: the reward counts (the refit filter was dropped from memory, not kept observed)
+    with alloc.saving_together():
+        assert alloc.reward(1, SLM, "c1", z[:4], 0.5)
+    fresh = Allocator(Store(tmp_path / "other.sqlite"), "lada", _configs(), seed=0)
+    fresh.reward(1, SLM, "c1", z[:4], 0.5)
+    ids, z2 = _round(np.random.default_rng(7))
+    assert alloc.allocate(2, SLM, "c1", ids, z2) == fresh.allocate(2, SLM, "c1", ids, z2)
