@@ -648,7 +648,7 @@ def hostile_federation(settings: Any, paths: dict, timeout_s: float = 900) -> di
     """Run a real local federation (``lada_coordinator.federation``: coordinator and honest client
     processes) with one :class:`HostileMember` in the honest devices' group; returns the operator's
     status at the end, the member's outcomes, and the honest clients' exit codes and log tails."""
-    from lada_client.models.factory import architecture_id
+    from lada_client.models.checkpoint import architecture_id
     from lada_client.training.lora import LoraTrainer
     from lada_coordinator.config import CoordinatorConfig
     from lada_coordinator.credentials import issue_tokens, load_identity

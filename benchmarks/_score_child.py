@@ -106,8 +106,9 @@ def main() -> None:
     else:
         import torch
 
-        from lada_client.models.encoding import SpecialTokens, encode_pairs
-        from lada_client.models.factory import load_causal_lm
+        from lada_client.models.checkpoint import load_causal_lm
+        from lada_client.models.encoding import encode_pairs
+        from lada_client.models.tokenizer import SpecialTokens
         from lada_client.training.losses import token_logprobs
 
         model, tokenizer = load_causal_lm(args.model_dir / "base")

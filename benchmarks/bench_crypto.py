@@ -8,7 +8,8 @@ them. The crypto of one client round (every message a client sends and receives)
 reference round time: ``--round-time-s`` if given, otherwise the measured client scoring pass
 (learnability features of M candidates on the tiny ``slm-small`` SLM, greedy generation included).
 
-Part 2, secure aggregation (:mod:`lada_client.common.secagg`): the whole SecAgg protocol in one
+Part 2, secure aggregation (:mod:`lada_client.common.secagg`, the server in
+:mod:`lada_coordinator.aggregation.secagg_server`): the whole SecAgg protocol in one
 process (every client's and the server's steps, timed per party) for n clients and adapters of L
 floats, against plain FedAvg (:func:`lada_client.common.secagg.fedavg`) on the same vectors; the
 averages are checked equal within the quantisation error.
@@ -251,12 +252,12 @@ def run_secagg(n: int, length: int, neighbours: int | None, dropouts: int, seed:
         MaskedInput,
         Roster,
         SecAggClient,
-        SecAggServer,
         ShareKeys,
         UnmaskRequest,
         UnmaskResponse,
         fedavg,
     )
+    from lada_coordinator.aggregation.secagg_server import SecAggServer
 
     config = secagg_config(n, neighbours)
     rng = np.random.default_rng(seed)
@@ -339,10 +340,10 @@ def profile_aggregate(n: int, length: int, neighbours: int | None) -> dict:
     import cProfile
     import pstats
 
-    from lada_client.common import secagg
+    from lada_coordinator.aggregation import secagg_server
 
     prof = cProfile.Profile()
-    original = secagg.SecAggServer.aggregate
+    original = secagg_server.SecAggServer.aggregate
 
     def profiled(self):
         prof.enable()
@@ -351,11 +352,11 @@ def profile_aggregate(n: int, length: int, neighbours: int | None) -> dict:
         finally:
             prof.disable()
 
-    secagg.SecAggServer.aggregate = profiled
+    secagg_server.SecAggServer.aggregate = profiled
     try:
         run_secagg(n, length, neighbours, 0)
     finally:
-        secagg.SecAggServer.aggregate = original
+        secagg_server.SecAggServer.aggregate = original
     stats = pstats.Stats(prof)
     total = max((v[3] for k, v in stats.stats.items() if k[2] == "aggregate"), default=stats.total_tt) or 1.0
     rows = sorted(

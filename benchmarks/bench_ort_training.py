@@ -40,7 +40,8 @@ if block:
         sys.modules[name] = None
 pairs = [tuple(p) for p in json.loads(Path(sys.argv[6]).read_text())]
 from lada_client.config import DistillSettings
-from lada_client.training.backend import PreferencePair, make_trainer
+from lada_client.training.backend import PreferencePair
+from lada_client.training.trainers import make_trainer
 if backend == "torch":
     import torch
     torch.set_num_threads(threads)
@@ -73,10 +74,10 @@ def _run(python: str, args: list[str], timeout: float = 1800) -> str:
 
 def prepare(preset: str, ort_python: str) -> tuple[Path, Path, Path]:
     from lada_client.common.reasoning import format_prompt, format_target
-    from lada_client.data.domains import DOMAINS, generate
-    from lada_client.models.factory import create_model
-    from lada_client.models.tokenizer import build_tokenizer, save_tokenizer
     from lada_client.training.ort_artifacts import MANIFEST, export_training_graph
+    from lada_coordinator.simulation.domains import DOMAINS, generate
+    from lada_coordinator.simulation.factory import create_model
+    from lada_coordinator.simulation.tokenizer import build_tokenizer, save_tokenizer
 
     root = CACHE / preset
     base, artifacts, data = root / "base", root / "artifacts", root / "pairs.json"

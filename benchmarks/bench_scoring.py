@@ -4,7 +4,7 @@ For each SLM and batch size, the same (prompt, completion) pairs are scored by
 
 * **onnx**: :meth:`lada_client.scoring.onnx_slm.OnnxSLM.completion_logprobs` (onnxruntime, the
   log-softmax and gather inside the graph), and
-* **torch**: the same checkpoint loaded with :func:`lada_client.models.factory.load_causal_lm`,
+* **torch**: the same checkpoint loaded with :func:`lada_client.models.checkpoint.load_causal_lm`,
   scored with :func:`lada_client.training.losses.token_logprobs` under ``torch.no_grad()``, with
   the same batching (pairs sorted by length, :func:`~lada_client.models.encoding.encode_pairs`)
   and the same completion masks,
@@ -94,8 +94,9 @@ def bench_model(
 ) -> list[dict]:
     import torch
 
-    from lada_client.models.encoding import SpecialTokens, encode_pairs
-    from lada_client.models.factory import load_causal_lm
+    from lada_client.models.checkpoint import load_causal_lm
+    from lada_client.models.encoding import encode_pairs
+    from lada_client.models.tokenizer import SpecialTokens
     from lada_client.scoring.onnx_slm import OnnxSLM
 
     torch.set_num_threads(threads)

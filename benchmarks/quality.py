@@ -274,7 +274,7 @@ def settings_for(
 
 def signature(settings: Any) -> dict[str, Any]:
     """What makes two runs comparable: every setting except where and on which port they ran."""
-    from lada_client.models.tokenizer import DEFAULT_VOCAB_SIZE
+    from lada_coordinator.simulation.tokenizer import DEFAULT_VOCAB_SIZE
 
     d = asdict(settings)
     for key in ("workdir", "port", "timeout_s"):

@@ -200,7 +200,7 @@ class LadaClient:
 
     def _default_model_name(self) -> str:
         if self.config.base_model_dir is not None:
-            from lada_client.models.factory import architecture_id
+            from lada_client.models.checkpoint import architecture_id
 
             return architecture_id(self.config.base_model_dir)
         if self.config.train_backend == "ort" and self.config.ort_artifacts is not None:
@@ -226,7 +226,7 @@ class LadaClient:
         when the client starts running, it overlaps enrollment and the wait for the coordinator to open
         the first round, instead of delaying that round's training. Errors surface at first use.
         """
-        from lada_client.training.backend import trainer_for
+        from lada_client.training.trainers import trainer_for
 
         future: Future = Future()
 

@@ -314,10 +314,10 @@ def slm_files(model_dir: Path) -> tuple[Path, Path]:
 
 
 def _data(settings: FederationSettings, data_dir: Path):
-    from lada_client.data.federation import make_federation
+    from lada_coordinator.simulation.domains import DOMAINS, make_federation
 
     if settings.families:
-        from lada_client.data.gym import make_gym_federation
+        from lada_coordinator.simulation.gym import make_gym_federation
 
         families = [settings.families[i % len(settings.families)] for i in range(settings.clients)]
         return make_gym_federation(
@@ -329,8 +329,6 @@ def _data(settings: FederationSettings, data_dir: Path):
             public_families=settings.public_families or None,
             public_seed=settings.public_seed,
         )
-    from lada_client.data.domains import DOMAINS
-
     domains = [DOMAINS[i % len(DOMAINS)] for i in range(settings.clients)]
     return make_federation(domains, settings.n_train, settings.n_test, settings.n_public, settings.seed)
 
@@ -341,12 +339,12 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
     Each step is a ``reporter`` stage (warm starts count their steps), so a person sees how far
     the minutes of a first set-up got."""
     from lada_client.common.reasoning import format_prompt, format_target
-    from lada_client.data.domains import GENERATOR_VERSION
     from lada_client.data.federation import FederationData
     from lada_client.models.export import SCORING_GRAPH_VERSION, export_scoring_model, scoring_graph_version
-    from lada_client.models.factory import create_model
-    from lada_client.models.tokenizer import DEFAULT_VOCAB_SIZE, build_tokenizer, save_tokenizer
-    from lada_client.training.pretrain import pretrain
+    from lada_coordinator.simulation.domains import GENERATOR_VERSION
+    from lada_coordinator.simulation.factory import create_model
+    from lada_coordinator.simulation.pretrain import pretrain
+    from lada_coordinator.simulation.tokenizer import DEFAULT_VOCAB_SIZE, build_tokenizer, save_tokenizer
 
     reporter = reporter or LogReporter()
     work = settings.workdir

@@ -44,7 +44,7 @@ from lada_client.common.wire import (
     RewardReport,
     RoundInfo,
 )
-from lada_client.data.domains import Sample
+from lada_client.data.samples import Sample
 from lada_client.scoring.reward import relative_drop
 from lada_coordinator.aggregation.secure import SecureAggregation
 from lada_coordinator.allocation.allocator import LLM, SLM, Allocator

@@ -14,7 +14,7 @@ The device's files are laid out under ``--root`` as the app lays them out under 
 
 Usage::
 
-    # a tiny offline model and data set to try it with (needs lada-client[export]):
+    # a tiny offline model and data set to try it with (needs lada-coordinator, which pulls lada-client[export]):
     python examples/android_bridge/drive_bridge.py --root /tmp/lada-phone --build-demo
     # score only; no coordinator needed:
     python examples/android_bridge/drive_bridge.py --root /tmp/lada-phone
@@ -135,12 +135,12 @@ def drive(bridge: Bridge, args: argparse.Namespace) -> int:
 
 
 def build_demo(root: Path, name: str) -> None:
-    """A tiny untrained SLM and one client's data, built offline (needs lada-client[export])."""
+    """A tiny untrained SLM and one client's data, built offline (needs lada-coordinator)."""
     from lada_client.common.reasoning import format_prompt, format_target
-    from lada_client.data.federation import make_federation
     from lada_client.models.export import export_scoring_model
-    from lada_client.models.factory import create_model
-    from lada_client.models.tokenizer import build_tokenizer, save_tokenizer
+    from lada_coordinator.simulation.domains import make_federation
+    from lada_coordinator.simulation.factory import create_model
+    from lada_coordinator.simulation.tokenizer import build_tokenizer, save_tokenizer
 
     if name != "client0":
         raise SystemExit("--build-demo builds data for client0; use --name client0")

@@ -22,10 +22,10 @@ def device_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
     pytest.importorskip("optimum.exporters.onnx")
     from lada_client.common.reasoning import format_prompt, format_target
-    from lada_client.data.federation import make_federation
     from lada_client.models.export import export_scoring_model
-    from lada_client.models.factory import create_model
-    from lada_client.models.tokenizer import build_tokenizer, save_tokenizer
+    from lada_coordinator.simulation.domains import make_federation
+    from lada_coordinator.simulation.factory import create_model
+    from lada_coordinator.simulation.tokenizer import build_tokenizer, save_tokenizer
 
     root = tmp_path_factory.mktemp("phone")
     federation = make_federation(["add"], n_train=16, n_test=4, n_public=16, seed=0)

@@ -22,7 +22,8 @@ from lada_client.capabilities import (
 )
 from lada_client.client import LadaClient
 from lada_client.config import ClientConfig
-from lada_client.training.backend import BackendUnavailable, make_trainer
+from lada_client.training.backend import BackendUnavailable
+from lada_client.training.trainers import make_trainer
 
 BASE = {
     "coordinator_url": "http://127.0.0.1:1",

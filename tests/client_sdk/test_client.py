@@ -25,16 +25,16 @@ def _config(world: dict[str, Path], tmp_path: Path, base_model_dir: Path) -> Cli
 
 def test_trainer_is_loaded_in_a_background_thread_and_reused(tiny_world, tmp_path, monkeypatch):
     pytest.importorskip("torch")
-    import lada_client.training.backend as backend
+    import lada_client.training.trainers as trainers
 
     loaded_in: list[str] = []
-    real = backend.trainer_for
+    real = trainers.trainer_for
 
     def recording(config, adapter_dir):
         loaded_in.append(threading.current_thread().name)
         return real(config, adapter_dir)
 
-    monkeypatch.setattr(backend, "trainer_for", recording)
+    monkeypatch.setattr(trainers, "trainer_for", recording)
     with LadaClient(_config(tiny_world, tmp_path, tiny_world["client0"] / "base")) as client:
         future = client._start_loading_trainer()
         trainer = client.trainer

@@ -15,9 +15,8 @@ import pytest
 
 from lada_client.common.crypto import Identity
 from lada_client.common.wire import Candidate, RoundInfo, RoundQuery
-from lada_client.data.domains import DOMAINS
-from lada_client.data.federation import make_federation
 from lada_client.transport import Transport
+from lada_coordinator.simulation.domains import DOMAINS, make_federation
 
 pytestmark = pytest.mark.e2e  # a real coordinator process
 

@@ -1,11 +1,14 @@
 """Secure aggregation of adapter updates (SecAgg, Bonawitz et al. 2017; SecAgg+, Bell et al. 2020).
 
 The coordinator must learn the *sum* of the surviving clients' LoRA updates and nothing about any
-single update, even when clients drop out mid-round. This module is the protocol only: it produces
-and consumes typed messages (dataclasses with ``to_dict``/``from_dict``) and does no networking;
-the coordinator and client carry them inside their sealed envelopes (:mod:`.crypto`). As there,
-the hazardous primitives (X25519, HKDF, AES-GCM, AES-CTR) stay inside; callers see
-:class:`SecAggClient`, :class:`SecAggServer`, the messages and a few pure helpers.
+single update, even when clients drop out mid-round. This module is what both roles share: the
+typed messages (dataclasses with ``to_dict``/``from_dict``), the primitives (Shamir sharing,
+quantisation, the mask streams and the self-mask commitment) and the client's side,
+:class:`SecAggClient`. The coordinator's side, ``SecAggServer``, lives in the coordinator
+distribution (``lada_coordinator.aggregation.secagg_server``). Nothing here does networking: the
+coordinator and client carry the messages inside their sealed envelopes (:mod:`.crypto`). As there,
+the hazardous primitives (X25519, HKDF, AES-GCM, AES-CTR) stay inside; callers see the client, the
+messages, a few pure helpers, and keys as bytes.
 
 Round, with ``U1 ⊇ U2 ⊇ U3`` the clients still present after each step::
 
@@ -50,10 +53,10 @@ import logging
 import math
 import os
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -65,27 +68,29 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = [
+    "MASK_KEY",
+    "SELF_MASK_SEED",
     "SHAMIR_PRIME",
     "AdvertiseKeys",
-    "Aggregate",
     "EncryptedShare",
     "MaskedInput",
     "Roster",
     "SecAggClient",
     "SecAggConfig",
     "SecAggError",
-    "SecAggServer",
     "Share",
     "ShareKeys",
     "UnmaskRequest",
     "UnmaskResponse",
-    "check_masked_peers",
-    "check_share_bundle",
-    "check_unmask_response",
+    "check_id",
+    "commit_self_mask",
     "dequantize",
     "fedavg",
+    "is_mask_key",
     "neighbour_graph",
+    "pair_mask",
     "quantize",
+    "self_mask",
     "shamir_reconstruct",
     "shamir_split",
 ]
@@ -108,6 +113,10 @@ _PROTOCOL = b"lada/secagg/v1"
 _MAX_ID_CHARS = 256
 _RAW_PUBLIC = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 _RAW_PRIVATE = (serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+
+
+#: the two secrets a client Shamir-shares, as messages and the never-both rule name them
+SELF_MASK_SEED, MASK_KEY = "self-mask seed", "mask key"
 
 
 class SecAggError(Exception):
@@ -156,9 +165,30 @@ def _self_mask_key(seed: bytes, round_id: str, client_id: str) -> bytes:
     return _kdf(seed, "self", round_id, client_id)
 
 
-def _commitment(seed: bytes, round_id: str, client_id: str) -> bytes:
+def commit_self_mask(seed: bytes, round_id: str, client_id: str) -> bytes:
     """Binds a client to its self-mask seed so a corrupted reconstruction is caught, not summed."""
     return hashlib.sha256(_PROTOCOL + _encode("commit", round_id, client_id, seed)).digest()
+
+
+def self_mask(seed: bytes, round_id: str, client_id: str, length: int) -> npt.NDArray[np.uint32]:
+    """``PRG(b_i)``: the self mask ``client_id`` adds to its input, from its self-mask seed."""
+    return _expand(_self_mask_key(seed, round_id, client_id), length)
+
+
+def pair_mask(
+    private: X25519PrivateKey | bytes, peer_public: bytes, round_id: str, owner: str, peer: str, length: int
+) -> npt.NDArray[np.uint32]:
+    """``PRG(s_ij)`` of ``owner``'s mask key (the key, or its raw private bytes) and ``peer``'s public
+    mask key: the same stream from either side of the pair. ``owner`` adds it when ``owner < peer``
+    and subtracts it otherwise."""
+    if isinstance(private, bytes):
+        private = X25519PrivateKey.from_private_bytes(private)
+    return _expand(_pair_seed(private, peer_public, round_id, owner, peer), length)
+
+
+def is_mask_key(raw_private: bytes, public: bytes) -> bool:
+    """Whether ``raw_private`` is the X25519 private key of the advertised ``public`` mask key."""
+    return _public_bytes(X25519PrivateKey.from_private_bytes(raw_private)) == public
 
 
 def _share_aead(private: X25519PrivateKey, peer: AdvertiseKeys, round_id: str, sender: str, recipient: str) -> AESGCM:
@@ -198,7 +228,8 @@ def _get(data: Any, key: str, kind: type | tuple[type, ...]) -> Any:
     return value
 
 
-def _check_id(client_id: Any, what: str = "client id") -> str:
+def check_id(client_id: Any, what: str = "client id") -> str:
+    """A client or round id as the protocol accepts it (a non-empty string, bounded in length)."""
     if not isinstance(client_id, str) or not 0 < len(client_id) <= _MAX_ID_CHARS:
         raise SecAggError(f"{what} must be a non-empty string of at most {_MAX_ID_CHARS} characters")
     return client_id
@@ -387,8 +418,8 @@ class AdvertiseKeys:
     channel_key: bytes
 
     def __post_init__(self) -> None:
-        _check_id(self.client_id)
-        _check_id(self.round_id, "round id")
+        check_id(self.client_id)
+        check_id(self.round_id, "round id")
         _check_key(self.mask_key, f"mask key of {self.client_id}")
         _check_key(self.channel_key, f"channel key of {self.client_id}")
 
@@ -444,7 +475,7 @@ class Roster:
     participants: tuple[AdvertiseKeys, ...]
 
     def __post_init__(self) -> None:
-        _check_id(self.round_id, "round id")
+        check_id(self.round_id, "round id")
         if isinstance(self.vector_length, bool) or not isinstance(self.vector_length, int) or self.vector_length < 1:
             raise SecAggError("vector_length must be a positive integer")
         ids = [p.client_id for p in self.participants]
@@ -504,8 +535,8 @@ class EncryptedShare:
     ciphertext: bytes
 
     def __post_init__(self) -> None:
-        _check_id(self.sender, "share sender")
-        _check_id(self.recipient, "share recipient")
+        check_id(self.sender, "share sender")
+        check_id(self.recipient, "share recipient")
         if len(self.nonce) != _NONCE_BYTES or len(self.ciphertext) != _SHARE_CIPHERTEXT_BYTES:
             raise SecAggError(f"malformed share from {self.sender} to {self.recipient}: wrong size")
 
@@ -640,23 +671,15 @@ class UnmaskResponse:
         )
 
 
-class Aggregate(NamedTuple):
-    """The decoded sum of the contributors' updates, and who contributed."""
-
-    total: npt.NDArray[np.float64]
-    contributors: list[str]
-
-
 # --------------------------------------------------------------------------------------- client
-_SELF, _KEY = "self-mask seed", "mask key"
 
 
 class SecAggClient:
     """One client's side of one round. Create a new instance per round: keys are single-use."""
 
     def __init__(self, client_id: str, round_id: str, config: SecAggConfig) -> None:
-        self.client_id = _check_id(client_id)
-        self.round_id = _check_id(round_id, "round id")
+        self.client_id = check_id(client_id)
+        self.round_id = check_id(round_id, "round id")
         self.config = config
         self._mask_key: X25519PrivateKey | None = X25519PrivateKey.generate()
         self._channel_key: X25519PrivateKey | None = X25519PrivateKey.generate()
@@ -699,7 +722,9 @@ class SecAggClient:
             out.append(EncryptedShare(self.client_id, peer, nonce, ciphertext))
         self._roster, self._seed = roster, seed
         logger.debug("secagg %s: %s shared keys with %d neighbours", self.round_id, self.client_id, len(peers))
-        return ShareKeys(self.client_id, self.round_id, _commitment(seed, self.round_id, self.client_id), tuple(out))
+        return ShareKeys(
+            self.client_id, self.round_id, commit_self_mask(seed, self.round_id, self.client_id), tuple(out)
+        )
 
     def masked_input(self, vector: npt.ArrayLike, encrypted_shares_for_me: Iterable[EncryptedShare]) -> MaskedInput:
         """Open the neighbours' shares and mask the update against exactly those neighbours.
@@ -744,10 +769,10 @@ class SecAggClient:
                 f"only {len(held)} neighbours of {self.client_id} shared keys; threshold is {self.config.threshold}"
             )
         masked = values.copy()
-        masked += _expand(_self_mask_key(self._seed, self.round_id, self.client_id), values.size)
+        masked += self_mask(self._seed, self.round_id, self.client_id, values.size)
         for peer in held:
-            stream = _expand(
-                _pair_seed(self._mask_key, roster.keys[peer].mask_key, self.round_id, self.client_id, peer), values.size
+            stream = pair_mask(
+                self._mask_key, roster.keys[peer].mask_key, self.round_id, self.client_id, peer, values.size
             )
             if self.client_id < peer:
                 masked += stream
@@ -777,290 +802,13 @@ class SecAggClient:
         for owner in self._held:
             if owner not in alive and owner not in gone:
                 raise SecAggError(f"unmask request does not say whether {owner} survived")
-            wanted[owner] = _SELF if owner in alive else _KEY
+            wanted[owner] = SELF_MASK_SEED if owner in alive else MASK_KEY
             if self._revealed.get(owner, wanted[owner]) != wanted[owner]:
                 raise SecAggError(
                     f"refusing to reveal the {wanted[owner]} of {owner}: "
                     f"its {self._revealed[owner]} was already revealed"
                 )
         self._revealed.update(wanted)
-        seeds = {o: self._held[o][0].to_bytes() for o, kind in wanted.items() if kind == _SELF}
-        keys = {o: self._held[o][1].to_bytes() for o, kind in wanted.items() if kind == _KEY}
+        seeds = {o: self._held[o][0].to_bytes() for o, kind in wanted.items() if kind == SELF_MASK_SEED}
+        keys = {o: self._held[o][1].to_bytes() for o, kind in wanted.items() if kind == MASK_KEY}
         return UnmaskResponse(self.client_id, self.round_id, seeds, keys)
-
-
-# ------------------------------------------------------------------- checks shared with the server
-def check_share_bundle(message: ShareKeys, roster: Roster) -> None:
-    """A share bundle must come from a roster member and hold one share per neighbour."""
-    sender = message.client_id
-    if sender not in roster.keys:
-        raise SecAggError(f"{sender} is not in the roster")
-    if message.round_id != roster.round_id:
-        raise SecAggError(f"share bundle from {sender} is for round {message.round_id!r}, not {roster.round_id!r}")
-    if len(message.self_mask_commitment) != 32:
-        raise SecAggError(f"malformed share bundle from {sender}: bad commitment")
-    recipients = [s.recipient for s in message.shares]
-    if any(s.sender != sender for s in message.shares) or sorted(recipients) != sorted(roster.graph[sender]):
-        raise SecAggError(f"malformed share bundle from {sender}: must hold one share per neighbour")
-
-
-def check_unmask_response(message: UnmaskResponse, request: UnmaskRequest, roster: Roster) -> None:
-    """An unmask response reveals, for the sender's neighbours, self-mask shares of survivors and
-    mask-key shares of dropped clients only, never both kinds for one client, each a valid share."""
-    sender = message.client_id
-    if sender not in request.survivors:
-        raise SecAggError(f"unmask response from {sender}, which is not a survivor")
-    if message.round_id != roster.round_id:
-        raise SecAggError(f"unmask response from {sender} is for round {message.round_id!r}, not {roster.round_id!r}")
-    neighbours = roster.graph[sender]
-    seeds, keys = set(message.self_mask_shares), set(message.mask_key_shares)
-    if seeds & keys:
-        raise SecAggError(f"{sender} revealed both share kinds of {', '.join(sorted(seeds & keys))}")
-    if not seeds <= set(request.survivors) & neighbours or not keys <= set(request.dropped) & neighbours:
-        raise SecAggError(f"malformed unmask response from {sender}: shares for the wrong clients")
-    x = roster.index[sender]
-    for value in [*message.self_mask_shares.values(), *message.mask_key_shares.values()]:
-        Share.from_bytes(x, value)
-
-
-def check_masked_peers(peers: Iterable[str], allowed: Iterable[str], threshold: int, sender: str) -> None:
-    """A masked input may leave out neighbours whose shares did not open, never add any, and must
-    keep at least ``threshold`` of them (fewer could not be unmasked)."""
-    got, ok = set(peers), set(allowed)
-    if len(got) != len(tuple(peers)) or not got <= ok:
-        raise SecAggError(f"{sender} masked against {sorted(got)}; only {sorted(ok)} shared keys with it")
-    if len(got) < threshold:
-        raise SecAggError(f"{sender} masked against {len(got)} neighbours; threshold is {threshold}")
-
-
-# --------------------------------------------------------------------------------------- server
-class SecAggServer:
-    """The coordinator's side of one round: collects messages and sums what survives.
-
-    Phases close in order (``roster``, ``route_shares``, ``unmask_request``); a message for a
-    closed phase is refused, above all a masked input arriving after the drop list was fixed.
-    """
-
-    def __init__(self, round_id: str, config: SecAggConfig, vector_length: int) -> None:
-        self.round_id = _check_id(round_id, "round id")
-        self.config = config
-        if isinstance(vector_length, bool) or not isinstance(vector_length, int) or vector_length < 1:
-            raise SecAggError("vector_length must be a positive integer")
-        self.vector_length = vector_length
-        self._adverts: dict[str, AdvertiseKeys] = {}
-        self._roster: Roster | None = None
-        self._share_keys: dict[str, ShareKeys] = {}
-        self._routed: dict[str, list[EncryptedShare]] | None = None
-        self._inputs: dict[str, MaskedInput] = {}
-        self._request: UnmaskRequest | None = None
-        self._responses: dict[str, UnmaskResponse] = {}
-        #: members left out of the sum, and why (shares that did not open, a wrong unmask share)
-        self.offenders: dict[str, str] = {}
-
-    def _check_round(self, round_id: str, sender: str) -> None:
-        if round_id != self.round_id:
-            raise SecAggError(f"message from {sender} is for round {round_id!r}, not {self.round_id!r}")
-
-    @property
-    def sharers(self) -> tuple[str, ...]:
-        """Clients whose shares were routed (U2)."""
-        return tuple(sorted(self._share_keys)) if self._routed is not None else ()
-
-    @property
-    def survivors(self) -> tuple[str, ...]:
-        """Clients whose masked input counts (U3); final once :meth:`unmask_request` was called."""
-        return tuple(sorted(self._inputs))
-
-    def receive_advertise(self, message: AdvertiseKeys) -> None:
-        self._check_round(message.round_id, message.client_id)
-        if self._roster is not None:
-            raise SecAggError(f"keys from {message.client_id} arrived after the roster was sent")
-        if message.client_id in self._adverts and self._adverts[message.client_id] != message:
-            raise SecAggError(f"{message.client_id} advertised two different key sets")
-        self._adverts[message.client_id] = message
-
-    def roster(self) -> Roster:
-        """Close key advertisement and return the roster to broadcast (same object on every call)."""
-        if self._roster is None:
-            participants = tuple(self._adverts[c] for c in sorted(self._adverts))
-            self._roster = Roster(self.round_id, self.config, self.vector_length, participants)
-            degree = min(len(p) for p in self._roster.graph.values())
-            if 2 * self.config.threshold <= degree:
-                logger.warning(
-                    "secagg %s: threshold %d is at most half the neighbourhood (%d); a lying coordinator could "
-                    "collect both share kinds of one client",
-                    self.round_id,
-                    self.config.threshold,
-                    degree,
-                )
-            logger.info("secagg %s: roster of %d clients", self.round_id, len(participants))
-        return self._roster
-
-    def receive_shares(self, message: ShareKeys) -> None:
-        roster = self._roster
-        sender = message.client_id
-        self._check_round(message.round_id, sender)
-        if roster is None or self._routed is not None:
-            raise SecAggError(f"shares from {sender} arrived outside the share phase")
-        if sender not in roster.keys:
-            raise SecAggError(f"{sender} is not in the roster")
-        if sender in self._share_keys:
-            raise SecAggError(f"{sender} already sent its shares")
-        check_share_bundle(message, roster)
-        self._share_keys[sender] = message
-
-    def route_shares(self) -> dict[str, list[EncryptedShare]]:
-        """Close the share phase; return, per client that shared, the shares addressed to it."""
-        if self._roster is None:
-            raise SecAggError("route_shares before the roster was sent")
-        if self._routed is None:
-            graph = self._roster.graph
-            sharers = set(self._share_keys)
-            short = sorted(c for c in sharers if len(graph[c] & sharers) < self.config.threshold)
-            if short:
-                raise SecAggError(
-                    f"fewer than {self.config.threshold} neighbours of {', '.join(short)} shared keys; round aborted"
-                )
-            routed: dict[str, list[EncryptedShare]] = {c: [] for c in sorted(sharers)}
-            for bundle in self._share_keys.values():
-                for share in bundle.shares:
-                    if share.recipient in routed:
-                        routed[share.recipient].append(share)
-            self._routed = routed
-            logger.info("secagg %s: routed shares of %d clients", self.round_id, len(sharers))
-        return {c: list(v) for c, v in self._routed.items()}
-
-    def receive_masked_input(self, message: MaskedInput) -> None:
-        sender = message.client_id
-        self._check_round(message.round_id, sender)
-        if self._routed is None or self._roster is None:
-            raise SecAggError(f"masked input from {sender} arrived before the shares were routed")
-        if self._request is not None:
-            raise SecAggError(f"masked input from {sender} arrived after the drop list was fixed; discarded")
-        if sender not in self._share_keys:
-            raise SecAggError(f"{sender} did not share keys this round")
-        if sender in self._inputs:
-            raise SecAggError(f"{sender} already sent a masked input")
-        vector = np.asarray(message.vector)
-        if vector.dtype != np.uint32 or vector.shape != (self.vector_length,):
-            raise SecAggError(f"masked input from {sender} must be {self.vector_length} uint32 values")
-        check_masked_peers(
-            message.peers, self._roster.graph[sender] & set(self._share_keys), self.config.threshold, sender
-        )
-        self._inputs[sender] = message
-
-    def unmask_request(self) -> UnmaskRequest:
-        """Fix the survivor and drop lists (same object on every call) and return them to send.
-
-        A sharer that some survivor masked without (its shares to that survivor did not open) is
-        dropped, not summed: its pair mask with that survivor could not cancel. Recorded in
-        :attr:`offenders`."""
-        if self._routed is None or self._roster is None:
-            raise SecAggError("unmask_request before the shares were routed")
-        if self._request is None:
-            graph, sharers = self._roster.graph, set(self._share_keys)
-            for client, message in sorted(self._inputs.items()):
-                for accused in sorted((graph[client] & sharers) - set(message.peers)):
-                    self.offenders.setdefault(accused, f"its key shares to {client} did not open")
-            survivors = tuple(sorted(set(self._inputs) - set(self.offenders)))
-            if len(survivors) < self.config.threshold:
-                raise SecAggError(f"only {len(survivors)} survivors; threshold is {self.config.threshold}")
-            dropped = tuple(sorted(set(self._share_keys) - set(survivors)))
-            self._request = UnmaskRequest(self.round_id, survivors, dropped)
-            logger.info("secagg %s: %d survivors, %d dropped", self.round_id, len(survivors), len(dropped))
-        return self._request
-
-    def receive_unmask(self, message: UnmaskResponse) -> None:
-        request, roster = self._request, self._roster
-        sender = message.client_id
-        self._check_round(message.round_id, sender)
-        if request is None or roster is None:
-            raise SecAggError(f"unmask response from {sender} arrived before the unmask request")
-        if sender in self._responses:
-            if self._responses[sender] != message:
-                raise SecAggError(f"{sender} sent two different unmask responses")
-            return
-        check_unmask_response(message, request, roster)
-        self._responses[sender] = message
-
-    def aggregate(self) -> Aggregate:
-        """Remove every mask and decode the sum; raises while too few shares have arrived."""
-        request, roster = self._request, self._roster
-        if request is None or roster is None:
-            raise SecAggError("aggregate before the unmask request")
-        t, n = self.config.threshold, self.vector_length
-        total = np.zeros(n, dtype=np.uint32)
-        for client in request.survivors:
-            total += self._inputs[client].vector
-        for client in request.survivors:
-            commitment = self._share_keys[client].self_mask_commitment
-
-            def is_self_mask_seed(seed: bytes, c: str = client, k: bytes = commitment) -> bool:
-                return hmac.compare_digest(_commitment(seed, self.round_id, c), k)
-
-            seed = self._reconstruct(client, "self_mask_shares", _SELF, is_self_mask_seed)
-            total -= _expand(_self_mask_key(seed, self.round_id, client), n)
-        for client in request.dropped:
-            affected = [s for s in request.survivors if client in self._inputs[s].peers]
-            if not affected:
-                continue
-
-            def is_mask_key(raw: bytes, k: bytes = roster.keys[client].mask_key) -> bool:
-                return _public_bytes(X25519PrivateKey.from_private_bytes(raw)) == k
-
-            raw = self._reconstruct(client, "mask_key_shares", _KEY, is_mask_key)
-            private = X25519PrivateKey.from_private_bytes(raw)
-            for survivor in affected:
-                seed = _pair_seed(private, roster.keys[survivor].mask_key, self.round_id, client, survivor)
-                stream = _expand(seed, n)
-                if survivor < client:
-                    total -= stream
-                else:
-                    total += stream
-        logger.info("secagg %s: aggregated %d clients (threshold %d)", self.round_id, len(request.survivors), t)
-        return Aggregate(dequantize(total, len(request.survivors), self.config), list(request.survivors))
-
-    def _reconstruct(self, owner: str, field: str, what: str, valid: Callable[[bytes], bool]) -> bytes:
-        """Rebuild a secret of ``owner`` from the responders' shares and check it with ``valid``.
-
-        Any ``threshold`` consistent shares rebuild it; a wrong share (a responder lying) gives a
-        secret that fails the check. Then each responder is left out in turn: the first whose
-        absence gives a valid secret is recorded in :attr:`offenders` and its shares are ignored
-        from now on, so one bad responder cannot stop the round while ``threshold`` honest ones answer.
-        """
-        assert self._roster is not None
-        t = self.config.threshold
-        held = {
-            responder: Share.from_bytes(self._roster.index[responder], getattr(response, field)[owner])
-            for responder, response in sorted(self._responses.items())
-            if owner in getattr(response, field) and responder not in self.offenders
-        }
-        if len(held) < t:
-            raise SecAggError(f"only {len(held)} shares of the {what} of {owner} so far; threshold is {t}")
-
-        def attempt(responders: list[str]) -> bytes | None:
-            try:
-                secret = shamir_reconstruct([held[r] for r in responders[:t]], t)
-            except SecAggError:
-                return None
-            return secret if valid(secret) else None
-
-        order = list(held)
-        secret = attempt(order)
-        if secret is not None:
-            return secret
-        for suspect in order:
-            secret = attempt([r for r in order if r != suspect]) if len(order) > t else None
-            if secret is not None:
-                self.offenders[suspect] = f"it revealed a wrong share of the {what} of {owner}"
-                logger.warning(
-                    "secagg %s: %s revealed a wrong share of the %s of %s; ignoring its shares",
-                    self.round_id,
-                    suspect,
-                    what,
-                    owner,
-                )
-                return secret
-        raise SecAggError(
-            f"cannot rebuild the {what} of {owner}: its shares are inconsistent (did {owner} share garbage?)", owner
-        )

@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import json
 import logging
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from lada_client.data.samples import Sample
 
-from lada_client.data.domains import DOMAINS, Sample, generate
-
-__all__ = ["ClientData", "FederationData", "load_client", "make_federation"]
+__all__ = ["ClientData", "FederationData", "load_client", "load_public"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +46,9 @@ class ClientData:
 
 @dataclass
 class FederationData:
-    """All clients' shards plus the public pool, as produced by :func:`make_federation`."""
+    """All clients' shards plus the public pool (the simulation builds one with
+    ``lada_coordinator.simulation.domains.make_federation``; a user's files, with
+    :func:`lada_client.data.user_files.make_user_federation`)."""
 
     clients: list[ClientData]
     public: list[Sample]
@@ -117,63 +116,6 @@ def load_client(directory: Path, name: str) -> ClientData:
             return _load_client_entry(directory, entry)
     names = [entry["name"] for entry in entries]
     raise ValueError(f"{directory / MANIFEST} has no client {name!r}; clients: {names}")
-
-
-def make_federation(
-    domains: Sequence[str],
-    n_train: int,
-    n_test: int,
-    n_public: int,
-    seed: int,
-) -> FederationData:
-    """Build ``client{i}`` with domain ``domains[i]`` and a public pool mixing all of ``DOMAINS``.
-
-    Splits are generated in a fixed order (public, then each client's test, then train), each
-    excluding every question generated before it, so all splits are disjoint by question text and
-    the whole federation is a pure function of its arguments.
-    """
-    unknown = [d for d in domains if d not in DOMAINS]
-    if unknown:
-        raise ValueError(f"unknown domains {unknown}; valid domains: {', '.join(DOMAINS)}")
-    if min(n_train, n_test, n_public) < 0:
-        raise ValueError("split sizes must be non-negative")
-    used: set[str] = set()
-
-    def split(domain: str, n: int, tag: str) -> list[Sample]:
-        samples = generate(domain, n, _derive_seed(seed, tag), tag, exclude=used)
-        used.update(s.question for s in samples)
-        return samples
-
-    public: list[Sample] = []
-    per_domain, remainder = divmod(n_public, len(DOMAINS))
-    for index, domain in enumerate(DOMAINS):
-        count = per_domain + (1 if index < remainder else 0)
-        public.extend(split(domain, count, f"public-{domain}"))
-    # Interleave domains so any contiguous slice of the pool (a round's batch) is mixed.
-    order = np.random.default_rng(_derive_seed(seed, "public-order")).permutation(len(public))
-    public = [public[i] for i in order]
-
-    clients: list[ClientData] = []
-    for index, domain in enumerate(domains):
-        name = f"client{index}"
-        test = split(domain, n_test, f"{name}-test")
-        train = split(domain, n_train, f"{name}-train")
-        clients.append(ClientData(name=name, domain=domain, train=train, test=test))
-    logger.info(
-        "built federation: %d clients, %d train / %d test each, %d public, seed %d",
-        len(clients),
-        n_train,
-        n_test,
-        len(public),
-        seed,
-    )
-    return FederationData(clients=clients, public=public, seed=seed)
-
-
-def _derive_seed(seed: int, tag: str) -> int:
-    """Independent, stable sub-seed per split, so adding a client does not reshuffle the others."""
-    sequence = np.random.SeedSequence([seed, zlib.crc32(tag.encode("utf-8"))])
-    return int(sequence.generate_state(1)[0])
 
 
 def _write_jsonl(path: Path, samples: Sequence[Sample]) -> None:

@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from lada_client.common.reasoning import extract_answer, is_correct
-from lada_client.data.domains import Sample
 from lada_client.data.federation import ClientData, FederationData
+from lada_client.data.samples import Sample
 
 __all__ = ["make_user_federation", "read_samples"]
 

@@ -8,53 +8,13 @@ right-padded with the pad id. Log-probs are summed over completion tokens (and `
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Protocol, cast
+from dataclasses import dataclass
+from typing import Protocol, cast
 
 import numpy as np
 
-from lada_client.models.tokenizer import BOS_ID, EOS_ID, PAD_ID
-
-SPECIAL_TOKENS_FILE = "special_tokens.json"
-
-
-@dataclass(frozen=True)
-class SpecialTokens:
-    """Ids framing a sequence. Models differ (ours: <pad>=0 <s>=1 </s>=2; SmolLM2-Instruct frames
-    with <|im_start|>=1 … <|im_end|>=2 and pads with EOS), so they travel with the model: in
-    ``config.json`` for checkpoints and in ``special_tokens.json`` beside an ONNX scoring model."""
-
-    bos: int | None = BOS_ID
-    eos: int = EOS_ID
-    pad: int = PAD_ID
-
-    @classmethod
-    def from_model_config(cls, config: Any) -> SpecialTokens:
-        eos = config.eos_token_id
-        eos = eos[0] if isinstance(eos, (list, tuple)) else eos
-        if eos is None:
-            raise ValueError("the model config has no eos_token_id")
-        pad = config.pad_token_id if config.pad_token_id is not None else eos
-        return cls(bos=config.bos_token_id, eos=int(eos), pad=int(pad))
-
-    def save(self, directory: Path) -> Path:
-        path = Path(directory) / SPECIAL_TOKENS_FILE
-        path.write_text(json.dumps(asdict(self)))
-        return path
-
-    @classmethod
-    def load(cls, directory: Path) -> SpecialTokens:
-        """From ``special_tokens.json`` in ``directory``; the project's defaults if absent."""
-        path = Path(directory) / SPECIAL_TOKENS_FILE
-        if not path.exists():
-            return cls()
-        try:
-            return cls(**json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise ValueError(f"{path} is not a valid special-tokens file: {exc}") from exc
+from lada_client.models.tokenizer import SpecialTokens
 
 
 class _Tokenizer(Protocol):

@@ -54,7 +54,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lada_client.models.encoding import SpecialTokens
+from lada_client.models.tokenizer import SpecialTokens
 
 if TYPE_CHECKING:  # onnx is imported where a graph is rewritten (the ``export`` extra)
     from onnx import GraphProto, NodeProto

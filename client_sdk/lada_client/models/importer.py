@@ -16,7 +16,7 @@ loader gets wrong is repaired here, per family:
   tokenizer alike, so training targets, generation and the ONNX graph agree;
 * whether a sequence starts with a BOS token (``tokenizer.ggml.add_bos_token``: Gemma yes, Qwen no);
 * SmolLM2's byte-level tokenizer, which the loader rebuilds with SentencePiece rules
-  (:func:`lada_client.models.smollm2.repair_tokenizer`).
+  (:func:`repair_smollm_tokenizer`).
 
 Families checked here: ``llama`` (SmolLM2-135M-Instruct), ``qwen2`` (Qwen2.5-Coder-0.5B/1.5B-Instruct)
 and ``gemma3`` (Gemma-3-270M base). Every step is cached on disk, keyed by the SHA-256 of the source
@@ -168,14 +168,64 @@ def _from_gguf(gguf: Path, out_dir: Path) -> None:
         raise ValueError(f"{gguf}: neither the GGUF metadata nor the loaded config names an end token")
     bos = meta["bos"] if meta["add_bos"] in (True, None) and meta["bos"] is not None else None
     if family == "llama" and meta["pre"] == "smollm":
-        from lada_client.models.smollm2 import repair_tokenizer
-
         _specials(model, tokenizer, bos, int(eos), meta["pad"])
-        tokenizer = repair_tokenizer(tokenizer, model.config, meta["pre"])
+        tokenizer = repair_smollm_tokenizer(tokenizer, model.config, meta["pre"])
     _specials(model, tokenizer, bos, int(eos), meta["pad"])
     tokenizer.padding_side = "right"
     model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
+
+
+def repair_smollm_tokenizer(hf_tokenizer: Any, config: Any, pre_type: str) -> Any:
+    """Rebuild the tokenizer as SmolLM2 defines it from what transformers' GGUF loader produced.
+
+    The loader keeps the vocabulary and merges but gets the rest wrong for this byte-level BPE
+    model: it decodes with SentencePiece rules (``▁`` becomes a space, so decoding is not exact,
+    which the grader relies on), prepends ``<|im_start|>`` whenever special tokens are added,
+    names ``<|im_start|>`` as the end-of-sequence token and sets no padding token. It also drops
+    the "smollm" pre-tokenizer's one-token-per-digit split; the vocabulary has no multi-digit
+    tokens, so ids do not change, but it is restored to match the model's own definition. Special
+    tokens are taken from the ids in the model config (from the GGUF metadata), so the tokenizer
+    and :class:`~lada_client.models.tokenizer.SpecialTokens` agree by construction.
+    """
+    from tokenizers import decoders, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    if pre_type != "smollm":
+        raise ValueError(f"unexpected GGUF pre-tokenizer {pre_type!r}; this converter handles SmolLM2 ('smollm')")
+    backend = hf_tokenizer.backend_tokenizer
+    backend.normalizer = None
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    backend.model.byte_fallback = False  # every byte has a symbol; fallback tokens do not exist
+
+    def token(token_id: int | None) -> str | None:
+        return None if token_id is None else backend.id_to_token(int(token_id))
+
+    eos_id = config.eos_token_id[0] if isinstance(config.eos_token_id, (list, tuple)) else config.eos_token_id
+    pad_id = config.pad_token_id if config.pad_token_id is not None else eos_id
+    specials = {
+        "bos_token": token(config.bos_token_id),
+        "eos_token": token(eos_id),
+        "pad_token": token(pad_id),
+        "unk_token": token(getattr(config, "unk_token_id", None)),
+    }
+    if specials["eos_token"] is None:
+        raise ValueError(f"the model config's eos_token_id {eos_id} is not in the GGUF vocabulary")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        **{k: v for k, v in specials.items() if v is not None},
+        chat_template=hf_tokenizer.chat_template,
+        clean_up_tokenization_spaces=False,  # keeps decode(encode(text)) == text
+        padding_side="right",
+        model_max_length=config.max_position_embeddings,
+    )
 
 
 def _from_checkpoint(source: Path, out_dir: Path) -> None:

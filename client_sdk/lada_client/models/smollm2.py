@@ -16,7 +16,8 @@ own dependencies (the ``llm`` CLI and ``llama-cpp-python``, which compiles llama
 are for chatting with the model, not for this. Converting needs the ``export`` extra and ``gguf``.
 
 transformers' GGUF tokenizer conversion is lossy for this model, so the importer repairs the
-tokenizer from the GGUF metadata before it is saved; see :func:`repair_tokenizer`.
+tokenizer from the GGUF metadata before it is saved; see
+:func:`lada_client.models.importer.repair_smollm_tokenizer`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import logging
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -59,58 +59,6 @@ def locate_gguf() -> Path:
     )
 
 
-def repair_tokenizer(hf_tokenizer: Any, config: Any, pre_type: str) -> Any:
-    """Rebuild the tokenizer as SmolLM2 defines it from what transformers' GGUF loader produced.
-
-    The loader keeps the vocabulary and merges but gets the rest wrong for this byte-level BPE
-    model: it decodes with SentencePiece rules (``▁`` becomes a space, so decoding is not exact,
-    which the grader relies on), prepends ``<|im_start|>`` whenever special tokens are added,
-    names ``<|im_start|>`` as the end-of-sequence token and sets no padding token. It also drops
-    the "smollm" pre-tokenizer's one-token-per-digit split; the vocabulary has no multi-digit
-    tokens, so ids do not change, but it is restored to match the model's own definition. Special
-    tokens are taken from the ids in the model config (from the GGUF metadata), so the tokenizer
-    and :class:`~lada_client.models.encoding.SpecialTokens` agree by construction.
-    """
-    from tokenizers import decoders, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    if pre_type != "smollm":
-        raise ValueError(f"unexpected GGUF pre-tokenizer {pre_type!r}; this converter handles SmolLM2 ('smollm')")
-    backend = hf_tokenizer.backend_tokenizer
-    backend.normalizer = None
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    backend.model.byte_fallback = False  # every byte has a symbol; fallback tokens do not exist
-
-    def token(token_id: int | None) -> str | None:
-        return None if token_id is None else backend.id_to_token(int(token_id))
-
-    eos_id = config.eos_token_id[0] if isinstance(config.eos_token_id, (list, tuple)) else config.eos_token_id
-    pad_id = config.pad_token_id if config.pad_token_id is not None else eos_id
-    specials = {
-        "bos_token": token(config.bos_token_id),
-        "eos_token": token(eos_id),
-        "pad_token": token(pad_id),
-        "unk_token": token(getattr(config, "unk_token_id", None)),
-    }
-    if specials["eos_token"] is None:
-        raise ValueError(f"the model config's eos_token_id {eos_id} is not in the GGUF vocabulary")
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        **{k: v for k, v in specials.items() if v is not None},
-        chat_template=hf_tokenizer.chat_template,
-        clean_up_tokenization_spaces=False,  # keeps decode(encode(text)) == text
-        padding_side="right",
-        model_max_length=config.max_position_embeddings,
-    )
-
-
 def convert_smollm2(out_dir: Path, gguf: Path | None = None) -> Path:
     """SmolLM2 as a float32 Hugging Face checkpoint in ``out_dir`` (cached; see
     :func:`lada_client.models.importer.import_checkpoint`). ``gguf`` defaults to :func:`locate_gguf`."""
@@ -140,8 +88,9 @@ def max_logprob_difference(
     import numpy as np
     import torch
 
-    from lada_client.models.encoding import SpecialTokens, encode_pairs
-    from lada_client.models.factory import load_causal_lm
+    from lada_client.models.checkpoint import load_causal_lm
+    from lada_client.models.encoding import encode_pairs
+    from lada_client.models.tokenizer import SpecialTokens
     from lada_client.scoring.onnx_slm import OnnxSLM
     from lada_client.training.losses import token_logprobs
 

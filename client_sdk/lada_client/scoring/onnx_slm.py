@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from lada_client.models.encoding import EncodedBatch, SpecialTokens, encode_pairs, encode_prompts
-from lada_client.models.tokenizer import load_tokenizer
+from lada_client.models.encoding import EncodedBatch, encode_pairs, encode_prompts
+from lada_client.models.tokenizer import SpecialTokens, load_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from lada_client.common.reasoning import ANSWER_PHRASE, answer_target, format_prompt, format_target
-from lada_client.data.domains import Sample
+from lada_client.data.samples import Sample
 from lada_client.scoring.onnx_slm import OnnxSLM
 
 __all__ = ["HeldoutProbe", "relative_drop", "sample_rewards"]

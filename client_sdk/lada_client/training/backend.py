@@ -1,6 +1,7 @@
-"""What the client needs from a training backend, and choosing one by name.
+"""What the client needs from a training backend (:class:`TrainerBackend`) and what both share.
 
-Two backends implement :class:`TrainerBackend`:
+Two backends implement :class:`TrainerBackend` (:mod:`lada_client.training.trainers` picks one by
+name):
 
 * ``"torch"`` — :class:`~lada_client.training.lora.LoraTrainer`: torch + transformers + peft on
   the base checkpoint (the ``train`` extra).
@@ -24,35 +25,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-# The capability checks live in lada_client.capabilities (one answer for config, enrollment and
-# bridge); re-exported here, where make_trainer uses them.
-from lada_client.capabilities import (
-    ORT_INSTALL_HINT,
-    TORCH_INSTALL_HINT,
-    can_train_ort,
-    can_train_torch,
-    missing_modules,
-)
-from lada_client.config import ClientConfig, DistillSettings, LoraSettings
+from lada_client.config import DistillSettings
 
-#: the backend names a config may ask for
-BACKENDS = ("torch", "ort")
-
-__all__ = [
-    "BACKENDS",
-    "ORT_INSTALL_HINT",
-    "BackendUnavailable",
-    "PreferencePair",
-    "TrainReport",
-    "TrainerBackend",
-    "available_backends",
-    "batch_schedule",
-    "can_train_ort",
-    "can_train_torch",
-    "make_trainer",
-    "path_weights",
-    "trainer_for",
-]
+__all__ = ["BackendUnavailable", "PreferencePair", "TrainReport", "TrainerBackend", "batch_schedule", "path_weights"]
 
 
 @dataclass(frozen=True)
@@ -156,62 +131,3 @@ def batch_schedule(
 
 class BackendUnavailable(ImportError):
     """The requested training backend's packages are not installed here."""
-
-
-def available_backends() -> dict[str, bool]:
-    return {"torch": can_train_torch(), "ort": can_train_ort()}
-
-
-def make_trainer(
-    backend: str,
-    *,
-    base_dir: Path | None = None,
-    artifacts_dir: Path | None = None,
-    adapter_dir: Path | None = None,
-    lora: LoraSettings | None = None,
-    seed: int = 0,
-    threads: int | None = None,
-) -> TrainerBackend:
-    """A trainer of the named backend; a clear :class:`BackendUnavailable` if it is not installed.
-
-    ``torch`` needs ``base_dir`` (the SLM checkpoint); ``ort`` needs ``artifacts_dir`` (from
-    ``python -m lada_client.training.ort_artifacts``). ``adapter_dir`` resumes a saved adapter.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown training backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "torch":
-        if not can_train_torch():
-            raise BackendUnavailable(
-                "the 'torch' training backend needs the train extra (torch, transformers, peft), which is not "
-                f"fully installed here (missing: {', '.join(missing_modules()) or '?'}): {TORCH_INSTALL_HINT}; "
-                "or use train_backend='ort'"
-            )
-        if base_dir is None:
-            raise ValueError("the 'torch' training backend needs base_model_dir (the SLM checkpoint)")
-        from lada_client.training.lora import LoraTrainer  # imports torch
-
-        return LoraTrainer(Path(base_dir), adapter_dir, lora or LoraSettings(), seed)
-    if not can_train_ort():
-        raise BackendUnavailable(
-            f"the 'ort' training backend needs onnxruntime.training, which is not importable here; {ORT_INSTALL_HINT}"
-        )
-    if artifacts_dir is None:
-        raise ValueError(
-            "the 'ort' training backend needs ort_artifacts: a directory built by "
-            "`python -m lada_client.training.ort_artifacts build --base-model <base_model_dir> --out <dir>`"
-        )
-    from lada_client.training.ort_backend import OrtTrainer
-
-    return OrtTrainer(Path(artifacts_dir), adapter_dir, threads=threads)
-
-
-def trainer_for(config: ClientConfig, adapter_dir: Path | None) -> TrainerBackend:
-    """The trainer a client config asks for (``train_backend``, default ``"torch"``)."""
-    return make_trainer(
-        getattr(config, "train_backend", "torch"),
-        base_dir=config.base_model_dir,
-        artifacts_dir=getattr(config, "ort_artifacts", None),
-        adapter_dir=adapter_dir,
-        lora=config.lora,
-        seed=config.distill.seed,
-    )

@@ -16,8 +16,9 @@ import torch
 
 from lada_client.common.wire import LoraFactor
 from lada_client.config import DistillSettings, LoraSettings
-from lada_client.models.encoding import SpecialTokens, encode_pairs
-from lada_client.models.factory import load_causal_lm
+from lada_client.models.checkpoint import load_causal_lm
+from lada_client.models.encoding import encode_pairs
+from lada_client.models.tokenizer import SpecialTokens
 from lada_client.training.backend import (
     PreferencePair,
     TrainReport,

@@ -182,7 +182,7 @@ def export_training_graph(
     from peft.tuners.lora import LoraLayer
 
     from lada_client.config import LoraSettings
-    from lada_client.models.factory import architecture_id
+    from lada_client.models.checkpoint import architecture_id
     from lada_client.training.lora import LoraTrainer
 
     lora = lora or LoraSettings()

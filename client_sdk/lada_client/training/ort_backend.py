@@ -38,17 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from lada_client.capabilities import ORT_INSTALL_HINT, can_train_ort
 from lada_client.config import DistillSettings
-from lada_client.models.encoding import SpecialTokens, encode_pairs
-from lada_client.training.backend import (
-    ORT_INSTALL_HINT,
-    BackendUnavailable,
-    PreferencePair,
-    TrainReport,
-    batch_schedule,
-    can_train_ort,
-    path_weights,
-)
+from lada_client.models.encoding import encode_pairs
+from lada_client.models.tokenizer import SpecialTokens
+from lada_client.training.backend import BackendUnavailable, PreferencePair, TrainReport, batch_schedule, path_weights
 
 log = logging.getLogger(__name__)
 

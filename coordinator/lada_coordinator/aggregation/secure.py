@@ -3,7 +3,8 @@
 Who aggregates with whom is the operator's decision, not the device's: a device's group is the
 secure-aggregation group named by its enrollment token (``issue-token --group``), split by the
 architecture it declares (only adapters of one shape can be averaged). Each round a group's LoRA
-adapters are averaged (FedAvg) through :mod:`lada_client.common.secagg`, so the coordinator only
+adapters are averaged (FedAvg) through secure aggregation (the protocol in
+:mod:`lada_client.common.secagg`, its server side in :mod:`.secagg_server`), so the coordinator only
 holds masked vectors and the group's sum.
 
 Every client message is stored in SQLite (uploads, kinds ``secagg.shares|masked|unmask``) after
@@ -40,15 +41,17 @@ from lada_client.common.secagg import (
     Roster,
     SecAggConfig,
     SecAggError,
-    SecAggServer,
     ShareKeys,
     UnmaskRequest,
     UnmaskResponse,
+)
+from lada_client.common.wire import secagg_round_id
+from lada_coordinator.aggregation.secagg_server import (
+    SecAggServer,
     check_masked_peers,
     check_share_bundle,
     check_unmask_response,
 )
-from lada_client.common.wire import secagg_round_id
 from lada_coordinator.store import ClientRecord, Store
 
 log = logging.getLogger(__name__)

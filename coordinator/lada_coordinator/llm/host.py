@@ -18,7 +18,7 @@ import torch
 
 from lada_client.common.reasoning import format_prompt, format_target, is_correct
 from lada_client.config import DistillSettings, LoraSettings
-from lada_client.data.domains import Sample
+from lada_client.data.samples import Sample
 from lada_client.models.encoding import encode_pairs, encode_prompts
 from lada_client.training.lora import LoraTrainer, PreferencePair, TrainReport
 

@@ -30,7 +30,7 @@ from typing import Any, cast
 import numpy as np
 
 from lada_client.common.reasoning import ANSWER_PHRASE, format_prompt, format_target, is_correct
-from lada_client.data.domains import Sample
+from lada_client.data.samples import Sample
 from lada_coordinator.llm.paths import PathRecord, PathStore
 
 log = logging.getLogger(__name__)

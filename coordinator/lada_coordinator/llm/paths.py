@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lada_client.data.domains import Sample
+from lada_client.data.samples import Sample
 
 log = logging.getLogger(__name__)
 

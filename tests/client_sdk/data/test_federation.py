@@ -1,71 +1,38 @@
+"""The federation layout on disk: a device reads its own shard, the coordinator the public pool."""
+
 from __future__ import annotations
 
 import json
-from collections import Counter
-from itertools import chain
 from pathlib import Path
 
 import pytest
 
-from lada_client.data.domains import DOMAINS
-from lada_client.data.federation import FederationData, load_client, make_federation
+from lada_client.data.federation import ClientData, FederationData, load_client, load_public
+from lada_client.data.samples import Sample
+
+
+def _samples(prefix: str, domain: str, n: int) -> list[Sample]:
+    return [
+        Sample(
+            f"{prefix}-{i:06d}",
+            domain,
+            f"{prefix}: what is {i} + 1?",
+            f"{i} + 1 = {i + 1}. The answer is {i + 1}.",
+            str(i + 1),
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
 def federation() -> FederationData:
-    return make_federation(["add", "mul", "two_step"], n_train=40, n_test=10, n_public=42, seed=3)
-
-
-def _all_samples(fed: FederationData) -> list:
-    return list(chain(fed.public, *([*c.train, *c.test] for c in fed.clients)))
-
-
-def test_clients_get_their_own_domain(federation: FederationData) -> None:
-    assert [(c.name, c.domain) for c in federation.clients] == [
-        ("client0", "add"),
-        ("client1", "mul"),
-        ("client2", "two_step"),
+    clients = [
+        ClientData(
+            f"client{i}", domain, _samples(f"client{i}-train", domain, 40), _samples(f"client{i}-test", domain, 10)
+        )
+        for i, domain in enumerate(["add", "mul", "two_step"])
     ]
-    for client in federation.clients:
-        assert len(client.train) == 40 and len(client.test) == 10
-        assert {s.domain for s in client.train + client.test} == {client.domain}
-
-
-def test_public_pool_mixes_all_domains_evenly(federation: FederationData) -> None:
-    counts = Counter(s.domain for s in federation.public)
-    assert len(federation.public) == 42
-    assert set(counts) == set(DOMAINS)
-    assert max(counts.values()) - min(counts.values()) <= 1
-    # Shuffled, not grouped by domain.
-    assert [s.domain for s in federation.public[:10]] != [federation.public[0].domain] * 10
-
-
-def test_ids_unique_and_prefixed_by_split(federation: FederationData) -> None:
-    ids = [s.sample_id for s in _all_samples(federation)]
-    assert len(ids) == len(set(ids))
-    assert all(s.sample_id.startswith("public-") for s in federation.public)
-    for client in federation.clients:
-        assert all(s.sample_id.startswith(f"{client.name}-train-") for s in client.train)
-        assert all(s.sample_id.startswith(f"{client.name}-test-") for s in client.test)
-
-
-def test_splits_are_disjoint_by_question() -> None:
-    # Two clients on the same domain are the hardest case for collisions.
-    fed = make_federation(["mul", "mul"], n_train=300, n_test=100, n_public=400, seed=0)
-    questions = [s.question for s in _all_samples(fed)]
-    assert len(questions) == len(set(questions))
-
-
-def test_deterministic_per_seed(federation: FederationData) -> None:
-    again = make_federation(["add", "mul", "two_step"], n_train=40, n_test=10, n_public=42, seed=3)
-    other = make_federation(["add", "mul", "two_step"], n_train=40, n_test=10, n_public=42, seed=4)
-    assert again == federation
-    assert other != federation
-
-
-def test_unknown_domain_rejected() -> None:
-    with pytest.raises(ValueError, match="valid domains"):
-        make_federation(["add", "nope"], 1, 1, 4, seed=0)
+    return FederationData(clients=clients, public=_samples("public", "add", 42), seed=3)
 
 
 def test_save_load_round_trip(federation: FederationData, tmp_path: Path) -> None:
@@ -84,6 +51,7 @@ def test_save_load_round_trip(federation: FederationData, tmp_path: Path) -> Non
     }
     assert FederationData.load(tmp_path) == federation
     assert load_client(tmp_path, "client1") == federation.clients[1]
+    assert load_public(tmp_path) == federation.public
 
 
 def test_load_client_needs_only_its_own_files(federation: FederationData, tmp_path: Path) -> None:
@@ -132,3 +100,9 @@ def test_corrupt_manifest_and_size_mismatch(federation: FederationData, tmp_path
     (tmp_path / "manifest.json").write_text("{truncated")
     with pytest.raises(ValueError, match=r"manifest\.json"):
         FederationData.load(tmp_path)
+
+
+def test_federation_names_its_clients(federation: FederationData) -> None:
+    assert federation.client("client2") is federation.clients[2]
+    with pytest.raises(KeyError, match="client9"):
+        federation.client("client9")

@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("optimum.exporters.onnx")
 
-from lada_client.models.encoding import SpecialTokens
 from lada_client.models.importer import MARKER_FILE, import_checkpoint, import_slm, source_digest
+from lada_client.models.tokenizer import SpecialTokens
 
 
 def test_a_checkpoint_imports_as_an_slm_with_the_end_token_of_its_generation_config(tiny_world, tmp_path):

@@ -18,10 +18,9 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from lada_client.common.reasoning import format_prompt, format_target
-from lada_client.data.domains import DOMAINS, generate
 from lada_client.models import importer, smollm2
-from lada_client.models.encoding import SpecialTokens
-from lada_client.models.tokenizer import load_tokenizer
+from lada_client.models.tokenizer import SpecialTokens, load_tokenizer
+from lada_coordinator.simulation.domains import DOMAINS, generate
 
 ROUND_TRIP_TEXTS = [
     " leading space",
@@ -163,7 +162,7 @@ def test_onnx_scoring_matches_torch(prepared: tuple[Path, Path], pairs: tuple[li
 def test_greedy_generation_matches_torch(prepared: tuple[Path, Path], pairs: tuple[list[str], list[str]]) -> None:
     import torch
 
-    from lada_client.models.factory import load_causal_lm
+    from lada_client.models.checkpoint import load_causal_lm
     from lada_client.scoring.onnx_slm import OnnxSLM
 
     checkpoint, onnx_path = prepared

@@ -1,87 +1,19 @@
+"""Loading a scoring model's tokenizer on the device, and the special-token ids beside it."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, models
 
-from lada_client.common.reasoning import format_prompt, format_target
-from lada_client.data.domains import DOMAINS, generate
-from lada_client.models.tokenizer import (
-    BOS_ID,
-    DEFAULT_VOCAB_SIZE,
-    EOS_ID,
-    PAD_ID,
-    build_tokenizer,
-    load_tokenizer,
-    save_tokenizer,
-)
-
-ODD_TEXTS = [
-    " leading space",
-    "  two leading spaces",
-    "trailing space ",
-    "tabs\tand\nnewlines\n",
-    "unicode: é ü 漢字 😀",
-    "The answer is -12.5.",
-    "",
-]
+from lada_client.models.tokenizer import SPECIAL_TOKENS_FILE, SpecialTokens, load_tokenizer
 
 
-@pytest.fixture(scope="module")
-def pairs() -> list[tuple[str, str]]:
-    return [
-        (format_prompt(s.question), format_target(s.rationale))
-        for domain in DOMAINS
-        for s in generate(domain, 150, seed=2, id_prefix=domain)
-    ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(pairs: list[tuple[str, str]]) -> Tokenizer:
-    return build_tokenizer(prompt + target for prompt, target in pairs)
-
-
-def test_special_token_ids(tokenizer: Tokenizer) -> None:
-    assert (PAD_ID, BOS_ID, EOS_ID) == (0, 1, 2)
-    assert tokenizer.token_to_id("<pad>") == PAD_ID
-    assert tokenizer.token_to_id("<s>") == BOS_ID
-    assert tokenizer.token_to_id("</s>") == EOS_ID
-    assert 260 < tokenizer.get_vocab_size() <= DEFAULT_VOCAB_SIZE
-
-
-def test_round_trip_is_exact(tokenizer: Tokenizer, pairs: list[tuple[str, str]]) -> None:
-    texts = [p + t for p, t in pairs] + [t for _, t in pairs] + ODD_TEXTS
-    for text in texts:
-        assert tokenizer.decode(tokenizer.encode(text).ids) == text
-
-
-def test_encode_adds_no_specials(tokenizer: Tokenizer) -> None:
-    ids = tokenizer.encode("Q: hi\nA:").ids
-    assert not {PAD_ID, BOS_ID, EOS_ID} & set(ids)
-
-
-def test_digits_are_single_tokens(tokenizer: Tokenizer) -> None:
-    encoding = tokenizer.encode("12 + 345 = 357. The answer is 357.")
-    digit_tokens = [t for t in encoding.tokens if any(ch.isdigit() for ch in t)]
-    assert digit_tokens == list("12345357357")
-
-
-def test_prompt_and_target_tokenize_independently(tokenizer: Tokenizer, pairs: list[tuple[str, str]]) -> None:
-    # Training tokenizes prompt and target separately to mask the prompt; that must agree with
-    # tokenizing the full example, or the model learns a split it never sees at generation time.
-    for prompt, target in pairs[::10]:
-        joint = tokenizer.encode(prompt + target).ids
-        assert tokenizer.encode(prompt).ids + tokenizer.encode(target).ids == joint
-
-
-def test_save_and_load(tokenizer: Tokenizer, pairs: list[tuple[str, str]], tmp_path: Path) -> None:
-    directory = save_tokenizer(tokenizer, tmp_path / "tok")
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        assert (directory / name).is_file()
-    text = pairs[0][0] + pairs[0][1]
-    for source in (directory, directory / "tokenizer.json", str(directory)):
-        assert load_tokenizer(source).encode(text).ids == tokenizer.encode(text).ids
+def _word_level(directory: Path, vocab: dict[str, int]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    Tokenizer(models.WordLevel(vocab, unk_token="<unk>")).save(str(directory / "tokenizer.json"))
+    return directory
 
 
 def test_load_errors(tmp_path: Path) -> None:
@@ -92,19 +24,23 @@ def test_load_errors(tmp_path: Path) -> None:
         load_tokenizer(tmp_path)
 
 
-def test_vocab_too_small_rejected() -> None:
-    with pytest.raises(ValueError, match="vocab_size"):
-        build_tokenizer(["a"], vocab_size=100)
+def test_project_layout_is_enforced_unless_the_model_declares_its_ids(tmp_path: Path) -> None:
+    ours = _word_level(tmp_path / "ours", {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "hi": 4})
+    assert load_tokenizer(ours).token_to_id("hi") == 4
+    other = _word_level(tmp_path / "other", {"<unk>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "hi": 3})
+    with pytest.raises(ValueError, match="special token"):
+        load_tokenizer(other)
+    SpecialTokens(bos=1, eos=2, pad=2).save(other)
+    assert (other / SPECIAL_TOKENS_FILE).is_file()
+    assert load_tokenizer(other).token_to_id("hi") == 3
+    assert SpecialTokens.load(other) == SpecialTokens(bos=1, eos=2, pad=2)
+    SpecialTokens(bos=None, eos=99, pad=2).save(other)
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        load_tokenizer(other)
 
 
-def test_transformers_loads_saved_directory(tokenizer: Tokenizer, pairs: list[tuple[str, str]], tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers")
-    directory = save_tokenizer(tokenizer, tmp_path / "tok")
-    hf = transformers.PreTrainedTokenizerFast.from_pretrained(str(directory))
-    assert (hf.pad_token_id, hf.bos_token_id, hf.eos_token_id) == (PAD_ID, BOS_ID, EOS_ID)
-    short, long = pairs[0][1], pairs[0][0] + pairs[0][1]
-    assert hf(long)["input_ids"] == tokenizer.encode(long).ids
-    assert hf.decode(hf(long)["input_ids"]) == long
-    batch = hf([short, long], padding=True)["input_ids"]
-    assert len(batch[0]) == len(batch[1])
-    assert batch[0][-1] == PAD_ID
+def test_special_tokens_default_to_the_projects_ids(tmp_path: Path) -> None:
+    assert SpecialTokens.load(tmp_path) == SpecialTokens() == SpecialTokens(bos=1, eos=2, pad=0)
+    (tmp_path / SPECIAL_TOKENS_FILE).write_text("{broken")
+    with pytest.raises(ValueError, match="special-tokens file"):
+        SpecialTokens.load(tmp_path)

@@ -17,8 +17,8 @@ def client0(tiny_world):
 
 def test_onnx_logprobs_match_torch(tiny_world, client0):
     torch = pytest.importorskip("torch")
+    from lada_client.models.checkpoint import load_causal_lm
     from lada_client.models.encoding import encode_pairs
-    from lada_client.models.factory import load_causal_lm
     from lada_client.training.losses import token_logprobs
 
     samples = client0.train[:12]
@@ -40,7 +40,7 @@ def test_onnx_logprobs_match_torch(tiny_world, client0):
 
 def test_greedy_generation_matches_torch_argmax(tiny_world, client0):
     torch = pytest.importorskip("torch")
-    from lada_client.models.factory import load_causal_lm
+    from lada_client.models.checkpoint import load_causal_lm
 
     slm = OnnxSLM(tiny_world["client0"] / "onnx" / "model.onnx")
     prompt = format_prompt(client0.test[0].question)

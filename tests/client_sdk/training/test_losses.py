@@ -107,8 +107,8 @@ def test_token_logprobs_of_a_padded_batch_equal_each_row_alone(side):
 
 def test_token_logprobs_at_the_needed_positions_equal_the_full_computation(tiny_world):
     """The LM head on completion positions only gives the same log-probs there (and gradients)."""
+    from lada_client.models.checkpoint import load_causal_lm
     from lada_client.models.encoding import encode_pairs
-    from lada_client.models.factory import load_causal_lm
 
     model, tok = load_causal_lm(tiny_world["client0"] / "base")
     enc = encode_pairs(

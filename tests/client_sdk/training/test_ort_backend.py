@@ -23,9 +23,10 @@ import numpy as np
 import pytest
 
 from lada_client.config import ClientConfig, DistillSettings
-from lada_client.training import backend
-from lada_client.training.backend import BackendUnavailable, PreferencePair, batch_schedule, make_trainer, trainer_for
+from lada_client.training import backend, trainers
+from lada_client.training.backend import BackendUnavailable, PreferencePair, batch_schedule
 from lada_client.training.ort_backend import read_safetensors, write_safetensors
+from lada_client.training.trainers import make_trainer, trainer_for
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -45,7 +46,7 @@ def _config(tmp_path: Path, **extra) -> ClientConfig:
 
 
 def test_asking_for_ort_without_onnxruntime_training_says_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(backend, "can_train_ort", lambda: False)  # as in the main environment
+    monkeypatch.setattr(trainers, "can_train_ort", lambda: False)  # as in the main environment
     with pytest.raises(BackendUnavailable) as info:
         make_trainer("ort", artifacts_dir=tmp_path)
     message = str(info.value)
@@ -67,12 +68,12 @@ def test_backend_names_and_capability(tmp_path):
         _config(tmp_path, train_backend="tensorflow")
     cfg = _config(tmp_path, train_backend="ort")
     assert cfg.can_train is False  # no artifacts configured
-    assert cfg.can_train_ort == backend.can_train_ort()
-    assert backend.available_backends()["ort"] == backend.can_train_ort()
+    assert cfg.can_train_ort == trainers.can_train_ort()
+    assert trainers.available_backends()["ort"] == trainers.can_train_ort()
     from lada_client.common.wire import Capabilities
 
     assert Capabilities().can_train_ort is False and Capabilities(can_train_ort=True).can_train_ort
-    if backend.can_train_ort():
+    if trainers.can_train_ort():
         with pytest.raises(ValueError, match="needs ort_artifacts"):
             make_trainer("ort")
     else:
@@ -113,9 +114,9 @@ def test_safetensors_round_trip(tmp_path):
 # --------------------------------------------------------------- a tiny SLM (needs torch)
 def _tiny_slm(root: Path) -> tuple[Path, list[tuple[str, str]]]:
     from lada_client.common.reasoning import format_prompt, format_target
-    from lada_client.data.domains import DOMAINS, generate
-    from lada_client.models.factory import create_model
-    from lada_client.models.tokenizer import build_tokenizer, save_tokenizer
+    from lada_coordinator.simulation.domains import DOMAINS, generate
+    from lada_coordinator.simulation.factory import create_model
+    from lada_coordinator.simulation.tokenizer import build_tokenizer, save_tokenizer
 
     samples = generate(DOMAINS[0], 48, 0, "ort")
     pairs = [(format_prompt(s.question), format_target(s.rationale)) for s in samples]
@@ -318,7 +319,8 @@ def test_ort_backend_trains_without_torch(artifacts, tmp_path):
             sys.modules[name] = None  # any import of them raises ImportError
         from pathlib import Path
         from lada_client.config import DistillSettings
-        from lada_client.training.backend import PreferencePair, make_trainer
+        from lada_client.training.backend import PreferencePair
+        from lada_client.training.trainers import make_trainer
         pairs = json.loads(sys.argv[1])
         trainer = make_trainer("ort", artifacts_dir=Path({str(artifacts["artifacts"])!r}))
         prefs = [PreferencePair(p, c, c + " No.") for p, c in pairs[:4]]

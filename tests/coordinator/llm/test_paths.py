@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lada_client.data.domains import Sample
+from lada_client.data.samples import Sample
 from lada_coordinator.llm.llamacpp import cut_after_answer
 from lada_coordinator.llm.paths import PathRecord, PathStore, path_key
 

@@ -20,8 +20,8 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lada_client.data.domains import Sample
 from lada_client.data.federation import ClientData, FederationData
+from lada_client.data.samples import Sample
 
 __all__ = ["EASY", "FamilySpec", "gym_samples", "make_gym_federation", "parse_family"]
 

@@ -1,4 +1,4 @@
-"""Build the models a federation needs, offline: a tiny Llama-style LLM and smaller SLMs.
+"""Build the models a simulated federation needs, offline: a tiny Llama-style LLM and smaller SLMs.
 
 Needs the ``train`` extra (torch + transformers). Every model is saved as a regular Hugging Face
 checkpoint directory (config, safetensors, tokenizer files), which is exactly the loading path a
@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lada_client.models.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+__all__ = ["PRESETS", "ModelSpec", "copy_checkpoint", "create_model", "resolve_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -75,42 +77,9 @@ def create_model(spec: str | ModelSpec, tokenizer_dir: Path, out_dir: Path, seed
     return out_dir
 
 
-def architecture_id(model_dir: Path) -> str:
-    """A short name of a checkpoint's architecture: clients with equal ids can average adapters."""
-    import json
-
-    try:
-        c = json.loads((Path(model_dir) / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise FileNotFoundError(f"{model_dir} has no readable config.json") from exc
-    return "{}-h{}-l{}-a{}-v{}".format(
-        c.get("model_type", "model"),
-        c.get("hidden_size"),
-        c.get("num_hidden_layers"),
-        c.get("num_attention_heads"),
-        c.get("vocab_size"),
-    )
-
-
 def copy_checkpoint(src: Path, dst: Path) -> Path:
     """Copy a checkpoint directory (e.g. to give each client its own SLM)."""
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst)
     return dst
-
-
-def load_causal_lm(model_dir: Path, adapter_dir: Path | None = None):  # -> (model, tokenizer)
-    """Load a local checkpoint (and an optional peft LoRA adapter) in float32 for CPU work."""
-    import torch
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
-    if not (model_dir / "config.json").exists():
-        raise FileNotFoundError(f"{model_dir} is not a model checkpoint directory (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
-    if adapter_dir is not None and (adapter_dir / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True), tokenizer
-    return model, tokenizer

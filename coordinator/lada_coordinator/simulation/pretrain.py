@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from lada_client.models.encoding import SpecialTokens, encode_pairs
-from lada_client.models.factory import load_causal_lm
+from lada_client.models.checkpoint import load_causal_lm
+from lada_client.models.encoding import encode_pairs
+from lada_client.models.tokenizer import SpecialTokens
 from lada_client.training.losses import sft_loss, token_logprobs
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from lada_client.common.reasoning import format_prompt, format_target  # noqa: E402
-from lada_client.data.domains import generate  # noqa: E402
-from lada_client.models.factory import ModelSpec, create_model  # noqa: E402
-from lada_client.models.tokenizer import build_tokenizer, save_tokenizer  # noqa: E402
-from lada_client.training.pretrain import pretrain, warm_start_schedule  # noqa: E402
+from lada_coordinator.simulation.domains import generate  # noqa: E402
+from lada_coordinator.simulation.factory import ModelSpec, create_model  # noqa: E402
+from lada_coordinator.simulation.pretrain import pretrain, warm_start_schedule  # noqa: E402
+from lada_coordinator.simulation.tokenizer import build_tokenizer, save_tokenizer  # noqa: E402
 
 TINY = ModelSpec(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, max_positions=128)
 

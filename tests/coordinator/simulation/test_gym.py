@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("reasoning_gym")
 
 from lada_client.common.reasoning import is_correct
-from lada_client.data.gym import EASY, gym_samples, make_gym_federation, parse_family
+from lada_coordinator.simulation.gym import EASY, gym_samples, make_gym_federation, parse_family
 
 
 def test_family_settings_parse_over_the_easy_defaults():

@@ -5,21 +5,27 @@ every client a different domain produces the non-IID federation LaDa is built fo
 the problems procedurally keeps the whole pipeline runnable offline and reproducible from a seed.
 Numbers stay small and rationales short ("3 + 5 = 8. The answer is 8.") so that tiny language
 models can learn them on a CPU; several phrasings per domain keep the questions from collapsing
-into a single template a model could memorise.
+into a single template a model could memorise. :func:`make_federation` builds a whole federation
+from them (the layout of :mod:`lada_client.data.federation`): one domain per client and a public
+pool mixing every domain.
 """
 
 from __future__ import annotations
 
+import logging
 import zlib
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from lada_client.common.reasoning import ANSWER_PHRASE, answer_target
+from lada_client.common.reasoning import ANSWER_PHRASE
+from lada_client.data.federation import ClientData, FederationData
+from lada_client.data.samples import Sample
 
-__all__ = ["DOMAINS", "GENERATOR_VERSION", "Sample", "generate"]
+__all__ = ["DOMAINS", "GENERATOR_VERSION", "generate", "make_federation"]
+
+logger = logging.getLogger(__name__)
 
 DOMAINS: tuple[str, ...] = ("add", "sub", "mul", "two_step")
 # Bumped whenever the same seed would generate different problems, so cached data is rebuilt.
@@ -27,42 +33,6 @@ GENERATOR_VERSION = 2
 
 _NAMES = tuple("Ana Ben Cara Dev Eli Fay Gus Hana Ivan Jo Kim Leo Mia Nia Omar Pia Raj Sam Tara Zoe".split())
 _ITEMS = ("apples", "books", "coins", "stickers", "marbles", "pencils", "shells", "cards", "beads")
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One problem: the question, its worked rationale and the gold answer.
-
-    ``rationale`` may be empty: a user's private data often holds questions with answers only, and
-    the reasoning is what the teacher contributes. :attr:`target` is then the bare answer sentence.
-    """
-
-    sample_id: str
-    domain: str
-    question: str
-    rationale: str
-    answer: str
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-    @property
-    def target(self) -> str:
-        """What a model is trained to write after the prompt: the rationale, or the answer alone."""
-        return self.rationale or answer_target(self.answer)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Sample:
-        """Inverse of :meth:`to_dict`; rejects records with missing or non-string fields."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"sample record must be a JSON object, got {type(data).__name__}")
-        values: dict[str, str] = {}
-        for field in ("sample_id", "domain", "question", "rationale", "answer"):
-            value = data.get(field)
-            if not isinstance(value, str):
-                raise ValueError(f"sample field {field!r} must be a string, got {value!r}")
-            values[field] = value
-        return cls(**values)
 
 
 def _uniform(rng: np.random.Generator, low: int, high: int) -> int:
@@ -243,3 +213,60 @@ def generate(
         sample_id = f"{id_prefix}-{len(samples):06d}"
         samples.append(Sample(sample_id, domain, question, rationale, answer))
     return samples
+
+
+def make_federation(
+    domains: Sequence[str],
+    n_train: int,
+    n_test: int,
+    n_public: int,
+    seed: int,
+) -> FederationData:
+    """Build ``client{i}`` with domain ``domains[i]`` and a public pool mixing all of ``DOMAINS``.
+
+    Splits are generated in a fixed order (public, then each client's test, then train), each
+    excluding every question generated before it, so all splits are disjoint by question text and
+    the whole federation is a pure function of its arguments.
+    """
+    unknown = [d for d in domains if d not in DOMAINS]
+    if unknown:
+        raise ValueError(f"unknown domains {unknown}; valid domains: {', '.join(DOMAINS)}")
+    if min(n_train, n_test, n_public) < 0:
+        raise ValueError("split sizes must be non-negative")
+    used: set[str] = set()
+
+    def split(domain: str, n: int, tag: str) -> list[Sample]:
+        samples = generate(domain, n, _derive_seed(seed, tag), tag, exclude=used)
+        used.update(s.question for s in samples)
+        return samples
+
+    public: list[Sample] = []
+    per_domain, remainder = divmod(n_public, len(DOMAINS))
+    for index, domain in enumerate(DOMAINS):
+        count = per_domain + (1 if index < remainder else 0)
+        public.extend(split(domain, count, f"public-{domain}"))
+    # Interleave domains so any contiguous slice of the pool (a round's batch) is mixed.
+    order = np.random.default_rng(_derive_seed(seed, "public-order")).permutation(len(public))
+    public = [public[i] for i in order]
+
+    clients: list[ClientData] = []
+    for index, domain in enumerate(domains):
+        name = f"client{index}"
+        test = split(domain, n_test, f"{name}-test")
+        train = split(domain, n_train, f"{name}-train")
+        clients.append(ClientData(name=name, domain=domain, train=train, test=test))
+    logger.info(
+        "built federation: %d clients, %d train / %d test each, %d public, seed %d",
+        len(clients),
+        n_train,
+        n_test,
+        len(public),
+        seed,
+    )
+    return FederationData(clients=clients, public=public, seed=seed)
+
+
+def _derive_seed(seed: int, tag: str) -> int:
+    """Independent, stable sub-seed per split, so adding a client does not reshuffle the others."""
+    sequence = np.random.SeedSequence([seed, zlib.crc32(tag.encode("utf-8"))])
+    return int(sequence.generate_state(1)[0])

@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from itertools import chain
 
 import pytest
 
 from lada_client.common.reasoning import extract_answer, is_correct
-from lada_client.data.domains import DOMAINS, Sample, generate
+from lada_client.data.federation import FederationData
+from lada_client.data.samples import Sample
+from lada_coordinator.simulation.domains import DOMAINS, generate, make_federation
 
 STEP = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = (-?\d+)\.")
 EXPECTED_OPS = {"add": ["+"], "sub": ["-"], "mul": ["*"]}
@@ -93,10 +96,59 @@ def test_negative_arguments_rejected() -> None:
         generate("add", 1, -1, "x")
 
 
-def test_sample_dict_round_trip() -> None:
-    sample = generate("two_step", 1, 0, "x")[0]
-    assert Sample.from_dict(sample.to_dict()) == sample
-    broken = sample.to_dict()
-    del broken["answer"]
-    with pytest.raises(ValueError, match="answer"):
-        Sample.from_dict(broken)
+# ------------------------------------------------------------------------------ make_federation
+@pytest.fixture(scope="module")
+def federation() -> FederationData:
+    return make_federation(["add", "mul", "two_step"], n_train=40, n_test=10, n_public=42, seed=3)
+
+
+def _all_samples(fed: FederationData) -> list:
+    return list(chain(fed.public, *([*c.train, *c.test] for c in fed.clients)))
+
+
+def test_clients_get_their_own_domain(federation: FederationData) -> None:
+    assert [(c.name, c.domain) for c in federation.clients] == [
+        ("client0", "add"),
+        ("client1", "mul"),
+        ("client2", "two_step"),
+    ]
+    for client in federation.clients:
+        assert len(client.train) == 40 and len(client.test) == 10
+        assert {s.domain for s in client.train + client.test} == {client.domain}
+
+
+def test_public_pool_mixes_all_domains_evenly(federation: FederationData) -> None:
+    counts = Counter(s.domain for s in federation.public)
+    assert len(federation.public) == 42
+    assert set(counts) == set(DOMAINS)
+    assert max(counts.values()) - min(counts.values()) <= 1
+    # Shuffled, not grouped by domain.
+    assert [s.domain for s in federation.public[:10]] != [federation.public[0].domain] * 10
+
+
+def test_ids_unique_and_prefixed_by_split(federation: FederationData) -> None:
+    ids = [s.sample_id for s in _all_samples(federation)]
+    assert len(ids) == len(set(ids))
+    assert all(s.sample_id.startswith("public-") for s in federation.public)
+    for client in federation.clients:
+        assert all(s.sample_id.startswith(f"{client.name}-train-") for s in client.train)
+        assert all(s.sample_id.startswith(f"{client.name}-test-") for s in client.test)
+
+
+def test_splits_are_disjoint_by_question() -> None:
+    # Two clients on the same domain are the hardest case for collisions.
+    fed = make_federation(["mul", "mul"], n_train=300, n_test=100, n_public=400, seed=0)
+    questions = [s.question for s in _all_samples(fed)]
+    assert len(questions) == len(set(questions))
+
+
+def test_deterministic_per_seed(federation: FederationData) -> None:
+    again = make_federation(["add", "mul", "two_step"], n_train=40, n_test=10, n_public=42, seed=3)
+    other = make_federation(["add", "mul", "two_step"], n_train=40, n_test=10, n_public=42, seed=4)
+    assert again == federation
+    assert other != federation
+
+
+def test_unknown_domain_rejected() -> None:
+    with pytest.raises(ValueError, match="valid domains"):
+        make_federation(["add", "nope"], 1, 1, 4, seed=0)
