@@ -69,7 +69,8 @@ class Allocator:
         one of each per client. The refits run outside any transaction, so devices' requests are
         not held up by them; their losses are in :attr:`last_refits` afterwards. If the block, the
         refit or the write fails, the filters rewarded in it are dropped from memory and reload from
-        the store, so no reward is counted twice when the round is closed again."""
+        the store, so no reward is counted twice when the round is closed again. An allocation
+        inside the block sees a rewarded filter as it was before its refit."""
         if self._unsaved is not None:  # nested: the outer block refits and writes
             yield
             return
