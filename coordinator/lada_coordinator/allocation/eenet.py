@@ -31,6 +31,8 @@ Design decisions (all configurable through :class:`FilterConfig`):
   the transform is the identity; scores are uninformative then anyway and selection uses k-means.
 * Refits warm-start from the previous weights (the bandit keeps learning across rounds) with a
   fresh Adam state, so the persisted state is weights + buffer + statistics only.
+  :func:`refit_many` refits many filters at once (a round close), with the same semantics per
+  filter and the same result up to float32 rounding.
 * Determinism: weights are initialised from a generator seeded with ``seed``; the shuffling of
   each refit uses a generator derived from ``(seed, refit count)``; cold-start k-means uses
   ``seed + round_index``. The process-global torch/numpy RNGs are never touched.
@@ -607,7 +609,8 @@ class LearnabilityFilter:
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
 # Most float32 values one chunk of a batched refit stacks per network input (a filter's padded
-# replay buffer times the input width): 2**23 is 32 MiB, e.g. 62 full buffers of explore_on="all".
+# replay buffer times the input width): 2**23 is 32 MiB, e.g. 62 full buffers (4096 rows) of the
+# default filter (ExploreNet input 33 wide), 9 of explore_on="all" (225 wide).
 _CHUNK_ELEMENTS = 2**23
 
 
@@ -631,7 +634,8 @@ def refit_many(filters: Sequence[LearnabilityFilter]) -> list[dict[str, float]]:
     1e-5 (``tests/coordinator/allocation/test_refit_many.py``).
 
     A filter must appear once. Filters with an empty buffer are skipped (NaN losses), as by
-    ``refit``.
+    ``refit``. If it raises mid-way, some filters may be left half refit: the caller should drop
+    them (as ``Allocator.saving_together`` does).
     """
     flts = list(filters)
     if len({id(f) for f in flts}) != len(flts):
