@@ -14,6 +14,12 @@ allocations back in one transaction (the same steps as ``RoundEngine._allocate``
 
 Each case runs with ``torch.set_num_threads(1)`` and with all CPUs, interleaved within each repeat.
 
+Before the warm rounds, every client gets one reward (observe + refit + save, the per-client work of
+closing a round), timed side by side on three thirds of the clients: one commit per client; one
+commit for all (``Allocator.saving_together``) with each filter refit on its own; and one commit with
+all the filters refit at the block's end in one batched call (``eenet.refit_many``, what a round
+close runs).
+
     python benchmarks/bench_allocation.py [--quick] [--clients 10 100 1000] [--candidates 64 256]
 """
 
@@ -241,33 +247,47 @@ def main() -> int:
                         **profile_call(lambda: refit_all(clients[1 : k + 1])),  # noqa: B023
                     }
                 )
-            # side by side on the two halves of the rest: one commit per client (each reward saves
-            # its filter), and a round close's saving_together() (one commit for all)
+            # side by side on three thirds of the rest: one commit per client (each reward refits
+            # and saves its filter); a round close's saving_together() with each reward refitting its
+            # filter (one commit for all); and saving_together() as a round close runs it, every
+            # filter refit at the block's end in one batched call (eenet.refit_many), one commit
             rest = clients[k + 1 :]
-            half = len(rest) // 2
+            third = len(rest) // 3
 
-            def refit_together(group):
-                with warm.saving_together():  # noqa: B023 - runs within this iteration
+            def refit_together(group, batched):
+                warm.batched_refit = batched  # noqa: B023 - runs within this iteration
+                with warm.saving_together():  # noqa: B023
                     refit_all(group)
+                warm.batched_refit = True  # noqa: B023
 
-            for how, fn, group in (
-                ("commit per client", refit_all, rest[:half]),
-                ("one commit", refit_together, rest[half:]),
-            ):
+            timed_cases = (
+                ("commit per client", refit_all, rest[:third]),
+                ("one commit", lambda g: refit_together(g, False), rest[third : 2 * third]),
+                ("one commit, batched refit", lambda g: refit_together(g, True), rest[2 * third :]),
+            )
+            per_client = {}
+            for how, fn, group in timed_cases:
                 t_refit, _ = C.timed(lambda fn=fn, group=group: fn(group))
+                per_client[how] = 1000 * t_refit / len(group)
                 setup.append(
                     {
                         "candidates": m,
                         "clients": len(group),
                         "saves": how,
                         "observe_refit_save_s": t_refit,
-                        "per_client_ms": 1000 * t_refit / len(group),
+                        "per_client_ms": per_client[how],
+                        "vs_commit_per_client": per_client[how] / per_client["commit per client"],
                     }
                 )
                 C.say(
                     f"  M={m}: Allocator.reward (observe+refit+save, {how}) for {len(group)} clients took "
-                    f"{t_refit:.1f}s ({1000 * t_refit / len(group):.1f} ms/client, 1 thread)"
+                    f"{t_refit:.1f}s ({per_client[how]:.1f} ms/client, 1 thread)"
                 )
+            batched = per_client["one commit, batched refit"]
+            C.say(
+                f"  M={m}: batched refit vs one commit: {per_client['one commit'] / batched:.1f}x faster per client;"
+                f" vs commit per client: {per_client['commit per client'] / batched:.1f}x"
+            )
             # ---- warm rounds
             for n in ns:
                 t += 1

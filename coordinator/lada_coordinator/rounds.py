@@ -475,7 +475,7 @@ class RoundEngine(threading.Thread):
         clients = {c.client_id: c for c in self.store.clients()}
         per_client: dict[str, dict] = {}
         aside = self.store.quarantined(t)
-        with self.allocator.saving_together():  # every client's refit filter in one commit
+        with self.allocator.saving_together():  # every client's filter refit in one batched call, one commit
             for client_id, raw in sorted(self.store.raw_uploads(t, "reward.put").items()):
                 up, alloc = features.get(client_id), self.store.allocation(t, client_id, SLM)
                 if up is None or alloc is None or client_id not in clients or client_id in aside:

@@ -2,7 +2,8 @@
 
 One :class:`~lada_coordinator.allocation.eenet.LearnabilityFilter` per (client, direction),
 persisted in SQLite after every change so a restarted coordinator keeps what it learned (inside
-:meth:`Allocator.saving_together`, all the changes of a round close in one commit).
+:meth:`Allocator.saving_together`, the filters of a round close are refit together, in one batched
+call, and written in one commit).
 ``mode`` switches LaDa off for the baselines: ``random`` allocates the same budget uniformly at
 random; ``all`` allocates every candidate; ``none`` allocates nothing (local-only).
 """
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from lada_coordinator.allocation.eenet import FilterConfig, LearnabilityFilter
+from lada_coordinator.allocation.eenet import FilterConfig, LearnabilityFilter, refit_many
 from lada_coordinator.store import Store
 
 log = logging.getLogger(__name__)
@@ -41,28 +42,47 @@ LLM = "llm"  # client → coordinator: SLM paths the LLM should learn
 
 
 class Allocator:
-    def __init__(self, store: Store, mode: str, configs: dict[str, FilterConfig], seed: int) -> None:
+    def __init__(
+        self, store: Store, mode: str, configs: dict[str, FilterConfig], seed: int, *, batched_refit: bool = True
+    ) -> None:
         self._store = store
+        # inside saving_together(): refit all the block's filters at its end in one batched call
+        # (False: each reward refits its filter at once, as outside the block; the writes still
+        # wait for the block's end)
+        self.batched_refit = batched_refit
         self._mode = mode
         self._configs = configs
         self._seed = seed
         self._filters: dict[tuple[str, str], LearnabilityFilter] = {}
-        # refit filters not yet written, while saving_together() is open: (client, direction) -> round
+        # filters rewarded but not yet written, while saving_together() is open:
+        # (client, direction) -> round
         self._unsaved: dict[tuple[str, str], int] | None = None
+        self._to_refit: set[tuple[str, str]] = set()  # of those, observed but not refit yet
+        # what the last saving_together() block's batched refit returned, per (client, direction)
+        self.last_refits: dict[tuple[str, str], dict[str, float]] = {}
 
     @contextmanager
     def saving_together(self) -> Iterator[None]:
-        """Write every filter refit in the block at its end, in one transaction: closing a round
-        costs one commit instead of one per client. The refits themselves run outside any
-        transaction, so devices' requests are not held up by them. If the block or the write
-        fails, the filters refit in it are dropped from memory and reload from the store, so no
-        reward is counted twice when the round is closed again."""
-        if self._unsaved is not None:  # nested: the outer block writes
+        """Refit every filter rewarded in the block at its end, all in one batched call
+        (:func:`~lada_coordinator.allocation.eenet.refit_many`), then write them in one
+        transaction: closing a round costs one commit, and a fraction of the refit time, instead of
+        one of each per client. The refits run outside any transaction, so devices' requests are
+        not held up by them; their losses are in :attr:`last_refits` afterwards. If the block, the
+        refit or the write fails, the filters rewarded in it are dropped from memory and reload from
+        the store, so no reward is counted twice when the round is closed again. An allocation
+        inside the block sees a rewarded filter as it was before its refit."""
+        if self._unsaved is not None:  # nested: the outer block refits and writes
             yield
             return
         self._unsaved = {}
+        self.last_refits = {}
         try:
             yield
+            keys = [key for key in self._unsaved if key in self._to_refit]
+            if keys:
+                with _one_thread():
+                    results = refit_many([self._filters[key] for key in keys])
+                self.last_refits = dict(zip(keys, results))
             with self._store.transaction():
                 for (client_id, direction), round_index in self._unsaved.items():
                     state = self._filters[(client_id, direction)].to_bytes()
@@ -73,6 +93,7 @@ class Allocator:
             raise
         finally:
             self._unsaved = None
+            self._to_refit = set()
 
     def _filter(self, client_id: str, direction: str, n_features: int) -> LearnabilityFilter:
         key = (client_id, direction)
@@ -112,19 +133,36 @@ class Allocator:
     ) -> dict[str, float]:
         """Feed the round's reward to the filter — one common scalar, or one per selected row —
         refit it, persist it; once per round, so a round resumed after a crash does not count a
-        reward twice."""
+        reward twice.
+
+        Returns the refit's ``{"exploit_loss", "explore_loss", "n_samples"}``, or ``{}`` when
+        nothing was learned (a baseline mode, an empty allocation, a reward already counted).
+        Inside :meth:`saving_together` (with ``batched_refit``, the default) the reward is only
+        observed here and the filter is refit at the block's end with the others, so the return
+        value is ``{"n_samples": ...}`` (the replay buffer's size after the observation); the
+        losses are in :attr:`last_refits` after the block. The round engine's callers
+        (``rounds.py``) do not use the returned losses."""
         if self._mode != "lada" or z_selected.shape[0] == 0:
             return {}
         if self._store.filter_updated(round_index, client_id, direction):
             return {}
-        if self._unsaved is not None and self._unsaved.get((client_id, direction)) == round_index:
-            return {}  # refit already in this round, not written yet
+        key = (client_id, direction)
+        if self._unsaved is not None and self._unsaved.get(key) == round_index:
+            return {}  # already rewarded in this round, not written yet
         flt = self._filter(client_id, direction, z_selected.shape[1])
+        if self._unsaved is not None and key in self._to_refit:
+            with _one_thread():  # an earlier round's reward in the same block: its refit first
+                flt.refit()
+            self._to_refit.discard(key)
         flt.observe(z_selected, reward)
+        if self._unsaved is not None and self.batched_refit:
+            self._unsaved[key] = round_index
+            self._to_refit.add(key)
+            return {"n_samples": float(flt.replay_size)}
         with _one_thread():
             losses = flt.refit()
         if self._unsaved is not None:
-            self._unsaved[(client_id, direction)] = round_index
+            self._unsaved[key] = round_index
         else:
             self._store.save_filter(client_id, direction, flt.to_bytes(), round_index)
         return losses

@@ -113,7 +113,9 @@ class FilterConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able representation."""
-        return dataclasses.asdict(self)
+        # every field is a scalar: no need for dataclasses.asdict's recursive deep copy, which
+        # costs a tenth of a millisecond per filter saved
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FilterConfig:
