@@ -130,7 +130,5 @@ def test_a_coordinator_that_does_not_start_is_named_with_its_log_tail(tiny_world
     assert err[0] == "✗ coordinator exited with code 2 during start-up", err
     assert err[1].startswith("  last ") and err[1].endswith("coordinator.log:")
     assert err[-1].startswith("    lada-coordinator: error: coordinator config ")  # names the file ...
-    assert err[-1].endswith(
-        "coordinator.json: rounds, min_clients and candidates_per_round must be >= 1"
-    )  # ... and the field
+    assert err[-1].endswith("coordinator.json: rounds: must be >= 1, got 0 (an integer)")  # ... and the field
     assert out[-1].startswith("✗ processes")  # the stage that failed is marked, nothing is left half-drawn
