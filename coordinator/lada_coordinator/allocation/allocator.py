@@ -55,8 +55,8 @@ class Allocator:
         self._seed = seed
         self._filters: dict[tuple[str, str], LearnabilityFilter] = {}
         # filters rewarded but not yet written, while saving_together() is open:
-        # (client, direction) -> round
-        self._unsaved: dict[tuple[str, str], int] | None = None
+        # (client, direction) -> the rounds whose reward it holds (each is marked as counted)
+        self._unsaved: dict[tuple[str, str], set[int]] | None = None
         self._to_refit: set[tuple[str, str]] = set()  # of those, observed but not refit yet
         # what the last saving_together() block's batched refit returned, per (client, direction)
         self.last_refits: dict[tuple[str, str], dict[str, float]] = {}
@@ -84,9 +84,10 @@ class Allocator:
                     results = refit_many([self._filters[key] for key in keys])
                 self.last_refits = dict(zip(keys, results))
             with self._store.transaction():
-                for (client_id, direction), round_index in self._unsaved.items():
+                for (client_id, direction), rounds in self._unsaved.items():
                     state = self._filters[(client_id, direction)].to_bytes()
-                    self._store.save_filter(client_id, direction, state, round_index)
+                    for round_index in sorted(rounds):
+                        self._store.save_filter(client_id, direction, state, round_index)
         except BaseException:
             for key in self._unsaved:
                 self._filters.pop(key, None)
@@ -147,7 +148,7 @@ class Allocator:
         if self._store.filter_updated(round_index, client_id, direction):
             return {}
         key = (client_id, direction)
-        if self._unsaved is not None and self._unsaved.get(key) == round_index:
+        if self._unsaved is not None and round_index in self._unsaved.get(key, ()):
             return {}  # already rewarded in this round, not written yet
         flt = self._filter(client_id, direction, z_selected.shape[1])
         if self._unsaved is not None and key in self._to_refit:
@@ -156,13 +157,13 @@ class Allocator:
             self._to_refit.discard(key)
         flt.observe(z_selected, reward)
         if self._unsaved is not None and self.batched_refit:
-            self._unsaved[key] = round_index
+            self._unsaved.setdefault(key, set()).add(round_index)
             self._to_refit.add(key)
             return {"n_samples": float(flt.replay_size)}
         with _one_thread():
             losses = flt.refit()
         if self._unsaved is not None:
-            self._unsaved[key] = round_index
+            self._unsaved.setdefault(key, set()).add(round_index)
         else:
             self._store.save_filter(client_id, direction, flt.to_bytes(), round_index)
         return losses

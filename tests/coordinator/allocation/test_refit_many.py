@@ -193,6 +193,9 @@ def test_two_rounds_in_one_block_refit_twice(tmp_path) -> None:
     plain.reward(2, SLM, "c1", z[6:], 0.7)
     assert alloc._filters[("c1", SLM)].fit_count == 2
     _assert_same(plain._filters[("c1", SLM)], alloc._filters[("c1", SLM)])
+    # both rounds' rewards are in the written filter, so both are marked as counted
+    assert alloc._store.filter_updated(1, "c1", SLM) and alloc._store.filter_updated(2, "c1", SLM)
+    assert alloc.reward(1, SLM, "c1", z[:6], 0.2) == {}
 
 
 def test_a_failed_batched_refit_drops_the_filters_and_counts_no_reward_twice(tmp_path, monkeypatch) -> None:
