@@ -1,6 +1,8 @@
 """Learning quality: LaDa against its baselines on a local federation, accuracy per round.
 
-Three clients with different reasoning domains (``add``, ``sub``, ``mul``) and, in the ``mkt`` host,
+Three clients with different reasoning domains (``add``, ``sub``, ``mul``; with ``--toy-domains
+rules``: ``lookup``, ``count``, ``largest``, ``largest`` left out of the teacher's warm-up by
+``--llm-unseen`` so that only the clients know it) and, in the ``mkt`` host,
 SLMs of three sizes, learn from a tiny LLM teacher that ``lada_coordinator.federation.prepare``
 warm-starts on the public pool. Every configuration is a real federation
 (:func:`lada_coordinator.federation.run_federation`: one coordinator process and one process per
@@ -170,6 +172,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--hosts", nargs="+", choices=list(HOSTS), help="host frameworks to run (default both)")
     p.add_argument(
+        "--toy-domains",
+        choices=["arithmetic", "rules"],
+        default="arithmetic",
+        help="client domains: rules a tiny model learns (lookup, count, largest) or arithmetic facts (add, sub, mul)",
+    )
+    p.add_argument(
+        "--llm-unseen",
+        nargs="*",
+        help="domains left out of the teacher's warm-up, known only to the clients "
+        "(default: largest with --toy-domains rules, none with arithmetic)",
+    )
+    p.add_argument(
         "--mkt-presets",
         default="slm-large,slm-medium,slm-small",
         help="SLM presets of the mkt host, one per client in turn",
@@ -222,6 +236,8 @@ def resolve(args: argparse.Namespace) -> tuple[Sizes, tuple[str, ...], tuple[str
     sizes = replace(base, **overrides)
     methods = tuple(args.methods or (QUICK_METHODS if args.quick else METHODS))
     hosts = tuple(args.hosts or (QUICK_HOSTS if args.quick else HOSTS))
+    if args.llm_unseen is None:
+        args.llm_unseen = ["largest"] if args.toy_domains == "rules" else []
     if args.results_dir is None:
         args.results_dir = C.RESULTS_DIR / ("quality_quick" if args.quick else "quality")
     if args.out is None:
@@ -266,6 +282,8 @@ def settings_for(
         host_framework=host,
         slm_presets=presets_for(host, args),
         timeout_s=args.timeout,
+        toy_domains=args.toy_domains,
+        llm_unseen=tuple(args.llm_unseen),
         llm_checkpoint=None
         if args.teacher is None and workdir == args.teacher_world and method is None
         else teacher_dir(args),
@@ -832,7 +850,15 @@ def write_report(
     add("")
     add("| setting | value |")
     add("|---|---|")
-    add("| clients | 3: `client0` add, `client1` sub, `client2` mul (one reasoning domain each, non-IID) |")
+    from lada_coordinator.simulation.domains import DOMAIN_SETS
+
+    pool = DOMAIN_SETS[args.toy_domains]
+    add(
+        f"| clients | 3: {', '.join(f'`client{i}` {d}' for i, d in enumerate(pool[:3]))} (one reasoning domain each, "
+        f"non-IID; `--toy-domains {args.toy_domains}`); public pool: {', '.join(pool)} |"
+    )
+    unseen = ", ".join(args.llm_unseen) or "none"
+    add(f"| left out of the teacher's warm-up (`--llm-unseen`) | {unseen} |")
     add(
         f"| SLMs, `mkt` host | {', '.join(f'`{p}`' for p in args.mkt_presets.split(','))} (client0, client1, client2) |"
     )

@@ -304,6 +304,12 @@ def _federation_flags(p: argparse.ArgumentParser) -> None:
         type=_names,
     )
     flag("--public-families", "families of the public pool (none: the clients')", type=_names)
+    flag(
+        "--toy-domains",
+        "toy domain set without --families: arithmetic facts, or rules a tiny model learns",
+        choices=["arithmetic", "rules"],
+    )
+    flag("--llm-unseen", "toy domains left out of the tiny LLM's warm-up (known only to clients)", type=_names)
     flag("--public-seed", "keep the public pool fixed across --seed values", type=int)
     flag("--student", "a GGUF file or checkpoint imported as every client's SLM (e.g. SmolLM2)", type=Path)
     flag("--teacher-gguf", "the teacher as a GGUF file on llama.cpp; its verified paths are computed once", type=Path)

@@ -67,6 +67,10 @@ class FederationSettings:
     timeout_s: float = 1800.0
     tls: bool = True
     llm_checkpoint: Path | None = None  # a local transformers checkpoint used as the teacher as is
+    # toy domain set (simulation.domains.DOMAIN_SETS): "arithmetic" facts or "rules" a tiny model learns
+    toy_domains: str = "arithmetic"
+    # toy domains left out of the tiny LLM's warm-up: knowledge only the clients hold (LLM direction)
+    llm_unseen: tuple[str, ...] = ()
     # reasoning-gym families for the clients ("name" or "name:key=value,..."); () = toy domains
     families: tuple[str, ...] = ()
     public_families: tuple[str, ...] = ()  # families of the public pool; () = the clients'
@@ -87,6 +91,16 @@ class FederationSettings:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if self.teacher_gguf is not None and self.llm_checkpoint is not None:
             raise ValueError("give a teacher as --teacher-gguf or as --llm-checkpoint, not both")
+        from lada_coordinator.simulation.domains import DOMAIN_SETS
+
+        if self.toy_domains not in DOMAIN_SETS:
+            raise ValueError(f"toy_domains must be one of {', '.join(DOMAIN_SETS)}, got {self.toy_domains!r}")
+        stray = [d for d in self.llm_unseen if d not in DOMAIN_SETS[self.toy_domains]]
+        if stray:
+            raise ValueError(
+                f"llm_unseen: {', '.join(stray)} not in the {self.toy_domains!r} domains "
+                f"({', '.join(DOMAIN_SETS[self.toy_domains])})"
+            )
 
 
 def defaults() -> dict[str, Any]:
@@ -314,7 +328,7 @@ def slm_files(model_dir: Path) -> tuple[Path, Path]:
 
 
 def _data(settings: FederationSettings, data_dir: Path):
-    from lada_coordinator.simulation.domains import DOMAINS, make_federation
+    from lada_coordinator.simulation.domains import DOMAIN_SETS, make_federation
 
     if settings.families:
         from lada_coordinator.simulation.gym import make_gym_federation
@@ -329,8 +343,9 @@ def _data(settings: FederationSettings, data_dir: Path):
             public_families=settings.public_families or None,
             public_seed=settings.public_seed,
         )
-    domains = [DOMAINS[i % len(DOMAINS)] for i in range(settings.clients)]
-    return make_federation(domains, settings.n_train, settings.n_test, settings.n_public, settings.seed)
+    pool = DOMAIN_SETS[settings.toy_domains]
+    domains = [pool[i % len(pool)] for i in range(settings.clients)]
+    return make_federation(domains, settings.n_train, settings.n_test, settings.n_public, settings.seed, pool=pool)
 
 
 def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> dict[str, Path]:
@@ -351,7 +366,7 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
     data_dir, tok_dir, models = work / "data", work / "tokenizer", work / "models"
     toy_teacher = settings.teacher_gguf is None and settings.llm_checkpoint is None
     key = {
-        "data": list(settings.families) or "toy",
+        "data": list(settings.families) or ("toy" if settings.toy_domains == "arithmetic" else settings.toy_domains),
         "public": list(settings.public_families),
         "public_seed": settings.public_seed,
         "clients": settings.clients,
@@ -405,13 +420,20 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
     else:
         llm_dir = paths["llm"] = models / "llm"
         llm_key = {"preset": "llm-tiny", "steps": settings.llm_warmup_steps, "seed": settings.seed}
+        if settings.llm_unseen:
+            llm_key["unseen"] = sorted(settings.llm_unseen)
+        known = [s for s in fed.public if s.domain not in settings.llm_unseen]
         with reporter.stage("LLM teacher warm-up", settings.llm_warmup_steps) as stage:
             if not (llm_dir.exists() and _marker(llm_dir, llm_key)):
                 shutil.rmtree(llm_dir, ignore_errors=True)
                 create_model("llm-tiny", tok_dir, llm_dir, seed=settings.seed)
-                log.info("warm-starting the LLM teacher on the public pool (%d steps)", settings.llm_warmup_steps)
+                log.info(
+                    "warm-starting the LLM teacher on the public pool (%d steps%s)",
+                    settings.llm_warmup_steps,
+                    f"; without {', '.join(settings.llm_unseen)}" if settings.llm_unseen else "",
+                )
                 loss = pretrain(
-                    llm_dir, pairs(fed.public), settings.llm_warmup_steps, seed=settings.seed, on_step=stage.advance
+                    llm_dir, pairs(known), settings.llm_warmup_steps, seed=settings.seed, on_step=stage.advance
                 )
                 _mark(llm_dir, llm_key)
                 stage.note(f"llm-tiny, {settings.llm_warmup_steps} steps, loss {loss:.2f}")

@@ -132,3 +132,13 @@ def test_a_coordinator_that_does_not_start_is_named_with_its_log_tail(tiny_world
     assert err[-1].startswith("    lada-coordinator: error: coordinator config ")  # names the file ...
     assert err[-1].endswith("coordinator.json: rounds: must be >= 1, got 0 (an integer)")  # ... and the field
     assert out[-1].startswith("✗ processes")  # the stage that failed is marked, nothing is left half-drawn
+
+
+def test_llm_unseen_must_be_a_domain_of_the_chosen_toy_set(tmp_path, capsys):
+    with pytest.raises(ValueError, match="toy_domains must be one of"):
+        FederationSettings(workdir=tmp_path, toy_domains="geometry")
+    assert FederationSettings(workdir=tmp_path, toy_domains="rules", llm_unseen=("largest",)).llm_unseen == ("largest",)
+    code = main(["federation", "--workdir", str(tmp_path / "fed"), "--toy-domains", "rules", "--llm-unseen", "mul"])
+    err = capsys.readouterr().err
+    assert code == 2 and "llm_unseen: mul not in the 'rules' domains" in err
+    assert "Traceback" not in err and not (tmp_path / "fed").exists()

@@ -1,6 +1,14 @@
-"""Offline generator of GSM8K-style arithmetic word problems with worked rationales.
+"""Offline generator of word problems with worked rationales, in two domain sets.
 
-Each *domain* is one reasoning family (addition, subtraction, multiplication, two-step). Giving
+``arithmetic`` (:data:`DOMAINS`): GSM8K-style problems, one reasoning family per domain (addition,
+subtraction, multiplication, two-step). Their answers are arithmetic *facts* (~800 per one-step
+domain) that a tiny transformer memorises rather than computes, so extra samples of a domain help
+it only through the facts they carry. ``rules`` (:data:`RULE_DOMAINS`): problems solved by a rule
+that a tiny transformer can learn from a few hundred examples and then apply to questions it has
+never seen (copy the count of the asked item, count a list, take the largest of a list, add two
+digits), each with a step-by-step rationale, so that more samples of a client's own rule make it
+better at its whole test split: the regime where what a filter allocates shows in accuracy.
+Giving
 every client a different domain produces the non-IID federation LaDa is built for, and generating
 the problems procedurally keeps the whole pipeline runnable offline and reproducible from a seed.
 Numbers stay small and rationales short ("3 + 5 = 8. The answer is 8.") so that tiny language
@@ -23,16 +31,20 @@ from lada_client.common.reasoning import ANSWER_PHRASE
 from lada_client.data.federation import ClientData, FederationData
 from lada_client.data.samples import Sample
 
-__all__ = ["DOMAINS", "GENERATOR_VERSION", "generate", "make_federation"]
+__all__ = ["DOMAINS", "DOMAIN_SETS", "GENERATOR_VERSION", "RULE_DOMAINS", "generate", "make_federation"]
 
 logger = logging.getLogger(__name__)
 
 DOMAINS: tuple[str, ...] = ("add", "sub", "mul", "two_step")
+RULE_DOMAINS: tuple[str, ...] = ("lookup", "count", "largest", "digit_sum")
+#: The toy domain sets by name; a federation's public pool mixes every domain of its set.
+DOMAIN_SETS: dict[str, tuple[str, ...]] = {"arithmetic": DOMAINS, "rules": RULE_DOMAINS}
 # Bumped whenever the same seed would generate different problems, so cached data is rebuilt.
 GENERATOR_VERSION = 2
 
 _NAMES = tuple("Ana Ben Cara Dev Eli Fay Gus Hana Ivan Jo Kim Leo Mia Nia Omar Pia Raj Sam Tara Zoe".split())
 _ITEMS = ("apples", "books", "coins", "stickers", "marbles", "pencils", "shells", "cards", "beads")
+_ANIMALS = ("cat", "dog", "cow", "hen", "pig", "fox", "owl", "bee", "bat")
 
 
 def _uniform(rng: np.random.Generator, low: int, high: int) -> int:
@@ -149,6 +161,93 @@ _APPLY: dict[str, Callable[[int, int], int]] = {
     "*": lambda x, y: x * y,
 }
 
+# ------------------------------------------------------------------------------ rule domains
+# Each draws (question, rationale, answer). Rationales use the same one-line step format as the
+# arithmetic domains ("x op y = z.", then the answer sentence), so every domain shares a
+# tokenizer and an answer extractor.
+
+
+def _listing(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _lookup(rng: np.random.Generator) -> tuple[str, str, str]:
+    """Three item counts in the question; the answer copies the asked one."""
+    items = [_ITEMS[i] for i in rng.choice(len(_ITEMS), size=3, replace=False)]
+    counts = [_uniform(rng, 2, 40) for _ in items]
+    asked = int(rng.integers(3))
+    held = _listing([f"{c} {i}" for c, i in zip(counts, items, strict=True)])
+    name = _NAMES[int(rng.integers(len(_NAMES)))]
+    template = int(rng.integers(3))
+    if template == 0:
+        question = f"{name} has {held}. How many {items[asked]} does {name} have?"
+    elif template == 1:
+        question = f"In a box there are {held}. How many {items[asked]} are in the box?"
+    else:
+        question = f"A shop sells {held}. How many {items[asked]} does the shop sell?"
+    answer = counts[asked]
+    return question, f"{items[asked]} = {answer}. {ANSWER_PHRASE} {answer}.", str(answer)
+
+
+def _count(rng: np.random.Generator) -> tuple[str, str, str]:
+    """A list of 2-8 animals; the rationale counts them one by one."""
+    k = _uniform(rng, 2, 8)
+    animals = [_ANIMALS[int(i)] for i in rng.integers(len(_ANIMALS), size=k)]
+    seen = _listing([f"a {a}" for a in animals])
+    name = _NAMES[int(rng.integers(len(_NAMES)))]
+    template = int(rng.integers(3))
+    if template == 0:
+        question = f"{name} sees {seen}. How many animals does {name} see?"
+    elif template == 1:
+        question = f"On a farm there are {seen}. How many animals are on the farm?"
+    else:
+        question = f"A picture shows {seen}. How many animals are in the picture?"
+    steps = " ".join(f"{a} {i + 1}." for i, a in enumerate(animals))
+    return question, f"{steps} {ANSWER_PHRASE} {k}.", str(k)
+
+
+def _largest(rng: np.random.Generator) -> tuple[str, str, str]:
+    """The largest of 3-5 numbers, kept as a running maximum."""
+    k = _uniform(rng, 3, 5)
+    values = [_uniform(rng, 1, 30) for _ in range(k)]
+    listed = _listing([str(v) for v in values])
+    template = int(rng.integers(3))
+    if template == 0:
+        question = f"Which number is the largest: {listed}?"
+    elif template == 1:
+        name = _NAMES[int(rng.integers(len(_NAMES)))]
+        question = f"{name} scores {listed} in {k} games. What is the best score?"
+    else:
+        question = f"The heights of {k} plants are {listed}. How tall is the tallest plant?"
+    best, steps = values[0], []
+    for v in values[1:]:
+        steps.append(f"max {best} {v} = {max(best, v)}.")
+        best = max(best, v)
+    return question, f"{' '.join(steps)} {ANSWER_PHRASE} {best}.", str(best)
+
+
+def _digit_sum(rng: np.random.Generator) -> tuple[str, str, str]:
+    """Two one-digit numbers added (81 facts: learnable as a table, phrased three ways)."""
+    a, b = _uniform(rng, 1, 9), _uniform(rng, 1, 9)
+    name = _NAMES[int(rng.integers(len(_NAMES)))]
+    item = _ITEMS[int(rng.integers(len(_ITEMS)))]
+    template = int(rng.integers(3))
+    if template == 0:
+        question = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?"
+    elif template == 1:
+        question = f"There are {a} {item} on a desk and {b} {item} in a bag. How many {item} are there?"
+    else:
+        question = f"{name} finds {a} {item} and then {b} {item}. How many {item} did {name} find?"
+    return question, f"{a} + {b} = {a + b}. {ANSWER_PHRASE} {a + b}.", str(a + b)
+
+
+_RULES: dict[str, Callable[[np.random.Generator], tuple[str, str, str]]] = {
+    "lookup": _lookup,
+    "count": _count,
+    "largest": _largest,
+    "digit_sum": _digit_sum,
+}
+
 
 def _solve(ops: tuple[str, ...], operands: tuple[int, ...]) -> tuple[str, int]:
     """Chain the operations left to right, writing one short "x op y = z." step per operation."""
@@ -163,6 +262,8 @@ def _solve(ops: tuple[str, ...], operands: tuple[int, ...]) -> tuple[str, int]:
 
 
 def _draw(domain: str, rng: np.random.Generator) -> tuple[str, str, str]:
+    if domain in _RULES:
+        return _RULES[domain](rng)
     templates = _TEMPLATES[domain]
     template = templates[int(rng.integers(len(templates)))]
     operands = template.operands(rng)
@@ -193,8 +294,8 @@ def generate(
     ``f"{id_prefix}-{index:06d}"``. Raises ``ValueError`` for an unknown domain, a negative
     ``n``/``seed``, or when the domain cannot supply ``n`` new distinct questions.
     """
-    if domain not in _TEMPLATES:
-        raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(DOMAINS)}")
+    if domain not in _TEMPLATES and domain not in _RULES:
+        raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(DOMAINS + RULE_DOMAINS)}")
     if n < 0 or seed < 0:
         raise ValueError(f"n and seed must be non-negative, got n={n}, seed={seed}")
     # The domain is mixed into the seed so that equal seeds still give unrelated domains.
@@ -221,16 +322,21 @@ def make_federation(
     n_test: int,
     n_public: int,
     seed: int,
+    pool: Sequence[str] = DOMAINS,
 ) -> FederationData:
-    """Build ``client{i}`` with domain ``domains[i]`` and a public pool mixing all of ``DOMAINS``.
+    """Build ``client{i}`` with domain ``domains[i]`` and a public pool mixing the ``pool`` domains
+    (every arithmetic domain by default; a domain set of :data:`DOMAIN_SETS` for the rules).
 
     Splits are generated in a fixed order (public, then each client's test, then train), each
     excluding every question generated before it, so all splits are disjoint by question text and
     the whole federation is a pure function of its arguments.
     """
-    unknown = [d for d in domains if d not in DOMAINS]
+    valid = DOMAINS + RULE_DOMAINS
+    unknown = [d for d in (*domains, *pool) if d not in valid]
     if unknown:
-        raise ValueError(f"unknown domains {unknown}; valid domains: {', '.join(DOMAINS)}")
+        raise ValueError(f"unknown domains {unknown}; valid domains: {', '.join(valid)}")
+    if not pool:
+        raise ValueError("the public pool needs at least one domain")
     if min(n_train, n_test, n_public) < 0:
         raise ValueError("split sizes must be non-negative")
     used: set[str] = set()
@@ -241,8 +347,8 @@ def make_federation(
         return samples
 
     public: list[Sample] = []
-    per_domain, remainder = divmod(n_public, len(DOMAINS))
-    for index, domain in enumerate(DOMAINS):
+    per_domain, remainder = divmod(n_public, len(pool))
+    for index, domain in enumerate(pool):
         count = per_domain + (1 if index < remainder else 0)
         public.extend(split(domain, count, f"public-{domain}"))
     # Interleave domains so any contiguous slice of the pool (a round's batch) is mixed.

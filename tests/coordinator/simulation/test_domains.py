@@ -9,7 +9,7 @@ import pytest
 from lada_client.common.reasoning import extract_answer, is_correct
 from lada_client.data.federation import FederationData
 from lada_client.data.samples import Sample
-from lada_coordinator.simulation.domains import DOMAINS, generate, make_federation
+from lada_coordinator.simulation.domains import DOMAIN_SETS, DOMAINS, RULE_DOMAINS, generate, make_federation
 
 STEP = re.compile(r"(-?\d+) ([-+*]) (-?\d+) = (-?\d+)\.")
 EXPECTED_OPS = {"add": ["+"], "sub": ["-"], "mul": ["*"]}
@@ -152,3 +152,43 @@ def test_deterministic_per_seed(federation: FederationData) -> None:
 def test_unknown_domain_rejected() -> None:
     with pytest.raises(ValueError, match="valid domains"):
         make_federation(["add", "nope"], 1, 1, 4, seed=0)
+
+
+# ------------------------------------------------------------------------------ rule domains
+
+
+def _recount(question: str, domain: str) -> int:
+    """Solve a rule question from its text alone, independently of the generator."""
+    if domain == "lookup":
+        asked = re.search(r"How many (\w+)", question).group(1)
+        return int(re.search(rf"(\d+) {asked}\b", question).group(1))
+    if domain == "count":
+        return len(re.findall(r"\ba (?:cat|dog|cow|hen|pig|fox|owl|bee|bat)\b", question))
+    return sum(int(n) for n in re.findall(r"\d+", question))  # digit_sum
+
+
+@pytest.mark.parametrize("domain", RULE_DOMAINS)
+def test_rule_domains_answer_what_the_question_asks_and_say_how(domain: str) -> None:
+    batch = generate(domain, 200, seed=3, id_prefix=domain)
+    assert len({s.question for s in batch}) == 200
+    for sample in batch:
+        assert sample.domain == domain
+        assert extract_answer(sample.rationale) == sample.answer
+        assert sample.rationale.count(".") >= 2, "a step before the answer sentence"
+        if domain != "largest":
+            assert int(sample.answer) == _recount(sample.question, domain), sample
+    if domain == "largest":  # the question's listed numbers (after the colon or before " in ")
+        for sample in batch:
+            listed = sample.question.split(":")[-1] if ":" in sample.question else sample.question.split(" in ")[0]
+            listed = listed.split(" are ")[-1]
+            assert int(sample.answer) == max(int(n) for n in re.findall(r"\d+", listed)), sample
+
+
+def test_a_rules_federation_pools_every_rule_domain_and_keeps_splits_disjoint() -> None:
+    fed = make_federation(["lookup", "count", "largest"], 30, 10, 40, seed=1, pool=DOMAIN_SETS["rules"])
+    assert Counter(s.domain for s in fed.public) == dict.fromkeys(RULE_DOMAINS, 10)
+    questions = [s.question for s in chain(fed.public, *(c.train + c.test for c in fed.clients))]
+    assert len(questions) == len(set(questions))
+    assert [c.domain for c in fed.clients] == ["lookup", "count", "largest"]
+    with pytest.raises(ValueError, match="unknown domains"):
+        make_federation(["lookup"], 1, 1, 4, seed=0, pool=("lookup", "nope"))
