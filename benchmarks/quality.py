@@ -870,7 +870,8 @@ def write_report(
         add(f"| teacher | the checkpoint `{timing['teacher']}` (`--teacher`), as is; every run of every seed uses it |")
     else:
         add(
-            f"| teacher | `llm-tiny`, warm-started once on seed {sizes.seeds[0]}'s public pool (all four domains); "
+            f"| teacher | `llm-tiny`, warm-started once on seed {sizes.seeds[0]}'s public pool "
+            f"({'all its domains' if not args.llm_unseen else 'without ' + ', '.join(args.llm_unseen)}); "
             "every run of every seed uses it |"
         )
     add(f"| seeds | {', '.join(map(str, sizes.seeds))} (each seed: its own data, tokenizer and SLM warm starts) |")
