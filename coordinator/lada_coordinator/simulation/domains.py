@@ -171,20 +171,38 @@ def _listing(words: Sequence[str]) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
+def _phrasing(rng: np.random.Generator, phrasings: tuple[str, ...]) -> str:
+    return phrasings[int(rng.integers(len(phrasings)))]
+
+
+def _name(rng: np.random.Generator) -> str:
+    return _NAMES[int(rng.integers(len(_NAMES)))]
+
+
+# fmt: off
+_LOOKUP = ("{name} has {held}. How many {item} does {name} have?",
+           "In a box there are {held}. How many {item} are in the box?",
+           "A shop sells {held}. How many {item} does the shop sell?")
+_COUNT = ("{name} sees {seen}. How many animals does {name} see?",
+          "On a farm there are {seen}. How many animals are on the farm?",
+          "A picture shows {seen}. How many animals are in the picture?")
+_LARGEST = ("Which number is the largest: {listed}?",
+            "{name} scores {listed} in {k} games. What is the best score?",
+            "The heights of {k} plants are {listed}. How tall is the tallest plant?")
+_DIGIT_SUM = ("{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?",
+              "There are {a} {item} on a desk and {b} {item} in a bag. How many {item} are there?",
+              "{name} finds {a} {item} and then {b} {item}. How many {item} did {name} find?")
+# fmt: on
+
+
 def _lookup(rng: np.random.Generator) -> tuple[str, str, str]:
     """Three item counts in the question; the answer copies the asked one."""
     items = [_ITEMS[i] for i in rng.choice(len(_ITEMS), size=3, replace=False)]
     counts = [_uniform(rng, 2, 40) for _ in items]
     asked = int(rng.integers(3))
     held = _listing([f"{c} {i}" for c, i in zip(counts, items, strict=True)])
-    name = _NAMES[int(rng.integers(len(_NAMES)))]
-    template = int(rng.integers(3))
-    if template == 0:
-        question = f"{name} has {held}. How many {items[asked]} does {name} have?"
-    elif template == 1:
-        question = f"In a box there are {held}. How many {items[asked]} are in the box?"
-    else:
-        question = f"A shop sells {held}. How many {items[asked]} does the shop sell?"
+    name = _name(rng)
+    question = _phrasing(rng, _LOOKUP).format(name=name, held=held, item=items[asked])
     answer = counts[asked]
     return question, f"{items[asked]} = {answer}. {ANSWER_PHRASE} {answer}.", str(answer)
 
@@ -194,14 +212,8 @@ def _count(rng: np.random.Generator) -> tuple[str, str, str]:
     k = _uniform(rng, 2, 8)
     animals = [_ANIMALS[int(i)] for i in rng.integers(len(_ANIMALS), size=k)]
     seen = _listing([f"a {a}" for a in animals])
-    name = _NAMES[int(rng.integers(len(_NAMES)))]
-    template = int(rng.integers(3))
-    if template == 0:
-        question = f"{name} sees {seen}. How many animals does {name} see?"
-    elif template == 1:
-        question = f"On a farm there are {seen}. How many animals are on the farm?"
-    else:
-        question = f"A picture shows {seen}. How many animals are in the picture?"
+    name = _name(rng)
+    question = _phrasing(rng, _COUNT).format(name=name, seen=seen)
     steps = " ".join(f"{a} {i + 1}." for i, a in enumerate(animals))
     return question, f"{steps} {ANSWER_PHRASE} {k}.", str(k)
 
@@ -210,15 +222,9 @@ def _largest(rng: np.random.Generator) -> tuple[str, str, str]:
     """The largest of 3-5 numbers, kept as a running maximum."""
     k = _uniform(rng, 3, 5)
     values = [_uniform(rng, 1, 30) for _ in range(k)]
-    listed = _listing([str(v) for v in values])
-    template = int(rng.integers(3))
-    if template == 0:
-        question = f"Which number is the largest: {listed}?"
-    elif template == 1:
-        name = _NAMES[int(rng.integers(len(_NAMES)))]
-        question = f"{name} scores {listed} in {k} games. What is the best score?"
-    else:
-        question = f"The heights of {k} plants are {listed}. How tall is the tallest plant?"
+    phrasing = _phrasing(rng, _LARGEST)
+    name = _name(rng) if "{name}" in phrasing else ""
+    question = phrasing.format(name=name, listed=_listing([str(v) for v in values]), k=k)
     best, steps = values[0], []
     for v in values[1:]:
         steps.append(f"max {best} {v} = {max(best, v)}.")
@@ -229,15 +235,8 @@ def _largest(rng: np.random.Generator) -> tuple[str, str, str]:
 def _digit_sum(rng: np.random.Generator) -> tuple[str, str, str]:
     """Two one-digit numbers added (81 facts: learnable as a table, phrased three ways)."""
     a, b = _uniform(rng, 1, 9), _uniform(rng, 1, 9)
-    name = _NAMES[int(rng.integers(len(_NAMES)))]
-    item = _ITEMS[int(rng.integers(len(_ITEMS)))]
-    template = int(rng.integers(3))
-    if template == 0:
-        question = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?"
-    elif template == 1:
-        question = f"There are {a} {item} on a desk and {b} {item} in a bag. How many {item} are there?"
-    else:
-        question = f"{name} finds {a} {item} and then {b} {item}. How many {item} did {name} find?"
+    name, item = _name(rng), _ITEMS[int(rng.integers(len(_ITEMS)))]
+    question = _phrasing(rng, _DIGIT_SUM).format(name=name, item=item, a=a, b=b)
     return question, f"{a} + {b} = {a + b}. {ANSWER_PHRASE} {a + b}.", str(a + b)
 
 
