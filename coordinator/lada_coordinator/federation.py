@@ -95,6 +95,8 @@ class FederationSettings:
 
         if self.toy_domains not in DOMAIN_SETS:
             raise ValueError(f"toy_domains must be one of {', '.join(DOMAIN_SETS)}, got {self.toy_domains!r}")
+        if self.llm_unseen and self.families:
+            raise ValueError("llm_unseen names toy domains; it has no effect with --families")
         stray = [d for d in self.llm_unseen if d not in DOMAIN_SETS[self.toy_domains]]
         if stray:
             raise ValueError(

@@ -138,6 +138,8 @@ def test_llm_unseen_must_be_a_domain_of_the_chosen_toy_set(tmp_path, capsys):
     with pytest.raises(ValueError, match="toy_domains must be one of"):
         FederationSettings(workdir=tmp_path, toy_domains="geometry")
     assert FederationSettings(workdir=tmp_path, toy_domains="rules", llm_unseen=("largest",)).llm_unseen == ("largest",)
+    with pytest.raises(ValueError, match="no effect with --families"):
+        FederationSettings(workdir=tmp_path, families=("chain_sum",), llm_unseen=("add",))
     code = main(["federation", "--workdir", str(tmp_path / "fed"), "--toy-domains", "rules", "--llm-unseen", "mul"])
     err = capsys.readouterr().err
     assert code == 2 and "llm_unseen: mul not in the 'rules' domains" in err
