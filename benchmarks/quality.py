@@ -62,6 +62,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
+from lada_coordinator.simulation.domains import DOMAIN_SETS
 
 NAME = "quality"
 log = logging.getLogger("benchmarks.quality")
@@ -173,7 +174,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hosts", nargs="+", choices=list(HOSTS), help="host frameworks to run (default both)")
     p.add_argument(
         "--toy-domains",
-        choices=["arithmetic", "rules"],
+        choices=list(DOMAIN_SETS),
         default="arithmetic",
         help="client domains: rules a tiny model learns (lookup, count, largest) or arithmetic facts (add, sub, mul)",
     )
@@ -850,8 +851,6 @@ def write_report(
     add("")
     add("| setting | value |")
     add("|---|---|")
-    from lada_coordinator.simulation.domains import DOMAIN_SETS
-
     pool = DOMAIN_SETS[args.toy_domains]
     add(
         f"| clients | 3: {', '.join(f'`client{i}` {d}' for i, d in enumerate(pool[:3]))} (one reasoning domain each, "

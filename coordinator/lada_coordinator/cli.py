@@ -239,6 +239,7 @@ def _federation_flags(p: argparse.ArgumentParser) -> None:
     a flag left out takes the ``--preset``'s value, else the settings' default, so no default is
     written twice."""
     from lada_coordinator.federation import PRESETS, defaults
+    from lada_coordinator.simulation.domains import DOMAIN_SETS
 
     d = defaults()
 
@@ -307,7 +308,7 @@ def _federation_flags(p: argparse.ArgumentParser) -> None:
     flag(
         "--toy-domains",
         "toy domain set without --families: arithmetic facts, or rules a tiny model learns",
-        choices=["arithmetic", "rules"],
+        choices=list(DOMAIN_SETS),
     )
     flag("--llm-unseen", "toy domains left out of the tiny LLM's warm-up (known only to clients)", type=_names)
     flag("--public-seed", "keep the public pool fixed across --seed values", type=int)

@@ -424,7 +424,6 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
         llm_key = {"preset": "llm-tiny", "steps": settings.llm_warmup_steps, "seed": settings.seed}
         if settings.llm_unseen:
             llm_key["unseen"] = sorted(settings.llm_unseen)
-        known = [s for s in fed.public if s.domain not in settings.llm_unseen]
         with reporter.stage("LLM teacher warm-up", settings.llm_warmup_steps) as stage:
             if not (llm_dir.exists() and _marker(llm_dir, llm_key)):
                 shutil.rmtree(llm_dir, ignore_errors=True)
@@ -434,6 +433,7 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
                     settings.llm_warmup_steps,
                     f"; without {', '.join(settings.llm_unseen)}" if settings.llm_unseen else "",
                 )
+                known = [s for s in fed.public if s.domain not in settings.llm_unseen]
                 loss = pretrain(
                     llm_dir, pairs(known), settings.llm_warmup_steps, seed=settings.seed, on_step=stage.advance
                 )

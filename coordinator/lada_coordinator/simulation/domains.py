@@ -24,6 +24,7 @@ import logging
 import zlib
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -34,9 +35,11 @@ from lada_client.data.samples import Sample
 __all__ = ["DOMAINS", "DOMAIN_SETS", "GENERATOR_VERSION", "RULE_DOMAINS", "generate", "make_federation"]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DOMAINS: tuple[str, ...] = ("add", "sub", "mul", "two_step")
 RULE_DOMAINS: tuple[str, ...] = ("lookup", "count", "largest", "digit_sum")
+_ALL_DOMAINS = DOMAINS + RULE_DOMAINS
 #: The toy domain sets by name; a federation's public pool mixes every domain of its set.
 DOMAIN_SETS: dict[str, tuple[str, ...]] = {"arithmetic": DOMAINS, "rules": RULE_DOMAINS}
 # Bumped whenever the same seed would generate different problems, so cached data is rebuilt.
@@ -49,6 +52,10 @@ _ANIMALS = ("cat", "dog", "cow", "hen", "pig", "fox", "owl", "bee", "bat")
 
 def _uniform(rng: np.random.Generator, low: int, high: int) -> int:
     return int(rng.integers(low, high + 1))
+
+
+def _pick(rng: np.random.Generator, options: Sequence[T]) -> T:
+    return options[int(rng.integers(len(options)))]
 
 
 # Operand ranges are sized to what a tiny transformer learns in a few thousand CPU steps: a
@@ -171,14 +178,6 @@ def _listing(words: Sequence[str]) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
-def _phrasing(rng: np.random.Generator, phrasings: tuple[str, ...]) -> str:
-    return phrasings[int(rng.integers(len(phrasings)))]
-
-
-def _name(rng: np.random.Generator) -> str:
-    return _NAMES[int(rng.integers(len(_NAMES)))]
-
-
 # fmt: off
 _LOOKUP = ("{name} has {held}. How many {item} does {name} have?",
            "In a box there are {held}. How many {item} are in the box?",
@@ -201,8 +200,8 @@ def _lookup(rng: np.random.Generator) -> tuple[str, str, str]:
     counts = [_uniform(rng, 2, 40) for _ in items]
     asked = int(rng.integers(3))
     held = _listing([f"{c} {i}" for c, i in zip(counts, items, strict=True)])
-    name = _name(rng)
-    question = _phrasing(rng, _LOOKUP).format(name=name, held=held, item=items[asked])
+    name = _pick(rng, _NAMES)
+    question = _pick(rng, _LOOKUP).format(name=name, held=held, item=items[asked])
     answer = counts[asked]
     return question, f"{items[asked]} = {answer}. {ANSWER_PHRASE} {answer}.", str(answer)
 
@@ -212,8 +211,8 @@ def _count(rng: np.random.Generator) -> tuple[str, str, str]:
     k = _uniform(rng, 2, 8)
     animals = [_ANIMALS[int(i)] for i in rng.integers(len(_ANIMALS), size=k)]
     seen = _listing([f"a {a}" for a in animals])
-    name = _name(rng)
-    question = _phrasing(rng, _COUNT).format(name=name, seen=seen)
+    name = _pick(rng, _NAMES)
+    question = _pick(rng, _COUNT).format(name=name, seen=seen)
     steps = " ".join(f"{a} {i + 1}." for i, a in enumerate(animals))
     return question, f"{steps} {ANSWER_PHRASE} {k}.", str(k)
 
@@ -222,8 +221,8 @@ def _largest(rng: np.random.Generator) -> tuple[str, str, str]:
     """The largest of 3-5 numbers, kept as a running maximum."""
     k = _uniform(rng, 3, 5)
     values = [_uniform(rng, 1, 30) for _ in range(k)]
-    phrasing = _phrasing(rng, _LARGEST)
-    name = _name(rng) if "{name}" in phrasing else ""
+    phrasing = _pick(rng, _LARGEST)
+    name = _pick(rng, _NAMES) if "{name}" in phrasing else ""
     question = phrasing.format(name=name, listed=_listing([str(v) for v in values]), k=k)
     best, steps = values[0], []
     for v in values[1:]:
@@ -235,8 +234,8 @@ def _largest(rng: np.random.Generator) -> tuple[str, str, str]:
 def _digit_sum(rng: np.random.Generator) -> tuple[str, str, str]:
     """Two one-digit numbers added (81 facts: learnable as a table, phrased three ways)."""
     a, b = _uniform(rng, 1, 9), _uniform(rng, 1, 9)
-    name, item = _name(rng), _ITEMS[int(rng.integers(len(_ITEMS)))]
-    question = _phrasing(rng, _DIGIT_SUM).format(name=name, item=item, a=a, b=b)
+    name, item = _pick(rng, _NAMES), _pick(rng, _ITEMS)
+    question = _pick(rng, _DIGIT_SUM).format(name=name, item=item, a=a, b=b)
     return question, f"{a} + {b} = {a + b}. {ANSWER_PHRASE} {a + b}.", str(a + b)
 
 
@@ -263,8 +262,7 @@ def _solve(ops: tuple[str, ...], operands: tuple[int, ...]) -> tuple[str, int]:
 def _draw(domain: str, rng: np.random.Generator) -> tuple[str, str, str]:
     if domain in _RULES:
         return _RULES[domain](rng)
-    templates = _TEMPLATES[domain]
-    template = templates[int(rng.integers(len(templates)))]
+    template = _pick(rng, _TEMPLATES[domain])
     operands = template.operands(rng)
     rationale, answer = _solve(template.ops, operands)
     if not 0 <= answer < 1000:  # the samplers' ranges guarantee this; a template edit may not
@@ -273,8 +271,8 @@ def _draw(domain: str, rng: np.random.Generator) -> tuple[str, str, str]:
         a=operands[0],
         b=operands[1],
         c=operands[2] if len(operands) > 2 else "",
-        name=_NAMES[int(rng.integers(len(_NAMES)))],
-        item=_ITEMS[int(rng.integers(len(_ITEMS)))],
+        name=_pick(rng, _NAMES),
+        item=_pick(rng, _ITEMS),
     )
     return question, rationale, str(answer)
 
@@ -293,8 +291,8 @@ def generate(
     ``f"{id_prefix}-{index:06d}"``. Raises ``ValueError`` for an unknown domain, a negative
     ``n``/``seed``, or when the domain cannot supply ``n`` new distinct questions.
     """
-    if domain not in _TEMPLATES and domain not in _RULES:
-        raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(DOMAINS + RULE_DOMAINS)}")
+    if domain not in _ALL_DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(_ALL_DOMAINS)}")
     if n < 0 or seed < 0:
         raise ValueError(f"n and seed must be non-negative, got n={n}, seed={seed}")
     # The domain is mixed into the seed so that equal seeds still give unrelated domains.
@@ -330,10 +328,9 @@ def make_federation(
     excluding every question generated before it, so all splits are disjoint by question text and
     the whole federation is a pure function of its arguments.
     """
-    valid = DOMAINS + RULE_DOMAINS
-    unknown = [d for d in (*domains, *pool) if d not in valid]
+    unknown = [d for d in (*domains, *pool) if d not in _ALL_DOMAINS]
     if unknown:
-        raise ValueError(f"unknown domains {unknown}; valid domains: {', '.join(valid)}")
+        raise ValueError(f"unknown domains {unknown}; valid domains: {', '.join(_ALL_DOMAINS)}")
     if not pool:
         raise ValueError("the public pool needs at least one domain")
     if min(n_train, n_test, n_public) < 0:
