@@ -30,7 +30,7 @@ import numpy as np
 
 from lada_client.common.crypto import Direction, Identity, seal
 from lada_client.common.enrollment import EnrollmentToken
-from lada_client.common.secagg import EncryptedShare, Roster, SecAggClient, SecAggConfig
+from lada_client.common.secagg import Roster, SecAggClient, SecAggConfig, SecAggInbox
 from lada_client.common.wire import (
     INT64_MAX,
     Ack,
@@ -563,15 +563,13 @@ class HostileMember:
         if group is None:
             self.outcomes.append(Outcome(f"member_round{info.round}", False, "not offered a group"))
             return None
-        party = SecAggClient(
-            self.t.client_id, secagg_round_id(info.round, group), SecAggConfig.from_dict(info.secagg_configs[group])
-        )
+        party = SecAggClient(self.t.client_id, secagg_round_id(info.round, group), info.secagg_configs[group])
         up = FeatureUpload(
             round=info.round,
             feature_names=list(info.feature_names),
             sample_ids=[c.sample_id for c in info.candidates],
             features=[[1.0] * len(info.feature_names) for _ in info.candidates],
-            secagg_keys=party.advertise().to_dict(),
+            secagg_keys=party.advertise(),
             adapter_size=self.adapter_size,
         )
         self.t.call("features.put", up, info.round, Ack)
@@ -583,7 +581,7 @@ class HostileMember:
         if a.secagg_roster is None:
             self.outcomes.append(Outcome(f"member_round{info.round}", False, "not on the roster"))
             return None
-        return party, Roster.from_dict(a.secagg_roster), a
+        return party, a.secagg_roster, a
 
     def _round2(self, info: RoundInfo) -> None:
         joined = self._join(info)
@@ -611,13 +609,11 @@ class HostileMember:
             ).decode()
         self.t.call("secagg.put", SecAggUpload(round=info.round, step="shares", body=bundle), info.round, Ack)
         inbox = self._poll(info.round, "inbox")
-        if inbox.status == "ready" and inbox.body is not None:
-            masked = party.masked_input(
-                np.zeros(roster.vector_length), [EncryptedShare.from_dict(s) for s in inbox.body["shares"]]
-            )
+        if inbox.status == "ready" and isinstance(inbox.body, SecAggInbox):
+            masked = party.masked_input(np.zeros(roster.vector_length), inbox.body.shares)
             got = _answer(
                 lambda: self.t.call(
-                    "secagg.put", SecAggUpload(round=info.round, step="masked", body=masked.to_dict()), info.round, Ack
+                    "secagg.put", SecAggUpload(round=info.round, step="masked", body=masked), info.round, Ack
                 )
             )
             self._note("member_shares_that_open_for_nobody", {(200, "accepted")}, got)

@@ -105,8 +105,11 @@ def payloads(m: int, offers: int, adapter_floats: int) -> dict[str, tuple[str, o
                 round=3,
                 step="masked",
                 body=MaskedInput(
-                    "client-0001", "r3/g", ("client-0002",), rng.integers(0, 2**32, adapter_floats, dtype=np.uint32)
-                ).to_dict(),
+                    client_id="client-0001",
+                    round_id="r3/g",
+                    peers=("client-0002",),
+                    vector=rng.integers(0, 2**32, adapter_floats, dtype=np.uint32),
+                ),
             ),
         ),
     }

@@ -1,10 +1,11 @@
 """Learning quality: LaDa against its baselines on a local federation, accuracy per round.
 
-Three clients with different reasoning domains (``add``, ``sub``, ``mul``; with ``--toy-domains
-rules``: ``lookup``, ``count``, ``largest``, ``largest`` left out of the teacher's warm-up by
-``--llm-unseen`` so that only the clients know it) and, in the ``mkt`` host,
-SLMs of three sizes, learn from a tiny LLM teacher that ``lada_coordinator.federation.prepare``
-warm-starts on the public pool. Every configuration is a real federation
+Three clients with different reasoning domains (``lookup``, ``count``, ``largest``: rules a tiny
+model learns and applies to questions it has not seen; ``largest`` is left out of the teacher's
+warm-up (``--llm-unseen``) so that only the clients know it; ``--toy-domains arithmetic`` for the
+earlier ``add``, ``sub``, ``mul`` facts) and, in the ``mkt`` host, SLMs of three sizes, learn
+from a tiny LLM teacher that ``lada_coordinator.federation.prepare`` warm-starts on the public
+pool. Every configuration is a real federation
 (:func:`lada_coordinator.federation.run_federation`: one coordinator process and one process per
 client on loopback) on identical data, warm starts and budgets; only the method switch differs:
 
@@ -18,9 +19,9 @@ key           method                          switch
 ``lada``      LaDa                            ``allocation="lada"``, ``alpha=0.5``
 ============  ==============================  ===================================================
 
-each inside both host frameworks: ``mkt`` (mutual knowledge transfer; heterogeneous SLM presets)
-and ``cotuning`` (secure FedAvg of adapters; all clients ``slm-medium``, since only
-same-architecture clients can average).
+each inside a host framework: ``mkt`` (mutual knowledge transfer; heterogeneous SLM presets; the
+default) and, with ``--hosts mkt cotuning``, ``cotuning`` (secure FedAvg of adapters; all clients
+``slm-medium``, since only same-architecture clients can average).
 
 One work directory per (seed, host) under ``--cache-dir`` holds the data, tokenizer and SLM warm
 starts, built once and reused by every method (the ``cotuning`` directory starts as a copy of the
@@ -62,6 +63,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
+from lada_client.config import FEATURE_NAMES
 from lada_coordinator.simulation.domains import DOMAIN_SETS
 
 NAME = "quality"
@@ -89,6 +91,11 @@ METHODS: dict[str, Method] = {
     )
 }
 HOSTS = ("mkt", "cotuning")
+#: what the clients' reward measures, with the client defaults (``RewardSettings``), for the report
+REWARD_NOTE = (
+    "the client's own task: the relative drop, over its round, of the answer NLL on a held-out quarter of "
+    "its private data, credited to each allocated sample by the alignment of its gradient with that loss's"
+)
 COTUNING_PRESETS = ("slm-medium",)  # co-tuning averages adapters: one architecture for all clients
 
 
@@ -109,23 +116,29 @@ class Sizes:
     slm_warmup_steps: int
 
 
-# Sized for 30 minutes on two CPU cores from an empty cache (three seeds, both hosts, five
-# methods, the teacher built once); docs/benchmarks_quality.md reports the times of its run. One
-# training pass per round (``--epochs``, the client default is 2) keeps the 30 federations inside
-# that budget. Longer federations: ``--rounds 5 --candidates 64 --budget 16 --epochs 2``.
+# The fast loop: the rule domains, sized for 30 minutes on two CPU cores from an empty cache
+# (three seeds, host mkt, five methods, the teacher built once); docs/benchmarks_quality.md
+# reports the times of its run. 48 private questions per client (a quarter of them the reward's
+# held-out split) make the 16 allocated paths a round a sizeable share of what a client trains
+# on; 200 test questions per client resolve differences of about ±0.035. 48 offered questions
+# give the LLM direction ~15 SLM paths a round.
 DEFAULT = Sizes(
     seeds=(0, 1, 2),
-    rounds=3,
-    candidates=32,
-    budget=8,
-    n_train=200,
-    epochs=1,
-    n_test=64,
+    rounds=5,
+    candidates=64,
+    budget=16,
+    n_train=48,
+    epochs=2,
+    n_test=200,
     n_public=4000,
-    offer_questions=8,
+    offer_questions=48,
     llm_warmup_steps=1200,
     slm_warmup_steps=150,
 )
+DEFAULT_HOSTS = ("mkt",)
+#: The candidate features of every run: those whose value does not move as the SLM trains, as in
+#: benchmarks/quality_real.py (the likelihood features read "just learned" as "not learnable").
+DEFAULT_FEATURES = ("local_similarity", "path_tokens")
 # A smoke run: one seed, two rounds, two methods, one host, tiny sizes and barely trained models.
 QUICK = Sizes(
     seeds=(0,),
@@ -171,11 +184,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--methods", nargs="+", choices=list(METHODS), help=f"methods to run (default all: {' '.join(METHODS)})"
     )
-    p.add_argument("--hosts", nargs="+", choices=list(HOSTS), help="host frameworks to run (default both)")
+    p.add_argument(
+        "--hosts", nargs="+", choices=list(HOSTS), help=f"host frameworks to run (default {' '.join(DEFAULT_HOSTS)})"
+    )
     p.add_argument(
         "--toy-domains",
         choices=list(DOMAIN_SETS),
-        default="arithmetic",
+        default="rules",
         help="client domains: rules a tiny model learns (lookup, count, largest) or arithmetic facts (add, sub, mul)",
     )
     p.add_argument(
@@ -183,6 +198,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="*",
         help="domains left out of the teacher's warm-up, known only to the clients "
         "(default: largest with --toy-domains rules, none with arithmetic)",
+    )
+    p.add_argument(
+        "--features",
+        nargs="+",
+        choices=list(FEATURE_NAMES),
+        help=f"learnability features the coordinator asks for (default {' '.join(DEFAULT_FEATURES)})",
     )
     p.add_argument(
         "--mkt-presets",
@@ -236,9 +257,11 @@ def resolve(args: argparse.Namespace) -> tuple[Sizes, tuple[str, ...], tuple[str
         overrides["seeds"] = tuple(overrides["seeds"])
     sizes = replace(base, **overrides)
     methods = tuple(args.methods or (QUICK_METHODS if args.quick else METHODS))
-    hosts = tuple(args.hosts or (QUICK_HOSTS if args.quick else HOSTS))
+    hosts = tuple(args.hosts or (QUICK_HOSTS if args.quick else DEFAULT_HOSTS))
+    if args.features is None:
+        args.features = list(DEFAULT_FEATURES)
     if args.llm_unseen is None:
-        args.llm_unseen = ["largest"] if args.toy_domains == "rules" else []
+        args.llm_unseen = _default_unseen(args.toy_domains)
     if args.results_dir is None:
         args.results_dir = C.RESULTS_DIR / ("quality_quick" if args.quick else "quality")
     if args.out is None:
@@ -274,6 +297,7 @@ def settings_for(
         seed=seed,
         n_train=sizes.n_train,
         n_test=sizes.n_test,
+        eval_size=sizes.n_test,  # every client evaluates on its whole test split
         n_public=sizes.n_public,
         llm_warmup_steps=sizes.llm_warmup_steps,
         slm_warmup_steps=sizes.slm_warmup_steps,
@@ -285,6 +309,7 @@ def settings_for(
         timeout_s=args.timeout,
         toy_domains=args.toy_domains,
         llm_unseen=tuple(args.llm_unseen),
+        features=tuple(args.features),
         llm_checkpoint=None
         if args.teacher is None and workdir == args.teacher_world and method is None
         else teacher_dir(args),
@@ -346,12 +371,12 @@ def warmstart_eval(
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
             return saved
-    from lada_client.config import ClientConfig, DistillSettings, LoraSettings
+    from lada_client.config import DistillSettings, LoraSettings
     from lada_client.data.federation import FederationData
     from lada_coordinator.config import CoordinatorConfig
     from lada_coordinator.llm.host import LLMHost
 
-    eval_size = next(f.default for f in fields(ClientConfig) if f.name == "eval_size")
+    eval_size = key["eval_size"]
     fed = FederationData.load(paths["data"])
     started = time.perf_counter()
     slm = {c.name: C.slm_accuracy(paths[c.name] / "onnx" / "model.onnx", c.test[:eval_size]) for c in fed.clients}
@@ -450,8 +475,8 @@ def diagnostics(run_dir: Path, data_dir: Path, dest: Path) -> dict[str, Any]:
             per_client: dict[str, Any] = {}
             for client_id, up in store.uploads(t, "features.put").items():
                 name = names.get(client_id, client_id)
-                ids = up["sample_ids"]
-                z = np.asarray(up["features"], dtype=np.float64).reshape(len(ids), -1)
+                ids = up.sample_ids
+                z = np.asarray(up.features, dtype=np.float64).reshape(len(ids), -1)
                 alloc = store.allocation(t, client_id, SLM) or ([], "missing")
                 chosen = set(alloc[0])
                 rows = [i for i, s in enumerate(ids) if s in chosen]
@@ -462,13 +487,13 @@ def diagnostics(run_dir: Path, data_dir: Path, dest: Path) -> dict[str, Any]:
                     "in_domain_allocated": _share([public_domain.get(s) == own_domain.get(name) for s in alloc[0]]),
                     "in_domain_candidates": _share([public_domain.get(s) == own_domain.get(name) for s in ids]),
                     "llm_paths_allocated": _share([sources.get(s) == "llm" for s in alloc[0]]),
-                    "features_allocated": dict(zip(up["feature_names"], z[rows].mean(axis=0).round(4).tolist()))
+                    "features_allocated": dict(zip(up.feature_names, z[rows].mean(axis=0).round(4).tolist()))
                     if rows
                     else {},
-                    "features_candidates": dict(zip(up["feature_names"], z.mean(axis=0).round(4).tolist()))
+                    "features_candidates": dict(zip(up.feature_names, z.mean(axis=0).round(4).tolist()))
                     if len(ids)
                     else {},
-                    "n_offers": len(up.get("offers", [])),
+                    "n_offers": len(up.offers),
                     "n_offers_taken": len(llm_alloc[0]) if llm_alloc else 0,
                 }
             rounds.append({"round": t, "path_stats": meta.get("path_stats", {}), "clients": per_client})
@@ -812,7 +837,8 @@ def write_report(
     add(
         "Accuracy (answer extracted from the reasoning, exact match) of each client's SLM on its own "
         "private test split and of the LLM on all clients' test splits, per round, for LaDa and the "
-        "baselines of the method, inside both host frameworks; bytes per party and wall time per phase. "
+        f"baselines of the method, inside the host framework{'s' if len(hosts) > 1 else ''} "
+        f"{' and '.join(f'`{h}`' for h in hosts)}; bytes per party and wall time per phase. "
         "Every number below was measured by `benchmarks/quality.py` on real federations (one coordinator "
         "process and three client processes on loopback) and is regenerated from the saved runs in "
         f"`{_rel(args.results_dir)}/` by `python benchmarks/quality.py --report-only{_size_flags(sizes, args)}`."
@@ -836,7 +862,7 @@ def write_report(
             + "Run `python benchmarks/quality.py --seeds 0 1 2 --rounds 5` for the full protocol."
         )
         add("")
-    elif not args.quick and (sizes.seeds != DEFAULT.seeds or R != DEFAULT.rounds):
+    elif not args.quick and (sizes.seeds != DEFAULT.seeds or R != DEFAULT.rounds) and _only_scale_differs(sizes):
         add(
             f"**Scale.** This report is the full protocol, {n_seeds} seeds × {R} rounds "
             f"(`--seeds {' '.join(map(str, sizes.seeds))}`). The default invocation, `python benchmarks/quality.py`, "
@@ -879,13 +905,14 @@ def write_report(
     add(f"| allocation budget B per client | {sizes.budget} (LaDa's floor ⌈B/4⌉ = {math.ceil(sizes.budget / 4)}) |")
     add(
         f"| private train / test samples per client | {sizes.n_train} / {sizes.n_test} "
-        f"(accuracy on the first {min(sizes.n_test, 64)}) |"
+        f"(accuracy on all {sizes.n_test}) |"
     )
     add(f"| training passes per round | {sizes.epochs} over private data + allocated paths (`--epochs`) |")
     add(f"| public pool | {sizes.n_public} |")
     add(f"| public questions offered to the LLM per round | {sizes.offer_questions} |")
     add(f"| teacher warm-up steps | {sizes.llm_warmup_steps} (batch 32) |")
     add(f"| SLM warm-up steps | {sizes.slm_warmup_steps} (batch 32) |")
+    add(f"| learnability features (`--features`) | {', '.join(f'`{f}`' for f in args.features)} |")
     add(f"| processes | coordinator + 3 clients, {args.client_threads} torch/OMP thread(s) each |")
     add(f"| seeds run side by side | {timing.get('jobs', 1)} (`--jobs`; the runs of one seed go one after the other) |")
     d = DistillSettings()
@@ -1110,8 +1137,10 @@ def write_report(
         "LaDa's filter has a reward history). *in-domain* = share of the allocated candidates from the "
         "client's own domain (the candidates themselves are a 4-domain mix, so uniform picking gives about "
         "a quarter); *LLM paths* = share of allocated candidates whose teacher path was sampled from the LLM "
-        'rather than the pool\'s gold solution (`path_fallback="gold"`); *reward* = relative PPL drop of the '
-        "SLM on its allocation; *LoRA steps* and *L_CD pairs* from the clients' training logs."
+        'rather than the pool\'s gold solution (`path_fallback="gold"`); *reward* = '
+        + REWARD_NOTE
+        + "; *PPL before → after* = the perplexity the reward is measured on, before and after the round; "
+        "*LoRA steps* and *L_CD pairs* from the clients' training logs."
     )
     add("")
     add(
@@ -1249,7 +1278,7 @@ def add_analysis(
         if R >= 2 and later < B:
             mean_reward = dval(host, "lada", "reward")
             why = (
-                f"The mean reward is {mean_reward:.2f} (a relative PPL drop) and the threshold is "
+                f"The mean reward is {mean_reward:.2f} ({REWARD_NOTE}) and the threshold is "
                 f'{fc.threshold:g} × the largest reward seen (`threshold_scale="{fc.threshold_scale}"`); '
                 f"candidates under it are not sent, down to the floor ⌈B·{fc.floor_fraction:g}⌉ = {fc.floor}. "
             )
@@ -1281,11 +1310,8 @@ def add_analysis(
                 if lin_later <= cin + 0.05
                 else "LaDa does lean towards the client's own domain. "
             )
-            + "The reward it learns from is the PPL drop on the allocated teacher paths themselves, which says "
-            "nothing about the client's own task, and it is one common scalar per client and round, given to "
-            f"every sample of the round: after {R} rounds each filter has seen {R} distinct reward values, and "
-            "ExploitNet can only tell the rounds apart, not the samples within a round. Its ranking inside a "
-            "round is therefore close to arbitrary until many rounds have passed."
+            + f"The reward it learns from is {REWARD_NOTE}; after {R} rounds each filter has seen {R} rounds "
+            "of it, which is what ExploitNet is fitted on."
         )
         add("")
     # 5. reward vs. progress
@@ -1452,6 +1478,8 @@ def _relto(path: Path, base: Path) -> str:
 
 
 def _size_flags(sizes: Sizes, args: argparse.Namespace) -> str:
+    """The command-line flags that reproduce this invocation's runs: sizes off their defaults, and
+    the domain set, teacher's unseen domains, features, hosts and methods where they were chosen."""
     base = QUICK if args.quick else DEFAULT
     flags = " --quick" if args.quick else ""
     for f in fields(Sizes):
@@ -1459,7 +1487,34 @@ def _size_flags(sizes: Sizes, args: argparse.Namespace) -> str:
         if v != getattr(base, f.name):
             flag = "--" + f.name.replace("_", "-")
             flags += f" {flag} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
+    if args.toy_domains != "rules":
+        flags += f" --toy-domains {args.toy_domains}"
+    if list(args.llm_unseen) != _default_unseen(args.toy_domains):
+        flags += " --llm-unseen" + "".join(f" {d}" for d in args.llm_unseen)
+    if tuple(args.features) != DEFAULT_FEATURES:
+        flags += " --features " + " ".join(args.features)
+    for flag, value in (("--hosts", args.hosts), ("--methods", args.methods)):
+        if value:
+            flags += f" {flag} {' '.join(value)}"
+    if args.results_dir.resolve() != (C.RESULTS_DIR / ("quality_quick" if args.quick else "quality")).resolve():
+        flags += f" --results-dir {_rel(args.results_dir)}"
+    if args.out != (
+        C.RESULTS_DIR / "quality_quick.md" if args.quick else C.REPO_ROOT / "docs" / "benchmarks_quality.md"
+    ):
+        flags += f" --out {_rel(args.out)}"
     return flags
+
+
+def _default_unseen(toy_domains: str) -> list[str]:
+    """The domains kept from the teacher's warm-up unless ``--llm-unseen`` says otherwise."""
+    return ["largest"] if toy_domains == "rules" else []
+
+
+def _only_scale_differs(sizes: Sizes) -> bool:
+    """Whether these sizes are the defaults but for seeds and rounds (the default run is a subset)."""
+    return all(
+        getattr(sizes, f.name) == getattr(DEFAULT, f.name) for f in fields(Sizes) if f.name not in ("seeds", "rounds")
+    )
 
 
 class _Progress:

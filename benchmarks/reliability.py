@@ -206,7 +206,11 @@ def resumed_upload(paths: dict, port: int, mib: float, seed: int) -> dict:
         proc.terminate()
         proc.wait(10)
     stored = store.uploads(1, "secagg.masked").get(t.client_id)
-    intact = stored is not None and MaskedInput.from_dict(stored["body"]).vector.tobytes() == masked.vector.tobytes()
+    intact = (
+        stored is not None
+        and isinstance(stored.body, MaskedInput)
+        and stored.body.vector.tobytes() == masked.vector.tobytes()
+    )
     store.close()
     return {
         "sealed_body_mib": round(sealed_bytes / 2**20, 1),

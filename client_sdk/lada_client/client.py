@@ -8,7 +8,6 @@ perplexity drop on the allocated set, and report it. Private data is read here a
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
@@ -27,7 +26,7 @@ import numpy as np
 
 from lada_client.common.crypto import CryptoError, Identity, PublicIdentity
 from lada_client.common.reasoning import extract_answer, format_prompt, format_target, is_correct
-from lada_client.common.secagg import EncryptedShare, Roster, SecAggClient, SecAggConfig
+from lada_client.common.secagg import SecAggClient, SecAggFailure, SecAggInbox, SecAggResult, UnmaskRequest
 from lada_client.common.wire import (
     Ack,
     Allocation,
@@ -345,7 +344,7 @@ class LadaClient:
             sample_ids=[c.sample_id for c in info.candidates],
             features=features.tolist(),
             offers=offers,
-            secagg_keys=secagg.advertise().to_dict() if secagg else None,
+            secagg_keys=secagg.advertise() if secagg else None,
             adapter_size=int(self.trainer.adapter_vector().size) if secagg else 0,
         )
         self.transport.call("features.put", upload, t, Ack)
@@ -365,8 +364,8 @@ class LadaClient:
         if secagg is not None and allocation.secagg_roster is None:
             secagg = None  # the group could not form this round
         if secagg is not None and allocation.secagg_roster is not None:
-            shares = secagg.share_keys(Roster.from_dict(allocation.secagg_roster))
-            self.transport.call("secagg.put", SecAggUpload(round=t, step="shares", body=shares.to_dict()), t, Ack)
+            shares = secagg.share_keys(allocation.secagg_roster)
+            self.transport.call("secagg.put", SecAggUpload(round=t, step="shares", body=shares), t, Ack)
 
         started = time.perf_counter()
         outcome = _Outcome()
@@ -497,7 +496,7 @@ class LadaClient:
         if info.host_framework != "cotuning" or group is None or cfg is None or not self.config.can_train:
             return None
         assert self.transport.client_id is not None
-        return SecAggClient(self.transport.client_id, secagg_round_id(info.round, group), SecAggConfig.from_dict(cfg))
+        return SecAggClient(self.transport.client_id, secagg_round_id(info.round, group), cfg)
 
     def _poll_secagg(self, t: int, step: SecAggPoll) -> SecAggReply:
         deadline = time.monotonic() + self.config.max_wait_s
@@ -512,48 +511,34 @@ class LadaClient:
     def _send_masked_adapter(self, t: int, secagg: SecAggClient) -> None:
         """Mask this device's adapter (DP-noised update if enabled) against its group's peers."""
         inbox = self._poll_secagg(t, "inbox")
-        if inbox.status != "ready" or inbox.body is None:
-            log.warning(
-                "%s round %d: no secure aggregation (%s)",
-                self.config.name,
-                t,
-                (inbox.body or {}).get("error", inbox.status),
-            )
+        if inbox.status != "ready" or not isinstance(inbox.body, SecAggInbox):
+            log.warning("%s round %d: no secure aggregation (%s)", self.config.name, t, _why(inbox))
             return
         start = self._round_start_adapter if self._round_start_adapter is not None else self.trainer.adapter_vector()
         update = self.privacy.privatize_update(self.trainer.adapter_vector() - start)
-        shares = [EncryptedShare.from_dict(s) for s in inbox.body["shares"]]
-        masked = secagg.masked_input(start + update, shares)
-        self.transport.call("secagg.put", SecAggUpload(round=t, step="masked", body=masked.to_dict()), t, Ack)
+        masked = secagg.masked_input(start + update, inbox.body.shares)
+        self.transport.call("secagg.put", SecAggUpload(round=t, step="masked", body=masked), t, Ack)
 
     def _finish_secagg(self, t: int, secagg: SecAggClient) -> None:
         """Answer the unmask request, then adopt the group's average adapter."""
         request = self._poll_secagg(t, "unmask")
         if request.status == "failed":
-            log.warning(
-                "%s round %d: no group average (%s)", self.config.name, t, (request.body or {}).get("error", "failed")
-            )
+            log.warning("%s round %d: no group average (%s)", self.config.name, t, _why(request))
             return
-        if request.status == "ready" and request.body is not None:
-            response = secagg.unmask(request.body["survivors"], request.body["dropped"])
-            self.transport.call("secagg.put", SecAggUpload(round=t, step="unmask", body=response.to_dict()), t, Ack)
+        if request.status == "ready" and isinstance(request.body, UnmaskRequest):
+            response = secagg.unmask(request.body.survivors, request.body.dropped)
+            self.transport.call("secagg.put", SecAggUpload(round=t, step="unmask", body=response), t, Ack)
         result = self._poll_secagg(t, "result")
-        if result.status != "ready" or result.body is None:
-            log.warning(
-                "%s round %d: no group average (%s)",
-                self.config.name,
-                t,
-                (result.body or {}).get("error", "not in group"),
-            )
+        if result.status != "ready" or not isinstance(result.body, SecAggResult):
+            log.warning("%s round %d: no group average (%s)", self.config.name, t, _why(result, "not in group"))
             return
-        average = np.frombuffer(base64.b64decode(result.body["vector"]), dtype=np.float32).astype(np.float64)
-        self.trainer.load_adapter_vector(average)
+        self.trainer.load_adapter_vector(result.body.average.astype(np.float64))
         self.export_adapter()
         log.info(
             "%s round %d: adopted the average adapter of %d clients",
             self.config.name,
             t,
-            len(result.body["contributors"]),
+            len(result.body.contributors),
         )
 
     def _wait_allocation(self, t: int) -> Allocation:
@@ -681,3 +666,10 @@ class LadaClient:
             progress=self._task("evaluate"),
         )
         return float(np.mean([is_correct(o, s.answer) for o, s in zip(outputs, test)]))
+
+
+def _why(reply: SecAggReply, otherwise: str | None = None) -> str:
+    """What a secure-aggregation reply without the awaited body says, for the log."""
+    if isinstance(reply.body, SecAggFailure):
+        return reply.body.error
+    return otherwise or reply.status

@@ -40,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
         upload_ttl_s=args.upload_ttl,
         upload_max_client_bytes=args.upload_max_client_bytes,
     )
-    serve(config, args.llm_eval_data, args.tls_cert, args.tls_key, args.insecure_http)
+    serve(config, args.llm_eval_data, args.llm_eval_size, args.tls_cert, args.tls_key, args.insecure_http)
     return 0
 
 
@@ -377,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int)
     p.add_argument("--allocation", choices=["lada", "random", "all", "none"])
     p.add_argument("--llm-eval-data", type=Path, help="federation data dir whose test splits evaluate the LLM")
+    p.add_argument(
+        "--llm-eval-size",
+        type=int_at_least(1),
+        default=64,
+        help="test questions per client the LLM is evaluated on (with --llm-eval-data)",
+    )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate: serve https")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     p.add_argument("--max-body-bytes", type=int, help="largest request body; larger uploads come in chunks")

@@ -642,7 +642,9 @@ def start_processes(
                 [sys.executable, "-m", module, *verbose, *args], stdout=out, stderr=subprocess.STDOUT, env=env
             )
 
-    llm_eval = ["--llm-eval-data", str(paths["data"])] if "llm" in paths else []
+    llm_eval = (
+        ["--llm-eval-data", str(paths["data"]), "--llm-eval-size", str(settings.eval_size)] if "llm" in paths else []
+    )
     with reporter.stage("processes", settings.clients + 1) as stage:
         coordinator = spawn(
             "lada_coordinator.cli",

@@ -2,8 +2,9 @@
 
 The coordinator must learn the *sum* of the surviving clients' LoRA updates and nothing about any
 single update, even when clients drop out mid-round. This module is what both roles share: the
-typed messages (dataclasses with ``to_dict``/``from_dict``), the primitives (Shamir sharing,
-quantisation, the mask streams and the self-mask commitment) and the client's side,
+typed messages (frozen pydantic models, which the wire schema embeds; ``to_dict``/``from_dict``
+give and take their JSON form), the primitives (Shamir sharing, quantisation, the mask streams and
+the self-mask commitment) and the client's side,
 :class:`SecAggClient`. The coordinator's side, ``SecAggServer``, lives in the coordinator
 distribution (``lada_coordinator.aggregation.secagg_server``). Nothing here does networking: the
 coordinator and client carry the messages inside their sealed envelopes (:mod:`.crypto`). As there,
@@ -53,10 +54,10 @@ import logging
 import math
 import os
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -66,6 +67,20 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    PlainSerializer,
+    PlainValidator,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from typing_extensions import Self
 
 __all__ = [
     "MASK_KEY",
@@ -78,6 +93,9 @@ __all__ = [
     "SecAggClient",
     "SecAggConfig",
     "SecAggError",
+    "SecAggFailure",
+    "SecAggInbox",
+    "SecAggResult",
     "Share",
     "ShareKeys",
     "UnmaskRequest",
@@ -119,7 +137,7 @@ _RAW_PRIVATE = (serialization.Encoding.Raw, serialization.PrivateFormat.Raw, ser
 SELF_MASK_SEED, MASK_KEY = "self-mask seed", "mask key"
 
 
-class SecAggError(Exception):
+class SecAggError(ValueError):
     """The protocol cannot proceed safely; the message says which check failed and for whom.
 
     ``suspect`` names the member whose message made it fail, where one can be named."""
@@ -205,29 +223,6 @@ def _public_bytes(private: X25519PrivateKey) -> bytes:
     return private.public_key().public_bytes(*_RAW_PUBLIC)
 
 
-def _b64e(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _b64d(text: Any, what: str) -> bytes:
-    if not isinstance(text, str):
-        raise SecAggError(f"malformed message: {what} must be a base64 string")
-    try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (ValueError, UnicodeEncodeError) as exc:
-        raise SecAggError(f"malformed message: {what} is not valid base64") from exc
-
-
-def _get(data: Any, key: str, kind: type | tuple[type, ...]) -> Any:
-    if not isinstance(data, Mapping) or key not in data:
-        raise SecAggError(f"malformed message: missing field {key!r}")
-    value = data[key]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise SecAggError(f"malformed message: field {key!r} must be {names}")
-    return value
-
-
 def check_id(client_id: Any, what: str = "client id") -> str:
     """A client or round id as the protocol accepts it (a non-empty string, bounded in length)."""
     if not isinstance(client_id, str) or not 0 < len(client_id) <= _MAX_ID_CHARS:
@@ -244,9 +239,102 @@ def _check_key(key: Any, what: str) -> bytes:
     return key
 
 
+# ----------------------------------------------------------------------------- message models
+class _Model(BaseModel):
+    """A frozen, strict protocol message. Its wire form is ``to_dict()`` (JSON-safe: bytes as
+    base64); ``from_dict()`` and the constructor raise :class:`SecAggError`, naming the field, for
+    anything the protocol would refuse later, so a hostile message stops where it arrives. Nested
+    in a wire model (:mod:`.wire`) the same checks surface as that model's validation errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _protocol_error(exc) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Self:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise _protocol_error(exc) from None
+
+
+def _protocol_error(exc: ValidationError) -> SecAggError:
+    """The first failed check as a :class:`SecAggError`: a protocol check keeps its own message."""
+    error = exc.errors()[0]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, SecAggError):
+        return SecAggError(str(cause), cause.suspect)
+    where = ".".join(str(part) for part in error["loc"]) or exc.title
+    if error["type"] == "missing":
+        return SecAggError(f"malformed message: missing field {where!r}")
+    return SecAggError(f"malformed message: field {where!r}: {error['msg']}")
+
+
+def _b64_bytes(value: Any, info: ValidationInfo) -> bytes:
+    """Bytes as they are, or the base64 text of their wire form."""
+    if isinstance(value, bytes):
+        return value
+    if not isinstance(value, str):
+        raise SecAggError(f"malformed message: {info.field_name} must be a base64 string")
+    try:
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise SecAggError(f"malformed message: {info.field_name} is not valid base64") from exc
+
+
+def _b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+#: bytes in memory, base64 text on the wire
+_B64 = Annotated[
+    bytes,
+    PlainValidator(_b64_bytes, json_schema_input_type=str),
+    PlainSerializer(_b64e, return_type=str, when_used="json"),
+]
+
+
+def _array_codec(dtype: str, what: str) -> tuple[PlainValidator, PlainSerializer]:
+    """A 1-D array of 4-byte ``dtype`` in memory, its little-endian bytes as base64 on the wire."""
+
+    def validate(value: Any, info: ValidationInfo) -> npt.NDArray[Any]:
+        if isinstance(value, np.ndarray):
+            if value.dtype != np.dtype(dtype) or value.ndim != 1:
+                raise SecAggError(f"the {what} must be a 1-D {np.dtype(dtype).name} array")
+            return value
+        raw = _b64_bytes(value, info)
+        if len(raw) % 4:
+            raise SecAggError(f"malformed message: {info.field_name} is not a whole number of 4-byte values")
+        # a read-only view of the decoded bytes, not a copy: these vectors are only ever summed or loaded
+        return np.frombuffer(raw, dtype=dtype)
+
+    def serialise(value: npt.NDArray[Any]) -> str:
+        return _b64e(np.asarray(value, dtype=dtype).tobytes())
+
+    return (
+        PlainValidator(validate, json_schema_input_type=str),
+        PlainSerializer(serialise, return_type=str, when_used="json"),
+    )
+
+
+_MASKED_CODEC = _array_codec("<u4", "masked vector")
+_AVERAGE_CODEC = _array_codec("<f4", "average adapter")
+_MaskedVector = Annotated[npt.NDArray[np.uint32], _MASKED_CODEC[0], _MASKED_CODEC[1]]
+_AverageVector = Annotated[npt.NDArray[np.float32], _AVERAGE_CODEC[0], _AVERAGE_CODEC[1]]
+#: a client or round id (:func:`check_id`)
+_Id = Annotated[StrictStr, AfterValidator(check_id)]
+_RoundId = Annotated[StrictStr, AfterValidator(lambda v: check_id(v, "round id"))]
+
+
 # ------------------------------------------------------------------------------- configuration
-@dataclass(frozen=True)
-class SecAggConfig:
+class SecAggConfig(_Model):
     """Parameters every party of a round must agree on; the roster carries them for checking.
 
     ``threshold`` is the number of a client's neighbours needed to rebuild its secrets: more
@@ -254,45 +342,28 @@ class SecAggConfig:
     degree ``k`` of the SecAgg+ graph (an odd ``k`` with an odd roster rounds up to ``k + 1``).
     """
 
-    threshold: int
-    neighbours: int | None = None
-    scale: float = 2.0**16
-    clip: float = 1.0
+    threshold: StrictInt
+    neighbours: StrictInt | None = None
+    scale: StrictFloat = 2.0**16
+    clip: StrictFloat = 1.0
 
-    def __post_init__(self) -> None:
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or self.threshold < 1:
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.threshold < 1:
             raise SecAggError("threshold must be a positive integer")
-        if self.neighbours is not None:
-            if isinstance(self.neighbours, bool) or not isinstance(self.neighbours, int):
-                raise SecAggError("neighbours must be None or a positive integer")
-            if self.neighbours < self.threshold:
-                raise SecAggError(f"neighbours ({self.neighbours}) must be at least the threshold ({self.threshold})")
+        if self.neighbours is not None and self.neighbours < self.threshold:
+            raise SecAggError(f"neighbours ({self.neighbours}) must be at least the threshold ({self.threshold})")
         for name in ("scale", "clip"):
             value = getattr(self, name)
-            valid = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not (valid and math.isfinite(value) and value > 0):
+            if not (math.isfinite(value) and value > 0):
                 raise SecAggError(f"{name} must be a positive finite number")
         if self.max_clients() < 1:
             raise SecAggError("clip * scale must stay below 2**31 so one update fits the group")
+        return self
 
     def max_clients(self) -> int:
         """Most contributors whose sum cannot wrap around: ``n * ceil(clip * scale) < 2**31``."""
         return (_GROUP_HALF - 1) // math.ceil(self.clip * self.scale)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "neighbours": self.neighbours, "scale": self.scale, "clip": self.clip}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SecAggConfig:
-        neighbours = data.get("neighbours") if isinstance(data, Mapping) else None
-        if neighbours is not None and (not isinstance(neighbours, int) or isinstance(neighbours, bool)):
-            raise SecAggError("malformed message: field 'neighbours' must be int or null")
-        return cls(
-            threshold=_get(data, "threshold", int),
-            neighbours=neighbours,
-            scale=float(_get(data, "scale", (int, float))),
-            clip=float(_get(data, "clip", (int, float))),
-        )
 
 
 # --------------------------------------------------------------------------------- quantisation
@@ -408,37 +479,19 @@ def shamir_reconstruct(shares: Iterable[Share], threshold: int, secret_len: int 
 
 
 # ------------------------------------------------------------------------------------- messages
-@dataclass(frozen=True)
-class AdvertiseKeys:
+class AdvertiseKeys(_Model):
     """Client → server: the public keys of a fresh round key pair for masks and for the channel."""
 
-    client_id: str
-    round_id: str
-    mask_key: bytes
-    channel_key: bytes
+    client_id: _Id
+    round_id: _RoundId
+    mask_key: _B64
+    channel_key: _B64
 
-    def __post_init__(self) -> None:
-        check_id(self.client_id)
-        check_id(self.round_id, "round id")
+    @model_validator(mode="after")
+    def _check(self) -> Self:
         _check_key(self.mask_key, f"mask key of {self.client_id}")
         _check_key(self.channel_key, f"channel key of {self.client_id}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "client_id": self.client_id,
-            "round_id": self.round_id,
-            "mask_key": _b64e(self.mask_key),
-            "channel_key": _b64e(self.channel_key),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AdvertiseKeys:
-        return cls(
-            _get(data, "client_id", str),
-            _get(data, "round_id", str),
-            _b64d(_get(data, "mask_key", str), "mask_key"),
-            _b64d(_get(data, "channel_key", str), "channel_key"),
-        )
+        return self
 
 
 def neighbour_graph(client_ids: Sequence[str], neighbours: int | None, seed: bytes) -> dict[str, frozenset[str]]:
@@ -462,21 +515,20 @@ def neighbour_graph(client_ids: Sequence[str], neighbours: int | None, seed: byt
     return {c: frozenset(peers) for c, peers in graph.items()}
 
 
-@dataclass(frozen=True)
-class Roster:
+class Roster(_Model):
     """Server → all: who takes part, with their keys, plus the parameters everyone must share.
 
     A client's Shamir x coordinate is its 1-based position in ``participants`` (sorted by id).
     """
 
-    round_id: str
+    round_id: _RoundId
     config: SecAggConfig
-    vector_length: int
+    vector_length: StrictInt
     participants: tuple[AdvertiseKeys, ...]
 
-    def __post_init__(self) -> None:
-        check_id(self.round_id, "round id")
-        if isinstance(self.vector_length, bool) or not isinstance(self.vector_length, int) or self.vector_length < 1:
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.vector_length < 1:
             raise SecAggError("vector_length must be a positive integer")
         ids = [p.client_id for p in self.participants]
         if ids != sorted(set(ids)):
@@ -491,6 +543,7 @@ class Roster:
                 f"threshold {self.config.threshold} exceeds the number of neighbours of {', '.join(short)}; "
                 f"need more participants or a lower threshold"
             )
+        return self
 
     @cached_property
     def keys(self) -> dict[str, AdvertiseKeys]:
@@ -507,168 +560,82 @@ class Roster:
         ).digest()
         return neighbour_graph(list(self.keys), self.config.neighbours, seed)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "round_id": self.round_id,
-            "config": self.config.to_dict(),
-            "vector_length": self.vector_length,
-            "participants": [p.to_dict() for p in self.participants],
-        }
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Roster:
-        return cls(
-            _get(data, "round_id", str),
-            SecAggConfig.from_dict(_get(data, "config", Mapping)),
-            _get(data, "vector_length", int),
-            tuple(AdvertiseKeys.from_dict(p) for p in _get(data, "participants", list)),
-        )
-
-
-@dataclass(frozen=True)
-class EncryptedShare:
+class EncryptedShare(_Model):
     """A sender's shares for one recipient; the coordinator routes it but cannot open it."""
 
-    sender: str
-    recipient: str
-    nonce: bytes
-    ciphertext: bytes
+    sender: Annotated[StrictStr, AfterValidator(lambda v: check_id(v, "share sender"))]
+    recipient: Annotated[StrictStr, AfterValidator(lambda v: check_id(v, "share recipient"))]
+    nonce: _B64
+    ciphertext: _B64
 
-    def __post_init__(self) -> None:
-        check_id(self.sender, "share sender")
-        check_id(self.recipient, "share recipient")
+    @model_validator(mode="after")
+    def _check(self) -> Self:
         if len(self.nonce) != _NONCE_BYTES or len(self.ciphertext) != _SHARE_CIPHERTEXT_BYTES:
             raise SecAggError(f"malformed share from {self.sender} to {self.recipient}: wrong size")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "sender": self.sender,
-            "recipient": self.recipient,
-            "nonce": _b64e(self.nonce),
-            "ciphertext": _b64e(self.ciphertext),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EncryptedShare:
-        return cls(
-            _get(data, "sender", str),
-            _get(data, "recipient", str),
-            _b64d(_get(data, "nonce", str), "nonce"),
-            _b64d(_get(data, "ciphertext", str), "ciphertext"),
-        )
+        return self
 
 
-@dataclass(frozen=True)
-class ShareKeys:
+class ShareKeys(_Model):
     """Client → server: one encrypted share bundle per neighbour, and a commitment to ``b_i``."""
 
-    client_id: str
-    round_id: str
-    self_mask_commitment: bytes
+    client_id: _Id
+    round_id: _RoundId
+    self_mask_commitment: _B64
     shares: tuple[EncryptedShare, ...]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "client_id": self.client_id,
-            "round_id": self.round_id,
-            "self_mask_commitment": _b64e(self.self_mask_commitment),
-            "shares": [s.to_dict() for s in self.shares],
-        }
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ShareKeys:
-        return cls(
-            _get(data, "client_id", str),
-            _get(data, "round_id", str),
-            _b64d(_get(data, "self_mask_commitment", str), "self_mask_commitment"),
-            tuple(EncryptedShare.from_dict(s) for s in _get(data, "shares", list)),
-        )
+class MaskedInput(_Model):
+    """Client → server: the masked, quantised update and the peers whose pair masks it holds.
+
+    Compared by identity (a masked vector is summed, never looked up)."""
+
+    client_id: _Id
+    round_id: _RoundId
+    peers: tuple[_Id, ...]
+    vector: _MaskedVector
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
 
 
-@dataclass(frozen=True, eq=False)
-class MaskedInput:
-    """Client → server: the masked, quantised update and the peers whose pair masks it holds."""
-
-    client_id: str
-    round_id: str
-    peers: tuple[str, ...]
-    vector: npt.NDArray[np.uint32]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "client_id": self.client_id,
-            "round_id": self.round_id,
-            "peers": list(self.peers),
-            "vector": _b64e(np.asarray(self.vector, dtype="<u4").tobytes()),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MaskedInput:
-        raw = _b64d(_get(data, "vector", str), "vector")
-        if len(raw) % 4:
-            raise SecAggError("malformed message: vector is not a whole number of uint32 values")
-        peers = _get(data, "peers", list)
-        if not all(isinstance(p, str) for p in peers):
-            raise SecAggError("malformed message: peers must be client ids")
-        return cls(
-            _get(data, "client_id", str),
-            _get(data, "round_id", str),
-            tuple(peers),
-            # a read-only view of the decoded bytes, not a copy: a masked vector is only ever summed
-            np.frombuffer(raw, dtype="<u4").astype(np.uint32, copy=False),
-        )
-
-
-@dataclass(frozen=True)
-class UnmaskRequest:
+class UnmaskRequest(_Model):
     """Server → survivors: who sent a masked input and who dropped after sharing keys."""
 
-    round_id: str
-    survivors: tuple[str, ...]
-    dropped: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"round_id": self.round_id, "survivors": list(self.survivors), "dropped": list(self.dropped)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UnmaskRequest:
-        survivors, dropped = _get(data, "survivors", list), _get(data, "dropped", list)
-        if not all(isinstance(c, str) for c in [*survivors, *dropped]):
-            raise SecAggError("malformed message: survivors and dropped must be client ids")
-        return cls(_get(data, "round_id", str), tuple(survivors), tuple(dropped))
+    round_id: _RoundId
+    survivors: tuple[_Id, ...]
+    dropped: tuple[_Id, ...]
 
 
-@dataclass(frozen=True)
-class UnmaskResponse:
+class UnmaskResponse(_Model):
     """Survivor → server: its shares of survivors' self-mask seeds and of dropped clients' mask keys.
 
     The share's x coordinate is the responder's roster index, so it is not sent.
     """
 
-    client_id: str
-    round_id: str
-    self_mask_shares: dict[str, bytes]
-    mask_key_shares: dict[str, bytes]
+    client_id: _Id
+    round_id: _RoundId
+    self_mask_shares: dict[_Id, _B64]
+    mask_key_shares: dict[_Id, _B64]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "client_id": self.client_id,
-            "round_id": self.round_id,
-            "self_mask_shares": {k: _b64e(v) for k, v in self.self_mask_shares.items()},
-            "mask_key_shares": {k: _b64e(v) for k, v in self.mask_key_shares.items()},
-        }
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UnmaskResponse:
-        def decode(field: str) -> dict[str, bytes]:
-            return {str(k): _b64d(v, f"{field}[{k}]") for k, v in _get(data, field, Mapping).items()}
+class SecAggInbox(_Model):
+    """Server → client: the encrypted shares its neighbours sent it (routed after step 2)."""
 
-        return cls(
-            _get(data, "client_id", str),
-            _get(data, "round_id", str),
-            decode("self_mask_shares"),
-            decode("mask_key_shares"),
-        )
+    shares: tuple[EncryptedShare, ...]
+
+
+class SecAggResult(_Model):
+    """Server → members: the group's average adapter (float32) and who contributed to it."""
+
+    contributors: tuple[_Id, ...]
+    average: _AverageVector
+
+
+class SecAggFailure(_Model):
+    """Server → members: the group cannot finish this round, and why."""
+
+    error: StrictStr
 
 
 # --------------------------------------------------------------------------------------- client
@@ -684,7 +651,10 @@ class SecAggClient:
         self._mask_key: X25519PrivateKey | None = X25519PrivateKey.generate()
         self._channel_key: X25519PrivateKey | None = X25519PrivateKey.generate()
         self._advert = AdvertiseKeys(
-            client_id, round_id, _public_bytes(self._mask_key), _public_bytes(self._channel_key)
+            client_id=client_id,
+            round_id=round_id,
+            mask_key=_public_bytes(self._mask_key),
+            channel_key=_public_bytes(self._channel_key),
         )
         self._roster: Roster | None = None
         self._seed: bytes | None = None
@@ -719,11 +689,14 @@ class SecAggClient:
             nonce = os.urandom(_NONCE_BYTES)
             plain = s_share.to_bytes() + k_share.to_bytes()
             ciphertext = aead.encrypt(nonce, plain, _share_ad(self.round_id, self.client_id, peer))
-            out.append(EncryptedShare(self.client_id, peer, nonce, ciphertext))
+            out.append(EncryptedShare(sender=self.client_id, recipient=peer, nonce=nonce, ciphertext=ciphertext))
         self._roster, self._seed = roster, seed
         logger.debug("secagg %s: %s shared keys with %d neighbours", self.round_id, self.client_id, len(peers))
         return ShareKeys(
-            self.client_id, self.round_id, commit_self_mask(seed, self.round_id, self.client_id), tuple(out)
+            client_id=self.client_id,
+            round_id=self.round_id,
+            self_mask_commitment=commit_self_mask(seed, self.round_id, self.client_id),
+            shares=tuple(out),
         )
 
     def masked_input(self, vector: npt.ArrayLike, encrypted_shares_for_me: Iterable[EncryptedShare]) -> MaskedInput:
@@ -781,7 +754,7 @@ class SecAggClient:
         # The secrets are now only recoverable through the neighbours' shares.
         self._seed = self._mask_key = self._channel_key = None
         self._held, self._masked = held, True
-        return MaskedInput(self.client_id, self.round_id, tuple(sorted(held)), masked)
+        return MaskedInput(client_id=self.client_id, round_id=self.round_id, peers=tuple(sorted(held)), vector=masked)
 
     def unmask(self, survivors: Iterable[str], dropped: Iterable[str]) -> UnmaskResponse:
         """Reveal self-mask shares of survivors and mask-key shares of dropped clients, never both."""
@@ -811,4 +784,6 @@ class SecAggClient:
         self._revealed.update(wanted)
         seeds = {o: self._held[o][0].to_bytes() for o, kind in wanted.items() if kind == SELF_MASK_SEED}
         keys = {o: self._held[o][1].to_bytes() for o, kind in wanted.items() if kind == MASK_KEY}
-        return UnmaskResponse(self.client_id, self.round_id, seeds, keys)
+        return UnmaskResponse(
+            client_id=self.client_id, round_id=self.round_id, self_mask_shares=seeds, mask_key_shares=keys
+        )

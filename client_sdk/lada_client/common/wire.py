@@ -16,7 +16,20 @@ import math
 from enum import Enum
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from lada_client.common.secagg import (
+    AdvertiseKeys,
+    MaskedInput,
+    Roster,
+    SecAggConfig,
+    SecAggFailure,
+    SecAggInbox,
+    SecAggResult,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+)
 
 PROTOCOL_VERSION: Final = 1
 #: Longest flattened adapter a co-tuning device may declare: its masked vector (4 bytes a value,
@@ -213,7 +226,7 @@ class RoundInfo(_Message):
     offer_questions: list[PublicQuestion] = []
     feature_names: list[str] = []
     host_framework: Literal["mkt", "cotuning"] = "mkt"
-    secagg_configs: dict[str, dict[str, Any]] = Field(
+    secagg_configs: dict[str, SecAggConfig] = Field(
         default={},
         description="co-tuning: secure-aggregation parameters per group (in a reply: the asking device's group only)",
     )
@@ -240,7 +253,7 @@ class FeatureUpload(_Message):
     sample_ids: list[str] = Field(max_length=8192)
     features: list[list[float]] = Field(max_length=8192)
     offers: list[PathOffer] = Field(default=[], max_length=1024)
-    secagg_keys: dict[str, Any] | None = Field(default=None, description="co-tuning: AdvertiseKeys of this round")
+    secagg_keys: AdvertiseKeys | None = Field(default=None, description="co-tuning: this round's public keys")
     adapter_size: int = Field(
         default=0, ge=0, le=MAX_ADAPTER_SIZE, description="co-tuning: length of the flattened LoRA adapter"
     )
@@ -288,7 +301,7 @@ class Allocation(_Message):
     status: Literal["pending", "ready"]
     sample_ids: list[str] = []
     reason: str = ""
-    secagg_roster: dict[str, Any] | None = Field(default=None, description="co-tuning: Roster of the client's group")
+    secagg_roster: Roster | None = Field(default=None, description="co-tuning: the roster of the client's group")
     server_update: list[LoraFactor] | None = Field(
         default=None, description="score-only device, score_only_update='server': the adapter trained for it this round"
     )
@@ -324,15 +337,33 @@ SecAggStep = Literal["shares", "masked", "unmask"]
 SecAggPoll = Literal["inbox", "unmask", "result"]
 
 
-class SecAggUpload(_Message):
-    """kind ``secagg.put``: one client message of the secure-aggregation protocol (co-tuning).
+#: the protocol message each ``secagg.put`` step carries
+SECAGG_STEP_BODY: Final[dict[str, type[ShareKeys | MaskedInput | UnmaskResponse]]] = {
+    "shares": ShareKeys,
+    "masked": MaskedInput,
+    "unmask": UnmaskResponse,
+}
 
-    ``body`` is checked against the group's roster and the protocol's state before it is stored
-    (``lada_coordinator/validation.py``)."""
+
+class SecAggUpload(_Message):
+    """kind ``secagg.put``: one client message of the secure-aggregation protocol (co-tuning),
+    the model :data:`SECAGG_STEP_BODY` names for its ``step``.
+
+    What the round needs of it beyond its own checks (the group's roster, the protocol's state)
+    is checked before it is stored (``lada_coordinator/aggregation/secure.py``)."""
 
     round: RoundIndex
     step: SecAggStep
-    body: dict[str, Any]
+    body: ShareKeys | MaskedInput | UnmaskResponse
+
+    @field_validator("body", mode="before")
+    @classmethod
+    def _body_of_step(cls, body: Any, info: ValidationInfo) -> Any:
+        step = info.data.get("step")
+        if step is None:
+            raise ValueError("no valid step, so the body cannot be read")
+        model = SECAGG_STEP_BODY[step]
+        return body if isinstance(body, model) else model.from_dict(body)
 
 
 class SecAggQuery(_Message):
@@ -343,12 +374,14 @@ class SecAggQuery(_Message):
 
 
 class SecAggReply(_Message):
-    """``none``: the client takes no part (not in the group, or not a survivor); ``failed``: the
-    group cannot finish this round (``body.error`` says why), so there is nothing to wait for."""
+    """``ready``: ``body`` holds what the step polls for (``inbox``: the routed shares,
+    ``unmask``: the request, ``result``: the group's average); ``none``: the client takes no part
+    (not in the group, or not a survivor); ``failed``: the group cannot finish this round
+    (``body.error`` says why), so there is nothing to wait for."""
 
     round: int
     status: Literal["pending", "ready", "none", "failed"]
-    body: dict[str, Any] | None = None
+    body: SecAggInbox | UnmaskRequest | SecAggResult | SecAggFailure | None = None
 
 
 class Ack(_Message):

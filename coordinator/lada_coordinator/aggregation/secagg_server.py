@@ -146,7 +146,9 @@ class SecAggServer:
         """Close key advertisement and return the roster to broadcast (same object on every call)."""
         if self._roster is None:
             participants = tuple(self._adverts[c] for c in sorted(self._adverts))
-            self._roster = Roster(self.round_id, self.config, self.vector_length, participants)
+            self._roster = Roster(
+                round_id=self.round_id, config=self.config, vector_length=self.vector_length, participants=participants
+            )
             degree = min(len(p) for p in self._roster.graph.values())
             if 2 * self.config.threshold <= degree:
                 logger.warning(
@@ -229,7 +231,7 @@ class SecAggServer:
             if len(survivors) < self.config.threshold:
                 raise SecAggError(f"only {len(survivors)} survivors; threshold is {self.config.threshold}")
             dropped = tuple(sorted(set(self._share_keys) - set(survivors)))
-            self._request = UnmaskRequest(self.round_id, survivors, dropped)
+            self._request = UnmaskRequest(round_id=self.round_id, survivors=survivors, dropped=dropped)
             logger.info("secagg %s: %d survivors, %d dropped", self.round_id, len(survivors), len(dropped))
         return self._request
 

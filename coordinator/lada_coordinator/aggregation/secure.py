@@ -25,22 +25,24 @@ update; Sybils need enrollment tokens of the same group, which only the operator
 
 from __future__ import annotations
 
-import base64
 import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, cast
 
 import numpy as np
+from pydantic import Field, Strict
 
+from lada_client.common.config_io import NonNegativeInt, PositiveFloat, PositiveInt, settings
 from lada_client.common.secagg import (
     AdvertiseKeys,
     MaskedInput,
     Roster,
     SecAggConfig,
     SecAggError,
+    SecAggFailure,
+    SecAggResult,
     ShareKeys,
     UnmaskRequest,
     UnmaskResponse,
@@ -52,7 +54,7 @@ from lada_coordinator.aggregation.secagg_server import (
     check_share_bundle,
     check_unmask_response,
 )
-from lada_coordinator.store import ClientRecord, Store
+from lada_coordinator.store import ClientRecord, SecAggKind, Store
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ log = logging.getLogger(__name__)
 OffenderHook = Callable[[int, str, str, str], None]
 
 
-@dataclass(frozen=True)
+@settings
 class SecAggSettings:
     """Group parameters.
 
@@ -73,18 +75,16 @@ class SecAggSettings:
     default: in a group of 2 each member recovers the other's adapter exactly (2·avg − own).
     """
 
-    threshold_fraction: float = 0.67
-    neighbours: int | None = None
-    scale: float = 2.0**16
-    clip: float = 4.0
-    min_group: int = 3
-    dropout_tolerance: int = 1
+    threshold_fraction: Annotated[float, Strict(), Field(gt=0, le=1)] = 0.67
+    neighbours: PositiveInt | None = None
+    scale: PositiveFloat = 2.0**16
+    clip: PositiveFloat = 4.0
+    min_group: PositiveInt = 3
+    dropout_tolerance: NonNegativeInt = 1
 
     def __post_init__(self) -> None:
-        if not 0 < self.threshold_fraction <= 1:
-            raise ValueError("secagg.threshold_fraction must be in (0, 1]")
-        if self.dropout_tolerance < 0 or self.min_group < self.dropout_tolerance + 2:
-            raise ValueError("secagg.min_group must be at least dropout_tolerance + 2 (and dropout_tolerance >= 0)")
+        if self.min_group < self.dropout_tolerance + 2:
+            raise ValueError("secagg.min_group must be at least dropout_tolerance + 2")
         if self.neighbours is not None and self.neighbours < self.dropout_tolerance + 1:
             raise ValueError("secagg.neighbours must exceed dropout_tolerance")
 
@@ -118,16 +118,21 @@ class SecureAggregation:
         self.settings = settings
         self._on_offender = on_offender or (lambda t, cid, stage, why: None)
 
-    def configs(self, clients: Iterable[ClientRecord]) -> dict[str, dict]:
+    def configs(self, clients: Iterable[ClientRecord]) -> dict[str, SecAggConfig]:
         """Per-group protocol parameters published with the round."""
-        return {g: self.settings.config_for(len(ids)).to_dict() for g, ids in groups(clients, self.settings).items()}
+        return {g: self.settings.config_for(len(ids)) for g, ids in groups(clients, self.settings).items()}
 
     def setup(
-        self, t: int, features: Mapping[str, Mapping[str, Any]], clients: list[ClientRecord], configs: dict[str, dict]
+        self,
+        t: int,
+        features: Mapping[str, Mapping[str, Any]],
+        clients: list[ClientRecord],
+        configs: Mapping[str, SecAggConfig | Mapping[str, Any]],
     ) -> dict[str, list[str]]:
         """Close key advertisement: store each group's roster. Returns group → participants.
 
-        ``features`` maps client id → its feature upload's ``secagg_keys`` and ``adapter_size``.
+        ``features`` maps client id → its feature upload's ``secagg_keys`` and ``adapter_size``
+        (the keys as they arrived; they are checked again here).
         Members declaring another adapter length than the group's majority are left out (logged);
         with no majority, or too few members left, the group does not aggregate this round."""
         members: dict[str, list[str]] = {}
@@ -135,7 +140,7 @@ class SecureAggregation:
         for group, cfg in configs.items():
             adverts: list[tuple[str, AdvertiseKeys, int]] = []
             for cid, up in sorted(features.items()):
-                if cid not in by_id or group_id(by_id[cid]) != group or not up.get("secagg_keys"):
+                if cid not in by_id or group_id(by_id[cid]) != group or up.get("secagg_keys") is None:
                     continue
                 try:
                     adverts.append((cid, self.check_advert(t, group, cid, up["secagg_keys"]), int(up["adapter_size"])))
@@ -194,35 +199,32 @@ class SecureAggregation:
 
     # --------------------------------------------------------------------------------- checks
     @staticmethod
-    def check_advert(t: int, group: str, client_id: str, body: Mapping[str, Any]) -> AdvertiseKeys:
-        advert = AdvertiseKeys.from_dict(body)
+    def check_advert(t: int, group: str, client_id: str, advert: AdvertiseKeys) -> AdvertiseKeys:
         if advert.client_id != client_id or advert.round_id != secagg_round_id(t, group):
             raise SecAggError("secagg keys must name this client and its group's round")
         return advert
 
     def check(
-        self, t: int, group: str, client_id: str, step: str, body: Mapping[str, Any]
-    ) -> ShareKeys | MaskedInput | UnmaskResponse:
-        """Everything the protocol will require of this message when its step closes, checked now.
+        self, t: int, group: str, client_id: str, step: str, message: ShareKeys | MaskedInput | UnmaskResponse
+    ) -> None:
+        """Everything the protocol will require of this message when its step closes, checked now
+        (its own form was checked when it was parsed, :class:`~lada_client.common.wire.SecAggUpload`).
 
         Raises :class:`NotNow` when the step is not open (too early or too late), and
         :class:`SecAggError` when the message itself is wrong."""
         roster = Roster.from_dict(self._item(t, group, "roster"))
         routed = self.store.secagg(t, group, "routed")
         request = self.store.secagg(t, group, "unmask_request")
-        message: ShareKeys | MaskedInput | UnmaskResponse
-        if step == "shares":
+        if step == "shares" and isinstance(message, ShareKeys):
             if routed is not None:
                 raise NotNow("the shares of this round were already routed")
-            message = ShareKeys.from_dict(body)
             self._check_ids(message, client_id, roster)
             check_share_bundle(message, roster)
-        elif step == "masked":
+        elif step == "masked" and isinstance(message, MaskedInput):
             if routed is None or request is not None:
                 raise NotNow("masked inputs are taken after the shares are routed and before the unmask request")
             if client_id not in routed["sharers"]:
                 raise NotNow("this client's shares were not routed this round")
-            message = MaskedInput.from_dict(body)
             self._check_ids(message, client_id, roster)
             if message.vector.shape != (roster.vector_length,):
                 raise SecAggError(
@@ -231,15 +233,13 @@ class SecureAggregation:
             check_masked_peers(
                 message.peers, roster.graph[client_id] & set(routed["sharers"]), roster.config.threshold, client_id
             )
-        elif step == "unmask":
+        elif step == "unmask" and isinstance(message, UnmaskResponse):
             if request is None:
                 raise NotNow("no unmask request yet")
-            message = UnmaskResponse.from_dict(body)
             self._check_ids(message, client_id, roster)
             check_unmask_response(message, UnmaskRequest.from_dict(request), roster)
         else:
-            raise SecAggError(f"unknown secure-aggregation step {step!r}")
-        return message
+            raise SecAggError(f"step {step!r} does not take a {type(message).__name__}")
 
     @staticmethod
     def _check_ids(message: ShareKeys | MaskedInput | UnmaskResponse, client_id: str, roster: Roster) -> None:
@@ -276,7 +276,6 @@ class SecureAggregation:
             routed["sharers"] if routed else None,
             roster.keys,
             aside,
-            ShareKeys.from_dict,
             server.receive_shares,
         )
         if upto == "shares":
@@ -289,13 +288,12 @@ class SecureAggregation:
             request["survivors"] if request else None,
             set(server.sharers),
             aside,
-            MaskedInput.from_dict,
             server.receive_masked_input,
         )
         if upto == "masked":
             return server
         server.unmask_request()
-        self._replay(t, "unmask", None, set(server.survivors), aside, UnmaskResponse.from_dict, server.receive_unmask)
+        self._replay(t, "unmask", None, set(server.survivors), aside, server.receive_unmask)
         return server
 
     def _replay(
@@ -305,32 +303,30 @@ class SecureAggregation:
         fixed: list[str] | None,
         allowed: Iterable[str],
         aside: set[str],
-        parse: Callable[[dict], Any],
         receive: Callable[[Any], None],
     ) -> None:
         """Feed one step's stored messages to the server. ``fixed``: who the closed step kept."""
-        bodies = self._uploads(t, step)
+        messages = self._uploads(t, step)
         if fixed is not None:
             for cid in sorted(fixed):
-                if cid not in bodies:
+                if cid not in messages:
                     raise SecAggError(f"the stored {step} message of {cid} is missing", cid)
-                receive(parse(bodies[cid]))
+                receive(messages[cid])
             return
         allowed = set(allowed)
-        for cid, body in sorted(bodies.items()):
+        for cid, message in sorted(messages.items()):
             if cid not in allowed or cid in aside:
                 continue
             try:
-                receive(parse(body))
+                receive(message)
             except SecAggError as exc:
                 self._offender(t, cid, f"secagg.{step}", str(exc))
 
-    def _uploads(self, t: int, step: str) -> dict[str, dict]:
-        return {
-            cid: up["body"]
-            for cid, up in self.store.uploads(t, f"secagg.{step}").items()
-            if isinstance(up.get("body"), dict)
-        }
+    def _uploads(self, t: int, step: str) -> dict[str, ShareKeys | MaskedInput | UnmaskResponse]:
+        """The step's stored messages by sender (each was checked on arrival; a row that no longer
+        parses, which only damage to the database causes, is left out by the store)."""
+        kind = cast(SecAggKind, f"secagg.{step}")
+        return {cid: up.body for cid, up in self.store.uploads(t, kind).items()}
 
     # --------------------------------------------------------------------------------- steps
     def route(self, t: int, group: str) -> None:
@@ -368,20 +364,14 @@ class SecureAggregation:
                 self._offender(t, cid, "secagg.unmask", why)
         average = (total / len(contributors)).astype(np.float32)
         self.store.put_secagg(
-            t,
-            group,
-            "result",
-            {
-                "contributors": contributors,
-                "vector": base64.b64encode(average.tobytes()).decode(),
-            },
+            t, group, "result", SecAggResult(contributors=tuple(contributors), average=average).to_dict()
         )
         return {"contributors": len(contributors), "vector_length": int(average.size)}
 
     def fail(self, t: int, group: str, why: str) -> None:
         """Record that the group cannot finish this round: members get ``failed``, not ``pending``."""
         log.warning("round %d group %s: secure aggregation failed: %s", t, group, why)
-        self.store.put_secagg(t, group, "result", {"error": why})
+        self.store.put_secagg(t, group, "result", SecAggFailure(error=why).to_dict())
 
     def progress(self, t: int, group: str, step: str) -> tuple[set[str], set[str]]:
         """(expected, arrived) client ids for a protocol step of a group; quarantined members are

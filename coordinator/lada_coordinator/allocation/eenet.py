@@ -61,13 +61,18 @@ import torch
 from torch import nn
 
 from .cold_start import kmeans_representatives
-from .filter_config import FilterConfig, _is_int
+from .filter_config import FilterConfig
 
 __all__ = ["FilterConfig", "LearnabilityFilter", "Selection", "SelectionReason", "refit_many"]
 
 logger = logging.getLogger(__name__)
 
 SelectionReason = Literal["cold_start", "threshold", "floor", "cap"]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
 
 _FORMAT_VERSION = 1
 _STD_FLOOR = 1e-6

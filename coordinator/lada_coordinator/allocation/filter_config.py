@@ -11,26 +11,21 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import numpy as np
+from pydantic import Field, Strict
+
+from lada_client.common.config_io import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, settings
 
 __all__ = ["ExploreOn", "FilterConfig", "ThresholdScale"]
 
 ExploreOn = Literal["last_layer", "all"]
 ThresholdScale = Literal["absolute", "reward_max"]
+_Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+_Fraction = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
+@settings
 class FilterConfig:
     """Hyper-parameters of one learnability filter (immutable: the networks' shapes depend on it).
 
@@ -57,50 +52,19 @@ class FilterConfig:
         seed: seed for initialisation, refit shuffling and cold-start clustering.
     """
 
-    exploration_weight: float = 1.0
-    threshold: float = 0.5
+    exploration_weight: NonNegativeFloat = 1.0
+    threshold: _Finite = 0.5
     threshold_scale: ThresholdScale = "reward_max"
-    budget: int = 32
-    floor_fraction: float = 0.25
-    hidden: int = 32
-    explore_hidden: int = 64
-    refit_epochs: int = 10
-    lr: float = 1e-2
-    replay_capacity: int = 4096
-    batch_size: int = 64
-    seed: int = 0
+    budget: PositiveInt = 32
+    floor_fraction: _Fraction = 0.25
+    hidden: PositiveInt = 32
+    explore_hidden: PositiveInt = 64
+    refit_epochs: PositiveInt = 10
+    lr: PositiveFloat = 1e-2
+    replay_capacity: PositiveInt = 4096
+    batch_size: PositiveInt = 64
+    seed: NonNegativeInt = 0
     explore_on: ExploreOn = "last_layer"
-
-    def __post_init__(self) -> None:
-        for name in ("exploration_weight", "threshold", "floor_fraction", "lr"):
-            value = getattr(self, name)
-            if not _is_real(value) or not math.isfinite(value):
-                raise ValueError(f"FilterConfig.{name} must be a finite number, got {value!r}")
-        if self.exploration_weight < 0:
-            raise ValueError(f"FilterConfig.exploration_weight must be >= 0, got {self.exploration_weight}")
-        if not 0.0 <= self.floor_fraction <= 1.0:
-            raise ValueError(f"FilterConfig.floor_fraction must be in [0, 1], got {self.floor_fraction}")
-        if self.lr <= 0:
-            raise ValueError(f"FilterConfig.lr must be > 0, got {self.lr}")
-        for name in (
-            "budget",
-            "hidden",
-            "explore_hidden",
-            "refit_epochs",
-            "replay_capacity",
-            "batch_size",
-        ):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"FilterConfig.{name} must be a positive integer, got {value!r}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ValueError(f"FilterConfig.seed must be a non-negative integer, got {self.seed!r}")
-        if self.threshold_scale not in ("absolute", "reward_max"):
-            raise ValueError(
-                f"FilterConfig.threshold_scale must be 'absolute' or 'reward_max', got {self.threshold_scale!r}"
-            )
-        if self.explore_on not in ("last_layer", "all"):
-            raise ValueError(f"FilterConfig.explore_on must be 'last_layer' or 'all', got {self.explore_on!r}")
 
     @property
     def floor(self) -> int:

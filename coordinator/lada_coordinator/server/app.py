@@ -33,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 
 from lada_client.common.crypto import CryptoError, Direction, Identity, PublicIdentity, open_envelope, seal
 from lada_client.common.enrollment import EnrollmentToken, TokenFormatError
-from lada_client.common.secagg import SecAggError
+from lada_client.common.secagg import Roster, SecAggError, SecAggFailure, SecAggInbox, SecAggResult, UnmaskRequest
 from lada_client.common.wire import (
     KIND_PAYLOADS,
     READ_KINDS,
@@ -452,7 +452,8 @@ def create_app(
                     raise ApiError(409, "not_allocated", f"round {t} was allocated without this client's features")
                 return Allocation(round=t, status="pending")
             group = engine.secure.group_of(t, client)
-            roster = store.secagg(t, group, "roster") if group else None
+            stored = store.secagg(t, group, "roster") if group else None
+            roster = Roster.model_validate(stored) if stored is not None else None
             update = store.server_update(t, client.client_id)
             return Allocation(
                 round=t,
@@ -518,24 +519,28 @@ def create_app(
                 return SecAggReply(round=t, status="none")
             result = store.secagg(t, group, "result")
             if result is not None and "error" in result:
-                return SecAggReply(round=t, status="failed", body={"error": result["error"]})
+                return SecAggReply(round=t, status="failed", body=SecAggFailure(error=result["error"]))
             if payload.step == "inbox":
                 routed = store.secagg(t, group, "routed")
                 if routed is None:
                     return SecAggReply(round=t, status="pending")
                 if client.client_id not in routed["inbox"]:
                     return SecAggReply(round=t, status="none")
-                return SecAggReply(round=t, status="ready", body={"shares": routed["inbox"][client.client_id]})
+                return SecAggReply(
+                    round=t,
+                    status="ready",
+                    body=SecAggInbox.model_validate({"shares": routed["inbox"][client.client_id]}),
+                )
             if payload.step == "unmask":
                 request = store.secagg(t, group, "unmask_request")
                 if request is None:
                     return SecAggReply(round=t, status="pending")
                 if client.client_id not in request["survivors"]:
                     return SecAggReply(round=t, status="none")
-                return SecAggReply(round=t, status="ready", body=request)
+                return SecAggReply(round=t, status="ready", body=UnmaskRequest.model_validate(request))
             if result is None:
                 return SecAggReply(round=t, status="pending")
-            return SecAggReply(round=t, status="ready", body=result)
+            return SecAggReply(round=t, status="ready", body=SecAggResult.model_validate(result))
 
         return sealed("secagg.get", envelope, handle)
 

@@ -23,8 +23,12 @@ from lada_coordinator.store import Store
 log = logging.getLogger(__name__)
 
 
-def build(config: CoordinatorConfig, llm_eval_dir: Path | None = None) -> tuple[FastAPI, RoundEngine, Store]:
-    """Return (app, engine, store) wired together, without starting anything."""
+def build(
+    config: CoordinatorConfig, llm_eval_dir: Path | None = None, llm_eval_size: int = 64
+) -> tuple[FastAPI, RoundEngine, Store]:
+    """Return (app, engine, store) wired together, without starting anything. With ``llm_eval_dir``
+    (local federations), the LLM is evaluated each round on the first ``llm_eval_size`` test
+    questions of every client there, the questions each client evaluates itself on."""
     if config.score_only_update == "server":
         for model_name, ckpt in config.slm_checkpoints.items():
             if not (ckpt / "config.json").is_file():
@@ -38,7 +42,7 @@ def build(config: CoordinatorConfig, llm_eval_dir: Path | None = None) -> tuple[
     public = load_public(config.public_data)
     llm_eval = None
     if llm_eval_dir is not None:  # evaluation hook for local federations: held-out test splits
-        llm_eval = [s for c in FederationData.load(llm_eval_dir).clients for s in c.test[:64]]
+        llm_eval = [s for c in FederationData.load(llm_eval_dir).clients for s in c.test[:llm_eval_size]]
 
     def llm_factory() -> LLMHost:
         if config.llm_dir is None:
@@ -121,12 +125,13 @@ def tls_material(
 def serve(
     config: CoordinatorConfig,
     llm_eval_dir: Path | None = None,
+    llm_eval_size: int = 64,
     ssl_certfile: Path | None = None,
     ssl_keyfile: Path | None = None,
     insecure_http: bool = False,
 ) -> None:
     cert, key = tls_material(config, ssl_certfile, ssl_keyfile, insecure_http)
-    app, engine, store = build(config, llm_eval_dir)
+    app, engine, store = build(config, llm_eval_dir, llm_eval_size)
     engine.start()
     scheme = "https" if cert else "http"
     write_endpoint(config.state_dir, scheme, config.host, config.port, cert)  # for `lada-coordinator status`

@@ -203,7 +203,7 @@ def test_routed_shares_cannot_be_opened_with_the_coordinators_knowledge():
     # an impostor with the recipient's name but not its channel private key
     impostor = SecAggClient("c1", ROUND, rnd.config)
     forged = tuple(impostor.advertise() if p.client_id == "c1" else p for p in roster.participants)
-    impostor.share_keys(Roster(ROUND, rnd.config, 10, forged))
+    impostor.share_keys(Roster(round_id=ROUND, config=rnd.config, vector_length=10, participants=forged))
     with pytest.raises(SecAggError, match="only 0 neighbours"):  # not one share opens
         impostor.masked_input(np.zeros(10), rnd.routed["c1"])
     # keys derived from any public material fail too
@@ -238,7 +238,10 @@ def test_server_refuses_a_response_revealing_both_share_kinds():
     rnd.server.unmask_request()
     honest = rnd.clients["c0"].unmask(["c0", "c1", "c2", "c3"], ["c4"])
     forged = UnmaskResponse(
-        "c0", ROUND, dict(honest.self_mask_shares), {**honest.mask_key_shares, "c1": honest.self_mask_shares["c1"]}
+        client_id="c0",
+        round_id=ROUND,
+        self_mask_shares=dict(honest.self_mask_shares),
+        mask_key_shares={**honest.mask_key_shares, "c1": honest.self_mask_shares["c1"]},
     )
     with pytest.raises(SecAggError, match="both share kinds"):
         rnd.server.receive_unmask(forged)
@@ -250,7 +253,7 @@ def test_vector_length_mismatch_is_refused():
     rnd.setup()
     with pytest.raises(SecAggError, match="expects 50"):
         rnd.clients["c0"].masked_input(np.zeros(49), rnd.routed["c0"])
-    bad = MaskedInput("c0", ROUND, ("c1", "c2", "c3"), np.zeros(49, dtype=np.uint32))
+    bad = MaskedInput(client_id="c0", round_id=ROUND, peers=("c1", "c2", "c3"), vector=np.zeros(49, dtype=np.uint32))
     with pytest.raises(SecAggError, match="50 uint32"):
         rnd.server.receive_masked_input(bad)
 
@@ -262,7 +265,7 @@ def test_share_that_does_not_open_drops_its_sender_not_the_group():
     rnd.setup()
     share = rnd.routed["c2"][0]
     flipped = bytes([share.ciphertext[0] ^ 1]) + share.ciphertext[1:]
-    rnd.routed["c2"] = [EncryptedShare(share.sender, share.recipient, share.nonce, flipped), *rnd.routed["c2"][1:]]
+    rnd.routed["c2"] = [share.model_copy(update={"ciphertext": flipped}), *rnd.routed["c2"][1:]]
     rnd.mask()
     assert share.sender not in rnd.masked["c2"].peers
     request = rnd.unmask()
@@ -280,7 +283,9 @@ def test_masked_input_may_omit_but_never_add_peers():
     masked = rnd.clients["c0"].masked_input(rnd.inputs["c0"], rnd.routed["c0"])
     for peers in (("c1", "c9"), ("c1",), ("c1", "c1", "c2")):
         with pytest.raises(SecAggError):
-            rnd.server.receive_masked_input(MaskedInput("c0", ROUND, peers, masked.vector))
+            rnd.server.receive_masked_input(
+                MaskedInput(client_id="c0", round_id=ROUND, peers=peers, vector=masked.vector)
+            )
 
 
 def test_client_masks_once_and_late_inputs_are_discarded():
@@ -304,7 +309,12 @@ def test_roster_with_other_parameters_is_refused():
     with pytest.raises(SecAggError, match="config"):
         clients[0].share_keys(server.roster())
     with pytest.raises(SecAggError, match="threshold 3 exceeds"):
-        Roster(ROUND, SecAggConfig(threshold=3), 10, tuple(c.advertise() for c in clients))
+        Roster(
+            round_id=ROUND,
+            config=SecAggConfig(threshold=3),
+            vector_length=10,
+            participants=tuple(c.advertise() for c in clients),
+        )
     with pytest.raises(SecAggError, match="malformed message"):
         Roster.from_dict({"round_id": ROUND})
 
@@ -332,9 +342,7 @@ def _unmask_with_a_lie(rnd: Round, liar: str, victim: str) -> None:
         response = rnd.clients[cid].unmask(request.survivors, request.dropped)
         if cid == liar:  # shift the victim's self-mask share: stays in range, so only the commitment notices
             bumped = (int.from_bytes(response.self_mask_shares[victim], "big") + 1).to_bytes(66, "big")
-            response = UnmaskResponse(
-                cid, ROUND, {**response.self_mask_shares, victim: bumped}, response.mask_key_shares
-            )
+            response = response.model_copy(update={"self_mask_shares": {**response.self_mask_shares, victim: bumped}})
         rnd.server.receive_unmask(response)
 
 

@@ -9,7 +9,7 @@ import base64
 import numpy as np
 import pytest
 
-from lada_client.common.secagg import EncryptedShare, Roster, SecAggClient, SecAggConfig, SecAggError
+from lada_client.common.secagg import EncryptedShare, MaskedInput, Roster, SecAggClient, SecAggConfig, SecAggError
 from lada_client.common.wire import SecAggUpload, secagg_round_id
 from lada_coordinator.aggregation.secure import NotNow, SecAggSettings, SecureAggregation, group_id
 from lada_coordinator.store import ClientRecord, Store
@@ -52,14 +52,16 @@ class Group:
         }
 
     def setup(self) -> Roster:
-        adverts = {
-            cid: {"secagg_keys": p.advertise().to_dict(), "adapter_size": self.size} for cid, p in self.parties.items()
-        }
+        adverts = {cid: {"secagg_keys": p.advertise(), "adapter_size": self.size} for cid, p in self.parties.items()}
         assert self.secure.setup(self.t, adverts, self.clients, self.configs) == {GROUP: sorted(self.parties)}
         return Roster.from_dict(self.store.secagg(self.t, GROUP, "roster"))
 
+    def check(self, cid: str, step: str, body: dict) -> None:
+        """Parse as the HTTP layer does, then check against the round."""
+        self.secure.check(self.t, GROUP, cid, step, SecAggUpload(round=self.t, step=step, body=body).body)
+
     def send(self, cid: str, step: str, body: dict) -> None:
-        self.secure.check(self.t, GROUP, cid, step, body)
+        self.check(cid, step, body)
         _put(self.store, self.t, cid, step, body)
 
     def share(self, roster: Roster, skip=()) -> dict[str, list[dict]]:
@@ -84,13 +86,13 @@ class Group:
         return self.store.secagg(self.t, GROUP, "result")
 
     def average(self, result: dict) -> np.ndarray:
-        return np.frombuffer(base64.b64decode(result["vector"]), dtype=np.float32)
+        return np.frombuffer(base64.b64decode(result["average"]), dtype=np.float32)
 
 
 @pytest.mark.parametrize("drop", [0, 1])
 def test_group_average_through_the_store(tmp_path, drop):
     g = Group(tmp_path, 5, size=2000)
-    assert g.configs[GROUP]["threshold"] == 3  # ceil(0.67 * 4 neighbours), within 4 - 1 (one dropout)
+    assert g.configs[GROUP].threshold == 3  # ceil(0.67 * 4 neighbours), within 4 - 1 (one dropout)
     inbox = g.share(g.setup())
     dropped = sorted(g.parties)[:drop]  # vanish after sharing, before sending their adapter
     for cid in dropped:
@@ -108,7 +110,7 @@ def test_group_average_through_the_store(tmp_path, drop):
     # What the coordinator stored about one client's adapter is a masked vector, unrelated to it.
     for cid in survivors:
         stored = g.store.uploads(g.t, "secagg.masked")[cid]
-        masked = np.frombuffer(base64.b64decode(stored["body"]["vector"]), dtype=np.uint32).astype(np.int64)
+        masked = stored.body.vector.astype(np.int64)
         signed = np.where(masked >= 2**31, masked - 2**32, masked) / 2**16
         assert abs(np.corrcoef(signed, g.vectors[cid])[0, 1]) < 0.1
         assert np.abs(signed).mean() > 100 * np.abs(g.vectors[cid]).mean()
@@ -149,10 +151,10 @@ def test_a_member_declaring_another_adapter_size_is_left_out_not_the_group(tmp_p
     cfg = SecAggConfig.from_dict(configs[GROUP])
     parties = {c.client_id: SecAggClient(c.client_id, secagg_round_id(1, GROUP), cfg) for c in clients}
     sizes = dict(zip(parties, (10, 10, 10, 99)))
-    features = {cid: {"secagg_keys": p.advertise().to_dict(), "adapter_size": sizes[cid]} for cid, p in parties.items()}
+    features = {cid: {"secagg_keys": p.advertise(), "adapter_size": sizes[cid]} for cid, p in parties.items()}
     assert secure.setup(1, features, clients, configs) == {GROUP: sorted(parties)[:3]}
     tie = dict(zip(parties, (10, 10, 99, 99)))
-    features = {cid: {"secagg_keys": p.advertise().to_dict(), "adapter_size": tie[cid]} for cid, p in parties.items()}
+    features = {cid: {"secagg_keys": p.advertise(), "adapter_size": tie[cid]} for cid, p in parties.items()}
     assert secure.setup(2, features, clients, configs) == {}  # no majority: no aggregation this round
 
 
@@ -162,24 +164,25 @@ def test_invalid_member_messages_are_refused_when_sent(tmp_path):
     a, b = sorted(g.parties)[:2]
     bundle = g.parties[a].share_keys(roster).to_dict()
     with pytest.raises(SecAggError, match="one share per neighbour"):
-        g.secure.check(g.t, GROUP, a, "shares", {**bundle, "shares": bundle["shares"][:1]})
+        g.check(a, "shares", {**bundle, "shares": bundle["shares"][:1]})
     with pytest.raises(SecAggError, match="this client"):
-        g.secure.check(g.t, GROUP, b, "shares", bundle)  # a's bundle sent as b's
+        g.check(b, "shares", bundle)  # a's bundle sent as b's
     with pytest.raises(NotNow):
-        g.secure.check(g.t, GROUP, a, "masked", {})  # before the shares are routed
+        early = MaskedInput(client_id=a, round_id=roster.round_id, peers=(), vector=np.zeros(g.size, dtype=np.uint32))
+        g.secure.check(g.t, GROUP, a, "masked", early)  # before the shares are routed
     g.send(a, "shares", bundle)
     for cid in sorted(g.parties)[1:]:
         g.send(cid, "shares", g.parties[cid].share_keys(roster).to_dict())
     g.secure.route(g.t, GROUP)
     with pytest.raises(NotNow):
-        g.secure.check(g.t, GROUP, a, "shares", bundle)  # after
+        g.check(a, "shares", bundle)  # after
     inbox = g.store.secagg(g.t, GROUP, "routed")["inbox"]
     masked = g.parties[a].masked_input(g.vectors[a], [EncryptedShare.from_dict(s) for s in inbox[a]]).to_dict()
     short = {**masked, "vector": base64.b64encode(b"\0" * 40).decode()}
     with pytest.raises(SecAggError, match=f"must hold {g.size} values"):
-        g.secure.check(g.t, GROUP, a, "masked", short)
+        g.check(a, "masked", short)
     with pytest.raises(SecAggError, match="shared keys"):
-        g.secure.check(g.t, GROUP, a, "masked", {**masked, "peers": [*masked["peers"], "stranger"]})
+        g.check(a, "masked", {**masked, "peers": [*masked["peers"], "stranger"]})
 
 
 def test_shares_that_do_not_open_drop_their_sender_and_the_rest_aggregate(tmp_path):

@@ -45,7 +45,7 @@ def test_round_trip_and_status(server, enroll):
         Ack,
     )
     assert ack.message == "stored"
-    assert store.uploads(1, "features.put")[t.client_id]["features"] == [[1.5]]
+    assert store.uploads(1, "features.put")[t.client_id].features == [[1.5]]
     assert httpx.get(f"{url}/v1/status").status_code == 401  # the operator's view needs its token
     status = httpx.get(f"{url}/v1/status", headers=_operator(server)).json()
     assert status["clients"] == 1 and status["round"] == 1 and status["total_rounds"] == 2

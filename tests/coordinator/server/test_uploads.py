@@ -169,7 +169,7 @@ def test_body_over_max_body_bytes_goes_through_in_chunks(start_server, enroll):
     assert counts["/v1/upload/begin"] == 1 and counts["/v1/upload/commit"] == 1
     assert counts["/v1/upload/chunk"] in (n, n + 1)  # sealed length differs by a few bytes from the probe
     assert "/v1/upload/status" not in counts and "/v1/features" not in counts
-    assert store.uploads(1, "features.put")[t.client_id]["features"] == payload.model_dump()["features"]
+    assert store.uploads(1, "features.put")[t.client_id].features == payload.features
     [(sid, committed, chunks)] = _sessions(config.db_path)
     assert committed and chunks == 0  # chunks are dropped once the body is committed
 
@@ -497,7 +497,7 @@ def test_sigkilled_coordinator_keeps_received_chunks(tiny_world, tmp_path, free_
         assert t.call("features.put", payload, 1, Ack).message == "stored"
         assert counts["failed"] >= 1  # the coordinator was down for a while
         assert counts["ok"] == n  # no acknowledged chunk had to be sent again
-        assert store.uploads(1, "features.put")[t.client_id]["features"] == payload.model_dump()["features"]
+        assert store.uploads(1, "features.put")[t.client_id].features == payload.features
     finally:
         proc.terminate()
         proc.wait(10)

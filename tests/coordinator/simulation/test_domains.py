@@ -192,3 +192,16 @@ def test_a_rules_federation_pools_every_rule_domain_and_keeps_splits_disjoint() 
     assert [c.domain for c in fed.clients] == ["lookup", "count", "largest"]
     with pytest.raises(ValueError, match="unknown domains"):
         make_federation(["lookup"], 1, 1, 4, seed=0, pool=("lookup", "nope"))
+
+
+def test_rule_domains_keep_their_calibrated_sizes() -> None:
+    """The sizes that put warm-started students at 0.3-0.6 (docs/benchmarks.md): a change here
+    moves every toy-benchmark figure, so it must be deliberate."""
+    for sample in generate("lookup", 100, seed=5, id_prefix="l"):
+        counts = [int(n) for n in re.findall(r"\d+", sample.question)]
+        assert len(counts) == 2 and all(2 <= c <= 19 for c in counts), sample.question
+    for sample in generate("count", 100, seed=5, id_prefix="c"):
+        assert 6 <= int(sample.answer) <= 14
+    for sample in generate("largest", 100, seed=5, id_prefix="g"):
+        steps = sample.rationale.count("max ")
+        assert steps in (2, 3) and 1 <= int(sample.answer) <= 20, sample.rationale
