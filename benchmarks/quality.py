@@ -575,23 +575,34 @@ def _load_run(d: Path, expected: dict[str, Any]) -> dict | None:
     return record
 
 
-def curves(run: dict, warm: dict) -> dict[str, list[float | None]]:
-    """Accuracy per round (round 0 = warm start) for every client, their mean, and the LLM."""
+def client_domains(toy_domains: str, n_clients: int = 3) -> dict[str, str]:
+    """Client name → its toy domain, as ``lada_coordinator.federation`` assigns them (in turn)."""
+    pool = DOMAIN_SETS[toy_domains]
+    return {f"client{i}": pool[i % len(pool)] for i in range(n_clients)}
+
+
+def curves(run: dict, warm: dict, domains: dict[str, str]) -> dict[str, list[float | None]]:
+    """Accuracy per round (round 0 = warm start) for every client, their mean, the LLM, and the
+    LLM on each client's test split (``llm:<client>``; ``domains`` maps client to domain)."""
     rounds = sorted(run["status"]["rounds"], key=lambda r: r["round"])
     clients = sorted(warm["slm_accuracy"])
     out: dict[str, list[float | None]] = {c: [warm["slm_accuracy"][c]] for c in clients}
     out["llm"] = [warm["llm_accuracy"]]
+    for c in clients:
+        out[f"llm:{c}"] = [warm.get("llm_accuracy_per_client", {}).get(c)]
     for r in rounds:
+        llm = r.get("llm") or {}
         for c in clients:
             out[c].append(r["clients"].get(c, {}).get("test_accuracy"))
-        out["llm"].append((r.get("llm") or {}).get("accuracy"))
+            out[f"llm:{c}"].append((llm.get("accuracy_by_domain") or {}).get(domains.get(c, "")))
+        out["llm"].append(llm.get("accuracy"))
     out["mean"] = [
         statistics.fmean(v) if None not in (v := [out[c][i] for c in clients]) else None for i in range(len(rounds) + 1)
     ]
     return out
 
 
-def aggregate(runs: dict, warm: dict, sizes: Sizes) -> dict:
+def aggregate(runs: dict, warm: dict, sizes: Sizes, domains: dict[str, str]) -> dict:
     """Everything the report shows, reduced over seeds."""
     summary: dict[str, Any] = {}
     for host, by_method in runs.items():
@@ -599,7 +610,7 @@ def aggregate(runs: dict, warm: dict, sizes: Sizes) -> dict:
             ok = {s: r for s, r in by_seed.items() if r.get("exit_code") == 0}
             failed = sorted(s for s, r in by_seed.items() if r.get("exit_code") != 0)
             entry: dict[str, Any] = {"seeds": sorted(ok), "failed_seeds": failed}
-            cs = {s: curves(r, warm[host][s]) for s, r in ok.items() if s in warm.get(host, {})}
+            cs = {s: curves(r, warm[host][s], domains) for s, r in ok.items() if s in warm.get(host, {})}
             if not cs:
                 summary.setdefault(host, {})[key] = entry
                 continue
@@ -1066,6 +1077,8 @@ def write_report(
     # ---- per round tables
     add("## Accuracy per round")
     add("")
+    domains = client_domains(args.toy_domains)
+    unseen_series = tuple(f"llm:{c}" for c, d in domains.items() if d in args.llm_unseen)
     for host in hosts:
         add(f"### Host `{host}`")
         add("")
@@ -1075,8 +1088,9 @@ def write_report(
             e = summary[host].get(key, {})
             if "curves" not in e:
                 continue
-            for name in ("client0", "client1", "client2", "mean", "llm"):
-                add(f"| {METHODS[key].label} | {name} | " + " | ".join(pm(v) for v in e["curves"][name]) + " |")
+            for name in ("client0", "client1", "client2", "mean", "llm", *unseen_series):
+                label = name if name not in unseen_series else f"LLM on {name[4:]} ({domains[name[4:]]}, clients only)"
+                add(f"| {METHODS[key].label} | {label} | " + " | ".join(pm(v) for v in e["curves"][name]) + " |")
         add("")
     # ---- bytes
     add("## Bytes per party")
@@ -1684,7 +1698,7 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         log.error("no saved runs match these settings in %s", args.results_dir)
         return 1
-    summary = aggregate(runs, warm, sizes)
+    summary = aggregate(runs, warm, sizes, client_domains(args.toy_domains))
     timing["total_s"] = time.perf_counter() - started
     timing["machine"] = C.machine_info()
     if args.report_only:

@@ -549,7 +549,7 @@ class RoundEngine(threading.Thread):
             picked = self._isolated(t, client_id, "llm_offers", partial(self._pick_offers, t, client_id, up))
             chosen.extend(picked or [])
         if not chosen:
-            return {"n_trained": 0, "accuracy": self.llm.accuracy(self._llm_eval) if self._llm_eval else None}
+            return {"n_trained": 0, **self._llm_accuracy()}
         samples, paths, own = [c[0] for c in chosen], [c[1] for c in chosen], [c[2] for c in chosen]
         before = self.llm.perplexity(samples, paths)
         report = self.llm.train(samples, paths, own, self.config.llm_distill)
@@ -564,7 +564,21 @@ class RoundEngine(threading.Thread):
             "ppl_after": after,
             "reward": reward,
             "sft_loss": report.sft_loss,
-            "accuracy": self.llm.accuracy(self._llm_eval) if self._llm_eval else None,
+            **self._llm_accuracy(),
+        }
+
+    def _llm_accuracy(self) -> dict[str, Any]:
+        """The LLM on the evaluation hook's questions (local federations): pooled and per domain,
+        so that a domain only the clients know shows whether the LLM direction taught it."""
+        if not self._llm_eval:
+            return {"accuracy": None}
+        right = self.llm.correct(self._llm_eval)
+        by_domain: dict[str, list[bool]] = {}
+        for sample, ok in zip(self._llm_eval, right):
+            by_domain.setdefault(sample.domain, []).append(ok)
+        return {
+            "accuracy": float(np.mean(right)),
+            "accuracy_by_domain": {d: float(np.mean(v)) for d, v in sorted(by_domain.items())},
         }
 
     def _pick_offers(self, t: int, client_id: str, up: FeatureUpload) -> list[tuple[Sample, str, str, np.ndarray, str]]:

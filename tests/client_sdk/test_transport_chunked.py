@@ -116,7 +116,7 @@ def test_interrupted_upload_resumes_with_the_missing_chunks_only(coordinator):
     assert ack.message == "stored"
     assert net.counts["/v1/upload/begin"] == 1  # which chunks do you hold? -> 0..3
     assert net.counts["/v1/upload/chunk"] == n - 4  # only the missing ones
-    assert store.uploads(1, "features.put")[t.client_id]["features"] == payload.model_dump()["features"]
+    assert store.uploads(1, "features.put")[t.client_id].features == payload.features
     assert t._pending == {}
 
 

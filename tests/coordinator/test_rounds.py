@@ -172,3 +172,30 @@ def test_engine_survives_an_error_that_is_not_a_devices_and_retries(engine, monk
     assert engine.is_alive() and calls["n"] == 2
     assert [e["error"] for e in engine.status.errors] == ["RuntimeError: CUDA out of memory (injected)"]
     assert json.dumps(engine.status.to_dict())  # what the operator's view shows
+
+
+def test_llm_accuracy_is_reported_per_domain_of_the_evaluation_set(tmp_path, tiny_world):
+    """With the local-federation evaluation hook the LLM is scored pooled and per domain, from one
+    generation (a domain only the clients know shows whether the LLM direction taught it)."""
+    from lada_client.data.federation import FederationData
+
+    config = CoordinatorConfig(
+        db_path=tmp_path / "c.sqlite",
+        state_dir=tmp_path / "state",
+        llm_dir=tiny_world["llm"],
+        public_data=tiny_world["data"],
+        rounds=1,
+        train_llm=False,
+    )
+    _, engine, store = build(config, tiny_world["data"], llm_eval_size=3)
+    try:
+        clients = FederationData.load(tiny_world["data"]).clients
+        scores = engine._llm_accuracy()
+        assert set(scores["accuracy_by_domain"]) == {c.domain for c in clients}
+        per_domain = {c.domain: 0 for c in clients}
+        for c in clients:
+            per_domain[c.domain] += 3
+        pooled = sum(scores["accuracy_by_domain"][d] * n for d, n in per_domain.items()) / sum(per_domain.values())
+        assert scores["accuracy"] == pytest.approx(pooled)
+    finally:
+        store.close()

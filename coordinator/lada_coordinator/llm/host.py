@@ -49,7 +49,7 @@ class LLMHost:
         # Greedy accuracy depends only on the weights and the questions; rounds in which the LLM
         # does not train reuse the last figure instead of generating all test answers again.
         self._weights_version = 0
-        self._accuracy_memo: dict[tuple[int, tuple[tuple[str, str], ...], int], float] = {}
+        self._accuracy_memo: dict[tuple[int, tuple[tuple[str, str], ...], int], list[bool]] = {}
 
     def _generate(
         self, prompts: Sequence[str], n: int, temperature: float, max_new_tokens: int, seed: int, batch_size: int = 64
@@ -161,10 +161,15 @@ class LLMHost:
 
     def accuracy(self, samples: Sequence[Sample], seed: int = 0) -> float:
         """Exact-match accuracy of greedy answers (memoised until the next :meth:`train`)."""
+        return float(np.mean(self.correct(samples, seed))) if samples else 0.0
+
+    def correct(self, samples: Sequence[Sample], seed: int = 0) -> list[bool]:
+        """Whether each greedy answer is right (memoised until the next :meth:`train`), so that
+        accuracies over parts of one evaluation set cost one generation."""
         if not samples:
-            return 0.0
+            return []
         key = (self._weights_version, tuple((s.question, s.answer) for s in samples), seed)
         if key not in self._accuracy_memo:
             own = self._generate([format_prompt(s.question) for s in samples], 1, 0.0, self.max_new_tokens, seed)
-            self._accuracy_memo = {key: float(np.mean([is_correct(o[0], s.answer) for o, s in zip(own, samples)]))}
+            self._accuracy_memo = {key: [is_correct(o[0], s.answer) for o, s in zip(own, samples)]}
         return self._accuracy_memo[key]

@@ -172,9 +172,10 @@ _APPLY: dict[str, Callable[[int, int], int]] = {
 # Each draws (question, rationale, answer). Rationales use the same one-line step format as the
 # arithmetic domains ("x op y = z.", then the answer sentence), so every domain shares a
 # tokenizer and an answer extractor. Their sizes are calibrated so that students warm-started for
-# 150 steps start at 0.3-0.6 on their own test split (seed 0: lookup 0.45, count 0.58, largest
-# 0.31), with room to learn: with 3 items up to 40, lists of 2-8 animals and 3-5 numbers up to
-# 30, every student solved ``count`` and none got past 0.1 on the other two (docs/benchmarks.md).
+# 150 steps start at 0.2-0.6 on their own test split (200 private questions, seed 0: lookup 0.38,
+# count 0.52, largest 0.28; 48 private questions, seeds 0-2: 0.24-0.39, 0.39-0.52, 0.12-0.24),
+# with room to learn: with 3 items up to 40, lists of 2-8 animals and 3-5 numbers up to 30,
+# every student solved ``count`` and none got past 0.1 on the other two (docs/benchmarks.md).
 
 
 def _listing(words: Sequence[str]) -> str:

@@ -177,5 +177,5 @@ def test_unreadable_or_invalid_files_are_value_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="must be a JSON object"):
         CoordinatorConfig.load(bad)
     bad.write_text(json.dumps({**COORD, "slm_filter": {"budget": 0}}))
-    with pytest.raises(ValueError, match="budget must be a positive integer"):
+    with pytest.raises(ValueError, match=r"slm_filter.budget: must be >= 1, got 0"):
         CoordinatorConfig.load(bad)

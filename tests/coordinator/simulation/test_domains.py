@@ -195,7 +195,7 @@ def test_a_rules_federation_pools_every_rule_domain_and_keeps_splits_disjoint() 
 
 
 def test_rule_domains_keep_their_calibrated_sizes() -> None:
-    """The sizes that put warm-started students at 0.3-0.6 (docs/benchmarks.md): a change here
+    """The sizes that put warm-started students at 0.2-0.6 (docs/benchmarks.md): a change here
     moves every toy-benchmark figure, so it must be deliberate."""
     for sample in generate("lookup", 100, seed=5, id_prefix="l"):
         counts = [int(n) for n in re.findall(r"\d+", sample.question)]
