@@ -73,7 +73,7 @@ def open_round(store, t: int, clients: list[str], m: int, seed: int) -> dict[str
         ],
         feature_names=list(FEATURES),
     )
-    store.open_round(t, info.model_dump(), {})
+    store.open_round(t, info)
     zs = {}
     with store.transaction() as db:
         for k, cid in enumerate(clients):
@@ -93,8 +93,8 @@ def allocate_round(store, allocator, t: int) -> dict[str, float]:
     def decide():
         out = {}
         for client_id, up in uploads.items():
-            z = np.asarray(up["features"], dtype=np.float64).reshape(len(up["sample_ids"]), -1)
-            out[client_id] = allocator.allocate(t, SLM, client_id, up["sample_ids"], z)
+            z = np.asarray(up.features, dtype=np.float64).reshape(len(up.sample_ids), -1)
+            out[client_id] = allocator.allocate(t, SLM, client_id, up.sample_ids, z)
         return out
 
     t_alloc, decided = C.timed(decide)

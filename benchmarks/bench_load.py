@@ -124,6 +124,7 @@ def server_breakdown(cands, names: list[str], iterations: int) -> dict:
     from lada_client.common.crypto import Direction, Identity, PublicIdentity, open_envelope, seal
     from lada_client.common.wire import (
         Ack,
+        Capabilities,
         EnvelopeHeader,
         FeatureUpload,
         RoundInfo,
@@ -144,13 +145,13 @@ def server_breakdown(cands, names: list[str], iterations: int) -> dict:
         coordinator = Identity.generate()
         m = len(cands)
         info = RoundInfo(round=1, phase="features", total_rounds=2, candidates=cands, feature_names=names)
-        store.open_round(1, info.model_dump(), {})
+        store.open_round(1, info)
         rng = np.random.default_rng(1)
         for k in range(iterations):
             ident = Identity.generate()
             keys = ident.public.to_b64()
             cid = f"step{k:04d}"
-            store.add_client(ClientRecord(cid, cid, keys["sign_key"], keys["kex_key"], "", "", {}, 0, 0, 0))
+            store.add_client(ClientRecord(cid, cid, keys["sign_key"], keys["kex_key"], "", "", Capabilities(), 0, 0, 0))
             for seq, (kind, payload, payload_type) in enumerate(
                 (
                     ("round.get", RoundQuery(), RoundQuery),
@@ -186,7 +187,7 @@ def server_breakdown(cands, names: list[str], iterations: int) -> dict:
                 got = payload_type.model_validate_json(plain)
                 t = tick(kind, "validate payload", t)
                 store.current_round()
-                round_info, _ = store.round_info(1)
+                round_info, _ = store.round_info(1)  # parsed into its model by the store
                 t = tick(kind, "read round (json)", t)
                 with store.transaction() as db:
                     t = tick(kind, "lock + BEGIN", t)
@@ -194,7 +195,7 @@ def server_breakdown(cands, names: list[str], iterations: int) -> dict:
                         store.put_upload(db, 1, cid, kind, got.model_dump_json())
                         reply = Ack(message="stored")
                     else:
-                        reply = RoundInfo.model_validate(round_info)
+                        reply = round_info.model_copy(update={"secagg_configs": {}, "secagg_group": None})
                     t = tick(kind, "handler body", t)
                     out = seal(
                         reply.model_dump_json().encode(),
@@ -299,7 +300,7 @@ def load_run(variant: str, args, paths: dict, cands: list, names: list[str]) -> 
                 info = RoundInfo(
                     round=r, phase="features", total_rounds=args.rounds + 1, candidates=cands, feature_names=names
                 )
-                store.open_round(r, info.model_dump(), {})
+                store.open_round(r, info)
 
                 def get_round(i: int, t: Transport, r=r) -> None:
                     got = t.call("round.get", RoundQuery(), r, RoundInfo)
@@ -359,12 +360,13 @@ def store_bound(variant: str, threads: int, per_thread: int, payload: str) -> di
     """The store alone, in process: ``threads`` threads each storing ``per_thread`` uploads the way
     ``features.put`` does (insert + replay counter, one durable transaction each), no HTTP, no crypto.
     Its rate bounds what the coordinator can acknowledge, whatever the CPU spent around it."""
+    from lada_client.common.wire import Capabilities
     from lada_coordinator.store import ClientRecord, Store
 
     with tempfile.TemporaryDirectory(prefix="lada-bench-store-") as tmp:
         store = Store(Path(tmp) / "c.sqlite", group_commit=VARIANTS[variant])
         for i in range(threads):
-            store.add_client(ClientRecord(f"c{i}", f"c{i}", f"s{i}", f"k{i}", "", "", {}, 0, 0, 0))
+            store.add_client(ClientRecord(f"c{i}", f"c{i}", f"s{i}", f"k{i}", "", "", Capabilities(), 0, 0, 0))
         before = dict(store.stats)
         barrier = threading.Barrier(threads + 1)
 

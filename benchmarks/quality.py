@@ -469,9 +469,9 @@ def diagnostics(run_dir: Path, data_dir: Path, dest: Path) -> dict[str, Any]:
         names = {c.client_id: c.name for c in store.clients()}
         rounds: list[dict[str, Any]] = []
         for metrics in store.round_metrics():
-            t = metrics["round"]
-            _, meta = store.round_info(t)
-            sources = meta.get("path_sources", {})
+            t = metrics.round
+            _, paths = store.round_info(t)
+            sources = paths.path_sources
             per_client: dict[str, Any] = {}
             for client_id, up in store.uploads(t, "features.put").items():
                 name = names.get(client_id, client_id)
@@ -496,7 +496,7 @@ def diagnostics(run_dir: Path, data_dir: Path, dest: Path) -> dict[str, Any]:
                     "n_offers": len(up.offers),
                     "n_offers_taken": len(llm_alloc[0]) if llm_alloc else 0,
                 }
-            rounds.append({"round": t, "path_stats": meta.get("path_stats", {}), "clients": per_client})
+            rounds.append({"round": t, "path_stats": dict(paths.path_stats), "clients": per_client})
     finally:
         store.close()
     for name in own_domain:

@@ -37,13 +37,15 @@ import numpy as np
 
 import _hostile
 from lada_client.common.crypto import Identity
-from lada_client.common.secagg import EncryptedShare, MaskedInput, Roster, SecAggClient, SecAggConfig
+from lada_client.common.secagg import MaskedInput, SecAggClient, SecAggConfig
 from lada_client.common.wire import (
     Ack,
     Allocation,
     AllocationQuery,
     Candidate,
+    Capabilities,
     FeatureUpload,
+    Phase,
     PublicQuestion,
     RewardReport,
     RoundInfo,
@@ -139,7 +141,8 @@ def resumed_upload(paths: dict, port: int, mib: float, seed: int) -> dict:
     _enroll(t, token, "big", model_name="smollm2")
     n_values = int(mib * 2**20 * 9 / 64)  # sealed body ~ 16/9 x 4 bytes per value
     helpers = [
-        ClientRecord(f"helper{i}-0", f"helper{i}", f"s{i}", f"k{i}", "", "smollm2", {}, 0, 0, 0) for i in range(2)
+        ClientRecord(f"helper{i}-0", f"helper{i}", f"s{i}", f"k{i}", "", "smollm2", Capabilities(), 0, 0, 0)
+        for i in range(2)
     ]
     for h in helpers:
         store.add_client(h)
@@ -148,28 +151,38 @@ def resumed_upload(paths: dict, port: int, mib: float, seed: int) -> dict:
     configs = secure.configs(members)
     group = group_id(members[0])
     info = RoundInfo(round=1, phase="features", total_rounds=1, host_framework="cotuning", secagg_configs=configs)
-    store.open_round(1, info.model_dump(), {})
-    parties = {
-        m.client_id: SecAggClient(m.client_id, secagg_round_id(1, group), SecAggConfig.from_dict(configs[group]))
-        for m in members
-    }
+    store.open_round(1, info)
+    parties = {m.client_id: SecAggClient(m.client_id, secagg_round_id(1, group), configs[group]) for m in members}
     secure.setup(
         1,
-        {c: {"secagg_keys": p.advertise().to_dict(), "adapter_size": n_values} for c, p in parties.items()},
+        {  # each member's feature upload, as far as key advertisement reads it
+            c: FeatureUpload(
+                round=1,
+                feature_names=["slm_path_nll"],
+                sample_ids=[],
+                features=[],
+                secagg_keys=p.advertise(),
+                adapter_size=n_values,
+            )
+            for c, p in parties.items()
+        },
         members,
         configs,
     )
-    roster = Roster.from_dict(store.secagg(1, group, "roster"))
+    roster = store.secagg(1, group, "roster")
+    assert roster is not None, "the roster was not stored"
     for cid, party in parties.items():
         with store.transaction() as db:
-            body = SecAggUpload(round=1, step="shares", body=party.share_keys(roster).to_dict())
+            body = SecAggUpload(round=1, step="shares", body=party.share_keys(roster))
             store.put_upload(db, 1, cid, "secagg.shares", body.model_dump_json())
     secure.route(1, group)
     store.set_phase(1, "training")
-    inbox = [EncryptedShare.from_dict(x) for x in store.secagg(1, group, "routed")["inbox"][t.client_id]]
+    routed = store.secagg(1, group, "routed")
+    assert routed is not None, "the shares were not routed"
+    inbox = routed.inbox[t.client_id]
     update = np.random.default_rng(seed).uniform(-1, 1, n_values)
     masked = parties[t.client_id].masked_input(update, inbox)
-    payload = SecAggUpload(round=1, step="masked", body=masked.to_dict())
+    payload = SecAggUpload(round=1, step="masked", body=masked)
     sealed_bytes = len(t._seal("secagg.put", payload.model_dump_json().encode(), 1)[1])
     n_chunks = -(-sealed_bytes // t.upload_chunk_bytes)
     kill_after = max(1, int(n_chunks * 0.4))
@@ -286,9 +299,9 @@ def hostile(paths: dict, port: int) -> dict:
             for i in range(8)
         ],
         offer_questions=[PublicQuestion(sample_id=f"o{i}", question=f"2+{i}?", answer=str(2 + i)) for i in range(2)],
-        secagg_configs={"default/any": SecAggConfig(threshold=1).to_dict()},
+        secagg_configs={"default/any": SecAggConfig(threshold=1)},
     )
-    store.open_round(1, info.model_dump(), {})
+    store.open_round(1, info)
 
     def issue(ttl_s: float | None = None) -> str:
         return issue_tokens(store, load_identity(config.state_dir), 1, ttl_s or 3600.0)[0]
@@ -515,7 +528,7 @@ def main() -> None:
         proc.wait(10)
     store = Store(tmp / "c.sqlite")
     lost = [a for a in acked if a[1] not in store.uploads(a[0], a[2])]
-    rounds_closed = sum(1 for m in store.round_metrics() if m["phase"] in ("closed", "finished"))
+    rounds_closed = sum(1 for m in store.round_metrics() if m.phase in (Phase.CLOSED, Phase.FINISHED))
     store.close()
     faults = {
         "coordinator_sigkills": kills,

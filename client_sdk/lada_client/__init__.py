@@ -39,6 +39,9 @@ __all__ = [
     "TerminalProgress",
     "TrainingSupport",
     "__version__",
+    "export_scoring_model",
+    "format_prompt",
+    "format_target",
     "select_providers",
     "training_support",
 ]
@@ -67,6 +70,9 @@ _EXPORTS: dict[str, str] = {
     "RewardSettings": "lada_client.config",
     "RoundResult": "lada_client.client",
     "TrainingSupport": "lada_client.capabilities",
+    "export_scoring_model": "lada_client.models.export",
+    "format_prompt": "lada_client.common.reasoning",
+    "format_target": "lada_client.common.reasoning",
     "select_providers": "lada_client.scoring.onnx_slm",
     "training_support": "lada_client.capabilities",
 }
@@ -76,7 +82,9 @@ if TYPE_CHECKING:
     from lada_client.capabilities import TrainingSupport, training_support
     from lada_client.client import LadaClient, RoundResult
     from lada_client.common.config_io import ConfigError
+    from lada_client.common.reasoning import format_prompt, format_target
     from lada_client.config import ClientConfig, DistillSettings, LoraSettings, RewardSettings
+    from lada_client.models.export import export_scoring_model
     from lada_client.privacy.dp import DPSettings
     from lada_client.progress import LogProgress, TerminalProgress
     from lada_client.scoring.onnx_slm import ModelLoadError, OnnxSLM, select_providers

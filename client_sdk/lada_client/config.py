@@ -37,10 +37,13 @@ __all__ = [
     "FEATURE_NAMES",
     "ClientConfig",
     "ConfigError",
+    "CreditKind",
     "DPSettings",
     "DistillSettings",
     "FeatureName",
     "LoraSettings",
+    "PrivateSft",
+    "RewardKind",
     "RewardSettings",
 ]
 
@@ -58,6 +61,12 @@ FeatureName = Literal[
 FEATURE_NAMES: tuple[FeatureName, ...] = typing.get_args(FeatureName)
 CdLogprob = Literal["mean", "sum"]
 TrainBackend = Literal["torch", "ort"]
+#: how a device measures a round's reward (:attr:`RewardSettings.kind`)
+RewardKind = Literal["heldout", "ppl_drop"]
+#: how that reward is credited to the allocated samples (:attr:`RewardSettings.credit`)
+CreditKind = Literal["gradient", "round"]
+#: which private samples a device fine-tunes on (:attr:`ClientConfig.private_sft`)
+PrivateSft = Literal["all", "with_rationale"]
 
 
 @settings
@@ -133,8 +142,8 @@ class RewardSettings:
     (the paper's common reward). Only these scalars leave the device. See docs/method.md, step 5.
     """
 
-    kind: Literal["heldout", "ppl_drop"] = "heldout"
-    credit: Literal["gradient", "round"] = "gradient"
+    kind: RewardKind = "heldout"
+    credit: CreditKind = "gradient"
     heldout_size: PositiveInt = 32
     temperature: PositiveFloat = 0.05
 
@@ -185,7 +194,7 @@ class ClientConfig:
     # "The answer is X."), or "with_rationale" only (answer-only samples then serve the reward
     # and local_similarity alone: imitating bare answers can teach an SLM to skip the reasoning
     # the teacher's paths teach). See docs/method.md, step 4.
-    private_sft: Literal["all", "with_rationale"] = "all"
+    private_sft: PrivateSft = "all"
     dp: DPSettings = field(default_factory=DPSettings)
     # LoRA training backend: "torch" (torch + peft on base_model_dir) or "ort" (ONNX Runtime
     # training artifacts in ort_artifacts, no torch; see lada_client/training/ort_backend.py)

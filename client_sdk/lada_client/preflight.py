@@ -136,6 +136,7 @@ def _coordinator(config: ClientConfig, timeout_s: float) -> tuple[Check, float |
     import httpx
 
     from lada_client.common.crypto import PublicIdentity
+    from lada_client.common.wire import ROUTES
 
     url = config.coordinator_url
     parts = urlsplit(url)
@@ -143,8 +144,8 @@ def _coordinator(config: ClientConfig, timeout_s: float) -> tuple[Check, float |
     trust = f"TLS verified against {config.ca_cert}" if config.ca_cert else "TLS verified against the system store"
     try:
         with httpx.Client(base_url=url, verify=verify, timeout=timeout_s) as http:
-            health = http.get("/healthz")
-            keys = http.get("/v1/identity")
+            health = http.get(ROUTES["health"])
+            keys = http.get(ROUTES["identity"])
     except httpx.ConnectError as exc:
         if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc):
             hint = (
@@ -164,7 +165,7 @@ def _coordinator(config: ClientConfig, timeout_s: float) -> tuple[Check, float |
             "coordinator",
             "fail",
             f"{url} answers but is not a LaDa coordinator "
-            f"(/healthz {health.status_code}, /v1/identity {keys.status_code})",
+            f"({ROUTES['health']} {health.status_code}, {ROUTES['identity']} {keys.status_code})",
         ), server_time
     body = keys.json()
     fingerprint = PublicIdentity.from_b64(body["sign_key"], body["kex_key"]).fingerprint()

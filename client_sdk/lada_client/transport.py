@@ -205,7 +205,7 @@ class Transport:
             model_name=model_name,
             capabilities=capabilities,
         )
-        keys = self._parse(CoordinatorKeys, self._post("/v1/identity").content, "identity")
+        keys = self._parse(CoordinatorKeys, self._post(ROUTES["identity"]).content, "identity")
         try:
             coordinator = PublicIdentity.from_b64(keys.sign_key, keys.kex_key)
         except CryptoError as exc:
@@ -226,7 +226,7 @@ class Transport:
             )
             body = EnrollEnvelope(sign_key=own["sign_key"], kex_key=own["kex_key"], envelope=sealed)
             reply = self._parse(
-                SealedEnvelope, self._post("/v1/enroll", body.model_dump_json().encode()).content, "enroll"
+                SealedEnvelope, self._post(ROUTES["enroll"], body.model_dump_json().encode()).content, "enroll"
             )
             return self._open_reply("enroll", reply, header, EnrollResponse, coordinator)
 

@@ -13,12 +13,18 @@ import argparse
 import json
 import sys
 import time
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import TypeAdapter, ValidationError
 
 from lada_client.common.argtypes import int_at_least
+from lada_client.common.config_io import ConfigError
 from lada_client.common.logs import setup_logging
-from lada_coordinator.config import CoordinatorConfig
+from lada_coordinator.config import AllocationMode, CoordinatorConfig
 from lada_coordinator.credentials import DEFAULT_TOKEN_TTL_S
 from lada_coordinator.store import DEFAULT_GROUP
 
@@ -234,21 +240,88 @@ def _import_llm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _value_type(hint: Any) -> Any:
+    """The type a settings field holds, without its constraints (``Annotated``) and ``None``."""
+    while True:
+        origin = typing.get_origin(hint)
+        if origin is Annotated:
+            hint = typing.get_args(hint)[0]
+        elif origin in (typing.Union, types.UnionType):
+            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        else:
+            return hint
+
+
+def _parser(kind: Any) -> Callable[[str], Any]:
+    """How a flag's text becomes a value of the type ``kind`` (a path or a string: ``kind(text)``)."""
+    origin = typing.get_origin(kind) or kind
+    if origin is int:
+        return _integer
+    if origin is float:
+        return float
+    if origin is tuple:
+        return _names
+    return typing.cast("Callable[[str], Any]", kind)
+
+
+def _checked(hint: Any, parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type=``: ``parse`` the text, then check the value against the settings field's
+    type ``hint`` (ranges, choices), so that a bad value is a usage error naming its flag."""
+
+    def check(text: str) -> Any:
+        value = parse(text)
+        try:
+            return TypeAdapter(hint).validate_python(value)
+        except ValidationError as exc:
+            problems = ConfigError.from_validation(exc, "").problems
+            raise argparse.ArgumentTypeError("; ".join(f"{f}: {m}" if f else m for f, m in problems)) from None
+
+    check.__name__ = getattr(parse, "__name__", "value")  # argparse's "invalid <name> value: ..."
+    return check
+
+
 def _federation_flags(p: argparse.ArgumentParser) -> None:
-    """The ``federation`` flags. Their defaults are :class:`FederationSettings`' (shown in the help):
-    a flag left out takes the ``--preset``'s value, else the settings' default, so no default is
-    written twice."""
-    from lada_coordinator.federation import PRESETS, defaults
+    """The ``federation`` flags, derived from :class:`FederationSettings`: each flag's default
+    (shown in the help), its choices (a field's ``Literal``) and the check of its value (the
+    field's type and range). A flag left out takes the ``--preset``'s value, else the settings'
+    default, so nothing is written twice."""
+    from lada_coordinator.federation import PRESETS, FederationSettings, defaults
     from lada_coordinator.simulation.domains import DOMAIN_SETS
 
     d = defaults()
+    hints = typing.get_type_hints(FederationSettings, include_extras=True)
 
-    def flag(name: str, help: str = "", **kwargs: Any) -> None:
-        field = kwargs.pop("dest", name.lstrip("-").replace("-", "_"))
+    def flag(
+        name: str,
+        help: str,
+        parse: Callable[[str], Any] | None = None,
+        dest: str | None = None,
+        choices: list[str] | None = None,
+    ) -> None:
+        """``name`` sets the field ``dest`` (by default the flag's name); ``parse`` turns its text
+        into a value (by default as the field's type says: an integer, a number, a path, a list)."""
+        field = dest or name.lstrip("-").replace("-", "_")
         shown = d.get(field)
         if isinstance(shown, tuple):
             shown = ",".join(shown)
-        text = f"{help} (default: {shown})" if help and shown not in (None, "", ()) else help or None
+        text = f"{help} (default: {shown})" if shown not in (None, "", ()) else help
+        kind = _value_type(hints[field])
+        kwargs: dict[str, Any] = {}
+        if typing.get_origin(kind) is Literal:
+            kwargs["choices"] = typing.get_args(kind)
+        elif kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _checked(hints[field], parse or _parser(kind))
+            if choices is not None:
+                kwargs["choices"] = choices
         p.add_argument(name, dest=field, default=None, help=text, **kwargs)
 
     p.add_argument(
@@ -256,81 +329,83 @@ def _federation_flags(p: argparse.ArgumentParser) -> None:
         choices=sorted(PRESETS),
         help="; ".join(f"{name}: {preset.what}" for name, preset in sorted(PRESETS.items())),
     )
-    flag("--workdir", "where data, models and the run live", type=Path)
-    flag("--clients", "client processes", type=int_at_least(1))
-    flag("--rounds", "rounds", type=int_at_least(1))
+    flag("--workdir", "where data, models and the run live")
+    flag("--clients", "client processes")
+    flag("--rounds", "rounds")
     flag(
         "--allocation",
         "lada: learnability filters; random: same budget at random; all: every candidate; none: local-only",
-        choices=["lada", "random", "all", "none"],
     )
-    flag("--candidates", "candidates per round", type=int_at_least(1))
-    flag("--budget", "per-client allocation budget B", type=int_at_least(1))
-    flag("--port", "coordinator port on 127.0.0.1", type=int_at_least(1))
-    flag("--seed", "seed of data, models and allocation", type=int_at_least(0))
-    flag("--n-train", "private training samples per client", type=int_at_least(1))
-    flag("--n-test", "private test samples per client", type=int_at_least(1))
-    flag("--n-public", "public pool size", type=int_at_least(1))
-    flag("--offer-questions", "public questions clients may answer for the LLM", type=int_at_least(0))
-    flag(
-        "--llm-warmup-steps",
-        "warm-start steps of the tiny LLM teacher (0 = none: random weights)",
-        type=int_at_least(0),
-    )
-    flag("--slm-warmup-steps", "warm-start steps of each SLM (0 = none)", type=int_at_least(0))
-    flag("--timeout", "give up after this many seconds", type=float, dest="timeout_s")
-    flag(
-        "--tls",
-        "https with a generated self-signed certificate; --no-tls: plain http on loopback",
-        action=argparse.BooleanOptionalAction,
-    )
-    flag("--alpha", "weight of L_CD on the clients (0 = SFT-only baseline)", type=float)
-    flag("--epochs", "clients' training passes per round over private data + allocated paths", type=int_at_least(0))
-    flag("--dp-noise", "DP noise multiplier on client features (0 = off)", type=float)
+    flag("--candidates", "candidates per round")
+    flag("--budget", "per-client allocation budget B")
+    # 0 (a free port) is no address the clients could be given
+    flag("--port", "coordinator port on 127.0.0.1", int_at_least(1))
+    flag("--seed", "seed of data, models and allocation")
+    flag("--n-train", "private training samples per client")
+    flag("--n-test", "private test samples per client")
+    flag("--n-public", "public pool size")
+    flag("--offer-questions", "public questions clients may answer for the LLM")
+    flag("--llm-warmup-steps", "warm-start steps of the tiny LLM teacher (0 = none: random weights)")
+    flag("--slm-warmup-steps", "warm-start steps of each SLM (0 = none)")
+    flag("--timeout", "give up after this many seconds", dest="timeout_s")
+    flag("--tls", "https with a generated self-signed certificate; --no-tls: plain http on loopback")
+    flag("--alpha", "weight of L_CD on the clients (0 = SFT-only baseline)")
+    flag("--epochs", "clients' training passes per round over private data + allocated paths")
+    flag("--dp-noise", "DP noise multiplier on client features (0 = off)")
     flag(
         "--host-framework",
         "mkt: mutual knowledge transfer; cotuning: + secure FedAvg of same-architecture SLM adapters",
-        choices=["mkt", "cotuning"],
     )
-    flag("--slm-presets", "comma-separated SLM sizes, assigned to clients in turn", type=_names)
-    flag(
-        "--llm-checkpoint",
-        "local transformers checkpoint to use as the teacher instead of warm-starting llm-tiny",
-        type=Path,
-    )
+    flag("--slm-presets", "comma-separated SLM sizes, assigned to clients in turn")
+    flag("--llm-checkpoint", "local transformers checkpoint to use as the teacher instead of warm-starting llm-tiny")
     flag(
         "--families",
         "reasoning-gym task families, one per client in turn, e.g. chain_sum,simple_equations,"
         "leg_counting (settings: 'chain_sum:max_terms=3;leg_counting'); none: the toy arithmetic domains",
-        type=_names,
     )
-    flag("--public-families", "families of the public pool (none: the clients')", type=_names)
+    flag("--public-families", "families of the public pool (none: the clients')")
     flag(
         "--toy-domains",
         "toy domain set without --families: arithmetic facts, or rules a tiny model learns",
         choices=list(DOMAIN_SETS),
     )
-    flag("--llm-unseen", "toy domains left out of the tiny LLM's warm-up (known only to clients)", type=_names)
-    flag("--public-seed", "keep the public pool fixed across --seed values", type=int)
-    flag("--student", "a GGUF file or checkpoint imported as every client's SLM (e.g. SmolLM2)", type=Path)
-    flag("--teacher-gguf", "the teacher as a GGUF file on llama.cpp; its verified paths are computed once", type=Path)
-    flag("--teacher-cache", "where --teacher-gguf's paths are kept (none: WORKDIR/teacher/paths.jsonl)", type=Path)
-    flag("--reward", "what the clients' reward measures", choices=["heldout", "ppl_drop"])
-    flag("--credit", "per-sample or per-round reward", choices=["gradient", "round"])
-    flag("--private-sft", "private samples trained with L_SFT", choices=["all", "with_rationale"])
-    flag("--eval-size", "test questions each client evaluates per round", type=int_at_least(0))
-    flag("--max-new-tokens", "clients' generation cap", type=int_at_least(1))
-    flag("--features", "learnability features, comma-separated (none: the coordinator's)", type=_names)
+    flag("--llm-unseen", "toy domains left out of the tiny LLM's warm-up (known only to clients)")
+    flag("--public-seed", "keep the public pool fixed across --seed values")
+    flag("--student", "a GGUF file or checkpoint imported as every client's SLM (e.g. SmolLM2)")
+    flag("--teacher-gguf", "the teacher as a GGUF file on llama.cpp; its verified paths are computed once")
+    flag("--teacher-cache", "where --teacher-gguf's paths are kept (none: WORKDIR/teacher/paths.jsonl)")
+    flag("--reward", "what the clients' reward measures")
+    flag("--credit", "per-sample or per-round reward")
+    flag("--private-sft", "private samples trained with L_SFT")
+    flag("--eval-size", "test questions each client evaluates per round")
+    flag("--max-new-tokens", "clients' generation cap")
+    flag("--features", "learnability features, comma-separated (none: the coordinator's)")
+
+
+def _log_file(workdir: Path) -> Path:
+    """The federation's own log in ``workdir``, which is made here: a workdir that cannot be (a
+    file, a place this user may not write) is a ``--workdir`` error before anything starts."""
+    from lada_coordinator.federation import LOG_FILE
+
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"--workdir {workdir}: not a directory")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / LOG_FILE).touch()
+    except OSError as exc:
+        raise ValueError(f"--workdir {workdir}: cannot write {exc.filename or workdir}: {exc.strerror}") from exc
+    return workdir / LOG_FILE
 
 
 def _federation(args: argparse.Namespace) -> int:
     from lada_coordinator.console import ConsoleReporter, make_console, setup_console_logging
-    from lada_coordinator.federation import LOG_FILE, run_federation, settings_from
+    from lada_coordinator.federation import run_federation, settings_from
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "func", "preset", "verbose") and v is not None}
     settings = settings_from(args.preset, verbose=args.verbose, **given)
+    log_file = _log_file(settings.workdir)
     console = make_console()
-    setup_console_logging(console, args.verbose, settings.workdir / LOG_FILE)
+    setup_console_logging(console, args.verbose, log_file)
     with ConsoleReporter(console, make_console(stderr=True)) as reporter:
         return run_federation(settings, reporter=reporter)
 
@@ -375,13 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--rounds", type=int)
-    p.add_argument("--allocation", choices=["lada", "random", "all", "none"])
+    p.add_argument("--allocation", choices=typing.get_args(AllocationMode))
     p.add_argument("--llm-eval-data", type=Path, help="federation data dir whose test splits evaluate the LLM")
     p.add_argument(
         "--llm-eval-size",
         type=int_at_least(1),
-        default=64,
-        help="test questions per client the LLM is evaluated on (with --llm-eval-data)",
+        help="test questions per client the LLM is evaluated on (with --llm-eval-data; default: as many as"
+        " a client evaluates itself on by default)",
     )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate: serve https")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")

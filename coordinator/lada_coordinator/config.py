@@ -20,12 +20,12 @@ from lada_client.common.config_io import (
     settings,
     validate,
 )
+from lada_client.common.wire import HostFramework
 from lada_client.config import FEATURE_NAMES, DistillSettings, FeatureName, LoraSettings, Name
 from lada_coordinator.aggregation.secure import SecAggSettings
 from lada_coordinator.allocation.filter_config import FilterConfig
 
 AllocationMode = Literal["lada", "random", "all", "none"]
-HostFramework = Literal["mkt", "cotuning"]
 Port = Annotated[int, Strict(), Field(ge=0, le=65535)]  # 0: any free port
 Fraction = Annotated[float, Strict(), Field(gt=0, le=1, allow_inf_nan=False)]
 BodyBytes = Annotated[int, Strict(), Field(ge=4096)]

@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lada_client.common.logs import LOG_FORMAT, quiet_libraries
+from lada_client.common.wire import ROUTES, Phase
 from lada_coordinator.federation import FederationSettings, ProcessFailure
 
 __all__ = [
@@ -227,9 +228,9 @@ def _round_line(status: dict[str, Any]) -> str:
         return f"waiting for devices ({status.get('clients', 0)} enrolled)"
     arrived = status.get("arrived") or {}
     line = f"round {t}{f'/{total}' if total else ''} · {PHASES.get(phase, phase)}"
-    if phase == "features" and arrived.get("expected"):
+    if phase == Phase.FEATURES and arrived.get("expected"):
         line += f" · {arrived['features']}/{arrived['expected']} uploaded"
-    elif phase == "training" and arrived.get("expected"):
+    elif phase == Phase.TRAINING and arrived.get("expected"):
         line += f" · {arrived['rewards']}/{arrived['expected']} rewards in"
     return line
 
@@ -417,7 +418,7 @@ class ConsoleReporter:
         rounds = f"{settings.rounds} round{'s' if settings.rounds != 1 else ''}"
         self.console.print(
             f"federation: coordinator + {settings.clients} clients on {url} · {rounds} · "
-            f"allocation {settings.allocation} · logs in {logs} · dashboard {url}/dashboard",
+            f"allocation {settings.allocation} · logs in {logs} · dashboard {url}{ROUTES['dashboard']}",
             markup=False,
             highlight=False,
             soft_wrap=True,

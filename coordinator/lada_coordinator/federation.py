@@ -24,9 +24,32 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import httpx
+from pydantic import AfterValidator, Field, Strict
+
+from lada_client.common.config_io import (
+    Bool,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Str,
+    settings,
+)
+from lada_client.common.wire import ROUTES, HostFramework
+from lada_client.config import (
+    ClientConfig,
+    CreditKind,
+    DistillSettings,
+    FeatureName,
+    PrivateSft,
+    RewardKind,
+    RewardSettings,
+)
+from lada_client.privacy.dp import DPSettings
+from lada_coordinator.config import AllocationMode, CoordinatorConfig, Port
 
 log = logging.getLogger(__name__)
 
@@ -36,59 +59,86 @@ LOG_FILE = "federation.log"  # this process's own log, in the workdir (kept when
 TAIL_LINES = 15  # lines of a failed process's log shown with its failure
 
 
-@dataclass(frozen=True)
+def _default(config: Any, name: str) -> Any:
+    """The default of ``config``'s field ``name``: a setting passed on to another config defaults to
+    that config's value, not to a copy of it that could drift."""
+    return next(f.default for f in fields(config) if f.name == name)
+
+
+def _model_preset(name: str) -> str:
+    from lada_coordinator.simulation.factory import PRESETS
+
+    if name not in PRESETS:
+        raise ValueError(f"must be a model preset ({', '.join(PRESETS)}), got {name!r}")
+    return name
+
+
+#: a model preset of ``simulation.factory.PRESETS``, where they are defined (a dict of sizes)
+ModelPreset = Annotated[Str, AfterValidator(_model_preset)]
+
+
+@settings
 class FederationSettings:
     """One local federation. Defaults give the self-contained demo (offline-built toy models on the
     toy arithmetic domains); the fields after ``llm_checkpoint`` move it to real data and models:
     reasoning-gym ``families`` (one per client, cycled), an imported pretrained ``student`` (a GGUF
     file or checkpoint, the same for every client) and a llama.cpp ``teacher_gguf`` whose verified
     paths are computed once into ``teacher_cache`` (then the coordinator runs no LLM, so the LLM
-    direction is off)."""
+    direction is off).
+
+    Every field is checked on construction (a :class:`~lada_client.common.config_io.ConfigError`
+    naming it), so a bad value is refused before minutes of set-up, not inside a child process.
+    Settings passed on to the coordinator's or the clients' configs take those configs' types and
+    defaults."""
 
     workdir: Path = Path(".lada-federation")
-    clients: int = 3
-    rounds: int = 3
-    allocation: str = "lada"
-    candidates: int = 128
-    budget: int = 32
-    port: int = 8765
-    seed: int = 0
-    n_train: int = 300
-    n_test: int = 64
-    n_public: int = 800
-    llm_warmup_steps: int = 400
-    slm_warmup_steps: int = 150
-    offer_questions: int = 32
-    alpha: float = 0.5
-    epochs: int = 2  # clients' passes per round over private data + allocated paths (DistillSettings.epochs)
-    dp_noise: float = 0.0
-    host_framework: str = "mkt"
-    slm_presets: tuple[str, ...] = SLM_PRESETS
-    timeout_s: float = 1800.0
-    tls: bool = True
+    clients: PositiveInt = 3
+    rounds: PositiveInt = 3
+    allocation: AllocationMode = _default(CoordinatorConfig, "allocation")
+    candidates: PositiveInt = 128
+    budget: PositiveInt = 32
+    port: Port = _default(CoordinatorConfig, "port")
+    seed: NonNegativeInt = 0
+    n_train: PositiveInt = 300
+    n_test: PositiveInt = 64
+    n_public: PositiveInt = 800
+    llm_warmup_steps: NonNegativeInt = 400
+    slm_warmup_steps: NonNegativeInt = 150
+    offer_questions: NonNegativeInt = 32
+    alpha: NonNegativeFloat = _default(DistillSettings, "alpha")
+    # clients' passes per round over private data + allocated paths
+    epochs: NonNegativeInt = _default(DistillSettings, "epochs")
+    dp_noise: NonNegativeFloat = _default(DPSettings, "noise_multiplier")
+    host_framework: HostFramework = _default(CoordinatorConfig, "host_framework")
+    slm_presets: Annotated[tuple[ModelPreset, ...], Field(min_length=1)] = SLM_PRESETS  # the SLMs, in turn
+    timeout_s: PositiveFloat = 1800.0
+    tls: Bool = True
     llm_checkpoint: Path | None = None  # a local transformers checkpoint used as the teacher as is
     # toy domain set (simulation.domains.DOMAIN_SETS): "arithmetic" facts or "rules" a tiny model learns
-    toy_domains: str = "arithmetic"
+    toy_domains: Str = "arithmetic"
     # toy domains left out of the tiny LLM's warm-up: knowledge only the clients hold (LLM direction)
-    llm_unseen: tuple[str, ...] = ()
+    llm_unseen: tuple[Str, ...] = ()
     # reasoning-gym families for the clients ("name" or "name:key=value,..."); () = toy domains
-    families: tuple[str, ...] = ()
-    public_families: tuple[str, ...] = ()  # families of the public pool; () = the clients'
-    public_seed: int | None = None  # fixes the public pool across seeds (its teacher paths are computed once)
+    families: tuple[Str, ...] = ()
+    public_families: tuple[Str, ...] = ()  # families of the public pool; () = the clients'
+    # fixes the public pool across seeds (its teacher paths are computed once)
+    public_seed: Annotated[int, Strict()] | None = None
     student: Path | None = None  # GGUF file or checkpoint imported as every client's SLM
     teacher_gguf: Path | None = None  # teacher on llama.cpp: verified paths computed ahead of time
     teacher_cache: Path | None = None  # where those paths are stored (default: workdir/teacher/paths.jsonl)
-    reward: str = "heldout"  # RewardSettings.kind on the clients
-    credit: str = "gradient"  # RewardSettings.credit
-    private_sft: str = "all"  # ClientConfig.private_sft
-    eval_size: int = 64  # test questions each client evaluates per round
-    max_new_tokens: int = 48  # clients' generation cap (own paths, offers, evaluation)
-    features: tuple[str, ...] = ()  # learnability features the coordinator asks for; () = its defaults
-    verbose: bool = False  # debug logging in the coordinator and client processes too
+    reward: RewardKind = _default(RewardSettings, "kind")  # RewardSettings.kind on the clients
+    credit: CreditKind = _default(RewardSettings, "credit")  # RewardSettings.credit
+    private_sft: PrivateSft = _default(ClientConfig, "private_sft")  # ClientConfig.private_sft
+    # test questions each client (and the LLM) evaluates per round
+    eval_size: NonNegativeInt = _default(ClientConfig, "eval_size")
+    # clients' generation cap (own paths, offers, evaluation)
+    max_new_tokens: PositiveInt = _default(ClientConfig, "max_new_tokens")
+    # learnability features the coordinator asks for; () = its defaults
+    features: tuple[FeatureName, ...] = ()
+    verbose: Bool = False  # debug logging in the coordinator and client processes too
 
     def __post_init__(self) -> None:
-        if self.epochs < 0:  # checked here, not in each client process it would be written to
-            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        """What one field's type cannot say (each field's own type and range is checked before)."""
         if self.teacher_gguf is not None and self.llm_checkpoint is not None:
             raise ValueError("give a teacher as --teacher-gguf or as --llm-checkpoint, not both")
         from lada_coordinator.simulation.domains import DOMAIN_SETS
@@ -523,7 +573,7 @@ def _wait_healthy(
                     )
                 )
             try:
-                if http.get(f"{url}/healthz").status_code == 200:
+                if http.get(f"{url}{ROUTES['health']}").status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -559,7 +609,7 @@ class Processes:
         if http is None:
             with httpx.Client(verify=self.verify, timeout=10) as client:
                 return self.status(client)
-        response = http.get(f"{self.url}/v1/status", headers=self.operator_headers)
+        response = http.get(f"{self.url}{ROUTES['status']}", headers=self.operator_headers)
         response.raise_for_status()
         return response.json()
 

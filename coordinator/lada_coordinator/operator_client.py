@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from lada_client.common.wire import ROUTES
 from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.credentials import existing_operator_token
 
@@ -106,7 +107,7 @@ class OperatorClient:
         verify: str | bool = str(self.endpoint.ca_cert) if self.endpoint.ca_cert is not None else True
         try:
             with httpx.Client(verify=verify, timeout=self._timeout_s) as http:
-                response = http.get(f"{where}/v1/status", headers={"Authorization": f"Bearer {self._token}"})
+                response = http.get(f"{where}{ROUTES['status']}", headers={"Authorization": f"Bearer {self._token}"})
         except httpx.ConnectError as exc:
             if isinstance(exc.__cause__, ssl.SSLError) or "SSL" in str(exc):
                 raise OperatorError(
@@ -129,4 +130,4 @@ class OperatorClient:
         try:
             return response.json()
         except ValueError:
-            raise OperatorError(f"{where}/v1/status did not answer JSON: is this a LaDa coordinator?") from None
+            raise OperatorError(f"{where}{ROUTES['status']} did not answer JSON: is this a LaDa coordinator?") from None

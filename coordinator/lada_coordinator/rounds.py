@@ -20,7 +20,6 @@ stored, a retry — or a restart on the same state — resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -34,11 +33,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from lada_client.common.secagg import SecAggError
+from lada_client.common.secagg import SecAggError, SecAggFailure, SecAggResult
 from lada_client.common.wire import (
     Candidate,
     EnginePhase,
     FeatureUpload,
+    LoraFactor,
     Phase,
     PublicQuestion,
     RewardReport,
@@ -51,7 +51,7 @@ from lada_coordinator.allocation.allocator import LLM, SLM, Allocator
 from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.llm.host import LLMHost, TeacherPath
 from lada_coordinator.llm.paths import PathStore
-from lada_coordinator.store import ClientRecord, Store
+from lada_coordinator.store import ClientRecord, PathProvenance, SecAggItem, Store
 from lada_coordinator.validation import RoundContext, UploadRejected, check_features, check_reward, parse_payload
 
 log = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ class RoundEngine(threading.Thread):
         )
         sources = {p.sample.sample_id: p.source for p in paths}
         # the round's time counts from here: generating its paths is part of what it costs
-        self.store.open_round(t, info.model_dump(), {"path_sources": sources, "path_stats": stats}, opened_at=began)
+        self.store.open_round(t, info, PathProvenance(path_sources=sources, path_stats=stats), opened_at=began)
         seconds = self._step_seconds.setdefault(t, {})["seconds_open"] = round(time.perf_counter() - started, 3)
         log.info("round %d open: %d candidates (paths: %s) in %.1fs", t, len(paths), stats, seconds)
         self.status.enter(EnginePhase.FEATURES)
@@ -327,10 +327,7 @@ class RoundEngine(threading.Thread):
         clients = {c.client_id: c for c in self.store.clients()}
         if self.config.host_framework == "cotuning":  # first: a bad advert sets its client aside
             info, _ = self.store.round_info(t)
-            adverts = {
-                cid: {"secagg_keys": up.secagg_keys, "adapter_size": up.adapter_size} for cid, up in uploads.items()
-            }
-            self.secure.setup(t, adverts, list(clients.values()), info["secagg_configs"])
+            self.secure.setup(t, uploads, list(clients.values()), info.secagg_configs)
         aside = self.store.quarantined(t)
         decided: dict[str, tuple[list[str], str]] = {}
         server_side: list[str] = []
@@ -338,7 +335,7 @@ class RoundEngine(threading.Thread):
             client = clients[client_id]
             if client_id in aside:
                 continue
-            if not client.capabilities.get("can_train", True):
+            if not client.capabilities.can_train:
                 if self._server_checkpoint(client) is None:
                     # Capability respected: a score-only device contributes features and offered
                     # paths, but nothing is allocated to it, so no reward from it reaches its filter.
@@ -351,11 +348,11 @@ class RoundEngine(threading.Thread):
             )
             if choice is not None:
                 decided[client_id] = choice
-        updates: dict[str, str] = {}
+        updates: dict[str, list[LoraFactor]] = {}
         for client_id in server_side:
             if client_id in decided:
 
-                def server_update(c: str = client_id) -> str:
+                def server_update(c: str = client_id) -> list[LoraFactor]:
                     return self._server_update(t, clients[c], decided[c][0])
 
                 update = self._isolated(t, client_id, "server_update", server_update)
@@ -390,10 +387,10 @@ class RoundEngine(threading.Thread):
             )
         return ckpt
 
-    def _server_update(self, t: int, client: ClientRecord, sample_ids: list[str]) -> str:
+    def _server_update(self, t: int, client: ClientRecord, sample_ids: list[str]) -> list[LoraFactor]:
         """Train a score-only device's LoRA adapter here, on the teacher paths allocated to it
         (there is no private data on this side, and L_CD's rejected paths would be the device's
-        own, so ``score_only_distill`` defaults to α = 0), and return it as ``LoraFactor`` JSON.
+        own, so ``score_only_distill`` defaults to α = 0), and return its ``LoraFactor`` list.
         Each round's adapter is saved under ``round<t>``, starting from the latest earlier one, so a
         coordinator restarted before the allocation was stored trains the round again from the
         same start instead of twice; it keeps learning across rounds."""
@@ -402,10 +399,8 @@ class RoundEngine(threading.Thread):
 
         started = time.perf_counter()
         info, _ = self.store.round_info(t)
-        by_id = {c["sample_id"]: c for c in info["candidates"]}
-        teacher = [
-            (format_prompt(by_id[s]["question"]), format_target(by_id[s]["path"])) for s in sample_ids if s in by_id
-        ]
+        by_id = {c.sample_id: c for c in info.candidates}
+        teacher = [(format_prompt(by_id[s].question), format_target(by_id[s].path)) for s in sample_ids if s in by_id]
         earlier = self._score_only_rounds(client.client_id, below=t)
         trainer = LoraTrainer(
             self.config.slm_checkpoints[client.model_name], earlier[-1] if earlier else None, seed=self.config.seed
@@ -421,7 +416,7 @@ class RoundEngine(threading.Thread):
             len(teacher),
             time.perf_counter() - started,
         )
-        return json.dumps([f.model_dump() for f in factors])
+        return factors
 
     def _score_only_rounds(self, client_id: str, below: int) -> list[Path]:
         """Saved server-side adapters of a score-only device from rounds before ``below``, oldest first."""
@@ -442,17 +437,19 @@ class RoundEngine(threading.Thread):
         fail are left out (:class:`SecureAggregation`). A group that cannot finish gets a terminal
         result with the reason; its clients keep their own adapters.
         """
+        # (step, the output that closes it, the action that stores that output)
+        steps: tuple[tuple[str, SecAggItem, Callable[[int, str], object]], ...] = (
+            ("shares", "routed", self.secure.route),
+            ("masked", "unmask_request", self.secure.request_unmask),
+            ("unmask", "result", self.secure.finish),
+        )
         info, _ = self.store.round_info(t)
-        for group in info["secagg_configs"]:
-            if self.store.secagg(t, group, "roster") is None or self.store.secagg(t, group, "result") is not None:
+        for group in info.secagg_configs:
+            if not self.store.has_secagg(t, group, "roster") or self.store.has_secagg(t, group, "result"):
                 continue
             try:
-                for step, done_item, action in (
-                    ("shares", "routed", self.secure.route),
-                    ("masked", "unmask_request", self.secure.request_unmask),
-                    ("unmask", "result", self.secure.finish),
-                ):
-                    if self.store.secagg(t, group, done_item) is not None:
+                for step, done_item, action in steps:
+                    if self.store.has_secagg(t, group, done_item):
                         continue
 
                     def arrived(s: str = step, g: str = group) -> set[str]:
@@ -501,9 +498,12 @@ class RoundEngine(threading.Thread):
         secagg = {}
         if self.config.host_framework == "cotuning":
             info, _ = self.store.round_info(t)
-            for group in info["secagg_configs"]:
-                result = self.store.secagg(t, group, "result") or {}
-                secagg[group] = {"contributors": len(result.get("contributors", [])), "error": result.get("error")}
+            for group in info.secagg_configs:
+                result = self.store.secagg(t, group, "result")
+                secagg[group] = {
+                    "contributors": len(result.contributors) if isinstance(result, SecAggResult) else 0,
+                    "error": result.error if isinstance(result, SecAggFailure) else None,
+                }
         names = {c.client_id: c.name for c in clients.values()}
         metrics = {
             "clients": per_client,

@@ -25,6 +25,7 @@ A database written by an earlier version gains the newer columns on open (:meth:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -36,19 +37,24 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Final, Literal, overload
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, TypeAdapter
 
-from lada_client.common.wire import FeatureUpload, Phase, RewardReport, SecAggUpload
+from lada_client.common.secagg import EncryptedShare, Roster, SecAggFailure, SecAggResult, UnmaskRequest
+from lada_client.common.wire import (
+    KIND_PAYLOADS,
+    Capabilities,
+    FeatureUpload,
+    LoraFactor,
+    Phase,
+    RewardReport,
+    RoundInfo,
+    SecAggUpload,
+)
 
 #: the stored kinds of secure-aggregation messages (``secagg.put`` by step)
 SecAggKind = Literal["secagg.shares", "secagg.masked", "secagg.unmask"]
-_UPLOAD_MODELS: dict[str, type[BaseModel]] = {
-    "features.put": FeatureUpload,
-    "reward.put": RewardReport,
-    "secagg.put": SecAggUpload,
-}
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +119,22 @@ _CLIENT_COLUMNS = (
 )
 
 
+#: What the store reads for a device whose capability record is missing, unreadable or silent on
+#: training: it is never sent work it did not declare it can do (fail closed).
+UNDECLARED = Capabilities(can_score=False, can_train=False)
+
+
+def _capabilities(stored: str) -> Capabilities:
+    """A device's declared capabilities as stored; :data:`UNDECLARED` unless they parse and say
+    whether it can train (the model's ``can_train=True`` default is for a device's own declaration)."""
+    try:
+        declared = json.loads(stored)
+        capabilities = Capabilities.model_validate(declared)
+    except ValueError:  # bad JSON, or not a capability record (pydantic's ValidationError included)
+        return UNDECLARED
+    return capabilities if "can_train" in declared else UNDECLARED
+
+
 @dataclass(frozen=True)
 class ClientRecord:
     client_id: str
@@ -121,7 +143,7 @@ class ClientRecord:
     kex_key: str
     domain: str
     model_name: str
-    capabilities: dict[str, Any]
+    capabilities: Capabilities
     last_seq: int
     bytes_in: int
     bytes_out: int
@@ -140,6 +162,78 @@ class TokenRecord:
     used_by: str | None
     revoked: bool
     secagg_group: str
+
+
+class PathProvenance(BaseModel):
+    """The coordinator's own record of a round's teacher paths (never sent): where each
+    candidate's path came from (``llm``, ``gold``, ``store``) and how many of each."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path_sources: dict[str, str] = {}
+    path_stats: dict[str, int] = {}
+
+
+@dataclass(frozen=True)
+class RoundMetrics:
+    """One round as the operator sees it: when it opened and closed (``closed_at`` None while it
+    runs) and what the engine recorded when it closed (``metrics``: empty before)."""
+
+    round: int
+    phase: Phase
+    opened_at: float
+    closed_at: float | None
+    metrics: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat form of ``/v1/status``'s ``rounds``: the metrics beside the round's times."""
+        return {
+            "round": self.round,
+            "phase": self.phase,
+            "opened_at": self.opened_at,
+            "closed_at": self.closed_at,
+            **self.metrics,
+        }
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    """A device set aside for the rest of a round: at which stage, why and when."""
+
+    round: int
+    client_id: str
+    stage: str
+    error: str
+    at: float
+
+
+class RoutedShares(BaseModel):
+    """A group's routed shares (secure aggregation): who shared keys, and the encrypted shares
+    routed to each recipient (what its ``secagg.get`` ``inbox`` poll returns)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sharers: tuple[str, ...]
+    inbox: dict[str, tuple[EncryptedShare, ...]]
+
+
+#: what the coordinator stores per round and group in the ``secagg`` table, by item
+SecAggItem = Literal["roster", "routed", "unmask_request", "result"]
+SecAggRecord = Roster | RoutedShares | UnmaskRequest | SecAggResult | SecAggFailure
+# the model of each item but the roster, which :func:`_roster` reads
+_SECAGG_ITEMS: Final[dict[str, TypeAdapter[Any]]] = {
+    "routed": TypeAdapter(RoutedShares),
+    "unmask_request": TypeAdapter(UnmaskRequest),
+    "result": TypeAdapter(SecAggResult | SecAggFailure),
+}
+_SERVER_UPDATE: Final = TypeAdapter(list[LoraFactor])
+
+
+@functools.lru_cache(maxsize=64)
+def _roster(stored: str) -> Roster:
+    """A stored roster, parsed once: every secure-aggregation request reads its group's roster,
+    and checking one (each member's keys, the neighbour graph) costs milliseconds."""
+    return Roster.model_validate_json(stored)
 
 
 class EnrollmentRefused(Exception):
@@ -429,7 +523,7 @@ class Store:
                 r.kex_key,
                 r.domain,
                 r.model_name,
-                json.dumps(r.capabilities),
+                r.capabilities.model_dump_json(),
                 now,
                 r.secagg_group,
                 r.last_seen_at,
@@ -451,7 +545,7 @@ class Store:
             kex_key,
             domain,
             model_name,
-            json.loads(capabilities),
+            _capabilities(capabilities),
             last_seq,
             bytes_in,
             bytes_out,
@@ -502,22 +596,29 @@ class Store:
     def open_round(
         self,
         round_index: int,
-        info: dict[str, Any],
-        gold: dict[str, Any],
+        info: RoundInfo,
+        paths: PathProvenance | None = None,
         opened_at: float | None = None,
     ) -> None:
         """Record an opened round (phase ``features``); ``opened_at`` is when opening it began."""
         with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO rounds (round, phase, info, gold, opened_at) VALUES (?, 'features', ?, ?, ?)",
-                (round_index, json.dumps(info), json.dumps(gold), time.time() if opened_at is None else opened_at),
+                (
+                    round_index,
+                    info.model_dump_json(),
+                    (paths or PathProvenance()).model_dump_json(),
+                    time.time() if opened_at is None else opened_at,
+                ),
             )
 
-    def round_info(self, round_index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    def round_info(self, round_index: int) -> tuple[RoundInfo, PathProvenance]:
+        """The round as it opened (every group's secure-aggregation parameters) and where its
+        teacher paths came from; ``KeyError`` for a round never opened."""
         row = self._one("SELECT info, gold FROM rounds WHERE round = ?", (round_index,))
         if row is None:
             raise KeyError(round_index)
-        return json.loads(row[0]), json.loads(row[1])
+        return RoundInfo.model_validate_json(row[0]), PathProvenance.model_validate_json(row[1])
 
     def set_phase(self, round_index: int, phase: Phase, metrics: dict[str, Any] | None = None) -> None:
         with self.transaction() as db:
@@ -528,11 +629,10 @@ class Store:
                     (json.dumps(metrics), time.time(), round_index),
                 )
 
-    def round_metrics(self) -> list[dict[str, Any]]:
-        """Each round's phase and metrics, with when it opened and closed (``closed_at`` None while
-        it runs): the operator's per-round seconds come from these."""
+    def round_metrics(self) -> list[RoundMetrics]:
+        """Every round in order, with its phase, times and metrics: the operator's per-round view."""
         return [
-            {"round": r, "phase": p, "opened_at": o, "closed_at": c, **json.loads(m)}
+            RoundMetrics(r, Phase(p), o, c, json.loads(m))
             for r, p, o, c, m in self._all(
                 "SELECT round, phase, opened_at, closed_at, metrics FROM rounds ORDER BY round"
             )
@@ -556,7 +656,7 @@ class Store:
         """Stored uploads of one kind by client, as the wire models they arrived as. A row that no
         longer parses is left out (and logged), so one damaged row never hides the others; the
         round engine reads :meth:`raw_uploads` instead and sets such a client aside itself."""
-        model = _UPLOAD_MODELS["secagg.put" if kind.startswith("secagg.") else kind]
+        model = KIND_PAYLOADS["secagg.put" if kind.startswith("secagg.") else kind]
         out: dict[str, BaseModel] = {}
         for cid, payload in self.raw_uploads(round_index, kind).items():
             try:
@@ -594,19 +694,20 @@ class Store:
         rows = self._all("SELECT client_id, stage, error FROM quarantine WHERE round = ?", (round_index,))
         return {cid: f"{stage}: {error}" for cid, stage, error in rows}
 
-    def quarantine_log(self) -> list[dict[str, Any]]:
+    def quarantine_log(self) -> list[QuarantineEntry]:
+        """Every device set aside, in the order it happened."""
         rows = self._all("SELECT round, client_id, stage, error, at FROM quarantine ORDER BY at")
-        return [{"round": r, "client_id": c, "stage": st, "error": e, "at": at} for r, c, st, e, at in rows]
+        return [QuarantineEntry(*row) for row in rows]
 
     def put_allocations(
         self,
         round_index: int,
         direction: str,
         allocations: dict[str, tuple[list[str], str]],
-        server_updates: dict[str, str] | None = None,
+        server_updates: Mapping[str, list[LoraFactor]] | None = None,
     ) -> None:
         """Store a round's allocations and, in the same transaction, the adapters trained for
-        score-only devices (JSON lists of ``LoraFactor``), so a device never sees one without the other."""
+        score-only devices, so a device never sees one without the other."""
         with self.transaction() as db:
             for client_id, (ids, reason) in allocations.items():
                 db.execute(
@@ -614,13 +715,17 @@ class Store:
                     (round_index, client_id, direction, json.dumps(ids), reason),
                 )
             for client_id, factors in (server_updates or {}).items():
-                db.execute("INSERT OR REPLACE INTO server_updates VALUES (?, ?, ?)", (round_index, client_id, factors))
+                db.execute(
+                    "INSERT OR REPLACE INTO server_updates VALUES (?, ?, ?)",
+                    (round_index, client_id, _SERVER_UPDATE.dump_json(factors).decode()),
+                )
 
-    def server_update(self, round_index: int, client_id: str) -> list[dict[str, Any]] | None:
+    def server_update(self, round_index: int, client_id: str) -> list[LoraFactor] | None:
+        """The adapter trained here for a score-only device this round, if any."""
         row = self._one(
             "SELECT factors FROM server_updates WHERE round = ? AND client_id = ?", (round_index, client_id)
         )
-        return json.loads(row[0]) if row else None
+        return _SERVER_UPDATE.validate_json(row[0]) if row else None
 
     def allocation(self, round_index: int, client_id: str, direction: str) -> tuple[list[str], str] | None:
         row = self._one(
@@ -630,18 +735,41 @@ class Store:
         return (json.loads(row[0]), row[1]) if row else None
 
     # ------------------------------------------------------------------------- secure aggregation
-    def put_secagg(self, round_index: int, group_id: str, item: str, payload: dict[str, Any]) -> None:
+    def put_secagg(self, round_index: int, group_id: str, item: SecAggItem, payload: SecAggRecord) -> None:
         """Coordinator-side protocol output (roster, routed shares, unmask request, result)."""
         with self.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO secagg VALUES (?, ?, ?, ?)", (round_index, group_id, item, json.dumps(payload))
+                "INSERT OR REPLACE INTO secagg VALUES (?, ?, ?, ?)",
+                (round_index, group_id, item, payload.model_dump_json()),
             )
 
-    def secagg(self, round_index: int, group_id: str, item: str) -> dict[str, Any] | None:
+    @overload
+    def secagg(self, round_index: int, group_id: str, item: Literal["roster"]) -> Roster | None: ...
+    @overload
+    def secagg(self, round_index: int, group_id: str, item: Literal["routed"]) -> RoutedShares | None: ...
+    @overload
+    def secagg(self, round_index: int, group_id: str, item: Literal["unmask_request"]) -> UnmaskRequest | None: ...
+    @overload
+    def secagg(
+        self, round_index: int, group_id: str, item: Literal["result"]
+    ) -> SecAggResult | SecAggFailure | None: ...
+    def secagg(self, round_index: int, group_id: str, item: SecAggItem) -> SecAggRecord | None:
+        """A stored protocol output as its model (a ``result`` is the average or the failure)."""
         row = self._one(
             "SELECT payload FROM secagg WHERE round = ? AND group_id = ? AND item = ?", (round_index, group_id, item)
         )
-        return json.loads(row[0]) if row else None
+        if row is None:
+            return None
+        return _roster(row[0]) if item == "roster" else _SECAGG_ITEMS[item].validate_json(row[0])
+
+    def has_secagg(self, round_index: int, group_id: str, item: SecAggItem) -> bool:
+        """Whether a protocol output is stored (the engine's resume check; nothing is parsed)."""
+        return (
+            self._one(
+                "SELECT 1 FROM secagg WHERE round = ? AND group_id = ? AND item = ?", (round_index, group_id, item)
+            )
+            is not None
+        )
 
     # ------------------------------------------------------------------------------- filters
     def save_filter(self, client_id: str, direction: str, state: bytes, round_index: int) -> None:

@@ -16,11 +16,11 @@ stopping the round (``rounds.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from lada_client.common.wire import FeatureUpload, RewardReport
+from lada_client.common.wire import FeatureUpload, RewardReport, RoundInfo
 
 __all__ = ["RoundContext", "UploadRejected", "check_features", "check_reward", "parse_payload"]
 
@@ -45,11 +45,11 @@ class RoundContext:
     feature_names: tuple[str, ...]
 
     @classmethod
-    def of(cls, info: dict[str, Any]) -> RoundContext:
+    def of(cls, info: RoundInfo) -> RoundContext:
         return cls(
-            tuple(c["sample_id"] for c in info["candidates"]),
-            frozenset(q["sample_id"] for q in info["offer_questions"]),
-            tuple(info["feature_names"]),
+            tuple(c.sample_id for c in info.candidates),
+            frozenset(q.sample_id for q in info.offer_questions),
+            tuple(info.feature_names),
         )
 
 

@@ -1,4 +1,4 @@
-"""Drive :class:`lada_client.bridge.Bridge` on a laptop with the JSON the Android sample sends.
+"""Drive :class:`lada_client.Bridge` on a laptop with the JSON the Android sample sends.
 
 The request builders below produce the same requests, key for key, as ``LadaBridge.kt``; the
 call sequence follows the sample app (``MainActivity.kt`` and ``RoundWorker.kt``): configure,
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lada_client.bridge import Bridge
+from lada_client import Bridge
 
 log = logging.getLogger("drive_bridge")
 
@@ -136,8 +136,7 @@ def drive(bridge: Bridge, args: argparse.Namespace) -> int:
 
 def build_demo(root: Path, name: str) -> None:
     """A tiny untrained SLM and one client's data, built offline (needs lada-coordinator)."""
-    from lada_client.common.reasoning import format_prompt, format_target
-    from lada_client.models.export import export_scoring_model
+    from lada_client import export_scoring_model, format_prompt, format_target
     from lada_coordinator.simulation.domains import make_federation
     from lada_coordinator.simulation.factory import create_model
     from lada_coordinator.simulation.tokenizer import build_tokenizer, save_tokenizer

@@ -13,7 +13,7 @@
     trt_engine_cache_dir  keep built TensorRT engines across restarts ("" = no cache)
 
 Providers are chosen by availability (TensorRT, then CUDA, then CPU by default) with
-:func:`~lada_client.scoring.onnx_slm.select_providers`, and each gets options derived from the
+:func:`lada_client.select_providers`, and each gets options derived from the
 memory budget. A Jetson's GPU shares DRAM with the CPU, so the CUDA arena, TensorRT's workspace
 and the process's own heap all draw on the same ``memory_limit_mb``; the systemd unit enforces
 the budget on the whole process with ``MemoryMax``.
@@ -41,10 +41,17 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from lada_client import ClientConfig, ConfigError, LadaClient
-from lada_client.common.reasoning import format_prompt, format_target
-from lada_client.scoring.onnx_slm import ModelLoadError, OnnxSLM, select_providers
-from lada_client.transport import CoordinatorError
+from lada_client import (
+    ClientConfig,
+    ConfigError,
+    CoordinatorError,
+    LadaClient,
+    ModelLoadError,
+    OnnxSLM,
+    format_prompt,
+    format_target,
+    select_providers,
+)
 
 log = logging.getLogger("lada_jetson")
 

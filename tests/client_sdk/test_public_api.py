@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -35,6 +36,22 @@ def test_public_names_resolve_and_match_all() -> None:
     assert set(lada_client.__all__) <= set(dir(lada_client))
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         lada_client.Nope  # noqa: B018
+
+
+def test_the_examples_use_the_public_names_only() -> None:
+    """The examples are what integrators copy: every SDK name they use comes from ``lada_client``."""
+    from lada_client.common.reasoning import format_prompt, format_target
+    from lada_client.models.export import export_scoring_model
+
+    assert (lada_client.format_prompt, lada_client.format_target) == (format_prompt, format_target)
+    assert lada_client.export_scoring_model is export_scoring_model
+    for script in sorted((REPO / "examples").rglob("*.py")):
+        for node in ast.walk(ast.parse(script.read_text("utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lada_client"):
+                assert node.module == "lada_client", (script.name, node.module)
+                assert {a.name for a in node.names} <= set(lada_client.__all__), script.name
+            elif isinstance(node, ast.Import):
+                assert not [a.name for a in node.names if a.name.startswith("lada_client.")], script.name
 
 
 def test_import_and_public_names_do_not_import_torch() -> None:

@@ -47,7 +47,7 @@ def coordinator(tmp_path, tiny_world, free_port, serve_coordinator):
         info = RoundInfo(
             round=1, phase="features", total_rounds=2, candidates=candidates, feature_names=["a", "b", "c", "d"]
         )
-        store.open_round(1, info.model_dump(), {})
+        store.open_round(1, info)
         yield url, store, info, config
 
 

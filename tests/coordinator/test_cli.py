@@ -108,7 +108,7 @@ def test_status_and_clients_show_rounds_phases_and_devices(coordinator, tmp_path
                 )
             ],
         )
-        store.open_round(1, info.model_dump(), {})
+        store.open_round(1, info)
         store.quarantine(1, ids[1], "features.put", "bad_features: NaN in row 0")
     finally:
         store.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from lada_client.common.wire import Candidate, FeatureUpload, RewardReport, RoundInfo
+from lada_client.common.wire import Candidate, Capabilities, FeatureUpload, RewardReport, RoundInfo
 from lada_coordinator.allocation.allocator import SLM
 from lada_coordinator.allocation.filter_config import FilterConfig
 from lada_coordinator.config import CoordinatorConfig
@@ -63,7 +63,9 @@ def closed_rounds(tmp_path_factory, tiny_world) -> list[dict]:
     _, engine, store = build(config, tiny_world["data"])
     try:
         for name in CLIENTS:
-            store.add_client(ClientRecord(f"{name}-1", name, f"s{name}", f"k{name}", "add", "m", {}, 0, 0, 0))
+            store.add_client(
+                ClientRecord(f"{name}-1", name, f"s{name}", f"k{name}", "add", "m", Capabilities(), 0, 0, 0)
+            )
         seq = 0
         for t in (1, 2):
             info = RoundInfo(
@@ -82,7 +84,7 @@ def closed_rounds(tmp_path_factory, tiny_world) -> list[dict]:
                     for i in range(4)
                 ],
             )
-            store.open_round(t, info.model_dump(), {})
+            store.open_round(t, info)
             for name in CLIENTS:
                 seq += 1
                 with store.transaction() as db:
@@ -112,7 +114,7 @@ def closed_rounds(tmp_path_factory, tiny_world) -> list[dict]:
                 with store.transaction() as db:
                     store.put_upload(db, t, f"{name}-1", "reward.put", report.model_dump_json())
             engine._close(t, final=t == 2)
-        return store.round_metrics()
+        return [m.to_dict() for m in store.round_metrics()]  # as /v1/status shows them
     finally:
         store.close()
 

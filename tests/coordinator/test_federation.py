@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from lada_coordinator.cli import build_parser, main
@@ -144,3 +148,111 @@ def test_llm_unseen_must_be_a_domain_of_the_chosen_toy_set(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "llm_unseen: mul not in the 'rules' domains" in err
     assert "Traceback" not in err and not (tmp_path / "fed").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--alpha", "-1", "must be >= 0, got -1.0"),
+        ("--dp-noise", "-1", "must be >= 0, got -1.0"),
+        ("--timeout", "-5", "must be > 0, got -5.0"),
+        ("--timeout", "nan", "must be a finite number, got nan"),
+        ("--port", "70000", "must be <= 65535, got 70000"),
+        ("--features", "slm_path_nll,bogus", "[1]: must be 'slm_path_nll'"),
+        ("--slm-presets", "slm-small,bogus", "[1]: must be a model preset (llm-tiny, slm-large"),
+        ("--reward", "bogus", "invalid choice: 'bogus'"),
+    ],
+)
+def test_out_of_range_values_are_usage_errors_naming_the_flag(tmp_path, capsys, flag, value, message):
+    with pytest.raises(SystemExit) as exited:
+        main(["federation", "--workdir", str(tmp_path / "fed"), flag, value])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"error: argument {flag}: {message}" in err, err
+    assert "Traceback" not in err and not (tmp_path / "fed").exists()
+
+
+def test_every_field_is_checked_on_construction(tmp_path):
+    from lada_client.common.config_io import ConfigError
+
+    for bad, field in [
+        ({"alpha": -1}, "alpha"),
+        ({"timeout_s": float("nan")}, "timeout_s"),
+        ({"port": 70000}, "port"),
+        ({"allocation": "greedy"}, "allocation"),
+        ({"host_framework": "fedavg"}, "host_framework"),
+        ({"reward": "accuracy"}, "reward"),
+        ({"credit": "sample"}, "credit"),
+        ({"private_sft": "none"}, "private_sft"),
+        ({"features": ("bogus",)}, "features[0]"),
+        ({"slm_presets": ()}, "slm_presets"),
+        ({"clients": "3"}, "clients"),  # strict, as every config: a string is not a count
+        ({"roundz": 3}, "roundz"),
+    ]:
+        with pytest.raises(ConfigError) as refused:
+            FederationSettings(workdir=tmp_path, **bad)
+        assert field in [name for name, _ in refused.value.problems], (bad, refused.value.problems)
+    # what the benchmarks pass: lists for tuples, integers for numbers, strings for paths
+    given = FederationSettings(workdir=str(tmp_path), alpha=0, timeout_s=60, slm_presets=["slm-small"], port=0)
+    assert (given.workdir, given.alpha, given.slm_presets, given.port) == (tmp_path, 0.0, ("slm-small",), 0)
+
+
+def test_settings_passed_on_to_other_configs_take_their_defaults_and_choices():
+    import typing
+
+    from lada_client.config import ClientConfig, DistillSettings, RewardSettings
+    from lada_client.privacy.dp import DPSettings
+    from lada_coordinator.config import AllocationMode, HostFramework
+    from lada_coordinator.server.run import LLM_EVAL_SIZE
+
+    client = ClientConfig(coordinator_url="http://x", name="c", state_dir=".", data_dir=".", scoring_model=".")
+    s = FederationSettings()
+    assert (s.alpha, s.epochs) == (DistillSettings().alpha, DistillSettings().epochs)
+    assert (s.reward, s.credit) == (RewardSettings().kind, RewardSettings().credit)
+    assert (s.private_sft, s.eval_size, s.max_new_tokens) == (
+        client.private_sft,
+        client.eval_size,
+        client.max_new_tokens,
+    )
+    assert s.dp_noise == DPSettings().noise_multiplier and LLM_EVAL_SIZE == client.eval_size
+    for flag, literal in [
+        ("--allocation", AllocationMode),
+        ("--host-framework", HostFramework),
+        ("--reward", typing.get_type_hints(RewardSettings)["kind"]),
+        ("--credit", typing.get_type_hints(RewardSettings)["credit"]),
+        ("--private-sft", typing.get_type_hints(ClientConfig)["private_sft"]),
+    ]:
+        for value in typing.get_args(literal):  # every choice of the config, and (as above) no other
+            assert _federation_args(flag, value) == {flag[2:].replace("-", "_"): value}
+    for value in typing.get_args(AllocationMode):
+        assert build_parser().parse_args(["serve", "--config", "c.json", "--allocation", value]).allocation == value
+
+
+def _refused_workdir(workdir, capsys) -> str:
+    code = main(["federation", "--workdir", str(workdir)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"lada-coordinator: error: --workdir {workdir}: "), err
+    return err
+
+
+def test_a_workdir_that_cannot_be_one_is_a_one_line_error(tmp_path, capsys):
+    file = tmp_path / "a-file"
+    file.write_text("")
+    assert "not a directory" in _refused_workdir(file, capsys)
+    assert "Not a directory" in _refused_workdir(file / "below", capsys)
+    if Path("/sys").is_dir():  # a place nobody may create directories or write files in
+        _refused_workdir(Path("/sys/lada-federation"), capsys)
+        _refused_workdir(Path("/sys"), capsys)
+
+
+def test_the_installed_command_refuses_a_bad_workdir_without_a_traceback(tmp_path):
+    file = tmp_path / "a-file"
+    file.write_text("")
+    proc = subprocess.run(
+        [sys.executable, "-m", "lada_coordinator.cli", "federation", "--workdir", str(file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == f"lada-coordinator: error: --workdir {file}: not a directory"

@@ -9,7 +9,15 @@ import time
 
 import pytest
 
-from lada_client.common.wire import Candidate, FeatureUpload, PathOffer, PublicQuestion, RewardReport, RoundInfo
+from lada_client.common.wire import (
+    Candidate,
+    Capabilities,
+    FeatureUpload,
+    PathOffer,
+    PublicQuestion,
+    RewardReport,
+    RoundInfo,
+)
 from lada_coordinator.allocation.allocator import SLM
 from lada_coordinator.allocation.eenet import FilterConfig
 from lada_coordinator.config import CoordinatorConfig
@@ -35,7 +43,7 @@ def engine(tmp_path, tiny_world):
     )
     _, engine, store = build(config)
     for name in ("honest", "huge", "dupes", "garbage"):
-        store.add_client(ClientRecord(f"{name}-1", name, f"s{name}", f"k{name}", "add", "m", {}, 0, 0, 0))
+        store.add_client(ClientRecord(f"{name}-1", name, f"s{name}", f"k{name}", "add", "m", Capabilities(), 0, 0, 0))
     yield engine
     engine.stop_event.set()
     if engine.is_alive():
@@ -61,7 +69,7 @@ def _open(store, n: int = 6) -> RoundInfo:
         offer_questions=[PublicQuestion(sample_id=f"o{i}", question=f"{i} + 2?", answer=str(i + 2)) for i in range(2)],
         feature_names=NAMES,
     )
-    store.open_round(1, info.model_dump(), {})
+    store.open_round(1, info)
     return info
 
 
@@ -120,6 +128,19 @@ def test_a_failure_inside_one_clients_filter_quarantines_only_that_client(engine
     assert engine.store.allocation(1, "honest-1", SLM)[0]
 
 
+def test_a_device_whose_capability_record_is_unreadable_is_not_given_training(engine):
+    """Fail closed: a stored record that does not say the device can train (a hand edit, a damaged
+    row) makes it score-only; the engine never allocates training the device did not declare."""
+    info = _open(engine.store)
+    for cid in ("honest-1", "huge-1"):
+        _store_raw(engine.store, cid, "features.put", _features(info))
+    with engine.store.transaction() as db:
+        db.execute("UPDATE clients SET capabilities = '{}' WHERE client_id = 'huge-1'")
+    engine._allocate(1)
+    assert engine.store.allocation(1, "huge-1", SLM) == ([], "score_only")
+    assert engine.store.allocation(1, "honest-1", SLM)[0]
+
+
 def test_engine_resumes_on_poisoned_state_and_finishes_the_round(engine):
     """A coordinator (re)started on a database that holds poison finishes the round without repair."""
     store = engine.store
@@ -145,7 +166,7 @@ def test_engine_resumes_on_poisoned_state_and_finishes_the_round(engine):
     engine.wake.set()
     engine.join(60)
     assert not engine.is_alive() and store.current_round() == (1, "finished")
-    metrics = store.round_metrics()[0]
+    metrics = store.round_metrics()[0].metrics
     assert list(metrics["clients"]) == ["honest"] and metrics["clients"]["honest"]["reward"] == 0.3
     assert set(metrics["quarantined"]) == {"huge", "dupes", "garbage"}
     assert engine.status.error == "" and engine.status.errors == []

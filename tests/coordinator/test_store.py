@@ -6,19 +6,30 @@ import os
 import sqlite3
 import stat
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from lada_client.common.crypto import Identity
 from lada_client.common.enrollment import EnrollmentToken
+from lada_client.common.secagg import SecAggFailure
+from lada_client.common.wire import Candidate, Capabilities, LoraFactor, Phase, RoundInfo
 from lada_coordinator.credentials import issue_tokens
-from lada_coordinator.store import ClientRecord, EnrollmentRefused, Store
+from lada_coordinator.store import (
+    UNDECLARED,
+    ClientRecord,
+    EnrollmentRefused,
+    PathProvenance,
+    QuarantineEntry,
+    RoundMetrics,
+    Store,
+)
 
 
 def _record(name: str, ident: Identity | None = None) -> ClientRecord:
     keys = (ident or Identity.generate()).public.to_b64()
-    return ClientRecord(f"{name}-0000", name, keys["sign_key"], keys["kex_key"], "add", "m", {}, 0, 0, 0)
+    return ClientRecord(f"{name}-0000", name, keys["sign_key"], keys["kex_key"], "add", "m", Capabilities(), 0, 0, 0)
 
 
 def test_tokens_are_one_time_hex_safe_on_a_command_line_and_name_the_coordinator(tmp_path: Path) -> None:
@@ -151,3 +162,88 @@ def test_a_database_of_the_first_release_opens_and_gains_the_new_columns(tmp_pat
         store.enroll("00ff", _record("b"))
     assert store.quarantine(1, "a-1", "features", "bad") and store.quarantined(1) == {"a-1": "features: bad"}
     store.close()
+
+
+def test_a_device_whose_capabilities_are_missing_or_unreadable_cannot_train(tmp_path: Path) -> None:
+    """Fail closed: only a record that parses and says ``can_train`` lets the engine allocate training."""
+    store = Store(tmp_path / "c.sqlite")
+    try:
+        phone = replace(_record("phone"), capabilities=Capabilities(can_train=False, memory_mb=512))
+        store.add_client(phone)
+        assert store.client(phone.client_id).capabilities == phone.capabilities
+        stored = {
+            "old": ('{"can_score": true, "can_train": true}', True),  # before can_train_ort and memory_mb
+            "silent": ('{"can_score": true}', False),
+            "empty": ("{}", False),
+            "wrong": ('{"can_train": "maybe"}', False),
+            "unknown": ('{"can_train": true, "gpu": "yes"}', False),
+            "list": ("[]", False),
+            "garbled": ("{not json", False),
+        }
+        for name, (text, can_train) in stored.items():
+            store.add_client(_record(name))
+            with store.transaction() as db:
+                db.execute("UPDATE clients SET capabilities = ? WHERE name = ?", (text, name))
+            capabilities = store.client(f"{name}-0000").capabilities
+            assert capabilities.can_train is can_train, name
+            assert capabilities == (Capabilities() if can_train else UNDECLARED), name
+    finally:
+        store.close()
+
+
+def test_round_records_come_back_as_the_models_they_were_stored_as(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c.sqlite")
+    try:
+        info = RoundInfo(
+            round=1,
+            phase=Phase.FEATURES,
+            total_rounds=2,
+            candidates=[Candidate(sample_id="p0", question="1 + 1?", path="2", llm_logprob=-1.0, llm_tokens=2)],
+            feature_names=["nll"],
+        )
+        paths = PathProvenance(path_sources={"p0": "gold"}, path_stats={"gold": 1})
+        store.open_round(1, info, paths, opened_at=10.0)
+        assert store.round_info(1) == (info, paths)
+        with pytest.raises(KeyError):
+            store.round_info(2)
+
+        factor = LoraFactor(
+            name="q_proj",
+            a="AAAA",
+            a_shape=(1, 1),
+            b="AAAA",
+            b_shape=(1, 1),
+            scale=2.0,
+            digest="0" * 64,
+            digest_t="f" * 64,
+        )
+        store.put_allocations(1, "slm", {"phone-1": (["p0"], "score_only")}, {"phone-1": [factor]})
+        assert store.server_update(1, "phone-1") == [factor] and store.server_update(1, "other") is None
+
+        assert not store.has_secagg(1, "g", "result") and store.secagg(1, "g", "result") is None
+        store.put_secagg(1, "g", "result", SecAggFailure(error="too few members"))
+        assert store.has_secagg(1, "g", "result")
+        assert store.secagg(1, "g", "result") == SecAggFailure(error="too few members")
+
+        store.quarantine(1, "phone-1", "features", "bad")
+        (entry,) = store.quarantine_log()
+        assert isinstance(entry, QuarantineEntry) and (entry.round, entry.client_id, entry.stage) == (
+            1,
+            "phone-1",
+            "features",
+        )
+        (running,) = store.round_metrics()
+        assert running == RoundMetrics(1, Phase.FEATURES, 10.0, None, {})
+        store.set_phase(1, Phase.FINISHED, {"clients": {}, "seconds_close": 0.5})
+        (done,) = store.round_metrics()
+        assert done.phase == Phase.FINISHED and done.closed_at is not None
+        assert done.to_dict() == {
+            "round": 1,
+            "phase": "finished",
+            "opened_at": 10.0,
+            "closed_at": done.closed_at,
+            "clients": {},
+            "seconds_close": 0.5,
+        }
+    finally:
+        store.close()

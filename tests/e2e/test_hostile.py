@@ -69,7 +69,7 @@ def target(tmp_path, tiny_world, free_port, serve_coordinator, issue):
             host_framework="cotuning",
             secagg_configs={"default/any": SecAggConfig(threshold=1).to_dict()},
         )
-        store.open_round(1, info.model_dump(), {})
+        store.open_round(1, info)
         yield (
             hostile.Target(
                 url=url,

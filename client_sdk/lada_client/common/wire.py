@@ -218,6 +218,12 @@ class PublicQuestion(_Message):
     answer: str = Field(max_length=64)
 
 
+#: The host framework (docs/method.md, step 7): ``mkt`` (mutual knowledge transfer, no weight
+#: sharing) or ``cotuning`` (devices of one SLM architecture also average their LoRA adapters by
+#: secure aggregation). Defined here, for both sides: ``CoordinatorConfig.host_framework`` takes it.
+HostFramework = Literal["mkt", "cotuning"]
+
+
 class RoundInfo(_Message):
     round: RoundIndex
     phase: Phase
@@ -225,7 +231,7 @@ class RoundInfo(_Message):
     candidates: list[Candidate] = []
     offer_questions: list[PublicQuestion] = []
     feature_names: list[str] = []
-    host_framework: Literal["mkt", "cotuning"] = "mkt"
+    host_framework: HostFramework = "mkt"
     secagg_configs: dict[str, SecAggConfig] = Field(
         default={},
         description="co-tuning: secure-aggregation parameters per group (in a reply: the asking device's group only)",
@@ -407,11 +413,17 @@ UPLOAD_KINDS: tuple[str, ...] = ("features.put", "reward.put", "secagg.put")  # 
 #: and the coordinator commits its bookkeeping (the replay counter) without an fsync (store.py)
 READ_KINDS: frozenset[str] = frozenset({"round.get", "allocation.get", "secagg.get", "upload.status"})
 
-#: Every sealed endpoint, one table for both sides: the transport posts a request of kind ``k`` to
-#: ``ROUTES[k]`` and the server mounts its handler for ``k`` there (``server/app.py`` checks at
-#: start-up that it serves each one). Enrollment (``/v1/enroll``) is not here: it is not sealed to
-#: an enrolled identity yet.
+#: Every endpoint, one table for both sides (``server/app.py`` checks at start-up that it serves
+#: each path). A sealed request of kind ``k`` (:data:`KIND_PAYLOADS`) is posted to ``ROUTES[k]``,
+#: where the server mounts its handler for ``k``. The others are not sealed to an enrolled
+#: identity: ``health`` and ``identity`` (public GETs), ``enroll`` (a POST sealed to the
+#: coordinator's key, :class:`EnrollEnvelope`), and the operator's ``status`` and ``dashboard``.
 ROUTES: Final[dict[str, str]] = {
+    "health": "/healthz",
+    "identity": "/v1/identity",
+    "enroll": "/v1/enroll",
+    "status": "/v1/status",
+    "dashboard": "/dashboard",
     "round.get": "/v1/round",
     "features.put": "/v1/features",
     "allocation.get": "/v1/allocation",

@@ -29,7 +29,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar, cast
 
 import numpy as np
 from pydantic import Field, Strict
@@ -44,19 +44,19 @@ from lada_client.common.secagg import (
     SecAggFailure,
     SecAggResult,
     ShareKeys,
-    UnmaskRequest,
     UnmaskResponse,
 )
-from lada_client.common.wire import secagg_round_id
+from lada_client.common.wire import FeatureUpload, secagg_round_id
 from lada_coordinator.aggregation.secagg_server import (
     SecAggServer,
     check_masked_peers,
     check_share_bundle,
     check_unmask_response,
 )
-from lada_coordinator.store import ClientRecord, SecAggKind, Store
+from lada_coordinator.store import ClientRecord, RoutedShares, SecAggKind, Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: (round, client id, stage, reason): called for each member left out for what it sent
 OffenderHook = Callable[[int, str, str, str], None]
@@ -98,6 +98,13 @@ class NotNow(Exception):
     """A secure-aggregation message that arrives before its step opened or after it closed."""
 
 
+def _required(found: T | None, t: int, group: str, what: str) -> T:
+    """A stored protocol output a step needs; :class:`NotNow` while it is not there yet."""
+    if found is None:
+        raise NotNow(f"round {t} group {group} has no {what} yet")
+    return found
+
+
 def group_id(client: ClientRecord) -> str:
     """The operator's group of the device, split by the architecture it declares."""
     return f"{client.secagg_group}/{client.model_name or 'any'}"
@@ -107,7 +114,7 @@ def groups(clients: Iterable[ClientRecord], settings: SecAggSettings) -> dict[st
     """Training clients by group; only groups big enough to aggregate."""
     by: dict[str, list[str]] = {}
     for c in clients:
-        if c.capabilities.get("can_train", True):
+        if c.capabilities.can_train:
             by.setdefault(group_id(c), []).append(c.client_id)
     return {g: sorted(ids) for g, ids in by.items() if len(ids) >= settings.min_group}
 
@@ -125,14 +132,14 @@ class SecureAggregation:
     def setup(
         self,
         t: int,
-        features: Mapping[str, Mapping[str, Any]],
+        features: Mapping[str, FeatureUpload],
         clients: list[ClientRecord],
-        configs: Mapping[str, SecAggConfig | Mapping[str, Any]],
+        configs: Mapping[str, SecAggConfig],
     ) -> dict[str, list[str]]:
         """Close key advertisement: store each group's roster. Returns group → participants.
 
-        ``features`` maps client id → its feature upload's ``secagg_keys`` and ``adapter_size``
-        (the keys as they arrived; they are checked again here).
+        ``features`` maps client id → its feature upload, whose ``secagg_keys`` (as they arrived)
+        are checked again here.
         Members declaring another adapter length than the group's majority are left out (logged);
         with no majority, or too few members left, the group does not aggregate this round."""
         members: dict[str, list[str]] = {}
@@ -140,10 +147,10 @@ class SecureAggregation:
         for group, cfg in configs.items():
             adverts: list[tuple[str, AdvertiseKeys, int]] = []
             for cid, up in sorted(features.items()):
-                if cid not in by_id or group_id(by_id[cid]) != group or up.get("secagg_keys") is None:
+                if cid not in by_id or group_id(by_id[cid]) != group or up.secagg_keys is None:
                     continue
                 try:
-                    adverts.append((cid, self.check_advert(t, group, cid, up["secagg_keys"]), int(up["adapter_size"])))
+                    adverts.append((cid, self.check_advert(t, group, cid, up.secagg_keys), up.adapter_size))
                 except SecAggError as exc:
                     self._offender(t, cid, "secagg.keys", str(exc))
             sizes = Counter(size for _, _, size in adverts).most_common()
@@ -177,7 +184,7 @@ class SecureAggregation:
                     self.settings.min_group,
                 )
                 continue
-            server = SecAggServer(secagg_round_id(t, group), SecAggConfig.from_dict(cfg), size)
+            server = SecAggServer(secagg_round_id(t, group), cfg, size)
             try:
                 for advert in keep:
                     server.receive_advertise(advert)
@@ -185,7 +192,7 @@ class SecureAggregation:
             except SecAggError as exc:
                 log.warning("round %d group %s: cannot form a roster (%s); no secure aggregation", t, group, exc)
                 continue
-            self.store.put_secagg(t, group, "roster", roster.to_dict())
+            self.store.put_secagg(t, group, "roster", roster)
             members[group] = [p.client_id for p in roster.participants]
         return members
 
@@ -193,9 +200,7 @@ class SecureAggregation:
         """The client's group if it is on that group's roster this round."""
         group = group_id(client)
         roster = self.store.secagg(t, group, "roster")
-        if roster and any(p["client_id"] == client.client_id for p in roster["participants"]):
-            return group
-        return None
+        return group if roster is not None and client.client_id in roster.keys else None
 
     # --------------------------------------------------------------------------------- checks
     @staticmethod
@@ -212,7 +217,7 @@ class SecureAggregation:
 
         Raises :class:`NotNow` when the step is not open (too early or too late), and
         :class:`SecAggError` when the message itself is wrong."""
-        roster = Roster.from_dict(self._item(t, group, "roster"))
+        roster = self._roster(t, group)
         routed = self.store.secagg(t, group, "routed")
         request = self.store.secagg(t, group, "unmask_request")
         if step == "shares" and isinstance(message, ShareKeys):
@@ -223,7 +228,7 @@ class SecureAggregation:
         elif step == "masked" and isinstance(message, MaskedInput):
             if routed is None or request is not None:
                 raise NotNow("masked inputs are taken after the shares are routed and before the unmask request")
-            if client_id not in routed["sharers"]:
+            if client_id not in routed.sharers:
                 raise NotNow("this client's shares were not routed this round")
             self._check_ids(message, client_id, roster)
             if message.vector.shape != (roster.vector_length,):
@@ -231,13 +236,13 @@ class SecureAggregation:
                     f"the masked input must hold {roster.vector_length} values, not {message.vector.size}"
                 )
             check_masked_peers(
-                message.peers, roster.graph[client_id] & set(routed["sharers"]), roster.config.threshold, client_id
+                message.peers, roster.graph[client_id] & set(routed.sharers), roster.config.threshold, client_id
             )
         elif step == "unmask" and isinstance(message, UnmaskResponse):
             if request is None:
                 raise NotNow("no unmask request yet")
             self._check_ids(message, client_id, roster)
-            check_unmask_response(message, UnmaskRequest.from_dict(request), roster)
+            check_unmask_response(message, request, roster)
         else:
             raise SecAggError(f"step {step!r} does not take a {type(message).__name__}")
 
@@ -246,11 +251,8 @@ class SecureAggregation:
         if message.client_id != client_id or message.round_id != roster.round_id:
             raise SecAggError("message must come from this client for its group's round")
 
-    def _item(self, t: int, group: str, item: str) -> dict[str, Any]:
-        found = self.store.secagg(t, group, item)
-        if found is None:
-            raise NotNow(f"round {t} group {group} has no {item} yet")
-        return found
+    def _roster(self, t: int, group: str) -> Roster:
+        return _required(self.store.secagg(t, group, "roster"), t, group, "roster")
 
     def _offender(self, t: int, client_id: str, stage: str, why: str) -> None:
         log.warning("round %d: %s left out of secure aggregation (%s): %s", t, client_id, stage, why)
@@ -263,7 +265,7 @@ class SecureAggregation:
         Before a step closes, a message that fails its check, or whose sender was quarantined,
         is left out (a dropout); once a step closed, its stored participants must replay, or the
         group fails (:class:`SecAggError`)."""
-        roster = Roster.from_dict(self._item(t, group, "roster"))
+        roster = self._roster(t, group)
         server = SecAggServer(roster.round_id, roster.config, roster.vector_length)
         for p in roster.participants:
             server.receive_advertise(p)
@@ -273,7 +275,7 @@ class SecureAggregation:
         self._replay(
             t,
             "shares",
-            routed["sharers"] if routed else None,
+            routed.sharers if routed is not None else None,
             roster.keys,
             aside,
             server.receive_shares,
@@ -285,7 +287,7 @@ class SecureAggregation:
         self._replay(
             t,
             "masked",
-            request["survivors"] if request else None,
+            request.survivors if request is not None else None,
             set(server.sharers),
             aside,
             server.receive_masked_input,
@@ -300,7 +302,7 @@ class SecureAggregation:
         self,
         t: int,
         step: str,
-        fixed: list[str] | None,
+        fixed: Iterable[str] | None,
         allowed: Iterable[str],
         aside: set[str],
         receive: Callable[[Any], None],
@@ -336,10 +338,7 @@ class SecureAggregation:
             t,
             group,
             "routed",
-            {
-                "sharers": list(server.sharers),
-                "inbox": {r: [s.to_dict() for s in shares] for r, shares in routed.items()},
-            },
+            RoutedShares(sharers=tuple(server.sharers), inbox={r: tuple(shares) for r, shares in routed.items()}),
         )
 
     def request_unmask(self, t: int, group: str) -> None:
@@ -347,7 +346,7 @@ class SecureAggregation:
         request = server.unmask_request()
         for cid, why in sorted(server.offenders.items()):
             self._offender(t, cid, "secagg.masked", why)
-        self.store.put_secagg(t, group, "unmask_request", request.to_dict())
+        self.store.put_secagg(t, group, "unmask_request", request)
         log.info("round %d group %s: %d survivors, %d dropped", t, group, len(request.survivors), len(request.dropped))
 
     def finish(self, t: int, group: str) -> dict:
@@ -363,24 +362,23 @@ class SecureAggregation:
             for cid, why in sorted(server.offenders.items()):
                 self._offender(t, cid, "secagg.unmask", why)
         average = (total / len(contributors)).astype(np.float32)
-        self.store.put_secagg(
-            t, group, "result", SecAggResult(contributors=tuple(contributors), average=average).to_dict()
-        )
+        self.store.put_secagg(t, group, "result", SecAggResult(contributors=tuple(contributors), average=average))
         return {"contributors": len(contributors), "vector_length": int(average.size)}
 
     def fail(self, t: int, group: str, why: str) -> None:
         """Record that the group cannot finish this round: members get ``failed``, not ``pending``."""
         log.warning("round %d group %s: secure aggregation failed: %s", t, group, why)
-        self.store.put_secagg(t, group, "result", SecAggFailure(error=why).to_dict())
+        self.store.put_secagg(t, group, "result", SecAggFailure(error=why))
 
     def progress(self, t: int, group: str, step: str) -> tuple[set[str], set[str]]:
         """(expected, arrived) client ids for a protocol step of a group; quarantined members are
         not expected."""
         if step == "shares":
-            expected = {p["client_id"] for p in self._item(t, group, "roster")["participants"]}
+            expected = set(self._roster(t, group).keys)
         elif step == "masked":
-            expected = set(self._item(t, group, "routed")["sharers"])
+            expected = set(_required(self.store.secagg(t, group, "routed"), t, group, "routed shares").sharers)
         else:
-            expected = set(self._item(t, group, "unmask_request")["survivors"])
+            request = _required(self.store.secagg(t, group, "unmask_request"), t, group, "unmask request")
+            expected = set(request.survivors)
         expected -= set(self.store.quarantined(t))
         return expected, expected & self.store.uploaders(t, f"secagg.{step}")

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import inspect
 import logging
 import secrets
 import sqlite3
@@ -33,7 +35,7 @@ from pydantic import BaseModel, ValidationError
 
 from lada_client.common.crypto import CryptoError, Direction, Identity, PublicIdentity, open_envelope, seal
 from lada_client.common.enrollment import EnrollmentToken, TokenFormatError
-from lada_client.common.secagg import Roster, SecAggError, SecAggFailure, SecAggInbox, SecAggResult, UnmaskRequest
+from lada_client.common.secagg import SecAggError, SecAggFailure, SecAggInbox
 from lada_client.common.wire import (
     KIND_PAYLOADS,
     READ_KINDS,
@@ -49,10 +51,10 @@ from lada_client.common.wire import (
     EnvelopeHeader,
     ErrorBody,
     FeatureUpload,
-    LoraFactor,
     Phase,
     RewardReport,
     RoundInfo,
+    RoundQuery,
     SealedEnvelope,
     SecAggQuery,
     SecAggReply,
@@ -240,24 +242,24 @@ def create_app(
             raise ApiError(409, "wrong_phase", f"round {t} is in phase '{phase}', not '{want_phase}'")
 
     # ----------------------------------------------------------------- public and operator
-    @app.get("/healthz")
+    @app.get(ROUTES["health"])
     def healthz() -> dict[str, str]:
         """Liveness for load balancers; says nothing about rounds or devices."""
         return {"status": "ok"}
 
-    @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+    @app.get(ROUTES["dashboard"], response_class=HTMLResponse, include_in_schema=False)
     def dashboard() -> HTMLResponse:
         """The operator's live page: static, it holds no data; its script reads ``/v1/status`` with
         the operator token the operator types in (kept in the tab's session storage only)."""
         headers = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Content-Security-Policy": DASHBOARD_CSP}
         return HTMLResponse(DASHBOARD_HTML, headers=headers)
 
-    @app.get("/v1/identity", response_model=CoordinatorKeys)
+    @app.get(ROUTES["identity"], response_model=CoordinatorKeys)
     def coordinator_identity() -> CoordinatorKeys:
         """The coordinator's public keys; devices check them against their token's fingerprint."""
         return CoordinatorKeys(sign_key=own_keys["sign_key"], kex_key=own_keys["kex_key"], fingerprint=fingerprint)
 
-    @app.get("/v1/status", responses={401: {"model": ErrorBody}})
+    @app.get(ROUTES["status"], responses={401: {"model": ErrorBody}})
     def status(authorization: str | None = Header(default=None)) -> dict:
         """Operator view (``Authorization: Bearer`` + ``state_dir/operator.token``): rounds, devices
         (revoked ones too, with when each was last seen and whether it is set aside this round),
@@ -298,7 +300,7 @@ def create_app(
                     "domain": c.domain,
                     "model_name": c.model_name,
                     "secagg_group": c.secagg_group,
-                    "capabilities": c.capabilities,
+                    "capabilities": c.capabilities.model_dump(),
                     "bytes_in": c.bytes_in,
                     "bytes_out": c.bytes_out,
                     "enrolled_at": c.enrolled_at,
@@ -309,13 +311,15 @@ def create_app(
                 }
                 for c in devices
             ],
-            "quarantine": [{**q, "name": names.get(q["client_id"], q["client_id"])} for q in store.quarantine_log()],
-            "rounds": store.round_metrics(),
+            "quarantine": [
+                {**dataclasses.asdict(q), "name": names.get(q.client_id, q.client_id)} for q in store.quarantine_log()
+            ],
+            "rounds": [m.to_dict() for m in store.round_metrics()],
         }
 
     # --------------------------------------------------------------------------- enrollment
     @app.post(
-        "/v1/enroll",
+        ROUTES["enroll"],
         response_model=SealedEnvelope,
         responses={s: {"model": ErrorBody} for s in (400, 401, 409, 422, 429)},
     )
@@ -374,7 +378,7 @@ def create_app(
             body.kex_key,
             request.domain,
             request.model_name,
-            request.capabilities.model_dump(),
+            request.capabilities,
             0,
             0,
             0,
@@ -396,24 +400,16 @@ def create_app(
     # ------------------------------------------------------------------------------- rounds
     errors: dict[int | str, dict[str, Any]] = {s: {"model": ErrorBody} for s in (400, 401, 404, 408, 409, 413, 422)}
 
-    def sealed_route(kind: str) -> Callable[[Callable[..., SealedEnvelope]], Callable[..., SealedEnvelope]]:
-        """Mount a sealed endpoint where the shared route table puts requests of ``kind``."""
-        return app.post(ROUTES[kind], response_model=SealedEnvelope, responses=errors)
-
-    @sealed_route("round.get")
-    def get_round(envelope: SealedEnvelope) -> SealedEnvelope:
-        def handle(db, client, header, payload) -> RoundInfo:
-            t, phase = current()
-            if t == 0:
-                return RoundInfo(round=0, phase=Phase.WAITING, total_rounds=engine.config.rounds)
-            if phase != Phase.FEATURES:  # candidates only matter while features are being collected
-                return RoundInfo(round=t, phase=phase, total_rounds=engine.config.rounds)
-            info, _ = store.round_info(t)
-            group = group_id(client)  # each device sees its own group's parameters only
-            own = {group: info["secagg_configs"][group]} if group in info["secagg_configs"] else {}
-            return RoundInfo.model_validate({**info, "secagg_configs": own, "secagg_group": group if own else None})
-
-        return sealed("round.get", envelope, handle)
+    def handle_round(db, client, header, payload: RoundQuery) -> RoundInfo:
+        t, phase = current()
+        if t == 0:
+            return RoundInfo(round=0, phase=Phase.WAITING, total_rounds=engine.config.rounds)
+        if phase != Phase.FEATURES:  # candidates only matter while features are being collected
+            return RoundInfo(round=t, phase=phase, total_rounds=engine.config.rounds)
+        info, _ = store.round_info(t)
+        group = group_id(client)  # each device sees its own group's parameters only
+        own = {group: info.secagg_configs[group]} if group in info.secagg_configs else {}
+        return info.model_copy(update={"secagg_configs": own, "secagg_group": group if own else None})
 
     def handle_features(db, client, header, payload: FeatureUpload) -> Ack:
         check_round(header, payload.round, Phase.FEATURES)
@@ -422,7 +418,7 @@ def create_app(
         check_features(payload, RoundContext.of(info))
         if payload.secagg_keys is not None:
             group = group_id(client)
-            if group not in info["secagg_configs"]:
+            if group not in info.secagg_configs:
                 raise UploadRejected(
                     "bad_secagg", "this device has no secure-aggregation group this round; send no keys"
                 )
@@ -433,38 +429,27 @@ def create_app(
         fresh = store.put_upload(db, payload.round, client.client_id, "features.put", payload.model_dump_json())
         return Ack(message="stored" if fresh else "already stored")
 
-    @sealed_route("features.put")
-    def put_features(envelope: SealedEnvelope) -> SealedEnvelope:
-        return sealed("features.put", envelope, handle_features)
-
-    @sealed_route("allocation.get")
-    def get_allocation(envelope: SealedEnvelope) -> SealedEnvelope:
-        def handle(db, client, header, payload: AllocationQuery) -> Allocation:
-            t, phase = current()
-            if header.round != payload.round:
-                raise ApiError(400, "round_mismatch", "header round and payload round differ")
-            if payload.round != t:
-                raise ApiError(409, "wrong_round", f"round {payload.round} is not the current round ({t})")
-            refuse_if_quarantined(t, client)
-            found = store.allocation(t, client.client_id, SLM)
-            if found is None:
-                if phase != Phase.FEATURES:
-                    raise ApiError(409, "not_allocated", f"round {t} was allocated without this client's features")
-                return Allocation(round=t, status="pending")
-            group = engine.secure.group_of(t, client)
-            stored = store.secagg(t, group, "roster") if group else None
-            roster = Roster.model_validate(stored) if stored is not None else None
-            update = store.server_update(t, client.client_id)
-            return Allocation(
-                round=t,
-                status="ready",
-                sample_ids=found[0],
-                reason=found[1],
-                secagg_roster=roster,
-                server_update=None if update is None else [LoraFactor.model_validate(f) for f in update],
-            )
-
-        return sealed("allocation.get", envelope, handle)
+    def handle_allocation(db, client, header, payload: AllocationQuery) -> Allocation:
+        t, phase = current()
+        if header.round != payload.round:
+            raise ApiError(400, "round_mismatch", "header round and payload round differ")
+        if payload.round != t:
+            raise ApiError(409, "wrong_round", f"round {payload.round} is not the current round ({t})")
+        refuse_if_quarantined(t, client)
+        found = store.allocation(t, client.client_id, SLM)
+        if found is None:
+            if phase != Phase.FEATURES:
+                raise ApiError(409, "not_allocated", f"round {t} was allocated without this client's features")
+            return Allocation(round=t, status="pending")
+        group = engine.secure.group_of(t, client)
+        return Allocation(
+            round=t,
+            status="ready",
+            sample_ids=found[0],
+            reason=found[1],
+            secagg_roster=store.secagg(t, group, "roster") if group else None,
+            server_update=store.server_update(t, client.client_id),
+        )
 
     def handle_reward(db, client, header, payload: RewardReport) -> Ack:
         check_round(header, payload.round, Phase.TRAINING)
@@ -476,11 +461,8 @@ def create_app(
         fresh = store.put_upload(db, payload.round, client.client_id, "reward.put", payload.model_dump_json())
         return Ack(message="stored" if fresh else "already stored")
 
-    @sealed_route("reward.put")
-    def put_reward(envelope: SealedEnvelope) -> SealedEnvelope:
-        return sealed("reward.put", envelope, handle_reward)
-
     def handle_secagg(db, client, header, payload: SecAggUpload) -> Ack:
+        """Co-tuning: a client's secure-aggregation message (shares, masked adapter, unmask shares)."""
         check_round(header, payload.round, Phase.TRAINING)
         refuse_if_quarantined(payload.round, client)
         group = engine.secure.group_of(payload.round, client)
@@ -497,59 +479,68 @@ def create_app(
         )
         return Ack(message="stored" if fresh else "already stored")
 
-    @sealed_route("secagg.put")
-    def put_secagg(envelope: SealedEnvelope) -> SealedEnvelope:
-        """Co-tuning: a client's secure-aggregation message (shares, masked adapter, unmask shares)."""
-        return sealed("secagg.put", envelope, handle_secagg)
-
-    @sealed_route("secagg.get")
-    def get_secagg(envelope: SealedEnvelope) -> SealedEnvelope:
+    def handle_secagg_poll(db, client, header, payload: SecAggQuery) -> SecAggReply:
         """Co-tuning: poll for the shares routed to this client, the unmask request, or the average;
         ``failed`` once the group cannot finish this round."""
-
-        def handle(db, client, header, payload: SecAggQuery) -> SecAggReply:
-            t = payload.round
-            if header.round != t:
-                raise ApiError(400, "round_mismatch", "header round and payload round differ")
-            if t > current()[0]:
-                raise ApiError(409, "wrong_round", f"round {t} has not begun")
-            refuse_if_quarantined(t, client)
-            group = engine.secure.group_of(t, client)
-            if group is None:
-                return SecAggReply(round=t, status="none")
-            result = store.secagg(t, group, "result")
-            if result is not None and "error" in result:
-                return SecAggReply(round=t, status="failed", body=SecAggFailure(error=result["error"]))
-            if payload.step == "inbox":
-                routed = store.secagg(t, group, "routed")
-                if routed is None:
-                    return SecAggReply(round=t, status="pending")
-                if client.client_id not in routed["inbox"]:
-                    return SecAggReply(round=t, status="none")
-                return SecAggReply(
-                    round=t,
-                    status="ready",
-                    body=SecAggInbox.model_validate({"shares": routed["inbox"][client.client_id]}),
-                )
-            if payload.step == "unmask":
-                request = store.secagg(t, group, "unmask_request")
-                if request is None:
-                    return SecAggReply(round=t, status="pending")
-                if client.client_id not in request["survivors"]:
-                    return SecAggReply(round=t, status="none")
-                return SecAggReply(round=t, status="ready", body=UnmaskRequest.model_validate(request))
-            if result is None:
+        t = payload.round
+        if header.round != t:
+            raise ApiError(400, "round_mismatch", "header round and payload round differ")
+        if t > current()[0]:
+            raise ApiError(409, "wrong_round", f"round {t} has not begun")
+        refuse_if_quarantined(t, client)
+        group = engine.secure.group_of(t, client)
+        if group is None:
+            return SecAggReply(round=t, status="none")
+        result = store.secagg(t, group, "result")
+        if isinstance(result, SecAggFailure):
+            return SecAggReply(round=t, status="failed", body=result)
+        if payload.step == "inbox":
+            routed = store.secagg(t, group, "routed")
+            if routed is None:
                 return SecAggReply(round=t, status="pending")
-            return SecAggReply(round=t, status="ready", body=SecAggResult.model_validate(result))
+            if client.client_id not in routed.inbox:
+                return SecAggReply(round=t, status="none")
+            return SecAggReply(round=t, status="ready", body=SecAggInbox(shares=routed.inbox[client.client_id]))
+        if payload.step == "unmask":
+            request = store.secagg(t, group, "unmask_request")
+            if request is None:
+                return SecAggReply(round=t, status="pending")
+            if client.client_id not in request.survivors:
+                return SecAggReply(round=t, status="none")
+            return SecAggReply(round=t, status="ready", body=request)
+        if result is None:
+            return SecAggReply(round=t, status="pending")
+        return SecAggReply(round=t, status="ready", body=result)
 
-        return sealed("secagg.get", envelope, handle)
-
-    # --------------------------------------------------------------------- chunked uploads
-    upload_handlers: dict[str, Handler] = {
+    # every sealed kind's handler, mounted where the shared route table puts that kind
+    handlers: dict[str, Handler] = {
+        "round.get": handle_round,
         "features.put": handle_features,
+        "allocation.get": handle_allocation,
         "reward.put": handle_reward,
         "secagg.put": handle_secagg,
+        "secagg.get": handle_secagg_poll,
+        "upload.begin": uploads.begin,
+        "upload.chunk": uploads.chunk,
+        "upload.status": uploads.status,
+        "upload.commit": uploads.commit,
+        "upload.abort": uploads.abort,
     }
+    upload_handlers = {kind: handlers[kind] for kind in UPLOAD_KINDS}
+
+    def mount(kind: str, handler: Handler) -> None:
+        """Serve ``kind`` at its route; the API docs describe it by its sealed payload's model."""
+
+        def endpoint(envelope: SealedEnvelope) -> SealedEnvelope:
+            return sealed(kind, envelope, handler)
+
+        description = inspect.getdoc(KIND_PAYLOADS[kind]) or ""
+        app.post(ROUTES[kind], response_model=SealedEnvelope, responses=errors, name=kind, description=description)(
+            endpoint
+        )
+
+    for kind, handler in handlers.items():
+        mount(kind, handler)
 
     def run_target(db: sqlite3.Connection, client: ClientRecord, envelope: SealedEnvelope) -> SealedEnvelope:
         """A reassembled upload goes through its endpoint's own checks and handler, in ``db``."""
@@ -559,34 +550,10 @@ def create_app(
             raise ApiError(422, "bad_upload", "the uploaded envelope must come from this client")
         return seal_reply(envelope.header, upload_handlers[kind](db, client, envelope.header, payload), sender)
 
-    @sealed_route("upload.begin")
-    def upload_begin(envelope: SealedEnvelope) -> SealedEnvelope:
-        """A sealed body over max_body_bytes: declare it (header, length, SHA-256, chunk length);
-        beginning again returns the same session and the chunks already held (resume)."""
-        return sealed("upload.begin", envelope, uploads.begin)
-
-    @sealed_route("upload.chunk")
-    def upload_chunk(envelope: SealedEnvelope) -> SealedEnvelope:
-        """One chunk of the sealed body, stored durably before the reply."""
-        return sealed("upload.chunk", envelope, uploads.chunk)
-
-    @sealed_route("upload.status")
-    def upload_status(envelope: SealedEnvelope) -> SealedEnvelope:
-        """Which chunks of a session the coordinator holds."""
-        return sealed("upload.status", envelope, uploads.status)
-
-    @sealed_route("upload.commit")
-    def upload_commit(envelope: SealedEnvelope) -> SealedEnvelope:
-        """Reassemble, verify and process the body through its endpoint; idempotent."""
-        return sealed("upload.commit", envelope, uploads.commit)
-
-    @sealed_route("upload.abort")
-    def upload_abort(envelope: SealedEnvelope) -> SealedEnvelope:
-        """Drop an uncommitted session and its chunks; a session that is gone is not an error."""
-        return sealed("upload.abort", envelope, uploads.abort)
-
     served = {getattr(r, "path", None) for r in app.routes}
-    missing = sorted(kind for kind, path in ROUTES.items() if path not in served)
+    missing = sorted(
+        {name for name, path in ROUTES.items() if path not in served} | (set(KIND_PAYLOADS) - set(handlers))
+    )
     if missing:  # the route table and the handlers disagree: a programming error, caught at start-up
-        raise RuntimeError(f"no handler for request kind(s) {missing}")
+        raise RuntimeError(f"no handler for route(s) {missing}")
     return app

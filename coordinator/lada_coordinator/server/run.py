@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import socket
+import typing
 from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 
+from lada_client.common.wire import ROUTES
+from lada_client.config import ClientConfig
 from lada_client.data.federation import FederationData, load_public
 from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.credentials import load_identity, operator_token
@@ -22,13 +26,18 @@ from lada_coordinator.store import Store
 
 log = logging.getLogger(__name__)
 
+#: test questions per client the LLM is evaluated on unless told: as many as a client evaluates
+#: itself on by default, so that both are measured on the same questions
+LLM_EVAL_SIZE = typing.cast(int, next(f.default for f in dataclasses.fields(ClientConfig) if f.name == "eval_size"))
+
 
 def build(
-    config: CoordinatorConfig, llm_eval_dir: Path | None = None, llm_eval_size: int = 64
+    config: CoordinatorConfig, llm_eval_dir: Path | None = None, llm_eval_size: int | None = None
 ) -> tuple[FastAPI, RoundEngine, Store]:
     """Return (app, engine, store) wired together, without starting anything. With ``llm_eval_dir``
-    (local federations), the LLM is evaluated each round on the first ``llm_eval_size`` test
-    questions of every client there, the questions each client evaluates itself on."""
+    (local federations), the LLM is evaluated each round on the first ``llm_eval_size`` (default
+    :data:`LLM_EVAL_SIZE`) test questions of every client there, the questions each client
+    evaluates itself on."""
     if config.score_only_update == "server":
         for model_name, ckpt in config.slm_checkpoints.items():
             if not (ckpt / "config.json").is_file():
@@ -42,7 +51,8 @@ def build(
     public = load_public(config.public_data)
     llm_eval = None
     if llm_eval_dir is not None:  # evaluation hook for local federations: held-out test splits
-        llm_eval = [s for c in FederationData.load(llm_eval_dir).clients for s in c.test[:llm_eval_size]]
+        size = LLM_EVAL_SIZE if llm_eval_size is None else llm_eval_size
+        llm_eval = [s for c in FederationData.load(llm_eval_dir).clients for s in c.test[:size]]
 
     def llm_factory() -> LLMHost:
         if config.llm_dir is None:
@@ -125,7 +135,7 @@ def tls_material(
 def serve(
     config: CoordinatorConfig,
     llm_eval_dir: Path | None = None,
-    llm_eval_size: int = 64,
+    llm_eval_size: int | None = None,
     ssl_certfile: Path | None = None,
     ssl_keyfile: Path | None = None,
     insecure_http: bool = False,
@@ -136,12 +146,13 @@ def serve(
     scheme = "https" if cert else "http"
     write_endpoint(config.state_dir, scheme, config.host, config.port, cert)  # for `lada-coordinator status`
     log.info(
-        "coordinator on %s://%s:%d (db %s, key %s…); operator dashboard at /dashboard",
+        "coordinator on %s://%s:%d (db %s, key %s…); operator dashboard at %s",
         scheme,
         config.host,
         config.port,
         config.db_path,
         load_identity(config.state_dir).public.fingerprint()[:16],
+        ROUTES["dashboard"],
     )
     try:
         uvicorn.Server(

@@ -9,8 +9,18 @@ import base64
 import numpy as np
 import pytest
 
-from lada_client.common.secagg import EncryptedShare, MaskedInput, Roster, SecAggClient, SecAggConfig, SecAggError
-from lada_client.common.wire import SecAggUpload, secagg_round_id
+from lada_client.common.secagg import (
+    AdvertiseKeys,
+    EncryptedShare,
+    MaskedInput,
+    Roster,
+    SecAggClient,
+    SecAggConfig,
+    SecAggError,
+    SecAggFailure,
+    SecAggResult,
+)
+from lada_client.common.wire import Capabilities, FeatureUpload, SecAggUpload, secagg_round_id
 from lada_coordinator.aggregation.secure import NotNow, SecAggSettings, SecureAggregation, group_id
 from lada_coordinator.store import ClientRecord, Store
 
@@ -21,10 +31,17 @@ GROUP = f"default/{MODEL}"
 def _clients(n: int, group: str = "default", model: str = MODEL) -> list[ClientRecord]:
     return [
         ClientRecord(
-            f"{group}-c{i}", f"{group}-c{i}", "k", "k", "add", model, {"can_train": True}, 0, 0, 0, secagg_group=group
+            f"{group}-c{i}", f"{group}-c{i}", "k", "k", "add", model, Capabilities(), 0, 0, 0, secagg_group=group
         )
         for i in range(n)
     ]
+
+
+def _advert(keys: AdvertiseKeys, adapter_size: int) -> FeatureUpload:
+    """A feature upload as far as key advertisement reads it."""
+    return FeatureUpload(
+        round=1, feature_names=["x"], sample_ids=[], features=[], secagg_keys=keys, adapter_size=adapter_size
+    )
 
 
 def _put(store: Store, t: int, cid: str, step: str, body: dict) -> None:
@@ -52,9 +69,11 @@ class Group:
         }
 
     def setup(self) -> Roster:
-        adverts = {cid: {"secagg_keys": p.advertise(), "adapter_size": self.size} for cid, p in self.parties.items()}
+        adverts = {cid: _advert(p.advertise(), self.size) for cid, p in self.parties.items()}
         assert self.secure.setup(self.t, adverts, self.clients, self.configs) == {GROUP: sorted(self.parties)}
-        return Roster.from_dict(self.store.secagg(self.t, GROUP, "roster"))
+        roster = self.store.secagg(self.t, GROUP, "roster")
+        assert roster is not None
+        return roster
 
     def check(self, cid: str, step: str, body: dict) -> None:
         """Parse as the HTTP layer does, then check against the round."""
@@ -64,29 +83,28 @@ class Group:
         self.check(cid, step, body)
         _put(self.store, self.t, cid, step, body)
 
-    def share(self, roster: Roster, skip=()) -> dict[str, list[dict]]:
+    def share(self, roster: Roster, skip=()) -> dict[str, tuple[EncryptedShare, ...]]:
         for cid, p in self.parties.items():
             if cid not in skip:
                 self.send(cid, "shares", p.share_keys(roster).to_dict())
         self.secure.route(self.t, GROUP)
-        return self.store.secagg(self.t, GROUP, "routed")["inbox"]
+        return dict(self.store.secagg(self.t, GROUP, "routed").inbox)
 
-    def mask(self, inbox: dict[str, list[dict]], skip=()) -> None:
+    def mask(self, inbox: dict[str, tuple[EncryptedShare, ...]], skip=()) -> None:
         for cid, p in self.parties.items():
             if cid not in skip and cid in inbox:
-                masked = p.masked_input(self.vectors[cid], [EncryptedShare.from_dict(s) for s in inbox[cid]])
+                masked = p.masked_input(self.vectors[cid], list(inbox[cid]))
                 self.send(cid, "masked", masked.to_dict())
         self.secure.request_unmask(self.t, GROUP)
 
-    def unmask(self) -> dict:
+    def unmask(self) -> SecAggResult:
         request = self.store.secagg(self.t, GROUP, "unmask_request")
-        for cid in request["survivors"]:
-            self.send(cid, "unmask", self.parties[cid].unmask(request["survivors"], request["dropped"]).to_dict())
+        for cid in request.survivors:
+            self.send(cid, "unmask", self.parties[cid].unmask(request.survivors, request.dropped).to_dict())
         self.secure.finish(self.t, GROUP)
-        return self.store.secagg(self.t, GROUP, "result")
-
-    def average(self, result: dict) -> np.ndarray:
-        return np.frombuffer(base64.b64decode(result["average"]), dtype=np.float32)
+        result = self.store.secagg(self.t, GROUP, "result")
+        assert isinstance(result, SecAggResult)
+        return result
 
 
 @pytest.mark.parametrize("drop", [0, 1])
@@ -101,11 +119,11 @@ def test_group_average_through_the_store(tmp_path, drop):
     g.mask(inbox)
     expected, arrived = g.secure.progress(g.t, GROUP, "masked")
     assert expected == expected_before and expected - arrived == set(dropped)
-    assert g.store.secagg(g.t, GROUP, "unmask_request")["dropped"] == dropped
+    assert list(g.store.secagg(g.t, GROUP, "unmask_request").dropped) == dropped
     result = g.unmask()
     survivors = sorted(g.parties)
-    assert result["contributors"] == survivors and not g.offenders
-    np.testing.assert_allclose(g.average(result), np.mean([g.vectors[c] for c in survivors], axis=0), atol=1e-4)
+    assert list(result.contributors) == survivors and not g.offenders
+    np.testing.assert_allclose(result.average, np.mean([g.vectors[c] for c in survivors], axis=0), atol=1e-4)
 
     # What the coordinator stored about one client's adapter is a masked vector, unrelated to it.
     for cid in survivors:
@@ -127,7 +145,7 @@ def test_default_threshold_survives_one_dropout_in_every_allowed_group_size(tmp_
     last = sorted(g.parties)[-1]
     g.mask(inbox, skip=[last])  # one member drops after sharing its keys
     result = g.unmask()
-    assert result["contributors"] == sorted(set(g.parties) - {last})
+    assert list(result.contributors) == sorted(set(g.parties) - {last})
 
 
 def test_groups_are_the_operators_and_small_ones_are_skipped(tmp_path):
@@ -151,10 +169,10 @@ def test_a_member_declaring_another_adapter_size_is_left_out_not_the_group(tmp_p
     cfg = SecAggConfig.from_dict(configs[GROUP])
     parties = {c.client_id: SecAggClient(c.client_id, secagg_round_id(1, GROUP), cfg) for c in clients}
     sizes = dict(zip(parties, (10, 10, 10, 99)))
-    features = {cid: {"secagg_keys": p.advertise(), "adapter_size": sizes[cid]} for cid, p in parties.items()}
+    features = {cid: _advert(p.advertise(), sizes[cid]) for cid, p in parties.items()}
     assert secure.setup(1, features, clients, configs) == {GROUP: sorted(parties)[:3]}
     tie = dict(zip(parties, (10, 10, 99, 99)))
-    features = {cid: {"secagg_keys": p.advertise(), "adapter_size": tie[cid]} for cid, p in parties.items()}
+    features = {cid: _advert(p.advertise(), tie[cid]) for cid, p in parties.items()}
     assert secure.setup(2, features, clients, configs) == {}  # no majority: no aggregation this round
 
 
@@ -176,8 +194,8 @@ def test_invalid_member_messages_are_refused_when_sent(tmp_path):
     g.secure.route(g.t, GROUP)
     with pytest.raises(NotNow):
         g.check(a, "shares", bundle)  # after
-    inbox = g.store.secagg(g.t, GROUP, "routed")["inbox"]
-    masked = g.parties[a].masked_input(g.vectors[a], [EncryptedShare.from_dict(s) for s in inbox[a]]).to_dict()
+    inbox = g.store.secagg(g.t, GROUP, "routed").inbox
+    masked = g.parties[a].masked_input(g.vectors[a], list(inbox[a])).to_dict()
     short = {**masked, "vector": base64.b64encode(b"\0" * 40).decode()}
     with pytest.raises(SecAggError, match=f"must hold {g.size} values"):
         g.check(a, "masked", short)
@@ -190,15 +208,15 @@ def test_shares_that_do_not_open_drop_their_sender_and_the_rest_aggregate(tmp_pa
     inbox = g.share(g.setup())
     liar = sorted(g.parties)[2]
     victim = sorted(g.parties)[0]
-    inbox[victim] = [
-        {**s, "ciphertext": base64.b64encode(bytes(148)).decode()} if s["sender"] == liar else s for s in inbox[victim]
-    ]
+    inbox[victim] = tuple(
+        s.model_copy(update={"ciphertext": bytes(148)}) if s.sender == liar else s for s in inbox[victim]
+    )
     g.mask(inbox)
     result = g.unmask()
-    assert liar not in result["contributors"] and len(result["contributors"]) == 4
+    assert liar not in result.contributors and len(result.contributors) == 4
     assert liar in g.offenders and "did not open" in g.offenders[liar]
-    honest = result["contributors"]
-    np.testing.assert_allclose(g.average(result), np.mean([g.vectors[c] for c in honest], axis=0), atol=1e-4)
+    honest = result.contributors
+    np.testing.assert_allclose(result.average, np.mean([g.vectors[c] for c in honest], axis=0), atol=1e-4)
 
 
 def test_a_stored_bad_message_is_skipped_on_replay_not_fatal(tmp_path):
@@ -214,10 +232,10 @@ def test_a_stored_bad_message_is_skipped_on_replay_not_fatal(tmp_path):
         else:
             g.send(cid, "shares", body)
     g.secure.route(g.t, GROUP)
-    assert bad in g.offenders and bad not in g.store.secagg(g.t, GROUP, "routed")["sharers"]
+    assert bad in g.offenders and bad not in g.store.secagg(g.t, GROUP, "routed").sharers
     g.parties.pop(bad)
-    g.mask(g.store.secagg(g.t, GROUP, "routed")["inbox"])
-    assert g.unmask()["contributors"] == sorted(g.parties)
+    g.mask(dict(g.store.secagg(g.t, GROUP, "routed").inbox))
+    assert list(g.unmask().contributors) == sorted(g.parties)
 
 
 def test_a_group_that_cannot_finish_gets_a_terminal_result(tmp_path):
@@ -228,4 +246,4 @@ def test_a_group_that_cannot_finish_gets_a_terminal_result(tmp_path):
     with pytest.raises(SecAggError):
         g.secure.route(g.t, GROUP)
     g.secure.fail(g.t, GROUP, "too few members shared keys")
-    assert g.store.secagg(g.t, GROUP, "result") == {"error": "too few members shared keys"}
+    assert g.store.secagg(g.t, GROUP, "result") == SecAggFailure(error="too few members shared keys")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lada_client.common.wire import Capabilities
 from lada_coordinator.allocation.allocator import LLM, SLM, Allocator
 from lada_coordinator.allocation.eenet import FilterConfig
 from lada_coordinator.store import ClientRecord, Store
@@ -77,7 +78,9 @@ def test_random_draw_follows_the_client_name_not_its_enrollment(tmp_path):
     for run, client_id in enumerate(("client0-1a2b3c4d", "client0-9f8e7d6c")):
         store = Store(tmp_path / f"run{run}.sqlite")
         for cid in (client_id, f"client1-{run}"):
-            store.add_client(ClientRecord(cid, cid.split("-")[0], f"k{cid}", f"k{cid}", "add", "m", {}, 0, 0, 0))
+            store.add_client(
+                ClientRecord(cid, cid.split("-")[0], f"k{cid}", f"k{cid}", "add", "m", Capabilities(), 0, 0, 0)
+            )
         alloc = Allocator(store, "random", _configs(), seed=5)
         draws.append((alloc.allocate(1, SLM, client_id, ids, z), alloc.allocate(1, SLM, f"client1-{run}", ids, z)))
     (first, other), (again, _) = draws

@@ -67,11 +67,11 @@ def test_rounds_draw_candidates_with_verified_stored_paths_and_run_no_llm(tmp_pa
     )
     _, engine, db = build(config)
     engine._open(1)
-    info, gold = db.round_info(1)
+    info, paths = db.round_info(1)
     verified = {s.sample_id: r for s in public if (r := store.get(s)) and r.correct}
-    assert len(info["candidates"]) == 20 and all(c["sample_id"] in verified for c in info["candidates"])
-    assert all(c["path"] == verified[c["sample_id"]].path and c["llm_tokens"] == 9 for c in info["candidates"])
-    assert len(info["offer_questions"]) == 4 and gold["path_stats"]["store"] == 20
+    assert len(info.candidates) == 20 and all(c.sample_id in verified for c in info.candidates)
+    assert all(c.path == verified[c.sample_id].path and c.llm_tokens == 9 for c in info.candidates)
+    assert len(info.offer_questions) == 4 and paths.path_stats["store"] == 20
     assert engine._llm is None  # no LLM was loaded
     db.close()
     with pytest.raises(ValueError, match="llm_dir is required"):

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from lada_client.common.crypto import Direction, Identity
-from lada_client.common.wire import Ack, Candidate, FeatureUpload, RoundInfo, RoundQuery
+from lada_client.common.wire import Ack, Candidate, Capabilities, FeatureUpload, RoundInfo, RoundQuery
 from lada_client.transport import CoordinatorError, Transport
 
 
@@ -27,7 +27,7 @@ def _open_round(store) -> None:
         ],
         feature_names=["slm_path_nll"],
     )
-    store.open_round(1, info.model_dump(), {})
+    store.open_round(1, info)
 
 
 def test_round_trip_and_status(server, enroll):
@@ -61,6 +61,16 @@ def test_round_trip_and_status(server, enroll):
     assert status["clients"] == 0 and status["arrived"]["expected"] == 0
     (device,) = status["devices"]  # a revoked device stays in the operator's list, marked
     assert device["revoked"] and device["quarantined"] == "features.put: bad_features: test"
+    assert device["capabilities"] == Capabilities().model_dump()  # what it declared at enrollment
+    (entry,) = status["quarantine"]
+    assert {**entry, "at": 0} == {
+        "round": 1,
+        "client_id": t.client_id,
+        "stage": "features.put",
+        "error": "bad_features: test",
+        "at": 0,
+        "name": "dev1",
+    }
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}  # public: nothing per client
 
 
@@ -205,7 +215,7 @@ def test_transport_surfaces_server_errors(server, enroll):
 
 def test_score_only_device_contributes_features_but_gets_no_allocation(server, enroll):
     """Capabilities declared at enrollment are respected by the round engine."""
-    from lada_client.common.wire import Allocation, AllocationQuery, Capabilities
+    from lada_client.common.wire import Allocation, AllocationQuery
 
     _url, store, config = server
     transports = [
@@ -236,7 +246,7 @@ def test_score_only_device_gets_an_adapter_trained_server_side_when_configured(s
     checkpoint on the allocated teacher paths, and the device merges it without torch."""
     import dataclasses
 
-    from lada_client.common.wire import Allocation, AllocationQuery, Capabilities
+    from lada_client.common.wire import Allocation, AllocationQuery
     from lada_client.models.weight_swap import apply_lora_factors
     from lada_client.scoring.onnx_slm import OnnxSLM
     from lada_coordinator.server.run import build
@@ -282,11 +292,19 @@ def test_score_only_device_gets_an_adapter_trained_server_side_when_configured(s
         build(dataclasses.replace(server_side, slm_checkpoints={"slm-small": tmp_path}))
 
 
-def test_every_kind_of_the_shared_route_table_is_served(server):
-    """The transport posts kind k to ROUTES[k]; the server mounts a handler at each of them."""
-    from lada_client.common.wire import ROUTES
+def test_every_route_of_the_shared_route_table_is_served(server):
+    """The transport posts kind k to ROUTES[k] and the server mounts a handler at each of them; the
+    unsealed endpoints are served where the same table puts them."""
+    from lada_client.common.wire import KIND_PAYLOADS, ROUTES
 
     url, _, _ = server
-    for kind, path in ROUTES.items():
-        reply = httpx.post(f"{url}{path}", content=b"{}", headers={"Content-Type": "application/json"})
+    json_body = {"content": b"{}", "headers": {"Content-Type": "application/json"}}
+    for kind in KIND_PAYLOADS:
+        reply = httpx.post(f"{url}{ROUTES[kind]}", **json_body)
         assert reply.status_code not in (404, 405) and 400 <= reply.status_code < 500, (kind, reply.status_code)
+    assert set(ROUTES) - set(KIND_PAYLOADS) == {"health", "identity", "enroll", "status", "dashboard"}
+    assert httpx.get(f"{url}{ROUTES['health']}").json() == {"status": "ok"}
+    assert set(httpx.get(f"{url}{ROUTES['identity']}").json()) == {"sign_key", "kex_key", "fingerprint"}
+    assert httpx.get(f"{url}{ROUTES['status']}").status_code == 401  # the operator's, with its token
+    assert httpx.get(f"{url}{ROUTES['dashboard']}").status_code == 200
+    assert httpx.post(f"{url}{ROUTES['enroll']}", **json_body).status_code == 422  # served; {} is no enrollment

@@ -29,7 +29,7 @@ def _open(store, t: int) -> None:
             )
         ],
     )
-    store.open_round(t, info.model_dump(), {})
+    store.open_round(t, info)
 
 
 def _browser(url: str, tmp_path: Path, *, screenshot: Path | None = None) -> str:

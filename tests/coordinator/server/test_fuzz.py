@@ -32,7 +32,7 @@ def test_fuzz_api_from_openapi_schema(server, enroll, db_dump):
         ],
         feature_names=["slm_path_nll"],
     )
-    store.open_round(1, info.model_dump(), {})
+    store.open_round(1, info)
     schema = schemathesis.openapi.from_dict(httpx.get(f"{url}/openapi.json").json())
     seen: dict[str, int] = {}
     state = {"db": db_dump(Path(config.db_path))}

@@ -48,6 +48,7 @@ def test_tls_is_on_unless_loopback_or_explicitly_off(tmp_path, caplog):
 def test_operator_cli_issues_lists_and_revokes_tokens_and_devices(tmp_path, capsys):
     import json
 
+    from lada_client.common.wire import Capabilities
     from lada_coordinator.cli import main
     from lada_coordinator.store import ClientRecord, Store
 
@@ -79,7 +80,7 @@ def test_operator_cli_issues_lists_and_revokes_tokens_and_devices(tmp_path, caps
     assert "no open token" in capsys.readouterr().err
     assert main(["issue-token", "--config", str(cfg), "--group", "no spaces"]) == 2
     store = Store(tmp_path / "c.sqlite")
-    store.add_client(ClientRecord("phone-1", "phone", "s", "k", "", "", {}, 0, 0, 0))
+    store.add_client(ClientRecord("phone-1", "phone", "s", "k", "", "", Capabilities(), 0, 0, 0))
     store.close()
     assert main(["revoke", "--config", str(cfg), "phone"]) == 0
     assert main(["revoke", "--config", str(cfg), "phone"]) == 2

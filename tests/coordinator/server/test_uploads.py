@@ -75,7 +75,7 @@ def _open_round(store, n: int = 1500) -> RoundInfo:
     info = RoundInfo(
         round=1, phase="features", total_rounds=2, candidates=candidates, feature_names=["a", "b", "c", "d"]
     )
-    store.open_round(1, info.model_dump(), {})
+    store.open_round(1, info)
     return info
 
 

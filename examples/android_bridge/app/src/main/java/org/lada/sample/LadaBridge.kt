@@ -70,7 +70,7 @@ class LadaFiles(context: Context) {
 }
 
 /**
- * Kotlin face of `lada_client.bridge.Bridge`: every call is one JSON string in, one JSON string out.
+ * Kotlin face of `lada_client.Bridge`: every call is one JSON string in, one JSON string out.
  *
  * Calls block (scoring takes seconds, a round minutes): call them from a WorkManager worker or
  * `Dispatchers.IO`, never from the main thread. Only `status` answers while another call runs;
@@ -93,7 +93,7 @@ object LadaBridge {
                     Kwarg("level", "INFO"),
                     Kwarg("format", "%(name)s %(levelname)s %(message)s"),
                 )
-                py.getModule("lada_client.bridge").callAttr("Bridge").also { bridge = it }
+                py.getModule("lada_client").callAttr("Bridge").also { bridge = it }
             }
         }
 
