@@ -36,6 +36,7 @@ __all__ = [
     "OnnxSLM",
     "RewardSettings",
     "RoundResult",
+    "RoundStep",
     "TerminalProgress",
     "TrainingSupport",
     "__version__",
@@ -69,6 +70,7 @@ _EXPORTS: dict[str, str] = {
     "OnnxSLM": "lada_client.scoring.onnx_slm",
     "RewardSettings": "lada_client.config",
     "RoundResult": "lada_client.client",
+    "RoundStep": "lada_client.client",
     "TrainingSupport": "lada_client.capabilities",
     "export_scoring_model": "lada_client.models.export",
     "format_prompt": "lada_client.common.reasoning",
@@ -80,7 +82,7 @@ _EXPORTS: dict[str, str] = {
 if TYPE_CHECKING:
     from lada_client.bridge import Bridge, BridgeError
     from lada_client.capabilities import TrainingSupport, training_support
-    from lada_client.client import LadaClient, RoundResult
+    from lada_client.client import LadaClient, RoundResult, RoundStep
     from lada_client.common.config_io import ConfigError
     from lada_client.common.reasoning import format_prompt, format_target
     from lada_client.config import ClientConfig, DistillSettings, LoraSettings, RewardSettings

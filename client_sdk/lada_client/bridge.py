@@ -69,7 +69,7 @@ from lada_client.capabilities import has_module
 from lada_client.client import LadaClient
 from lada_client.common.crypto import CryptoError
 from lada_client.common.enrollment import TokenFormatError
-from lada_client.common.wire import Candidate, Phase, RoundInfo, RoundQuery
+from lada_client.common.wire import Candidate
 from lada_client.config import ClientConfig
 from lada_client.scoring.features import FEATURE_NAMES, learnability_features
 from lada_client.scoring.onnx_slm import ModelLoadError, OnnxSLM
@@ -346,6 +346,7 @@ class Bridge:
             raise
         if client_id is not None:
             history.for_client(client_id)
+            client.mark_done(history.done_rounds or [])
         with self._state_lock:
             previous, self._client = self._client, client
             self._history, self._known_round = history, 0
@@ -369,6 +370,7 @@ class Bridge:
         client_id = client.enroll()
         with self._state_lock:
             self._history.for_client(client_id)
+            client.mark_done(self._history.done_rounds or [])
             self._save_history(client)
         return {"enrolled": True, "client_id": client_id}
 
@@ -412,35 +414,26 @@ class Bridge:
         client = self._require_client()
         if client.client_id is None:
             raise BridgeError("not_enrolled", "this device is not enrolled: call enroll with the one-time token first")
-        info = client.transport.call("round.get", RoundQuery(), self._known_round, RoundInfo)
+        step = client.step(self._known_round)
+        info = step.info
         self._known_round = info.round
         reply: dict[str, Any] = {
             "round": info.round,
             "phase": info.phase,
             "total_rounds": info.total_rounds,
-            "ran": False,
+            "ran": step.ran,
         }
-        if info.phase != Phase.FEATURES:
-            return reply
-        if info.round in (self._history.done_rounds or []):
-            return {**reply, "reason": f"already took part in round {info.round}"}
-        try:
-            result = asdict(client.run_round(info))
-        except CoordinatorError as exc:
-            if exc.status != 409:
-                raise
-            # The round closed without this device (it was too slow and the round closed at
-            # quorum): as LadaClient.run does, leave it and wait for the next one.
-            log.warning("left round %d: %s", info.round, exc)
+        if step.already_done:
+            reply["reason"] = f"already took part in round {info.round}"
+        elif step.left is not None:
+            reply["reason"] = f"left round {info.round}: it moved on without this device ({step.left})"
+        if step.ran or step.left is not None:
             with self._state_lock:
-                self._history.done_rounds = sorted({*(self._history.done_rounds or []), info.round})
+                self._history.done_rounds = sorted(client.done_rounds)
+                if step.result is not None:
+                    self._history.last_round = reply["result"] = asdict(step.result)
                 self._save_history(client)
-            return {**reply, "reason": f"left round {info.round}: it moved on without this device ({exc.error or exc})"}
-        with self._state_lock:
-            self._history.done_rounds = sorted({*(self._history.done_rounds or []), info.round})
-            self._history.last_round = result
-            self._save_history(client)
-        return {**reply, "ran": True, "result": result}
+        return reply
 
     def _train(self, params: dict[str, Any]) -> dict[str, Any]:
         _check_keys(params, {"epochs", "max_samples"})

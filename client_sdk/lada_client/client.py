@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +73,23 @@ class RoundResult:
     sample_rewards: list[float] | None = None
     #: the round's LoRA update (``steps``, last ``sft_loss``/``cd_loss``, ``cd_pairs``), None without one
     training: dict[str, float | int | None] | None = None
+
+
+@dataclass(frozen=True)
+class RoundStep:
+    """What one :meth:`LadaClient.step` did: the round as the coordinator reported it, and the
+    device's result if it took part. ``already_done``: the round collects features but this device
+    took part in it before; ``left``: why the coordinator went on without this device in a round it
+    started (it was too slow, or was set aside). With none of these the device only waited."""
+
+    info: RoundInfo
+    result: RoundResult | None = None
+    already_done: bool = False
+    left: str | None = None
+
+    @property
+    def ran(self) -> bool:
+        return self.result is not None
 
 
 @dataclass
@@ -298,27 +315,51 @@ class LadaClient:
         known_round = 0
         deadline = time.monotonic() + self.config.max_wait_s
         while max_rounds is None or len(results) < max_rounds:
-            info = self.transport.call("round.get", RoundQuery(), known_round, RoundInfo)
-            known_round = info.round
-            if info.phase == Phase.FINISHED:
-                log.info("%s: federation finished after round %d", self.config.name, info.round)
+            step = self.step(known_round)
+            known_round = step.info.round
+            if step.info.phase == Phase.FINISHED:
+                log.info("%s: federation finished after round %d", self.config.name, step.info.round)
                 break
-            if info.phase != Phase.FEATURES or info.round in self._done_rounds:
-                if time.monotonic() > deadline:
-                    raise CoordinatorError(f"no new round within {self.config.max_wait_s:.0f}s")
-                time.sleep(self.config.poll_interval_s)
+            if step.result is not None:
+                results.append(step.result)
+            if step.ran or step.left is not None:
+                deadline = time.monotonic() + self.config.max_wait_s
                 continue
-            try:
-                results.append(self.run_round(info))
-            except CoordinatorError as exc:
-                if exc.status != 409:
-                    raise
-                # The round moved on without us (we were too slow and it closed at quorum), or the
-                # coordinator set this device aside for the round (error "quarantined", with why).
-                log.warning("%s: left round %d: %s", self.config.name, info.round, exc)
-                self._done_rounds.add(info.round)
-            deadline = time.monotonic() + self.config.max_wait_s
+            if time.monotonic() > deadline:
+                raise CoordinatorError(f"no new round within {self.config.max_wait_s:.0f}s")
+            time.sleep(self.config.poll_interval_s)
         return results
+
+    @property
+    def done_rounds(self) -> frozenset[int]:
+        """Rounds this device took part in or left (it never runs one twice)."""
+        return frozenset(self._done_rounds)
+
+    def mark_done(self, rounds: Iterable[int]) -> None:
+        """Rounds an embedding remembers from an earlier process (e.g. a mobile app's saved state):
+        :meth:`step` will not take part in them again."""
+        self._done_rounds.update(int(r) for r in rounds)
+
+    def step(self, known_round: int = 0) -> RoundStep:
+        """One poll of the coordinator and, if a round is collecting features that this device has not
+        done, the whole round: the unit a background scheduler (a mobile worker) runs, and what
+        :meth:`run` loops over. ``known_round`` is the last round seen (the reply must not go back).
+        Needs an enrolled device (:meth:`enroll`)."""
+        info = self.transport.call("round.get", RoundQuery(), known_round, RoundInfo)
+        if info.phase != Phase.FEATURES:
+            return RoundStep(info)
+        if info.round in self._done_rounds:
+            return RoundStep(info, already_done=True)
+        try:
+            return RoundStep(info, result=self.run_round(info))
+        except CoordinatorError as exc:
+            if exc.status != 409:
+                raise
+            # The round moved on without us (we were too slow and it closed at quorum), or the
+            # coordinator set this device aside for the round (error "quarantined", with why).
+            log.warning("%s: left round %d: %s", self.config.name, info.round, exc)
+            self._done_rounds.add(info.round)
+            return RoundStep(info, left=exc.error or str(exc))
 
     def run_round(self, info: RoundInfo) -> RoundResult:
         t = self._t = info.round

@@ -54,3 +54,65 @@ def test_a_trainer_that_fails_to_load_raises_at_first_use(tiny_world, tmp_path):
             _ = client.trainer
         assert raised.value is future.exception()  # the loader's own error, raised in the caller's thread
         assert client._trainer is None and client._trainer_future is None  # the next use tries again
+
+
+def test_step_waits_runs_once_and_leaves_a_round_it_was_set_aside_in(
+    tiny_world, tmp_path, free_port, serve_coordinator, issue
+):
+    """``LadaClient.step`` against a real coordinator (rounds opened by hand, no engine): it only
+    waits while no round collects features, never runs a round it has done, and when the
+    coordinator sets it aside (409) it leaves that round for good instead of failing."""
+    from lada_client.common.wire import Candidate, Phase, RoundInfo
+    from lada_coordinator.config import CoordinatorConfig
+
+    coordinator = CoordinatorConfig(
+        db_path=tmp_path / "c.sqlite",
+        state_dir=tmp_path / "coordinator",
+        llm_dir=tiny_world["llm"],
+        public_data=tiny_world["data"],
+        port=free_port,
+        rounds=3,
+    )
+    with serve_coordinator(coordinator) as (url, store):
+        config = _config(tiny_world, tmp_path, tiny_world["client0"] / "base").with_overrides(
+            coordinator_url=url, token=issue(coordinator), base_model_dir=None
+        )
+        with LadaClient(config) as client:
+            client_id = client.enroll()
+            candidates = [
+                Candidate(
+                    sample_id=f"p{i}",
+                    question=f"{i} + 1?",
+                    path=f"{i} + 1 = {i + 1}. The answer is {i + 1}.",
+                    llm_logprob=-3.0,
+                    llm_tokens=9,
+                )
+                for i in range(4)
+            ]
+
+            def open_round(t: int) -> None:
+                store.open_round(
+                    t,
+                    RoundInfo(
+                        round=t, phase="features", total_rounds=3, candidates=candidates, feature_names=["path_tokens"]
+                    ),
+                )
+
+            open_round(1)
+            store.set_phase(1, Phase.TRAINING)
+            waited = client.step()
+            assert (waited.info.round, waited.info.phase) == (1, Phase.TRAINING)
+            assert not waited.ran and not waited.already_done and waited.left is None
+
+            store.set_phase(1, Phase.FEATURES)
+            client.mark_done([1])  # e.g. remembered by an app from an earlier process
+            again = client.step(1)
+            assert again.already_done and not again.ran and again.left is None
+            assert store.uploads(1, "features.put") == {}  # it did not score the round a second time
+
+            open_round(2)
+            store.quarantine(2, client_id, "features", "injected for the test")
+            left = client.step(1)
+            assert not left.ran and left.left is not None and "quarantined" in left.left
+            assert client.done_rounds == {1, 2}
+            assert client.step(2).already_done  # a round it left is not run again
