@@ -82,7 +82,12 @@ class ConfigError(ValueError):
 
     @classmethod
     def from_validation(cls, exc: ValidationError, what: str, model: type | None = None) -> ConfigError:
-        return cls(what, [_problem(error, model) for error in exc.errors(include_url=False)])
+        errors = exc.errors(include_url=False)
+        # pydantic counts only the valid items of a list against its minimum length, so one bad item
+        # of a one-item list also reads "too short": the item's own error says it all
+        bad_items = {tuple(e["loc"][:-1]) for e in errors if e["loc"] and isinstance(e["loc"][-1], int)}
+        kept = [e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in bad_items)]
+        return cls(what, [_problem(error, model) for error in kept])
 
 
 @dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field,))

@@ -179,3 +179,10 @@ def test_unreadable_or_invalid_files_are_value_errors(tmp_path: Path) -> None:
     bad.write_text(json.dumps({**COORD, "slm_filter": {"budget": 0}}))
     with pytest.raises(ValueError, match=r"slm_filter.budget: must be >= 1, got 0"):
         CoordinatorConfig.load(bad)
+
+
+def test_one_bad_item_of_a_list_is_one_problem() -> None:
+    """pydantic also calls a one-item list with a bad item too short; only the item is reported."""
+    with pytest.raises(ConfigError) as info:
+        ClientConfig.from_dict({**CLIENT, "features": ["slm_iq"]})
+    assert [f for f, _ in info.value.problems] == ["features[0]"]
