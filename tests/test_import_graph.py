@@ -2,8 +2,8 @@
 
 An import moved into a function body hides a cycle from Python (it no longer fails at import
 time) but not from the design: two modules that need each other are one module in two files. The
-graph is read statically (``ast``), with every ``import`` at any depth as an edge except those under
-``if TYPE_CHECKING:`` (annotations only). The client's modules must also never point at the
+graph is read statically (``ast``), with every ``import`` at any depth (relative ones resolved) as
+an edge except those under ``if TYPE_CHECKING:`` (annotations only). The client's modules must also never point at the
 coordinator's.
 """
 
@@ -28,6 +28,15 @@ def _modules() -> dict[str, Path]:
     return out
 
 
+def _absolute(name: str, path: Path, node: ast.ImportFrom) -> str | None:
+    """The module a ``from`` import names, relative ones (``from .x import y``) resolved."""
+    if node.level == 0:
+        return node.module
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join([*base, node.module] if node.module else base)
+
+
 def _edges(modules: dict[str, Path]) -> dict[str, set[str]]:
     edges: dict[str, set[str]] = {name: set() for name in modules}
 
@@ -40,8 +49,8 @@ def _edges(modules: dict[str, Path]) -> dict[str, set[str]]:
             targets: list[str] = []
             if isinstance(child, ast.Import):
                 targets = [alias.name for alias in child.names]
-            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
-                targets = [child.module, *(f"{child.module}.{alias.name}" for alias in child.names)]
+            elif isinstance(child, ast.ImportFrom) and (module := _absolute(name, modules[name], child)):
+                targets = [module, *(f"{module}.{alias.name}" for alias in child.names)]
             edges[name].update(t for t in targets if t in modules and t != name)
             visit(name, child)
 
@@ -103,6 +112,7 @@ def test_the_graph_is_read() -> None:
     assert "lada_client.config" in edges["lada_client.training.backend"]
     assert "lada_client.training.backend" not in edges["lada_client.config"]
     assert "lada_client.training.lora" in edges["lada_client.training.trainers"]  # an import inside a function
+    assert "lada_coordinator.allocation.cold_start" in edges["lada_coordinator.allocation.eenet"]  # a relative one
 
 
 def test_the_client_never_points_at_the_coordinator() -> None:
