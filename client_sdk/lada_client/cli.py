@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lada_client.common.argtypes import int_at_least
 from lada_client.common.logs import setup_logging
-from lada_client.config import ClientConfig
+from lada_client.config import ClientConfig, ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,10 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return _check(args)
     try:  # a bad file is one readable error (every bad field named), never a traceback
-        config = ClientConfig.load(args.config).with_overrides(token=args.token, coordinator_url=args.coordinator_url)
+        config = ClientConfig.load(args.config)
     except ValueError as exc:
         print(f"lada-client: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        config = config.with_overrides(token=args.token, coordinator_url=args.coordinator_url)
+    except ConfigError as exc:  # a bad flag value: argparse's usage error, naming the flag
+        field, message = exc.problems[0]
+        run.error(f"argument --{field.replace('_', '-')}: {message}")
     from lada_client.client import LadaClient
     from lada_client.scoring.onnx_slm import ModelLoadError
     from lada_client.training.backend import BackendUnavailable

@@ -166,6 +166,21 @@ def test_the_cli_reports_a_bad_file_without_a_traceback(tmp_path: Path, capsys: 
     assert err == f"lada-client: error: client config {path}: batch_size: must be an integer, got '16' (a string)\n"
 
 
+def test_a_bad_flag_value_is_a_usage_error_naming_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lada_client.cli import main
+
+    path = tmp_path / "client.json"
+    path.write_text(json.dumps(CLIENT))
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--config", str(path), "--coordinator-url", "127.0.0.1:8765"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        "lada-client run: error: argument --coordinator-url: must be an http:// or https:// URL, got '127.0.0.1:8765'"
+    )
+    assert "Traceback" not in err
+
+
 def test_unreadable_or_invalid_files_are_value_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot read coordinator config"):
         CoordinatorConfig.load(tmp_path / "absent.json")
