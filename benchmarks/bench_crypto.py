@@ -14,7 +14,14 @@ process (every client's and the server's steps, timed per party) for n clients a
 floats, against plain FedAvg (:func:`lada_client.common.secagg.fedavg`) on the same vectors; the
 averages are checked equal within the quantisation error.
 
+Part 3, the server's unmasking side by side (``SecAggServer.aggregate`` on one finished round, the
+two alternating): Shamir reconstruction with one Lagrange interpolation per owner (the code before
+the basis was cached, kept here as the reference) against the basis computed once per responder set
+(:func:`lada_client.common.secagg.lagrange_coefficients`) and reused as a dot product per owner.
+Both must give the same sum to the bit.
+
     python benchmarks/bench_crypto.py [--quick] [--round-time-s SECONDS] [--clients 5 10 20 50]
+        [--unmask-clients 20 50 100] [--unmask-dropout 0.1] [--unmask-length 10000]
 """
 
 from __future__ import annotations
@@ -373,6 +380,129 @@ def profile_aggregate(n: int, length: int, neighbours: int | None) -> dict:
     return {"clients": n, "length": length, "aggregate_s": total, "functions": rows[:8]}
 
 
+# ----------------------------------------------------------------- unmasking: basis reuse
+def shamir_reconstruct_per_owner(shares, threshold: int, secret_len: int = 32) -> bytes:
+    """The reference: ``shamir_reconstruct`` as it was before the Lagrange basis was cached, one
+    full interpolation (one 521-bit modular inverse per point) per owner."""
+    from lada_client.common.secagg import SHAMIR_PRIME, SecAggError
+
+    points = sorted(shares, key=lambda s: s.x)
+    if len({s.x for s in points}) != len(points):
+        raise SecAggError("malformed share: two shares have the same x coordinate")
+    if len(points) < threshold:
+        raise SecAggError(f"need at least {threshold} shares to reconstruct, got {len(points)}")
+    total = 0
+    for i, pi in enumerate(points[:threshold]):
+        num, den = 1, 1
+        for j, pj in enumerate(points[:threshold]):
+            if i != j:
+                num = num * (0 - pj.x) % SHAMIR_PRIME
+                den = den * (pi.x - pj.x) % SHAMIR_PRIME
+        total = (total + pi.y * num * pow(den, -1, SHAMIR_PRIME)) % SHAMIR_PRIME
+    if total >= 1 << (8 * secret_len):
+        raise SecAggError("malformed share: the shares are inconsistent")
+    return total.to_bytes(secret_len, "big")
+
+
+def round_to_unmask(n: int, length: int, neighbours: int | None, dropouts: int, seed: int = 0):
+    """One round up to the server's unmasking: every survivor's unmask response received."""
+    from lada_client.common.secagg import SecAggClient
+    from lada_coordinator.aggregation.secagg_server import SecAggServer
+
+    config = secagg_config(n, neighbours)
+    rng = np.random.default_rng(seed)
+    ids = [f"client{k:03d}" for k in range(n)]
+    round_id = "r1/unmask"
+    server = SecAggServer(round_id, config, length)
+    clients = {c: SecAggClient(c, round_id, config) for c in ids}
+    for c in ids:
+        server.receive_advertise(clients[c].advertise())
+    roster = server.roster()
+    for c in ids:
+        server.receive_shares(clients[c].share_keys(roster))
+    routed = server.route_shares()
+    for c in ids[: n - dropouts]:
+        server.receive_masked_input(clients[c].masked_input(rng.normal(0.0, 0.02, length), routed[c]))
+    request = server.unmask_request()
+    for c in request.survivors:
+        server.receive_unmask(clients[c].unmask(request.survivors, request.dropped))
+    return server
+
+
+def bench_unmask(n: int, length: int, neighbours: int | None, dropout: float, repeats: int) -> dict:
+    """``SecAggServer.aggregate`` on one round, per-owner interpolation vs the reused basis, the two
+    alternating (median of ``repeats`` each). The basis cache is cleared before each reused run, so
+    it counts computing the basis of every responder set of the round ("cold"); "warm" is a second
+    unmask over the same responders (the next round of a stable group), nothing left to compute."""
+    from lada_client.common import secagg
+    from lada_coordinator.aggregation import secagg_server
+
+    dropouts = round(dropout * n)
+    server = round_to_unmask(n, length, neighbours, dropouts)
+    reconstruct = server._reconstruct
+    spent = [0.0, 0]  # seconds in secret reconstruction, secrets rebuilt
+
+    def timed_reconstruct(*args):
+        elapsed, secret = C.timed(lambda: reconstruct(*args))
+        spent[0] += elapsed
+        spent[1] += 1
+        return secret
+
+    server._reconstruct = timed_reconstruct
+
+    def unmask(per_owner: bool, cold: bool = True):
+        spent[:] = [0.0, 0]
+        if cold:
+            secagg.lagrange_coefficients.cache_clear()
+        if per_owner:
+            secagg_server.shamir_reconstruct = shamir_reconstruct_per_owner
+        try:
+            elapsed, aggregate = C.timed(server.aggregate)
+        finally:
+            secagg_server.shamir_reconstruct = secagg.shamir_reconstruct
+        return elapsed, spent[0], aggregate.total
+
+    unmask(False)  # warm-up: imports, allocator
+    results: dict[str, list] = {"per_owner": [], "reused": [], "warm": []}
+    totals = []
+    for _ in range(repeats):
+        for mode in ("per_owner", "reused"):
+            elapsed, rebuild_s, total = unmask(mode == "per_owner")
+            results[mode].append((elapsed, rebuild_s))
+            totals.append(total)
+        x_sets = secagg.lagrange_coefficients.cache_info().misses
+        elapsed, rebuild_s, total = unmask(False, cold=False)
+        results["warm"].append((elapsed, rebuild_s))
+        totals.append(total)
+    secrets_rebuilt = spent[1]
+
+    def med(mode: str, k: int) -> float:
+        return C.median([r[k] for r in results[mode]])
+
+    row = {
+        "clients": n,
+        "length": length,
+        "neighbours": neighbours,
+        "threshold": server.config.threshold,
+        "dropout": dropout,
+        "dropped": dropouts,
+        "secrets_rebuilt": secrets_rebuilt,
+        "responder_x_sets": x_sets,
+        "repeats": repeats,
+        "aggregate_per_owner_s": med("per_owner", 0),
+        "aggregate_reused_s": med("reused", 0),
+        "aggregate_warm_s": med("warm", 0),
+        "reconstruct_per_owner_s": med("per_owner", 1),
+        "reconstruct_reused_s": med("reused", 1),
+        "reconstruct_warm_s": med("warm", 1),
+        "identical": all(np.array_equal(totals[0], t) for t in totals[1:]),
+    }
+    row["aggregate_ratio"] = row["aggregate_per_owner_s"] / row["aggregate_reused_s"]
+    row["reconstruct_ratio"] = row["reconstruct_per_owner_s"] / row["reconstruct_reused_s"]
+    row["reconstruct_warm_ratio"] = row["reconstruct_per_owner_s"] / row["reconstruct_warm_s"]
+    return row
+
+
 def main() -> int:
     p = C.parser(__doc__.split("\n\n")[0])
     p.add_argument("--candidates", type=int, default=256, help="M: candidates in a round")
@@ -389,11 +519,23 @@ def main() -> int:
     p.add_argument("--neighbours", type=int, default=None, help="SecAgg+ graph degree (default: all pairs)")
     p.add_argument("--dropouts", type=int, default=0, help="clients that drop after sharing keys")
     p.add_argument("--no-secagg", dest="secagg", action="store_false")
+    p.add_argument(
+        "--unmask-clients",
+        type=int,
+        nargs="*",
+        default=None,
+        help="n values of the unmasking side by side (default 20 50 100; --quick 20 50; none: skip it)",
+    )
+    p.add_argument("--unmask-dropout", type=float, default=0.1, help="fraction of clients dropped, unmasking bench")
+    p.add_argument("--unmask-length", type=int, default=10_000, help="adapter floats, unmasking bench")
     args = p.parse_args()
     repeats = args.repeats or (5 if args.quick else 11)
     clients = args.clients or ([5, 10, 20] if args.quick else [5, 10, 20, 50])
     sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
     secagg_repeats = 1 if args.quick else 3
+    unmask_clients = (
+        args.unmask_clients if args.unmask_clients is not None else [20, 50] if args.quick else [20, 50, 100]
+    )
 
     C.say(f"sealed envelopes, per message (median of 5 x >= {max(20, repeats)} calls; 5 x 3 for payloads over 1 MB)")
     rows = bench_envelopes(args.candidates, args.offer_questions, args.adapter_floats, repeats)
@@ -532,6 +674,62 @@ def main() -> int:
                 ],
             )
         )
+    unmask_rows = []
+    if args.secagg and unmask_clients:
+        C.say(
+            f"\nserver unmasking, per-owner interpolation vs Lagrange basis reused per responder set "
+            f"(neighbours {args.neighbours or 'all'}, dropout {args.unmask_dropout:.0%}, L={args.unmask_length:,}, "
+            f"median of {repeats} alternating runs)"
+        )
+        for n in unmask_clients:
+            r = bench_unmask(n, args.unmask_length, args.neighbours, args.unmask_dropout, repeats)
+            unmask_rows.append(r)
+            C.say(
+                f"  n={n:<4} t={r['threshold']:<3} dropped {r['dropped']:<3} aggregate: per-owner "
+                f"{1000 * r['aggregate_per_owner_s']:.1f} ms, reused {1000 * r['aggregate_reused_s']:.1f} ms "
+                f"({r['aggregate_ratio']:.2f}x); reconstruction {1000 * r['reconstruct_per_owner_s']:.1f} -> "
+                f"{1000 * r['reconstruct_reused_s']:.1f} ms ({r['reconstruct_ratio']:.2f}x; warm "
+                f"{1000 * r['reconstruct_warm_s']:.1f} ms, {r['reconstruct_warm_ratio']:.1f}x)  "
+                f"identical {r['identical']}"
+            )
+        C.say()
+        C.say(
+            C.table(
+                [
+                    "n",
+                    "threshold",
+                    "dropped",
+                    "secrets",
+                    "x sets",
+                    "aggregate ms per-owner",
+                    "aggregate ms reused",
+                    "ratio",
+                    "reconstruct ms per-owner",
+                    "reconstruct ms reused",
+                    "ratio",
+                    "reconstruct ms warm",
+                    "identical",
+                ],
+                [
+                    [
+                        r["clients"],
+                        r["threshold"],
+                        r["dropped"],
+                        r["secrets_rebuilt"],
+                        r["responder_x_sets"],
+                        1000 * r["aggregate_per_owner_s"],
+                        1000 * r["aggregate_reused_s"],
+                        f"{r['aggregate_ratio']:.2f}x",
+                        1000 * r["reconstruct_per_owner_s"],
+                        1000 * r["reconstruct_reused_s"],
+                        f"{r['reconstruct_ratio']:.2f}x",
+                        1000 * r["reconstruct_warm_s"],
+                        r["identical"],
+                    ]
+                    for r in unmask_rows
+                ],
+            )
+        )
     path = C.write_results(
         NAME,
         {
@@ -544,17 +742,21 @@ def main() -> int:
                 "sizes": sizes,
                 "neighbours": args.neighbours,
                 "dropouts": args.dropouts,
+                "unmask_clients": unmask_clients if args.secagg else [],
+                "unmask_dropout": args.unmask_dropout,
+                "unmask_length": args.unmask_length,
             },
             "reference_round": reference,
             "envelopes": rows,
             "client_round": per_round,
             "secagg": secagg_rows,
             "secagg_server_profile": prof if args.secagg else None,
+            "secagg_unmask": unmask_rows,
         },
         args.out,
     )
     C.say(f"\nresults: {path}")
-    return 0 if all(r["equal"] for r in secagg_rows) else 1
+    return 0 if all(r["equal"] for r in secagg_rows) and all(r["identical"] for r in unmask_rows) else 1
 
 
 if __name__ == "__main__":

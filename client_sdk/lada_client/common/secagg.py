@@ -48,6 +48,7 @@ absolute error below ``n * 7.7e-6`` per entry.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import logging
@@ -105,6 +106,7 @@ __all__ = [
     "dequantize",
     "fedavg",
     "is_mask_key",
+    "lagrange_coefficients",
     "neighbour_graph",
     "pair_mask",
     "quantize",
@@ -448,17 +450,52 @@ def shamir_split(secret: bytes, threshold: int, holders: Sequence[int]) -> list[
     return shares
 
 
+def _product_mod(values: Sequence[int]) -> int:
+    """``prod(values) mod`` :data:`SHAMIR_PRIME`, multiplying exact integers in chunks: fast for the
+    small x coordinates of a roster, and bounded in size for any field elements."""
+    out = 1
+    for start in range(0, len(values), 16):
+        out = out * math.prod(values[start : start + 16]) % SHAMIR_PRIME
+    return out
+
+
+@functools.lru_cache(maxsize=128)
+def lagrange_coefficients(xs: tuple[int, ...], at: int = 0) -> tuple[int, ...]:
+    """The Lagrange basis of the points with x coordinates ``xs`` (distinct in the field), evaluated
+    at ``at``: the polynomial through ``(x_i, y_i)`` has ``p(at) = sum_i c_i * y_i`` mod :data:`SHAMIR_PRIME`.
+
+    They depend on the x coordinates only, so the coordinator computes them once per set of
+    responders and rebuilds every owner's secret from it as a dot product (cached per ``xs`` and
+    ``at``). Basis ``i`` is ``F / d_i`` with ``F = prod_j (at - x_j)`` and ``d_i = (at - x_i) *
+    prod_{j != i} (x_i - x_j)``: one modular inverse for the whole set (batch inversion).
+    """
+    p = SHAMIR_PRIME
+    k = len(xs)
+    if len({x % p for x in xs}) != k:
+        raise SecAggError("malformed share: two shares have the same x coordinate")
+    factors = [at - x for x in xs]
+    for i, f in enumerate(factors):
+        if f % p == 0:  # ``at`` is one of the points: the basis there is the indicator of that point
+            return tuple(int(j == i) for j in range(k))
+    dens = [
+        _product_mod([factors[i], *(xi - xj for xj in xs[:i]), *(xi - xj for xj in xs[i + 1 :])])
+        for i, xi in enumerate(xs)
+    ]
+    running = [1] * (k + 1)
+    for i, den in enumerate(dens):
+        running[i + 1] = running[i] * den % p
+    scaled = _product_mod(factors) * pow(running[k], -1, p) % p  # F / prod_i d_i
+    out = [0] * k
+    for i in range(k - 1, -1, -1):
+        out[i] = scaled * running[i] % p
+        scaled = scaled * dens[i] % p
+    return tuple(out)
+
+
 def _interpolate(points: Sequence[Share], at: int = 0) -> int:
     """Lagrange interpolation of the polynomial through ``points``, evaluated at ``at``."""
-    total = 0
-    for i, pi in enumerate(points):
-        num, den = 1, 1
-        for j, pj in enumerate(points):
-            if i != j:
-                num = num * (at - pj.x) % SHAMIR_PRIME
-                den = den * (pi.x - pj.x) % SHAMIR_PRIME
-        total = (total + pi.y * num * pow(den, -1, SHAMIR_PRIME)) % SHAMIR_PRIME
-    return total
+    coefficients = lagrange_coefficients(tuple(pt.x for pt in points), at)
+    return sum(c * pt.y for c, pt in zip(coefficients, points, strict=True)) % SHAMIR_PRIME
 
 
 def shamir_reconstruct(shares: Iterable[Share], threshold: int, secret_len: int = _SECRET_BYTES) -> bytes:

@@ -284,15 +284,21 @@ class SecAggServer:
     def _reconstruct(self, owner: str, field: str, what: str, valid: Callable[[bytes], bool]) -> bytes:
         """Rebuild a secret of ``owner`` from the responders' shares and check it with ``valid``.
 
+        The first ``threshold`` responders (by id, so by x coordinate) are used. Owners rebuilt from
+        the same responders share one set of Lagrange coefficients
+        (:func:`~lada_client.common.secagg.lagrange_coefficients`, cached per x set), so each further
+        owner costs a dot product, not an interpolation.
+
         Any ``threshold`` consistent shares rebuild it; a wrong share (a responder lying) gives a
         secret that fails the check. Then each responder is left out in turn: the first whose
         absence gives a valid secret is recorded in :attr:`offenders` and its shares are ignored
         from now on, so one bad responder cannot stop the round while ``threshold`` honest ones answer.
         """
         assert self._roster is not None
-        t = self.config.threshold
+        t, index = self.config.threshold, self._roster.index
+        # raw shares, checked on arrival (check_unmask_response); only those an attempt uses are parsed
         held = {
-            responder: Share.from_bytes(self._roster.index[responder], getattr(response, field)[owner])
+            responder: getattr(response, field)[owner]
             for responder, response in sorted(self._responses.items())
             if owner in getattr(response, field) and responder not in self.offenders
         }
@@ -301,7 +307,7 @@ class SecAggServer:
 
         def attempt(responders: list[str]) -> bytes | None:
             try:
-                secret = shamir_reconstruct([held[r] for r in responders[:t]], t)
+                secret = shamir_reconstruct([Share.from_bytes(index[r], held[r]) for r in responders[:t]], t)
             except SecAggError:
                 return None
             return secret if valid(secret) else None

@@ -80,6 +80,67 @@ def test_shamir_detects_tampered_and_malformed_shares():
         Share.from_bytes(1, b"\x00" * 10)
 
 
+def _interpolate_per_point(points, at: int = 0) -> int:
+    """The interpolation shamir_reconstruct used before the basis was cached: one inverse per point."""
+    p = secagg.SHAMIR_PRIME
+    total = 0
+    for i, pi in enumerate(points):
+        num, den = 1, 1
+        for j, pj in enumerate(points):
+            if i != j:
+                num = num * (at - pj.x) % p
+                den = den * (pi.x - pj.x) % p
+        total = (total + pi.y * num * pow(den, -1, p)) % p
+    return total
+
+
+@pytest.mark.parametrize("holders", ["roster", "field"])
+def test_cached_basis_interpolates_exactly_as_per_point_lagrange(holders):
+    """Random share sets, subsets of holders, threshold 1 to n, any x in the field, evaluated at 0
+    (the secret), at a random point and at a node: the same field element as the per-point formula."""
+    rng = np.random.default_rng(7)
+    p = secagg.SHAMIR_PRIME
+    for trial in range(60):
+        n = int(rng.integers(1, 25))
+        if holders == "roster":
+            xs = [int(x) for x in rng.choice(np.arange(1, 200), n, replace=False)]
+        else:
+            xs = list({int.from_bytes(rng.bytes(66), "big") % (p - 1) + 1 for _ in range(n)})
+        threshold = [1, len(xs), int(rng.integers(1, len(xs) + 1))][trial % 3]
+        secret = rng.bytes(32)
+        shares = shamir_split(secret, threshold, xs)
+        subset = [
+            shares[int(i)]
+            for i in rng.choice(len(shares), int(rng.integers(threshold, len(shares) + 1)), replace=False)
+        ]
+        assert shamir_reconstruct(subset, threshold) == secret
+        points = sorted(subset, key=lambda s: s.x)[:threshold]
+        assert secagg._interpolate(points) == _interpolate_per_point(points) == int.from_bytes(secret, "big")
+        for at in (int.from_bytes(rng.bytes(66), "big") % p, points[-1].x):
+            assert secagg._interpolate(points, at) == _interpolate_per_point(points, at)
+        # fewer shares than the threshold interpolate to the same wrong value both ways
+        if threshold > 1:
+            assert secagg._interpolate(points[:-1]) == _interpolate_per_point(points[:-1])
+
+
+def test_lagrange_coefficients_are_cached_per_x_set_and_refuse_duplicates():
+    xs = (2, 3, 5, 7)
+    first = secagg.lagrange_coefficients(xs)
+    assert secagg.lagrange_coefficients(xs) is first  # computed once per x set
+    assert sum(first) % secagg.SHAMIR_PRIME == 1  # the basis reproduces constants
+    assert secagg.lagrange_coefficients((3, 2, 5, 7)) == (first[1], first[0], *first[2:])
+    assert secagg.lagrange_coefficients((4,)) == (1,)
+    with pytest.raises(SecAggError, match="same x"):
+        secagg.lagrange_coefficients((2, 3, 2))
+    with pytest.raises(SecAggError, match="same x"):
+        secagg.lagrange_coefficients((2, 2 + secagg.SHAMIR_PRIME))
+    shares = shamir_split(b"s" * 32, 2, [1, 2, 3])
+    with pytest.raises(SecAggError, match="same x"):
+        shamir_reconstruct([shares[0], Share(1, shares[1].y)], 2)
+    with pytest.raises(SecAggError, match="at least 2"):
+        shamir_reconstruct(shares[:1], 2)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable
 
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from lada_client.common import secagg
 from lada_client.common.secagg import (
     AdvertiseKeys,
     EncryptedShare,
@@ -29,6 +31,7 @@ from lada_client.common.secagg import (
     self_mask,
     shamir_reconstruct,
 )
+from lada_coordinator.aggregation import secagg_server
 from lada_coordinator.aggregation.secagg_server import SecAggServer
 
 ROUND = "round-7"
@@ -366,3 +369,67 @@ def test_one_wrong_unmask_share_is_outvoted_and_its_sender_named():
     total, contributors = rnd.server.aggregate()
     assert contributors == rnd.ids and "c0" in rnd.server.offenders
     np.testing.assert_allclose(total, sum(rnd.inputs.values()), atol=rnd.tolerance(5))
+
+
+# ------------------------------------------------------------------- unmasking: Lagrange basis reuse
+def _reconstruct_per_owner(shares: Iterable[Share], threshold: int, secret_len: int = 32) -> bytes:
+    """shamir_reconstruct as it was before the basis was cached: a full interpolation per owner."""
+    p = secagg.SHAMIR_PRIME
+    points = sorted(shares, key=lambda s: s.x)
+    if len({s.x for s in points}) != len(points):
+        raise SecAggError("malformed share: two shares have the same x coordinate")
+    if len(points) < threshold:
+        raise SecAggError(f"need at least {threshold} shares to reconstruct, got {len(points)}")
+    value = 0
+    for i, pi in enumerate(points[:threshold]):
+        num, den = 1, 1
+        for j, pj in enumerate(points[:threshold]):
+            if i != j:
+                num = num * -pj.x % p
+                den = den * (pi.x - pj.x) % p
+        value = (value + pi.y * num * pow(den, -1, p)) % p
+    if value >= 1 << (8 * secret_len):
+        raise SecAggError("malformed share: the shares are inconsistent")
+    return value.to_bytes(secret_len, "big")
+
+
+@pytest.mark.parametrize(
+    ("n", "neighbours", "threshold", "drop", "lie"),
+    [(8, None, 4, ["c6", "c7"], None), (9, 4, 3, ["c2"], None), (6, None, 6 - 1, [], None), (5, None, 2, [], "c0")],
+    ids=["all-dropout", "k4-dropout", "threshold-n-1", "liar"],
+)
+def test_unmasking_is_bit_identical_to_per_owner_interpolation(monkeypatch, n, neighbours, threshold, drop, lie):
+    """The same round unmasked twice, with the cached basis and with one interpolation per owner:
+    the same sum to the bit, the same contributors and the same offenders."""
+    rnd = Round(n, SecAggConfig(threshold=threshold, neighbours=neighbours), length=257)
+    rnd.setup()
+    rnd.mask(drop)
+    if lie:
+        _unmask_with_a_lie(rnd, lie, "c1")
+    else:
+        rnd.unmask()
+    reference_server = copy.deepcopy(rnd.server)
+    total, contributors = rnd.server.aggregate()
+    monkeypatch.setattr(secagg_server, "shamir_reconstruct", _reconstruct_per_owner)
+    reference_total, reference_contributors = reference_server.aggregate()
+    assert np.array_equal(total, reference_total) and contributors == reference_contributors
+    assert rnd.server.offenders == reference_server.offenders == ({lie: rnd.server.offenders[lie]} if lie else {})
+    survivors = [c for c in rnd.ids if c not in drop]
+    np.testing.assert_allclose(total, sum(rnd.inputs[c] for c in survivors), atol=rnd.tolerance(len(survivors)))
+
+
+def test_unmasking_computes_the_basis_once_per_responder_set():
+    """All pairs, 8 clients, threshold 4, 2 dropped: 6 self-mask seeds and 2 mask keys are rebuilt.
+    A seed's owner holds no share of its own, so owners c0..c4 each use the first 4 other
+    responders (5 distinct x sets), while c5 and both dropped clients use c0..c3, already computed."""
+    rnd = Round(8, SecAggConfig(threshold=4), length=64)
+    rnd.setup()
+    rnd.mask(drop=["c6", "c7"])
+    rnd.unmask()
+    secagg.lagrange_coefficients.cache_clear()
+    first, _ = rnd.server.aggregate()
+    info = secagg.lagrange_coefficients.cache_info()
+    assert (info.misses, info.hits) == (5, 3)
+    again, _ = rnd.server.aggregate()  # a later unmask with the same responders computes nothing
+    assert secagg.lagrange_coefficients.cache_info().misses == 5
+    assert np.array_equal(first, again)
