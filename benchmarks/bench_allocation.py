@@ -12,15 +12,21 @@ allocations back in one transaction (the same steps as ``RoundEngine._allocate``
 * **warm (store)**: the same, but from a fresh allocator, so every filter is first deserialised from
   SQLite, as after a coordinator restart.
 
-Each case runs with ``torch.set_num_threads(1)`` and with all CPUs, interleaved within each repeat.
+Each case runs two ways, side by side in every repeat: **per client** (one ``Allocator.allocate``
+call per client, the round engine's loop before ``allocate_many``) and **batched**
+(``Allocator.allocate_many``: round 1's k-means for all clients in stacked arrays, the filters with
+history scored in batched products; what ``RoundEngine._allocate`` calls now). Each also runs with
+``torch.set_num_threads(1)`` and with all CPUs, interleaved within each repeat.
 
 Before the warm rounds, every client gets one reward (observe + refit + save, the per-client work of
 closing a round), timed side by side on three thirds of the clients: one commit per client; one
 commit for all (``Allocator.saving_together``) with each filter refit on its own; and one commit with
 all the filters refit at the block's end in one batched call (``eenet.refit_many``, what a round
-close runs).
+close runs). ``--history batched`` gives every client its reward the last way only (for large N).
 
     python benchmarks/bench_allocation.py [--quick] [--clients 10 100 1000] [--candidates 64 256]
+    python benchmarks/bench_allocation.py --clients 10000 --candidates 256 --threads 1 --repeats 1 \
+        --history batched --no-profile --out benchmarks/results/bench_allocation_batched.json
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ import _common as C
 
 NAME = "bench_allocation"
 TARGET_S = 5.0
-TARGET_SIZE = (1000, 256)
+TARGET_SIZES = ((1000, 256), (10000, 256))  # the first target, and the scale issue's
+PATHS = ("per client", "batched")
 FEATURES = ("slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct")
 
 
@@ -84,17 +91,24 @@ def open_round(store, t: int, clients: list[str], m: int, seed: int) -> dict[str
     return zs
 
 
-def allocate_round(store, allocator, t: int) -> dict[str, float]:
-    """``RoundEngine._allocate`` for the ``mkt`` host framework, with its three stages timed."""
+def allocate_round(store, allocator, t: int, path: str = "batched") -> dict[str, float]:
+    """``RoundEngine._allocate`` for the ``mkt`` host framework, with its three stages timed;
+    ``path`` "per client" is its loop of ``Allocator.allocate`` calls before ``allocate_many``."""
     from lada_coordinator.allocation.allocator import SLM
 
     t_read, uploads = C.timed(lambda: store.uploads(t, "features.put"))
 
     def decide():
-        out = {}
-        for client_id, up in uploads.items():
-            z = np.asarray(up.features, dtype=np.float64).reshape(len(up.sample_ids), -1)
-            out[client_id] = allocator.allocate(t, SLM, client_id, up.sample_ids, z)
+        requests = {
+            client_id: (up.sample_ids, np.asarray(up.features, dtype=np.float64).reshape(len(up.sample_ids), -1))
+            for client_id, up in uploads.items()
+        }
+        if path == "per client":
+            return {c: allocator.allocate(t, SLM, c, ids, z) for c, (ids, z) in requests.items()}
+        out = allocator.allocate_many(t, SLM, requests)
+        failed = {c: r for c, r in out.items() if isinstance(r, Exception)}
+        if failed:
+            raise RuntimeError(f"allocate_many failed for {len(failed)} clients: {next(iter(failed.values()))!r}")
         return out
 
     t_alloc, decided = C.timed(decide)
@@ -107,6 +121,8 @@ def allocate_round(store, allocator, t: int) -> dict[str, float]:
         "write_s": t_write,
         "reasons": reasons,
         "clients": len(decided),
+        "loadavg_1min": os.getloadavg()[0],  # the machine is shared: its load when this run ended
+        "decided": decided,  # (taken out by the caller: compared between the paths, not written)
     }
 
 
@@ -163,6 +179,14 @@ def main() -> int:
         help="repeat multi-thread runs only up to this N (larger N: one multi-thread run)",
     )
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the cProfile of the largest case")
+    p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="allocation paths to time")
+    p.add_argument(
+        "--history",
+        choices=("compare", "batched"),
+        default="compare",
+        help="how the clients get their first reward: three ways side by side (compare), or all in one "
+        "batched round close (batched: for large N)",
+    )
     args = p.parse_args()
     import torch
 
@@ -175,6 +199,10 @@ def main() -> int:
         f" (multi-thread runs once for N > {args.multi_thread_repeat_max_n})"
     )
 
+    def paths_for(rep: int) -> list[str]:
+        """The paths of repeat ``rep``, in alternating order."""
+        return args.paths if rep % 2 == 0 else args.paths[::-1]
+
     def threads_for(rep: int, n: int) -> list[int]:
         """Thread counts for repeat ``rep`` (order alternates); the slow multi-thread case of large N
         runs once only, to keep the benchmark within minutes on a small machine."""
@@ -182,6 +210,13 @@ def main() -> int:
         return [t for t in order if t == 1 or rep == 0 or n <= args.multi_thread_repeat_max_n]
 
     rows, setup, profiles = [], [], []
+    # (case, N, M, path) -> the first run's allocations, to compare the paths' selections
+    decisions: dict[tuple, dict] = {}
+
+    def keep(res: dict, case: str, n: int, m: int, path: str) -> dict:
+        decisions.setdefault((case, n, m, path), res.pop("decided"))
+        return res
+
     with tempfile.TemporaryDirectory(prefix="lada-bench-alloc-") as tmp:
         for m in args.candidates:
             from lada_coordinator.store import Store
@@ -198,9 +233,13 @@ def main() -> int:
             for n in ns:
                 for rep in range(repeats):
                     for threads in threads_for(rep, n):
-                        torch.set_num_threads(threads)
-                        res = allocate_round(store, make_allocator(store), rounds[("cold", n)])
-                        rows.append({"case": "cold", "clients": n, "candidates": m, "threads": threads, **res})
+                        for path in paths_for(rep):
+                            torch.set_num_threads(threads)
+                            res = allocate_round(store, make_allocator(store), rounds[("cold", n)], path)
+                            keep(res, "cold", n, m, path)
+                            rows.append(
+                                {"case": "cold", "path": path, "clients": n, "candidates": m, "threads": threads, **res}
+                            )
             if args.profile and m == max(args.candidates):  # before any filter is saved: a true cold start
                 torch.set_num_threads(1)
                 n = max(ns)
@@ -214,6 +253,7 @@ def main() -> int:
                         **profile_call(
                             lambda: allocate_round(store, make_allocator(store), rounds[("cold", n)])  # noqa: B023
                         ),
+                        "path": "batched",
                     }
                 )
             # ---- history: allocate once more, then one observe + refit + save per client
@@ -265,6 +305,8 @@ def main() -> int:
                 ("one commit", lambda g: refit_together(g, False), rest[third : 2 * third]),
                 ("one commit, batched refit", lambda g: refit_together(g, True), rest[2 * third :]),
             )
+            if args.history == "batched":  # every client as a round close does it
+                timed_cases = (("one commit, batched refit", lambda g: refit_together(g, True), rest),)
             per_client = {}
             for how, fn, group in timed_cases:
                 t_refit, _ = C.timed(lambda fn=fn, group=group: fn(group))
@@ -276,7 +318,11 @@ def main() -> int:
                         "saves": how,
                         "observe_refit_save_s": t_refit,
                         "per_client_ms": per_client[how],
-                        "vs_commit_per_client": per_client[how] / per_client["commit per client"],
+                        "vs_commit_per_client": (
+                            per_client[how] / per_client["commit per client"]
+                            if "commit per client" in per_client
+                            else None
+                        ),
                     }
                 )
                 C.say(
@@ -284,10 +330,11 @@ def main() -> int:
                     f"{t_refit:.1f}s ({per_client[how]:.1f} ms/client, 1 thread)"
                 )
             batched = per_client["one commit, batched refit"]
-            C.say(
-                f"  M={m}: batched refit vs one commit: {per_client['one commit'] / batched:.1f}x faster per client;"
-                f" vs commit per client: {per_client['commit per client'] / batched:.1f}x"
-            )
+            if len(per_client) > 1:
+                C.say(
+                    f"  M={m}: batched refit vs one commit: {per_client['one commit'] / batched:.1f}x faster per"
+                    f" client; vs commit per client: {per_client['commit per client'] / batched:.1f}x"
+                )
             # ---- warm rounds
             for n in ns:
                 t += 1
@@ -296,12 +343,16 @@ def main() -> int:
             for n in ns:
                 for rep in range(repeats):
                     for threads in threads_for(rep, n):
-                        torch.set_num_threads(threads)
-                        res = allocate_round(store, warm, rounds[("warm", n)])
-                        rows.append({"case": "warm (memory)", "clients": n, "candidates": m, "threads": threads, **res})
-                        torch.set_num_threads(threads)
-                        res = allocate_round(store, make_allocator(store), rounds[("warm", n)])
-                        rows.append({"case": "warm (store)", "clients": n, "candidates": m, "threads": threads, **res})
+                        for path in paths_for(rep):
+                            for case in ("warm (memory)", "warm (store)"):
+                                torch.set_num_threads(threads)
+                                allocator = warm if case == "warm (memory)" else make_allocator(store)
+                                res = allocate_round(store, allocator, rounds[("warm", n)], path)
+                                keep(res, case, n, m, path)
+                                rows.append(
+                                    {"case": case, "path": path, "clients": n, "candidates": m, "threads": threads}
+                                    | res
+                                )
             if args.profile and m == max(args.candidates):
                 torch.set_num_threads(1)
                 n = max(ns)
@@ -315,20 +366,22 @@ def main() -> int:
                         **profile_call(
                             lambda: allocate_round(store, make_allocator(store), rounds[("warm", n)])  # noqa: B023
                         ),
+                        "path": "batched",
                     }
                 )
             store.close()
 
-    # ---- aggregate: median per (case, N, M, threads)
+    # ---- aggregate: median per (case, path, N, M, threads)
     keyed: dict[tuple, list[dict]] = {}
     for r in rows:
-        keyed.setdefault((r["case"], r["clients"], r["candidates"], r["threads"]), []).append(r)
+        keyed.setdefault((r["case"], r["path"], r["clients"], r["candidates"], r["threads"]), []).append(r)
     summary = []
-    for (case, n, m, threads), rs in keyed.items():
+    for (case, path, n, m, threads), rs in keyed.items():
         total = C.median([r["total_s"] for r in rs])
         summary.append(
             {
                 "case": case,
+                "path": path,
                 "clients": n,
                 "candidates": m,
                 "threads": threads,
@@ -340,22 +393,41 @@ def main() -> int:
                 "per_client_ms": 1000 * total / n,
                 "reasons": rs[0]["reasons"],
                 "repeats": len(rs),
-                "meets_target": total < TARGET_S if (n, m) == TARGET_SIZE else None,
+                "loadavg_1min_range": [min(r["loadavg_1min"] for r in rs), max(r["loadavg_1min"] for r in rs)],
+                "meets_target": total < TARGET_S if (n, m) in TARGET_SIZES else None,
             }
         )
     order = {"cold": 0, "warm (memory)": 1, "warm (store)": 2}
-    summary.sort(key=lambda r: (order[r["case"]], r["candidates"], r["clients"], r["threads"]))
-    # threads ratio: time with all CPUs / time with 1 thread, per configuration
-    by = {(r["case"], r["clients"], r["candidates"], r["threads"]): r["total_s"] for r in summary}
+    summary.sort(key=lambda r: (order[r["case"]], r["candidates"], r["clients"], r["threads"], PATHS.index(r["path"])))
+    # threads ratio: time with all CPUs / time with 1 thread, per configuration; path ratio: time
+    # per client / time batched, total and allocation step alone
+    by = {(r["case"], r["path"], r["clients"], r["candidates"], r["threads"]): r for r in summary}
     for r in summary:
-        one = by.get((r["case"], r["clients"], r["candidates"], 1))
-        r["vs_1_thread"] = r["total_s"] / one if one else None
+        one = by.get((r["case"], r["path"], r["clients"], r["candidates"], 1))
+        r["vs_1_thread"] = r["total_s"] / one["total_s"] if one else None
+        old = by.get((r["case"], "per client", r["clients"], r["candidates"], r["threads"]))
+        mine = decisions.get((r["case"], r["clients"], r["candidates"], r["path"]))
+        theirs = decisions.get((r["case"], r["clients"], r["candidates"], "per client"))
+        # clients whose allocation (ids in order, and reason) is the per-client path's, of all
+        # clients; and whose allocated set and reason are (the order is by score: two scores within
+        # float32 rounding of each other can come out in either order from the batched products)
+        r["same_allocation_as_per_client"] = (
+            [sum(mine[c] == theirs.get(c) for c in mine), len(mine)] if mine is not None and theirs else None
+        )
+        r["same_set_and_reason_as_per_client"] = (
+            [sum((set(ids), why) == (set(theirs[c][0]), theirs[c][1]) for c, (ids, why) in mine.items()), len(mine)]
+            if mine is not None and theirs
+            else None
+        )
+        r["per_client_path_over_this"] = old["total_s"] / r["total_s"] if old else None
+        r["per_client_path_over_this_allocate"] = old["allocate_s"] / r["allocate_s"] if old else None
 
     C.say()
     C.say(
         C.table(
             [
                 "case",
+                "path",
                 "N",
                 "M",
                 "threads",
@@ -365,12 +437,15 @@ def main() -> int:
                 "allocate s",
                 "write s",
                 "vs 1 thread",
+                "per client / this (total, allocate)",
                 "reason",
+                "same as per client (same set)",
                 "target <5s",
             ],
             [
                 [
                     r["case"],
+                    r["path"],
                     r["clients"],
                     r["candidates"],
                     r["threads"],
@@ -380,13 +455,27 @@ def main() -> int:
                     r["allocate_s"],
                     r["write_s"],
                     f"{r['vs_1_thread']:.2f}x" if r["vs_1_thread"] else "",
+                    (
+                        f"{r['per_client_path_over_this']:.2f}x, {r['per_client_path_over_this_allocate']:.2f}x"
+                        if r["per_client_path_over_this"]
+                        else ""
+                    ),
                     ",".join(r["reasons"]),
+                    (
+                        "{}/{} ({}/{})".format(
+                            *r["same_allocation_as_per_client"], *r["same_set_and_reason_as_per_client"]
+                        )
+                        if r["same_allocation_as_per_client"]
+                        else ""
+                    ),
                     "" if r["meets_target"] is None else ("met" if r["meets_target"] else "MISSED"),
                 ]
                 for r in summary
             ],
         )
     )
+    loads = [r["loadavg_1min"] for r in rows]
+    C.say(f"1-minute load average at the end of the timed rounds: {min(loads):.2f}-{max(loads):.2f}")
     for prof in profiles:
         C.say(
             f"\ncProfile, {prof['case']}, N={prof['clients']} M={prof['candidates']}, 1 thread "
@@ -406,8 +495,10 @@ def main() -> int:
                 "threads": thread_counts,
                 "repeats": repeats,
                 "quick": args.quick,
+                "paths": args.paths,
+                "history": args.history,
             },
-            "target": {"clients": TARGET_SIZE[0], "candidates": TARGET_SIZE[1], "seconds": TARGET_S},
+            "target": {"sizes": [list(size) for size in TARGET_SIZES], "seconds": TARGET_S},
             "summary": summary,
             "history_setup": setup,
             "profiles": profiles,

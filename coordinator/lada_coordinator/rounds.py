@@ -60,6 +60,13 @@ _MAX_ERRORS = 20
 _RETRY_BACKOFF_S = (1.0, 60.0)
 
 
+def _unless_failed(outcome: T | Exception) -> T:
+    """An outcome returned instead of raised (``Allocator.allocate_many``), raised again if it failed."""
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
 @dataclass
 class EngineStatus:
     """What the operator sees of the engine: its phase, and its recent errors (not devices')."""
@@ -331,6 +338,7 @@ class RoundEngine(threading.Thread):
         aside = self.store.quarantined(t)
         decided: dict[str, tuple[list[str], str]] = {}
         server_side: list[str] = []
+        requests: dict[str, tuple[list[str], np.ndarray]] = {}
         for client_id, up in uploads.items():
             client = clients[client_id]
             if client_id in aside:
@@ -343,9 +351,10 @@ class RoundEngine(threading.Thread):
                     continue
                 server_side.append(client_id)
             z = np.asarray(up.features, dtype=np.float64).reshape(len(up.sample_ids), -1)
-            choice = self._isolated(
-                t, client_id, "allocation", partial(self.allocator.allocate, t, SLM, client_id, up.sample_ids, z)
-            )
+            requests[client_id] = (up.sample_ids, z)
+        # all clients' filters decided together; one client's failure is returned, not raised
+        for client_id, outcome in self.allocator.allocate_many(t, SLM, requests).items():
+            choice = self._isolated(t, client_id, "allocation", partial(_unless_failed, outcome))
             if choice is not None:
                 decided[client_id] = choice
         updates: dict[str, list[LoraFactor]] = {}

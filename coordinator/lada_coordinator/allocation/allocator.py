@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import numpy as np
 
-from lada_coordinator.allocation.eenet import FilterConfig, LearnabilityFilter, refit_many
+from lada_coordinator.allocation.eenet import FilterConfig, LearnabilityFilter, refit_many, select_many
 from lada_coordinator.store import Store
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,9 @@ def _one_thread() -> Iterator[None]:
 
 SLM = "slm"  # coordinator → client: teacher paths the SLM should learn
 LLM = "llm"  # client → coordinator: SLM paths the LLM should learn
+
+#: (selected sample ids, reason), as :meth:`Allocator.allocate` returns it
+Allocation = tuple[list[str], str]
 
 
 class Allocator:
@@ -128,6 +131,46 @@ class Allocator:
         with _one_thread():
             selection = self._filter(client_id, direction, z.shape[1]).select(z, sample_ids, round_index)
         return selection.sample_ids, selection.reason
+
+    def allocate_many(
+        self, round_index: int, direction: str, requests: Mapping[str, tuple[Sequence[str], np.ndarray]]
+    ) -> dict[str, Allocation | Exception]:
+        """:meth:`allocate` for many clients at once: client id → (sample ids, z) in, client id →
+        its allocation, or the exception its own :meth:`allocate` would have raised, out (a bad
+        upload or a corrupt stored filter fails that client only; the caller decides what to do
+        with it).
+
+        In ``lada`` mode the filters are decided together
+        (:func:`~lada_coordinator.allocation.eenet.select_many`): round 1's k-means for all
+        clients in stacked arrays, and the scoring of filters with history in batched products,
+        so a round of many clients costs a fraction of one :meth:`allocate` per client; each
+        client's selection is the one :meth:`allocate` makes (k-means: the same indices; scores:
+        equal up to float32 rounding). The other modes allocate client by client.
+        """
+        results: dict[str, Allocation | Exception] = {}
+        if self._mode != "lada":
+            for client_id, (sample_ids, z) in requests.items():
+                try:
+                    results[client_id] = self.allocate(round_index, direction, client_id, sample_ids, z)
+                except Exception as exc:  # noqa: BLE001 - that client's failure, returned to the caller
+                    results[client_id] = exc
+            return results
+        batch: list[tuple[str, LearnabilityFilter, np.ndarray, Sequence[str]]] = []
+        for client_id, (sample_ids, z) in requests.items():
+            if not sample_ids:
+                results[client_id] = ([], "empty")
+                continue
+            try:
+                batch.append((client_id, self._filter(client_id, direction, z.shape[1]), z, sample_ids))
+            except Exception as exc:  # noqa: BLE001 - e.g. a stored filter that does not load
+                results[client_id] = exc
+        with _one_thread():
+            selections = select_many([(flt, z, ids) for _, flt, z, ids in batch], round_index)
+        for (client_id, _, _, _), selection in zip(batch, selections):
+            results[client_id] = (
+                selection if isinstance(selection, Exception) else (selection.sample_ids, selection.reason)
+            )
+        return {client_id: results[client_id] for client_id in requests}  # in the requests' order
 
     def reward(
         self, round_index: int, direction: str, client_id: str, z_selected: np.ndarray, reward: float | np.ndarray

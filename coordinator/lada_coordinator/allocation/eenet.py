@@ -32,7 +32,11 @@ Design decisions (all configurable through :class:`FilterConfig`):
 * Refits warm-start from the previous weights (the bandit keeps learning across rounds) with a
   fresh Adam state, so the persisted state is weights + buffer + statistics only.
   :func:`refit_many` refits many filters at once (a round close), with the same semantics per
-  filter and the same result up to float32 rounding.
+  filter and the same result up to float32 rounding; :func:`select_many` allocates for many
+  filters at once (a round's allocation), with ``select``'s selections.
+* The networks are built when first needed: a filter read from its blob keeps its weights as
+  arrays, which batched scoring reads directly, and a fresh filter draws its initial weights
+  (from ``seed``, so always the same) only when it scores or is refit.
 * Determinism: weights are initialised from a generator seeded with ``seed``; the shuffling of
   each refit uses a generator derived from ``(seed, refit count)``; cold-start k-means uses
   ``seed + round_index``. The process-global torch/numpy RNGs are never touched.
@@ -47,6 +51,7 @@ serialise access to it.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -60,14 +65,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cold_start import kmeans_representatives
+from .cold_start import kmeans_representatives, kmeans_representatives_many
 from .filter_config import FilterConfig
 
-__all__ = ["FilterConfig", "LearnabilityFilter", "Selection", "SelectionReason", "refit_many"]
+__all__ = ["FilterConfig", "LearnabilityFilter", "Selection", "SelectionReason", "refit_many", "select_many"]
 
 logger = logging.getLogger(__name__)
 
 SelectionReason = Literal["cold_start", "threshold", "floor", "cap"]
+# one network's parameters as the batched code stacks them: fc1.weight [h, k], fc1.bias [h],
+# fc2.weight's one row [h], fc2.bias [1]
+_Layers = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def _is_int(value: object) -> bool:
@@ -78,6 +86,24 @@ _FORMAT_VERSION = 1
 _STD_FLOOR = 1e-6
 _META_KEY = "__meta__"
 _BLOB_MAGIC = b"LADAEEN2"  # to_bytes layout 2 (layout 1 was an npz archive)
+
+
+def _config_from_dict(data: Mapping[str, Any]) -> FilterConfig:
+    """``FilterConfig.from_dict``, remembered: a coordinator's filters share one or two configs, and
+    validating one costs more than a tenth of reading a filter. Keyed by each value's type too, so
+    a value the strict validation rejects (``32.0`` for ``32``, ``True`` for ``1``) is still
+    rejected."""
+    try:
+        key = tuple(sorted((k, type(v).__name__, v) for k, v in data.items()))
+        hash(key)
+    except TypeError:  # unhashable or unorderable: validated (and rejected) the long way
+        return FilterConfig.from_dict(data)
+    return _cached_config(key)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_config(key: tuple[tuple[Any, str, Any], ...]) -> FilterConfig:
+    return FilterConfig.from_dict({k: v for k, _, v in key})
 
 
 @dataclass
@@ -201,18 +227,78 @@ class LearnabilityFilter:
         if not isinstance(self.config, FilterConfig):
             raise ValueError(f"config must be a FilterConfig, got {type(self.config).__name__}")
 
-        # _random_init=False (from_bytes): the weights are loaded right after, skip drawing them
-        init_gen = torch.Generator().manual_seed(self.config.seed) if _random_init else None
-        self._exploit = _ExploitNet(self.n_features, self.config.hidden, init_gen)
-        self._exploit.eval()
-        self._explore = _ExploreNet(self.gradient_dim, self.config.explore_hidden, init_gen)
-        self._explore.eval()
+        # The networks are built when first used (_networks): building two nn.Modules costs more
+        # than scoring, and round 1 (k-means) or batched scoring (select_many) need none. Until
+        # then the weights are the seeded initial draw, or _saved_weights (from_bytes: loaded
+        # right after, so nothing is drawn).
+        self._nets: tuple[_ExploitNet, _ExploreNet] | None = None
+        self._saved_weights: dict[str, dict[str, np.ndarray]] | None = None
+        self._random_init = _random_init
 
         self._mean = np.zeros(self.n_features, dtype=np.float32)
         self._std = np.ones(self.n_features, dtype=np.float32)
         self._buffer_z = np.empty((0, self.n_features), dtype=np.float32)
         self._buffer_r = np.empty(0, dtype=np.float32)
         self._fit_count = 0
+
+    # ------------------------------------------------------------------ networks
+
+    @property
+    def _exploit(self) -> _ExploitNet:
+        return self._networks()[0]
+
+    @property
+    def _explore(self) -> _ExploreNet:
+        return self._networks()[1]
+
+    def _networks(self) -> tuple[_ExploitNet, _ExploreNet]:
+        """The two networks, built on first use: from the saved weights if there are any, else
+        drawn from a generator seeded with ``config.seed`` (the same draws whenever they are
+        built)."""
+        if self._nets is None:
+            saved = self._saved_weights
+            if saved is None and not self._random_init:
+                raise RuntimeError("filter networks have neither saved nor initial weights")
+            init_gen = torch.Generator().manual_seed(self.config.seed) if saved is None else None
+            exploit = _ExploitNet(self.n_features, self.config.hidden, init_gen)
+            explore = _ExploreNet(self.gradient_dim, self.config.explore_hidden, init_gen)
+            if saved is not None:
+                with torch.no_grad():  # names and shapes were checked by load_state_dict
+                    for module, arrays in ((exploit, saved["exploit"]), (explore, saved["explore"])):
+                        for name, param in module.named_parameters():
+                            param.copy_(torch.from_numpy(arrays[name]))
+            exploit.eval()
+            explore.eval()
+            self._nets = (exploit, explore)
+            self._saved_weights = None
+        return self._nets
+
+    def _layers(self, net: Literal["exploit", "explore"]) -> _Layers:
+        """One network's (fc1.weight, fc1.bias, fc2.weight row, fc2.bias), as :func:`_stacked`
+        takes them: views of the saved arrays while the network is not built, so scoring many
+        filters (:func:`select_many`) builds no module."""
+        if self._saved_weights is not None:
+            a = self._saved_weights[net]
+            return (
+                torch.from_numpy(a["fc1.weight"]),
+                torch.from_numpy(a["fc1.bias"]),
+                torch.from_numpy(a["fc2.weight"][0]),
+                torch.from_numpy(a["fc2.bias"]),
+            )
+        m = self._exploit if net == "exploit" else self._explore
+        return m.fc1.weight, m.fc1.bias, m.fc2.weight[0], m.fc2.bias
+
+    def _net_arrays(self, net: Literal["exploit", "explore"]) -> dict[str, np.ndarray]:
+        """One network's parameters by ``state_dict`` name, in its order (views, not copies)."""
+        if self._saved_weights is not None:
+            return self._saved_weights[net]
+        m = self._exploit if net == "exploit" else self._explore
+        return {k: v.detach().numpy() for k, v in m.state_dict().items()}
+
+    def _param_shapes(self, net: Literal["exploit", "explore"]) -> dict[str, tuple[int, ...]]:
+        cfg = self.config
+        n_in, hidden = (self.n_features, cfg.hidden) if net == "exploit" else (self.gradient_dim, cfg.explore_hidden)
+        return {"fc1.weight": (hidden, n_in), "fc1.bias": (hidden,), "fc2.weight": (1, hidden), "fc2.bias": (1,)}
 
     # ------------------------------------------------------------------ properties
 
@@ -309,6 +395,29 @@ class LearnabilityFilter:
         ``budget`` by top score and, if fewer than the floor pass, filled to the floor by top
         score. Never returns more candidates than supplied.
         """
+        arr, ids = self._check_selection(z, sample_ids, round_index)
+        cfg = self.config
+        scores = self.score(arr)
+        reason: SelectionReason
+
+        if not self.has_history:
+            chosen = kmeans_representatives(arr, cfg.budget, seed=cfg.seed + int(round_index))
+            reason = "cold_start"
+        else:
+            chosen, reason = self._by_score(scores, np.argsort(-scores, kind="stable"))
+
+        logger.debug("round %d: selected %d/%d candidates (%s)", round_index, chosen.size, arr.shape[0], reason)
+        return Selection(
+            sample_ids=[ids[i] for i in chosen],
+            scores=scores[chosen],
+            reason=reason,
+            indices=chosen,
+        )
+
+    def _check_selection(
+        self, z: np.ndarray, sample_ids: Sequence[str], round_index: int
+    ) -> tuple[np.ndarray, list[str]]:
+        """:meth:`select`'s checks of its arguments: the features as float32, the ids as a list."""
         arr = self._check_features(z)
         ids = list(sample_ids)
         if len(ids) != arr.shape[0]:
@@ -317,34 +426,22 @@ class LearnabilityFilter:
             raise ValueError("sample_ids contains duplicates")
         if not _is_int(round_index) or round_index < 0:
             raise ValueError(f"round_index must be a non-negative integer, got {round_index!r}")
+        return arr, ids
 
+    def _by_score(self, scores: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, SelectionReason]:
+        """The selection of a filter with history, from its ``scores`` and their ``order`` (stable
+        argsort of ``-scores``): above the threshold, capped at the budget, filled to the floor."""
         cfg = self.config
-        scores = self.score(arr)
-        n = arr.shape[0]
+        n_pass = int(np.count_nonzero(scores > self.effective_threshold))
+        floor = min(cfg.floor, scores.shape[0])
         reason: SelectionReason
-
-        if not self.has_history:
-            chosen = kmeans_representatives(arr, cfg.budget, seed=cfg.seed + int(round_index))
-            reason = "cold_start"
+        if n_pass > cfg.budget:
+            take, reason = cfg.budget, "cap"
+        elif n_pass < floor:
+            take, reason = floor, "floor"
         else:
-            order = np.argsort(-scores, kind="stable")
-            n_pass = int(np.count_nonzero(scores > self.effective_threshold))
-            floor = min(cfg.floor, n)
-            if n_pass > cfg.budget:
-                take, reason = cfg.budget, "cap"
-            elif n_pass < floor:
-                take, reason = floor, "floor"
-            else:
-                take, reason = n_pass, "threshold"
-            chosen = order[:take].astype(np.int64)
-
-        logger.debug("round %d: selected %d/%d candidates (%s)", round_index, chosen.size, n, reason)
-        return Selection(
-            sample_ids=[ids[i] for i in chosen],
-            scores=scores[chosen],
-            reason=reason,
-            indices=chosen,
-        )
+            take, reason = n_pass, "threshold"
+        return order[:take].astype(np.int64), reason
 
     # ------------------------------------------------------------------ learning
 
@@ -450,8 +547,8 @@ class LearnabilityFilter:
             "scaler_std": self._std.copy(),
             "buffer_z": self._buffer_z.copy(),
             "buffer_r": self._buffer_r.copy(),
-            "exploit": {k: v.detach().numpy().copy() for k, v in self._exploit.state_dict().items()},
-            "explore": {k: v.detach().numpy().copy() for k, v in self._explore.state_dict().items()},
+            "exploit": {k: v.copy() for k, v in self._net_arrays("exploit").items()},
+            "explore": {k: v.copy() for k, v in self._net_arrays("explore").items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -459,7 +556,7 @@ class LearnabilityFilter:
         try:
             version = int(state["format_version"])
             n_features = int(state["n_features"])
-            config = FilterConfig.from_dict(state["config"])
+            config = _config_from_dict(state["config"])
             fit_count = int(state["fit_count"])
             mean = np.asarray(state["scaler_mean"], dtype=np.float32)
             std = np.asarray(state["scaler_std"], dtype=np.float32)
@@ -489,29 +586,37 @@ class LearnabilityFilter:
             if not np.isfinite(arr).all():
                 raise ValueError("filter state contains NaN or infinite values")
 
-        new_exploit = self._to_tensors(self._exploit, exploit, "exploit")
-        new_explore = self._to_tensors(self._explore, explore, "explore")
-        with torch.no_grad():  # names and shapes were checked: copy straight into the parameters
-            for module, tensors in ((self._exploit, new_exploit), (self._explore, new_explore)):
-                for name, param in module.named_parameters():
-                    param.copy_(tensors[name])
+        weights = {
+            "exploit": self._checked_weights(exploit, "exploit"),
+            "explore": self._checked_weights(explore, "explore"),
+        }
+        if self._nets is not None:
+            with torch.no_grad():  # names and shapes were checked: copy straight into the parameters
+                for module, label in ((self._nets[0], "exploit"), (self._nets[1], "explore")):
+                    for name, param in module.named_parameters():
+                        param.copy_(torch.from_numpy(weights[label][name]))
+        else:  # kept as arrays until the networks are needed (_networks)
+            self._saved_weights = weights
         self._mean, self._std = mean.copy(), std.copy()
         self._buffer_z, self._buffer_r = buffer_z.copy(), buffer_r.copy()
         self._fit_count = fit_count
 
-    @staticmethod
-    def _to_tensors(module: nn.Module, arrays: Mapping[str, np.ndarray], label: str) -> dict[str, torch.Tensor]:
-        expected = module.state_dict()
+    def _checked_weights(
+        self, arrays: Mapping[str, np.ndarray], label: Literal["exploit", "explore"]
+    ) -> dict[str, np.ndarray]:
+        """Copies of one network's parameters, in ``state_dict`` order, once their names, shapes
+        and values are checked."""
+        expected = self._param_shapes(label)
         if set(arrays) != set(expected):
             raise ValueError(f"{label} parameters {sorted(arrays)} do not match expected {sorted(expected)}")
-        out: dict[str, torch.Tensor] = {}
-        for name, ref in expected.items():
+        out: dict[str, np.ndarray] = {}
+        for name, shape in expected.items():
             arr = arrays[name]
-            if tuple(arr.shape) != tuple(ref.shape):
-                raise ValueError(f"{label}.{name} has shape {arr.shape}, expected {tuple(ref.shape)}")
+            if tuple(arr.shape) != shape:
+                raise ValueError(f"{label}.{name} has shape {arr.shape}, expected {shape}")
             if not np.isfinite(arr).all():
                 raise ValueError(f"{label}.{name} contains NaN or infinite values")
-            out[name] = torch.from_numpy(arr)
+            out[name] = np.array(arr, dtype=np.float32)  # a copy: the filter owns its weights
         return out
 
     def to_bytes(self) -> bytes:
@@ -529,8 +634,8 @@ class LearnabilityFilter:
             ("buffer_z", self._buffer_z),
             ("buffer_r", self._buffer_r),
         ]
-        for prefix, module in (("exploit", self._exploit), ("explore", self._explore)):
-            arrays += [(f"{prefix}.{k}", v.detach().numpy()) for k, v in module.state_dict().items()]
+        for prefix in ("exploit", "explore"):
+            arrays += [(f"{prefix}.{k}", v) for k, v in self._net_arrays(prefix).items()]
         header = json.dumps(
             {
                 "format_version": _FORMAT_VERSION,
@@ -550,7 +655,7 @@ class LearnabilityFilter:
         data = bytes(data)
         state = cls._decode_blob(data) if data.startswith(_BLOB_MAGIC) else cls._decode_npz(data)
         try:
-            config = FilterConfig.from_dict(state["config"])
+            config = _config_from_dict(state["config"])
             flt = cls(int(state["n_features"]), config, _random_init=False)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed filter state: {exc!r}") from exc
@@ -606,6 +711,116 @@ class LearnabilityFilter:
             else:
                 state[key] = value
         return state
+
+
+# ---------------------------------------------------------------------------- batched selection
+
+# Most float32 values one chunk of select_many's batched scoring holds per layer output (filters
+# x candidates x layer width): 2**20 is 4 MiB, e.g. 64 filters of 256 candidates through the
+# default ExploreNet (64 wide).
+_SCORE_CHUNK_ELEMENTS = 2**20
+
+
+def select_many(
+    requests: Sequence[tuple[LearnabilityFilter, np.ndarray, Sequence[str]]], round_index: int
+) -> list[Selection | Exception]:
+    """:meth:`LearnabilityFilter.select` for many (filter, z, sample ids) at once, one result per
+    request, in order: its :class:`Selection`, or the exception its own ``select`` would raise.
+
+    Allocating a round runs one selection per client, each a few small numpy/torch calls, so the
+    per-call overhead dominates. Here every request's arguments are checked as ``select`` checks
+    them (a bad request gets its ``ValueError`` and leaves the others alone), then the requests
+    whose filters share history or not, :class:`FilterConfig`, feature width and candidate count
+    are decided together:
+
+    * without history, :func:`~lada_coordinator.allocation.cold_start.kmeans_representatives_many`
+      picks the same representatives as ``select``; the untrained networks score nothing
+      (``Selection.scores`` is NaN, where ``select`` returns uninformative scores);
+    * with history, every candidate of every filter is scored in batched products over the
+      filters' stacked weights (:func:`_stacked`, as :func:`refit_many`), without building the
+      networks of a filter read from its blob; the scores equal ``score``'s up to float32 rounding
+      (the products add in another order, ~1e-7), and the threshold, cap and floor are ``select``'s
+      (:meth:`LearnabilityFilter._by_score`).
+
+    A filter may appear once. If a group's batched work raises, its requests are decided one by
+    one by ``select``, each failing on its own.
+    """
+    flts = [flt for flt, _, _ in requests]
+    if len({id(f) for f in flts}) != len(flts):
+        raise ValueError("select_many: a filter appears more than once")
+    results: list[Selection | Exception | None] = [None] * len(flts)
+    checked: list[tuple[np.ndarray, list[str]]] = []
+    groups: dict[tuple[bool, FilterConfig, int, int], list[int]] = {}
+    for i, (flt, z, sample_ids) in enumerate(requests):
+        try:
+            if not isinstance(flt, LearnabilityFilter):
+                raise ValueError(f"select_many takes LearnabilityFilter objects, got {type(flt).__name__}")
+            arr, ids = flt._check_selection(z, sample_ids, round_index)
+        except Exception as exc:  # noqa: BLE001 - what select would raise, for this request only
+            results[i] = exc
+            checked.append((np.empty((0, 0), dtype=np.float32), []))
+            continue
+        checked.append((arr, ids))
+        groups.setdefault((flt.has_history, flt.config, flt.n_features, arr.shape[0]), []).append(i)
+    for (history, config, _, n), members in groups.items():
+        decided: tuple[list[np.ndarray], list[np.ndarray], list[SelectionReason]] | None = None
+        try:
+            if n and not history:
+                zs = np.stack([checked[i][0] for i in members])
+                picks = kmeans_representatives_many(zs, config.budget, seed=config.seed + int(round_index))
+                decided = (picks, [np.full(p.size, np.nan) for p in picks], ["cold_start"] * len(members))
+            elif n:
+                decided = _select_by_score([flts[i] for i in members], [checked[i][0] for i in members])
+        except Exception:  # never expected: each request is then decided, or fails, on its own
+            logger.warning("batched selection of %d requests failed; one by one", len(members), exc_info=True)
+        if decided is None:  # (or no candidates: nothing to batch)
+            for i in members:
+                try:
+                    results[i] = flts[i].select(checked[i][0], checked[i][1], round_index)
+                except Exception as exc:  # noqa: BLE001
+                    results[i] = exc
+            continue
+        for i, chosen, chosen_scores, reason in zip(members, *decided):
+            ids = checked[i][1]
+            results[i] = Selection([ids[j] for j in chosen], chosen_scores, reason, chosen)
+        logger.debug("round %d: %d selections of %d candidates together", round_index, len(members), n)
+    return [r if r is not None else RuntimeError("select_many: request not decided") for r in results]
+
+
+def _select_by_score(
+    flts: list[LearnabilityFilter], arrs: list[np.ndarray]
+) -> tuple[list[np.ndarray], list[np.ndarray], list[SelectionReason]]:
+    """The selections of filters with history, of one config, width and candidate count."""
+    cfg, (n, d) = flts[0].config, arrs[0].shape
+    width = max(d, cfg.hidden, flts[0].gradient_dim, cfg.explore_hidden)
+    per_chunk = max(1, _SCORE_CHUNK_ELEMENTS // (n * width))
+    picks: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    reasons: list[SelectionReason] = []
+    for start in range(0, len(flts), per_chunk):
+        part = flts[start : start + per_chunk]
+        block = _score_many(part, np.stack(arrs[start : start + per_chunk]))  # [G, n]
+        order = np.argsort(-block, axis=1, kind="stable")
+        for flt, row, row_order in zip(part, block, order):
+            chosen, reason = flt._by_score(row, row_order)
+            picks.append(chosen)
+            scores.append(row[chosen])
+            reasons.append(reason)
+    return picks, scores, reasons
+
+
+def _score_many(flts: Sequence[LearnabilityFilter], z: np.ndarray) -> np.ndarray:
+    """:meth:`LearnabilityFilter.score` of G filters (one config and width) on their own checked
+    float32 rows ``z`` [G, n, d], in batched products over the stacked weights; float64 [G, n]."""
+    cfg = flts[0].config
+    mean = np.stack([f._mean for f in flts])[:, None, :]
+    std = np.stack([f._std for f in flts])[:, None, :]
+    x = torch.from_numpy((z - mean) / std)  # each filter's own standardisation, as _standardise
+    with torch.no_grad():
+        out, g = _stacked_gradients(_stacked([f._layers("exploit") for f in flts]), x, cfg.explore_on)
+        _, _, logit = _forward(_stacked([f._layers("explore") for f in flts]), g)
+        total = out + cfg.exploration_weight * torch.tanh(logit)
+    return total.numpy().astype(np.float64)
 
 
 # ---------------------------------------------------------------------------- batched refit
@@ -687,15 +902,11 @@ def _padded(rows: Sequence[torch.Tensor], n_max: int) -> torch.Tensor:
     return out
 
 
-def _stacked(modules: Sequence[_ExploitNet | _ExploreNet]) -> list[torch.Tensor]:
-    """[fc1.weight [G, h, k], fc1.bias [G, h], fc2.weight as [G, h], fc2.bias [G, 1]] of G nets."""
+def _stacked(nets: Sequence[_Layers]) -> list[torch.Tensor]:
+    """[fc1.weight [G, h, k], fc1.bias [G, h], fc2.weight as [G, h], fc2.bias [G, 1]] of G nets
+    (each given by :meth:`LearnabilityFilter._layers`)."""
     with torch.no_grad():
-        return [
-            torch.stack([m.fc1.weight for m in modules]),
-            torch.stack([m.fc1.bias for m in modules]),
-            torch.stack([m.fc2.weight[0] for m in modules]),
-            torch.stack([m.fc2.bias for m in modules]),
-        ]
+        return [torch.stack([layers[i] for layers in nets]) for i in range(4)]
 
 
 def _unstack(params: Sequence[torch.Tensor], modules: Sequence[_ExploitNet | _ExploreNet]) -> None:
@@ -744,11 +955,11 @@ def _refit_chunk(flts: list[LearnabilityFilter]) -> list[dict[str, float]]:
     sizes = [int(x.shape[0]) for x in xs]
     x_all, y_all = _padded(xs, max(sizes)), _padded(ys, max(sizes))  # [G, N, d], [G, N]
     with torch.no_grad():
-        exploit = _stacked([f._exploit for f in flts])
+        exploit = _stacked([f._layers("exploit") for f in flts])
         exploit_losses = _train_many(exploit, "sigmoid", x_all, y_all, sizes, gens, cfg)
         _unstack(exploit, [f._exploit for f in flts])
         out, g = _stacked_gradients(exploit, x_all, cfg.explore_on)
-        explore = _stacked([f._explore for f in flts])
+        explore = _stacked([f._layers("explore") for f in flts])
         explore_losses = _train_many(explore, "tanh", g, y_all - out, sizes, gens, cfg)
         _unstack(explore, [f._explore for f in flts])
     return [f._finish_refit(a, b) for f, a, b in zip(flts, exploit_losses, explore_losses)]

@@ -122,3 +122,55 @@ def test_a_failed_round_close_counts_no_reward_twice(tmp_path):
     fresh.reward(1, SLM, "c1", z[:4], 0.5)
     ids, z2 = _round(np.random.default_rng(7))
     assert alloc.allocate(2, SLM, "c1", ids, z2) == fresh.allocate(2, SLM, "c1", ids, z2)
+
+
+def test_allocate_many_decides_as_allocate_does_client_by_client(tmp_path):
+    """Cold, warm in memory and warm after a restart; a client whose upload or stored filter is
+    bad gets its own error back and the others their allocations."""
+    store = Store(tmp_path / "db.sqlite")
+    alloc = Allocator(store, "lada", _configs(), seed=0)
+    rng = np.random.default_rng(8)
+    clients = [f"c{k}" for k in range(12)]
+
+    def requests() -> dict[str, tuple[list[str], np.ndarray]]:
+        return {c: _round(rng, n=(128, 60)[k % 2]) for k, c in enumerate(clients)}
+
+    cold = requests()
+    got = Allocator(store, "lada", _configs(), seed=0).allocate_many(1, SLM, cold)
+    assert list(got) == clients
+    assert got == {c: alloc.allocate(1, SLM, c, ids, z) for c, (ids, z) in cold.items()}
+    assert {why for _, why in got.values()} == {"cold_start"}
+    with alloc.saving_together():
+        for c, (picked, _) in got.items():
+            ids, z = cold[c]
+            alloc.reward(1, SLM, c, z[[ids.index(s) for s in picked]], float(rng.uniform(0.1, 0.9)))
+
+    warm = requests()
+    expected = {c: alloc.allocate(2, SLM, c, ids, z) for c, (ids, z) in warm.items()}
+    assert "cold_start" not in {why for _, why in expected.values()}
+
+    def as_sets(allocations):  # ordered by score: equal scores may swap (tests/.../test_select_many.py)
+        return {c: (set(ids), why) for c, (ids, why) in allocations.items()}
+
+    assert as_sets(alloc.allocate_many(2, SLM, warm)) == as_sets(expected)
+    restarted = Allocator(Store(tmp_path / "db.sqlite"), "lada", _configs(), seed=0)
+    assert as_sets(restarted.allocate_many(2, SLM, warm)) == as_sets(expected)
+
+    store.save_filter("c3", SLM, b"LADAEEN2 not a filter", 1)
+    ids, z = warm["c5"]
+    odd = {**warm, "c5": (ids, z[:, :4]), "c7": ([], z[:0])}
+    got = Allocator(Store(tmp_path / "db.sqlite"), "lada", _configs(), seed=0).allocate_many(2, SLM, odd)
+    assert isinstance(got.pop("c3"), ValueError) and isinstance(got.pop("c5"), ValueError)
+    assert got.pop("c7") == ([], "empty")
+    assert as_sets(got) == as_sets({c: v for c, v in expected.items() if c in got})
+
+
+def test_allocate_many_in_the_baseline_modes(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    ids, z = _round(np.random.default_rng(9), n=50)
+    requests = {"c1": (ids, z), "c2": (ids[:10], z[:10]), "c3": ([], z[:0])}
+    for mode in ("random", "all", "none"):
+        alloc = Allocator(store, mode, _configs(), seed=4)
+        assert alloc.allocate_many(3, SLM, requests) == {
+            c: alloc.allocate(3, SLM, c, i, zz) for c, (i, zz) in requests.items()
+        }
