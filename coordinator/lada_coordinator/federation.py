@@ -533,13 +533,13 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
 
 def _teacher_paths(settings: FederationSettings, gguf: Path, public, reporter: Reporter) -> Path:
     """Fill the llama.cpp teacher's path store for the public pool (resumable); returns its file."""
-    from lada_coordinator.llm.llamacpp import DEFAULT_PROMPT, LlamaCppTeacher, fill_store
+    from lada_coordinator.llm.llamacpp import DEFAULT_PROMPT, LlamaCppTeacher, file_digest, fill_store
     from lada_coordinator.llm.paths import PathStore
 
     out = settings.teacher_cache or settings.workdir / "teacher" / "paths.jsonl"
-    teacher = LlamaCppTeacher(gguf, DEFAULT_PROMPT, seed=0)
-    store = PathStore(out, teacher.digest, DEFAULT_PROMPT)
-    store.write_header(str(gguf))
+    # keyed by the file's digest: with every path cached, llama.cpp is neither loaded nor needed
+    store = PathStore(out, file_digest(gguf), DEFAULT_PROMPT)
+    store.write_header(gguf.name)
     missing = len(store.missing(public))
     if missing:
         log.info("teacher: computing %d verified paths with llama.cpp (cached in %s)", missing, out)
@@ -550,7 +550,10 @@ def _teacher_paths(settings: FederationSettings, gguf: Path, public, reporter: R
             if done % 25 == 0 or done == total:
                 log.info("teacher paths: %d/%d, %d verified", done, total, verified)
 
-        stats = fill_store(teacher, store, public, progress=progress)
+        if missing:
+            stats = fill_store(LlamaCppTeacher(gguf, DEFAULT_PROMPT, seed=0), store, public, progress=progress)
+        else:
+            stats = {"new": 0, "verified": 0, "cached": len(public)}
         stage.note(f"{stats['new']} new ({stats['verified']} verified), {stats['cached']} cached")
     return out
 

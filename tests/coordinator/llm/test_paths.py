@@ -76,3 +76,25 @@ def test_rounds_draw_candidates_with_verified_stored_paths_and_run_no_llm(tmp_pa
     db.close()
     with pytest.raises(ValueError, match="llm_dir is required"):
         CoordinatorConfig(db_path=tmp_path / "c", state_dir=tmp_path, llm_dir=None, public_data=tmp_path)
+
+
+def test_a_warm_path_store_needs_no_llama_cpp(tmp_path, monkeypatch):
+    """Every public question's path cached under the GGUF file's digest: the federation set-up
+    serves them without loading (or having) llama.cpp, so a warm benchmark skips its build."""
+    import sys
+
+    from lada_coordinator.federation import FederationSettings, LogReporter, _teacher_paths
+    from lada_coordinator.llm.llamacpp import DEFAULT_PROMPT, file_digest
+
+    gguf = tmp_path / "teacher.gguf"
+    gguf.write_bytes(b"not loaded: only hashed")
+    samples = _samples(4)
+    out = tmp_path / "paths.jsonl"
+    store = PathStore(out, file_digest(gguf), DEFAULT_PROMPT)
+    store.add([_record(store, s) for s in samples])
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # importing it fails
+    settings = FederationSettings(workdir=tmp_path / "w", teacher_gguf=gguf, teacher_cache=out)
+    assert _teacher_paths(settings, gguf, samples, LogReporter()) == out
+    assert PathStore.open(out).missing(samples) == []  # the header names the same teacher and prompt
+    with pytest.raises(ImportError, match="llama-cpp-python"):  # one missing path does need the engine
+        _teacher_paths(settings, gguf, [*samples, *_samples(6)[4:]], LogReporter())
