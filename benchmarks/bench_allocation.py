@@ -18,6 +18,14 @@ call per client, the round engine's loop before ``allocate_many``) and **batched
 history scored in batched products; what ``RoundEngine._allocate`` calls now). Each also runs with
 ``torch.set_num_threads(1)`` and with all CPUs, interleaved within each repeat.
 
+Each is timed reading the uploads two ways, in the same repeats (``--reads``): **matrices** (what
+``RoundEngine._features`` reads now: every client's float32 feature matrix, stored when the HTTP
+layer accepted the upload, in one query, checked against the round) and **payloads** (the engine's
+read before: every JSON payload parsed into the wire model and checked again, then its features
+turned into a float64 array). The uploads are stored as the server stores them, payload and matrix.
+The wire model's value check is timed apart on the same features, value by value (the check before)
+and vectorised (now).
+
 Before the warm rounds, every client gets one reward (observe + refit + save, the per-client work of
 closing a round), timed side by side on three thirds of the clients: one commit per client; one
 commit for all (``Allocator.saving_together``) with each filter refit on its own; and one commit with
@@ -27,6 +35,8 @@ close runs). ``--history batched`` gives every client its reward the last way on
     python benchmarks/bench_allocation.py [--quick] [--clients 10 100 1000] [--candidates 64 256]
     python benchmarks/bench_allocation.py --clients 10000 --candidates 256 --threads 1 --repeats 1 \
         --history batched --no-profile --out benchmarks/results/bench_allocation_batched.json
+    python benchmarks/bench_allocation.py --clients 10000 --candidates 256 --threads 1 --repeats 2 \
+        --history batched --no-profile --paths batched --out benchmarks/results/bench_allocation_read.json
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import os
 import pstats
 import sys
 import tempfile
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +59,7 @@ NAME = "bench_allocation"
 TARGET_S = 5.0
 TARGET_SIZES = ((1000, 256), (10000, 256))  # the first target, and the scale issue's
 PATHS = ("per client", "batched")
+READS = ("payloads", "matrices")
 FEATURES = ("slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "slm_greedy_correct")
 
 
@@ -66,8 +78,10 @@ def features(rng: np.random.Generator, m: int) -> np.ndarray:
 
 
 def open_round(store, t: int, clients: list[str], m: int, seed: int) -> dict[str, np.ndarray]:
-    """Open round ``t`` with ``m`` candidates and store every client's feature upload."""
+    """Open round ``t`` with ``m`` candidates and store every client's feature upload as the server
+    does: the payload and its feature matrix."""
     from lada_client.common.wire import Candidate, FeatureUpload, RoundInfo
+    from lada_coordinator.validation import feature_matrix
 
     ids = [f"r{t}-c{j}" for j in range(m)]
     info = RoundInfo(
@@ -87,22 +101,76 @@ def open_round(store, t: int, clients: list[str], m: int, seed: int) -> dict[str
             z = features(np.random.default_rng([seed, t, k]), m)
             zs[cid] = z
             up = FeatureUpload(round=t, feature_names=list(FEATURES), sample_ids=ids, features=z.tolist())
-            store.put_upload(db, t, cid, "features.put", up.model_dump_json())
+            store.put_upload(db, t, cid, "features.put", up.model_dump_json(), feature_matrix(up))
     return zs
 
 
-def allocate_round(store, allocator, t: int, path: str = "batched") -> dict[str, float]:
+def read_payloads(store, t: int) -> dict:
+    """The round engine's read before the stored matrices: each payload parsed into the wire model
+    (whose value check runs), checked against the round, its features made a float64 array."""
+    from lada_client.common.wire import FeatureUpload
+    from lada_coordinator.validation import RoundContext, check_features, parse_payload
+
+    ctx = RoundContext.of(store.round_info(t)[0])
+    out = {}
+    for client_id, raw in sorted(store.raw_uploads(t, "features.put").items()):
+        up = parse_payload(FeatureUpload, raw)
+        check_features(up, ctx)
+        out[client_id] = (up.sample_ids, np.asarray(up.features, dtype=np.float64).reshape(len(up.sample_ids), -1))
+    return out
+
+
+def read_matrices(store, t: int) -> dict:
+    """``RoundEngine._features`` now: the round's stored matrices in one query, each checked against
+    the round; the sample ids are the round's candidates (every row here has its matrix)."""
+    from lada_coordinator.validation import RoundContext, matrix_fits
+
+    ctx = RoundContext.of(store.round_info(t)[0])
+    out = {}
+    for client_id, z in sorted(store.feature_matrices(t).items()):
+        if z is None or not matrix_fits(z, ctx):
+            raise RuntimeError(f"{client_id}: no stored matrix that fits the round")
+        out[client_id] = (ctx.candidate_ids, z)
+    return out
+
+
+def wire_check(m: int, n: int = 1000, repeats: int = 3) -> dict:
+    """The wire model's value check (``FeatureUpload._check_features``) on ``n`` uploads of ``m``
+    rows, against the value-by-value check it replaced (each row through ``_finite``)."""
+    from lada_client.common.wire import FEATURE_ABS_MAX, FeatureUpload, _finite
+
+    rows = [features(np.random.default_rng([7, k]), m).tolist() for k in range(n)]
+
+    def value_by_value() -> None:
+        for upload in rows:
+            for row in upload:
+                _finite(row, "features", FEATURE_ABS_MAX)
+
+    def vectorised() -> None:
+        for upload in rows:
+            FeatureUpload._check_features(upload)
+
+    before = min(timeit.repeat(value_by_value, number=1, repeat=repeats)) / n
+    after = min(timeit.repeat(vectorised, number=1, repeat=repeats)) / n
+    return {
+        "candidates": m,
+        "uploads": n,
+        "value_by_value_us": 1e6 * before,
+        "vectorised_us": 1e6 * after,
+        "ratio": before / after,
+    }
+
+
+def allocate_round(store, allocator, t: int, path: str = "batched", read: str = "matrices") -> dict[str, float]:
     """``RoundEngine._allocate`` for the ``mkt`` host framework, with its three stages timed;
-    ``path`` "per client" is its loop of ``Allocator.allocate`` calls before ``allocate_many``."""
+    ``path`` "per client" is its loop of ``Allocator.allocate`` calls before ``allocate_many``;
+    ``read`` "payloads" its read of the uploads before the stored matrices (the read step ends
+    with every client's sample ids and feature array)."""
     from lada_coordinator.allocation.allocator import SLM
 
-    t_read, uploads = C.timed(lambda: store.uploads(t, "features.put"))
+    t_read, requests = C.timed(lambda: (read_payloads if read == "payloads" else read_matrices)(store, t))
 
     def decide():
-        requests = {
-            client_id: (up.sample_ids, np.asarray(up.features, dtype=np.float64).reshape(len(up.sample_ids), -1))
-            for client_id, up in uploads.items()
-        }
         if path == "per client":
             return {c: allocator.allocate(t, SLM, c, ids, z) for c, (ids, z) in requests.items()}
         out = allocator.allocate_many(t, SLM, requests)
@@ -180,6 +248,7 @@ def main() -> int:
     )
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the cProfile of the largest case")
     p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="allocation paths to time")
+    p.add_argument("--reads", nargs="+", choices=READS, default=list(READS), help="ways of reading the uploads to time")
     p.add_argument(
         "--history",
         choices=("compare", "batched"),
@@ -199,9 +268,10 @@ def main() -> int:
         f" (multi-thread runs once for N > {args.multi_thread_repeat_max_n})"
     )
 
-    def paths_for(rep: int) -> list[str]:
-        """The paths of repeat ``rep``, in alternating order."""
-        return args.paths if rep % 2 == 0 else args.paths[::-1]
+    def paths_for(rep: int) -> list[tuple[str, str]]:
+        """The (path, read) pairs of repeat ``rep``, in alternating order."""
+        pairs = [(path, read) for path in args.paths for read in args.reads]
+        return pairs if rep % 2 == 0 else pairs[::-1]
 
     def threads_for(rep: int, n: int) -> list[int]:
         """Thread counts for repeat ``rep`` (order alternates); the slow multi-thread case of large N
@@ -210,11 +280,11 @@ def main() -> int:
         return [t for t in order if t == 1 or rep == 0 or n <= args.multi_thread_repeat_max_n]
 
     rows, setup, profiles = [], [], []
-    # (case, N, M, path) -> the first run's allocations, to compare the paths' selections
+    # (case, N, M, path, read) -> the first run's allocations, to compare the paths' selections
     decisions: dict[tuple, dict] = {}
 
-    def keep(res: dict, case: str, n: int, m: int, path: str) -> dict:
-        decisions.setdefault((case, n, m, path), res.pop("decided"))
+    def keep(res: dict, case: str, n: int, m: int, path: str, read: str) -> dict:
+        decisions.setdefault((case, n, m, path, read), res.pop("decided"))
         return res
 
     with tempfile.TemporaryDirectory(prefix="lada-bench-alloc-") as tmp:
@@ -233,12 +303,13 @@ def main() -> int:
             for n in ns:
                 for rep in range(repeats):
                     for threads in threads_for(rep, n):
-                        for path in paths_for(rep):
+                        for path, read in paths_for(rep):
                             torch.set_num_threads(threads)
-                            res = allocate_round(store, make_allocator(store), rounds[("cold", n)], path)
-                            keep(res, "cold", n, m, path)
+                            res = allocate_round(store, make_allocator(store), rounds[("cold", n)], path, read)
+                            keep(res, "cold", n, m, path, read)
                             rows.append(
-                                {"case": "cold", "path": path, "clients": n, "candidates": m, "threads": threads, **res}
+                                {"case": "cold", "path": path, "read": read, "clients": n, "candidates": m}
+                                | {"threads": threads, **res}
                             )
             if args.profile and m == max(args.candidates):  # before any filter is saved: a true cold start
                 torch.set_num_threads(1)
@@ -343,14 +414,15 @@ def main() -> int:
             for n in ns:
                 for rep in range(repeats):
                     for threads in threads_for(rep, n):
-                        for path in paths_for(rep):
+                        for path, read in paths_for(rep):
                             for case in ("warm (memory)", "warm (store)"):
                                 torch.set_num_threads(threads)
                                 allocator = warm if case == "warm (memory)" else make_allocator(store)
-                                res = allocate_round(store, allocator, rounds[("warm", n)], path)
-                                keep(res, case, n, m, path)
+                                res = allocate_round(store, allocator, rounds[("warm", n)], path, read)
+                                keep(res, case, n, m, path, read)
                                 rows.append(
-                                    {"case": case, "path": path, "clients": n, "candidates": m, "threads": threads}
+                                    {"case": case, "path": path, "read": read, "clients": n, "candidates": m}
+                                    | {"threads": threads}
                                     | res
                                 )
             if args.profile and m == max(args.candidates):
@@ -371,17 +443,18 @@ def main() -> int:
                 )
             store.close()
 
-    # ---- aggregate: median per (case, path, N, M, threads)
+    # ---- aggregate: median per (case, path, read, N, M, threads)
     keyed: dict[tuple, list[dict]] = {}
     for r in rows:
-        keyed.setdefault((r["case"], r["path"], r["clients"], r["candidates"], r["threads"]), []).append(r)
+        keyed.setdefault((r["case"], r["path"], r["read"], r["clients"], r["candidates"], r["threads"]), []).append(r)
     summary = []
-    for (case, path, n, m, threads), rs in keyed.items():
+    for (case, path, read, n, m, threads), rs in keyed.items():
         total = C.median([r["total_s"] for r in rs])
         summary.append(
             {
                 "case": case,
                 "path": path,
+                "read": read,
                 "clients": n,
                 "candidates": m,
                 "threads": threads,
@@ -398,16 +471,33 @@ def main() -> int:
             }
         )
     order = {"cold": 0, "warm (memory)": 1, "warm (store)": 2}
-    summary.sort(key=lambda r: (order[r["case"]], r["candidates"], r["clients"], r["threads"], PATHS.index(r["path"])))
+    summary.sort(
+        key=lambda r: (
+            order[r["case"]],
+            r["candidates"],
+            r["clients"],
+            r["threads"],
+            PATHS.index(r["path"]),
+            READS.index(r["read"]),
+        )
+    )
     # threads ratio: time with all CPUs / time with 1 thread, per configuration; path ratio: time
-    # per client / time batched, total and allocation step alone
-    by = {(r["case"], r["path"], r["clients"], r["candidates"], r["threads"]): r for r in summary}
+    # per client / time batched, total and allocation step alone; read ratio: time reading the
+    # payloads / time reading the matrices, total and read step alone
+    by = {(r["case"], r["path"], r["read"], r["clients"], r["candidates"], r["threads"]): r for r in summary}
     for r in summary:
-        one = by.get((r["case"], r["path"], r["clients"], r["candidates"], 1))
+        one = by.get((r["case"], r["path"], r["read"], r["clients"], r["candidates"], 1))
         r["vs_1_thread"] = r["total_s"] / one["total_s"] if one else None
-        old = by.get((r["case"], "per client", r["clients"], r["candidates"], r["threads"]))
-        mine = decisions.get((r["case"], r["clients"], r["candidates"], r["path"]))
-        theirs = decisions.get((r["case"], r["clients"], r["candidates"], "per client"))
+        old = by.get((r["case"], "per client", r["read"], r["clients"], r["candidates"], r["threads"]))
+        mine = decisions.get((r["case"], r["clients"], r["candidates"], r["path"], r["read"]))
+        theirs = decisions.get((r["case"], r["clients"], r["candidates"], "per client", r["read"]))
+        parsed = decisions.get((r["case"], r["clients"], r["candidates"], r["path"], "payloads"))
+        r["same_allocation_as_payloads_read"] = (
+            [sum(mine[c] == parsed.get(c) for c in mine), len(mine)] if mine is not None and parsed else None
+        )
+        before = by.get((r["case"], r["path"], "payloads", r["clients"], r["candidates"], r["threads"]))
+        r["payloads_read_over_this"] = before["total_s"] / r["total_s"] if before else None
+        r["payloads_read_over_this_read"] = before["read_s"] / r["read_s"] if before else None
         # clients whose allocation (ids in order, and reason) is the per-client path's, of all
         # clients; and whose allocated set and reason are (the order is by score: two scores within
         # float32 rounding of each other can come out in either order from the batched products)
@@ -428,6 +518,7 @@ def main() -> int:
             [
                 "case",
                 "path",
+                "read",
                 "N",
                 "M",
                 "threads",
@@ -438,14 +529,17 @@ def main() -> int:
                 "write s",
                 "vs 1 thread",
                 "per client / this (total, allocate)",
+                "payloads / this (total, read)",
                 "reason",
                 "same as per client (same set)",
+                "same as payloads",
                 "target <5s",
             ],
             [
                 [
                     r["case"],
                     r["path"],
+                    r["read"],
                     r["clients"],
                     r["candidates"],
                     r["threads"],
@@ -460,6 +554,11 @@ def main() -> int:
                         if r["per_client_path_over_this"]
                         else ""
                     ),
+                    (
+                        f"{r['payloads_read_over_this']:.2f}x, {r['payloads_read_over_this_read']:.2f}x"
+                        if r["payloads_read_over_this"]
+                        else ""
+                    ),
                     ",".join(r["reasons"]),
                     (
                         "{}/{} ({}/{})".format(
@@ -468,6 +567,9 @@ def main() -> int:
                         if r["same_allocation_as_per_client"]
                         else ""
                     ),
+                    "{}/{}".format(*r["same_allocation_as_payloads_read"])
+                    if r["same_allocation_as_payloads_read"]
+                    else "",
                     "" if r["meets_target"] is None else ("met" if r["meets_target"] else "MISSED"),
                 ]
                 for r in summary
@@ -476,6 +578,12 @@ def main() -> int:
     )
     loads = [r["loadavg_1min"] for r in rows]
     C.say(f"1-minute load average at the end of the timed rounds: {min(loads):.2f}-{max(loads):.2f}")
+    checks = [wire_check(m) for m in args.candidates]
+    for check in checks:
+        C.say(
+            f"wire model's value check, {check['candidates']} x {len(FEATURES)} per upload: value by value"
+            f" {check['value_by_value_us']:.1f} us, vectorised {check['vectorised_us']:.1f} us ({check['ratio']:.2f}x)"
+        )
     for prof in profiles:
         C.say(
             f"\ncProfile, {prof['case']}, N={prof['clients']} M={prof['candidates']}, 1 thread "
@@ -496,11 +604,13 @@ def main() -> int:
                 "repeats": repeats,
                 "quick": args.quick,
                 "paths": args.paths,
+                "reads": args.reads,
                 "history": args.history,
             },
             "target": {"sizes": [list(size) for size in TARGET_SIZES], "seconds": TARGET_S},
             "summary": summary,
             "history_setup": setup,
+            "wire_check": checks,
             "profiles": profiles,
             "runs": rows,
         },

@@ -9,8 +9,9 @@ Phases of round t (stored in SQLite, so a restarted coordinator resumes where it
 
 HTTP handlers only record uploads; every decision happens here.
 
-Fault isolation: every use of one device's data — reading its upload back (checked again with
-``validation.py``), its filter's selection and refit, its server-side adapter, its offers to the
+Fault isolation: every use of one device's data — reading its upload back (its stored feature
+matrix checked against the round, or, for a row stored without one, its payload checked again
+with ``validation.py``), its filter's selection and refit, its server-side adapter, its offers to the
 LLM, its secure-aggregation messages — runs isolated; a failure quarantines that device for the
 round (``Store.quarantine``: logged, shown to the operator, the device told ``quarantined``) and
 the round goes on without it. An error that is not one device's (the LLM, the database) is
@@ -25,7 +26,7 @@ import math
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -52,7 +53,15 @@ from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.llm.host import LLMHost, TeacherPath
 from lada_coordinator.llm.paths import PathStore
 from lada_coordinator.store import ClientRecord, PathProvenance, SecAggItem, Store
-from lada_coordinator.validation import RoundContext, UploadRejected, check_features, check_reward, parse_payload
+from lada_coordinator.validation import (
+    RoundContext,
+    UploadRejected,
+    check_features,
+    check_reward,
+    feature_matrix,
+    matrix_fits,
+    parse_payload,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -237,23 +246,50 @@ class RoundEngine(threading.Thread):
             t += 1
 
     # ------------------------------------------------------------------------- stored uploads
-    def _features(self, t: int) -> dict[str, FeatureUpload]:
-        """The round's feature uploads that pass the checks the HTTP layer made (``validation.py``),
-        read back one by one: a bad row quarantines its client, it never hides the others."""
-        ctx = RoundContext.of(self.store.round_info(t)[0])
+    def _context(self, t: int) -> RoundContext:
+        return RoundContext.of(self.store.round_info(t)[0])
+
+    def _features(self, t: int, ctx: RoundContext) -> dict[str, np.ndarray]:
+        """Each enrolled, not quarantined client's features this round: float32, one row per
+        candidate in ``ctx.candidate_ids``' order (the HTTP layer refused any other order), one
+        column per feature name. The matrices stored when the uploads were accepted are read in
+        one query and checked against the round (``validation.matrix_fits``); a row stored without
+        one (an older coordinator), or whose matrix does not fit, is read from its payload and
+        checked again as it was on arrival. A bad row quarantines its client, never hides the others."""
         aside = self.store.quarantined(t)
         enrolled = {c.client_id for c in self.store.clients()}
-
-        def read(raw: str) -> FeatureUpload:
-            up = parse_payload(FeatureUpload, raw)
-            check_features(up, ctx)
-            return up
-
-        out: dict[str, FeatureUpload] = {}
-        for client_id, raw in sorted(self.store.raw_uploads(t, "features.put").items()):
+        out: dict[str, np.ndarray] = {}
+        for client_id, z in sorted(self.store.feature_matrices(t).items()):
             if client_id in aside or client_id not in enrolled:
                 continue
-            up = self._isolated(t, client_id, "features", partial(read, raw))
+            if z is not None and matrix_fits(z, ctx):
+                out[client_id] = z
+                continue
+            if z is not None:
+                log.warning(
+                    "round %d: the stored feature matrix of %s does not fit the round; read its payload", t, client_id
+                )
+            up = self._isolated(t, client_id, "features", partial(self._upload, t, client_id, ctx))
+            if up is not None:
+                out[client_id] = feature_matrix(up)
+        return out
+
+    def _upload(self, t: int, client_id: str, ctx: RoundContext) -> FeatureUpload:
+        """One client's feature upload parsed from its payload and checked against the round."""
+        raw = self.store.raw_upload(t, client_id, "features.put")
+        if raw is None:
+            raise UploadRejected("malformed_payload", "the feature upload is no longer stored")
+        up = parse_payload(FeatureUpload, raw)
+        check_features(up, ctx)
+        return up
+
+    def _uploads(self, t: int, ctx: RoundContext, clients: Iterable[str]) -> dict[str, FeatureUpload]:
+        """The full feature uploads of ``clients`` (for what the engine needs besides the features:
+        secure-aggregation keys and adapter size, offers to the LLM), parsed from their payloads
+        and checked against the round one by one: a bad row quarantines its client."""
+        out: dict[str, FeatureUpload] = {}
+        for client_id in clients:
+            up = self._isolated(t, client_id, "features", partial(self._upload, t, client_id, ctx))
             if up is not None:
                 out[client_id] = up
         return out
@@ -330,16 +366,18 @@ class RoundEngine(threading.Thread):
 
     def _allocate(self, t: int) -> None:
         started = time.perf_counter()
-        uploads = self._features(t)
+        ctx = self._context(t)
+        features = self._features(t, ctx)
         clients = {c.client_id: c for c in self.store.clients()}
         if self.config.host_framework == "cotuning":  # first: a bad advert sets its client aside
             info, _ = self.store.round_info(t)
+            uploads = self._uploads(t, ctx, features)
             self.secure.setup(t, uploads, list(clients.values()), info.secagg_configs)
         aside = self.store.quarantined(t)
         decided: dict[str, tuple[list[str], str]] = {}
         server_side: list[str] = []
-        requests: dict[str, tuple[list[str], np.ndarray]] = {}
-        for client_id, up in uploads.items():
+        requests: dict[str, tuple[Sequence[str], np.ndarray]] = {}
+        for client_id, z in features.items():
             client = clients[client_id]
             if client_id in aside:
                 continue
@@ -350,8 +388,7 @@ class RoundEngine(threading.Thread):
                     decided[client_id] = ([], "score_only")
                     continue
                 server_side.append(client_id)
-            z = np.asarray(up.features, dtype=np.float64).reshape(len(up.sample_ids), -1)
-            requests[client_id] = (up.sample_ids, z)
+            requests[client_id] = (ctx.candidate_ids, z)  # the upload's sample ids (check_features)
         # all clients' filters decided together; one client's failure is returned, not raised
         for client_id, outcome in self.allocator.allocate_many(t, SLM, requests).items():
             choice = self._isolated(t, client_id, "allocation", partial(_unless_failed, outcome))
@@ -477,16 +514,22 @@ class RoundEngine(threading.Thread):
     def _close(self, t: int, final: bool) -> None:
         started = time.perf_counter()
         self.status.enter(EnginePhase.CLOSING)
-        features = self._features(t)
+        ctx = self._context(t)
+        features = self._features(t, ctx)
+        # the offers are read from the payloads only when the LLM learns from them
+        offers = self._uploads(t, ctx, features) if self.config.train_llm else {}
+        index = {sample_id: i for i, sample_id in enumerate(ctx.candidate_ids)}
         clients = {c.client_id: c for c in self.store.clients()}
         per_client: dict[str, dict] = {}
         aside = self.store.quarantined(t)
         with self.allocator.saving_together():  # every client's filter refit in one batched call, one commit
             for client_id, raw in sorted(self.store.raw_uploads(t, "reward.put").items()):
-                up, alloc = features.get(client_id), self.store.allocation(t, client_id, SLM)
-                if up is None or alloc is None or client_id not in clients or client_id in aside:
+                z, alloc = features.get(client_id), self.store.allocation(t, client_id, SLM)
+                if z is None or alloc is None or client_id not in clients or client_id in aside:
                     continue
-                report = self._isolated(t, client_id, "reward", partial(self._reward, t, client_id, up, alloc, raw))
+                report = self._isolated(
+                    t, client_id, "reward", partial(self._reward, t, client_id, z, index, alloc, raw)
+                )
                 if report is None:
                     continue
                 c = clients[client_id]
@@ -499,7 +542,7 @@ class RoundEngine(threading.Thread):
                     "dp_epsilon": report.dp_epsilon,
                 }
         try:
-            llm_metrics = self._llm_direction(t, features) if self.config.train_llm else {}
+            llm_metrics = self._llm_direction(t, offers) if self.config.train_llm else {}
         except Exception as exc:  # the LLM is not one device's: the round closes without its update
             log.exception("round %d: LLM update failed; closing the round without it", t)
             self.status.failed(exc)
@@ -527,16 +570,21 @@ class RoundEngine(threading.Thread):
         log.info("round %d closed: %s", t, metrics)
 
     def _reward(
-        self, t: int, client_id: str, up: FeatureUpload, alloc: tuple[list[str], str], raw: str
+        self,
+        t: int,
+        client_id: str,
+        z: np.ndarray,
+        index: dict[str, int],
+        alloc: tuple[list[str], str],
+        raw: str,
     ) -> RewardReport:
-        """Read one client's reward report back and feed it to its filter (once per round)."""
+        """Read one client's reward report back and feed it to its filter (once per round); ``z``
+        is its feature matrix, whose rows ``index`` names (the round's candidates)."""
         report = parse_payload(RewardReport, raw)
         check_reward(report, len(alloc[0]))
-        index = {s: i for i, s in enumerate(up.sample_ids)}
         rows = [index[s] for s in alloc[0] if s in index]
         if len(rows) != len(alloc[0]):
             raise UploadRejected("bad_reward", "the allocation names samples that are not among the round's candidates")
-        z = np.asarray(up.features, dtype=np.float64).reshape(len(up.sample_ids), -1)
         rewards = (
             float(report.reward)
             if report.sample_rewards is None

@@ -21,6 +21,11 @@ only, so the round engine never acts on writes that could still be rolled back.
 The database, its WAL and the state directory are private to the coordinator's user (0600/0700,
 also when they existed before with wider modes): they hold token hashes, device keys and uploads.
 A database written by an earlier version gains the newer columns on open (:meth:`Store._migrate`).
+
+An accepted ``features.put`` is stored twice over: its JSON payload, as it arrived, and its feature
+matrix as the round engine uses it (little-endian float32 with its shape, :meth:`Store.put_upload`),
+so that allocating a round reads every client's matrix with one query
+(:meth:`Store.feature_matrices`) instead of parsing thousands of JSON payloads again.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal, overload
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from lada_client.common.secagg import EncryptedShare, Roster, SecAggFailure, SecAggResult, UnmaskRequest
@@ -79,7 +85,8 @@ CREATE TABLE IF NOT EXISTS rounds (
     opened_at REAL NOT NULL, closed_at REAL, metrics TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS uploads (
     round INTEGER NOT NULL, client_id TEXT NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL,
-    received_at REAL NOT NULL, PRIMARY KEY (round, client_id, kind));
+    received_at REAL NOT NULL, matrix BLOB, matrix_rows INTEGER, matrix_cols INTEGER,
+    PRIMARY KEY (round, client_id, kind));
 CREATE TABLE IF NOT EXISTS allocations (
     round INTEGER NOT NULL, client_id TEXT NOT NULL, direction TEXT NOT NULL,
     sample_ids TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (round, client_id, direction));
@@ -112,7 +119,12 @@ _ADDED_COLUMNS = (
     ("clients", "secagg_group", "TEXT NOT NULL DEFAULT 'default'"),
     ("clients", "revoked_at", "REAL"),
     ("clients", "last_seen_at", "REAL"),
+    ("uploads", "matrix", "BLOB"),
+    ("uploads", "matrix_rows", "INTEGER"),
+    ("uploads", "matrix_cols", "INTEGER"),
 )
+#: how a feature matrix is stored (``uploads.matrix``): float32, little-endian, row-major
+MATRIX_DTYPE: Final = np.dtype("<f4")
 _CLIENT_COLUMNS = (
     "client_id, name, sign_key, kex_key, domain, model_name, capabilities, last_seq, bytes_in, bytes_out,"
     " secagg_group, revoked_at, enrolled_at, last_seen_at"
@@ -639,10 +651,27 @@ class Store:
         ]
 
     # ------------------------------------------------------------------------------- uploads
-    def put_upload(self, db: sqlite3.Connection, round_index: int, client_id: str, kind: str, payload: str) -> bool:
-        """Store an upload once; a repeat of the same (round, client, kind) is ignored (idempotent)."""
+    def put_upload(
+        self,
+        db: sqlite3.Connection,
+        round_index: int,
+        client_id: str,
+        kind: str,
+        payload: str,
+        matrix: np.ndarray | None = None,
+    ) -> bool:
+        """Store an upload once; a repeat of the same (round, client, kind) is ignored (idempotent).
+        ``matrix``: a checked feature upload's features as the engine uses them
+        (``validation.feature_matrix``), stored beside the payload as float32 with its shape."""
+        blob, rows, cols = None, None, None
+        if matrix is not None:
+            if matrix.ndim != 2:
+                raise ValueError(f"a feature matrix has two dimensions, not {matrix.ndim}")
+            blob, (rows, cols) = np.ascontiguousarray(matrix, dtype=MATRIX_DTYPE).tobytes(), matrix.shape
         cur = db.execute(
-            "INSERT OR IGNORE INTO uploads VALUES (?, ?, ?, ?, ?)", (round_index, client_id, kind, payload, time.time())
+            "INSERT OR IGNORE INTO uploads (round, client_id, kind, payload, received_at, matrix, matrix_rows,"
+            " matrix_cols) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (round_index, client_id, kind, payload, time.time(), blob, rows, cols),
         )
         return cur.rowcount == 1
 
@@ -671,6 +700,39 @@ class Store:
         return dict(
             self._all("SELECT client_id, payload FROM uploads WHERE round = ? AND kind = ?", (round_index, kind))
         )
+
+    def raw_upload(self, round_index: int, client_id: str, kind: str) -> str | None:
+        """One client's stored payload of ``kind``, as it arrived (None if it sent none)."""
+        row = self._one(
+            "SELECT payload FROM uploads WHERE round = ? AND client_id = ? AND kind = ?", (round_index, client_id, kind)
+        )
+        return None if row is None else row[0]
+
+    def feature_matrices(self, round_index: int) -> dict[str, np.ndarray | None]:
+        """Every ``features.put`` of the round by client, in one query, as the feature matrix stored
+        with it (float32 ``[rows, cols]``, read-only, no copy of the row's bytes); None for a row
+        stored without one (by an earlier version) or whose matrix does not decode (logged): the
+        caller reads such a row's payload instead. Nothing is checked against the round here."""
+        out: dict[str, np.ndarray | None] = {}
+        for client_id, blob, rows, cols in self._all(
+            "SELECT client_id, matrix, matrix_rows, matrix_cols FROM uploads WHERE round = ? AND kind = ?",
+            (round_index, "features.put"),
+        ):
+            out[client_id] = None
+            if blob is None:
+                continue
+            try:
+                out[client_id] = (
+                    np.frombuffer(blob, dtype=MATRIX_DTYPE).reshape(rows, cols).astype(np.float32, copy=False)
+                )
+            except (TypeError, ValueError) as exc:  # a damaged or hand-edited row
+                log.warning(
+                    "round %d: stored feature matrix of %s does not decode (%s); its payload is read instead",
+                    round_index,
+                    client_id,
+                    exc,
+                )
+        return out
 
     def uploaders(self, round_index: int, kind: str) -> set[str]:
         """Who uploaded ``kind`` this round (no payloads read: the engine polls this)."""

@@ -8,9 +8,12 @@ unique and offered this round; secure-aggregation messages are checked against t
 roster and protocol state in :mod:`lada_coordinator.aggregation.secure`.
 
 The HTTP handlers run these checks before storing (a refusal is a 422, and the device is set
-aside for the round: ``quarantined``), and the engine runs them again on what it reads back, so an
-upload stored by an older coordinator, or a row edited by hand, quarantines its device instead of
-stopping the round (``rounds.py``).
+aside for the round: ``quarantined``). An accepted feature upload is stored with its features as
+the engine uses them (:func:`feature_matrix`: float32, one row per candidate in the round's order),
+so the engine reads that matrix instead of parsing the JSON again; it checks the matrix against
+the round (:func:`matrix_fits`), and an upload stored without one (by an older coordinator), or
+whose matrix does not fit, is parsed and checked again from its JSON, so a row edited by hand
+quarantines its device instead of stopping the round (``rounds.py``).
 """
 
 from __future__ import annotations
@@ -18,11 +21,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from lada_client.common.wire import FeatureUpload, RewardReport, RoundInfo
+from lada_client.common.wire import FEATURE_ABS_MAX, FeatureUpload, RewardReport, RoundInfo
 
-__all__ = ["RoundContext", "UploadRejected", "check_features", "check_reward", "parse_payload"]
+__all__ = [
+    "RoundContext",
+    "UploadRejected",
+    "check_features",
+    "check_reward",
+    "feature_matrix",
+    "matrix_fits",
+    "parse_payload",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -80,6 +92,25 @@ def check_features(up: FeatureUpload, ctx: RoundContext) -> None:
         raise UploadRejected("bad_offer", "offers must answer this round's offer questions")
     if up.secagg_keys is not None and up.adapter_size < 1:
         raise UploadRejected("bad_secagg", "adapter_size is required with secagg keys")
+
+
+def feature_matrix(up: FeatureUpload) -> np.ndarray:
+    """A checked upload's features as the engine uses them: float32 ``[candidates, features]``.
+
+    The filters compute in float32 (``LearnabilityFilter`` casts what it is given), so rounding
+    the wire's float64 values here gives the engine the very numbers it used before; the wire
+    bounds them to ±``FEATURE_ABS_MAX``, far inside float32's range."""
+    return np.asarray(up.features, dtype=np.float32).reshape(len(up.features), len(up.feature_names))
+
+
+def matrix_fits(z: np.ndarray, ctx: RoundContext) -> bool:
+    """Whether a stored feature matrix is one :func:`feature_matrix` makes of an upload that passes
+    :func:`check_features` in this round: its shape, dtype, and finite values within the bound."""
+    return (
+        z.dtype == np.float32
+        and z.shape == (len(ctx.candidate_ids), len(ctx.feature_names))
+        and bool(np.abs(z).max(initial=0.0) <= FEATURE_ABS_MAX)  # NaN compares False: refused too
+    )
 
 
 def check_reward(report: RewardReport, n_allocated: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 
 from lada_client.common.wire import (
@@ -23,6 +24,7 @@ from lada_coordinator.allocation.eenet import FilterConfig
 from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.server.run import build
 from lada_coordinator.store import ClientRecord
+from lada_coordinator.validation import feature_matrix
 
 NAMES = ["slm_path_nll", "logp_gap"]
 
@@ -113,6 +115,53 @@ def test_poisoned_uploads_quarantine_their_clients_and_the_rest_is_allocated(eng
     assert engine.store.allocation(1, "honest-1", SLM)[0]  # the honest client got its samples
     assert all(engine.store.allocation(1, c, SLM) is None for c in aside)
     assert engine.store.current_round() == (1, "training")
+
+
+def test_matrices_stored_at_upload_are_used_as_the_payloads_were_and_a_bad_one_is_contained(engine):
+    """The engine reads the feature matrix stored when the HTTP layer accepted an upload, not its
+    payload; a row without one (an older coordinator) is parsed as before and gives the very same
+    allocation and reward history; a matrix that does not fit the round sends the engine back to
+    the payload, so only a device whose payload is bad too is set aside."""
+    store = engine.store
+    info = _open(store)
+    payload = _features(info)
+    matrix = feature_matrix(FeatureUpload.model_validate_json(payload))
+    with store.transaction() as db:
+        store.put_upload(db, 1, "honest-1", "features.put", payload, matrix)  # as the server stores it
+        store.put_upload(db, 1, "huge-1", "features.put", payload)  # as an earlier version did
+        store.put_upload(db, 1, "dupes-1", "features.put", "{not json", matrix)  # the payload is not read
+        store.put_upload(db, 1, "garbage-1", "features.put", "{not json", matrix[:, :1])  # does not fit
+    engine._allocate(1)
+    aside = store.quarantined(1)
+    assert list(aside) == ["garbage-1"] and aside["garbage-1"].startswith("features: malformed_payload")
+    ids, why = store.allocation(1, "honest-1", SLM)
+    assert ids and why == "cold_start"
+    assert store.allocation(1, "huge-1", SLM) == store.allocation(1, "dupes-1", SLM) == (ids, why)
+
+    for cid in ("honest-1", "huge-1"):
+        reward = RewardReport(
+            round=1,
+            reward=0.3,
+            ppl_before=2.0,
+            ppl_after=1.4,
+            n_allocated=len(ids),
+            test_accuracy=0.5,
+            bytes_sent=1,
+            bytes_received=1,
+        )
+        _store_raw(store, cid, "reward.put", reward.model_dump_json())
+    engine._close(1, final=True)
+    assert set(store.round_metrics()[0].metrics["clients"]) == {"honest", "huge"}
+    flt = {cid: engine.allocator._filter(cid, SLM, len(NAMES)) for cid in ("honest-1", "huge-1")}
+    assert flt["honest-1"].replay_size == len(ids)
+    assert np.array_equal(flt["honest-1"]._buffer_z, flt["huge-1"]._buffer_z)
+
+    # a NaN in a stored matrix (a hand edit) is not used: the payload is read again instead
+    with store.transaction() as db:
+        db.execute(
+            "UPDATE uploads SET matrix = ? WHERE client_id = 'honest-1'", (np.full_like(matrix, np.nan).tobytes(),)
+        )
+    assert np.array_equal(engine._features(1, engine._context(1))["honest-1"], matrix)
 
 
 def test_a_failure_inside_one_clients_filter_quarantines_only_that_client(engine):

@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lada_client.common.crypto import Identity
@@ -245,5 +246,57 @@ def test_round_records_come_back_as_the_models_they_were_stored_as(tmp_path: Pat
             "clients": {},
             "seconds_close": 0.5,
         }
+    finally:
+        store.close()
+
+
+def test_feature_matrices_come_back_as_stored_in_one_read_and_older_rows_as_none(tmp_path: Path) -> None:
+    """A feature upload is stored with its matrix (float32, little-endian, with its shape); a round's
+    matrices are read together; a row without one, or whose matrix does not decode, reads as None
+    (the engine then parses its payload) and never hides the others."""
+    store = Store(tmp_path / "c.sqlite")
+    try:
+        z = np.array([[1.5, -2.25], [1e6, 3.0e-8], [0.1, 7.0]])
+        with store.transaction() as db:
+            assert store.put_upload(db, 1, "a-1", "features.put", "{}", z)
+            assert not store.put_upload(db, 1, "a-1", "features.put", "{}", z + 1)  # once: a repeat changes nothing
+            store.put_upload(db, 1, "old-1", "features.put", "{}")  # as an earlier version stored it
+            store.put_upload(db, 1, "bad-1", "features.put", "{}", z)
+            store.put_upload(db, 1, "empty-1", "features.put", "{}", np.zeros((0, 2)))
+            store.put_upload(db, 2, "a-1", "features.put", "{}", z)
+            store.put_upload(db, 1, "a-1", "reward.put", "{}")
+            db.execute("UPDATE uploads SET matrix_rows = 4 WHERE client_id = 'bad-1'")  # a hand edit
+        with pytest.raises(ValueError, match="two dimensions"), store.transaction() as db:
+            store.put_upload(db, 1, "flat-1", "features.put", "{}", np.zeros(3))
+        assert "flat-1" not in store.uploaders(1, "features.put")
+        got = store.feature_matrices(1)
+        assert set(got) == {"a-1", "old-1", "bad-1", "empty-1"}
+        assert got["old-1"] is None and got["bad-1"] is None
+        assert got["a-1"].dtype == np.float32 and not got["a-1"].flags.writeable
+        assert np.array_equal(got["a-1"], z.astype(np.float32)) and got["empty-1"].shape == (0, 2)
+        (blob,) = store._all("SELECT matrix FROM uploads WHERE round = 2")[0]
+        assert blob == z.astype("<f4").tobytes()
+        assert store.raw_upload(1, "a-1", "features.put") == "{}" and store.raw_upload(1, "x", "features.put") is None
+    finally:
+        store.close()
+
+
+def test_an_uploads_table_of_an_earlier_version_gains_the_matrix_columns(tmp_path: Path) -> None:
+    db = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        "CREATE TABLE uploads (round INTEGER NOT NULL, client_id TEXT NOT NULL, kind TEXT NOT NULL,"
+        " payload TEXT NOT NULL, received_at REAL NOT NULL, PRIMARY KEY (round, client_id, kind));"
+        "INSERT INTO uploads VALUES (1, 'a-1', 'features.put', '{\"x\": 1}', 1.0);"
+    )
+    conn.commit()
+    conn.close()
+    store = Store(db)
+    try:
+        assert store.feature_matrices(1) == {"a-1": None}
+        assert store.raw_uploads(1, "features.put") == {"a-1": '{"x": 1}'}
+        with store.transaction() as tx:
+            store.put_upload(tx, 1, "b-1", "features.put", "{}", np.ones((2, 3)))
+        assert store.feature_matrices(1)["b-1"].tolist() == [[1.0] * 3] * 2
     finally:
         store.close()

@@ -70,7 +70,14 @@ from lada_coordinator.server.errors import ApiError
 from lada_coordinator.server.limits import RateLimiter, RequestLimits
 from lada_coordinator.server.uploads import UploadSessions
 from lada_coordinator.store import ClientRecord, EnrollmentRefused, Store
-from lada_coordinator.validation import RoundContext, UploadRejected, check_features, check_reward, parse_payload
+from lada_coordinator.validation import (
+    RoundContext,
+    UploadRejected,
+    check_features,
+    check_reward,
+    feature_matrix,
+    parse_payload,
+)
 
 log = logging.getLogger(__name__)
 
@@ -426,7 +433,10 @@ def create_app(
                 engine.secure.check_advert(payload.round, group, client.client_id, payload.secagg_keys)
             except SecAggError as exc:
                 raise UploadRejected("bad_secagg", str(exc)) from exc
-        fresh = store.put_upload(db, payload.round, client.client_id, "features.put", payload.model_dump_json())
+        # stored with its features as the engine uses them, so a round is not parsed twice
+        fresh = store.put_upload(
+            db, payload.round, client.client_id, "features.put", payload.model_dump_json(), feature_matrix(payload)
+        )
         return Ack(message="stored" if fresh else "already stored")
 
     def handle_allocation(db, client, header, payload: AllocationQuery) -> Allocation:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from lada_client.common.crypto import Direction, Identity
@@ -46,6 +47,9 @@ def test_round_trip_and_status(server, enroll):
     )
     assert ack.message == "stored"
     assert store.uploads(1, "features.put")[t.client_id].features == [[1.5]]
+    # stored beside the payload as the engine reads it: one float32 row per candidate
+    (matrix,) = store.feature_matrices(1).values()
+    assert matrix.dtype == np.float32 and matrix.tolist() == [[1.5]]
     assert httpx.get(f"{url}/v1/status").status_code == 401  # the operator's view needs its token
     status = httpx.get(f"{url}/v1/status", headers=_operator(server)).json()
     assert status["clients"] == 1 and status["round"] == 1 and status["total_rounds"] == 2

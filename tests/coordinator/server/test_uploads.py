@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from lada_client.common.crypto import Direction, Identity, open_envelope, seal
@@ -170,6 +171,8 @@ def test_body_over_max_body_bytes_goes_through_in_chunks(start_server, enroll):
     assert counts["/v1/upload/chunk"] in (n, n + 1)  # sealed length differs by a few bytes from the probe
     assert "/v1/upload/status" not in counts and "/v1/features" not in counts
     assert store.uploads(1, "features.put")[t.client_id].features == payload.features
+    matrix = store.feature_matrices(1)[t.client_id]  # a chunked upload's matrix is stored too
+    assert np.array_equal(matrix, np.asarray(payload.features, dtype=np.float32))
     [(sid, committed, chunks)] = _sessions(config.db_path)
     assert committed and chunks == 0  # chunks are dropped once the body is committed
 
