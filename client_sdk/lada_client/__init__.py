@@ -10,7 +10,8 @@ The public API for embedding the client in an application::
 
 Names are imported on first use, so ``import lada_client`` stays cheap and none of the public
 names imports torch: a device that only scores has none installed. Everything else (``scoring``,
-``training``, ``models``, ``common``) is importable by its module path but not a stable API.
+``training``, ``models``, ``common``) is importable by its module path but not a stable API; the
+off-device tools (model import, ONNX export) are :mod:`lada_client.tools`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ __all__ = [
     "TerminalProgress",
     "TrainingSupport",
     "__version__",
-    "export_scoring_model",
     "format_prompt",
     "format_target",
     "select_providers",
@@ -72,7 +72,6 @@ _EXPORTS: dict[str, str] = {
     "RoundResult": "lada_client.client",
     "RoundStep": "lada_client.client",
     "TrainingSupport": "lada_client.capabilities",
-    "export_scoring_model": "lada_client.models.export",
     "format_prompt": "lada_client.common.reasoning",
     "format_target": "lada_client.common.reasoning",
     "select_providers": "lada_client.scoring.onnx_slm",
@@ -86,7 +85,6 @@ if TYPE_CHECKING:
     from lada_client.common.config_io import ConfigError
     from lada_client.common.reasoning import format_prompt, format_target
     from lada_client.config import ClientConfig, DistillSettings, LoraSettings, RewardSettings
-    from lada_client.models.export import export_scoring_model
     from lada_client.privacy.dp import DPSettings
     from lada_client.progress import LogProgress, TerminalProgress
     from lada_client.scoring.onnx_slm import ModelLoadError, OnnxSLM, select_providers

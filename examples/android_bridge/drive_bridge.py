@@ -136,7 +136,8 @@ def drive(bridge: Bridge, args: argparse.Namespace) -> int:
 
 def build_demo(root: Path, name: str) -> None:
     """A tiny untrained SLM and one client's data, built offline (needs lada-coordinator)."""
-    from lada_client import export_scoring_model, format_prompt, format_target
+    from lada_client import format_prompt, format_target
+    from lada_client.tools import export_scoring_model
     from lada_coordinator.simulation.domains import make_federation
     from lada_coordinator.simulation.factory import create_model
     from lada_coordinator.simulation.tokenizer import build_tokenizer, save_tokenizer

@@ -39,17 +39,20 @@ def test_public_names_resolve_and_match_all() -> None:
 
 
 def test_the_examples_use_the_public_names_only() -> None:
-    """The examples are what integrators copy: every SDK name they use comes from ``lada_client``."""
+    """The examples are what integrators copy: every SDK name they use comes from ``lada_client``
+    or, for the off-device tools, ``lada_client.tools``."""
+    import lada_client.tools
     from lada_client.common.reasoning import format_prompt, format_target
     from lada_client.models.export import export_scoring_model
 
     assert (lada_client.format_prompt, lada_client.format_target) == (format_prompt, format_target)
-    assert lada_client.export_scoring_model is export_scoring_model
+    assert lada_client.tools.export_scoring_model is export_scoring_model
+    public = {"lada_client": set(lada_client.__all__), "lada_client.tools": set(lada_client.tools.__all__)}
     for script in sorted((REPO / "examples").rglob("*.py")):
         for node in ast.walk(ast.parse(script.read_text("utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lada_client"):
-                assert node.module == "lada_client", (script.name, node.module)
-                assert {a.name for a in node.names} <= set(lada_client.__all__), script.name
+                assert node.module in public, (script.name, node.module)
+                assert {a.name for a in node.names} <= public[node.module], script.name
             elif isinstance(node, ast.Import):
                 assert not [a.name for a in node.names if a.name.startswith("lada_client.")], script.name
 
