@@ -10,6 +10,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -24,7 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 from lada_client.common.argtypes import int_at_least
 from lada_client.common.config_io import ConfigError
 from lada_client.common.logs import setup_logging
-from lada_coordinator.config import AllocationMode, CoordinatorConfig
+from lada_coordinator.config import AllocationMode, Batching, CoordinatorConfig, LLMServerSettings, PromptLogprobs
 from lada_coordinator.credentials import DEFAULT_TOKEN_TTL_S
 from lada_coordinator.store import DEFAULT_GROUP
 
@@ -34,9 +35,18 @@ if TYPE_CHECKING:
     from lada_coordinator.store import TokenRecord
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from lada_coordinator.server.run import serve
+#: ``serve`` flags that set a field of the config's ``llm_server`` section
+LLM_SERVER_FLAGS: dict[str, str] = {
+    "llm_server_url": "url",
+    "llm_server_model": "model",
+    "llm_server_logprobs": "prompt_logprobs",
+    "llm_server_batching": "batching",
+}
 
+
+def serve_config(args: argparse.Namespace) -> CoordinatorConfig:
+    """The config ``serve`` runs with: the file's, with the flags given on top. ``--llm-server-*``
+    flags change the file's ``llm_server`` section, or make one (then with a URL and a model)."""
     config = CoordinatorConfig.load(args.config).with_overrides(
         host=args.host,
         port=args.port,
@@ -46,6 +56,22 @@ def _serve(args: argparse.Namespace) -> int:
         upload_ttl_s=args.upload_ttl,
         upload_max_client_bytes=args.upload_max_client_bytes,
     )
+    given = {field: getattr(args, dest) for dest, field in LLM_SERVER_FLAGS.items() if getattr(args, dest) is not None}
+    if not given:
+        return config
+    if config.llm_server is not None:
+        return config.with_overrides(llm_server=dataclasses.replace(config.llm_server, **given))
+    if "url" not in given or "model" not in given:
+        raise ValueError(
+            "--llm-server-url and --llm-server-model go together when the config has no llm_server section"
+        )
+    return config.with_overrides(llm_server=LLMServerSettings(**given))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from lada_coordinator.server.run import serve
+
+    config = serve_config(args)
     serve(config, args.llm_eval_data, args.llm_eval_size, args.tls_cert, args.tls_key, args.insecure_http)
     return 0
 
@@ -467,6 +493,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure-http",
         action="store_true",
         help="serve plain http on a non-loopback address (default there: https, self-signed if no --tls-cert)",
+    )
+    server_hints = typing.get_type_hints(LLMServerSettings, include_extras=True)
+    p.add_argument(
+        "--llm-server-url",
+        type=_checked(server_hints["url"], str),
+        help="the LLM on an inference engine (OpenAI-compatible completions API), e.g. http://gpu-host:8000;"
+        " see docs/serving.md (config: llm_server.url)",
+    )
+    p.add_argument(
+        "--llm-server-model",
+        type=_checked(server_hints["model"], str),
+        help="the name the engine serves the LLM under (llm_server.model)",
+    )
+    p.add_argument(
+        "--llm-server-logprobs",
+        choices=typing.get_args(PromptLogprobs),
+        help="how the engine scores prompts: vllm (prompt_logprobs), echo (echo + logprobs), none (it cannot:"
+        " the in-process LLM of llm_dir scores; llama.cpp servers) (llm_server.prompt_logprobs; default: vllm)",
+    )
+    p.add_argument(
+        "--llm-server-batching",
+        choices=typing.get_args(Batching),
+        help="lists: many prompts and n samples per request (vLLM); single: one each (llama.cpp servers)"
+        " (llm_server.batching; default: lists)",
     )
     p.set_defaults(func=_serve)
 

@@ -29,6 +29,42 @@ AllocationMode = Literal["lada", "random", "all", "none"]
 Port = Annotated[int, Strict(), Field(ge=0, le=65535)]  # 0: any free port
 Fraction = Annotated[float, Strict(), Field(gt=0, le=1, allow_inf_nan=False)]
 BodyBytes = Annotated[int, Strict(), Field(ge=4096)]
+#: how an LLM server scores a prompt's tokens (:attr:`LLMServerSettings.prompt_logprobs`)
+PromptLogprobs = Literal["vllm", "echo", "none"]
+#: what one completions request carries (:attr:`LLMServerSettings.batching`)
+Batching = Literal["lists", "single"]
+ServerUrl = Annotated[str, Strict(), Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
+
+
+@settings
+class LLMServerSettings:
+    """An inference engine that serves the LLM over the OpenAI-compatible completions API
+    (``llm/serving.py``, ``docs/serving.md``): vLLM in production, a llama.cpp server on a CPU.
+
+    ``url`` is the server's root (``http://gpu-host:8000``; a trailing ``/v1`` is accepted) and
+    ``model`` the name it serves the LLM under. ``prompt_logprobs`` is how it scores a prompt's
+    tokens: ``"vllm"`` (vLLM's ``prompt_logprobs``), ``"echo"`` (``echo`` + ``logprobs``, the
+    OpenAI way; vLLM serves both), or ``"none"``: the engine only generates and log-probs are
+    computed by the in-process LLM of ``llm_dir`` (llama.cpp's servers: llama-cpp-python's echo
+    log-probs are wrong, llama-server has none). ``lora_name``: the LLM's adapter is loaded into
+    vLLM (``--enable-lora``) under this name after each LLM update, through its dynamic LoRA
+    endpoint, and served from then on; without it the engine serves the base weights.
+    ``batching``: ``"lists"`` sends up to ``max_batch`` prompts and ``n`` samples per request
+    (vLLM); ``"single"`` one prompt and one sample (llama-cpp-python's server takes one prompt
+    and ignores ``n``). ``api_key_env`` names the environment variable holding the engine's API
+    key (vLLM ``--api-key``), so that no secret is written in the config file. Connection
+    failures are retried ``retries`` times with backoff; a request may take ``timeout_s``.
+    """
+
+    url: ServerUrl
+    model: Name
+    prompt_logprobs: PromptLogprobs = "vllm"
+    lora_name: Name | None = None
+    batching: Batching = "lists"
+    max_batch: PositiveInt = 64
+    api_key_env: Name | None = None
+    timeout_s: PositiveFloat = 600.0
+    retries: NonNegativeInt = 3
 
 
 @settings
@@ -43,7 +79,9 @@ class CoordinatorConfig:
 
     db_path: Path
     state_dir: Path
-    llm_dir: Path | None  # None only with teacher_paths and train_llm=False: then no LLM runs here
+    # None only with train_llm=False and the LLM's part served by teacher_paths or llm_server: then
+    # no LLM runs in this process
+    llm_dir: Path | None
     public_data: Path
     host: Name = "127.0.0.1"
     port: Port = 8765
@@ -56,6 +94,9 @@ class CoordinatorConfig:
     # Teacher paths computed ahead of time (`lada-coordinator teacher-paths`, llm/paths.py): candidates
     # are drawn from the questions with a verified path in this store, and the LLM is not run for them.
     teacher_paths: Path | None = None
+    # The LLM's generation and log-probs on an inference engine (vLLM) instead of in this process;
+    # its LoRA training stays here (llm_dir), and each update is loaded into the engine.
+    llm_server: LLMServerSettings | None = None
     max_new_tokens: PositiveInt = 48  # generation cap for LLM paths (longer is never a right answer here)
     offer_questions: NonNegativeInt = 64
     allocation: AllocationMode = "lada"
@@ -102,9 +143,21 @@ class CoordinatorConfig:
             raise ValueError(
                 "score_only_update='server' needs slm_checkpoints: model name -> base checkpoint directory"
             )
-        if self.llm_dir is None and (self.teacher_paths is None or self.train_llm):
+        if self.llm_dir is None and (self.train_llm or (self.teacher_paths is None and self.llm_server is None)):
             raise ValueError(
-                "llm_dir is required unless teacher_paths serves the candidates' paths and train_llm is false"
+                "llm_dir is required unless train_llm is false and teacher_paths or llm_server serves the"
+                " candidates' paths"
+            )
+        if (
+            self.llm_dir is None
+            and self.teacher_paths is None
+            and self.llm_server is not None
+            and self.llm_server.prompt_logprobs == "none"
+        ):
+            raise ValueError(
+                "llm_server.prompt_logprobs='none' (--llm-server-logprobs none): the engine cannot score"
+                " the teacher's paths, and without llm_dir no LLM here can; give llm_dir, or an engine"
+                " that scores prompts ('vllm' or 'echo')"
             )
 
     def to_json(self) -> str:

@@ -1,8 +1,10 @@
 """The coordinator's LLM: reasoning paths for candidates, LLM-side features, and its LoRA step.
 
-Runs with transformers + peft on one device (CPU or one GPU). Past one GPU, the path generation
-in :meth:`LLMHost.reasoning_paths` is the part to hand to a serving engine such as vLLM: it is a
-pure batch "sample n continuations" call, and everything else here is small.
+Inference (sampling paths, greedy answers, path log-probs) goes through an
+:class:`~lada_coordinator.llm.backend.InferenceBackend`: by default the model in this process
+(transformers + peft on one device), or a serving engine over the OpenAI-compatible completions API
+(``llm/serving.py``: vLLM past one GPU, ``docs/serving.md``). The LoRA step always runs here with
+peft on the weights of ``llm_dir``; after each one the backends are told to serve the new adapter.
 """
 
 from __future__ import annotations
@@ -12,15 +14,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from lada_client.common.reasoning import format_prompt, format_target, is_correct
 from lada_client.config import DistillSettings, LoraSettings
 from lada_client.data.samples import Sample
-from lada_client.models.encoding import encode_pairs, encode_prompts
 from lada_client.training.lora import LoraTrainer, PreferencePair, TrainReport
+from lada_coordinator.llm.backend import InferenceBackend, TransformersBackend
 
 log = logging.getLogger(__name__)
 
@@ -37,66 +39,74 @@ class TeacherPath:
 
 
 class LLMHost:
+    """The LLM with its adapter in ``adapter_dir``.
+
+    ``backend`` (default: the in-process model) generates; it also scores unless it cannot
+    (``scores_prompts`` False: an engine without prompt log-probs), in which case the in-process
+    model scores. ``llm_dir`` may be None only with a backend that does both: then nothing is
+    loaded here and :meth:`train` is unavailable.
+    """
+
     def __init__(
-        self, llm_dir: Path, adapter_dir: Path, lora: LoraSettings, max_length: int = 256, max_new_tokens: int = 48
+        self,
+        llm_dir: Path | None,
+        adapter_dir: Path,
+        lora: LoraSettings,
+        max_length: int = 256,
+        max_new_tokens: int = 48,
+        backend: InferenceBackend | None = None,
     ) -> None:
         self.adapter_dir = adapter_dir
-        self.trainer = LoraTrainer(llm_dir, adapter_dir, lora)
-        self.model = self.trainer.model
-        self.tokenizer = self.trainer.tokenizer
+        self.trainer: LoraTrainer | None = LoraTrainer(llm_dir, adapter_dir, lora) if llm_dir is not None else None
         self.max_length = max_length
         self.max_new_tokens = max_new_tokens
+        local = TransformersBackend(self.trainer, max_length) if self.trainer is not None else None
+        generator = backend or local
+        if generator is None:
+            raise ValueError("the LLM host needs llm_dir (the in-process LLM) or an inference backend (llm_server)")
+        scorer = generator if generator.scores_prompts else local
+        if scorer is None:
+            raise ValueError(
+                "the LLM server cannot score prompts (llm_server.prompt_logprobs='none', --llm-server-logprobs"
+                " none) and there is no in-process LLM (llm_dir) to score them"
+            )
+        self.generator: InferenceBackend = generator
+        self.scorer: InferenceBackend = scorer
+        check = getattr(generator, "check", None)
+        if callable(check):  # an engine: a wrong URL or model name is said now, not mid-round
+            check()
+        if (adapter_dir / "adapter_config.json").is_file():  # a restart: serve the adapter trained so far
+            self._adapter_updated()
         # Greedy accuracy depends only on the weights and the questions; rounds in which the LLM
         # does not train reuse the last figure instead of generating all test answers again.
         self._weights_version = 0
         self._accuracy_memo: dict[tuple[int, tuple[tuple[str, str], ...], int], list[bool]] = {}
 
-    def _generate(
-        self, prompts: Sequence[str], n: int, temperature: float, max_new_tokens: int, seed: int, batch_size: int = 64
-    ) -> list[list[str]]:
-        torch.manual_seed(seed)
-        self.model.eval()
-        out: list[list[str]] = []
-        newline = self.tokenizer.encode("\n", add_special_tokens=False)
-        for start in range(0, len(prompts), batch_size):
-            special = self.trainer.special
-            rows = encode_prompts(self.tokenizer, prompts[start : start + batch_size], self.max_length, special)
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), special.pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for b, r in enumerate(rows):  # left padding for generation
-                ids[b, width - len(r) :] = torch.tensor(r)
-                mask[b, width - len(r) :] = 1
-            with torch.no_grad():
-                gen = self.model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=temperature > 0,
-                    temperature=temperature if temperature > 0 else None,
-                    top_k=None,
-                    top_p=None,
-                    num_return_sequences=n,
-                    pad_token_id=special.pad,
-                    eos_token_id=[special.eos, *newline],
-                )
-            texts = self.tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
-            for b in range(len(rows)):
-                out.append([t.split("\n")[0].strip() for t in texts[b * n : (b + 1) * n]])
-        return out
+    @property
+    def model(self) -> Any:
+        """The in-process model (with its adapter)."""
+        if self.trainer is None:
+            raise ValueError("this coordinator runs no LLM in-process (no llm_dir)")
+        return self.trainer.model
 
-    def sequence_logprobs(
-        self, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 64
-    ) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def tokenizer(self) -> Any:
+        if self.trainer is None:
+            raise ValueError("this coordinator runs no LLM in-process (no llm_dir)")
+        return self.trainer.tokenizer
+
+    def _adapter_updated(self) -> None:
+        for backend in dict.fromkeys([self.generator, self.scorer]):
+            backend.adapter_updated(self.adapter_dir)
+
+    def _generate(
+        self, prompts: Sequence[str], n: int, temperature: float, max_new_tokens: int, seed: int
+    ) -> list[list[str]]:
+        return self.generator.generate(prompts, n, temperature, max_new_tokens, seed)
+
+    def sequence_logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(summed log-prob, token count) of each completion under the LLM (adapter included)."""
-        sums, counts = [], []
-        for start in range(0, len(prompts), batch_size):
-            p, c = prompts[start : start + batch_size], completions[start : start + batch_size]
-            sums.append(self.trainer.sequence_logprobs(p, c, self.max_length).numpy())
-            counts.append(
-                encode_pairs(self.tokenizer, p, c, self.max_length, self.trainer.special).completion_mask.sum(axis=1)
-            )
-        return np.concatenate(sums), np.concatenate(counts)
+        return self.scorer.sequence_logprobs(prompts, completions)
 
     def reasoning_paths(
         self, samples: Sequence[Sample], n: int, temperature: float, fallback: str, seed: int
@@ -154,9 +164,12 @@ class LLMHost:
             for p, path, own, s in zip(prompts, slm_paths, own_paths, samples)
             if own and not is_correct(own, s.answer)
         ]
+        if self.trainer is None:
+            raise ValueError("the LLM trains in-process: train_llm needs llm_dir")
         report = self.trainer.train_round(teacher, pairs, [], settings)
         self._weights_version += 1
         self.trainer.save(self.adapter_dir)
+        self._adapter_updated()
         return report
 
     def accuracy(self, samples: Sequence[Sample], seed: int = 0) -> float:

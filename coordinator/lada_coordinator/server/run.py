@@ -55,7 +55,12 @@ def build(
         llm_eval = [s for c in FederationData.load(llm_eval_dir).clients for s in c.test[:size]]
 
     def llm_factory() -> LLMHost:
-        if config.llm_dir is None:
+        backend = None
+        if config.llm_server is not None:  # generation (and scoring, if it can) on an inference engine
+            from lada_coordinator.llm.serving import OpenAICompletionsBackend
+
+            backend = OpenAICompletionsBackend(config.llm_server)
+        elif config.llm_dir is None:
             raise ValueError("this coordinator has no llm_dir, and a round needed the LLM")
         return LLMHost(
             config.llm_dir,
@@ -63,6 +68,7 @@ def build(
             config.llm_lora,
             config.llm_distill.max_length,
             config.max_new_tokens,
+            backend=backend,
         )
 
     engine = RoundEngine(config, store, public, llm_factory, llm_eval)
