@@ -283,7 +283,44 @@ def run_one(args: argparse.Namespace, settings: Any, dest: Path) -> dict[str, An
         "allocation": own_domain(run_dir / "coordinator.sqlite", settings.workdir / "data"),
     }
     (dest / "run.json").write_text(json.dumps(record, indent=2))
+    trace = allocation_trace(run_dir / "coordinator.sqlite", settings.workdir / "data", record)
+    (dest / "trace.json").write_text(json.dumps(trace))
     return record
+
+
+def allocation_trace(db: Path, data_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """What a filter saw and learnt from, per client and round: every candidate's id, family and
+    feature row, the ids allocated and the credit each earned. ``benchmarks/replay_allocation.py``
+    replays filter variants on it in seconds instead of hours of federations."""
+    import numpy as np
+
+    from lada_client.data.federation import FederationData
+
+    fed = FederationData.load(data_dir)
+    family = {s.sample_id: s.domain for s in fed.public}
+    own = {c.name: c.domain for c in fed.clients}
+
+    conn = sqlite3.connect(str(db))
+    try:
+        names = dict(conn.execute("SELECT client_id, name FROM clients"))
+        rows = conn.execute("SELECT round, client_id, sample_ids FROM allocations WHERE direction = 'slm'")
+        allocated = {(t, names.get(c, c)): json.loads(ids) for t, c, ids in rows}
+        uploads = conn.execute("SELECT round, client_id, payload FROM uploads WHERE kind = 'features.put'").fetchall()
+    finally:
+        conn.close()
+    credits = {(r["round"], name): r.get("sample_rewards") for name, rs in record["clients"].items() for r in rs}
+    out: dict[str, Any] = {}
+    for t, cid, payload in sorted(uploads):
+        name, up = names.get(cid, cid), json.loads(payload)
+        out.setdefault(name, {"family": own.get(name)})[str(t)] = {
+            "feature_names": up["feature_names"],
+            "sample_ids": up["sample_ids"],
+            "families": [family.get(i) for i in up["sample_ids"]],
+            "features": np.round(np.asarray(up["features"], dtype=np.float64), 6).tolist(),
+            "allocated": allocated.get((t, name), []),
+            "credits": credits.get((t, name)),
+        }
+    return out
 
 
 def own_domain(db: Path, data_dir: Path) -> dict[str, Any]:

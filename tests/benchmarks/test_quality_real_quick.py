@@ -53,3 +53,8 @@ def test_quality_real_quick_writes_summary_report_and_plots(tmp_path: Path) -> N
     assert all(
         r is not None and all(0.0 <= x <= 1.0 for x in r) for r in rewards
     )  # per-sample credit reached the filter
+    trace = json.loads((results / "runs" / "seed0-lada" / "trace.json").read_text())
+    for per_round in trace.values():  # what benchmarks/replay_allocation.py replays
+        rec = per_round["1"]
+        assert per_round["family"] and len(rec["families"]) == len(rec["sample_ids"]) == len(rec["features"])
+        assert set(rec["allocated"]) <= set(rec["sample_ids"]) and len(rec["credits"]) == len(rec["allocated"])
