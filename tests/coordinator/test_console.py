@@ -198,6 +198,11 @@ def test_status_and_device_tables_in_a_log(closed_rounds):
     console, out = _file_console()
     console.print(clients_table(status, plain=True))
     assert "\x1b[" not in out.getvalue() and len(out.getvalue().splitlines()) == 3
+    # replicas on PostgreSQL: the head says which one answered and which one runs the rounds
+    status["leadership"] = {"replica": "a:8765/1", "leader_replica": "b:8765/2", "database": "postgresql"}
+    console, out = _file_console()
+    console.print(status_view(status, plain=True))
+    assert out.getvalue().splitlines()[0].rstrip().endswith("· replica a:8765/1, rounds run on b:8765/2")
 
 
 def test_console_reporter_writes_whole_lines_to_a_file(closed_rounds, tmp_path: Path):

@@ -1,32 +1,36 @@
-"""Group commit: many requests share an fsync, and none returns before its writes are committed."""
+"""Commits: none returns before its writes are committed, a failing request rolls back only its own
+writes, and with SQLite's group commit many requests share an fsync.
+
+The tests that take ``store`` run on SQLite and on PostgreSQL (``conftest.py``); what another
+process would find is read through a second store on the same database (``new_store()``)."""
 
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from lada_coordinator.store import Store
+from lada_coordinator.stores import CoordinatorStore
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
     s = Store(tmp_path / "c.sqlite")
     yield s
     s.close()
 
 
-def _committed_tokens(path: Path) -> set[str]:
+def _committed_tokens(other: CoordinatorStore) -> set[str]:
     """What another connection (another process, after a crash) would find."""
-    with sqlite3.connect(path) as other:
-        return {row[0] for row in other.execute("SELECT token_hash FROM tokens")}
+    return {row[0] for row in other._all("SELECT token_hash FROM tokens")}
 
 
-def test_concurrent_writers_share_commits_and_each_returns_committed(store: Store, tmp_path: Path) -> None:
+def test_concurrent_writers_each_return_committed(new_store: Callable[[], CoordinatorStore]) -> None:
+    store, other = new_store(), new_store()
     threads, each = 8, 25
     barrier = threading.Barrier(threads)
     missing: list[str] = []
@@ -36,8 +40,8 @@ def test_concurrent_writers_share_commits_and_each_returns_committed(store: Stor
         for i in range(each):
             token = f"{t:02d}{i:03d}" + "0" * 59
             store.add_token(token, expires_at=None)
-            if token not in _committed_tokens(tmp_path / "c.sqlite"):
-                missing.append(token)  # acknowledged but not committed: the bug group commit must not have
+            if token not in _committed_tokens(other):
+                missing.append(token)  # acknowledged but not committed: the bug a commit must not have
 
     workers = [threading.Thread(target=writer, args=(t,)) for t in range(threads)]
     for w in workers:
@@ -45,28 +49,29 @@ def test_concurrent_writers_share_commits_and_each_returns_committed(store: Stor
     for w in workers:
         w.join(timeout=60)
     assert not missing
-    assert len(_committed_tokens(tmp_path / "c.sqlite")) == threads * each
+    assert len(_committed_tokens(other)) == threads * each
     assert store.stats["transactions"] == threads * each
-    # requests that arrived during a commit shared the next one
-    assert store.stats["commits"] < store.stats["transactions"]
+    if isinstance(store, Store):  # SQLite's group commit: requests that arrived during a commit shared the next one
+        assert store.stats["commits"] < store.stats["transactions"]
 
 
-def test_a_failing_request_rolls_back_only_its_own_writes(store: Store, tmp_path: Path) -> None:
+def test_a_failing_request_rolls_back_only_its_own_writes(new_store: Callable[[], CoordinatorStore]) -> None:
+    store, other = new_store(), new_store()
     with store.transaction() as db:
         db.execute("INSERT INTO tokens (token_hash, created_at) VALUES ('kept', 0)")
         with pytest.raises(ValueError), store.transaction() as inner:  # a savepoint of the outer one
             inner.execute("INSERT INTO tokens (token_hash, created_at) VALUES ('dropped', 0)")
             raise ValueError("refused")
-    assert _committed_tokens(tmp_path / "c.sqlite") == {"kept"}
+    assert _committed_tokens(other) == {"kept"}
     with pytest.raises(ValueError), store.transaction() as db:  # alone in its group: the transaction ends
         db.execute("INSERT INTO tokens (token_hash, created_at) VALUES ('alone', 0)")
         raise ValueError("refused")
-    assert _committed_tokens(tmp_path / "c.sqlite") == {"kept"}
+    assert _committed_tokens(other) == {"kept"}
     store.add_token("after", expires_at=None)  # the store is usable afterwards
-    assert _committed_tokens(tmp_path / "c.sqlite") == {"kept", "after"}
+    assert _committed_tokens(other) == {"kept", "after"}
 
 
-def test_reads_outside_a_transaction_see_only_committed_writes(store: Store) -> None:
+def test_reads_outside_a_transaction_see_only_committed_writes(store: CoordinatorStore) -> None:
     inside, release = threading.Event(), threading.Event()
     seen: list[list[str]] = []
 
@@ -89,8 +94,9 @@ def test_reads_outside_a_transaction_see_only_committed_writes(store: Store) -> 
 
 
 def test_durable_commits_flush_the_wal_and_read_only_ones_do_not(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    store = sqlite_store
     flushed: list[str] = []
     real_fsync = os.fsync
 
@@ -103,10 +109,30 @@ def test_durable_commits_flush_the_wal_and_read_only_ones_do_not(
     with store.transaction(durable=False) as db:
         db.execute("INSERT INTO tokens (token_hash, created_at) VALUES ('bookkeeping', 0)")
     assert wal not in flushed
-    assert "bookkeeping" in _committed_tokens(tmp_path / "c.sqlite")  # committed, only not flushed
+    other = Store(tmp_path / "c.sqlite")
+    try:
+        assert "bookkeeping" in _committed_tokens(other)  # committed, only not flushed
+    finally:
+        other.close()
     store.add_token("upload", expires_at=None)
     assert flushed.count(wal) == 1
     assert store.stats["commits_without_fsync"] == 1
+
+
+def test_read_only_commits_do_not_wait_for_the_disk_on_postgres(postgres_url: str) -> None:
+    """``durable=False`` commits with ``synchronous_commit`` off for that transaction only."""
+    from lada_coordinator.stores.postgres import PostgresStore
+
+    store = PostgresStore(postgres_url)
+    try:
+        with store.transaction(durable=False) as db:
+            assert db.execute("SHOW synchronous_commit").fetchone()[0] == "off"
+        with store.transaction() as db:
+            assert db.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+        assert store._one("SHOW synchronous_commit") == ("on",)
+        assert store.stats == {"transactions": 2, "commits": 2, "commits_without_fsync": 1}
+    finally:
+        store.close()
 
 
 def test_one_commit_per_request_mode_still_works(tmp_path: Path) -> None:
@@ -116,7 +142,7 @@ def test_one_commit_per_request_mode_still_works(tmp_path: Path) -> None:
         with pytest.raises(ValueError), store.transaction() as db:
             db.execute("INSERT INTO tokens (token_hash, created_at) VALUES ('b', 0)")
             raise ValueError("refused")
-        assert _committed_tokens(tmp_path / "c.sqlite") == {"a" * 64}
+        assert _committed_tokens(store) == {"a" * 64}
         assert store.stats == {"transactions": 2, "commits": 1, "commits_without_fsync": 0}
     finally:
         store.close()

@@ -217,15 +217,18 @@ def _dataclass_in(hint: Any) -> type | None:
 
 
 # ------------------------------------------------------------------------------------- files
-def load_json(cls: type[T], path: Path, what: str) -> T:
+def load_json(cls: type[T], path: Path, what: str, given: Mapping[str, Any] | None = None) -> T:
     """Read a JSON file into ``cls``; every failure is a ``ValueError`` that names the file, a
-    :class:`ConfigError` when fields are wrong."""
+    :class:`ConfigError` when fields are wrong. ``given`` fields replace the file's before it is
+    checked (a command-line flag that completes what the file says)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{what} {path} is invalid: {exc}") from exc
+    if given and isinstance(data, Mapping):
+        data = {**data, **given}
     try:
         return validate(cls, data, what)
     except ConfigError as exc:

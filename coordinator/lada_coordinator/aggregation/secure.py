@@ -53,7 +53,8 @@ from lada_coordinator.aggregation.secagg_server import (
     check_share_bundle,
     check_unmask_response,
 )
-from lada_coordinator.store import ClientRecord, RoutedShares, SecAggKind, Store
+from lada_coordinator.stores import CoordinatorStore
+from lada_coordinator.stores.records import ClientRecord, RoutedShares, SecAggKind
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -120,7 +121,9 @@ def groups(clients: Iterable[ClientRecord], settings: SecAggSettings) -> dict[st
 
 
 class SecureAggregation:
-    def __init__(self, store: Store, settings: SecAggSettings, on_offender: OffenderHook | None = None) -> None:
+    def __init__(
+        self, store: CoordinatorStore, settings: SecAggSettings, on_offender: OffenderHook | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
         self._on_offender = on_offender or (lambda t, cid, stage, why: None)

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from lada_coordinator.allocation.eenet import FilterConfig, LearnabilityFilter, refit_many, select_many
-from lada_coordinator.store import Store
+from lada_coordinator.stores import CoordinatorStore
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,13 @@ Allocation = tuple[list[str], str]
 
 class Allocator:
     def __init__(
-        self, store: Store, mode: str, configs: dict[str, FilterConfig], seed: int, *, batched_refit: bool = True
+        self,
+        store: CoordinatorStore,
+        mode: str,
+        configs: dict[str, FilterConfig],
+        seed: int,
+        *,
+        batched_refit: bool = True,
     ) -> None:
         self._store = store
         # inside saving_together(): refit all the block's filters at its end in one batched call

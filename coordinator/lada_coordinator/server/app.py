@@ -23,7 +23,6 @@ import dataclasses
 import inspect
 import logging
 import secrets
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -69,7 +68,8 @@ from lada_coordinator.server.dashboard import DASHBOARD_CSP, DASHBOARD_HTML
 from lada_coordinator.server.errors import ApiError
 from lada_coordinator.server.limits import RateLimiter, RequestLimits
 from lada_coordinator.server.uploads import UploadSessions
-from lada_coordinator.store import ClientRecord, EnrollmentRefused, Store
+from lada_coordinator.stores import Connection, CoordinatorStore
+from lada_coordinator.stores.records import ClientRecord, EnrollmentRefused
 from lada_coordinator.validation import (
     RoundContext,
     UploadRejected,
@@ -87,11 +87,11 @@ UNAUTHENTICATED = (
 )
 
 # the payload is the model of the message's kind (``KIND_PAYLOADS``), parsed before the handler runs
-Handler = Callable[[sqlite3.Connection, ClientRecord, EnvelopeHeader, Any], BaseModel]
+Handler = Callable[[Connection, ClientRecord, EnvelopeHeader, Any], BaseModel]
 
 
 def create_app(
-    store: Store,
+    store: CoordinatorStore,
     identity: Identity,
     engine: RoundEngine,
     config: CoordinatorConfig,
@@ -208,6 +208,7 @@ def create_app(
         try:
             client, sender, payload = authenticate(kind, envelope)
             with store.transaction(durable=kind not in READ_KINDS) as db:
+                store.lock_client(db, client.client_id)  # its requests one at a time, on every replica
                 reply = handler(db, client, header, payload)
                 out = seal_reply(header, reply, sender)
                 size_in = len(envelope.model_dump_json())
@@ -294,6 +295,9 @@ def create_app(
             "total_rounds": engine.config.rounds,
             "phase_timeout_s": engine.config.phase_timeout_s,
             "engine": engine.status.to_dict(),
+            # this replica, and the one whose round engine runs (the same unless replicas share
+            # a PostgreSQL database)
+            "leadership": {**engine.lease.describe(), "database": store.backend},
             "clients": len(active),
             "arrived": {
                 "features": len(features),
@@ -552,7 +556,7 @@ def create_app(
     for kind, handler in handlers.items():
         mount(kind, handler)
 
-    def run_target(db: sqlite3.Connection, client: ClientRecord, envelope: SealedEnvelope) -> SealedEnvelope:
+    def run_target(db: Connection, client: ClientRecord, envelope: SealedEnvelope) -> SealedEnvelope:
         """A reassembled upload goes through its endpoint's own checks and handler, in ``db``."""
         kind = envelope.header.kind
         owner, sender, payload = authenticate(kind, envelope, fresh=False)

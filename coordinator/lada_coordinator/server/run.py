@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import os
 import socket
 import typing
 from pathlib import Path
@@ -22,7 +23,7 @@ from lada_coordinator.operator_client import write_endpoint
 from lada_coordinator.rounds import RoundEngine
 from lada_coordinator.server.app import create_app
 from lada_coordinator.server.limits import guarded_protocol
-from lada_coordinator.store import Store
+from lada_coordinator.stores import CoordinatorStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,12 @@ LLM_EVAL_SIZE = typing.cast(int, next(f.default for f in dataclasses.fields(Clie
 
 def build(
     config: CoordinatorConfig, llm_eval_dir: Path | None = None, llm_eval_size: int | None = None
-) -> tuple[FastAPI, RoundEngine, Store]:
+) -> tuple[FastAPI, RoundEngine, CoordinatorStore]:
     """Return (app, engine, store) wired together, without starting anything. With ``llm_eval_dir``
     (local federations), the LLM is evaluated each round on the first ``llm_eval_size`` (default
     :data:`LLM_EVAL_SIZE`) test questions of every client there, the questions each client
-    evaluates itself on."""
+    evaluates itself on. The engine runs rounds only while this replica leads (``engine.lease``:
+    always with SQLite; with PostgreSQL, the replica holding the database's engine lock)."""
     if config.score_only_update == "server":
         for model_name, ckpt in config.slm_checkpoints.items():
             if not (ckpt / "config.json").is_file():
@@ -46,7 +48,7 @@ def build(
                     " (no config.json)"
                 )
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    store = Store(config.db_path, group_commit=config.group_commit)
+    store = open_store(config)
     identity = load_identity(config.state_dir)
     public = load_public(config.public_data)
     llm_eval = None
@@ -71,9 +73,14 @@ def build(
             backend=backend,
         )
 
-    engine = RoundEngine(config, store, public, llm_factory, llm_eval)
+    engine = RoundEngine(config, store, public, llm_factory, llm_eval, lease=store.leadership(replica_name(config)))
     app = create_app(store, identity, engine, config, operator_token(config.state_dir))
     return app, engine, store
+
+
+def replica_name(config: CoordinatorConfig) -> str:
+    """How this process is named among the replicas that share a database (``/v1/status``)."""
+    return f"{socket.gethostname()}:{config.port}/{os.getpid()}"
 
 
 def uvicorn_config(
@@ -148,15 +155,17 @@ def serve(
 ) -> None:
     cert, key = tls_material(config, ssl_certfile, ssl_keyfile, insecure_http)
     app, engine, store = build(config, llm_eval_dir, llm_eval_size)
+    engine.lease.start()
     engine.start()
     scheme = "https" if cert else "http"
     write_endpoint(config.state_dir, scheme, config.host, config.port, cert)  # for `lada-coordinator status`
     log.info(
-        "coordinator on %s://%s:%d (db %s, key %s…); operator dashboard at %s",
+        "coordinator %s on %s://%s:%d (db %s, key %s…); operator dashboard at %s",
+        engine.lease.replica,
         scheme,
         config.host,
         config.port,
-        config.db_path,
+        store.describe(),
         load_identity(config.state_dir).public.fingerprint()[:16],
         ROUTES["dashboard"],
     )
@@ -172,4 +181,5 @@ def serve(
     finally:
         engine.stop_event.set()
         engine.join(timeout=10)
+        engine.lease.close()  # another replica's engine may take over now
         store.close()

@@ -20,8 +20,9 @@ Replay: the target envelope's ``seq`` must be above the client's last accepted o
 begins (and below the begin request's own ``seq``, which then advances it), so the body can neither
 be sent again directly nor bound to a second session; a session commits once.
 
-Chunks live in SQLite (``upload_chunks``), committed before the reply leaves, so a coordinator
-restart loses no acknowledged chunk. Sessions expire ``ttl_s`` after their last activity and are
+Chunks live in the database (``upload_chunks``), committed before the reply leaves, so a coordinator
+restart loses no acknowledged chunk, and replicas that share a PostgreSQL database may each receive
+some chunks of one upload. Sessions expire ``ttl_s`` after their last activity and are
 deleted when a later session begins or the coordinator starts; a client may hold at most
 ``max_client_bytes`` of open sessions. Every rejection raises :class:`UploadError` (a 4xx) inside the
 caller's transaction, so it changes nothing. Expired sessions are also swept every
@@ -33,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -57,14 +57,15 @@ from lada_client.common.wire import (
     upload_chunk_count,
 )
 from lada_coordinator.server.errors import ApiError as UploadError
-from lada_coordinator.store import ClientRecord, Store
+from lada_coordinator.stores import Connection, CoordinatorStore
+from lada_coordinator.stores.records import ClientRecord
 
 log = logging.getLogger(__name__)
 
 MAX_CHUNKS = 65536
 
 # (db, client, target envelope) -> the target endpoint's sealed reply; raises its own 4xx errors
-TargetRunner = Callable[[sqlite3.Connection, ClientRecord, SealedEnvelope], SealedEnvelope]
+TargetRunner = Callable[[Connection, ClientRecord, SealedEnvelope], SealedEnvelope]
 # (client, target header, reply) -> that reply sealed to the client, echoing the target's seq
 ReplySealer = Callable[[ClientRecord, EnvelopeHeader, BaseModel], SealedEnvelope]
 
@@ -103,7 +104,7 @@ class UploadSessions:
 
     def __init__(
         self,
-        store: Store,
+        store: CoordinatorStore,
         max_body_bytes: int,
         ttl_s: float,
         max_client_bytes: int,
@@ -120,13 +121,18 @@ class UploadSessions:
         self._clock = clock
 
     # ------------------------------------------------------------------------------ helpers
-    def cleanup(self, db: sqlite3.Connection | None = None) -> int:
+    def cleanup(self, db: Connection | None = None) -> int:
         """Delete expired sessions and their chunks; returns how many sessions went."""
         if db is None:
             with self.store.transaction() as conn:
                 return self.cleanup(conn)
         now = self._clock()
-        expired = [r[0] for r in db.execute("SELECT session_id FROM upload_sessions WHERE expires_at <= ?", (now,))]
+        expired = [  # in one order, so that replicas sweeping at once wait for each other, never deadlock
+            r[0]
+            for r in db.execute(
+                "SELECT session_id FROM upload_sessions WHERE expires_at <= ? ORDER BY session_id", (now,)
+            )
+        ]
         for sid in expired:
             db.execute("DELETE FROM upload_chunks WHERE session_id = ?", (sid,))
             db.execute("DELETE FROM upload_sessions WHERE session_id = ?", (sid,))
@@ -134,7 +140,7 @@ class UploadSessions:
             log.info("removed %d expired upload session(s)", len(expired))
         return len(expired)
 
-    def _load(self, db: sqlite3.Connection, client: ClientRecord, header: EnvelopeHeader, session_id: str) -> Session:
+    def _load(self, db: Connection, client: ClientRecord, header: EnvelopeHeader, session_id: str) -> Session:
         row = db.execute(
             f"SELECT {_COLUMNS} FROM upload_sessions WHERE session_id = ? AND client_id = ? AND expires_at > ?",
             (session_id, client.client_id, self._clock()),
@@ -150,12 +156,12 @@ class UploadSessions:
             )
         return session
 
-    def _received(self, db: sqlite3.Connection, session_id: str) -> list[int]:
+    def _received(self, db: Connection, session_id: str) -> list[int]:
         return [
             r[0] for r in db.execute("SELECT idx FROM upload_chunks WHERE session_id = ? ORDER BY idx", (session_id,))
         ]
 
-    def _status(self, db: sqlite3.Connection, s: Session) -> UploadStatus:
+    def _status(self, db: Connection, s: Session) -> UploadStatus:
         return UploadStatus(
             session_id=s.session_id,
             total_bytes=s.total_bytes,
@@ -166,15 +172,13 @@ class UploadSessions:
             expires_at=s.expires_at,
         )
 
-    def _touch(self, db: sqlite3.Connection, s: Session) -> Session:
+    def _touch(self, db: Connection, s: Session) -> Session:
         expires = self._clock() + self.ttl_s
         db.execute("UPDATE upload_sessions SET expires_at = ? WHERE session_id = ?", (expires, s.session_id))
         return replace(s, expires_at=expires)
 
     # ----------------------------------------------------------------------------- handlers
-    def begin(
-        self, db: sqlite3.Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadBegin
-    ) -> UploadStatus:
+    def begin(self, db: Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadBegin) -> UploadStatus:
         target = p.target
         if target.client_id != client.client_id:
             raise UploadError(422, "bad_upload", "the target envelope must come from this client")
@@ -213,11 +217,13 @@ class UploadSessions:
                 f"target sequence number {target.seq} is not above the last accepted one",
                 last_seq=last_seq,
             )
-        held = db.execute(
-            "SELECT COALESCE(SUM(total_bytes), 0) FROM upload_sessions"
-            " WHERE client_id = ? AND committed_at IS NULL AND expires_at > ?",
-            (client.client_id, self._clock()),
-        ).fetchone()[0]
+        held = int(  # PostgreSQL's SUM of bigints is a numeric
+            db.execute(
+                "SELECT COALESCE(SUM(total_bytes), 0) FROM upload_sessions"
+                " WHERE client_id = ? AND committed_at IS NULL AND expires_at > ?",
+                (client.client_id, self._clock()),
+            ).fetchone()[0]
+        )
         if held + p.total_bytes > self.max_client_bytes:
             raise UploadError(
                 413,
@@ -258,7 +264,7 @@ class UploadSessions:
             expires_at=now + self.ttl_s,
         )
 
-    def chunk(self, db: sqlite3.Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadChunk) -> Ack:
+    def chunk(self, db: Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadChunk) -> Ack:
         s = self._load(db, client, header, p.session_id)
         if s.committed:
             raise UploadError(409, "upload_committed", f"upload session {s.session_id} is already committed")
@@ -284,11 +290,11 @@ class UploadSessions:
         return Ack(message="stored")
 
     def status(
-        self, db: sqlite3.Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadStatusQuery
+        self, db: Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadStatusQuery
     ) -> UploadStatus:
         return self._status(db, self._load(db, client, header, p.session_id))
 
-    def abort(self, db: sqlite3.Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadAbort) -> Ack:
+    def abort(self, db: Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadAbort) -> Ack:
         row = db.execute(
             "SELECT committed_at IS NOT NULL FROM upload_sessions WHERE session_id = ? AND client_id = ?",
             (p.session_id, client.client_id),
@@ -304,9 +310,7 @@ class UploadSessions:
         log.info("upload %s aborted by %s", p.session_id, client.client_id)
         return Ack(message="aborted")
 
-    def commit(
-        self, db: sqlite3.Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadCommit
-    ) -> UploadCommitted:
+    def commit(self, db: Connection, client: ClientRecord, header: EnvelopeHeader, p: UploadCommit) -> UploadCommitted:
         s = self._load(db, client, header, p.session_id)
         if s.committed:  # a retried commit whose first answer was lost: same answer as a retried upload
             return UploadCommitted(

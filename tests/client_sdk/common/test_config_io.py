@@ -156,6 +156,26 @@ def test_a_bad_coordinator_config_names_every_bad_field_and_the_file(tmp_path: P
         CoordinatorConfig.from_dict({**COORD, "score_only_update": "server"})  # across fields
 
 
+def test_a_coordinator_keeps_its_state_in_one_database(tmp_path: Path) -> None:
+    """SQLite's ``db_path`` or PostgreSQL's ``database_url``: one of them, never both."""
+    shared = {k: v for k, v in COORD.items() if k != "db_path"}
+    url = "postgresql://lada@db.internal:5432/lada"
+    assert CoordinatorConfig.from_dict({**shared, "database_url": url}).db_path is None
+    with pytest.raises(ConfigError, match="db_path and database_url name two databases"):
+        CoordinatorConfig.from_dict({**COORD, "database_url": url})
+    with pytest.raises(ConfigError, match=r"db_path \(a SQLite file\) or database_url .* is required"):
+        CoordinatorConfig.from_dict(shared)
+    with pytest.raises(ConfigError) as caught:
+        CoordinatorConfig.from_dict({**shared, "database_url": "mysql://db/lada"})
+    assert [field for field, _ in caught.value.problems] == ["database_url"]
+    path = tmp_path / "coordinator.json"
+    path.write_text(json.dumps(shared))
+    assert CoordinatorConfig.load(path, database_url=url).database_url == url  # a flag completes the file
+    path.write_text(json.dumps(COORD))
+    with pytest.raises(ConfigError, match="not both"):  # or contradicts it
+        CoordinatorConfig.load(path, database_url=url)
+
+
 def test_the_cli_reports_a_bad_file_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from lada_client.cli import main
 
