@@ -640,7 +640,7 @@ def start_processes(
     configs (``client_overrides`` by client name), e.g. to give one client another model.
     Raises :class:`ProcessFailed` if the coordinator does not come up."""
     from lada_coordinator.credentials import issue_tokens, load_identity, operator_token
-    from lada_coordinator.stores import open_store
+    from lada_coordinator.stores.sqlite import SQLiteStore
 
     reporter = reporter or LogReporter()
     run_dir = settings.workdir / "run"
@@ -680,7 +680,9 @@ def start_processes(
         **(coordinator_overrides or {}),
     }
     (run_dir / "coordinator.json").write_text(json.dumps(coord_cfg, indent=2))
-    store = open_store(CoordinatorConfig.from_dict(coord_cfg))
+    # the local federation always keeps one SQLite file; the config itself is the coordinator's to
+    # validate, so that a bad override is reported from its log like any other start-up failure
+    store = SQLiteStore(Path(coord_cfg["db_path"]))
     tokens = issue_tokens(store, load_identity(Path(coord_cfg["state_dir"])), settings.clients)
     store.close()
     operator_token(Path(coord_cfg["state_dir"]))  # made here, before the coordinator reads it
