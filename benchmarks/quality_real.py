@@ -222,9 +222,15 @@ def settings_for(args: argparse.Namespace, sizes: Sizes, seed: int, method: Meth
 
 
 def signature(settings: Any) -> dict[str, Any]:
+    """What makes two runs the same: the federation's settings and, where a filter allocates, the
+    filter's own configuration (its defaults are not federation flags but change what it picks)."""
+    from lada_coordinator.allocation.filter_config import FilterConfig
+
     d = asdict(settings)
     for key in ("workdir", "port", "timeout_s", "teacher_cache"):
         d.pop(key, None)
+    if settings.allocation == "lada":
+        d["slm_filter"] = FilterConfig(budget=settings.budget, seed=settings.seed).to_dict()
     return json.loads(json.dumps(d, default=str))
 
 

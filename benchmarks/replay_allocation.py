@@ -12,14 +12,13 @@ every round ``t >= 2`` this script refits a fresh filter on the recorded history
 It is a one-step counterfactual: the history is what the original filter allocated and the SLM
 it trained, so a variant is judged on the next decision only, not on what it would have taught.
 With features that do not depend on the SLM's weights (``local_similarity``, ``path_tokens``)
-the candidates' rows are the same whatever was allocated before. ``configured`` reproduces the
-coordinator's own decisions (a check of the replay: its column equals ``allocated``).
+the candidates' rows are the same whatever was allocated before.
 
-Variants: ``configured`` (the filter as the run configured it), ``rank`` (each round's credits replaced by
-their ranks within that round, in [0, 1]: credits measured at different rounds are measured on
-different SLMs, and an SLM that has learnt its family credits that family's samples less, so raw
-credits across rounds compare a trained SLM's own-family samples with an untrained one's others),
-``greedy`` (no exploration term), ``rank+greedy``.
+Variants: ``raw`` (credits kept as measured, ``FilterConfig.credit_scale="raw"``), ``rank`` (each
+round's credits replaced by their ranks within that round, the default ``"round_rank"``: credits
+of different rounds are measured on different SLMs, and an SLM that has learnt its family credits
+that family's samples less), each also ``+greedy`` (no exploration term). The variant the run
+itself used reproduces its decisions (a check of the replay: its column equals ``allocated``).
 """
 
 from __future__ import annotations
@@ -35,21 +34,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("configured", "rank", "greedy", "rank+greedy")
-
-
-def within_round_ranks(credits: np.ndarray) -> np.ndarray:
-    """Each credit's rank among its round's credits, scaled to [0, 1] (ties share their mean rank)."""
-    n = len(credits)
-    if n < 2:
-        return np.full(n, 0.5)
-    order = credits.argsort(kind="stable")
-    ranks = np.empty(n)
-    ranks[order] = np.arange(n, dtype=np.float64)
-    for value in np.unique(credits):  # ties: the mean of their ranks
-        same = credits == value
-        ranks[same] = ranks[same].mean()
-    return ranks / (n - 1)
+VARIANTS = ("raw", "rank", "raw+greedy", "rank+greedy")
 
 
 def _share(ids: list[str], family: dict[str, str], own: str) -> float:
@@ -65,7 +50,9 @@ def replay(trace: dict[str, Any], config: Any, variant: str) -> dict[str, dict[i
     """Per client and round (>= 2): the variant's own-family share, the allocated one, the candidates'."""
     from lada_coordinator.allocation.eenet import LearnabilityFilter
 
-    cfg = dataclasses.replace(config, exploration_weight=0.0) if "greedy" in variant else config
+    cfg = dataclasses.replace(config, credit_scale="round_rank" if variant.startswith("rank") else "raw")
+    if variant.endswith("+greedy"):
+        cfg = dataclasses.replace(cfg, exploration_weight=0.0)
     out: dict[str, dict[int, dict[str, float]]] = {}
     for client, per_round in trace.items():
         own = per_round["family"]
@@ -80,7 +67,7 @@ def replay(trace: dict[str, Any], config: Any, variant: str) -> dict[str, dict[i
                 z = np.asarray(rec["features"], dtype=np.float32)[[row[s] for s in rec["allocated"]]]
                 credits = np.asarray(rec["credits"], dtype=np.float64)
                 flt = flt or LearnabilityFilter(z.shape[1], cfg)
-                flt.observe(z, within_round_ranks(credits) if "rank" in variant else credits)
+                flt.observe(z, credits)
                 flt.refit()
             rec = per_round[str(t)]
             if flt is None:
@@ -122,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, trace in traces.items():
         per_variant = {v: replay(trace, config, v) for v in VARIANTS}
         result[name] = per_variant
-        rounds = sorted({t for c in per_variant["configured"].values() for t in c})
+        rounds = sorted({t for c in per_variant["raw"].values() for t in c})
         for t in rounds:
             cells = " ".join(f"{_mean(per_variant, v, t):>11.2f}" for v in VARIANTS)
-            candidates, allocated = (_mean(per_variant, "configured", t, k) for k in ("candidates", "allocated"))
+            candidates, allocated = (_mean(per_variant, "raw", t, k) for k in ("candidates", "allocated"))
             print(f"{name:<16} {t:>5} {candidates:>10.2f} {allocated:>9.2f} {cells}")
     args.out.write_text(json.dumps(result, indent=1))
     print(f"\nwritten: {args.out}")

@@ -1,4 +1,4 @@
-"""The allocation replay: within-round ranks, and a filter refit on a recorded history."""
+"""The allocation replay: a filter refit on a recorded history."""
 
 from __future__ import annotations
 
@@ -20,13 +20,6 @@ def replay_module():
     spec.loader.exec_module(module)
     yield module
     sys.modules.pop("replay_allocation", None)
-
-
-def test_within_round_ranks(replay_module) -> None:
-    ranks = replay_module.within_round_ranks
-    assert ranks(np.array([0.9, 0.1, 0.5])).tolist() == [1.0, 0.0, 0.5]
-    assert ranks(np.array([0.2, 0.2, 0.8])).tolist() == [0.25, 0.25, 1.0]  # ties share their mean rank
-    assert ranks(np.array([0.7])).tolist() == [0.5]
 
 
 def _round(rng: np.random.Generator, t: int, allocated_own: int, credit_own: float, credit_other: float) -> dict:
@@ -55,6 +48,6 @@ def test_a_history_that_credits_the_own_family_steers_the_next_round_to_it(repla
 
     rng = np.random.default_rng(0)
     trace = {"client0": {"family": "own", "1": _round(rng, 1, 3, 0.9, 0.4), "2": _round(rng, 2, 3, 0.9, 0.4)}}
-    out = replay_module.replay(trace, FilterConfig(budget=12), "configured")["client0"][2]
+    out = replay_module.replay(trace, FilterConfig(budget=12), "raw")["client0"][2]
     assert out["candidates"] == 0.25 and out["allocated"] == 0.25
     assert out["variant"] > 0.5  # the filter learnt the own family from round 1's credits

@@ -68,7 +68,15 @@ from torch import nn
 from .cold_start import kmeans_representatives, kmeans_representatives_many
 from .filter_config import FilterConfig
 
-__all__ = ["FilterConfig", "LearnabilityFilter", "Selection", "SelectionReason", "refit_many", "select_many"]
+__all__ = [
+    "FilterConfig",
+    "LearnabilityFilter",
+    "Selection",
+    "SelectionReason",
+    "refit_many",
+    "select_many",
+    "within_round_ranks",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +94,21 @@ _FORMAT_VERSION = 1
 _STD_FLOOR = 1e-6
 _META_KEY = "__meta__"
 _BLOB_MAGIC = b"LADAEEN2"  # to_bytes layout 2 (layout 1 was an npz archive)
+
+
+def within_round_ranks(credits: np.ndarray) -> np.ndarray:
+    """Each credit's rank among ``credits`` (one round's), scaled to [0, 1]; ties share their mean
+    rank, a single credit is 0.5 (``FilterConfig.credit_scale``)."""
+    n = len(credits)
+    if n < 2:
+        return np.full(n, 0.5)
+    order = credits.argsort(kind="stable")
+    ranks = np.empty(n)
+    ranks[order] = np.arange(n, dtype=np.float64)
+    values, inverse = np.unique(credits, return_inverse=True)
+    if len(values) < n:  # ties: the mean of their ranks
+        ranks = (np.bincount(inverse, weights=ranks) / np.bincount(inverse))[inverse]
+    return ranks / (n - 1)
 
 
 def _config_from_dict(data: Mapping[str, Any]) -> FilterConfig:
@@ -448,9 +471,9 @@ class LearnabilityFilter:
     def observe(self, z: np.ndarray, reward: float | Sequence[float] | np.ndarray) -> None:
         """Add the allocated candidates' features with their reward to the replay buffer.
 
-        ``reward`` is normally the round's common reward (a scalar shared by every row); a
-        per-row array of the same length is also accepted. The buffer keeps the most recent
-        ``replay_capacity`` pairs.
+        ``reward`` is the round's common reward (a scalar shared by every row) or one credit per
+        row, kept as ``config.credit_scale`` says (by default their ranks within this call, which
+        is one round's). The buffer keeps the most recent ``replay_capacity`` pairs.
         """
         arr = self._check_features(z)
         r = np.asarray(reward, dtype=np.float64)
@@ -464,6 +487,8 @@ class LearnabilityFilter:
             raise ValueError(f"reward must lie in [0, 1], got values in [{r.min():.4g}, {r.max():.4g}]")
         if arr.shape[0] == 0:
             return
+        if np.ndim(reward) == 1 and self.config.credit_scale == "round_rank":
+            r = within_round_ranks(r)
         cap = self.config.replay_capacity
         self._buffer_z = np.concatenate([self._buffer_z, arr])[-cap:]
         self._buffer_r = np.concatenate([self._buffer_r, r.astype(np.float32)])[-cap:]

@@ -17,8 +17,9 @@ from pydantic import Field, Strict
 
 from lada_client.common.config_io import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, settings
 
-__all__ = ["ExploreOn", "FilterConfig", "ThresholdScale"]
+__all__ = ["CreditScale", "ExploreOn", "FilterConfig", "ThresholdScale"]
 
+CreditScale = Literal["round_rank", "raw"]
 ExploreOn = Literal["last_layer", "all"]
 ThresholdScale = Literal["absolute", "reward_max"]
 _Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
@@ -50,6 +51,16 @@ class FilterConfig:
         replay_capacity: maximum (z, r) pairs kept; oldest are dropped first.
         batch_size: minibatch size during refits.
         seed: seed for initialisation, refit shuffling and cold-start clustering.
+        credit_scale: what the replay buffer keeps of per-sample credits (one reward per allocated
+            row; a round's common scalar reward is kept as it is). ``"round_rank"`` (default)
+            keeps each credit's rank among its round's credits, in [0, 1]; ``"raw"`` the credit
+            itself. Why: credits of different rounds are measured on different SLMs, and an SLM
+            that has learnt its own family credits that family's samples less than an untrained
+            one credited the others, so on raw credits a filter fitted over several rounds turns
+            away from the client's task exactly when it has started to learn it (measured on the
+            real-model benchmark: the allocation's own-family share fell from 0.94 in round 2 to
+            0.21 in round 3; ranks within the round keep "which of this round's samples helped
+            most", the comparison the credit is for; docs/benchmarks.md).
     """
 
     exploration_weight: NonNegativeFloat = 1.0
@@ -65,6 +76,7 @@ class FilterConfig:
     batch_size: PositiveInt = 64
     seed: NonNegativeInt = 0
     explore_on: ExploreOn = "last_layer"
+    credit_scale: CreditScale = "round_rank"
 
     @property
     def floor(self) -> int:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lada_coordinator.allocation.eenet import FilterConfig, LearnabilityFilter, Selection
+from lada_coordinator.allocation.eenet import FilterConfig, LearnabilityFilter, Selection, within_round_ranks
 
 D = 5
 
@@ -48,8 +48,9 @@ def _trained(
     rounds: int = 6,
     seed: int = 0,
 ) -> tuple[LearnabilityFilter, np.random.Generator]:
-    """Run the select -> observe -> refit loop on a synthetic bandit."""
-    flt = LearnabilityFilter(D, config or FilterConfig())
+    """Run the select -> observe -> refit loop on a synthetic bandit. Its reward is the same function
+    every round, so credits of different rounds compare as they are: ``credit_scale="raw"``."""
+    flt = LearnabilityFilter(D, config or FilterConfig(credit_scale="raw"))
     rng = np.random.default_rng(seed)
     for t in range(1, rounds + 1):
         z = rng.normal(size=(256, D))
@@ -73,7 +74,7 @@ def _fit_constant(reward: float, config: FilterConfig | None = None) -> Learnabi
 @pytest.mark.parametrize("explore_on", ["last_layer", "all"])
 @pytest.mark.parametrize("reward_fn", [_reward_z0, _reward_neg_z3])
 def test_bandit_beats_random_and_ranks_by_reward(explore_on: str, reward_fn) -> None:
-    flt, rng = _trained(FilterConfig(explore_on=explore_on), reward_fn)
+    flt, rng = _trained(FilterConfig(explore_on=explore_on, credit_scale="raw"), reward_fn)
     z = rng.normal(size=(256, D))
     true = reward_fn(z)
 
@@ -267,6 +268,46 @@ def test_replay_buffer_is_bounded_fifo() -> None:
     np.testing.assert_allclose(state["buffer_r"][:3], 0.2)
 
 
+def test_within_round_ranks() -> None:
+    assert within_round_ranks(np.array([0.9, 0.1, 0.5])).tolist() == [1.0, 0.0, 0.5]
+    assert within_round_ranks(np.array([0.2, 0.2, 0.8])).tolist() == [0.25, 0.25, 1.0]  # ties: mean rank
+    assert within_round_ranks(np.array([0.7])).tolist() == [0.5]
+    assert within_round_ranks(np.array([0.3, 0.3])).tolist() == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("scale", ["round_rank", "raw"])
+def test_per_sample_credits_are_kept_as_the_config_says(scale: str) -> None:
+    flt = LearnabilityFilter(D, FilterConfig(credit_scale=scale))
+    z = np.random.default_rng(3).normal(size=(4, D))
+    flt.observe(z[:2], 0.3)  # a common reward is kept as it is, whatever the scale
+    flt.observe(z, [0.2, 0.9, 0.4, 0.1])
+    expected = [0.3, 0.3] + ([1 / 3, 1.0, 2 / 3, 0.0] if scale == "round_rank" else [0.2, 0.9, 0.4, 0.1])
+    np.testing.assert_allclose(flt.state_dict()["buffer_r"], expected, rtol=1e-6)
+
+
+def _family_rounds(rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Two rounds of (features, credits): feature 0 marks the client's own family. Round 1 (an
+    untrained SLM) credits own 0.9 and others 0.6; round 2 (the SLM has learnt its family, most of
+    the allocation is own) credits own 0.45 and others 0.35 - own is the better half both times."""
+    rounds = []
+    for n_own, n_other, own, other in ((4, 12, 0.9, 0.6), (15, 1, 0.45, 0.35)):
+        marks = np.r_[np.ones(n_own), np.zeros(n_other)]
+        z = np.c_[marks, rng.normal(size=(n_own + n_other, D - 1))]
+        rounds.append((z, np.r_[np.full(n_own, own), np.full(n_other, other)] + rng.normal(0, 0.01, n_own + n_other)))
+    return rounds
+
+
+@pytest.mark.parametrize(("scale", "prefers_own"), [("round_rank", True), ("raw", False)])
+def test_round_ranks_keep_the_own_family_once_it_is_learnt(scale: str, prefers_own: bool) -> None:
+    rng = np.random.default_rng(5)
+    flt = LearnabilityFilter(D, FilterConfig(credit_scale=scale, exploration_weight=0.0))
+    for z, credits in _family_rounds(rng):
+        flt.observe(z, credits)
+        flt.refit()
+    own, other = (np.c_[np.full(64, mark), rng.normal(size=(64, D - 1))] for mark in (1.0, 0.0))
+    assert bool(flt.score(own).mean() > flt.score(other).mean()) is prefers_own
+
+
 def test_refit_on_empty_buffer_is_a_noop() -> None:
     flt = LearnabilityFilter(D)
     losses = flt.refit()
@@ -299,7 +340,7 @@ def test_bytes_round_trip_is_exact_and_continues_identically(explore_on: str) ->
 
 def test_state_dict_round_trip_into_fresh_filter() -> None:
     flt, rng = _trained(rounds=2)
-    fresh = LearnabilityFilter(D, FilterConfig())
+    fresh = LearnabilityFilter(D, flt.config)
     fresh.load_state_dict(flt.state_dict())
     z = rng.normal(size=(32, D))
     np.testing.assert_array_equal(fresh.score(z), flt.score(z))

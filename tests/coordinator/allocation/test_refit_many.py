@@ -72,7 +72,8 @@ SIZES = [1, 5, 63, 64, 65, 130, 257, 700]
 
 @pytest.mark.parametrize("explore_on", ["last_layer", "all"])
 def test_refit_many_equals_per_filter_refits(explore_on: str) -> None:
-    config = FilterConfig(explore_on=explore_on, seed=4)
+    # raw: the tolerances above were measured on uniform rewards
+    config = FilterConfig(explore_on=explore_on, seed=4, credit_scale="raw")
     batched = [_filter(n, config, seed=k) for k, n in enumerate(SIZES)]
     single = copy.deepcopy(batched)
     expected = [f.refit() for f in single]
