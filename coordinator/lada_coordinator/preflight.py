@@ -2,13 +2,15 @@
 
 Checks the config file, the packages, the state directory and database, the public pool, the
 teacher (the LLM checkpoint loaded as ``serve`` loads it, or the precomputed teacher paths), the
-TLS material ``serve`` would use, and whether the port is free. Nothing is created or migrated:
-a missing database or identity is reported as "made on first start", so a check on a production
+inference engine of ``llm_server`` (asked once, without retries, which models it serves), the TLS
+material ``serve`` would use, and whether the port is free. Nothing is created or migrated: a
+missing database or identity is reported as "made on first start", so a check on a production
 state directory changes nothing in it. ``--no-llm`` skips loading the LLM (minutes for a large one).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import socket
@@ -58,6 +60,8 @@ def run_checks(
     checks.append(probe("database", lambda: _database(config)))
     checks.append(probe("public pool", lambda: _public(config.public_data)))
     checks.append(probe("teacher", lambda: _teacher(config, load_llm)))
+    if config.llm_server is not None:
+        checks.append(probe("llm server", lambda: _engine(config)))
     checks.append(probe("tls", lambda: _tls(config, tls_cert, tls_key, insecure_http)))
     checks.append(probe("port", lambda: _port(config.host, config.port)))
     return checks
@@ -171,6 +175,23 @@ def _teacher(config: CoordinatorConfig, load_llm: bool) -> tuple[Status, str]:
         )
         n = sum(p.numel() for p in host.model.parameters())
     return "ok", "; ".join([*parts, f"LLM {config.llm_dir} loads ({n / 1e6:.1f} M parameters)"])
+
+
+def _engine(config: CoordinatorConfig) -> tuple[Status, str]:
+    """What ``serve`` asks the engine at start-up, once and within 10 s: a check must not wait
+    through the retries a round would grant."""
+    from lada_coordinator.llm.serving import EngineError, OpenAICompletionsBackend
+
+    assert config.llm_server is not None
+    settings = dataclasses.replace(config.llm_server, retries=0, timeout_s=min(config.llm_server.timeout_s, 10.0))
+    backend = OpenAICompletionsBackend(settings)
+    try:
+        backend.check()
+    except EngineError as exc:
+        return "fail", str(exc)
+    finally:
+        backend.close()
+    return "ok", f"{backend.url} serves {settings.model!r} (prompt log-probs: {settings.prompt_logprobs})"
 
 
 def _tls(config: CoordinatorConfig, cert: Path | None, key: Path | None, insecure_http: bool) -> tuple[Status, str]:

@@ -87,3 +87,19 @@ def test_tls_material_is_checked_as_serve_would_use_it(tmp_path, tiny_world, fre
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
     assert tls(garbage, key).status == "fail"
+
+
+def test_an_engine_that_does_not_answer_fails_naming_its_url(tmp_path, tiny_world, free_port):
+    with socket.socket() as s:  # bound, not listening: the connection is refused at once
+        s.bind(("127.0.0.1", 0))
+        engine = f"http://127.0.0.1:{s.getsockname()[1]}"
+        server = {"url": engine, "model": "llm", "prompt_logprobs": "none", "retries": 5}
+        checks = {
+            c.name: c for c in run_checks(_config(tmp_path, tiny_world, free_port, llm_server=server), load_llm=False)
+        }
+    assert checks["llm server"].status == "fail" and engine in checks["llm server"].detail, checks["llm server"]
+    assert checks["teacher"].status == "ok"  # the in-process LLM is checked on its own
+
+
+def test_no_engine_configured_no_engine_check(tmp_path, tiny_world, free_port):
+    assert "llm server" not in {c.name for c in run_checks(_config(tmp_path, tiny_world, free_port), load_llm=False)}

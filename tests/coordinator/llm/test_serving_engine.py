@@ -175,3 +175,25 @@ def test_engine_token_counts_and_greedy_paths_match_in_process_transformers(engi
     _, local_counts = local.sequence_logprobs(prompts, completions)
     assert engine_counts.tolist() == (local_counts - 1).astype(int).tolist()
     assert _backend(engine_url).generate(prompts[:4], 1, 0.0, 24, seed=0) == local._generate(prompts[:4], 1, 0.0, 24, 0)
+
+
+def test_the_preflight_check_asks_the_engine(engine_url: str, tmp_path: Path, tiny_world: dict[str, Path]) -> None:
+    import json
+
+    from lada_coordinator.preflight import run_checks
+
+    config = tmp_path / "coordinator.json"
+    server = {"url": engine_url, "model": MODEL, "prompt_logprobs": "none", "batching": "single"}
+    body = {
+        "db_path": str(tmp_path / "c.sqlite"),
+        "state_dir": str(tmp_path / "state"),
+        "llm_dir": str(tiny_world["llm"]),
+    }
+    config.write_text(json.dumps({**body, "public_data": str(tiny_world["data"]), "llm_server": server}))
+    checks = {c.name: c for c in run_checks(config, load_llm=False)}
+    assert checks["llm server"].status == "ok" and repr(MODEL) in checks["llm server"].detail, checks["llm server"]
+    config.write_text(
+        json.dumps({**body, "public_data": str(tiny_world["data"]), "llm_server": {**server, "model": "x"}})
+    )
+    checks = {c.name: c for c in run_checks(config, load_llm=False)}
+    assert checks["llm server"].status == "fail" and "serves no model named 'x'" in checks["llm server"].detail
