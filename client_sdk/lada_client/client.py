@@ -56,7 +56,7 @@ from lada_client.scoring.reward import HeldoutProbe, relative_drop, sample_rewar
 from lada_client.transport import CoordinatorError, Transport
 
 if TYPE_CHECKING:  # the training backend is imported when a trainer is built: score-only devices lack torch
-    from lada_client.training.backend import TrainReport
+    from lada_client.training.backend import TrainerBackend, TrainReport
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +140,8 @@ class LadaClient:
         )
         self.data = load_client(config.data_dir, config.name)
         self.slm = self.load_slm(self._scoring_path())
-        self._trainer = None
-        self._trainer_future: Future | None = None
+        self._trainer: TrainerBackend | None = None
+        self._trainer_future: Future[TrainerBackend] | None = None
         self._round_start_adapter: np.ndarray | None = None
         self._done_rounds: set[int] = set()
         self.privacy = GaussianMechanism(config.dp)
@@ -226,7 +226,7 @@ class LadaClient:
         return self.config.scoring_model.stem
 
     @property
-    def trainer(self):  # -> TrainerBackend (training/backend.py); imported lazily: scoring-only devices have no torch
+    def trainer(self) -> TrainerBackend:  # built lazily: scoring-only devices have no torch
         if self._trainer is None:
             future = self._trainer_future or self._start_loading_trainer()
             try:
@@ -235,7 +235,7 @@ class LadaClient:
                 self._trainer_future = None  # after a failure, the next use tries again
         return self._trainer
 
-    def _start_loading_trainer(self) -> Future:
+    def _start_loading_trainer(self) -> Future[TrainerBackend]:
         """Build the trainer (config.train_backend: "torch" or "ort") in a background thread.
 
         Importing torch, transformers and peft and loading the checkpoint costs seconds of CPU. Started

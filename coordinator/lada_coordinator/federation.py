@@ -20,11 +20,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import httpx
 from pydantic import AfterValidator, Field, Strict
@@ -50,6 +50,10 @@ from lada_client.config import (
 )
 from lada_client.privacy.dp import DPSettings
 from lada_coordinator.config import AllocationMode, CoordinatorConfig, Port
+
+if TYPE_CHECKING:
+    from lada_client.data.federation import FederationData
+    from lada_client.data.samples import Sample
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +383,7 @@ def slm_files(model_dir: Path) -> tuple[Path, Path]:
     return base, model_dir / "onnx" / "model.onnx"
 
 
-def _data(settings: FederationSettings, data_dir: Path):
+def _data(settings: FederationSettings, data_dir: Path) -> FederationData:
     from lada_coordinator.simulation.domains import DOMAIN_SETS, make_federation
 
     if settings.families:
@@ -531,7 +535,7 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
     return paths
 
 
-def _teacher_paths(settings: FederationSettings, gguf: Path, public, reporter: Reporter) -> Path:
+def _teacher_paths(settings: FederationSettings, gguf: Path, public: Sequence[Sample], reporter: Reporter) -> Path:
     """Fill the llama.cpp teacher's path store for the public pool (resumable); returns its file."""
     from lada_coordinator.llm.llamacpp import DEFAULT_PROMPT, LlamaCppTeacher, file_digest, fill_store
     from lada_coordinator.llm.paths import PathStore

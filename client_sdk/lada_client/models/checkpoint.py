@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 __all__ = ["architecture_id", "load_causal_lm"]
 
@@ -28,8 +29,9 @@ def architecture_id(model_dir: Path) -> str:
     )
 
 
-def load_causal_lm(model_dir: Path, adapter_dir: Path | None = None):  # -> (model, tokenizer)
-    """Load a local checkpoint (and an optional peft LoRA adapter) in float32 for CPU work."""
+def load_causal_lm(model_dir: Path, adapter_dir: Path | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) of a local checkpoint (and an optional peft LoRA adapter), in float32
+    for CPU work."""
     import torch
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 

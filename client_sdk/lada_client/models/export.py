@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING
 from lada_client.models.tokenizer import SpecialTokens
 
 if TYPE_CHECKING:  # onnx is imported where a graph is rewritten (the ``export`` extra)
-    from onnx import GraphProto, NodeProto
+    from onnx import GraphProto, ModelProto, NodeProto
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _mlp_block(consumers: dict[str, list[NodeProto]], layer: int, add_attn: Node
     return closing
 
 
-def _topological_order(graph) -> None:
+def _topological_order(graph: GraphProto) -> None:
     """Re-sort ``graph.node`` so every node follows the producers of its inputs."""
     available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
     waiting: dict[str, list[int]] = defaultdict(list)
@@ -286,7 +286,7 @@ def add_logprob_head(model_path: Path, out_path: Path) -> Path:
 _PROTO_LIMIT = 2**31 - 64 * 2**20
 
 
-def save_onnx(model, out_path: Path) -> None:
+def save_onnx(model: ModelProto, out_path: Path) -> None:
     """Check and save a graph; one of 2 GiB or more (e.g. a 0.5B-parameter model in float32) keeps
     its weights in ``<name>.data`` beside it, which onnxruntime reads from there."""
     import onnx

@@ -8,8 +8,9 @@ written here loads in any peft tool, and the base weights never change.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,7 +82,9 @@ class LoraTrainer:
         self.model.save_pretrained(str(adapter_dir))
         return adapter_dir
 
-    def _batch(self, prompts: Sequence[str], completions: Sequence[str], max_length: int, cd_logprob: str = "sum"):
+    def _batch(
+        self, prompts: Sequence[str], completions: Sequence[str], max_length: int, cd_logprob: str = "sum"
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ids, attention mask and per-token weights (the completion mask, or L_CD's path weights)."""
         enc = encode_pairs(self.tokenizer, prompts, completions, max_length, self.special)
         return (
@@ -279,7 +282,7 @@ class LoraTrainer:
         self.model.zero_grad(set_to_none=True)
         return dots, norms
 
-    def _lora_layers(self):  # -> Iterator[tuple[str, LoraLayer]]
+    def _lora_layers(self) -> Iterator[tuple[str, Any]]:  # (name, peft LoraLayer)
         """The LoRA-adapted projections, each with its weight's name in the base checkpoint."""
         from peft.tuners.lora import LoraLayer
 

@@ -88,7 +88,13 @@ def _loss_module(peft_model: Any) -> Any:
 
     from lada_client.training.losses import sequence_logprob, sft_loss
 
-    def contrastive_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):
+    def contrastive_loss(
+        policy_chosen: torch.Tensor,
+        policy_rejected: torch.Tensor,
+        reference_chosen: torch.Tensor,
+        reference_rejected: torch.Tensor,
+        beta: torch.Tensor,
+    ) -> torch.Tensor:
         """:func:`~lada_client.training.losses.contrastive_distillation_loss`, with −log σ(z)
         written stably as −s·z + log(1 + exp(−|z|)), s = [z ≤ 0], −|z| = (2s − 1)·z: the exporter
         turns ``logsigmoid`` into Log(Sigmoid(z)), which is inf once σ(z) underflows. s is a
@@ -106,7 +112,7 @@ def _loss_module(peft_model: Any) -> Any:
             super().__init__()
             self.model = model
 
-        def token_logprobs(self, input_ids, attention_mask):
+        def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
             """:func:`~lada_client.training.losses.token_logprobs` with the causal + padding mask
             built here as a 4-D additive mask: transformers' own mask builder uses ``vmap``, which
             the TorchScript exporter cannot trace. Same positions, same masked keys, same values."""
@@ -121,17 +127,17 @@ def _loss_module(peft_model: Any) -> Any:
 
         def forward(
             self,
-            input_ids,
-            attention_mask,
-            completion_mask,
-            sft_weight,
-            chosen_index,
-            rejected_index,
-            ref_chosen,
-            ref_rejected,
-            alpha,
-            beta,
-        ):
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            completion_mask: torch.Tensor,
+            sft_weight: torch.Tensor,
+            chosen_index: torch.Tensor,
+            rejected_index: torch.Tensor,
+            ref_chosen: torch.Tensor,
+            ref_rejected: torch.Tensor,
+            alpha: torch.Tensor,
+            beta: torch.Tensor,
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
             token_lp = self.token_logprobs(input_ids, attention_mask)
             seq = sequence_logprob(token_lp, completion_mask)
             loss_sft = sft_loss(token_lp, completion_mask * sft_weight.unsqueeze(1))

@@ -112,7 +112,7 @@ class LlamaCppTeacher:
         prompt = self.prompt + format_prompt(question)
         n_prompt = len(self._llm.tokenize(prompt.encode(), add_bos=False, special=False))
 
-        def answered(input_ids, logits) -> bool:  # llama-cpp-python's signature
+        def answered(input_ids: np.ndarray, logits: np.ndarray) -> bool:  # llama-cpp-python's signature
             text = self._llm.detokenize(list(input_ids[n_prompt:])).decode("utf-8", errors="ignore")
             return _ANSWER_SENTENCE.search(text) is not None
 

@@ -411,7 +411,7 @@ def create_app(
     # ------------------------------------------------------------------------------- rounds
     errors: dict[int | str, dict[str, Any]] = {s: {"model": ErrorBody} for s in (400, 401, 404, 408, 409, 413, 422)}
 
-    def handle_round(db, client, header, payload: RoundQuery) -> RoundInfo:
+    def handle_round(db: Connection, client: ClientRecord, header: EnvelopeHeader, payload: RoundQuery) -> RoundInfo:
         t, phase = current()
         if t == 0:
             return RoundInfo(round=0, phase=Phase.WAITING, total_rounds=engine.config.rounds)
@@ -422,7 +422,7 @@ def create_app(
         own = {group: info.secagg_configs[group]} if group in info.secagg_configs else {}
         return info.model_copy(update={"secagg_configs": own, "secagg_group": group if own else None})
 
-    def handle_features(db, client, header, payload: FeatureUpload) -> Ack:
+    def handle_features(db: Connection, client: ClientRecord, header: EnvelopeHeader, payload: FeatureUpload) -> Ack:
         check_round(header, payload.round, Phase.FEATURES)
         refuse_if_quarantined(payload.round, client)
         info, _ = store.round_info(payload.round)
@@ -443,7 +443,9 @@ def create_app(
         )
         return Ack(message="stored" if fresh else "already stored")
 
-    def handle_allocation(db, client, header, payload: AllocationQuery) -> Allocation:
+    def handle_allocation(
+        db: Connection, client: ClientRecord, header: EnvelopeHeader, payload: AllocationQuery
+    ) -> Allocation:
         t, phase = current()
         if header.round != payload.round:
             raise ApiError(400, "round_mismatch", "header round and payload round differ")
@@ -465,7 +467,7 @@ def create_app(
             server_update=store.server_update(t, client.client_id),
         )
 
-    def handle_reward(db, client, header, payload: RewardReport) -> Ack:
+    def handle_reward(db: Connection, client: ClientRecord, header: EnvelopeHeader, payload: RewardReport) -> Ack:
         check_round(header, payload.round, Phase.TRAINING)
         refuse_if_quarantined(payload.round, client)
         allocation = store.allocation(payload.round, client.client_id, SLM)
@@ -475,7 +477,7 @@ def create_app(
         fresh = store.put_upload(db, payload.round, client.client_id, "reward.put", payload.model_dump_json())
         return Ack(message="stored" if fresh else "already stored")
 
-    def handle_secagg(db, client, header, payload: SecAggUpload) -> Ack:
+    def handle_secagg(db: Connection, client: ClientRecord, header: EnvelopeHeader, payload: SecAggUpload) -> Ack:
         """Co-tuning: a client's secure-aggregation message (shares, masked adapter, unmask shares)."""
         check_round(header, payload.round, Phase.TRAINING)
         refuse_if_quarantined(payload.round, client)
@@ -493,7 +495,9 @@ def create_app(
         )
         return Ack(message="stored" if fresh else "already stored")
 
-    def handle_secagg_poll(db, client, header, payload: SecAggQuery) -> SecAggReply:
+    def handle_secagg_poll(
+        db: Connection, client: ClientRecord, header: EnvelopeHeader, payload: SecAggQuery
+    ) -> SecAggReply:
         """Co-tuning: poll for the shares routed to this client, the unmask request, or the average;
         ``failed`` once the group cannot finish this round."""
         t = payload.round
