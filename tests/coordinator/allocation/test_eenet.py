@@ -16,15 +16,6 @@ from lada_coordinator.allocation.eenet import FilterConfig, LearnabilityFilter, 
 D = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny matrices: one intra-op thread is fastest and avoids stalls on a loaded CI host."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Rank correlation (continuous data, so no ties to handle)."""
     return float(np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1])

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from lada_coordinator.allocation import allocator as allocator_module
 from lada_coordinator.allocation import eenet
@@ -23,14 +22,6 @@ from lada_coordinator.store import Store
 TOL = 1e-5
 LOOSE = 1e-3
 STRAY = 1e-3  # fraction of a network's weights allowed beyond TOL
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _filter(n_rows: int, config: FilterConfig, seed: int, n_features: int = 5) -> LearnabilityFilter:

@@ -18,14 +18,6 @@ CONFIGS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _features(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     return rng.normal(size=(n, d)) * rng.uniform(0.5, 20.0, d) + rng.normal(size=d) * 5.0
 
