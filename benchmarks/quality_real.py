@@ -87,7 +87,7 @@ METHODS = {
             "lada",
             features=STABLE_FEATURES,
             what="LaDa: learnability filter on features that do not drift as the SLM trains, "
-            "held-out reward with per-sample gradient credit",
+            "held-out reward with per-sample gradient credit (ranked within each round)",
         ),
         Method(
             "lada-allfeat",
@@ -478,7 +478,8 @@ def report(
         mu, sd = _ms(e["final_mean_accuracy"])
         smu, ssd = _ms(e["own_domain_share"])
         per = ", ".join("–" if v is None else f"{v:.3f}" for v in e["final_mean_accuracy"])
-        lines.append(f"| {m} | {mu:.3f} ± {sd:.3f} | {per} | {smu:.2f} ± {ssd:.2f} | {e['what']} |")
+        share = "—" if smu != smu else f"{smu:.2f} ± {ssd:.2f}"  # nan: a method that allocates nothing
+        lines.append(f"| {m} | {mu:.3f} ± {sd:.3f} | {per} | {share} | {e['what']} |")
     lines += [
         "",
         "Round 0 (untrained students), per seed: "
@@ -512,6 +513,24 @@ def report(
             f"ratio {sl[0] / max(sr[0], 1e-9):.2f} | ≥ 2 | "
             f"{'yes' if sl[0] >= 2 * sr[0] else 'no'} |"
         )
+    lines += [
+        "",
+        "## Own-family share of the allocations per round (mean over clients and seeds)",
+        "",
+        "| method | " + " | ".join(f"round {t}" for t in range(1, sizes.rounds + 1)) + " |",
+        "|---|" + "---|" * sizes.rounds,
+    ]
+    for m in summary["methods"]:
+        by_round: dict[int, list[float]] = {}
+        for (_, mm), run in runs.items():
+            for per in run["allocation"].values() if mm == m else ():
+                for t, v in per.items():
+                    if v["own_share"] is not None:
+                        by_round.setdefault(int(t), []).append(v["own_share"])
+        if by_round:
+            rounds = range(1, sizes.rounds + 1)
+            cells = [f"{statistics.mean(by_round[t]):.2f}" if t in by_round else "–" for t in rounds]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## Per client and round (mean over seeds)",
