@@ -232,7 +232,7 @@ def signature(settings: Any) -> dict[str, Any]:
     for key in ("workdir", "port", "timeout_s", "teacher_cache"):
         d.pop(key, None)
     if settings.allocation == "lada":
-        d["slm_filter"] = FilterConfig(budget=settings.budget, seed=settings.seed).to_dict()
+        d["slm_filter"] = FilterConfig.from_dict(settings.slm_filter()).to_dict()
     return json.loads(json.dumps(d, default=str))
 
 

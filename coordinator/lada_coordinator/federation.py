@@ -158,6 +158,10 @@ class FederationSettings:
                 f"({', '.join(DOMAIN_SETS[self.toy_domains])})"
             )
 
+    def slm_filter(self) -> dict[str, int]:
+        """The coordinator's ``slm_filter`` section for this run (the rest are the filter's defaults)."""
+        return {"budget": self.budget, "seed": self.seed}
+
 
 def defaults() -> dict[str, Any]:
     """Every field's default: the one source the ``federation`` command's flags are derived from."""
@@ -674,7 +678,7 @@ def start_processes(
         "offer_questions": settings.offer_questions,
         "allocation": settings.allocation,
         "host_framework": settings.host_framework,
-        "slm_filter": {"budget": settings.budget, "seed": settings.seed},
+        "slm_filter": settings.slm_filter(),
         "seed": settings.seed,
         # every client is a child process watched by this launcher (a dead one ends the run), so a
         # phase waits for all of them: a slow machine must not turn into clients dropped from rounds
