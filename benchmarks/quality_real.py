@@ -74,6 +74,7 @@ class Method:
     credit: str = "gradient"
     features: tuple[str, ...] = FEATURES
     private_sft: str = "with_rationale"
+    coverage: float = 0.0
     what: str = ""
 
 
@@ -90,6 +91,14 @@ METHODS = {
             features=STABLE_FEATURES,
             what="LaDa: learnability filter on features that do not drift as the SLM trains, "
             "held-out reward with per-sample gradient credit (ranked within each round)",
+        ),
+        Method(
+            "lada-cover",
+            "lada",
+            features=STABLE_FEATURES,
+            coverage=0.25,
+            what="LaDa with a quarter of each round's selection spread over the pool by k-means "
+            "(FilterConfig.coverage_fraction)",
         ),
         Method(
             "lada-allfeat",
@@ -196,6 +205,7 @@ def settings_for(args: argparse.Namespace, sizes: Sizes, seed: int, method: Meth
         allocation=method.allocation if method else "lada",
         candidates=sizes.candidates,
         budget=sizes.budget,
+        coverage=method.coverage if method else 0.0,
         port=free_port(),
         seed=seed,
         n_train=sizes.n_train,
@@ -236,6 +246,22 @@ def signature(settings: Any) -> dict[str, Any]:
     return json.loads(json.dumps(d, default=str))
 
 
+def same_run(saved: dict[str, Any], expected: dict[str, Any]) -> bool:
+    """Whether a saved run's signature is ``expected``'s. A setting the saved one lacks was added
+    later, and the run had what is now that setting's default: it matches where ``expected`` has
+    the default too (so a new option does not throw away hours of saved runs)."""
+    from lada_coordinator.allocation.filter_config import FilterConfig
+    from lada_coordinator.federation import defaults
+
+    def filled(sig: dict[str, Any]) -> dict[str, Any]:
+        out = {**json.loads(json.dumps(defaults(), default=str)), **sig}
+        if "slm_filter" in sig:
+            out["slm_filter"] = {**FilterConfig().to_dict(), **sig["slm_filter"]}
+        return {k: v for k, v in out.items() if k in expected}
+
+    return filled(saved) == expected
+
+
 def round_zero(paths: dict[str, Path], sizes: Sizes, cache: Path) -> dict[str, float]:
     """Each client's untrained student on its test split, evaluated as the clients evaluate."""
     from lada_client.common.reasoning import format_prompt, is_correct
@@ -267,7 +293,7 @@ def run_one(args: argparse.Namespace, settings: Any, dest: Path) -> dict[str, An
     expected = signature(settings)
     if (dest / "run.json").exists():
         saved = json.loads((dest / "run.json").read_text())
-        if saved.get("signature") == expected:
+        if same_run(saved.get("signature", {}), expected):
             return saved
     started = time.perf_counter()
     code = run_federation(settings)

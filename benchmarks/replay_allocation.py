@@ -17,8 +17,10 @@ the candidates' rows are the same whatever was allocated before.
 Variants: ``raw`` (credits kept as measured, ``FilterConfig.credit_scale="raw"``), ``rank`` (each
 round's credits replaced by their ranks within that round, the default ``"round_rank"``: credits
 of different rounds are measured on different SLMs, and an SLM that has learnt its family credits
-that family's samples less), each also ``+greedy`` (no exploration term). The variant the run
-itself used reproduces its decisions (a check of the replay: its column equals ``allocated``).
+that family's samples less), each also ``+greedy`` (no exploration term) or ``+coverNN`` (NN % of
+each selection spread over the rest of the pool by k-means, ``FilterConfig.coverage_fraction``).
+The variant the run itself used reproduces its decisions (a check of the replay: its column equals
+``allocated``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("raw", "rank", "raw+greedy", "rank+greedy")
+VARIANTS = ("raw", "rank", "raw+greedy", "rank+greedy", "rank+cover25", "rank+cover50")
 
 
 def _share(ids: list[str], family: dict[str, str], own: str) -> float:
@@ -50,9 +52,15 @@ def replay(trace: dict[str, Any], config: Any, variant: str) -> dict[str, dict[i
     """Per client and round (>= 2): the variant's own-family share, the allocated one, the candidates'."""
     from lada_coordinator.allocation.eenet import LearnabilityFilter
 
-    cfg = dataclasses.replace(config, credit_scale="round_rank" if variant.startswith("rank") else "raw")
-    if variant.endswith("+greedy"):
-        cfg = dataclasses.replace(cfg, exploration_weight=0.0)
+    scale, *options = variant.split("+")
+    cfg = dataclasses.replace(config, credit_scale="round_rank" if scale == "rank" else "raw")
+    for option in options:
+        if option == "greedy":
+            cfg = dataclasses.replace(cfg, exploration_weight=0.0)
+        elif option.startswith("cover"):
+            cfg = dataclasses.replace(cfg, coverage_fraction=int(option.removeprefix("cover")) / 100)
+        else:
+            raise ValueError(f"unknown variant option {option!r}")
     out: dict[str, dict[int, dict[str, float]]] = {}
     for client, per_round in trace.items():
         own = per_round["family"]

@@ -377,6 +377,7 @@ def _federation_flags(p: argparse.ArgumentParser) -> None:
     )
     flag("--candidates", "candidates per round")
     flag("--budget", "per-client allocation budget B")
+    flag("--coverage", "share of each LaDa selection spread over the pool by k-means instead of by score")
     # 0 (a free port) is no address the clients could be given
     flag("--port", "coordinator port on 127.0.0.1", int_at_least(1))
     flag("--seed", "seed of data, models and allocation")

@@ -49,6 +49,7 @@ from lada_client.config import (
     RewardSettings,
 )
 from lada_client.privacy.dp import DPSettings
+from lada_coordinator.allocation.filter_config import FilterConfig, Share
 from lada_coordinator.config import AllocationMode, CoordinatorConfig, Port
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ class FederationSettings:
     allocation: AllocationMode = _default(CoordinatorConfig, "allocation")
     candidates: PositiveInt = 128
     budget: PositiveInt = 32
+    coverage: Share = _default(FilterConfig, "coverage_fraction")  # FilterConfig.coverage_fraction
     port: Port = _default(CoordinatorConfig, "port")
     seed: NonNegativeInt = 0
     n_train: PositiveInt = 300
@@ -158,9 +160,9 @@ class FederationSettings:
                 f"({', '.join(DOMAIN_SETS[self.toy_domains])})"
             )
 
-    def slm_filter(self) -> dict[str, int]:
+    def slm_filter(self) -> dict[str, int | float]:
         """The coordinator's ``slm_filter`` section for this run (the rest are the filter's defaults)."""
-        return {"budget": self.budget, "seed": self.seed}
+        return {"budget": self.budget, "seed": self.seed, "coverage_fraction": self.coverage}
 
 
 def defaults() -> dict[str, Any]:

@@ -416,7 +416,8 @@ class LearnabilityFilter:
         Without reward history (no successful refit yet) the budget is spread by k-means
         representatives. Otherwise candidates scoring above ``threshold`` are taken, capped at
         ``budget`` by top score and, if fewer than the floor pass, filled to the floor by top
-        score. Never returns more candidates than supplied.
+        score; ``coverage_fraction`` of that set is then spread over the candidates the score did
+        not pick. Never returns more candidates than supplied.
         """
         arr, ids = self._check_selection(z, sample_ids, round_index)
         cfg = self.config
@@ -427,7 +428,7 @@ class LearnabilityFilter:
             chosen = kmeans_representatives(arr, cfg.budget, seed=cfg.seed + int(round_index))
             reason = "cold_start"
         else:
-            chosen, reason = self._by_score(scores, np.argsort(-scores, kind="stable"))
+            chosen, reason = self._by_score(scores, np.argsort(-scores, kind="stable"), arr, round_index)
 
         logger.debug("round %d: selected %d/%d candidates (%s)", round_index, chosen.size, arr.shape[0], reason)
         return Selection(
@@ -451,9 +452,13 @@ class LearnabilityFilter:
             raise ValueError(f"round_index must be a non-negative integer, got {round_index!r}")
         return arr, ids
 
-    def _by_score(self, scores: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, SelectionReason]:
-        """The selection of a filter with history, from its ``scores`` and their ``order`` (stable
-        argsort of ``-scores``): above the threshold, capped at the budget, filled to the floor."""
+    def _by_score(
+        self, scores: np.ndarray, order: np.ndarray, z: np.ndarray, round_index: int
+    ) -> tuple[np.ndarray, SelectionReason]:
+        """The selection of a filter with history, from its ``scores``, their ``order`` (stable
+        argsort of ``-scores``) and the checked features ``z``: above the threshold, capped at the
+        budget, filled to the floor; then ``config.coverage(take)`` of those places go to k-means
+        representatives of the candidates not picked by score (after the scored ones)."""
         cfg = self.config
         n_pass = int(np.count_nonzero(scores > self.effective_threshold))
         floor = min(cfg.floor, scores.shape[0])
@@ -464,7 +469,12 @@ class LearnabilityFilter:
             take, reason = floor, "floor"
         else:
             take, reason = n_pass, "threshold"
-        return order[:take].astype(np.int64), reason
+        spread = min(cfg.coverage(take), scores.shape[0] - take)
+        if spread <= 0:
+            return order[:take].astype(np.int64), reason
+        rest = order[take - spread :]
+        picked = rest[kmeans_representatives(z[rest], spread, seed=cfg.seed + int(round_index))]
+        return np.concatenate([order[: take - spread], picked]).astype(np.int64), reason
 
     # ------------------------------------------------------------------ learning
 
@@ -795,7 +805,7 @@ def select_many(
                 picks = kmeans_representatives_many(zs, config.budget, seed=config.seed + int(round_index))
                 decided = (picks, [np.full(p.size, np.nan) for p in picks], ["cold_start"] * len(members))
             elif n:
-                decided = _select_by_score([flts[i] for i in members], [checked[i][0] for i in members])
+                decided = _select_by_score([flts[i] for i in members], [checked[i][0] for i in members], round_index)
         except Exception:  # never expected: each request is then decided, or fails, on its own
             logger.warning("batched selection of %d requests failed; one by one", len(members), exc_info=True)
         if decided is None:  # (or no candidates: nothing to batch)
@@ -813,7 +823,7 @@ def select_many(
 
 
 def _select_by_score(
-    flts: list[LearnabilityFilter], arrs: list[np.ndarray]
+    flts: list[LearnabilityFilter], arrs: list[np.ndarray], round_index: int
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[SelectionReason]]:
     """The selections of filters with history, of one config, width and candidate count."""
     cfg, (n, d) = flts[0].config, arrs[0].shape
@@ -826,8 +836,8 @@ def _select_by_score(
         part = flts[start : start + per_chunk]
         block = _score_many(part, np.stack(arrs[start : start + per_chunk]))  # [G, n]
         order = np.argsort(-block, axis=1, kind="stable")
-        for flt, row, row_order in zip(part, block, order):
-            chosen, reason = flt._by_score(row, row_order)
+        for flt, arr, row, row_order in zip(part, arrs[start : start + per_chunk], block, order):
+            chosen, reason = flt._by_score(row, row_order, arr, round_index)
             picks.append(chosen)
             scores.append(row[chosen])
             reasons.append(reason)

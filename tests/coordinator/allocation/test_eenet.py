@@ -237,6 +237,48 @@ def test_floor_never_exceeds_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     assert sel.sample_ids == ["b", "a"]
 
 
+def test_coverage_spreads_part_of_the_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The best scores are all in one corner of feature space; coverage gives part of the budget
+    to k-means representatives of the rest, so the selection reaches the other corner too."""
+    from lada_coordinator.allocation.cold_start import kmeans_representatives
+
+    rng = np.random.default_rng(4)
+    z = np.concatenate([rng.normal(0.0, 0.1, size=(50, D)), rng.normal(5.0, 0.1, size=(50, D))])
+    scores = np.concatenate([np.linspace(0.9, 0.6, 50), np.linspace(0.59, 0.55, 50)])
+    flt = _fit_constant(0.5, FilterConfig(budget=10, threshold_scale="absolute", coverage_fraction=0.4))
+    monkeypatch.setattr(flt, "score", lambda z: scores.copy())
+    sel = flt.select(z, _ids(100), round_index=3)
+    assert sel.reason == "cap" and len(sel.indices) == 10 == len(set(sel.indices.tolist()))
+    assert sel.indices[:6].tolist() == list(range(6))  # the best scores first, as without coverage
+    rest = np.arange(6, 100)
+    assert sel.indices[6:].tolist() == rest[kmeans_representatives(z[rest], 4, seed=0 + 3)].tolist()
+    assert (sel.indices[6:] >= 50).any()  # the other corner, which no top-10 score reaches
+    np.testing.assert_array_equal(sel.scores, scores[sel.indices])
+
+    monkeypatch.setattr(flt, "config", FilterConfig(budget=10, threshold_scale="absolute"))
+    assert flt.select(z, _ids(100), round_index=3).indices.tolist() == list(range(10))  # coverage 0: by score
+
+
+def test_coverage_of_a_selection_of_the_whole_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    scores = np.array([0.1, 0.9, 0.5])
+    flt = _fit_constant(0.5, FilterConfig(budget=10, threshold_scale="absolute", coverage_fraction=1.0))
+    monkeypatch.setattr(flt, "score", lambda z: scores.copy())
+    assert flt.select(np.zeros((3, D)), _ids(3), round_index=1).indices.tolist() == [1, 2, 0]
+
+
+@pytest.mark.parametrize(
+    ("take", "fraction", "spread"), [(16, 0.25, 4), (3, 0.5, 2), (10, 0.0, 0), (7, 1.0, 7), (10, 0.3, 3)]
+)
+def test_coverage_size(take: int, fraction: float, spread: int) -> None:
+    assert FilterConfig(coverage_fraction=fraction).coverage(take) == spread
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.5"])
+def test_coverage_fraction_is_a_fraction(bad: object) -> None:
+    with pytest.raises(ValueError, match="coverage_fraction"):
+        FilterConfig(coverage_fraction=bad)  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------- buffer, state
 
 

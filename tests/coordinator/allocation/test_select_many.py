@@ -93,6 +93,20 @@ def test_batched_scores_equal_score_and_build_no_network() -> None:
             np.testing.assert_allclose(eenet._score_many([f for f, _ in group], z), got, rtol=0, atol=TOL)
 
 
+def test_coverage_as_select() -> None:
+    """With coverage, a batched selection holds the same candidates as ``select``'s (the k-means
+    part is computed per filter from the same rows)."""
+    config = FilterConfig(budget=12, coverage_fraction=0.5, seed=2)
+    flts = [_trained(config, 4, seed=s) for s in range(6)]
+    rng = np.random.default_rng(3)
+    requests = [(f, _features(rng, 80, 4), [f"c{j}" for j in range(80)]) for f in flts]
+    for (flt, z, ids), got in zip(requests, select_many(_blob_copies(requests), round_index=5)):
+        expected = flt.select(z, ids, round_index=5)
+        assert isinstance(got, eenet.Selection) and got.reason == expected.reason
+        assert set(got.sample_ids) == set(expected.sample_ids)
+        assert len(got.sample_ids) == len(expected.sample_ids) > config.coverage(len(expected.sample_ids)) > 0
+
+
 @pytest.mark.parametrize(("threshold", "reason"), [(-1.0, "cap"), (0.5, "threshold"), (2.0, "floor")])
 def test_threshold_cap_and_floor_as_select(threshold: float, reason: str) -> None:
     config = FilterConfig(budget=40, threshold=threshold, threshold_scale="absolute", floor_fraction=0.25)

@@ -1,0 +1,45 @@
+"""Which saved runs of the real-model benchmark a resumed invocation reuses (``same_run``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def quality_real():
+    spec = importlib.util.spec_from_file_location("quality_real", REPO / "benchmarks" / "quality_real.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["quality_real"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("quality_real", None)
+
+
+def _signature(quality_real, method: str) -> dict:
+    args = quality_real.parse_args([])
+    models = {"student": Path("student.gguf"), "teacher": Path("teacher.gguf")}
+    return quality_real.signature(
+        quality_real.settings_for(args, quality_real.Sizes(), 1, quality_real.METHODS[method], models)
+    )
+
+
+def test_a_run_saved_before_a_setting_existed_is_reused_at_its_default(quality_real) -> None:
+    lada = _signature(quality_real, "lada")
+    assert quality_real.same_run(lada, lada)
+    older = {k: v for k, v in lada.items() if k != "coverage"}
+    older["slm_filter"] = {k: v for k, v in lada["slm_filter"].items() if k != "coverage_fraction"}
+    assert quality_real.same_run(older, lada)  # saved before coverage: it ran with coverage 0
+    assert not quality_real.same_run(older, _signature(quality_real, "lada-cover"))  # coverage 0.25: a new run
+
+
+def test_a_run_with_another_setting_is_not_reused(quality_real) -> None:
+    lada = _signature(quality_real, "lada")
+    assert not quality_real.same_run({**lada, "epochs": lada["epochs"] + 1}, lada)
+    assert not quality_real.same_run({**lada, "slm_filter": {**lada["slm_filter"], "budget": 3}}, lada)
+    assert not quality_real.same_run(_signature(quality_real, "random"), lada)
