@@ -268,9 +268,9 @@ def keyless_oracle(target: Target) -> Outcome:
         env = seal(b"{}", header, attacker, coordinator, Direction.TO_COORDINATOR)
         r = httpx.post(
             f"{target.url}/v1/round",
-            content=env.model_dump_json(),
+            content=env.to_bytes(),
             verify=target.verify,
-            headers={"content-type": "application/json"},
+            headers={"content-type": "application/octet-stream"},
         )
         answers.add((r.status_code, r.text))
     ((status, text),) = answers if len(answers) == 1 else ((0, "different answers"),)
@@ -375,9 +375,11 @@ def integer_overflow(target: Target) -> Outcome:
         header = EnvelopeHeader(
             client_id=t.client_id, round=0, seq=t._seq.next(), kind="round.get", sent_at=time.time()
         )
-        raw = json.loads(seal(b"{}", header, t._identity, t.coordinator, Direction.TO_COORDINATOR).model_dump_json())
-        raw["header"][field_name] = 2**63
-        r = httpx.post(f"{target.url}/v1/round", json=raw, verify=target.verify)
+        env = seal(b"{}", header, t._identity, t.coordinator, Direction.TO_COORDINATOR)
+        doc = {**json.loads(env.header.canonical_bytes()), field_name: 2**63}
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()  # the frame as to_bytes lays it out
+        body = b"LDE1" + len(text).to_bytes(4, "big") + text + env.nonce + env.signature + env.ciphertext
+        r = httpx.post(f"{target.url}/v1/round", content=body, verify=target.verify)
         answers.append(r.status_code)
     return Outcome("integer_overflow", answers == [422, 422], f"seq {answers[0]}, round {answers[1]}", 2)
 

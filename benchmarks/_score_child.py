@@ -54,7 +54,7 @@ def seal_upload(cands, features) -> int:
     )
     header = EnvelopeHeader(client_id="device-0000abcd", round=1, seq=1, kind="features.put", sent_at=time.time())
     envelope = seal(upload.model_dump_json().encode(), header, device, coordinator.public, Direction.TO_COORDINATOR)
-    return len(envelope.model_dump_json().encode())
+    return len(envelope.to_bytes())
 
 
 def vm_hwm_mib() -> float | None:

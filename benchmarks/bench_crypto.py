@@ -138,18 +138,16 @@ def envelope_row(label: str, kind: str, model, client, coordinator, repeats: int
     """One message's costs: seal, open and their parts, each the median of 5 timed batches."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from lada_client.common import crypto
+    from lada_client.common import attachments, crypto
     from lada_client.common.crypto import Direction, Identity, open_envelope, seal
     from lada_client.common.wire import EnvelopeHeader, SealedEnvelope
 
-    raw = model.model_dump_json().encode()
+    raw = attachments.dump(model)
     header = EnvelopeHeader(client_id="client-0001", round=3, seq=1, kind=kind.split()[0], sent_at=time.time())
     n = max(20, repeats) if len(raw) < 1_000_000 else 3
     env = seal(raw, header, client, coordinator.public, Direction.TO_COORDINATOR)
-    wire = env.model_dump_json().encode()
-    signed = crypto._signed_bytes(
-        header.canonical_bytes(), crypto.b64d(env.nonce, "nonce"), crypto.b64d(env.ciphertext, "c")
-    )
+    wire = env.to_bytes()
+    signed = crypto._signed_bytes(header.canonical_bytes(), env.nonce, env.ciphertext)
     aead = client._aead(coordinator.public.kex_key, header.client_id, header.round, Direction.TO_COORDINATOR)
     nonce = b"\0" * 12
     ct = aead.encrypt(nonce, raw, header.canonical_bytes())
@@ -181,14 +179,14 @@ def envelope_row(label: str, kind: str, model, client, coordinator, repeats: int
         "aead_encrypt_ms": 1000 * per_call(lambda: aead.encrypt(nonce, raw, header.canonical_bytes())),
         "aead_decrypt_ms": 1000 * per_call(lambda: aead.decrypt(nonce, ct, header.canonical_bytes())),
         "key_derivation_ms": 1000 * per_call(derive),
-        # what surrounds the crypto on the wire: payload JSON out, envelope JSON out and back in
+        # what surrounds the crypto on the wire: payload out, envelope out and back in, payload in
         "json_ms": 1000
         * per_call(
             lambda: (
-                model.model_dump_json(),
-                env.model_dump_json(),
-                SealedEnvelope.model_validate_json(wire),
-                type(model).model_validate_json(raw),
+                attachments.dump(model),
+                env.to_bytes(),
+                SealedEnvelope.from_bytes(wire),
+                attachments.load(type(model), raw),
             )
         ),
     }

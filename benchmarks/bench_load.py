@@ -121,6 +121,7 @@ def server_breakdown(cands, names: list[str], iterations: int) -> dict:
     Under load the steps inside the store transaction run one at a time (one SQLite connection, one
     lock), so ``1 / (in-transaction time)`` bounds the write throughput whatever the concurrency.
     """
+    from lada_client.common import attachments
     from lada_client.common.crypto import Direction, Identity, PublicIdentity, open_envelope, seal
     from lada_client.common.wire import (
         Ack,
@@ -169,22 +170,18 @@ def server_breakdown(cands, names: list[str], iterations: int) -> dict:
                 start=1,
             ):
                 header = EnvelopeHeader(client_id=cid, round=1, seq=seq, kind=kind, sent_at=time.time())
-                body = (
-                    seal(
-                        payload.model_dump_json().encode(), header, ident, coordinator.public, Direction.TO_COORDINATOR
-                    )
-                    .model_dump_json()
-                    .encode()
-                )
+                body = seal(
+                    attachments.dump(payload), header, ident, coordinator.public, Direction.TO_COORDINATOR
+                ).to_bytes()
                 t0 = time.perf_counter()
-                env = SealedEnvelope.model_validate_json(body)
+                env = SealedEnvelope.from_bytes(body)
                 t = tick(kind, "parse envelope", t0)
                 rec = store.client(cid)
                 t = tick(kind, "client lookup", t)
                 sender = PublicIdentity.from_b64(rec.sign_key, rec.kex_key)
                 plain = open_envelope(env, sender, coordinator, Direction.TO_COORDINATOR)
                 t = tick(kind, "open envelope", t)
-                got = payload_type.model_validate_json(plain)
+                got = attachments.load(payload_type, plain)
                 t = tick(kind, "validate payload", t)
                 store.current_round()
                 round_info, _ = store.round_info(1)  # parsed into its model by the store
@@ -198,22 +195,27 @@ def server_breakdown(cands, names: list[str], iterations: int) -> dict:
                         reply = round_info.model_copy(update={"secagg_configs": {}, "secagg_group": None})
                     t = tick(kind, "handler body", t)
                     out = seal(
-                        reply.model_dump_json().encode(),
+                        attachments.dump(reply),
                         header.model_copy(update={"sent_at": time.time()}),
                         coordinator,
                         sender,
                         Direction.TO_CLIENT,
                     )
                     t = tick(kind, "seal reply", t)
-                    sizes = len(env.model_dump_json()), len(out.model_dump_json())
-                    t = tick(kind, "size accounting", t)
+                    sizes = len(body), len(out.to_bytes())
+                    t = tick(kind, "serialise reply + sizes", t)
                     store.accept(db, cid, seq, *sizes)
                     t = tick(kind, "accept (UPDATE)", t)
-                t = tick(kind, "COMMIT (fsync)", t)
-                out.model_dump_json()
-                tick(kind, "serialise reply", t)
+                tick(kind, "COMMIT (fsync)", t)
         store.close()
-    in_txn = ("lock + BEGIN", "handler body", "seal reply", "size accounting", "accept (UPDATE)", "COMMIT (fsync)")
+    in_txn = (
+        "lock + BEGIN",
+        "handler body",
+        "seal reply",
+        "serialise reply + sizes",
+        "accept (UPDATE)",
+        "COMMIT (fsync)",
+    )
     result = {}
     for kind, by_step in steps.items():
         med = {k: C.median(v) for k, v in by_step.items()}

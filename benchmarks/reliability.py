@@ -36,6 +36,7 @@ import httpx
 import numpy as np
 
 import _hostile
+from lada_client.common import attachments
 from lada_client.common.crypto import Identity
 from lada_client.common.secagg import MaskedInput, SecAggClient, SecAggConfig
 from lada_client.common.wire import (
@@ -183,7 +184,7 @@ def resumed_upload(paths: dict, port: int, mib: float, seed: int) -> dict:
     update = np.random.default_rng(seed).uniform(-1, 1, n_values)
     masked = parties[t.client_id].masked_input(update, inbox)
     payload = SecAggUpload(round=1, step="masked", body=masked)
-    sealed_bytes = len(t._seal("secagg.put", payload.model_dump_json().encode(), 1)[1])
+    sealed_bytes = len(t._seal("secagg.put", attachments.dump(payload), 1)[1])
     n_chunks = -(-sealed_bytes // t.upload_chunk_bytes)
     kill_after = max(1, int(n_chunks * 0.4))
     stats = {"ok": 0, "refused": 0, "delivered_bytes": 0}

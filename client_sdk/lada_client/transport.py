@@ -32,10 +32,12 @@ from typing import TypeVar, overload
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from lada_client.common import attachments
 from lada_client.common.crypto import CryptoError, Direction, Identity, PublicIdentity, open_envelope, seal
 from lada_client.common.enrollment import EnrollmentToken
 from lada_client.common.wire import (
     ROUTES,
+    SEALED_MEDIA_TYPE,
     UPLOAD_KINDS,
     Ack,
     Capabilities,
@@ -52,7 +54,6 @@ from lada_client.common.wire import (
     UploadCommitted,
     UploadStatus,
     UploadStatusQuery,
-    encode_chunk,
 )
 from lada_client.sequence import SequenceCounter
 
@@ -65,8 +66,9 @@ _RESTART_ERRORS = ("replay", "unknown_upload", "upload_conflict")  # a resumable
 
 
 def _sealed_size(payload_bytes: int) -> int:
-    """Length of the sealed envelope of a payload: base64 of payload + GCM tag, plus header JSON."""
-    return 4 * -(-(payload_bytes + 16) // 3) + 512
+    """Length of the sealed envelope of a payload: the payload, its GCM tag, and under 1 KiB of
+    frame, header, nonce and signature (``SealedEnvelope.to_bytes``)."""
+    return payload_bytes + 16 + 1024
 
 
 def _retriable(exc: CoordinatorError) -> bool:
@@ -151,12 +153,12 @@ class Transport:
     def close(self) -> None:
         self._http.close()
 
-    def _post(self, path: str, body: bytes | None = None) -> httpx.Response:
+    def _post(self, path: str, body: bytes | None = None, content_type: str = SEALED_MEDIA_TYPE) -> httpx.Response:
         try:
             if body is None:
                 response = self._http.get(path)
             else:
-                response = self._http.post(path, content=body, headers={"content-type": "application/json"})
+                response = self._http.post(path, content=body, headers={"content-type": content_type})
         except httpx.HTTPError as exc:
             raise CoordinatorError(
                 f"cannot reach coordinator at {self._http.base_url}: {exc}", None, "unreachable"
@@ -225,9 +227,8 @@ class Transport:
                 request.model_dump_json().encode(), header, self._identity, coordinator, Direction.TO_COORDINATOR
             )
             body = EnrollEnvelope(sign_key=own["sign_key"], kex_key=own["kex_key"], envelope=sealed)
-            reply = self._parse(
-                SealedEnvelope, self._post(ROUTES["enroll"], body.model_dump_json().encode()).content, "enroll"
-            )
+            sent = self._post(ROUTES["enroll"], body.model_dump_json().encode(), "application/json")
+            reply = self._parse_sealed(sent.content, "enroll")
             return self._open_reply("enroll", reply, header, EnrollResponse, coordinator)
 
         response = self._resynchronising("enroll", attempt)
@@ -270,6 +271,13 @@ class Transport:
         except ValidationError as exc:
             raise CoordinatorError(f"{what}: invalid reply from coordinator: {exc}", 0, "bad_reply") from exc
 
+    @staticmethod
+    def _parse_sealed(content: bytes, what: str) -> SealedEnvelope:
+        try:
+            return SealedEnvelope.from_bytes(content)
+        except ValueError as exc:  # pydantic's ValidationError included
+            raise CoordinatorError(f"{what}: invalid reply from coordinator: {exc}", 0, "bad_reply") from exc
+
     def call(self, kind: str, payload: BaseModel, round_index: int, reply_type: type[M]) -> M:
         """Seal ``payload`` as ``kind``, post it, open and validate the sealed reply.
 
@@ -278,7 +286,7 @@ class Transport:
         """
         if self.client_id is None or self.coordinator is None:
             raise CoordinatorError("not enrolled: call enroll() first")
-        plain = payload.model_dump_json().encode()
+        plain = attachments.dump(payload)
         if kind in UPLOAD_KINDS and _sealed_size(len(plain)) > self.upload_chunk_bytes:
             return self._call_chunked(kind, plain, round_index, reply_type)
         return self._retrying(kind, lambda: self._call_once(kind, plain, round_index, reply_type))
@@ -309,7 +317,7 @@ class Transport:
         assert self.client_id is not None and self.coordinator is not None
         header = self._header(self.client_id, round_index, kind)
         envelope = seal(plain, header, self._identity, self.coordinator, Direction.TO_COORDINATOR)
-        return header, envelope.model_dump_json().encode()
+        return header, envelope.to_bytes()
 
     def _open_reply(
         self,
@@ -325,16 +333,16 @@ class Transport:
             if reply.header.client_id != header.client_id or reply.header.seq != header.seq:
                 raise CoordinatorError("reply does not answer this request (client id or sequence differs)")
             plain = open_envelope(reply, sender, self._identity, Direction.TO_CLIENT)
-            return reply_type.model_validate_json(plain)
-        except (ValidationError, CryptoError) as exc:
+            return attachments.load(reply_type, plain)
+        except (ValueError, CryptoError) as exc:  # pydantic's ValidationError included
             raise CoordinatorError(f"{kind}: invalid reply from coordinator: {exc}", 0, "bad_reply") from exc
 
     def _call_once(self, kind: str, payload: BaseModel | bytes, round_index: int, reply_type: type[M]) -> M:
-        plain = payload if isinstance(payload, bytes) else payload.model_dump_json().encode()
+        plain = payload if isinstance(payload, bytes) else attachments.dump(payload)
 
         def attempt() -> M:
             header, body = self._seal(kind, plain, round_index)
-            reply = self._parse(SealedEnvelope, self._post(ROUTES[kind], body).content, kind)
+            reply = self._parse_sealed(self._post(ROUTES[kind], body).content, kind)
             return self._open_reply(kind, reply, header, reply_type)
 
         return self._resynchronising(kind, attempt)
@@ -420,7 +428,7 @@ class Transport:
     def _send_chunk(self, up: _PendingUpload, session_id: str, index: int, round_index: int) -> None:
         """Send one chunk per the retry policy; after a failure, skip it if the coordinator holds it."""
         data = up.body[index * up.chunk_bytes : (index + 1) * up.chunk_bytes]
-        message = UploadChunk(session_id=session_id, index=index, data=encode_chunk(data))
+        message = UploadChunk(session_id=session_id, index=index, data=data)
 
         def attempt() -> None:
             self._call_once("upload.chunk", message, round_index, Ack)

@@ -24,6 +24,7 @@ from typing import TypeVar
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from lada_client.common import attachments
 from lada_client.common.wire import FEATURE_ABS_MAX, FeatureUpload, RewardReport, RoundInfo
 
 __all__ = [
@@ -66,12 +67,15 @@ class RoundContext:
 
 
 def parse_payload(model: type[M], raw: str | bytes) -> M:
-    """Parse a stored or received payload; a schema violation becomes :class:`UploadRejected`."""
+    """Parse a stored (JSON) or received (``attachments.dump``) payload; a schema violation or a
+    bad frame becomes :class:`UploadRejected`."""
     try:
-        return model.model_validate_json(raw)
+        return attachments.load(model, raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise UploadRejected("malformed_payload", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+    except ValueError as exc:
+        raise UploadRejected("malformed_payload", str(exc)) from exc
 
 
 def check_features(up: FeatureUpload, ctx: RoundContext) -> None:

@@ -24,7 +24,6 @@ from lada_client.common.wire import (
     UploadChunk,
     UploadCommit,
     UploadStatusQuery,
-    encode_chunk,
 )
 from lada_coordinator.server.errors import ApiError
 from lada_coordinator.server.uploads import UploadSessions
@@ -156,7 +155,7 @@ def test_chunks_of_one_upload_may_reach_different_replicas(replicas) -> None:
 
     target = EnvelopeHeader(client_id=CID, round=1, seq=10, kind="features.put", sent_at=time.time())
     body_envelope = seal(b"z" * 6000, target, device, coordinator.public, Direction.TO_COORDINATOR)
-    body = body_envelope.model_dump_json().encode()
+    body = body_envelope.to_bytes()
     begin = UploadBegin(target=target, total_bytes=len(body), sha256=hashlib.sha256(body).hexdigest(), chunk_bytes=1024)
     status = call(a, "upload.begin", begin)
     chunks = [body[i : i + 1024] for i in range(0, len(body), 1024)]
@@ -165,13 +164,13 @@ def test_chunks_of_one_upload_may_reach_different_replicas(replicas) -> None:
         ack = call(
             a if i % 2 else b,
             "upload.chunk",
-            UploadChunk(session_id=status.session_id, index=i, data=encode_chunk(data)),
+            UploadChunk(session_id=status.session_id, index=i, data=data),
         )
         assert ack == Ack(message="stored")
     # chunk 0 sent to both replicas at once (a retry racing the original): held once. The two carry
     # consecutive sequence numbers; if the later one commits first, the earlier one is a replay.
     racing: list[str] = []
-    message = UploadChunk(session_id=status.session_id, index=0, data=encode_chunk(chunks[0]))
+    message = UploadChunk(session_id=status.session_id, index=0, data=chunks[0])
 
     def race(store: PostgresStore) -> None:
         try:

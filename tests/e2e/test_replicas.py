@@ -49,14 +49,14 @@ class Alternating(Transport):
         self.acked = acked  # (round, kind) of every upload the coordinator acknowledged
         self.hook = lambda path: None  # called after each answered request
 
-    def _post(self, path: str, body: bytes | None = None) -> httpx.Response:
+    def _post(self, path: str, body: bytes | None = None, content_type: str = wire.SEALED_MEDIA_TYPE) -> httpx.Response:
         for _ in range(self._n):
             url = next(self._urls)
             if self._down.get(url, 0.0) <= time.monotonic():
                 break
         self._http.base_url = httpx.URL(url)
         try:
-            response = super()._post(path, body)
+            response = super()._post(path, body, content_type)
         except CoordinatorError as exc:
             if exc.error == "unreachable":
                 self._down[url] = time.monotonic() + 5.0

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from lada_client.common.wire import EnvelopeHeader, SealedEnvelope
+from lada_client.common.wire import NONCE_BYTES, EnvelopeHeader, SealedEnvelope
 
 __all__ = [
     "CryptoError",
@@ -43,7 +43,6 @@ __all__ = [
     "write_private",
 ]
 
-_NONCE_BYTES = 12
 _SALT = b"lada/v1"
 
 
@@ -194,10 +193,10 @@ def seal(
     """Encrypt and sign ``payload``; ``header`` travels in clear but authenticated."""
     header_bytes = header.canonical_bytes()
     aead = sender._aead(recipient.kex_key, header.client_id, header.round, direction)
-    nonce = os.urandom(_NONCE_BYTES)
+    nonce = os.urandom(NONCE_BYTES)
     ciphertext = aead.encrypt(nonce, payload, header_bytes)
     signature = sender.sign(_signed_bytes(header_bytes, nonce, ciphertext))
-    return SealedEnvelope(header=header, nonce=b64e(nonce), ciphertext=b64e(ciphertext), signature=b64e(signature))
+    return SealedEnvelope(header=header, nonce=nonce, ciphertext=ciphertext, signature=signature)
 
 
 def open_envelope(
@@ -208,11 +207,9 @@ def open_envelope(
 ) -> bytes:
     """Verify the sender's signature, then decrypt. Raises :class:`CryptoError` on any failure."""
     header_bytes = envelope.header.canonical_bytes()
-    nonce = b64d(envelope.nonce, "nonce")
-    ciphertext = b64d(envelope.ciphertext, "ciphertext")
-    signature = b64d(envelope.signature, "signature")
-    if len(nonce) != _NONCE_BYTES:
-        raise CryptoError(f"nonce must be {_NONCE_BYTES} bytes")
+    nonce, ciphertext, signature = envelope.nonce, envelope.ciphertext, envelope.signature
+    if len(nonce) != NONCE_BYTES:
+        raise CryptoError(f"nonce must be {NONCE_BYTES} bytes")
     try:
         Ed25519PublicKey.from_public_bytes(sender.sign_key).verify(
             signature, _signed_bytes(header_bytes, nonce, ciphertext)

@@ -47,7 +47,6 @@ absolute error below ``n * 7.7e-6`` per entry.
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 import hmac
@@ -72,16 +71,15 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
-    PlainSerializer,
-    PlainValidator,
     StrictFloat,
     StrictInt,
     StrictStr,
     ValidationError,
-    ValidationInfo,
     model_validator,
 )
 from typing_extensions import Self
+
+from lada_client.common.attachments import Blob, array_codec
 
 __all__ = [
     "MASK_KEY",
@@ -279,55 +277,13 @@ def _protocol_error(exc: ValidationError) -> SecAggError:
     return SecAggError(f"malformed message: field {where!r}: {error['msg']}")
 
 
-def _b64_bytes(value: Any, info: ValidationInfo) -> bytes:
-    """Bytes as they are, or the base64 text of their wire form."""
-    if isinstance(value, bytes):
-        return value
-    if not isinstance(value, str):
-        raise SecAggError(f"malformed message: {info.field_name} must be a base64 string")
-    try:
-        return base64.b64decode(value.encode("ascii"), validate=True)
-    except (ValueError, UnicodeEncodeError) as exc:
-        raise SecAggError(f"malformed message: {info.field_name} is not valid base64") from exc
+#: bytes in memory, raw attachments or base64 text on the wire (``attachments.py``)
+_B64 = Blob
 
 
-def _b64e(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-#: bytes in memory, base64 text on the wire
-_B64 = Annotated[
-    bytes,
-    PlainValidator(_b64_bytes, json_schema_input_type=str),
-    PlainSerializer(_b64e, return_type=str, when_used="json"),
-]
-
-
-def _array_codec(dtype: str, what: str) -> tuple[PlainValidator, PlainSerializer]:
-    """A 1-D array of 4-byte ``dtype`` in memory, its little-endian bytes as base64 on the wire."""
-
-    def validate(value: Any, info: ValidationInfo) -> npt.NDArray[Any]:
-        if isinstance(value, np.ndarray):
-            if value.dtype != np.dtype(dtype) or value.ndim != 1:
-                raise SecAggError(f"the {what} must be a 1-D {np.dtype(dtype).name} array")
-            return value
-        raw = _b64_bytes(value, info)
-        if len(raw) % 4:
-            raise SecAggError(f"malformed message: {info.field_name} is not a whole number of 4-byte values")
-        # a read-only view of the decoded bytes, not a copy: these vectors are only ever summed or loaded
-        return np.frombuffer(raw, dtype=dtype)
-
-    def serialise(value: npt.NDArray[Any]) -> str:
-        return _b64e(np.asarray(value, dtype=dtype).tobytes())
-
-    return (
-        PlainValidator(validate, json_schema_input_type=str),
-        PlainSerializer(serialise, return_type=str, when_used="json"),
-    )
-
-
-_MASKED_CODEC = _array_codec("<u4", "masked vector")
-_AVERAGE_CODEC = _array_codec("<f4", "average adapter")
+#: 1-D arrays in memory, raw bytes beside the JSON on the wire (``attachments.py``)
+_MASKED_CODEC = array_codec("<u4", "masked vector", SecAggError)
+_AVERAGE_CODEC = array_codec("<f4", "average adapter", SecAggError)
 _MaskedVector = Annotated[npt.NDArray[np.uint32], _MASKED_CODEC[0], _MASKED_CODEC[1]]
 _AverageVector = Annotated[npt.NDArray[np.float32], _AVERAGE_CODEC[0], _AVERAGE_CODEC[1]]
 #: a client or round id (:func:`check_id`)

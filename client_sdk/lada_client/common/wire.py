@@ -1,9 +1,11 @@
 """The wire schema: every message exchanged between a client and the coordinator.
 
-Both sides import these models, so a field renamed here is renamed everywhere. Bodies are JSON.
-Except for enrollment (protected by a one-time token), every request and reply is a
-:class:`SealedEnvelope` whose decrypted payload is one of the ``*Payload`` models below; the
-envelope header's ``kind`` names which one.
+Both sides import these models, so a field renamed here is renamed everywhere. Except for
+enrollment (a JSON body protected by a one-time token) and the public GET routes, every request
+and reply body is a :class:`SealedEnvelope` in its binary form (:meth:`SealedEnvelope.to_bytes`,
+``application/octet-stream``) whose decrypted payload is one of the models below, written by
+:func:`~lada_client.common.attachments.dump`: JSON, with large byte fields (masked vectors, upload
+chunks) as raw attachments after it. The envelope header's ``kind`` names the model.
 
 Only text and scalars cross the wire (never logits over a vocabulary), so client and coordinator
 models may use different tokenizers.
@@ -14,12 +16,14 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import struct
 from enum import Enum
 from typing import Annotated, Any, Final, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from lada_client.common.attachments import Blob
 from lada_client.common.secagg import (
     AdvertiseKeys,
     MaskedInput,
@@ -55,7 +59,15 @@ PPL_MAX = 1e12
 ClientId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 # the coordinator appends "-" + 8 hex digits to a name to form the client id, which must fit ClientId
 ClientName = Annotated[str, Field(min_length=1, max_length=55, pattern=r"^[A-Za-z0-9_.-]+$")]
-B64 = Annotated[str, Field(max_length=64 * 1024 * 1024)]
+#: the binary envelope's parts: an AES-GCM nonce and an Ed25519 signature
+NONCE_BYTES: Final = 12
+SIGNATURE_BYTES: Final = 64
+_ENVELOPE_MAGIC: Final = b"LDE1"
+#: the content type of a sealed envelope's binary body, both ways
+SEALED_MEDIA_TYPE: Final = "application/octet-stream"
+_U32 = struct.Struct(">I")
+#: longest envelope header in the binary form (a header is a few short fields: ~150 bytes)
+_MAX_HEADER_BYTES: Final = 4096
 
 
 class _Message(BaseModel):
@@ -87,10 +99,39 @@ class EnvelopeHeader(_Message):
 
 
 class SealedEnvelope(_Message):
+    """An encrypted, signed payload (``crypto.seal``). Its HTTP body is :meth:`to_bytes`:
+
+        b"LDE1" | u32 header length | header (canonical JSON) | nonce (12) | signature (64) | ciphertext
+
+    raw bytes, one encoding layer; nested in a JSON message (enrollment) its byte fields are base64.
+    """
+
     header: EnvelopeHeader
-    nonce: B64
-    ciphertext: B64
-    signature: B64
+    nonce: Blob
+    ciphertext: Blob
+    signature: Blob
+
+    def to_bytes(self) -> bytes:
+        header = self.header.canonical_bytes()
+        return b"".join([_ENVELOPE_MAGIC, _U32.pack(len(header)), header, self.nonce, self.signature, self.ciphertext])
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray) -> SealedEnvelope:
+        """Inverse of :meth:`to_bytes`; ``ValueError`` (pydantic's for the header) naming what is
+        wrong. Each part is copied once out of ``data``, which the caller may then drop."""
+        head = len(_ENVELOPE_MAGIC) + _U32.size
+        if len(data) < head or data[: len(_ENVELOPE_MAGIC)] != _ENVELOPE_MAGIC:
+            raise ValueError("not a sealed envelope (a binary body starting with b'LDE1')")
+        (length,) = _U32.unpack_from(data, len(_ENVELOPE_MAGIC))
+        if length > _MAX_HEADER_BYTES or head + length + NONCE_BYTES + SIGNATURE_BYTES > len(data):
+            raise ValueError("truncated sealed envelope, or a header longer than the envelope")
+        view, at = memoryview(data), head + length
+        return cls(
+            header=EnvelopeHeader.model_validate_json(bytes(view[head:at])),
+            nonce=bytes(view[at : at + NONCE_BYTES]),
+            signature=bytes(view[at + NONCE_BYTES : at + NONCE_BYTES + SIGNATURE_BYTES]),
+            ciphertext=bytes(view[at + NONCE_BYTES + SIGNATURE_BYTES :]),
+        )
 
 
 class ErrorBody(_Message):
@@ -460,15 +501,12 @@ class UploadBegin(_Message):
 
 
 class UploadChunk(_Message):
-    """kind ``upload.chunk``: bytes ``[index * chunk_bytes, ...)`` of the sealed body.
-
-    ``data`` holds one character per byte (latin-1, see :func:`encode_chunk`): the sealed body is
-    ASCII JSON, so a chunk costs its own length inside the payload instead of 4/3 of it in base64.
-    """
+    """kind ``upload.chunk``: bytes ``[index * chunk_bytes, ...)`` of the sealed body, as an
+    attachment (raw bytes: a chunk costs its own length)."""
 
     session_id: SessionId
     index: int = Field(ge=0, le=INT64_MAX)
-    data: str = Field(max_length=64 * 1024 * 1024)
+    data: Blob
 
 
 class UploadStatusQuery(_Message):
@@ -511,25 +549,10 @@ def upload_chunk_count(total_bytes: int, chunk_bytes: int) -> int:
     return -(-total_bytes // chunk_bytes)
 
 
-def encode_chunk(data: bytes) -> str:
-    """Bytes as text, one character per byte (ASCII stays ASCII, so JSON adds almost nothing)."""
-    return data.decode("latin-1")
-
-
-def decode_chunk(text: str) -> bytes:
-    """Inverse of :func:`encode_chunk`; ``ValueError`` for characters above U+00FF."""
-    try:
-        return text.encode("latin-1")
-    except UnicodeEncodeError as exc:
-        raise ValueError("chunk data must be one character per byte (U+0000..U+00FF)") from exc
-
-
 def max_chunk_bytes(max_body_bytes: int) -> int:
-    """The largest chunk of a sealed (ASCII JSON) body whose ``upload.chunk`` request still fits in
-    ``max_body_bytes``: the payload is sealed and base64-encoded (×4/3), plus under 1 KiB of JSON,
-    header, nonce and signature, and a few escaped quotes of the body's own JSON.
-    """
-    return max(0, (max_body_bytes - 1024) * 3 // 4 - 256)
+    """The largest chunk whose ``upload.chunk`` request still fits in ``max_body_bytes``: the chunk
+    travels as raw bytes, plus under 1 KiB of frame, payload JSON, header, nonce, signature and tag."""
+    return max(0, max_body_bytes - 1024)
 
 
 KIND_PAYLOADS: dict[str, type[BaseModel]] = {

@@ -27,11 +27,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 
+from lada_client.common import attachments
 from lada_client.common.crypto import CryptoError, Direction, Identity, PublicIdentity, open_envelope, seal
 from lada_client.common.enrollment import EnrollmentToken, TokenFormatError
 from lada_client.common.secagg import SecAggError, SecAggFailure, SecAggInbox
@@ -39,6 +41,7 @@ from lada_client.common.wire import (
     KIND_PAYLOADS,
     READ_KINDS,
     ROUTES,
+    SEALED_MEDIA_TYPE,
     UPLOAD_KINDS,
     Ack,
     Allocation,
@@ -88,6 +91,9 @@ UNAUTHENTICATED = (
 
 # the payload is the model of the message's kind (``KIND_PAYLOADS``), parsed before the handler runs
 Handler = Callable[[Connection, ClientRecord, EnvelopeHeader, Any], BaseModel]
+#: the API docs' view of a sealed body (``SealedEnvelope.to_bytes``)
+SEALED_SCHEMA: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
+SEALED_REPLY: dict[str, Any] = {"description": "the sealed reply", "content": {SEALED_MEDIA_TYPE: SEALED_SCHEMA}}
 
 
 def create_app(
@@ -201,18 +207,26 @@ def create_app(
 
     def seal_reply(header: EnvelopeHeader, reply: BaseModel, recipient: PublicIdentity) -> SealedEnvelope:
         reply_header = header.model_copy(update={"sent_at": time.time()})
-        return seal(reply.model_dump_json().encode(), reply_header, identity, recipient, Direction.TO_CLIENT)
+        return seal(attachments.dump(reply), reply_header, identity, recipient, Direction.TO_CLIENT)
 
-    def sealed(kind: str, envelope: SealedEnvelope, handler: Handler) -> SealedEnvelope:
+    def sealed(kind: str, body: bytes, handler: Handler) -> bytes:
+        """One sealed request's binary body to its sealed reply's."""
+        try:
+            envelope = SealedEnvelope.from_bytes(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(map(str, ("header", *first["loc"])))
+            raise ApiError(422, "malformed", f"{where}: {first['msg']}") from None
+        except ValueError as exc:
+            raise ApiError(422, "malformed", str(exc)) from None
         header = envelope.header
         try:
             client, sender, payload = authenticate(kind, envelope)
             with store.transaction(durable=kind not in READ_KINDS) as db:
                 store.lock_client(db, client.client_id)  # its requests one at a time, on every replica
                 reply = handler(db, client, header, payload)
-                out = seal_reply(header, reply, sender)
-                size_in = len(envelope.model_dump_json())
-                if not store.accept(db, client.client_id, header.seq, size_in, len(out.model_dump_json())):
+                out = seal_reply(header, reply, sender).to_bytes()
+                if not store.accept(db, client.client_id, header.seq, len(body), len(out)):
                     raise ApiError(409, "replay", f"sequence number {header.seq} was already used")
         except UploadRejected as exc:
             raise refuse(header, exc) from exc
@@ -331,10 +345,10 @@ def create_app(
     # --------------------------------------------------------------------------- enrollment
     @app.post(
         ROUTES["enroll"],
-        response_model=SealedEnvelope,
-        responses={s: {"model": ErrorBody} for s in (400, 401, 409, 422, 429)},
+        response_class=Response,
+        responses={200: SEALED_REPLY, **{s: {"model": ErrorBody} for s in (400, 401, 409, 422, 429)}},
     )
-    def enroll(body: EnrollEnvelope, request: Request) -> SealedEnvelope:
+    def enroll(body: EnrollEnvelope, request: Request) -> Response:
         """A device's keys and its sealed :class:`EnrollRequest` → the sealed :class:`EnrollResponse`."""
         source = request.client.host if request.client else "?"
         wait = enroll_failures.retry_after(source)
@@ -346,7 +360,7 @@ def create_app(
                 headers={"Retry-After": str(max(1, round(wait)))},
             )
         try:
-            return enroll_device(body)
+            return Response(enroll_device(body).to_bytes(), media_type=SEALED_MEDIA_TYPE)
         except ApiError:
             enroll_failures.charge(source)
             raise
@@ -549,13 +563,19 @@ def create_app(
     def mount(kind: str, handler: Handler) -> None:
         """Serve ``kind`` at its route; the API docs describe it by its sealed payload's model."""
 
-        def endpoint(envelope: SealedEnvelope) -> SealedEnvelope:
-            return sealed(kind, envelope, handler)
+        async def endpoint(request: Request) -> Response:
+            body = await request.body()
+            return Response(await run_in_threadpool(sealed, kind, body, handler), media_type=SEALED_MEDIA_TYPE)
 
         description = inspect.getdoc(KIND_PAYLOADS[kind]) or ""
-        app.post(ROUTES[kind], response_model=SealedEnvelope, responses=errors, name=kind, description=description)(
-            endpoint
-        )
+        app.post(
+            ROUTES[kind],
+            response_class=Response,
+            responses={200: SEALED_REPLY, **errors},
+            name=kind,
+            description=description,
+            openapi_extra={"requestBody": {"required": True, "content": {SEALED_MEDIA_TYPE: SEALED_SCHEMA}}},
+        )(endpoint)
 
     for kind, handler in handlers.items():
         mount(kind, handler)

@@ -52,7 +52,6 @@ from lada_client.common.wire import (
     UploadCommitted,
     UploadStatus,
     UploadStatusQuery,
-    decode_chunk,
     max_chunk_bytes,
     upload_chunk_count,
 )
@@ -270,10 +269,7 @@ class UploadSessions:
             raise UploadError(409, "upload_committed", f"upload session {s.session_id} is already committed")
         if p.index >= s.n_chunks:
             raise UploadError(422, "bad_chunk", f"chunk index {p.index} is out of range (0..{s.n_chunks - 1})")
-        try:
-            data = decode_chunk(p.data)
-        except ValueError as exc:
-            raise UploadError(422, "bad_chunk", str(exc)) from exc
+        data = p.data
         if len(data) != s.chunk_len(p.index):
             raise UploadError(
                 422, "bad_chunk", f"chunk {p.index} must be {s.chunk_len(p.index)} bytes, not {len(data)}"
@@ -324,8 +320,9 @@ class UploadSessions:
             raise UploadError(
                 409, "upload_incomplete", f"{len(missing)} of {s.n_chunks} chunks missing (first {missing[0]})"
             )
-        # One copy of the body in memory: chunks are read one at a time into a buffer of the
-        # declared length and hashed as they come, and the buffer goes as soon as it is parsed.
+        # At most two copies of the body in memory: chunks are read one at a time into a buffer of
+        # the declared length and hashed as they come, and the buffer goes as soon as the
+        # envelope has copied its ciphertext out of it.
         body, digest, at = bytearray(s.total_bytes), hashlib.sha256(), 0
         for (data,) in db.execute("SELECT data FROM upload_chunks WHERE session_id = ? ORDER BY idx", (s.session_id,)):
             if at + len(data) > s.total_bytes:
@@ -338,10 +335,12 @@ class UploadSessions:
                 422, "hash_mismatch", "the reassembled body does not match the declared length and SHA-256"
             )
         try:
-            envelope = SealedEnvelope.model_validate_json(body)
+            envelope = SealedEnvelope.from_bytes(body)
         except ValidationError as exc:
             first = exc.errors()[0]
             raise UploadError(422, "malformed_upload", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+        except ValueError as exc:
+            raise UploadError(422, "malformed_upload", str(exc)) from exc
         del body
         if envelope.header != s.target:
             raise UploadError(

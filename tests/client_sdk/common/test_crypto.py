@@ -20,8 +20,29 @@ def parties() -> tuple[Identity, Identity]:
 def test_round_trip(parties):
     client, server = parties
     env = seal(b"payload", _header(), client, server.public, Direction.TO_COORDINATOR)
-    assert b"payload" not in env.ciphertext.encode()
+    assert b"payload" not in env.ciphertext
     assert open_envelope(env, client.public, server, Direction.TO_COORDINATOR) == b"payload"
+    wire = env.to_bytes()  # the HTTP body: one layer, 100 bytes of frame beside the header
+    assert SealedEnvelope.from_bytes(wire) == env
+    assert len(wire) == 8 + len(env.header.canonical_bytes()) + 12 + 64 + len(b"payload") + 16
+    assert open_envelope(SealedEnvelope.from_bytes(wire), client.public, server, Direction.TO_COORDINATOR) == b"payload"
+
+
+@pytest.mark.parametrize(
+    ("mangle", "match"),
+    [
+        (lambda b: b"{" + b[1:], "not a sealed envelope"),
+        (lambda b: b[:6], "not a sealed envelope"),
+        (lambda b: b[:4] + (2**31).to_bytes(4, "big") + b[8:], "truncated"),
+        (lambda b: b[:40], "truncated"),
+        (lambda b: b[:4] + (5).to_bytes(4, "big") + b"12345" + b"\0" * 76, "EnvelopeHeader"),
+    ],
+)
+def test_a_mangled_binary_envelope_is_refused_with_its_reason(parties, mangle, match):
+    client, server = parties
+    wire = seal(b"payload", _header(), client, server.public, Direction.TO_COORDINATOR).to_bytes()
+    with pytest.raises(ValueError, match=match):
+        SealedEnvelope.from_bytes(mangle(wire))
 
 
 def test_reply_direction_uses_a_different_key(parties):
@@ -43,9 +64,9 @@ def test_header_is_authenticated(parties, change):
 def test_tampered_ciphertext_and_wrong_signer(parties):
     client, server = parties
     env = seal(b"hello world", _header(), client, server.public, Direction.TO_COORDINATOR)
-    raw = bytearray(__import__("base64").b64decode(env.ciphertext))
+    raw = bytearray(env.ciphertext)
     raw[0] ^= 1
-    tampered = env.model_copy(update={"ciphertext": __import__("base64").b64encode(bytes(raw)).decode()})
+    tampered = env.model_copy(update={"ciphertext": bytes(raw)})
     with pytest.raises(CryptoError):
         open_envelope(tampered, client.public, server, Direction.TO_COORDINATOR)
     impostor = Identity.generate()

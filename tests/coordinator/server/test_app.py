@@ -3,7 +3,6 @@ changes nothing in the database."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -150,7 +149,7 @@ def test_bad_requests_get_4xx_and_change_nothing(server, attack, enroll, db_dump
             t.coordinator,
             Direction.TO_COORDINATOR,
         )
-        return env.model_dump()
+        return env
 
     path = "/v1/features"
     if attack == "unknown_client":
@@ -158,27 +157,27 @@ def test_bad_requests_get_4xx_and_change_nothing(server, attack, enroll, db_dump
     elif attack == "bad_signature":
         body, want = envelope(signer=Identity.generate()), 401
     elif attack == "malformed":
-        body, want = {"header": {"client_id": t.client_id}, "nonce": 3}, 422
+        body, want = b'{"header": {"client_id": "' + t.client_id.encode() + b'"}, "nonce": 3}', 422
     elif attack == "replay":
         body = envelope()
-        assert httpx.post(url + path, json=body).status_code == 200
+        assert httpx.post(url + path, content=body.to_bytes()).status_code == 200
         want = 409
     elif attack == "wrong_round":
         p2 = payload.model_copy(update={"round": 2})
         body, want = envelope(round_index=2, body=p2.model_dump_json().encode()), 409
     elif attack == "oversized":
-        body, want = {"pad": "x" * (config.max_body_bytes + 1)}, 413
+        body, want = b"x" * (config.max_body_bytes + 1), 413
     elif attack == "wrong_kind":
         body, want = envelope(kind="reward.put"), 400
     elif attack == "nan_features":
         raw = payload.model_dump_json().replace("1.0", "NaN").encode()
         body, want = envelope(body=raw), 422
     else:  # truncated ciphertext
-        body = envelope()
-        body["ciphertext"] = body["ciphertext"][:-8]
-        want = 401
+        good = envelope()
+        body, want = good.model_copy(update={"ciphertext": good.ciphertext[:-8]}), 401
     before = db_dump(Path(config.db_path))
-    r = httpx.post(url + path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    wire = body if isinstance(body, bytes) else body.to_bytes()
+    r = httpx.post(url + path, content=wire, headers={"content-type": "application/octet-stream"})
     assert r.status_code == want, r.text
     err = r.json()
     assert err["error"] and err["detail"]  # a message a user can act on

@@ -35,7 +35,6 @@ from lada_client.common.wire import (
     UploadCommitted,
     UploadStatus,
     UploadStatusQuery,
-    encode_chunk,
     max_chunk_bytes,
 )
 from lada_client.transport import CoordinatorError, RetryPolicy, Transport
@@ -133,7 +132,7 @@ class Manual:
 
     def put(self, sid: str, i: int, data: bytes | None = None) -> Ack:
         data = self.body[i * self.chunk : (i + 1) * self.chunk] if data is None else data
-        return self.t._call_once("upload.chunk", UploadChunk(session_id=sid, index=i, data=encode_chunk(data)), 1, Ack)
+        return self.t._call_once("upload.chunk", UploadChunk(session_id=sid, index=i, data=data), 1, Ack)
 
     def status(self, sid: str) -> UploadStatus:
         return self.t._call_once("upload.status", UploadStatusQuery(session_id=sid), 1, UploadStatus)
@@ -159,8 +158,8 @@ def test_body_over_max_body_bytes_goes_through_in_chunks(start_server, enroll):
     info = _open_round(store)
     payload = _features(info)
     _header, body = t._seal("features.put", payload.model_dump_json().encode(), 1)
-    assert len(body) > 4 * MAX_BODY
-    r = httpx.post(f"{url}/v1/features", content=body, headers={"content-type": "application/json"})
+    assert len(body) > 3 * MAX_BODY
+    r = httpx.post(f"{url}/v1/features", content=body, headers={"content-type": "application/octet-stream"})
     assert r.status_code == 413 and r.json()["error"] == "too_large"
 
     counts = _count_posts(t)
@@ -217,7 +216,7 @@ BAD = [
     "forged_body",
     "wrong_phase",
     "round_mismatch",
-    "not_bytes",
+    "attachment_outside",
 ]
 
 
@@ -253,13 +252,14 @@ def test_bad_upload_requests_get_4xx_and_change_nothing(start_server, enroll, db
             action, want = (lambda: m.put(sid, 1, m.body[CHUNK : 2 * CHUNK - 1])), (422, "bad_chunk")
         elif attack == "last_chunk_wrong_size":
             action, want = (lambda: m.put(sid, s.n_chunks - 1, b"x" * CHUNK)), (422, "bad_chunk")
-        elif attack == "not_bytes":  # a character that is not one byte
+        elif attack == "attachment_outside":  # the chunk's reference points past the attachments
 
             def action():
-                msg = UploadChunk(session_id=sid, index=1, data="\u20ac" * 100)
-                return t._call_once("upload.chunk", msg, 1, Ack)
+                text = json.dumps({"session_id": sid, "index": 1, "data": {"$blob": [0, CHUNK]}}).encode()
+                framed = b"LDP1" + len(text).to_bytes(4, "big") + text + b"x" * 100
+                return t._call_once("upload.chunk", framed, 1, Ack)
 
-            want = (422, "bad_chunk")
+            want = (422, "malformed_payload")
         elif attack == "conflicting_chunk":
             action, want = (lambda: m.put(sid, 0, b"y" * CHUNK)), (409, "chunk_conflict")
         elif attack == "other_clients_session":
@@ -270,19 +270,19 @@ def test_bad_upload_requests_get_4xx_and_change_nothing(start_server, enroll, db
         elif attack == "round_mismatch":
 
             def action():
-                msg = UploadChunk(session_id=sid, index=1, data=encode_chunk(m.body[CHUNK : 2 * CHUNK]))
+                msg = UploadChunk(session_id=sid, index=1, data=m.body[CHUNK : 2 * CHUNK])
                 return t._call_once("upload.chunk", msg, 2, Ack)
 
             want = (400, "round_mismatch")
         elif attack in ("bad_chunk_signature", "replayed_chunk"):
-            msg = UploadChunk(session_id=sid, index=1, data=encode_chunk(m.body[CHUNK : 2 * CHUNK]))
+            msg = UploadChunk(session_id=sid, index=1, data=m.body[CHUNK : 2 * CHUNK])
             signer = Identity.generate() if attack == "bad_chunk_signature" else t._identity
             seq = t._seq.next() if attack == "bad_chunk_signature" else t._seq.next() - 1
             header = EnvelopeHeader(client_id=t.client_id, round=1, seq=seq, kind="upload.chunk", sent_at=time.time())
             env = seal(msg.model_dump_json().encode(), header, signer, t.coordinator, Direction.TO_COORDINATOR)
 
             def action():
-                return t._post("/v1/upload/chunk", env.model_dump_json().encode())
+                return t._post("/v1/upload/chunk", env.to_bytes())
 
             want = (401, "unauthenticated") if attack == "bad_chunk_signature" else (409, "replay")
         else:  # forged_body, wrong_phase: every chunk is there, the target endpoint refuses the body
