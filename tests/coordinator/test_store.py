@@ -193,6 +193,10 @@ def test_round_records_come_back_as_the_models_they_were_stored_as(store: Coordi
     assert store.round_info(1) == (info, paths)
     with pytest.raises(KeyError):
         store.round_info(2)
+    assert store.round_info(1)[0] is store.round_info(1)[0]  # parsed once while the round is unchanged
+    reopened = info.model_copy(update={"feature_names": ["nll", "tokens"]})
+    store.open_round(1, reopened, paths, opened_at=10.0)  # a round opened again is read afresh
+    assert store.round_info(1) == (reopened, paths)
 
     factor = LoraFactor(
         name="q_proj",
