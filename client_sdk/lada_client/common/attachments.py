@@ -5,8 +5,9 @@ A payload is JSON, except that a field declared :data:`Blob` (bytes) or with :fu
 
     b"LDP1" | u32 length of the JSON | the JSON | the attachments, one after another
 
-where each such field's JSON value is ``{"$blob": [start, length]}`` into the attachments; a
-message without one is its plain JSON (``{`` first), as every small message is. :func:`load`
+where each such field's JSON value is ``{"$blob": [start, length]}`` into the attachments (values
+under :data:`MIN_ATTACHMENT` bytes stay base64 text); a message without one is its plain JSON
+(``{`` first), as every small message is. :func:`load`
 reads both. Why: a masked adapter is megabytes of incompressible bytes; as base64 text inside
 JSON, sealed and base64-encoded again, it grew ~1.8x and its encoding cost more CPU than its
 encryption (docs/benchmarks.md, "Wire encoding").
@@ -39,6 +40,8 @@ M = TypeVar("M", bound=BaseModel)
 _MAGIC: Final = b"LDP1"
 _LENGTH = struct.Struct(">I")
 _KEY: Final = "$blob"
+#: shorter byte values (keys, nonces, a small share) are cheaper as base64 text than as a reference
+MIN_ATTACHMENT: Final = 64
 
 
 class _Attachments:
@@ -74,8 +77,12 @@ def _decoded(value: Any, what: str) -> bytes | memoryview:
 
 
 def _encoded(raw: bytes, info: SerializationInfo) -> Any:
+    """An attachment in :func:`dump` (bytes under :data:`MIN_ATTACHMENT` stay base64 text there:
+    a reference costs ~20 bytes of JSON, base64 of 32 bytes 12), base64 text in any other JSON."""
     attachments = _context(info)
-    return attachments.add(raw) if attachments is not None else base64.b64encode(raw).decode("ascii")
+    if attachments is not None and len(raw) >= MIN_ATTACHMENT:
+        return attachments.add(raw)
+    return base64.b64encode(raw).decode("ascii")
 
 
 def _blob(value: Any, info: ValidationInfo) -> bytes:

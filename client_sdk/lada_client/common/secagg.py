@@ -211,6 +211,8 @@ def is_mask_key(raw_private: bytes, public: bytes) -> bool:
 
 def _share_aead(private: X25519PrivateKey, peer: AdvertiseKeys, round_id: str, sender: str, recipient: str) -> AESGCM:
     """Key for the shares ``sender`` sends ``recipient``: only the two channel private keys give it."""
+    if peer.channel_key is None:
+        raise SecAggError(f"the roster does not carry the channel key of {peer.client_id}", peer.client_id)
     shared = _exchange(private, peer.channel_key, f"the channel key of {peer.client_id}")
     return AESGCM(_kdf(shared, "share", round_id, sender, recipient))
 
@@ -473,17 +475,21 @@ def shamir_reconstruct(shares: Iterable[Share], threshold: int, secret_len: int 
 
 # ------------------------------------------------------------------------------------- messages
 class AdvertiseKeys(_Model):
-    """Client → server: the public keys of a fresh round key pair for masks and for the channel."""
+    """Client → server: the public keys of a fresh round key pair for masks and for the channel.
+
+    ``channel_key`` is ``None`` only in one client's view of the roster (:meth:`Roster.view_for`),
+    for a participant that is not its neighbour: it never exchanges shares with it."""
 
     client_id: _Id
     round_id: _RoundId
     mask_key: _B64
-    channel_key: _B64
+    channel_key: _B64 | None
 
     @model_validator(mode="after")
     def _check(self) -> Self:
         _check_key(self.mask_key, f"mask key of {self.client_id}")
-        _check_key(self.channel_key, f"channel key of {self.client_id}")
+        if self.channel_key is not None:
+            _check_key(self.channel_key, f"channel key of {self.client_id}")
         return self
 
 
@@ -552,6 +558,23 @@ class Roster(_Model):
             _PROTOCOL + _encode("graph", self.round_id, *(p.client_id.encode() + p.mask_key for p in self.participants))
         ).digest()
         return neighbour_graph(list(self.keys), self.config.neighbours, seed)
+
+    def view_for(self, client_id: str) -> Roster:
+        """What ``client_id`` is sent: every participant's id and mask key (the graph is hashed from
+        all of them, so the client derives its neighbours itself and the server cannot pick them),
+        but channel keys only of itself and its neighbours, the only ones it uses. With a sparse
+        graph (SecAgg+) that drops about a third of each other participant's entry from what a
+        client downloads, and half of the keys it validates (an X25519 exchange each)."""
+        keep = self.graph.get(client_id, frozenset()) | {client_id}
+        participants = tuple(
+            p if p.client_id in keep else AdvertiseKeys.model_construct(**{**dict(p), "channel_key": None})
+            for p in self.participants
+        )
+        # built from checked parts (no key is checked twice); a new object, so no cached property
+        # of this roster (``keys``) is carried over
+        return Roster.model_construct(
+            round_id=self.round_id, config=self.config, vector_length=self.vector_length, participants=participants
+        )
 
 
 class EncryptedShare(_Model):
@@ -672,6 +695,9 @@ class SecAggClient:
         if roster.keys.get(self.client_id) != self._advert:
             raise SecAggError(f"roster does not carry {self.client_id}'s advertised keys")
         peers = sorted(roster.graph[self.client_id])
+        blind = [p for p in peers if roster.keys[p].channel_key is None]
+        if blind:
+            raise SecAggError(f"the roster does not carry the channel keys of neighbours {', '.join(blind)}")
         holders = [roster.index[p] for p in peers]
         seed = os.urandom(_SECRET_BYTES)
         seed_shares = shamir_split(seed, self.config.threshold, holders)

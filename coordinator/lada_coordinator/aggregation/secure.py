@@ -210,6 +210,8 @@ class SecureAggregation:
     def check_advert(t: int, group: str, client_id: str, advert: AdvertiseKeys) -> AdvertiseKeys:
         if advert.client_id != client_id or advert.round_id != secagg_round_id(t, group):
             raise SecAggError("secagg keys must name this client and its group's round")
+        if advert.channel_key is None:
+            raise SecAggError("secagg keys must carry a channel key")
         return advert
 
     def check(

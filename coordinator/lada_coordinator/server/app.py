@@ -477,7 +477,9 @@ def create_app(
             status="ready",
             sample_ids=found[0],
             reason=found[1],
-            secagg_roster=store.secagg(t, group, "roster") if group else None,
+            secagg_roster=roster.view_for(client.client_id)
+            if group and (roster := store.secagg(t, group, "roster")) is not None
+            else None,
             server_update=store.server_update(t, client.client_id),
         )
 

@@ -107,3 +107,15 @@ def test_a_reference_outside_a_frame_is_refused() -> None:
     with pytest.raises(ValidationError, match="base64 text or an attachment"):
         attachments.load(SecAggUpload, doc)
     assert base64.b64encode(b"\0" * 4)  # (the JSON form of the same field is base64 text)
+
+
+def test_short_byte_values_stay_base64_text() -> None:
+    """Keys and nonces (32 and 12 bytes) cost less as base64 than as a reference and its bytes."""
+    from lada_client.common.secagg import SecAggClient, SecAggConfig
+
+    keys = SecAggClient("c1", "r1", SecAggConfig(threshold=1)).advertise()
+    assert attachments.dump(keys) == keys.model_dump_json().encode()  # no frame: plain JSON
+    chunk = UploadChunk(session_id="ab" * 16, index=0, data=b"x" * (attachments.MIN_ATTACHMENT - 1))
+    assert attachments.dump(chunk) == chunk.model_dump_json().encode()
+    longer = chunk.model_copy(update={"data": b"x" * attachments.MIN_ATTACHMENT})
+    assert attachments.dump(longer).startswith(b"LDP1")

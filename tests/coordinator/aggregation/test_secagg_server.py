@@ -64,8 +64,8 @@ class Round:
             self.server.receive_advertise(_wire(client.advertise(), AdvertiseKeys))
         roster = _wire(self.server.roster(), Roster)
         for cid, client in self.clients.items():
-            if cid not in drop_before_sharing:
-                self.server.receive_shares(_wire(client.share_keys(roster), ShareKeys))
+            if cid not in drop_before_sharing:  # each client gets its own view, as the coordinator sends it
+                self.server.receive_shares(_wire(client.share_keys(_wire(roster.view_for(cid), Roster)), ShareKeys))
         self.routed = {
             c: [_wire(s, EncryptedShare) for s in shares] for c, shares in self.server.route_shares().items()
         }
@@ -433,3 +433,21 @@ def test_unmasking_computes_the_basis_once_per_responder_set():
     again, _ = rnd.server.aggregate()  # a later unmask with the same responders computes nothing
     assert secagg.lagrange_coefficients.cache_info().misses == 5
     assert np.array_equal(first, again)
+
+
+def test_a_clients_view_of_the_roster_carries_its_neighbours_channel_keys_only():
+    rnd = Round(12, SecAggConfig(threshold=2, neighbours=4))
+    for client in rnd.clients.values():
+        rnd.server.receive_advertise(_wire(client.advertise(), AdvertiseKeys))
+    roster = _wire(rnd.server.roster(), Roster)
+    view = _wire(roster.view_for("c3"), Roster)
+    assert view.graph == roster.graph  # every mask key is there: the client derives the graph itself
+    assert {p.client_id for p in view.participants if p.channel_key is not None} == roster.graph["c3"] | {"c3"}
+    assert [p.mask_key for p in view.participants] == [p.mask_key for p in roster.participants]
+    assert len(json.dumps(view.to_dict())) < 0.9 * len(json.dumps(roster.to_dict()))
+    rnd.clients["c3"].share_keys(view)  # enough to share with its neighbours
+    neighbour = min(roster.graph["c3"])  # c3's view lacks the channel keys of its neighbour's other neighbours
+    with pytest.raises(SecAggError, match="channel keys of neighbours"):
+        rnd.clients[neighbour].share_keys(_wire(roster.view_for("c3"), Roster))
+    full = _wire(roster.view_for("nobody"), Roster)  # a non-member's view holds no channel key
+    assert all(p.channel_key is None for p in full.participants)

@@ -247,3 +247,11 @@ def test_a_group_that_cannot_finish_gets_a_terminal_result(tmp_path):
         g.secure.route(g.t, GROUP)
     g.secure.fail(g.t, GROUP, "too few members shared keys")
     assert g.store.secagg(g.t, GROUP, "result") == SecAggFailure(error="too few members shared keys")
+
+
+def test_an_advert_without_a_channel_key_is_refused() -> None:
+    """A roster view leaves out channel keys; a device's own advert must carry one."""
+    advert = SecAggClient("c0", secagg_round_id(2, "g"), SecAggConfig(threshold=1)).advertise()
+    assert SecureAggregation.check_advert(2, "g", "c0", advert) is advert
+    with pytest.raises(SecAggError, match="channel key"):
+        SecureAggregation.check_advert(2, "g", "c0", advert.model_copy(update={"channel_key": None}))
