@@ -138,6 +138,8 @@ class SecAggServer:
         self._check_round(message.round_id, message.client_id)
         if self._roster is not None:
             raise SecAggError(f"keys from {message.client_id} arrived after the roster was sent")
+        if message.channel_key is None:
+            raise SecAggError(f"keys from {message.client_id} carry no channel key", message.client_id)
         if message.client_id in self._adverts and self._adverts[message.client_id] != message:
             raise SecAggError(f"{message.client_id} advertised two different key sets")
         self._adverts[message.client_id] = message
