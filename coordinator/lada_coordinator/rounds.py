@@ -626,14 +626,26 @@ class RoundEngine(threading.Thread):
     def _llm_direction(self, t: int, features: dict[str, FeatureUpload]) -> dict:
         """Method step 6: pick SLM-offered paths that carry knowledge new to the LLM, train on them.
 
-        Each client's offers are scored and selected in isolation (a failure quarantines that
-        client); the LLM's training step on what was chosen is the coordinator's own."""
-        chosen: list[tuple[Sample, str, str, np.ndarray, str]] = []
+        Every client's offers are scored by the LLM in one batch (its own path generated once per
+        question); if that batch fails, each client's offers are scored again on their own, so a
+        failure quarantines only the client whose offers cause it. Selection runs per client, in
+        isolation. The LLM's training step on what was chosen is the coordinator's own."""
         aside = self.store.quarantined(t)
+        offers: dict[str, list[tuple[Sample, str]]] = {}
         for client_id, up in features.items():
-            if client_id in aside:
+            if client_id not in aside:
+                found = self._isolated(t, client_id, "llm_offers", partial(self._offers_of, up))
+                if found:
+                    offers[client_id] = found
+        scored = self._score_offers(t, offers)
+        chosen: list[tuple[Sample, str, str, np.ndarray, str]] = []
+        for client_id, own_offers in offers.items():
+            if client_id not in scored:  # quarantined while scored on its own
                 continue
-            picked = self._isolated(t, client_id, "llm_offers", partial(self._pick_offers, t, client_id, up))
+            z, own = scored[client_id]
+            picked = self._isolated(
+                t, client_id, "llm_offers", partial(self._pick_offers, t, client_id, own_offers, z, own)
+            )
             chosen.extend(picked or [])
         if not chosen:
             return {"n_trained": 0, **self._llm_accuracy()}
@@ -668,11 +680,43 @@ class RoundEngine(threading.Thread):
             "accuracy_by_domain": {d: float(np.mean(v)) for d, v in sorted(by_domain.items())},
         }
 
-    def _pick_offers(self, t: int, client_id: str, up: FeatureUpload) -> list[tuple[Sample, str, str, np.ndarray, str]]:
-        offers = [(self.public_by_id[o.sample_id], o.path) for o in up.offers if o.sample_id in self.public_by_id]
-        if not offers:
-            return []
-        z, own = self.llm.offer_features([s for s, _ in offers], [p for _, p in offers], seed=self.config.seed + t)
+    def _offers_of(self, up: FeatureUpload) -> list[tuple[Sample, str]]:
+        """One client's offers as (public sample, offered path), for questions the pool holds."""
+        return [(self.public_by_id[o.sample_id], o.path) for o in up.offers if o.sample_id in self.public_by_id]
+
+    def _score_offers(
+        self, t: int, offers: dict[str, list[tuple[Sample, str]]]
+    ) -> dict[str, tuple[np.ndarray, list[str]]]:
+        """The LLM's features and own paths of every client's offers: one batch, or, if it fails,
+        one call per client (a client whose offers still fail is quarantined and left out)."""
+        seed = self.config.seed + t
+        flat = [o for own in offers.values() for o in own]
+        try:
+            z, own = self.llm.offer_features([s for s, _ in flat], [p for _, p in flat], seed=seed)
+        except LeadershipLost:
+            raise
+        except Exception:  # which client's offers broke it is found one by one
+            log.warning("round %d: scoring all offers at once failed; client by client", t, exc_info=True)
+            out = {}
+            for client_id, mine in offers.items():
+                scored = self._isolated(
+                    t,
+                    client_id,
+                    "llm_offers",
+                    partial(self.llm.offer_features, [s for s, _ in mine], [p for _, p in mine], seed=seed),
+                )
+                if scored is not None:
+                    out[client_id] = scored
+            return out
+        out, at = {}, 0
+        for client_id, mine in offers.items():
+            out[client_id] = (z[at : at + len(mine)], own[at : at + len(mine)])
+            at += len(mine)
+        return out
+
+    def _pick_offers(
+        self, t: int, client_id: str, offers: list[tuple[Sample, str]], z: np.ndarray, own: list[str]
+    ) -> list[tuple[Sample, str, str, np.ndarray, str]]:
         ids, _ = self.allocator.allocate(t, LLM, client_id, [s.sample_id for s, _ in offers], z)
         keep = set(ids)
         return [(s, p, o, z[i], client_id) for i, ((s, p), o) in enumerate(zip(offers, own)) if s.sample_id in keep]

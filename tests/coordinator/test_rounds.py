@@ -269,3 +269,52 @@ def test_llm_accuracy_is_reported_per_domain_of_the_evaluation_set(tmp_path, tin
         assert scores["accuracy"] == pytest.approx(pooled)
     finally:
         store.close()
+
+
+def test_the_llm_direction_scores_every_clients_offers_at_once_and_sets_aside_only_a_bad_one(engine):
+    """Offers of all clients go to the LLM in one batch; a client whose offers break its own
+    selection (two offers for one question) is set aside, and the others' offers are trained on."""
+    info = _open(engine.store)
+    first, second = list(engine.public_by_id)[:2]  # offers answer questions of the public pool
+    offer = PathOffer(sample_id=first, path="0 + 2 = 2. The answer is 2.")
+    other = PathOffer(sample_id=second, path="1 + 2 = 3. The answer is 3.")
+    features = {
+        "honest-1": FeatureUpload.model_validate_json(_features(info, offers=[offer, other])),
+        "huge-1": FeatureUpload.model_validate_json(_features(info, offers=[other])),
+        "dupes-1": FeatureUpload.model_validate_json(_features(info, offers=[offer, offer])),
+    }
+    batches: list[int] = []
+    real = engine.llm.offer_features
+    engine.llm.offer_features = lambda samples, *a, **k: batches.append(len(samples)) or real(samples, *a, **k)
+    report = engine._llm_direction(1, features)
+    assert batches == [5]  # one batch: every client's offers
+    aside = engine.store.quarantined(1)
+    assert list(aside) == ["dupes-1"] and aside["dupes-1"].startswith("llm_offers")
+    assert report["n_trained"] >= 1
+
+
+def test_offers_that_break_the_llms_batch_are_scored_again_client_by_client(engine):
+    """If the one batch fails, each client's offers are scored on their own: only the client whose
+    offers fail again is set aside (here its path breaks the LLM's scoring)."""
+    info = _open(engine.store)
+    first, second = list(engine.public_by_id)[:2]
+    good = [PathOffer(sample_id=first, path="0 + 2 = 2. The answer is 2."), PathOffer(sample_id=second, path="3.")]
+    features = {
+        "honest-1": FeatureUpload.model_validate_json(_features(info, offers=good)),
+        "huge-1": FeatureUpload.model_validate_json(_features(info, offers=[PathOffer(sample_id=first, path="BREAK")])),
+    }
+    batches: list[int] = []
+    real = engine.llm.offer_features
+
+    def scoring(samples, paths, **kw):
+        batches.append(len(samples))
+        if "BREAK" in paths:  # a path the LLM's scoring cannot take
+            raise RuntimeError("tokenizer refused the path")
+        return real(samples, paths, **kw)
+
+    engine.llm.offer_features = scoring
+    report = engine._llm_direction(1, features)
+    assert batches == [3, 2, 1]  # the batch, then client by client
+    aside = engine.store.quarantined(1)
+    assert list(aside) == ["huge-1"] and "tokenizer refused" in aside["huge-1"]
+    assert report["n_trained"] >= 1

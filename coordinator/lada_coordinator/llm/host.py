@@ -136,12 +136,19 @@ class LLMHost:
     def offer_features(
         self, samples: Sequence[Sample], paths: Sequence[str], seed: int
     ) -> tuple[np.ndarray, list[str]]:
-        """LLM-side features of SLM-offered paths (method step 6), and the LLM's own greedy paths."""
+        """LLM-side features of SLM-offered paths (method step 6), and the LLM's own greedy paths.
+
+        The LLM's own path is generated once per distinct question: every client is offered the
+        same questions, so a round's offers repeat each one once per client, and generation is
+        the expensive part."""
         if not samples:
             return np.zeros((0, len(LLM_FEATURE_NAMES))), []
         prompts = [format_prompt(s.question) for s in samples]
         lp, tok = self.sequence_logprobs(prompts, [format_target(p) for p in paths])
-        own = [g[0] for g in self._generate(prompts, 1, 0.0, max_new_tokens=self.max_new_tokens, seed=seed)]
+        distinct = list(dict.fromkeys(prompts))
+        generated = self._generate(distinct, 1, 0.0, max_new_tokens=self.max_new_tokens, seed=seed)
+        by_prompt = {q: g[0] for q, g in zip(distinct, generated, strict=True)}
+        own = [by_prompt[q] for q in prompts]
         correct = np.array([float(is_correct(o, s.answer)) for o, s in zip(own, samples)])
         agreement = np.array([difflib.SequenceMatcher(None, o, p).ratio() for o, p in zip(own, paths)])
         z = np.stack([-lp / np.maximum(tok, 1), correct, agreement, tok.astype(float)], axis=1)
