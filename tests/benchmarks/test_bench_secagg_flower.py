@@ -50,13 +50,8 @@ RECORD_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_secagg_flower", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_secagg_flower"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("bench_secagg_flower", None)
+def bench(load_benchmark):
+    return load_benchmark("bench_secagg_flower")
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])

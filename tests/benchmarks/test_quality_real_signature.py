@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def quality_real():
-    spec = importlib.util.spec_from_file_location("quality_real", REPO / "benchmarks" / "quality_real.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["quality_real"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("quality_real", None)
+def quality_real(load_benchmark):
+    return load_benchmark("quality_real")
 
 
 def _signature(quality_real, method: str) -> dict:

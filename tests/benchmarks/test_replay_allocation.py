@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def replay_module():
-    spec = importlib.util.spec_from_file_location("replay_allocation", REPO / "benchmarks" / "replay_allocation.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["replay_allocation"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("replay_allocation", None)
+def replay_module(load_benchmark):
+    return load_benchmark("replay_allocation")
 
 
 def _round(rng: np.random.Generator, t: int, allocated_own: int, credit_own: float, credit_other: float) -> dict:
