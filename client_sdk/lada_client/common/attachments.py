@@ -7,8 +7,7 @@ A payload is JSON, except that a field declared :data:`Blob` (bytes) or with :fu
 
 where each such field's JSON value is ``{"$blob": [start, length]}`` into the attachments (values
 under :data:`MIN_ATTACHMENT` bytes stay base64 text); a message without one is its plain JSON
-(``{`` first), as every small message is. :func:`load`
-reads both. Why: a masked adapter is megabytes of incompressible bytes; as base64 text inside
+(``{`` first), as every small message is. :func:`load` reads both. Why: a masked adapter is megabytes of incompressible bytes; as base64 text inside
 JSON, sealed and base64-encoded again, it grew ~1.8x and its encoding cost more CPU than its
 encryption (docs/benchmarks.md, "Wire encoding").
 
@@ -17,8 +16,8 @@ fields are base64 text, so what is stored and what older tools read stays JSON.
 
 Hostile input: the frame's lengths are checked against the data and every reference against the
 attachments' bounds before the message is validated; a field then checks its bytes as it checks
-base64 text (an array field: a whole number of values). Values are read-only views of the received
-bytes (no copy, so a reference repeated many times costs no memory).
+base64 text (an array field: a whole number of values). An array is a read-only view of the
+received bytes (no copy, so a reference repeated many times costs no memory).
 """
 
 from __future__ import annotations
