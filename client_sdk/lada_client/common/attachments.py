@@ -7,9 +7,9 @@ A payload is JSON, except that a field declared :data:`Blob` (bytes) or with :fu
 
 where each such field's JSON value is ``{"$blob": [start, length]}`` into the attachments (values
 under :data:`MIN_ATTACHMENT` bytes stay base64 text); a message without one is its plain JSON
-(``{`` first), as every small message is. :func:`load` reads both. Why: a masked adapter is megabytes of incompressible bytes; as base64 text inside
-JSON, sealed and base64-encoded again, it grew ~1.8x and its encoding cost more CPU than its
-encryption (docs/benchmarks.md, "Wire encoding").
+(``{`` first), as every small message is. :func:`load` reads both. Why: a masked adapter is
+megabytes of incompressible bytes; as base64 text inside JSON, sealed and base64-encoded again, it
+grew ~1.8x and its encoding cost more CPU than its encryption (docs/benchmarks.md, "Wire encoding").
 
 Outside :func:`dump` / :func:`load` (``model_dump_json()``, the stores' JSON columns) the same
 fields are base64 text, so what is stored and what older tools read stays JSON.
