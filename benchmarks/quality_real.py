@@ -246,20 +246,20 @@ def signature(settings: Any) -> dict[str, Any]:
     return json.loads(json.dumps(d, default=str))
 
 
+#: Settings added after runs were saved, with the value those runs had: a saved signature without
+#: one ran with it. Explicit rather than "today's default", so that changing a default later (e.g.
+#: turning coverage on) does not make old runs look as if they had run with the new value.
+ADDED_SETTINGS: dict[str, Any] = {"coverage": 0.0}
+ADDED_FILTER_SETTINGS: dict[str, Any] = {"coverage_fraction": 0.0}
+
+
 def same_run(saved: dict[str, Any], expected: dict[str, Any]) -> bool:
-    """Whether a saved run's signature is ``expected``'s. A setting the saved one lacks was added
-    later, and the run had what is now that setting's default: it matches where ``expected`` has
-    the default too (so a new option does not throw away hours of saved runs)."""
-    from lada_coordinator.allocation.filter_config import FilterConfig
-    from lada_coordinator.federation import defaults
-
-    def filled(sig: dict[str, Any]) -> dict[str, Any]:
-        out = {**json.loads(json.dumps(defaults(), default=str)), **sig}
-        if "slm_filter" in sig:
-            out["slm_filter"] = {**FilterConfig().to_dict(), **sig["slm_filter"]}
-        return {k: v for k, v in out.items() if k in expected}
-
-    return filled(saved) == expected
+    """Whether a saved run's signature is ``expected``'s, counting a setting it lacks at the value
+    it ran with (:data:`ADDED_SETTINGS`), so a new option does not throw away hours of saved runs."""
+    filled = {**ADDED_SETTINGS, **saved}
+    if "slm_filter" in saved:
+        filled["slm_filter"] = {**ADDED_FILTER_SETTINGS, **saved["slm_filter"]}
+    return filled == expected
 
 
 def round_zero(paths: dict[str, Path], sizes: Sizes, cache: Path) -> dict[str, float]:
