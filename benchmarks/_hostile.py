@@ -163,7 +163,17 @@ def _poison_features(
     ``quarantined``)."""
     t = device(target)
     info = _round(t)
-    status, error, exc = _raw_call(t, "features.put", _features(info, **change(info, t)), info.round)
+    return _held_for_the_round(
+        t, info, name, _raw_call(t, "features.put", _features(info, **change(info, t)), info.round), expect
+    )
+
+
+def _held_for_the_round(
+    t: Transport, info: RoundInfo, name: str, answer: tuple[int | None, str, CoordinatorError | None], expect: str
+) -> Outcome:
+    """A refused upload (422, for the reason ``expect`` names) whose device is quarantined for the
+    round (its allocation query answered 409 ``quarantined``)."""
+    status, error, exc = answer
     after, after_error, _ = _answer(
         lambda: t.call("allocation.get", AllocationQuery(round=info.round), info.round, Allocation)
     )
@@ -482,6 +492,16 @@ def features_low_order_secagg_key(target: Target) -> Outcome:
         return {"secagg_keys": {**advert, "mask_key": base64.b64encode(bytes(32)).decode()}, "adapter_size": 10}
 
     return _poison_features(target, "features_low_order_secagg_key", change, "invalid public key")
+
+
+@attack("features", "a framed payload whose attachment reference points past the message's bytes")
+def features_attachment_outside(target: Target) -> Outcome:
+    t = device(target)
+    info = _round(t)
+    text = json.dumps(_features(info, features={"$blob": [0, 1 << 30]})).encode()
+    framed = b"LDP1" + len(text).to_bytes(4, "big") + text + bytes(16)  # attachments.dump's frame
+    answer = _answer(lambda: t._call_once("features.put", framed, info.round, Ack))
+    return _held_for_the_round(t, info, "features_attachment_outside", answer, "outside the message")
 
 
 # --------------------------------------------------------------------- training phase: rewards
