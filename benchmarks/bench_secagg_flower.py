@@ -34,8 +34,9 @@ that hands the workflow's average back untouched (no FedAvg pass).
 
 (De)serialisation is each party's own work but not protocol work: it is timed apart, to the party
 that does it (the sender writes, each receiver parses), and shown in a second table
-(``*_with_wire``). For us it is JSON plus pydantic validation, which checks every X25519 key in a
-roster (2n per client per round); for Flower it is protobuf only. Neither side includes a transport:
+(``*_with_wire``). For us it is the payload encoding (JSON, byte fields as raw attachments) plus
+pydantic validation, which checks the X25519 keys in a client's roster view (every mask key, its
+neighbours' channel keys); for Flower it is protobuf only. Neither side includes a transport:
 no SuperLink, gRPC, TLS or Ray, no HTTP coordinator, no sealed envelopes.
 
 Matched parameters: Flower ``clipping_range=4`` (our ``clip``), ``quantization_range=2**19`` (one
@@ -60,14 +61,16 @@ Not comparable, or not the same thing:
   client both redo one key agreement per affected neighbour. Per-stage times are in the JSON.
 * Rounding: Flower rounds stochastically (error under one step per client), we to nearest (half a
   step); each is checked against its own bound.
-* Bytes: ours are JSON (binary as base64); Flower's are protobuf (raw bytes). Not counted: our
-  envelope (header, AES-GCM tag, Ed25519 signature, about 300 B per message), Flower's message
-  metadata and gRPC framing. Flower uploads the masked vector as int64 ``.npy`` bytes (8 B per
-  entry, plus its weight entry), we as base64 of uint32 (about 5.3 B per entry). Flower's
+* Bytes: ours are the payloads as sent (JSON, byte fields of 64 B or more as raw attachments);
+  Flower's are protobuf (raw bytes). Not counted: our envelope (frame, header, AES-GCM tag, Ed25519
+  signature, about 200 B per message), Flower's message metadata and gRPC framing. Flower uploads
+  the masked vector as int64 ``.npy`` bytes (8 B per entry, plus its weight entry), we as raw
+  uint32 (4 B per entry). Flower's
   ``collect_masked_vectors`` message carries the FitIns, the global model in a real round: here its
   parameters are empty, so only SecAgg data is counted. Neither side counts the result (our
-  ``SecAggResult``, Flower's next-round model). Our roster is one broadcast of every participant's
-  keys; Flower sends each node its neighbours' keys.
+  ``SecAggResult``, Flower's next-round model). Our roster view holds every participant's id and
+  mask key (each client derives the graph itself) and its neighbours' channel keys; Flower sends
+  each node its neighbours' keys only (its clients take the server's word for the graph).
 * Clients: per-client figures are means over the survivors (a dropped client does half a round;
   its upload is in the JSON).
 
@@ -229,9 +232,12 @@ def record(
 # ----------------------------------------------------------------------------------- our side
 def run_ours(n: int, length: int, dropout: float, neighbours: int | None = None, seed: int = 0) -> dict[str, Any]:
     """One round of our protocol, every party in this process (as ``bench_crypto.run_secagg``).
-    Each message's JSON is written by its sender and parsed by each receiver, timed as that party's
-    ``wire``, and counted as the sender's upload / each receiver's download."""
+    Each message's payload (``attachments.dump``: JSON, byte fields as raw attachments) is written by
+    its sender and parsed by each receiver, timed as that party's ``wire``, and counted as the
+    sender's upload / each receiver's download. Each client receives its own view of the roster
+    (``Roster.view_for``), as the coordinator sends it."""
     from bench_crypto import secagg_config
+    from lada_client.common import attachments
     from lada_client.common.secagg import (
         AdvertiseKeys,
         MaskedInput,
@@ -260,14 +266,14 @@ def run_ours(n: int, length: int, dropout: float, neighbours: int | None = None,
     def send(message: Any, cls: Any, sender: int | None = None, receivers: tuple[int, ...] = ()) -> Any:
         """A client's message to the server (``sender``) or the server's to ``receivers``: written
         once by its sender, parsed by every receiver (a broadcast is parsed once per client)."""
-        raw = (server if sender is None else client[sender])["wire"](lambda: message.model_dump_json().encode())
+        raw = (server if sender is None else client[sender])["wire"](lambda: attachments.dump(message))
         if sender is not None:
             up[sender] += len(raw)
-            return server["wire"](lambda: cls.model_validate_json(raw))
+            return server["wire"](lambda: attachments.load(cls, raw))
         parsed = None
         for r in receivers:
             down[r] += len(raw)
-            parsed = client[r]["wire"](lambda: cls.model_validate_json(raw))
+            parsed = client[r]["wire"](lambda: attachments.load(cls, raw))
         return parsed
 
     # 1. keys
@@ -276,14 +282,15 @@ def run_ours(n: int, length: int, dropout: float, neighbours: int | None = None,
     for i in range(n):
         advert = send(client[i]["setup"](clients[i].advertise), AdvertiseKeys, sender=i)
         server["setup"](lambda a=advert: srv.receive_advertise(a))
-    roster = send(server["setup"](srv.roster), Roster, receivers=tuple(range(n)))
+    roster = server["setup"](srv.roster)
+    views = {i: send(server["setup"](lambda c=ids[i]: roster.view_for(c)), Roster, receivers=(i,)) for i in range(n)}
     position = {c: i for i, c in enumerate(ids)}
     graph = {position[c]: {position[p] for p in peers} for c, peers in roster.graph.items()}
     dropped = choose_dropped(graph, dropped_count(n, dropout), config.threshold)
     survivors = [i for i in range(n) if i not in set(dropped)]
     # 2. shares
     for i in range(n):
-        shares = send(client[i]["share_keys"](lambda i=i: clients[i].share_keys(roster)), ShareKeys, sender=i)
+        shares = send(client[i]["share_keys"](lambda i=i: clients[i].share_keys(views[i])), ShareKeys, sender=i)
         server["share_keys"](lambda s=shares: srv.receive_shares(s))
     routed = server["share_keys"](srv.route_shares)
     inboxes = {i: server["share_keys"](lambda c=ids[i]: SecAggInbox(shares=tuple(routed[c]))) for i in range(n)}
