@@ -35,6 +35,7 @@ __all__ = [
     "feature_matrix",
     "matrix_fits",
     "parse_payload",
+    "problem",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -66,16 +67,22 @@ class RoundContext:
         )
 
 
+def problem(exc: ValueError, *where: str) -> str:
+    """One line for refused input: a pydantic error's first problem as ``field.path: message``
+    (``where`` before the path), any other ``ValueError`` as its text."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        return f"{'.'.join(map(str, (*where, *first['loc'])))}: {first['msg']}"
+    return str(exc)
+
+
 def parse_payload(model: type[M], raw: str | bytes) -> M:
     """Parse a stored (JSON) or received (``attachments.dump``) payload; a schema violation or a
     bad frame becomes :class:`UploadRejected`."""
     try:
         return attachments.load(model, raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise UploadRejected("malformed_payload", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
-    except ValueError as exc:
-        raise UploadRejected("malformed_payload", str(exc)) from exc
+    except ValueError as exc:  # pydantic's ValidationError included
+        raise UploadRejected("malformed_payload", problem(exc)) from exc
 
 
 def check_features(up: FeatureUpload, ctx: RoundContext) -> None:

@@ -80,6 +80,7 @@ from lada_coordinator.validation import (
     check_reward,
     feature_matrix,
     parse_payload,
+    problem,
 )
 
 log = logging.getLogger(__name__)
@@ -213,12 +214,8 @@ def create_app(
         """One sealed request's binary body to its sealed reply's."""
         try:
             envelope = SealedEnvelope.from_bytes(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(map(str, ("header", *first["loc"])))
-            raise ApiError(422, "malformed", f"{where}: {first['msg']}") from None
-        except ValueError as exc:
-            raise ApiError(422, "malformed", str(exc)) from None
+        except ValueError as exc:  # pydantic's ValidationError (of the header) included
+            raise ApiError(422, "malformed", problem(exc, "header")) from None
         header = envelope.header
         try:
             client, sender, payload = authenticate(kind, envelope)
@@ -386,8 +383,7 @@ def create_app(
         try:
             request = EnrollRequest.model_validate_json(plain)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            raise ApiError(422, "malformed_payload", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+            raise ApiError(422, "malformed_payload", problem(exc)) from exc
         if request.client_name != header.client_id:
             raise ApiError(422, "malformed_payload", "the envelope must be addressed as the requested client name")
         try:

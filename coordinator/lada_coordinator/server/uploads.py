@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from lada_client.common.wire import (
     UPLOAD_KINDS,
@@ -58,6 +58,7 @@ from lada_client.common.wire import (
 from lada_coordinator.server.errors import ApiError as UploadError
 from lada_coordinator.stores import Connection, CoordinatorStore
 from lada_coordinator.stores.records import ClientRecord
+from lada_coordinator.validation import problem
 
 log = logging.getLogger(__name__)
 
@@ -336,11 +337,8 @@ class UploadSessions:
             )
         try:
             envelope = SealedEnvelope.from_bytes(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise UploadError(422, "malformed_upload", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
-        except ValueError as exc:
-            raise UploadError(422, "malformed_upload", str(exc)) from exc
+        except ValueError as exc:  # pydantic's ValidationError included
+            raise UploadError(422, "malformed_upload", problem(exc)) from exc
         del body
         if envelope.header != s.target:
             raise UploadError(
