@@ -279,10 +279,6 @@ def _protocol_error(exc: ValidationError) -> SecAggError:
     return SecAggError(f"malformed message: field {where!r}: {error['msg']}")
 
 
-#: bytes in memory, raw attachments or base64 text on the wire (``attachments.py``)
-_B64 = Blob
-
-
 #: 1-D arrays in memory, raw bytes beside the JSON on the wire (``attachments.py``)
 _MASKED_CODEC = array_codec("<u4", "masked vector", SecAggError)
 _AVERAGE_CODEC = array_codec("<f4", "average adapter", SecAggError)
@@ -482,8 +478,8 @@ class AdvertiseKeys(_Model):
 
     client_id: _Id
     round_id: _RoundId
-    mask_key: _B64
-    channel_key: _B64 | None
+    mask_key: Blob
+    channel_key: Blob | None
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -582,8 +578,8 @@ class EncryptedShare(_Model):
 
     sender: Annotated[StrictStr, AfterValidator(lambda v: check_id(v, "share sender"))]
     recipient: Annotated[StrictStr, AfterValidator(lambda v: check_id(v, "share recipient"))]
-    nonce: _B64
-    ciphertext: _B64
+    nonce: Blob
+    ciphertext: Blob
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -597,7 +593,7 @@ class ShareKeys(_Model):
 
     client_id: _Id
     round_id: _RoundId
-    self_mask_commitment: _B64
+    self_mask_commitment: Blob
     shares: tuple[EncryptedShare, ...]
 
 
@@ -631,8 +627,8 @@ class UnmaskResponse(_Model):
 
     client_id: _Id
     round_id: _RoundId
-    self_mask_shares: dict[_Id, _B64]
-    mask_key_shares: dict[_Id, _B64]
+    self_mask_shares: dict[_Id, Blob]
+    mask_key_shares: dict[_Id, Blob]
 
 
 class SecAggInbox(_Model):
