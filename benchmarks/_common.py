@@ -166,6 +166,23 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+#: Settings of the learning-quality benchmarks added after runs were saved, with the value those
+#: runs had: a saved signature without one ran with it. Explicit rather than "today's default", so
+#: that changing a default later (e.g. turning coverage on) does not make old runs look as if they
+#: had run with the new value.
+ADDED_SETTINGS: dict[str, Any] = {"coverage": 0.0}
+ADDED_FILTER_SETTINGS: dict[str, Any] = {"coverage_fraction": 0.0}
+
+
+def same_run(saved: dict[str, Any], expected: dict[str, Any]) -> bool:
+    """Whether a saved run's settings are ``expected``, counting a setting it lacks at the value it
+    ran with (:data:`ADDED_SETTINGS`), so a new option does not throw away hours of saved runs."""
+    filled = {**ADDED_SETTINGS, **saved}
+    if "slm_filter" in saved:
+        filled["slm_filter"] = {**ADDED_FILTER_SETTINGS, **saved["slm_filter"]}
+    return filled == expected
+
+
 def say(*parts: Any) -> None:
     print(*parts, flush=True)
 

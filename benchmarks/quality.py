@@ -78,6 +78,7 @@ class Method:
     label: str
     allocation: str
     alpha: float
+    coverage: float = 0.0
 
 
 METHODS: dict[str, Method] = {
@@ -88,6 +89,7 @@ METHODS: dict[str, Method] = {
         Method("all", "host + all candidates", "all", 0.5),
         Method("sft", "SFT-only distillation (LaDa allocation, α=0)", "lada", 0.0),
         Method("lada", "LaDa (α=0.5)", "lada", 0.5),
+        Method("lada-cover", "LaDa + coverage 0.25", "lada", 0.5, coverage=0.25),
     )
 }
 HOSTS = ("mkt", "cotuning")
@@ -303,6 +305,7 @@ def settings_for(
         slm_warmup_steps=sizes.slm_warmup_steps,
         offer_questions=sizes.offer_questions,
         alpha=method.alpha if method else 0.5,
+        coverage=method.coverage if method else 0.0,
         epochs=sizes.epochs,
         host_framework=host,
         slm_presets=presets_for(host, args),
@@ -564,7 +567,7 @@ def _load_run(d: Path, expected: dict[str, Any]) -> dict | None:
         record = json.loads((d / "run.json").read_text())
     except (OSError, ValueError):
         return None
-    if record.get("settings") != expected:
+    if not C.same_run(record.get("settings", {}), expected):
         return None
     if record.get("exit_code") != 0:
         return record
@@ -1061,6 +1064,9 @@ def write_report(
             ("lada", "all"),
             ("lada", "sft"),
             ("lada", "local"),
+            ("lada-cover", "random"),
+            ("lada-cover", "local"),
+            ("lada-cover", "lada"),
         ):
             ea, eb = summary[host].get(a, {}), summary[host].get(b, {})
             if "curves" not in ea or "curves" not in eb:
@@ -1552,7 +1558,7 @@ def _world_key(sizes: Sizes, seed: int, host: str, args: argparse.Namespace) -> 
     """What the round-0 evaluation of a (seed, host) world depends on, and where it is saved."""
     workdir = args.cache_dir / f"seed{seed}-{host}"
     key = {"seed": seed, "host": host, **signature(settings_for(sizes, seed, host, None, args, workdir))}
-    for name in ("allocation", "alpha", "epochs", "rounds", "candidates", "budget", "offer_questions"):
+    for name in ("allocation", "alpha", "coverage", "epochs", "rounds", "candidates", "budget", "offer_questions"):
         key.pop(name)
     return key, args.results_dir / host / "warmstart" / f"seed{seed}.json"
 

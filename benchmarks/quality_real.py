@@ -46,6 +46,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import _common as C  # noqa: E402
 
 log = logging.getLogger("quality_real")
 
@@ -246,22 +247,6 @@ def signature(settings: Any) -> dict[str, Any]:
     return json.loads(json.dumps(d, default=str))
 
 
-#: Settings added after runs were saved, with the value those runs had: a saved signature without
-#: one ran with it. Explicit rather than "today's default", so that changing a default later (e.g.
-#: turning coverage on) does not make old runs look as if they had run with the new value.
-ADDED_SETTINGS: dict[str, Any] = {"coverage": 0.0}
-ADDED_FILTER_SETTINGS: dict[str, Any] = {"coverage_fraction": 0.0}
-
-
-def same_run(saved: dict[str, Any], expected: dict[str, Any]) -> bool:
-    """Whether a saved run's signature is ``expected``'s, counting a setting it lacks at the value
-    it ran with (:data:`ADDED_SETTINGS`), so a new option does not throw away hours of saved runs."""
-    filled = {**ADDED_SETTINGS, **saved}
-    if "slm_filter" in saved:
-        filled["slm_filter"] = {**ADDED_FILTER_SETTINGS, **saved["slm_filter"]}
-    return filled == expected
-
-
 def round_zero(paths: dict[str, Path], sizes: Sizes, cache: Path) -> dict[str, float]:
     """Each client's untrained student on its test split, evaluated as the clients evaluate."""
     from lada_client.common.reasoning import format_prompt, is_correct
@@ -293,7 +278,7 @@ def run_one(args: argparse.Namespace, settings: Any, dest: Path) -> dict[str, An
     expected = signature(settings)
     if (dest / "run.json").exists():
         saved = json.loads((dest / "run.json").read_text())
-        if same_run(saved.get("signature", {}), expected):
+        if C.same_run(saved.get("signature", {}), expected):
             return saved
     started = time.perf_counter()
     code = run_federation(settings)

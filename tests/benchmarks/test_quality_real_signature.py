@@ -1,4 +1,4 @@
-"""Which saved runs of the real-model benchmark a resumed invocation reuses (``same_run``)."""
+"""Which saved runs of the real-model benchmark a resumed invocation reuses (``_common.same_run``)."""
 
 from __future__ import annotations
 
@@ -22,15 +22,15 @@ def _signature(quality_real, method: str) -> dict:
 
 def test_a_run_saved_before_a_setting_existed_is_reused_at_its_default(quality_real) -> None:
     lada = _signature(quality_real, "lada")
-    assert quality_real.same_run(lada, lada)
+    assert quality_real.C.same_run(lada, lada)
     older = {k: v for k, v in lada.items() if k != "coverage"}
     older["slm_filter"] = {k: v for k, v in lada["slm_filter"].items() if k != "coverage_fraction"}
-    assert quality_real.same_run(older, lada)  # saved before coverage: it ran with coverage 0
-    assert not quality_real.same_run(older, _signature(quality_real, "lada-cover"))  # coverage 0.25: a new run
+    assert quality_real.C.same_run(older, lada)  # saved before coverage: it ran with coverage 0
+    assert not quality_real.C.same_run(older, _signature(quality_real, "lada-cover"))  # coverage 0.25: a new run
 
 
 def test_a_run_with_another_setting_is_not_reused(quality_real) -> None:
     lada = _signature(quality_real, "lada")
-    assert not quality_real.same_run({**lada, "epochs": lada["epochs"] + 1}, lada)
-    assert not quality_real.same_run({**lada, "slm_filter": {**lada["slm_filter"], "budget": 3}}, lada)
-    assert not quality_real.same_run(_signature(quality_real, "random"), lada)
+    assert not quality_real.C.same_run({**lada, "epochs": lada["epochs"] + 1}, lada)
+    assert not quality_real.C.same_run({**lada, "slm_filter": {**lada["slm_filter"], "budget": 3}}, lada)
+    assert not quality_real.C.same_run(_signature(quality_real, "random"), lada)
