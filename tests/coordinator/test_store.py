@@ -17,8 +17,9 @@ import pytest
 
 from lada_client.common.crypto import Identity
 from lada_client.common.enrollment import EnrollmentToken
-from lada_client.common.secagg import SecAggFailure
+from lada_client.common.secagg import SecAggClient, SecAggConfig, SecAggFailure
 from lada_client.common.wire import Candidate, Capabilities, LoraFactor, Phase, RoundInfo
+from lada_coordinator.aggregation.secagg_server import SecAggServer
 from lada_coordinator.credentials import issue_tokens
 from lada_coordinator.store import (
     UNDECLARED,
@@ -215,6 +216,12 @@ def test_round_records_come_back_as_the_models_they_were_stored_as(store: Coordi
     store.put_secagg(1, "g", "result", SecAggFailure(error="too few members"))
     assert store.has_secagg(1, "g", "result")
     assert store.secagg(1, "g", "result") == SecAggFailure(error="too few members")
+    server = SecAggServer("r1", SecAggConfig(threshold=2), 4)
+    for i in range(3):
+        server.receive_advertise(SecAggClient(f"c{i}", "r1", SecAggConfig(threshold=2)).advertise())
+    store.put_secagg(1, "g", "roster", server.roster())
+    assert store.secagg(1, "g", "roster") == server.roster()
+    assert store.secagg(1, "g", "roster") is store.secagg(1, "g", "roster")  # parsed once per stored text
 
     store.quarantine(1, "phone-1", "features", "bad")
     (entry,) = store.quarantine_log()

@@ -135,20 +135,13 @@ _CLIENT_COLUMNS = (
     " secagg_group, revoked_at, enrolled_at, last_seen_at"
 )
 
-# the model of each item but the roster, which :func:`_roster` reads
+# the model of each item but the roster, which each store parses through its own cache
 _SECAGG_ITEMS: Final[dict[str, TypeAdapter[Any]]] = {
     "routed": TypeAdapter(RoutedShares),
     "unmask_request": TypeAdapter(UnmaskRequest),
     "result": TypeAdapter(SecAggResult | SecAggFailure),
 }
 _SERVER_UPDATE: Final = TypeAdapter(list[LoraFactor])
-
-
-@functools.lru_cache(maxsize=64)
-def _roster(stored: str) -> Roster:
-    """A stored roster, parsed once: every secure-aggregation request reads its group's roster,
-    and checking one (each member's keys, the neighbour graph) costs milliseconds."""
-    return Roster.model_validate_json(stored)
 
 
 def upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
@@ -251,6 +244,10 @@ class CoordinatorStore(ABC):
         self.stats = {"transactions": 0, "commits": 0, "commits_without_fsync": 0}
         # the last round read: its stored text and its parsed models (``round_info``)
         self._round_read: tuple[int, str, str, RoundInfo, PathProvenance] | None = None
+        # stored rosters, parsed once per text: every allocation and secure-aggregation request of a
+        # group member reads its group's roster, and checking one (each member's keys, the
+        # neighbour graph) costs milliseconds; the models are frozen, so requests share them
+        self._roster = functools.lru_cache(maxsize=64)(Roster.model_validate_json)
 
     # ------------------------------------------------------------------------ the backend's part
     @abstractmethod
@@ -678,7 +675,7 @@ class CoordinatorStore(ABC):
         )
         if row is None:
             return None
-        return _roster(row[0]) if item == "roster" else _SECAGG_ITEMS[item].validate_json(row[0])
+        return self._roster(row[0]) if item == "roster" else _SECAGG_ITEMS[item].validate_json(row[0])
 
     def has_secagg(self, round_index: int, group_id: str, item: SecAggItem) -> bool:
         """Whether a protocol output is stored (the engine's resume check; nothing is parsed)."""
