@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_BETA",
     "FEATURE_NAMES",
     "ClientConfig",
+    "ComputeSettings",
     "ConfigError",
     "CreditKind",
     "DPSettings",
@@ -85,6 +86,23 @@ class LoraSettings:
         "up_proj",
         "down_proj",
     )
+
+
+#: where a torch trainer runs: "auto" (the first CUDA device when there is one, else the CPU), "cpu",
+#: "cuda" or "cuda:<index>"
+Device = Annotated[Str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")]
+#: the base weights' precision: "auto" is bfloat16 on a CUDA device that supports it, else float32
+TrainDtype = Literal["auto", "float32", "bfloat16"]
+
+
+@settings
+class ComputeSettings:
+    """Where and in which precision a torch LoRA trainer holds its model (peft's adapter weights
+    stay float32 either way). bfloat16 halves the base weights' memory and runs the matmuls on a
+    GPU's tensor cores; on a CPU it is usually slower than float32, so "auto" keeps float32 there."""
+
+    device: Device = "auto"
+    dtype: TrainDtype = "auto"
 
 
 #: L_CD's β when none is given: the method's 0.1 for summed log-probs; for per-token means the
@@ -200,6 +218,10 @@ class ClientConfig:
     # training artifacts in ort_artifacts, no torch; see lada_client/training/ort_backend.py)
     train_backend: TrainBackend = "torch"
     ort_artifacts: Path | None = None
+    # where the torch trainer runs: the first GPU if there is one (a Jetson), else the CPU; float32
+    # by default, because the "swap" refresh writes the trainer's base weights into the float32
+    # ONNX scorer (bfloat16 goes with scorer_refresh "export")
+    compute: ComputeSettings = field(default_factory=lambda: ComputeSettings(dtype="float32"))
 
     @field_validator("coordinator_url")
     @classmethod
@@ -223,6 +245,11 @@ class ClientConfig:
         if self.scorer_refresh == "export" and self.train_backend == "ort":
             raise ValueError(
                 "scorer_refresh: 'export' needs train_backend 'torch' (the ort backend only swaps weights)"
+            )
+        if self.compute.dtype != "float32" and self.scorer_refresh == "swap" and self.train_backend == "torch":
+            raise ValueError(
+                f"compute.dtype {self.compute.dtype!r} with scorer_refresh 'swap' would write rounded base"
+                " weights into the float32 ONNX scorer: use compute.dtype 'float32' or scorer_refresh 'export'"
             )
         return self
 

@@ -25,6 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 from lada_client.common.argtypes import int_at_least
 from lada_client.common.config_io import ConfigError
 from lada_client.common.logs import setup_logging
+from lada_client.config import ComputeSettings
 from lada_coordinator.config import (
     AllocationMode,
     Batching,
@@ -64,6 +65,9 @@ def serve_config(args: argparse.Namespace) -> CoordinatorConfig:
         upload_ttl_s=args.upload_ttl,
         upload_max_client_bytes=args.upload_max_client_bytes,
     )
+    compute = {field: getattr(args, f"llm_{field}") for field in ("device", "dtype") if getattr(args, f"llm_{field}")}
+    if compute:
+        config = config.with_overrides(llm_compute=dataclasses.replace(config.llm_compute, **compute))
     given = {field: getattr(args, dest) for dest, field in LLM_SERVER_FLAGS.items() if getattr(args, dest) is not None}
     if not given:
         return config
@@ -506,6 +510,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int_at_least(1),
         help="test questions per client the LLM is evaluated on (with --llm-eval-data; default: as many as"
         " a client evaluates itself on by default)",
+    )
+    compute_hints = typing.get_type_hints(ComputeSettings, include_extras=True)
+    p.add_argument(
+        "--llm-device",
+        type=_checked(compute_hints["device"], str),
+        help="where the in-process LLM runs: auto (the first GPU, else the CPU), cpu, cuda or cuda:N"
+        " (config: llm_compute.device)",
+    )
+    p.add_argument(
+        "--llm-dtype",
+        choices=typing.get_args(compute_hints["dtype"]),
+        help="the LLM's base-weight precision: auto (bfloat16 on a GPU that has it, else float32), float32,"
+        " bfloat16 (llm_compute.dtype)",
     )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate: serve https")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")

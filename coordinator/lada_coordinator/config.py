@@ -21,7 +21,7 @@ from lada_client.common.config_io import (
     validate,
 )
 from lada_client.common.wire import HostFramework
-from lada_client.config import FEATURE_NAMES, DistillSettings, FeatureName, LoraSettings, Name
+from lada_client.config import FEATURE_NAMES, ComputeSettings, DistillSettings, FeatureName, LoraSettings, Name
 from lada_coordinator.aggregation.secure import SecAggSettings
 from lada_coordinator.allocation.filter_config import FilterConfig
 
@@ -112,6 +112,9 @@ class CoordinatorConfig:
     llm_filter: FilterConfig = field(default_factory=lambda: FilterConfig(budget=16))
     llm_distill: DistillSettings = field(default_factory=lambda: DistillSettings(lr=1e-3, epochs=1))
     llm_lora: LoraSettings = field(default_factory=LoraSettings)
+    # where the in-process LLM runs and in which precision: by default the first GPU in bfloat16,
+    # or the CPU in float32 (ComputeSettings; --llm-device, --llm-dtype)
+    llm_compute: ComputeSettings = field(default_factory=ComputeSettings)
     secagg: SecAggSettings = field(default_factory=SecAggSettings)
     train_llm: Bool = True
     phase_timeout_s: PositiveFloat = 600.0  # after this, a phase proceeds with the clients that answered ...

@@ -171,10 +171,17 @@ def _teacher(config: CoordinatorConfig, load_llm: bool) -> tuple[Status, str]:
 
     with tempfile.TemporaryDirectory(prefix="lada-check-") as tmp:
         host = LLMHost(
-            config.llm_dir, Path(tmp) / "adapter", config.llm_lora, config.llm_distill.max_length, config.max_new_tokens
+            config.llm_dir,
+            Path(tmp) / "adapter",
+            config.llm_lora,
+            config.llm_distill.max_length,
+            config.max_new_tokens,
+            compute=config.llm_compute,
         )
         n = sum(p.numel() for p in host.model.parameters())
-    return "ok", "; ".join([*parts, f"LLM {config.llm_dir} loads ({n / 1e6:.1f} M parameters)"])
+        assert host.trainer is not None
+        where = f"{host.trainer.device}, {str(host.trainer.dtype).removeprefix('torch.')}"
+    return "ok", "; ".join([*parts, f"LLM {config.llm_dir} loads ({n / 1e6:.1f} M parameters, {where})"])
 
 
 def _engine(config: CoordinatorConfig) -> tuple[Status, str]:

@@ -471,6 +471,7 @@ class RoundEngine(threading.Thread):
         coordinator restarted before the allocation was stored trains the round again from the
         same start instead of twice; it keeps learning across rounds."""
         from lada_client.common.reasoning import format_prompt, format_target
+        from lada_client.config import ComputeSettings
         from lada_client.training.lora import LoraTrainer
 
         started = time.perf_counter()
@@ -478,8 +479,11 @@ class RoundEngine(threading.Thread):
         by_id = {c.sample_id: c for c in info.candidates}
         teacher = [(format_prompt(by_id[s].question), format_target(by_id[s].path)) for s in sample_ids if s in by_id]
         earlier = self._score_only_rounds(client.client_id, below=t)
-        trainer = LoraTrainer(
-            self.config.slm_checkpoints[client.model_name], earlier[-1] if earlier else None, seed=self.config.seed
+        trainer = LoraTrainer(  # float32: the factors carry digests of the device's float32 base weights
+            self.config.slm_checkpoints[client.model_name],
+            earlier[-1] if earlier else None,
+            seed=self.config.seed,
+            compute=ComputeSettings(dtype="float32"),
         )
         if teacher:
             trainer.train_round(teacher, [], [], self.config.score_only_distill)

@@ -29,15 +29,15 @@ def architecture_id(model_dir: Path) -> str:
     )
 
 
-def load_causal_lm(model_dir: Path, adapter_dir: Path | None = None) -> tuple[Any, Any]:
-    """(model, tokenizer) of a local checkpoint (and an optional peft LoRA adapter), in float32
-    for CPU work."""
+def load_causal_lm(model_dir: Path, adapter_dir: Path | None = None, dtype: Any = None) -> tuple[Any, Any]:
+    """(model, tokenizer) of a local checkpoint (and an optional peft LoRA adapter), its weights in
+    ``dtype`` (a torch dtype; default float32, for CPU work)."""
     import torch
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir} is not a model checkpoint directory (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype or torch.float32)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
     if adapter_dir is not None and (adapter_dir / "adapter_config.json").exists():
         from peft import PeftModel

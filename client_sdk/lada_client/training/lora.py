@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from lada_client.common.wire import LoraFactor
-from lada_client.config import DistillSettings, LoraSettings
+from lada_client.config import ComputeSettings, DistillSettings, LoraSettings
 from lada_client.models.checkpoint import load_causal_lm
 from lada_client.models.encoding import encode_pairs
 from lada_client.models.tokenizer import SpecialTokens
@@ -36,15 +36,47 @@ from lada_client.training.losses import (
 log = logging.getLogger(__name__)
 
 
+def placement(compute: ComputeSettings) -> tuple[torch.device, torch.dtype]:
+    """The torch device and base-weight dtype ``compute`` asks for on this machine; a device it
+    does not have is a ``ValueError`` that says so, not a CUDA stack trace at the first step."""
+    if compute.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(compute.device)
+        if device.type == "cuda" and (
+            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+        ):
+            seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            raise ValueError(
+                f"device {compute.device!r}: torch {torch.__version__} sees {seen} CUDA device(s) here;"
+                " use 'auto' or 'cpu'"
+            )
+    if compute.dtype == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return device, torch.bfloat16 if bf16 else torch.float32
+    return device, getattr(torch, compute.dtype)
+
+
 class LoraTrainer:
-    """Holds a base model with a trainable LoRA adapter for one party."""
+    """Holds a base model with a trainable LoRA adapter for one party.
+
+    ``compute`` places the model (:func:`placement`): on a GPU the base weights are bfloat16 by
+    default while peft keeps the adapter's weights in float32, so the optimiser's updates are not
+    rounded away; whatever leaves the trainer (adapter vectors, factors, log-probs) is float32 on
+    the CPU."""
 
     def __init__(
-        self, base_dir: Path, adapter_dir: Path | None = None, lora: LoraSettings = LoraSettings(), seed: int = 0
+        self,
+        base_dir: Path,
+        adapter_dir: Path | None = None,
+        lora: LoraSettings = LoraSettings(),
+        seed: int = 0,
+        compute: ComputeSettings = ComputeSettings(),
     ) -> None:
         from peft import LoraConfig, PeftModel, get_peft_model
 
-        model, self.tokenizer = load_causal_lm(Path(base_dir), adapter_dir)
+        self.device, self.dtype = placement(compute)
+        model, self.tokenizer = load_causal_lm(Path(base_dir), adapter_dir, self.dtype)
         if not isinstance(model, PeftModel):
             config = LoraConfig(
                 r=lora.r,
@@ -54,8 +86,8 @@ class LoraTrainer:
                 task_type="CAUSAL_LM",
             )
             torch.manual_seed(seed)  # same seed → same LoRA init, so co-tuned adapters start aligned
-            model = get_peft_model(model, config)
-        self.model = model
+            model = get_peft_model(model, config)  # autocast_adapter_dtype: float32 LoRA weights
+        self.model = model.to(self.device)
         self.base_dir = Path(base_dir)
         self.special = SpecialTokens.from_model_config(model.config)
 
@@ -64,7 +96,7 @@ class LoraTrainer:
 
     def adapter_vector(self) -> np.ndarray:
         """All LoRA weights flattened in a fixed order (what co-tuning averages)."""
-        return torch.cat([p.detach().reshape(-1) for p in self._lora_parameters()]).numpy().astype("float64")
+        return torch.cat([p.detach().reshape(-1) for p in self._lora_parameters()]).cpu().numpy().astype("float64")
 
     def load_adapter_vector(self, vector: np.ndarray) -> None:
         params = self._lora_parameters()
@@ -74,7 +106,7 @@ class LoraTrainer:
         with torch.no_grad():
             offset = 0
             for p in params:
-                p.copy_(torch.from_numpy(vector[offset : offset + p.numel()].reshape(p.shape)).to(p.dtype))
+                p.copy_(torch.from_numpy(vector[offset : offset + p.numel()].reshape(p.shape)).to(p.device, p.dtype))
                 offset += p.numel()
 
     def save(self, adapter_dir: Path) -> Path:
@@ -88,9 +120,9 @@ class LoraTrainer:
         """ids, attention mask and per-token weights (the completion mask, or L_CD's path weights)."""
         enc = encode_pairs(self.tokenizer, prompts, completions, max_length, self.special)
         return (
-            torch.from_numpy(enc.input_ids),
-            torch.from_numpy(enc.attention_mask),
-            torch.from_numpy(path_weights(enc.completion_mask, cd_logprob)),
+            torch.from_numpy(enc.input_ids).to(self.device),
+            torch.from_numpy(enc.attention_mask).to(self.device),
+            torch.from_numpy(path_weights(enc.completion_mask, cd_logprob)).to(self.device),
         )
 
     def _path_scores(
@@ -111,8 +143,8 @@ class LoraTrainer:
     def sequence_logprobs(
         self, prompts: Sequence[str], completions: Sequence[str], max_length: int = 256
     ) -> torch.Tensor:
-        """Summed path log-probs under the current weights, without gradients."""
-        return self._reference_scores(prompts, completions, max_length, "sum")
+        """Summed path log-probs under the current weights, without gradients (on the CPU)."""
+        return self._reference_scores(prompts, completions, max_length, "sum").cpu()
 
     def train_round(
         self,
@@ -155,7 +187,7 @@ class LoraTrainer:
             # batch's token count, so the accumulated gradient is the full batch's
             ids, mask, cmask = self._batch([p for p, _ in items], [c for _, c in items], settings.max_length)
             tokens = cmask.sum().clamp(min=1.0)
-            loss_sft = torch.tensor(0.0)
+            loss_sft = torch.zeros((), device=self.device)
             for start in range(0, len(items), micro):
                 rows = slice(start, start + micro)
                 part = -(token_logprobs(self.model, ids[rows], mask[rows], cmask[rows]) * cmask[rows]).sum() / tokens
@@ -164,7 +196,7 @@ class LoraTrainer:
             loss_cd = torch.tensor(float("nan"))
             if sel is not None:  # only with reference scores (with_pairs)
                 assert ref_chosen is not None and ref_rejected is not None
-                loss_cd = torch.tensor(0.0)
+                loss_cd = torch.zeros((), device=self.device)
                 half = max(1, micro // 2)  # each pair is two sequences
                 for start in range(0, len(sel), half):
                     part_ids = sel[start : start + half]
@@ -176,7 +208,7 @@ class LoraTrainer:
                     pol_r = self._path_scores(
                         batch_prompts, [p.rejected for p in batch_pairs], settings.max_length, settings.cd_logprob
                     )
-                    index = torch.tensor(part_ids)
+                    index = torch.tensor(part_ids, device=self.device)
                     share = len(part_ids) / len(sel)
                     cd = contrastive_distillation_loss(
                         pol_c, pol_r, ref_chosen[index], ref_rejected[index], settings.cd_beta
@@ -221,7 +253,7 @@ class LoraTrainer:
         was_training = self.model.training
         self.model.eval()
         try:
-            ref = torch.zeros(sum(p.numel() for p in params))
+            ref = torch.zeros(sum(p.numel() for p in params), device=self.device)
             for start in range(0, len(reference), batch_size):
                 chunk = reference[start : start + batch_size]
                 ids, mask, cmask = self._batch([p for p, _ in chunk], [c for _, c in chunk], max_length)
@@ -253,8 +285,8 @@ class LoraTrainer:
         input ``x`` and output gradient ``δ`` per row (a forward hook and a hook on its output)
         instead of letting autograd sum them over the batch."""
         weights = set(ref)  # ids of the LoRA factor weights
-        dots = torch.zeros(len(pairs))
-        norms = torch.zeros(len(pairs))
+        dots = torch.zeros(len(pairs), device=self.device)
+        norms = torch.zeros(len(pairs), device=self.device)
 
         def on_forward(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             x, target = inputs[0].detach(), ref[id(module.weight)]
@@ -300,7 +332,7 @@ class LoraTrainer:
                 if merged:
                     for adapter in module.active_adapters:
                         w = w + module.get_delta_weight(adapter).float()
-                out[name] = w.numpy()
+                out[name] = w.cpu().numpy()
         return out
 
     def lora_factors(self) -> list[LoraFactor]:
@@ -312,10 +344,10 @@ class LoraTrainer:
         out: list[LoraFactor] = []
         with torch.no_grad():
             for name, module in self._lora_layers():
-                digest, digest_t = weight_digests(module.base_layer.weight.detach().float().numpy())
+                digest, digest_t = weight_digests(module.base_layer.weight.detach().float().cpu().numpy())
                 for adapter in module.active_adapters:
-                    a = module.lora_A[adapter].weight.detach().float().numpy()
-                    b = module.lora_B[adapter].weight.detach().float().numpy()
+                    a = module.lora_A[adapter].weight.detach().float().cpu().numpy()
+                    b = module.lora_B[adapter].weight.detach().float().cpu().numpy()
                     out.append(
                         LoraFactor(
                             name=name,
@@ -331,10 +363,11 @@ class LoraTrainer:
         return out
 
     def merged_checkpoint(self, out_dir: Path) -> Path:
-        """Write base+adapter merged to ``out_dir`` (for ONNX export), leaving this trainer intact."""
+        """Write base+adapter merged to ``out_dir`` (for ONNX export: float32, whatever this
+        trainer's precision), leaving this trainer intact."""
         import copy
 
-        merged = copy.deepcopy(self.model).merge_and_unload()
+        merged = copy.deepcopy(self.model).merge_and_unload().to("cpu", torch.float32)
         out_dir.mkdir(parents=True, exist_ok=True)
         merged.save_pretrained(str(out_dir))
         self.tokenizer.save_pretrained(str(out_dir))

@@ -27,10 +27,11 @@ def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype = torch.floa
     predicate; this is a few tensor ops, and a LoRA round of ``slm-large`` runs ~9 % faster.
     A padding query also sees itself, so no row is fully masked (it would give NaN in softmax);
     its outputs are never read."""
-    length = attention_mask.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
-    allowed = (causal[None] & attention_mask[:, None, :].bool()) | torch.eye(length, dtype=torch.bool)[None]
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+    length, device = attention_mask.shape[1], attention_mask.device
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    itself = torch.eye(length, dtype=torch.bool, device=device)[None]
+    allowed = (causal[None] & attention_mask[:, None, :].bool()) | itself
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def token_logprobs(
@@ -65,7 +66,7 @@ def token_logprobs(
     if cap:  # Gemma's soft cap on the logits, as its forward applies it
         logits = cap * torch.tanh(logits / cap)
     picked = torch.log_softmax(logits, dim=-1).gather(1, input_ids[rows, cols + 1].unsqueeze(-1)).squeeze(-1)
-    out = torch.zeros(needed.shape, dtype=picked.dtype)
+    out = torch.zeros(needed.shape, dtype=picked.dtype, device=picked.device)
     return out.index_put((rows, cols), picked)
 
 

@@ -187,7 +187,7 @@ def export_training_graph(
     from peft import get_peft_model_state_dict
     from peft.tuners.lora import LoraLayer
 
-    from lada_client.config import LoraSettings
+    from lada_client.config import ComputeSettings, LoraSettings
     from lada_client.models.checkpoint import architecture_id
     from lada_client.training.lora import LoraTrainer
 
@@ -195,7 +195,8 @@ def export_training_graph(
     if lora.dropout > 0:
         log.warning("LoRA dropout %.3f is not exported: the ONNX training graph has no dropout", lora.dropout)
     started = time.perf_counter()
-    trainer = LoraTrainer(Path(base_dir), adapter_dir, lora, seed)
+    # the export traces the float32 graph on the CPU, whatever GPU this machine has
+    trainer = LoraTrainer(Path(base_dir), adapter_dir, lora, seed, ComputeSettings(device="cpu", dtype="float32"))
     model = trainer.model
     model.eval()
     # eager attention: plain MatMul/Softmax, every op of it has a gradient in onnxruntime-training

@@ -19,7 +19,7 @@ from lada_client.capabilities import (
     can_train_torch,
     missing_modules,
 )
-from lada_client.config import ClientConfig, LoraSettings
+from lada_client.config import ClientConfig, ComputeSettings, LoraSettings
 from lada_client.training.backend import BackendUnavailable, TrainerBackend
 
 __all__ = ["BACKENDS", "available_backends", "make_trainer", "trainer_for"]
@@ -41,11 +41,13 @@ def make_trainer(
     lora: LoraSettings | None = None,
     seed: int = 0,
     threads: int | None = None,
+    compute: ComputeSettings | None = None,
 ) -> TrainerBackend:
     """A trainer of the named backend; a clear :class:`BackendUnavailable` if it is not installed.
 
     ``torch`` needs ``base_dir`` (the SLM checkpoint); ``ort`` needs ``artifacts_dir`` (from
     ``python -m lada_client.training.ort_artifacts``). ``adapter_dir`` resumes a saved adapter.
+    ``compute`` places the torch trainer (default: float32, the best available device).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown training backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -60,7 +62,8 @@ def make_trainer(
             raise ValueError("the 'torch' training backend needs base_model_dir (the SLM checkpoint)")
         from lada_client.training.lora import LoraTrainer  # imports torch
 
-        return LoraTrainer(Path(base_dir), adapter_dir, lora or LoraSettings(), seed)
+        compute = compute or ComputeSettings(dtype="float32")  # as a client trains by default (ClientConfig)
+        return LoraTrainer(Path(base_dir), adapter_dir, lora or LoraSettings(), seed, compute)
     if not can_train_ort():
         raise BackendUnavailable(
             f"the 'ort' training backend needs onnxruntime.training, which is not importable here; {ORT_INSTALL_HINT}"
@@ -84,4 +87,5 @@ def trainer_for(config: ClientConfig, adapter_dir: Path | None) -> TrainerBacken
         adapter_dir=adapter_dir,
         lora=config.lora,
         seed=config.distill.seed,
+        compute=config.compute,
     )

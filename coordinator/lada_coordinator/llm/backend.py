@@ -85,8 +85,8 @@ class TransformersBackend:
                 mask[b, width - len(r) :] = 1
             with torch.no_grad():
                 gen = model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
+                    input_ids=ids.to(self.trainer.device),
+                    attention_mask=mask.to(self.trainer.device),
                     max_new_tokens=max_new_tokens,
                     do_sample=temperature > 0,
                     temperature=temperature if temperature > 0 else None,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from lada_client.common.reasoning import format_prompt, format_target, is_correct
-from lada_client.config import DistillSettings, LoraSettings
+from lada_client.config import ComputeSettings, DistillSettings, LoraSettings
 from lada_client.data.samples import Sample
 from lada_client.training.lora import LoraTrainer, PreferencePair, TrainReport
 from lada_coordinator.llm.backend import InferenceBackend, TransformersBackend
@@ -55,9 +55,12 @@ class LLMHost:
         max_length: int = 256,
         max_new_tokens: int = 48,
         backend: InferenceBackend | None = None,
+        compute: ComputeSettings = ComputeSettings(),
     ) -> None:
         self.adapter_dir = adapter_dir
-        self.trainer: LoraTrainer | None = LoraTrainer(llm_dir, adapter_dir, lora) if llm_dir is not None else None
+        self.trainer: LoraTrainer | None = (
+            LoraTrainer(llm_dir, adapter_dir, lora, compute=compute) if llm_dir is not None else None
+        )
         self.max_length = max_length
         self.max_new_tokens = max_new_tokens
         local = TransformersBackend(self.trainer, max_length) if self.trainer is not None else None

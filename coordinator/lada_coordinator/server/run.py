@@ -71,6 +71,7 @@ def build(
             config.llm_distill.max_length,
             config.max_new_tokens,
             backend=backend,
+            compute=config.llm_compute,
         )
 
     engine = RoundEngine(config, store, public, llm_factory, llm_eval, lease=store.leadership(replica_name(config)))

@@ -78,6 +78,11 @@ def test_coordinator_config_round_trips_through_json(tmp_path: Path) -> None:
         ({**CLIENT, "state_dir": 3}, "state_dir: must be a path (a string), got 3"),
         ({**CLIENT, "lora": 8}, "lora: must be an object, got 8"),
         ({**CLIENT, "upload_chunk_bytes": 10}, "upload_chunk_bytes: must be >= 1024"),
+        ({**CLIENT, "compute": {"device": "gpu"}}, "compute.device: must match"),
+        (
+            {**CLIENT, "compute": {"dtype": "bfloat16"}},
+            "compute.dtype 'bfloat16' with scorer_refresh 'swap' would write rounded base weights",
+        ),
         (
             {**CLIENT, "train_backend": "ort", "scorer_refresh": "export"},
             "scorer_refresh: 'export' needs train_backend 'torch'",

@@ -7,9 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from lada_client.common.reasoning import format_prompt, format_target  # noqa: E402
-from lada_client.config import DistillSettings  # noqa: E402
+from lada_client.config import ComputeSettings, ConfigError, DistillSettings  # noqa: E402
 from lada_client.data.federation import load_client  # noqa: E402
-from lada_client.training.lora import LoraTrainer, PreferencePair  # noqa: E402
+from lada_client.training.lora import LoraTrainer, PreferencePair, placement  # noqa: E402
 
 
 def test_lora_round_raises_chosen_over_rejected_and_round_trips(tiny_world, tmp_path):
@@ -110,3 +110,40 @@ def test_micro_batches_change_memory_not_the_step(tiny_world):
     assert (vectors[0] != torch.from_numpy(LoraTrainer(tiny_world["client1"] / "base").adapter_vector())).any()
     for other in vectors[1:]:
         torch.testing.assert_close(other, vectors[0], atol=1e-5, rtol=1e-4)
+
+
+def test_bfloat16_base_trains_a_float32_adapter_and_hands_out_float32(tiny_world, tmp_path):
+    """What a GPU coordinator runs by default (bfloat16 base weights), on the CPU: the adapter stays
+    float32, learns, and saves to an adapter a float32 trainer loads unchanged."""
+    data = load_client(tiny_world["data"], "client1")
+    samples = data.train[:8]
+    pairs = [(format_prompt(s.question), format_target(s.rationale)) for s in samples]
+    trainer = LoraTrainer(tiny_world["client1"] / "base", compute=ComputeSettings(device="cpu", dtype="bfloat16"))
+    assert (trainer.device.type, trainer.dtype) == ("cpu", torch.bfloat16)
+    lora = {n: p.dtype for n, p in trainer.model.named_parameters() if "lora_" in n}
+    base = {n: p.dtype for n, p in trainer.model.named_parameters() if "lora_" not in n}
+    assert lora and set(lora.values()) == {torch.float32} and set(base.values()) == {torch.bfloat16}
+    prompts, targets = [p for p, _ in pairs], [t for _, t in pairs]
+    before = trainer.sequence_logprobs(prompts, targets)
+    assert before.dtype == torch.float32 and before.device.type == "cpu"
+    report = trainer.train_round(pairs, [], [], DistillSettings(lr=5e-3, epochs=4, batch_size=8))
+    assert report.steps == 4
+    assert trainer.sequence_logprobs(prompts, targets).mean() > before.mean()
+    assert trainer.adapter_vector().dtype == "float64" and trainer.lora_factors()
+    assert trainer.gradient_alignment(pairs[:2], pairs[2:4]).shape == (2,)
+
+    trainer.save(tmp_path / "adapter")
+    float32 = ComputeSettings(dtype="float32")
+    reloaded = LoraTrainer(tiny_world["client1"] / "base", tmp_path / "adapter", compute=float32)
+    assert reloaded.dtype == torch.float32
+    assert (reloaded.adapter_vector() == trainer.adapter_vector()).all()
+
+
+def test_placement_says_what_this_machine_lacks():
+    assert placement(ComputeSettings(device="cpu", dtype="auto")) == (torch.device("cpu"), torch.float32)
+    if not torch.cuda.is_available():
+        assert placement(ComputeSettings()) == (torch.device("cpu"), torch.float32)
+        with pytest.raises(ValueError, match="sees 0 CUDA device"):
+            placement(ComputeSettings(device="cuda:1"))
+    with pytest.raises(ConfigError, match="device"):
+        ComputeSettings(device="gpu")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from lada_client.common.config_io import ConfigError
-from lada_client.config import LoraSettings
+from lada_client.config import ComputeSettings, LoraSettings
 from lada_client.data.samples import Sample
 from lada_coordinator.cli import build_parser, serve_config
 from lada_coordinator.config import CoordinatorConfig, LLMServerSettings
@@ -458,8 +458,23 @@ def test_serve_flags_make_or_change_the_llm_server_section(tmp_path: Path) -> No
     assert config.llm_server == LLMServerSettings(url="http://g", model="m", prompt_logprobs="echo")
 
 
+def test_serve_flags_place_the_in_process_llm(tmp_path: Path) -> None:
+    path = _config_file(tmp_path, llm_dir=str(tmp_path / "llm"), llm_compute={"dtype": "float32"})
+    assert serve_config(_serve_args("--config", str(path))).llm_compute == ComputeSettings(dtype="float32")
+    config = serve_config(_serve_args("--config", str(path), "--llm-device", "cuda:1"))
+    assert config.llm_compute == ComputeSettings(device="cuda:1", dtype="float32")  # the file's dtype stays
+    config = serve_config(_serve_args("--config", str(path), "--llm-dtype", "bfloat16"))
+    assert config.llm_compute == ComputeSettings(dtype="bfloat16")
+
+
 def test_bad_serve_flag_values_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["--llm-server-url", "gpu:8000"], ["--llm-server-logprobs", "yes"], ["--llm-server-model", ""]):
+    for argv in (
+        ["--llm-server-url", "gpu:8000"],
+        ["--llm-server-logprobs", "yes"],
+        ["--llm-server-model", ""],
+        ["--llm-device", "gpu"],
+        ["--llm-dtype", "fp16"],
+    ):
         with pytest.raises(SystemExit):
             _serve_args("--config", "c.json", *argv)
     assert "must match" in capsys.readouterr().err
