@@ -114,6 +114,7 @@ class Sizes:
     n_test: int
     n_public: int
     offer_questions: int
+    llm_epochs: int
     llm_warmup_steps: int
     slm_warmup_steps: int
 
@@ -134,6 +135,7 @@ DEFAULT = Sizes(
     n_test=200,
     n_public=4000,
     offer_questions=48,
+    llm_epochs=1,
     llm_warmup_steps=1200,
     slm_warmup_steps=150,
 )
@@ -152,6 +154,7 @@ QUICK = Sizes(
     n_test=8,
     n_public=160,
     offer_questions=4,
+    llm_epochs=1,
     llm_warmup_steps=4,
     slm_warmup_steps=4,
 )
@@ -179,6 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--offer-questions", type=int, help=f"public questions offered to the LLM (default {DEFAULT.offer_questions})"
     )
+    p.add_argument("--llm-epochs", type=int, help=f"the LLM's training passes per round (default {DEFAULT.llm_epochs})")
     p.add_argument(
         "--llm-warmup-steps", type=int, help=f"teacher warm-start steps (default {DEFAULT.llm_warmup_steps})"
     )
@@ -304,6 +308,7 @@ def settings_for(
         llm_warmup_steps=sizes.llm_warmup_steps,
         slm_warmup_steps=sizes.slm_warmup_steps,
         offer_questions=sizes.offer_questions,
+        llm_epochs=sizes.llm_epochs,
         alpha=method.alpha if method else 0.5,
         coverage=method.coverage if method else 0.0,
         epochs=sizes.epochs,
@@ -924,6 +929,7 @@ def write_report(
     add(f"| training passes per round | {sizes.epochs} over private data + allocated paths (`--epochs`) |")
     add(f"| public pool | {sizes.n_public} |")
     add(f"| public questions offered to the LLM per round | {sizes.offer_questions} |")
+    add(f"| the LLM's training passes per round over the SLM paths it chose | {sizes.llm_epochs} |")
     add(f"| teacher warm-up steps | {sizes.llm_warmup_steps} (batch 32) |")
     add(f"| SLM warm-up steps | {sizes.slm_warmup_steps} (batch 32) |")
     add(f"| learnability features (`--features`) | {', '.join(f'`{f}`' for f in args.features)} |")
@@ -1558,7 +1564,8 @@ def _world_key(sizes: Sizes, seed: int, host: str, args: argparse.Namespace) -> 
     """What the round-0 evaluation of a (seed, host) world depends on, and where it is saved."""
     workdir = args.cache_dir / f"seed{seed}-{host}"
     key = {"seed": seed, "host": host, **signature(settings_for(sizes, seed, host, None, args, workdir))}
-    for name in ("allocation", "alpha", "coverage", "epochs", "rounds", "candidates", "budget", "offer_questions"):
+    run_settings = ("allocation", "alpha", "coverage", "epochs", "rounds", "candidates", "budget")
+    for name in (*run_settings, "offer_questions", "llm_epochs"):
         key.pop(name)
     return key, args.results_dir / host / "warmstart" / f"seed{seed}.json"
 

@@ -69,6 +69,10 @@ class LLMServerSettings:
     retries: NonNegativeInt = 3
 
 
+#: the LLM's LoRA step: a larger learning rate than a device's, one pass over what SLMs contributed
+LLM_DISTILL = DistillSettings(lr=1e-3, epochs=1)
+
+
 @settings
 class CoordinatorConfig:
     """Where things live and how rounds run.
@@ -110,7 +114,7 @@ class CoordinatorConfig:
     feature_names: Annotated[tuple[FeatureName, ...], Field(min_length=1)] = FEATURE_NAMES
     slm_filter: FilterConfig = field(default_factory=FilterConfig)
     llm_filter: FilterConfig = field(default_factory=lambda: FilterConfig(budget=16))
-    llm_distill: DistillSettings = field(default_factory=lambda: DistillSettings(lr=1e-3, epochs=1))
+    llm_distill: DistillSettings = field(default_factory=lambda: LLM_DISTILL)
     llm_lora: LoraSettings = field(default_factory=LoraSettings)
     # where the in-process LLM runs and in which precision: by default the first GPU in bfloat16,
     # or the CPU in float32 (ComputeSettings; --llm-device, --llm-dtype)

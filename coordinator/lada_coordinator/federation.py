@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
@@ -50,7 +50,7 @@ from lada_client.config import (
 )
 from lada_client.privacy.dp import DPSettings
 from lada_coordinator.allocation.filter_config import FilterConfig, Share
-from lada_coordinator.config import AllocationMode, CoordinatorConfig, Port
+from lada_coordinator.config import LLM_DISTILL, AllocationMode, CoordinatorConfig, Port
 
 if TYPE_CHECKING:
     from lada_client.data.federation import FederationData
@@ -111,6 +111,7 @@ class FederationSettings:
     llm_warmup_steps: NonNegativeInt = 400
     slm_warmup_steps: NonNegativeInt = 150
     offer_questions: NonNegativeInt = 32
+    llm_epochs: NonNegativeInt = LLM_DISTILL.epochs  # CoordinatorConfig.llm_distill.epochs
     alpha: NonNegativeFloat = _default(DistillSettings, "alpha")
     # clients' passes per round over private data + allocated paths
     epochs: NonNegativeInt = _default(DistillSettings, "epochs")
@@ -678,6 +679,7 @@ def start_processes(
         "min_clients": settings.clients,
         "candidates_per_round": settings.candidates,
         "offer_questions": settings.offer_questions,
+        "llm_distill": asdict(replace(LLM_DISTILL, epochs=settings.llm_epochs)),
         "allocation": settings.allocation,
         "host_framework": settings.host_framework,
         "slm_filter": settings.slm_filter(),

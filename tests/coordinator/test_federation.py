@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,8 @@ def test_a_failing_client_ends_the_run_with_its_name_and_its_log_tail(tiny_world
     assert err[2:] == [f"    {line}" for line in tail]
     assert "lada-client: error:" in err[-1] and str(missing) in err[-1]  # the cause, verbatim, last
     assert [line.split()[1] for line in out if line.startswith("✓ ")][-1] == "processes"  # set-up went through
+    written = json.loads((settings.workdir / "run" / "coordinator.json").read_text())
+    assert written["llm_distill"]["epochs"] == settings.llm_epochs  # the LLM's passes, as set
 
 
 @pytest.mark.e2e
@@ -201,7 +204,7 @@ def test_settings_passed_on_to_other_configs_take_their_defaults_and_choices():
 
     from lada_client.config import ClientConfig, DistillSettings, RewardSettings
     from lada_client.privacy.dp import DPSettings
-    from lada_coordinator.config import AllocationMode, HostFramework
+    from lada_coordinator.config import LLM_DISTILL, AllocationMode, HostFramework
     from lada_coordinator.server.run import LLM_EVAL_SIZE
 
     client = ClientConfig(coordinator_url="http://x", name="c", state_dir=".", data_dir=".", scoring_model=".")
@@ -214,6 +217,7 @@ def test_settings_passed_on_to_other_configs_take_their_defaults_and_choices():
         client.max_new_tokens,
     )
     assert s.dp_noise == DPSettings().noise_multiplier and LLM_EVAL_SIZE == client.eval_size
+    assert s.llm_epochs == LLM_DISTILL.epochs
     for flag, literal in [
         ("--allocation", AllocationMode),
         ("--host-framework", HostFramework),
