@@ -49,8 +49,8 @@ from lada_client.config import (
     RewardSettings,
 )
 from lada_client.privacy.dp import DPSettings
-from lada_coordinator.allocation.filter_config import FilterConfig, Share
-from lada_coordinator.config import LLM_DISTILL, AllocationMode, CoordinatorConfig, Port
+from lada_coordinator.allocation.filter_config import Share
+from lada_coordinator.config import LLM_DISTILL, SLM_FILTER, AllocationMode, CoordinatorConfig, Port
 
 if TYPE_CHECKING:
     from lada_client.data.federation import FederationData
@@ -102,7 +102,7 @@ class FederationSettings:
     allocation: AllocationMode = _default(CoordinatorConfig, "allocation")
     candidates: PositiveInt = 128
     budget: PositiveInt = 32
-    coverage: Share = _default(FilterConfig, "coverage_fraction")  # FilterConfig.coverage_fraction
+    coverage: Share = SLM_FILTER.coverage_fraction  # CoordinatorConfig.slm_filter.coverage_fraction
     port: Port = _default(CoordinatorConfig, "port")
     seed: NonNegativeInt = 0
     n_train: PositiveInt = 300

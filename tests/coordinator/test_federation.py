@@ -204,7 +204,7 @@ def test_settings_passed_on_to_other_configs_take_their_defaults_and_choices():
 
     from lada_client.config import ClientConfig, DistillSettings, RewardSettings
     from lada_client.privacy.dp import DPSettings
-    from lada_coordinator.config import LLM_DISTILL, AllocationMode, HostFramework
+    from lada_coordinator.config import LLM_DISTILL, SLM_FILTER, AllocationMode, HostFramework
     from lada_coordinator.server.run import LLM_EVAL_SIZE
 
     client = ClientConfig(coordinator_url="http://x", name="c", state_dir=".", data_dir=".", scoring_model=".")
@@ -217,7 +217,7 @@ def test_settings_passed_on_to_other_configs_take_their_defaults_and_choices():
         client.max_new_tokens,
     )
     assert s.dp_noise == DPSettings().noise_multiplier and LLM_EVAL_SIZE == client.eval_size
-    assert s.llm_epochs == LLM_DISTILL.epochs
+    assert s.llm_epochs == LLM_DISTILL.epochs and s.coverage == SLM_FILTER.coverage_fraction == 0.25
     for flag, literal in [
         ("--allocation", AllocationMode),
         ("--host-framework", HostFramework),

@@ -70,7 +70,8 @@ class FilterConfig:
             narrow set round after round, lost accuracy in round 3 while random allocation, which
             spreads over every family, did not. Coverage keeps part of every round spread over the
             pool, as the cold-start round is, and gives the filter rewards for the rest of the
-            pool. ``0`` (default) is the method as written.
+            pool. ``0`` (this class's default, so the LLM's filter) is the method as written; the
+            coordinator's SLM filters use 0.25 (``config.SLM_FILTER``).
     """
 
     exploration_weight: NonNegativeFloat = 1.0
