@@ -120,7 +120,7 @@ class Sizes:
 
 
 # The fast loop: the rule domains, sized for 30 minutes on two CPU cores from an empty cache
-# (three seeds, host mkt, five methods, the teacher built once); docs/benchmarks_quality.md
+# (three seeds, host mkt, six methods, the teacher built once); docs/benchmarks_quality.md
 # reports the times of its run. 48 private questions per client (a quarter of them the reward's
 # held-out split) make the 16 allocated paths a round a sizeable share of what a client trains
 # on; 200 test questions per client resolve differences of about ±0.035. 48 offered questions
