@@ -45,7 +45,12 @@ def test_coordinator_config_round_trips_through_json(tmp_path: Path) -> None:
     cfg = CoordinatorConfig.from_dict(
         {**COORD, "slm_filter": {"budget": 4}, "llm_lora": {"target_modules": ["q_proj"]}}
     )
-    assert cfg.slm_filter == FilterConfig(budget=4) and cfg.llm_lora.target_modules == ("q_proj",)
+    # a partial section keeps the coordinator's own defaults for the rest (the SLM filters' coverage)
+    assert cfg.slm_filter == FilterConfig(budget=4, coverage_fraction=0.25)
+    assert cfg.llm_lora.target_modules == ("q_proj",)
+    partial = CoordinatorConfig.from_dict({**COORD, "llm_filter": {"seed": 3}, "llm_distill": {"epochs": 4}})
+    assert partial.llm_filter == FilterConfig(budget=16, seed=3)
+    assert (partial.llm_distill.epochs, partial.llm_distill.lr) == (4, 1e-3)
     path = tmp_path / "coordinator.json"
     path.write_text(cfg.to_json())
     assert CoordinatorConfig.load(path) == cfg
