@@ -446,6 +446,7 @@ def run_one(
         "method": method.key,
         "seed": seed,
         "settings": signature(settings),
+        "machine": C.machine_info(),  # the same weights can answer differently on another CPU model
         "exit_code": code,
         "wall_s": round(wall, 1),
         "loadavg_before": list(load_before),

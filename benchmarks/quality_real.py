@@ -294,6 +294,9 @@ def run_one(args: argparse.Namespace, settings: Any, dest: Path) -> dict[str, An
     status = json.loads((settings.workdir / "last_run.json").read_text())
     record = {
         "signature": expected,
+        # greedy answers of the same weights can differ between CPU models (near-tied logits):
+        # pair runs of one machine only
+        "machine": C.machine_info(),
         "seconds": round(seconds, 1),
         "status": status,
         "clients": {
