@@ -53,6 +53,11 @@ log = logging.getLogger("quality_real")
 FAMILIES = ("chain_sum", "simple_equations", "leg_counting")
 EXTRA_PUBLIC = ("basic_arithmetic",)
 STUDENT, TEACHER = "smollm2-135m-instruct", "qwen2.5-coder-1.5b-instruct"
+#: how the report names each student fixture
+STUDENT_NAMES = {
+    "smollm2-135m-instruct": "SmolLM2-135M-Instruct (Q4_1 GGUF, imported to float32)",
+    "gemma3-270m": "Gemma-3-270M base (Q4_K_M GGUF, imported to float32)",
+}
 FEATURES = ("slm_path_nll", "slm_answer_nll", "logp_gap", "path_tokens", "local_similarity")
 #: Features whose value for a candidate does not change as the SLM trains. The likelihood features
 #: move most on what the SLM just learned (its own family's paths), so a filter fitted on last
@@ -149,6 +154,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--methods", default="local,random,lada,lada-cover")
     p.add_argument("--families", default=",".join(FAMILIES), help="one reasoning-gym family per client")
+    p.add_argument(
+        "--students",
+        default=STUDENT,
+        help=f"student models, comma-separated, to the clients in turn (a mixed fleet: "
+        f"'{STUDENT},{STUDENT},gemma3-270m'); one of {', '.join(STUDENT_NAMES)}",
+    )
     p.add_argument("--extra-public", default=",".join(EXTRA_PUBLIC), help="public-pool families no client has")
     p.add_argument("--private-sft", choices=["all", "with_rationale"], help="override every method's private_sft")
     for field in dataclasses.fields(Sizes):
@@ -180,18 +191,43 @@ def free_port() -> int:
 
 
 # ------------------------------------------------------------------------------------ set-up
-def models(args: argparse.Namespace) -> dict[str, Path | None]:
-    """The student's and teacher's GGUF files (toy models in quick mode: both None)."""
+def models(args: argparse.Namespace) -> dict[str, Any]:
+    """The students' (one per client, in turn) and the teacher's GGUF files (toy models in quick
+    mode: no students, no teacher)."""
     if args.quick:
-        return {"student": None, "teacher": None}
+        return {"students": (), "teacher": None}
     from _models import fetch
     from lada_client.models.smollm2 import locate_gguf
 
-    try:
-        student = locate_gguf()  # the installed wheel's file
-    except FileNotFoundError:
-        student = fetch(STUDENT, args.cache_dir)
-    return {"student": student, "teacher": fetch(TEACHER, args.cache_dir)}
+    def student(name: str) -> Path:
+        if name == STUDENT:
+            try:
+                return locate_gguf()  # the installed wheel's file
+            except FileNotFoundError:
+                pass
+        return fetch(name, args.cache_dir)
+
+    return {"students": tuple(student(n) for n in student_names(args)), "teacher": fetch(TEACHER, args.cache_dir)}
+
+
+def students_text(args: argparse.Namespace) -> str:
+    names = student_names(args)
+    if len(set(names)) == 1:
+        return STUDENT_NAMES[names[0]]
+    families = args.families.split(",")
+    return "; ".join(
+        f"client{i} ({family}) {STUDENT_NAMES[names[i % len(names)]]}" for i, family in enumerate(families)
+    )
+
+
+def student_names(args: argparse.Namespace) -> list[str]:
+    names = [n.strip() for n in args.students.split(",") if n.strip()]
+    unknown = [n for n in names if n not in STUDENT_NAMES]
+    if unknown or not names:
+        raise SystemExit(
+            f"--students: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(STUDENT_NAMES)}"
+        )
+    return names
 
 
 def settings_for(args: argparse.Namespace, sizes: Sizes, seed: int, method: Method | None, gguf: dict) -> Any:
@@ -219,7 +255,7 @@ def settings_for(args: argparse.Namespace, sizes: Sizes, seed: int, method: Meth
         families=families,
         public_families=public,
         public_seed=0,
-        student=gguf["student"],
+        students=gguf["students"],
         teacher_gguf=gguf["teacher"],
         teacher_cache=None if args.quick else args.teacher_cache,
         llm_warmup_steps=40,
@@ -242,6 +278,11 @@ def signature(settings: Any) -> dict[str, Any]:
     d = asdict(settings)
     for key in ("workdir", "port", "timeout_s", "teacher_cache"):
         d.pop(key, None)
+    students = d.pop("students")
+    if len(students) == 1:  # every client the same student: recorded as one path, as runs always were
+        d["student"] = students[0]
+    elif students:
+        d["students"] = students
     if settings.allocation == "lada":
         d["slm_filter"] = FilterConfig.from_dict(settings.slm_filter()).to_dict()
     return json.loads(json.dumps(d, default=str))
@@ -280,6 +321,9 @@ def run_one(args: argparse.Namespace, settings: Any, dest: Path) -> dict[str, An
         saved = json.loads((dest / "run.json").read_text())
         if C.same_run(saved.get("signature", {}), expected):
             return saved
+        aside = dest.with_name(f"{dest.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        log.warning("%s was saved with other settings: keeping it as %s and running anew", dest, aside.name)
+        dest.rename(aside)
     started = time.perf_counter()
     code = run_federation(settings)
     seconds = time.perf_counter() - started
@@ -477,7 +521,7 @@ def report(
     lines = [
         "# Learning quality on real models" + (" (quick smoke run)" if args.quick else ""),
         "",
-        f"Students: {'toy slm-small' if args.quick else 'SmolLM2-135M-Instruct (Q4_1 GGUF, imported to float32)'}; "
+        f"Students: {'toy slm-small' if args.quick else students_text(args)}; "
         "teacher: "
         f"{'toy llm-tiny' if args.quick else 'Qwen2.5-Coder-1.5B-Instruct (Q4_K_M) on llama.cpp, verified paths'}. "
         f"Families (one per client): {args.families}; public pool: those + {args.extra_public or 'nothing'}; "
@@ -635,6 +679,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
     summary = summarise(runs, zero, seeds, methods)
     summary["families"], summary["sizes"] = args.families.split(","), asdict(sizes)
+    if not args.quick:
+        summary["students"] = student_names(args)
     (args.results_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     images = plots(summary, runs, zero, args.results_dir)
     text = report(summary, runs, zero, args, sizes, images, (time.perf_counter() - started) / 60)

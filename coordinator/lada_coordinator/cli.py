@@ -416,7 +416,11 @@ def _federation_flags(p: argparse.ArgumentParser) -> None:
     )
     flag("--llm-unseen", "toy domains left out of the tiny LLM's warm-up (known only to clients)")
     flag("--public-seed", "keep the public pool fixed across --seed values")
-    flag("--student", "a GGUF file or checkpoint imported as every client's SLM (e.g. SmolLM2)")
+    flag(
+        "--students",
+        "GGUF files or checkpoints imported as the clients' SLMs, comma-separated, in turn "
+        "(one: every client's; e.g. SmolLM2 and Gemma 3 for a mixed fleet)",
+    )
     flag("--teacher-gguf", "the teacher as a GGUF file on llama.cpp; its verified paths are computed once")
     flag("--teacher-cache", "where --teacher-gguf's paths are kept (none: WORKDIR/teacher/paths.jsonl)")
     flag("--reward", "what the clients' reward measures")

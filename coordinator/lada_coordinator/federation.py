@@ -86,10 +86,10 @@ ModelPreset = Annotated[Str, AfterValidator(_model_preset)]
 class FederationSettings:
     """One local federation. Defaults give the self-contained demo (offline-built toy models on the
     toy arithmetic domains); the fields after ``llm_checkpoint`` move it to real data and models:
-    reasoning-gym ``families`` (one per client, cycled), an imported pretrained ``student`` (a GGUF
-    file or checkpoint, the same for every client) and a llama.cpp ``teacher_gguf`` whose verified
-    paths are computed once into ``teacher_cache`` (then the coordinator runs no LLM, so the LLM
-    direction is off).
+    reasoning-gym ``families`` (one per client, cycled), imported pretrained ``students`` (GGUF
+    files or checkpoints given to the clients in turn: one for all, or a mixed fleet) and a
+    llama.cpp ``teacher_gguf`` whose verified paths are computed once into ``teacher_cache`` (then
+    the coordinator runs no LLM, so the LLM direction is off).
 
     Every field is checked on construction (a :class:`~lada_client.common.config_io.ConfigError`
     naming it), so a bad value is refused before minutes of set-up, not inside a child process.
@@ -130,7 +130,8 @@ class FederationSettings:
     public_families: tuple[Str, ...] = ()  # families of the public pool; () = the clients'
     # fixes the public pool across seeds (its teacher paths are computed once)
     public_seed: Annotated[int, Strict()] | None = None
-    student: Path | None = None  # GGUF file or checkpoint imported as every client's SLM
+    # GGUF files or checkpoints imported as the clients' SLMs, in turn (one: every client's)
+    students: tuple[Path, ...] = ()
     teacher_gguf: Path | None = None  # teacher on llama.cpp: verified paths computed ahead of time
     teacher_cache: Path | None = None  # where those paths are stored (default: workdir/teacher/paths.jsonl)
     reward: RewardKind = _default(RewardSettings, "kind")  # RewardSettings.kind on the clients
@@ -148,6 +149,9 @@ class FederationSettings:
         """What one field's type cannot say (each field's own type and range is checked before)."""
         if self.teacher_gguf is not None and self.llm_checkpoint is not None:
             raise ValueError("give a teacher as --teacher-gguf or as --llm-checkpoint, not both")
+        missing = [str(s) for s in self.students if not s.exists()]
+        if missing:
+            raise ValueError(f"students: no model at {', '.join(missing)} (a .gguf file or a checkpoint directory)")
         from lada_coordinator.simulation.domains import DOMAIN_SETS
 
         if self.toy_domains not in DOMAIN_SETS:
@@ -187,7 +191,7 @@ class Preset:
 def _smollm2_student() -> dict[str, Any]:
     from lada_client.models.smollm2 import locate_gguf
 
-    return {"student": locate_gguf()}  # a clear FileNotFoundError with the install command if missing
+    return {"students": (locate_gguf(),)}  # a clear FileNotFoundError with the install command if missing
 
 
 #: ``smollm2``: real pretrained students on 2 CPU cores. Every client imports SmolLM2-135M-Instruct
@@ -413,7 +417,7 @@ def _data(settings: FederationSettings, data_dir: Path) -> FederationData:
 
 def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> dict[str, Path]:
     """Build (or reuse) data, tokenizer, LLM and per-client SLMs with their ONNX exports; with a
-    ``student``, import it once instead; with a ``teacher_gguf``, fill its path store instead.
+    ``students``, import each once instead; with a ``teacher_gguf``, fill its path store instead.
     Each step is a ``reporter`` stage (warm starts count their steps), so a person sees how far
     the minutes of a first set-up got."""
     from lada_client.common.reasoning import format_prompt, format_target
@@ -457,7 +461,7 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
         if cached:
             stage.note("cached")
     pairs = lambda samples: [(format_prompt(s.question), format_target(s.target)) for s in samples]  # noqa: E731
-    if toy_teacher or settings.student is None:
+    if toy_teacher or not settings.students:
         with reporter.stage("tokenizer") as stage:
             if not (tok_dir / "tokenizer.json").exists():
                 texts = [f"{format_prompt(s.question)}{format_target(s.target)}" for s in fed.public]
@@ -503,14 +507,20 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
             else:
                 stage.advance(settings.llm_warmup_steps)
                 stage.note("cached")
-    if settings.student is not None:
+    if settings.students:
         from lada_client.models.importer import import_slm
 
-        with reporter.stage("student import") as stage:
-            import_slm(settings.student, models / "student")  # cached by the source's content
-            stage.note(f"{settings.student.name} for every client")
-        for client in fed.clients:
-            paths[client.name] = models / "student"
+        # one directory per distinct student ("student" alone when there is one)
+        sources = list(dict.fromkeys(settings.students))
+        dirs = {src: models / ("student" if len(sources) == 1 else f"student-{i}") for i, src in enumerate(sources)}
+        with reporter.stage("student import", len(sources)) as stage:
+            for done, (source, out) in enumerate(dirs.items(), start=1):
+                import_slm(source, out)  # cached by the source's content
+                stage.advance(done)
+            names = ", ".join(s.name for s in settings.students)
+            stage.note(f"{names} for every client" if len(sources) == 1 else f"{names}, to the clients in turn")
+        for i, client in enumerate(fed.clients):
+            paths[client.name] = dirs[settings.students[i % len(settings.students)]]
         return paths
     for i, client in enumerate(fed.clients):
         cdir = models / client.name

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 
@@ -12,25 +10,48 @@ def quality_real(load_benchmark):
     return load_benchmark("quality_real")
 
 
-def _signature(quality_real, method: str) -> dict:
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict:
+    where = tmp_path_factory.mktemp("models")
+    for name in ("student.gguf", "teacher.gguf"):
+        (where / name).write_bytes(b"GGUF")  # settings check that a student exists, nothing more
+    return {"students": (where / "student.gguf",), "teacher": where / "teacher.gguf"}
+
+
+def _signature(quality_real, models: dict, method: str) -> dict:
     args = quality_real.parse_args([])
-    models = {"student": Path("student.gguf"), "teacher": Path("teacher.gguf")}
     return quality_real.signature(
         quality_real.settings_for(args, quality_real.Sizes(), 1, quality_real.METHODS[method], models)
     )
 
 
-def test_a_run_saved_before_a_setting_existed_is_reused_at_its_default(quality_real) -> None:
-    lada = _signature(quality_real, "lada")
+def test_a_run_saved_before_a_setting_existed_is_reused_at_its_default(quality_real, models) -> None:
+    lada = _signature(quality_real, models, "lada")
     assert quality_real.C.same_run(lada, lada)
     older = {k: v for k, v in lada.items() if k not in ("coverage", "llm_epochs")}
     older["slm_filter"] = {k: v for k, v in lada["slm_filter"].items() if k != "coverage_fraction"}
     assert quality_real.C.same_run(older, lada)  # saved before both existed: coverage 0, 1 LLM pass
-    assert not quality_real.C.same_run(older, _signature(quality_real, "lada-cover"))  # coverage 0.25: a new run
+    assert not quality_real.C.same_run(
+        older, _signature(quality_real, models, "lada-cover")
+    )  # coverage 0.25: a new run
 
 
-def test_a_run_with_another_setting_is_not_reused(quality_real) -> None:
-    lada = _signature(quality_real, "lada")
+def test_a_run_with_another_setting_is_not_reused(quality_real, models) -> None:
+    lada = _signature(quality_real, models, "lada")
     assert not quality_real.C.same_run({**lada, "epochs": lada["epochs"] + 1}, lada)
     assert not quality_real.C.same_run({**lada, "slm_filter": {**lada["slm_filter"], "budget": 3}}, lada)
-    assert not quality_real.C.same_run(_signature(quality_real, "random"), lada)
+    assert not quality_real.C.same_run(_signature(quality_real, models, "random"), lada)
+
+
+def test_one_student_is_recorded_as_runs_always_recorded_it_and_a_mixed_fleet_is_another_run(
+    quality_real, models
+) -> None:
+    lada = _signature(quality_real, models, "lada")
+    assert lada["student"] == str(models["students"][0]) and "students" not in lada
+    mixed = {**models, "students": (*models["students"], models["teacher"])}
+    args = quality_real.parse_args([])
+    fleet = quality_real.signature(
+        quality_real.settings_for(args, quality_real.Sizes(), 1, quality_real.METHODS["lada"], mixed)
+    )
+    assert fleet["students"] == [str(p) for p in mixed["students"]] and "student" not in fleet
+    assert not quality_real.C.same_run(fleet, lada)

@@ -50,7 +50,7 @@ def test_a_preset_fills_what_is_not_given_and_a_flag_beats_it():
 
     preset = PRESETS["smollm2"].settings()
     smollm2 = settings_from("smollm2")
-    assert smollm2.student == locate_gguf() and smollm2.student.suffix == ".gguf"
+    assert smollm2.students == (locate_gguf(),) and smollm2.students[0].suffix == ".gguf"
     assert (smollm2.rounds, smollm2.budget, smollm2.candidates) == (
         preset["rounds"],
         preset["budget"],
@@ -260,3 +260,31 @@ def test_the_installed_command_refuses_a_bad_workdir_without_a_traceback(tmp_pat
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip() == f"lada-coordinator: error: --workdir {file}: not a directory"
+
+
+def test_a_mixed_fleet_imports_each_student_once_and_gives_them_to_the_clients_in_turn(tiny_world, tmp_path):
+    """``--students a,b``: client0 and client2 run ``a``, client1 ``b``, each imported once (a
+    checkpoint of its own, an ONNX scorer of its own, sized as its source)."""
+    pytest.importorskip("optimum.exporters.onnx")
+    from lada_coordinator.federation import prepare
+
+    large, small = tiny_world["client0"] / "base", tiny_world["client2"] / "base"
+    given = _federation_args("--students", f"{large},{small}")
+    assert given == {"students": (large, small)}
+    settings = FederationSettings(
+        workdir=tmp_path / "fed", n_train=40, n_test=16, n_public=160, llm_warmup_steps=4, **given
+    )
+    paths = prepare(settings)
+    work = settings.workdir / "models"
+    assert [paths[f"client{i}"] for i in range(3)] == [work / "student-0", work / "student-1", work / "student-0"]
+    assert sorted(p.name for p in work.iterdir() if p.name.startswith("student")) == ["student-0", "student-1"]
+    hidden = [
+        json.loads((work / d / "checkpoint" / "config.json").read_text())["hidden_size"]
+        for d in ("student-0", "student-1")
+    ]
+    assert hidden == [json.loads((s / "config.json").read_text())["hidden_size"] for s in (large, small)]
+    assert hidden[0] != hidden[1] and all(
+        (work / d / "onnx" / "model.onnx").is_file() for d in ("student-0", "student-1")
+    )
+    with pytest.raises(ValueError, match="students"):
+        FederationSettings(workdir=tmp_path / "x", students=(tmp_path / "missing.gguf",))
