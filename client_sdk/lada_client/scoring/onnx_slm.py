@@ -62,7 +62,11 @@ class OnnxSLM:
     here are skipped, see :func:`select_providers`); ``provider_options`` maps a provider name to
     its options (onnxruntime takes them as strings: a CUDA arena cap, a TensorRT engine cache);
     ``cpu_mem_arena=False`` gives memory back after each run instead of keeping every peak
-    allocation, for devices with a memory budget. Subclasses may override
+    allocation, for devices with a memory budget. ``logits_budget_bytes`` bounds one scoring call's
+    vocabulary-wide log-probs (scored tokens × vocabulary × 4 bytes): a batch over it is halved until
+    it fits. A 262k-token vocabulary (Gemma 3) otherwise takes gigabytes for 16 paths, which an
+    onnxruntime arena keeps; the 1 GiB default never splits a batch of 16 × 256 tokens of a
+    49k-token vocabulary (SmolLM2). Subclasses may override
     :meth:`session_options` to tune the session further.
     """
 
@@ -76,6 +80,7 @@ class OnnxSLM:
         max_new_tokens: int = 48,
         provider_options: Mapping[str, Mapping[str, str]] | None = None,
         cpu_mem_arena: bool = True,
+        logits_budget_bytes: int = 1 << 30,
     ) -> None:
         import onnxruntime as ort
 
@@ -126,6 +131,7 @@ class OnnxSLM:
         self.max_length = max_length
         self.max_new_tokens = max_new_tokens
         self.model_path = model_path
+        self.logits_budget_bytes = logits_budget_bytes
 
     def session_options(self, intra_op_threads: int = 0, cpu_mem_arena: bool = True) -> Any:
         """The ``onnxruntime.SessionOptions`` the scoring session is built with: all graph
@@ -229,21 +235,40 @@ class OnnxSLM:
         for start in range(0, len(order), batch_size):
             if progress is not None and start:
                 progress(start, len(order))
-            idx = order[start : start + batch_size]
-            batch = encode_pairs(
-                self.tokenizer, [prompts[i] for i in idx], [completions[i] for i in idx], self.max_length, self.special
-            )
-            if self._head:
-                for i, lp in zip(idx, self._score_batch(batch)):
-                    results[int(i)] = lp
-                continue
-            token_lp, _ = self._run(batch.input_ids, batch.attention_mask)
-            for row, i in enumerate(idx):
-                mask = batch.completion_mask[row, : token_lp.shape[1]] > 0
-                results[int(i)] = token_lp[row][mask].astype(np.float64)
+            self._score_within_budget(prompts, completions, order[start : start + batch_size], results)
         if progress is not None:
             progress(len(order), len(order))
         return [results[i] for i in range(len(prompts))]
+
+    def _score_within_budget(
+        self, prompts: Sequence[str], completions: Sequence[str], idx: np.ndarray, results: dict[int, np.ndarray]
+    ) -> None:
+        """Score the pairs ``idx`` into ``results``, in halves while their vocabulary-wide
+        log-probs would exceed ``logits_budget_bytes`` (one pair is scored whatever its size)."""
+        batch = encode_pairs(
+            self.tokenizer, [prompts[i] for i in idx], [completions[i] for i in idx], self.max_length, self.special
+        )
+        # the rows the graph takes a log-softmax over: the completion tokens (current graphs), or
+        # every position (version-1 graphs)
+        rows = int((batch.completion_mask > 0).sum()) if self._head else batch.input_ids.size
+        if len(idx) > 1 and rows * self.vocab_size * 4 > self.logits_budget_bytes:
+            half = len(idx) // 2
+            self._score_within_budget(prompts, completions, idx[:half], results)
+            self._score_within_budget(prompts, completions, idx[half:], results)
+            return
+        if self._head:
+            for i, lp in zip(idx, self._score_batch(batch)):
+                results[int(i)] = lp
+            return
+        token_lp, _ = self._run(batch.input_ids, batch.attention_mask)
+        for row, i in enumerate(idx):
+            mask = batch.completion_mask[row, : token_lp.shape[1]] > 0
+            results[int(i)] = token_lp[row][mask].astype(np.float64)
+
+    @property
+    def vocab_size(self) -> int:
+        """The tokenizer's vocabulary, added tokens included (what one log-softmax row spans)."""
+        return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
 
     # ------------------------------------------------------------------ generation
 

@@ -153,3 +153,28 @@ def test_cached_generation_equals_full_prefix_generation(tiny_world, client0):
     sampled = cached.generate(prompts, max_new_tokens=6, temperature=1.0, seed=3)
     assert sampled == cached.generate(prompts, max_new_tokens=6, temperature=1.0, seed=3)
     assert len(sampled) == len(prompts)
+
+
+def test_a_batch_over_the_logits_budget_is_split_and_scores_the_same(tiny_world, client0):
+    """A large vocabulary (Gemma 3's 262k) makes 16 paths' log-probs gigabytes: batches are halved
+    until scored tokens x vocabulary x 4 bytes fits the budget, with the same scores."""
+    samples = client0.train[:12]
+    prompts = [format_prompt(s.question) for s in samples]
+    targets = [format_target(s.rationale) for s in samples]
+    whole = OnnxSLM(tiny_world["client0"] / "onnx" / "model.onnx")
+    budget = whole.vocab_size * 4 * 40  # about two pairs' completion tokens
+    tight = OnnxSLM(tiny_world["client0"] / "onnx" / "model.onnx", logits_budget_bytes=budget)
+    seen: list[tuple[int, int]] = []  # (pairs, scored tokens) of each graph call
+    score = tight._score_batch
+
+    def recording(batch):
+        seen.append((batch.input_ids.shape[0], int((batch.completion_mask > 0).sum())))
+        return score(batch)
+
+    tight._score_batch = recording  # the real scoring, observed
+    expected = whole.completion_logprobs(prompts, targets, batch_size=12)
+    got = tight.completion_logprobs(prompts, targets, batch_size=12)
+    assert len(seen) > 2 and all(rows * tight.vocab_size * 4 <= budget or pairs == 1 for pairs, rows in seen)
+    assert sum(pairs for pairs, _ in seen) == len(prompts)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, atol=1e-5)
