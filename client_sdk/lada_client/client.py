@@ -181,6 +181,7 @@ class LadaClient:
             max_new_tokens=self.config.max_new_tokens,
             intra_op_threads=self.config.threads,
             logits_budget_bytes=self.config.logits_budget_mib << 20,
+            cpu_mem_arena=self.config.cpu_mem_arena,
         )
 
     @property
