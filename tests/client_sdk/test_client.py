@@ -56,6 +56,30 @@ def test_a_trainer_that_fails_to_load_raises_at_first_use(tiny_world, tmp_path):
         assert client._trainer is None and client._trainer_future is None  # the next use tries again
 
 
+def test_the_scoring_session_takes_the_memory_settings_and_is_released_before_a_reload(tiny_world, tmp_path):
+    import dataclasses
+    import weakref
+
+    alive_at_load: list[bool] = []
+
+    class Recording(LadaClient):  # the embedders' hook, observed
+        def load_slm(self, path):
+            alive_at_load.append(old is not None and old() is not None)
+            return super().load_slm(path)
+
+    old = None
+    config = _config(tiny_world, tmp_path, tiny_world["client0"] / "base")
+    with Recording(config) as client:
+        assert client.slm.session.get_session_options().enable_cpu_mem_arena is False  # the default
+        assert client.slm.logits_budget_bytes == config.logits_budget_mib << 20
+        old = weakref.ref(client.slm)
+        client._reload_slm(config.scoring_model)
+        assert alive_at_load == [False, False] and old() is None  # released before the new one loads
+    with LadaClient(dataclasses.replace(config, cpu_mem_arena=True, logits_budget_mib=64)) as client:
+        assert client.slm.session.get_session_options().enable_cpu_mem_arena is True
+        assert client.slm.logits_budget_bytes == 64 << 20
+
+
 def test_step_waits_runs_once_and_leaves_a_round_it_was_set_aside_in(
     tiny_world, tmp_path, free_port, serve_coordinator, issue
 ):
