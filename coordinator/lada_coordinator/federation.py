@@ -517,8 +517,10 @@ def prepare(settings: FederationSettings, reporter: Reporter | None = None) -> d
             for done, (source, out) in enumerate(dirs.items(), start=1):
                 import_slm(source, out)  # cached by the source's content
                 stage.advance(done)
-            names = ", ".join(s.name for s in settings.students)
-            stage.note(f"{names} for every client" if len(sources) == 1 else f"{names}, to the clients in turn")
+            in_turn = ", ".join(s.name for s in settings.students)
+            stage.note(
+                f"{sources[0].name} for every client" if len(dirs) == 1 else f"{in_turn}, to the clients in turn"
+            )
         for i, client in enumerate(fed.clients):
             paths[client.name] = dirs[settings.students[i % len(settings.students)]]
         return paths
