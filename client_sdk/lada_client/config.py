@@ -200,8 +200,9 @@ class ClientConfig:
     # a batch over it is split. Lower it on a device with little memory or a large vocabulary.
     logits_budget_mib: PositiveInt = 1024
     # onnxruntime's CPU arena keeps every peak allocation for reuse: a little faster scoring, but
-    # it grows with each new batch shape and never shrinks (Gemma-3-270M, 128 candidates: 8.0 GiB
-    # held after scoring with it, 2.35 GiB without, 172 s against 191 s). Off: memory comes back.
+    # it grows with each new batch shape and never shrinks (Gemma-3-270M, 128 candidates: 7.1 GiB
+    # held after scoring with it, 2.2 GiB without; benchmarks/bench_scoring_memory.py). Off: memory
+    # comes back.
     cpu_mem_arena: Bool = False
     # CPU threads for scoring (onnxruntime) and training (torch); 0 = the libraries' defaults (all
     # cores). Several SLMs sharing a machine (a local federation) each get their share, or they
