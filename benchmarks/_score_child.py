@@ -57,10 +57,11 @@ def seal_upload(cands, features) -> int:
     return len(envelope.to_bytes())
 
 
-def vm_hwm_mib() -> float | None:
+def vm_mib(field: str = "VmHWM") -> float | None:
+    """A memory line of ``/proc/self/status`` in MiB (``VmHWM``: the peak RSS; ``VmRSS``: now)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -137,7 +138,7 @@ def main() -> None:
                 "output_shape": shape,
                 "load_s": loaded - started,
                 "score_s": done - loaded,
-                "vm_hwm_mib": vm_hwm_mib(),
+                "vm_hwm_mib": vm_mib(),
                 "torch_imported": "torch" in sys.modules,
                 "python": sys.executable,
             }

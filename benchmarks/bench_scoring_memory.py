@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
+from _score_child import vm_mib
 
 NAME = "bench_scoring_memory"
 FAMILIES = ("chain_sum", "simple_equations", "leg_counting")
@@ -82,23 +83,21 @@ def child(model: Path, candidates: Path, arena: bool, budget_mib: int) -> dict:
         cpu_mem_arena=arena,
         logits_budget_bytes=(budget_mib << 20) if budget_mib else 1 << 62,
     )
-    loaded = _status("VmRSS")
+    loaded = _gib("VmRSS")
     started = time.perf_counter()
     learnability_features(slm, cands, FEATURE_NAMES, 16, local_questions=[c.question for c in cands[:32]])
     seconds = time.perf_counter() - started
     return {
         "rss_loaded_gib": loaded,
-        "rss_after_gib": _status("VmRSS"),
-        "peak_gib": _status("VmHWM"),
+        "rss_after_gib": _gib("VmRSS"),
+        "peak_gib": _gib("VmHWM"),
         "seconds": seconds,
     }
 
 
-def _status(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 2**20  # kB -> GiB
-    return float("nan")
+def _gib(field: str) -> float:
+    mib = vm_mib(field)
+    return float("nan") if mib is None else mib / 1024
 
 
 def model_path(args) -> Path:
