@@ -113,7 +113,14 @@ METHODS = {
             "lada",
             what="LaDa with the SLM-likelihood features too (slm_path_nll, slm_answer_nll, logp_gap)",
         ),
-        Method("sft", "lada", alpha=0.0, what="LaDa allocation, SFT-only distillation (α = 0)"),
+        Method(
+            "sft",
+            "lada",
+            alpha=0.0,
+            features=STABLE_FEATURES,
+            coverage=0.25,
+            what="lada-cover's allocation, SFT-only distillation (α = 0): what the contrastive term adds",
+        ),
         Method("all", "all", what="every candidate, no filter"),
         Method(
             "lada-ppl",
