@@ -7,11 +7,18 @@ imported (:mod:`lada_client.models.importer`) or built by the simulation. Loadin
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["architecture_id", "load_causal_lm"]
+__all__ = ["architecture_id", "load_causal_lm", "load_hf_tokenizer"]
+
+#: model types whose tokenizers transformers' Mistral pre-tokenizer repair is meant for (its own list)
+_MISTRAL_TYPES = frozenset({"mistral", "mistral3", "voxtral", "ministral", "pixtral"})
+_CLASS_MISMATCH = "The tokenizer class you load from this checkpoint is not the same type"
 
 
 def architecture_id(model_dir: Path) -> str:
@@ -33,14 +40,53 @@ def load_causal_lm(model_dir: Path, adapter_dir: Path | None = None, dtype: Any 
     """(model, tokenizer) of a local checkpoint (and an optional peft LoRA adapter), its weights in
     ``dtype`` (a torch dtype; default float32, for CPU work)."""
     import torch
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM
 
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir} is not a model checkpoint directory (no config.json)")
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype or torch.float32)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+    tokenizer = load_hf_tokenizer(model_dir)
     if adapter_dir is not None and (adapter_dir / "adapter_config.json").exists():
         from peft import PeftModel
 
         return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True), tokenizer
     return model, tokenizer
+
+
+def load_hf_tokenizer(model_dir: Path) -> Any:
+    """The checkpoint's ``tokenizer.json`` as a transformers fast tokenizer, without false alarms.
+
+    It is loaded as the generic ``PreTrainedTokenizerFast`` whatever class ``tokenizer_config.json``
+    names, because ``tokenizer.json`` is what the device's torch-free scorer reads
+    (:func:`lada_client.models.tokenizer.load_tokenizer`): training and scoring must tokenise alike.
+    transformers warns about that class difference; the warning is dropped here, for this call only.
+    transformers 4.57.3 and later also warn of a Mistral "incorrect regex pattern" for *every* local
+    checkpoint with more than 100k tokens written by those versions (Gemma-3, Qwen2.5); for a model
+    type that is not Mistral's the repair does not apply, which is said explicitly
+    (``fix_mistral_regex=False``) instead of leaving the user a warning to act on.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    model_dir = Path(model_dir)
+    try:
+        model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        model_type = None
+    options: dict[str, Any] = {} if model_type in _MISTRAL_TYPES else {"fix_mistral_regex": False}
+    with _dropping_warning("transformers.tokenization_utils_base", _CLASS_MISMATCH):
+        return PreTrainedTokenizerFast.from_pretrained(str(model_dir), **options)
+
+
+@contextlib.contextmanager
+def _dropping_warning(logger_name: str, prefix: str) -> Iterator[None]:
+    """Drop one logger's records that start with ``prefix`` while the block runs."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(prefix)
+
+    logger = logging.getLogger(logger_name)
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
