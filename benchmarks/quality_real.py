@@ -700,4 +700,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except RuntimeError as exc:  # a failed federation or download: its message says where to look
+        sys.exit(f"quality_real: {exc}")
