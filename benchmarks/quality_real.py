@@ -1,7 +1,7 @@
 """Learning quality on real pretrained models: does an SLM learn more from the teacher with LaDa?
 
-    python benchmarks/quality_real.py                      # 3 seeds × local, random, lada (add --methods ...)
-    python benchmarks/quality_real.py --methods local,random,lada,sft,all,lada-ppl
+    python benchmarks/quality_real.py                      # 3 seeds × local, random, lada, lada-cover
+    python benchmarks/quality_real.py --methods local,random,lada-cover,sft,all,lada-ppl   # + ablations
     python benchmarks/quality_real.py --report-only        # rebuild report and plots from saved runs
     python benchmarks/quality_real.py --quick              # smoke test: toy models, 1 seed, 1 round (test suite)
 
@@ -137,6 +137,15 @@ METHODS = {
         ),
     )
 }
+
+#: paired comparisons that each isolate one switch of the method: (method, its ablation, what differs)
+ABLATIONS = (
+    ("lada-cover", "sft", "the contrastive term L_CD (α = 0.5 against 0), same allocation rule"),
+    ("lada-cover", "lada", "the coverage share (0.25 against 0)"),
+    ("lada", "lada-allfeat", "features that drift as the SLM trains, left out against kept"),
+    ("lada", "lada-ppl", "the reward on the device's own task against the method's PPL drop"),
+    ("lada", "lada-nolocal", "the local_similarity feature, kept against left out"),
+)
 
 
 @dataclass(frozen=True)
@@ -462,6 +471,20 @@ def paired(summary: dict, a: str, b: str, key: str = "final_mean_accuracy") -> l
     return [x - y for x, y in zip(xa, xb) if x is not None and y is not None]
 
 
+def ablation_lines(summary: dict) -> list[str]:
+    """The report's ablation table: each pair of :data:`ABLATIONS` whose two methods both ran."""
+    rows = []
+    for a, b, what in ABLATIONS:
+        if d := paired(summary, a, b):
+            spread = f" ± {statistics.stdev(d):.3f}" if len(d) > 1 else " (one seed)"
+            diffs = ", ".join(f"{x:+.3f}" for x in d)
+            rows.append(f"| {a} − {b} | {what} | {diffs} | {statistics.mean(d):+.3f}{spread} |")
+    if not rows:
+        return []
+    head = ["", "## Ablations (paired over seeds)", "", "| comparison | what differs | differences | mean ± std |"]
+    return [*head, "|---|---|---|---|", *rows]
+
+
 def plots(summary: dict, runs: dict, zero: dict, results: Path) -> list[str]:
     import matplotlib
 
@@ -581,6 +604,7 @@ def report(
                 f"ratio {sl[0] / max(sr[0], 1e-9):.2f} | ≥ 2 | "
                 f"{'yes' if sl[0] >= 2 * sr[0] else 'no'} |"
             )
+    lines += ablation_lines(summary)
     lines += [
         "",
         "## Own-family share of the allocations per round (mean over clients and seeds)",

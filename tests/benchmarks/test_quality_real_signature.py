@@ -55,3 +55,24 @@ def test_one_student_is_recorded_as_runs_always_recorded_it_and_a_mixed_fleet_is
     )
     assert fleet["students"] == [str(p) for p in mixed["students"]] and "student" not in fleet
     assert not quality_real.C.same_run(fleet, lada)
+
+
+def test_the_ablation_table_pairs_each_switch_by_seed_and_leaves_out_what_did_not_run(quality_real) -> None:
+    summary = {
+        "methods": {
+            "lada-cover": {"final_mean_accuracy": [0.20, 0.15, None]},
+            "sft": {"final_mean_accuracy": [0.10, 0.20, 0.30]},
+            "lada": {"final_mean_accuracy": [0.12]},
+            "lada-ppl": {"final_mean_accuracy": [0.02]},
+        }
+    }
+    lines = quality_real.ablation_lines(summary)
+    rows = [line for line in lines if line.startswith("| lada")]
+    assert rows == [
+        "| lada-cover − sft | the contrastive term L_CD (α = 0.5 against 0), same allocation rule "
+        "| +0.100, -0.050 | +0.025 ± 0.106 |",  # seed 3 of lada-cover missing: not paired
+        "| lada-cover − lada | the coverage share (0.25 against 0) | +0.080 | +0.080 (one seed) |",
+        "| lada − lada-ppl | the reward on the device's own task against the method's PPL drop "
+        "| +0.100 | +0.100 (one seed) |",
+    ]
+    assert quality_real.ablation_lines({"methods": {"lada": {"final_mean_accuracy": [0.1]}}}) == []
