@@ -19,6 +19,7 @@ __all__ = ["architecture_id", "load_causal_lm", "load_hf_tokenizer"]
 #: model types whose tokenizers transformers' Mistral pre-tokenizer repair is meant for (its own list)
 _MISTRAL_TYPES = frozenset({"mistral", "mistral3", "voxtral", "ministral", "pixtral"})
 _CLASS_MISMATCH = "The tokenizer class you load from this checkpoint is not the same type"
+_MISTRAL_REGEX = "The tokenizer you are loading from"  # "... with an incorrect regex pattern"
 
 
 def architecture_id(model_dir: Path) -> str:
@@ -73,18 +74,26 @@ def load_hf_tokenizer(model_dir: Path) -> Any:
     except (OSError, ValueError):
         model_type = None
     options: dict[str, Any] = {} if model_type in _MISTRAL_TYPES else {"fix_mistral_regex": False}
-    with _dropping_warning("transformers.tokenization_utils_base", _CLASS_MISMATCH):
+    with _dropping_warnings(_CLASS_MISMATCH):
         return PreTrainedTokenizerFast.from_pretrained(str(model_dir), **options)
 
 
+def unused_tokenizer_warnings_dropped() -> contextlib.AbstractContextManager[None]:
+    """For code that makes transformers load a tokenizer LaDa never uses (optimum's ONNX export
+    saves one beside the graph; the scorer's ``tokenizer.json`` is copied from the checkpoint):
+    drops the two warnings above while the block runs, as they concern that unused copy."""
+    return _dropping_warnings(_CLASS_MISMATCH, _MISTRAL_REGEX)
+
+
 @contextlib.contextmanager
-def _dropping_warning(logger_name: str, prefix: str) -> Iterator[None]:
-    """Drop one logger's records that start with ``prefix`` while the block runs."""
+def _dropping_warnings(*prefixes: str) -> Iterator[None]:
+    """Drop transformers' tokenizer-loading records that start with one of ``prefixes`` while the
+    block runs."""
 
     def keep(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(prefix)
+        return not record.getMessage().startswith(prefixes)
 
-    logger = logging.getLogger(logger_name)
+    logger = logging.getLogger("transformers.tokenization_utils_base")
     logger.addFilter(keep)
     try:
         yield

@@ -54,6 +54,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lada_client.models.checkpoint import unused_tokenizer_warnings_dropped
 from lada_client.models.tokenizer import SpecialTokens
 
 if TYPE_CHECKING:  # onnx is imported where a graph is rewritten (the ``export`` extra)
@@ -350,15 +351,16 @@ def export_scoring_model(model_dir: Path, out_path: Path) -> Path:
         # The graph is checked by what scores with it, not by these.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Exporting aten::index operator", category=UserWarning)
-        onnx_export_from_model(
-            model,
-            output=tmp,
-            task="text-generation-with-past",
-            opset=OPSET,
-            no_post_process=True,
-            do_validation=False,
-            device="cpu",
-        )
+        with unused_tokenizer_warnings_dropped():  # optimum saves a tokenizer copy; tokenizer.json is ours
+            onnx_export_from_model(
+                model,
+                output=tmp,
+                task="text-generation-with-past",
+                opset=OPSET,
+                no_post_process=True,
+                do_validation=False,
+                device="cpu",
+            )
         add_logprob_head(Path(tmp) / "model.onnx", out_path)
         shutil.copy(Path(model_dir) / "tokenizer.json", out_path.parent / "tokenizer.json")
         special_tokens_of(Path(model_dir)).save(out_path.parent)
