@@ -559,7 +559,11 @@ def report(
         f"Families (one per client): {args.families}; public pool: those + {args.extra_public or 'nothing'}; "
         f"answers only in private data (private_sft: {args.private_sft or 'local all, the others with_rationale'}).",
         f"Sizes: {json.dumps(asdict(sizes))}. Seeds: {summary['seeds']}. "
-        f"Wall time of this invocation: {minutes:.1f} min.",
+        + (
+            "Rebuilt from the saved runs (each run's time is under Bytes and time)."
+            if args.report_only
+            else f"Wall time of this invocation: {minutes:.1f} min."
+        ),
         "",
         "## Mean client accuracy after the last round",
         "",
