@@ -466,6 +466,10 @@ def _ms(values: list[float | None]) -> tuple[float, float]:
     return (statistics.mean(v) if v else float("nan"), statistics.stdev(v) if len(v) > 1 else 0.0)
 
 
+def _signed(differences: list[float]) -> str:
+    return ", ".join(f"{x:+.3f}" for x in differences)
+
+
 def paired(summary: dict, a: str, b: str, key: str = "final_mean_accuracy") -> list[float]:
     xa, xb = summary["methods"].get(a, {}).get(key, []), summary["methods"].get(b, {}).get(key, [])
     return [x - y for x, y in zip(xa, xb) if x is not None and y is not None]
@@ -476,9 +480,9 @@ def ablation_lines(summary: dict) -> list[str]:
     rows = []
     for a, b, what in ABLATIONS:
         if d := paired(summary, a, b):
-            spread = f" ± {statistics.stdev(d):.3f}" if len(d) > 1 else " (one seed)"
-            diffs = ", ".join(f"{x:+.3f}" for x in d)
-            rows.append(f"| {a} − {b} | {what} | {diffs} | {statistics.mean(d):+.3f}{spread} |")
+            mu, sd = _ms(d)
+            spread = f" ± {sd:.3f}" if len(d) > 1 else " (one seed)"
+            rows.append(f"| {a} − {b} | {what} | {_signed(d)} | {mu:+.3f}{spread} |")
     if not rows:
         return []
     head = ["", "## Ablations (paired over seeds)", "", "| comparison | what differs | differences | mean ± std |"]
@@ -595,10 +599,10 @@ def report(
         for b, target in (("random", 0.05), ("local", 0.10)):
             d = paired(summary, a, b)
             if d:
-                mu, sd = statistics.mean(d), statistics.stdev(d) if len(d) > 1 else 0.0
+                mu, sd = _ms(d)
                 met = mu >= target and mu > sd
                 lines.append(
-                    f"| {a} − {b} | {', '.join(f'{x:+.3f}' for x in d)} | {mu:+.3f} ± {sd:.3f} | "
+                    f"| {a} − {b} | {_signed(d)} | {mu:+.3f} ± {sd:.3f} | "
                     f"≥ {target:+.2f} and > std | {'yes' if met else 'no'} |"
                 )
         sl = _ms(summary["methods"][a].get("own_domain_share", []))
