@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["architecture_id", "load_causal_lm", "load_hf_tokenizer"]
+__all__ = ["architecture_id", "load_causal_lm", "load_hf_tokenizer", "mistral_regex_options"]
 
 #: model types whose tokenizers transformers' Mistral pre-tokenizer repair is meant for (its own list)
 _MISTRAL_TYPES = frozenset({"mistral", "mistral3", "voxtral", "ministral", "pixtral"})
@@ -73,9 +73,14 @@ def load_hf_tokenizer(model_dir: Path) -> Any:
         model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
     except (OSError, ValueError):
         model_type = None
-    options: dict[str, Any] = {} if model_type in _MISTRAL_TYPES else {"fix_mistral_regex": False}
     with _dropping_warnings(_CLASS_MISMATCH):
-        return PreTrainedTokenizerFast.from_pretrained(str(model_dir), **options)
+        return PreTrainedTokenizerFast.from_pretrained(str(model_dir), **mistral_regex_options(model_type))
+
+
+def mistral_regex_options(model_type: str | None) -> dict[str, Any]:
+    """Tokenizer-loading options that decline transformers' Mistral pre-tokenizer repair for every
+    model type that is not Mistral's (see :func:`load_hf_tokenizer`)."""
+    return {} if model_type in _MISTRAL_TYPES else {"fix_mistral_regex": False}
 
 
 def unused_tokenizer_warnings_dropped() -> contextlib.AbstractContextManager[None]:

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lada_client.models.checkpoint import mistral_regex_options
+
 log = logging.getLogger(__name__)
 
 IMPORT_VERSION = 1
@@ -162,7 +164,11 @@ def _from_gguf(gguf: Path, out_dir: Path) -> None:
     source = {"gguf_file": gguf.name, "local_files_only": True}
     log.info("dequantising %s (%s, %.0f MB) to float32", gguf.name, meta["name"] or family, gguf.stat().st_size / 1e6)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **source)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **source)
+    # transformers' Llama tokenizer asks for an explicit ``legacy`` flag and, without one, warns that a
+    # GGUF user may ignore the message; the flag only affects conversions from SentencePiece files,
+    # never a GGUF load, so its default is stated instead of printing that warning on every import.
+    legacy = {"legacy": True} if family == "llama" else {}
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **source, **legacy)
     eos = meta["eos"] if meta["eos"] is not None else model.config.eos_token_id
     if eos is None:
         raise ValueError(f"{gguf}: neither the GGUF metadata nor the loaded config names an end token")
@@ -251,7 +257,8 @@ def _from_checkpoint(source: Path, out_dir: Path) -> None:
     if not (out_dir / "tokenizer.json").is_file():
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(str(out_dir)).save_pretrained(str(out_dir))  # a fast tokenizer.json
+        options = mistral_regex_options(config.get("model_type"))
+        AutoTokenizer.from_pretrained(str(out_dir), **options).save_pretrained(str(out_dir))  # a fast tokenizer.json
         if not (out_dir / "tokenizer.json").is_file():
             raise ValueError(f"{source}: no fast tokenizer (tokenizer.json) can be made for this checkpoint")
 

@@ -54,3 +54,27 @@ def test_import_model_command_prints_the_config_lines(tiny_world, tmp_path, caps
     out = json.loads(capsys.readouterr().out)
     assert out["scoring_model"].endswith("onnx/model.onnx") and out["base_model_dir"].endswith("checkpoint")
     assert main(["import-model", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_a_checkpoint_without_tokenizer_json_gets_one_without_false_warnings(tmp_path, tokenizer_warnings):
+    """A Qwen2-like checkpoint that ships only the slow BPE files (vocab.json, merges.txt) and more
+    than 100k tokens: the import writes the fast tokenizer.json the device scorer needs, without
+    transformers' Mistral "incorrect regex pattern" warning, which concerns Mistral models only."""
+    source = tmp_path / "source"
+    source.mkdir()
+    alphabet = [chr(c) for c in range(33, 127)]  # printable bytes of GPT-2's byte-level alphabet
+    vocab = {t: i for i, t in enumerate(alphabet + [f"w{i}" for i in range(100_010 - len(alphabet))])}
+    vocab["<|endoftext|>"] = len(vocab)
+    (source / "vocab.json").write_text(json.dumps(vocab))
+    (source / "merges.txt").write_text("#version: 0.2\nw 1\n")
+    (source / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"})
+    )
+    (source / "config.json").write_text(
+        json.dumps({"model_type": "qwen2", "transformers_version": "4.57.6", "eos_token_id": len(vocab) - 1})
+    )
+
+    out = import_checkpoint(source, tmp_path / "checkpoint")
+
+    assert (out / "tokenizer.json").is_file()
+    assert "incorrect regex pattern" not in " ".join(tokenizer_warnings)

@@ -9,7 +9,10 @@ to a directory to keep the conversion between runs.
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -92,13 +95,49 @@ def test_locate_gguf() -> None:
     assert path.stat().st_size > 50_000_000
 
 
+@dataclass(frozen=True)
+class Conversion:
+    checkpoint: Path
+    onnx_path: Path
+    converted: bool  # False when LADA_SMOLLM2_CACHE held it already
+    warnings: list[str]  # what transformers logged while converting
+
+
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def conversion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Conversion]:
     pytest.importorskip("gguf")
     pytest.importorskip("torch")
     pytest.importorskip("optimum.exporters.onnx")
+    from transformers.utils.logging import warning_once
+
     cache = Path(os.environ.get("LADA_SMOLLM2_CACHE") or tmp_path_factory.mktemp("smollm2"))
-    return smollm2.prepare_smollm2_slm(cache)
+    converted = not (cache / "checkpoint" / importer.MARKER_FILE).is_file()
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    source = logging.getLogger("transformers")  # its records do not reach the root logger
+    warning_once.cache_clear()  # a warning another test printed once must show again here
+    source.addHandler(handler)
+    try:
+        checkpoint, onnx_path = smollm2.prepare_smollm2_slm(cache)
+    finally:
+        source.removeHandler(handler)
+    yield Conversion(checkpoint, onnx_path, converted, messages)
+
+
+@pytest.fixture(scope="module")
+def prepared(conversion: Conversion) -> tuple[Path, Path]:
+    return conversion.checkpoint, conversion.onnx_path
+
+
+@needs_wheel
+@slow
+def test_conversion_logs_no_warning(conversion: Conversion) -> None:
+    """transformers' Llama tokenizer warned on every GGUF import that the user may ignore its
+    message; an import must print nothing the user has to judge."""
+    if not conversion.converted:
+        pytest.skip("the conversion was reused from LADA_SMOLLM2_CACHE")
+    assert conversion.warnings == []
 
 
 @pytest.fixture(scope="module")
