@@ -42,6 +42,7 @@ import sqlite3
 import statistics
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -470,9 +471,82 @@ def _signed(differences: list[float]) -> str:
     return ", ".join(f"{x:+.3f}" for x in differences)
 
 
-def paired(summary: dict, a: str, b: str, key: str = "final_mean_accuracy") -> list[float]:
+def common(summary: dict, a: str, b: str, key: str = "final_mean_accuracy") -> dict[int, tuple[float, float]]:
+    """Seed -> (a's value, b's value) for the seeds where both methods have one: what a paired
+    comparison may use while some runs of a resumable benchmark are still missing."""
     xa, xb = summary["methods"].get(a, {}).get(key, []), summary["methods"].get(b, {}).get(key, [])
-    return [x - y for x, y in zip(xa, xb) if x is not None and y is not None]
+    seeds = summary.get("seeds") or list(range(max(len(xa), len(xb))))
+    return {s: (x, y) for s, x, y in zip(seeds, xa, xb) if x is not None and y is not None}
+
+
+def paired(summary: dict, a: str, b: str, key: str = "final_mean_accuracy") -> list[float]:
+    """a − b per seed, over the seeds both methods ran (:func:`common`)."""
+    return [x - y for x, y in common(summary, a, b, key).values()]
+
+
+def _seed_list(seeds: list[int]) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
+def _which_seeds(summary: dict, seeds: Iterable[int]) -> str:
+    """The seeds a figure uses, as " (seeds 3, 5)", when they are fewer than the report's; else ""."""
+    used = list(seeds)
+    return "" if len(used) >= len(summary.get("seeds") or used) else f" ({_seed_list(used)})"
+
+
+def _differences(summary: dict, a: str, b: str) -> str:
+    """The paired differences, naming the seeds when some of the report's seeds are not paired."""
+    pairs = common(summary, a, b)
+    return _signed([x - y for x, y in pairs.values()]) + _which_seeds(summary, pairs)
+
+
+def _mean_and_spread(d: list[float]) -> str:
+    """``mean ± std``, or the mean alone with "(one seed)": one seed has no seed-to-seed spread."""
+    mu, sd = _ms(d)
+    return f"{mu:+.3f} ± {sd:.3f}" if len(d) > 1 else f"{mu:+.3f} (one seed)"
+
+
+def side_by_side_seeds(summary: dict) -> list[int]:
+    """The seeds on which every method of the report ran (all seeds when none is complete): tables
+    and plots that set methods side by side average over these, so that no method's mean includes
+    a seed another's lacks."""
+    seeds = summary["seeds"]
+    done = [
+        s
+        for i, s in enumerate(seeds)
+        if all(e["final_mean_accuracy"][i] is not None for e in summary["methods"].values())
+    ]
+    return done or list(seeds)
+
+
+def target_lines(summary: dict) -> list[str]:
+    """The report's target table: each LaDa variant against random allocation and local-only,
+    paired over the seeds both ran; a target needs two seeds, as it asks for more than the spread."""
+    lines = [
+        "## Targets (paired over seeds)",
+        "",
+        "| comparison | differences | mean ± std | target | met |",
+        "|---|---|---|---|---|",
+    ]
+    for a in (m for m in summary["methods"] if METHODS[m].allocation == "lada"):  # LaDa and its variants
+        for b, target in (("random", 0.05), ("local", 0.10)):
+            d = paired(summary, a, b)
+            if d:
+                mu, sd = _ms(d)
+                met = ("yes" if mu >= target and mu > sd else "no") if len(d) > 1 else "— (needs 2 seeds)"
+                lines.append(
+                    f"| {a} − {b} | {_differences(summary, a, b)} | {_mean_and_spread(d)} | "
+                    f"≥ {target:+.2f} and > std | {met} |"
+                )
+        shares = common(summary, a, "random", "own_domain_share")  # the same seeds on both sides
+        if shares:
+            sl, sr = (statistics.mean(v) for v in zip(*shares.values()))
+            lines.append(
+                f"| own-family share {a} / random | {sl:.2f} / {sr:.2f}{_which_seeds(summary, shares)} | "
+                f"ratio {sl / max(sr, 1e-9):.2f} | ≥ 2 | "
+                f"{'yes' if sl >= 2 * sr else 'no'} |"
+            )
+    return lines
 
 
 def ablation_lines(summary: dict) -> list[str]:
@@ -480,9 +554,7 @@ def ablation_lines(summary: dict) -> list[str]:
     rows = []
     for a, b, what in ABLATIONS:
         if d := paired(summary, a, b):
-            mu, sd = _ms(d)
-            spread = f" ± {sd:.3f}" if len(d) > 1 else " (one seed)"
-            rows.append(f"| {a} − {b} | {what} | {_signed(d)} | {mu:+.3f}{spread} |")
+            rows.append(f"| {a} − {b} | {what} | {_differences(summary, a, b)} | {_mean_and_spread(d)} |")
     if not rows:
         return []
     head = ["", "## Ablations (paired over seeds)", "", "| comparison | what differs | differences | mean ± std |"]
@@ -495,10 +567,12 @@ def plots(summary: dict, runs: dict, zero: dict, results: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    both = side_by_side_seeds(summary)
+    runs = {k: r for k, r in runs.items() if k[0] in both}
     made = []
     fig, ax = plt.subplots(figsize=(6, 4))
     for m, entry in summary["methods"].items():
-        curves = [c for c in entry["mean_accuracy_per_round"] if c]
+        curves = [c for s, c in zip(summary["seeds"], entry["mean_accuracy_per_round"]) if c and s in both]
         if curves:
             n = min(len(c) for c in curves)
             mean = [statistics.mean(c[i] for c in curves) for i in range(n)]
@@ -575,11 +649,22 @@ def report(
         "|---|---|---|---|---|",
     ]
     for m, e in summary["methods"].items():
-        mu, sd = _ms(e["final_mean_accuracy"])
+        ran = [v for v in e["final_mean_accuracy"] if v is not None]
+        mu, sd = _ms(ran)
         smu, ssd = _ms(e["own_domain_share"])
         per = ", ".join("–" if v is None else f"{v:.3f}" for v in e["final_mean_accuracy"])
-        share = "—" if smu != smu else f"{smu:.2f} ± {ssd:.2f}"  # nan: a method that allocates nothing
-        lines.append(f"| {m} | {mu:.3f} ± {sd:.3f} | {per} | {share} | {e['what']} |")
+        n_shares = sum(v is not None for v in e["own_domain_share"])
+        share = "—" if smu != smu else f"{smu:.2f}" + (f" ± {ssd:.2f}" if n_shares > 1 else "")  # nan: no allocation
+        spread = f" ± {sd:.3f}" if len(ran) > 1 else (" (one seed)" if ran else "")
+        lines.append(f"| {m} | {mu:.3f}{spread} | {per} | {share} | {e['what']} |")
+    missing = [
+        f"seed {s} {m}"
+        for m, e in summary["methods"].items()
+        for s, v in zip(summary["seeds"], e["final_mean_accuracy"])
+        if v is None
+    ]
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(missing)}. Paired rows below use the seeds both methods ran."]
     lines += [
         "",
         "Round 0 (untrained students), per seed: "
@@ -588,41 +673,21 @@ def report(
         ),
         "",
     ]
-    lines += [
-        "## Targets (paired over seeds)",
-        "",
-        "| comparison | differences | mean ± std | target | met |",
-        "|---|---|---|---|---|",
-    ]
-    sr = _ms(summary["methods"].get("random", {}).get("own_domain_share", []))
-    for a in (m for m in summary["methods"] if METHODS[m].allocation == "lada"):  # LaDa and its variants
-        for b, target in (("random", 0.05), ("local", 0.10)):
-            d = paired(summary, a, b)
-            if d:
-                mu, sd = _ms(d)
-                met = mu >= target and mu > sd
-                lines.append(
-                    f"| {a} − {b} | {_signed(d)} | {mu:+.3f} ± {sd:.3f} | "
-                    f"≥ {target:+.2f} and > std | {'yes' if met else 'no'} |"
-                )
-        sl = _ms(summary["methods"][a].get("own_domain_share", []))
-        if sl[0] == sl[0] and sr[0] == sr[0]:
-            lines.append(
-                f"| own-family share {a} / random | {sl[0]:.2f} / {sr[0]:.2f} | "
-                f"ratio {sl[0] / max(sr[0], 1e-9):.2f} | ≥ 2 | "
-                f"{'yes' if sl[0] >= 2 * sr[0] else 'no'} |"
-            )
+    lines += target_lines(summary)
     lines += ablation_lines(summary)
+    both = side_by_side_seeds(summary)
+    only = "" if len(both) == len(summary["seeds"]) else f"; {_seed_list(both)}, where all ran"
+    compared = {k: r for k, r in runs.items() if k[0] in both}
     lines += [
         "",
-        "## Own-family share of the allocations per round (mean over clients and seeds)",
+        f"## Own-family share of the allocations per round (mean over clients and seeds{only})",
         "",
         "| method | " + " | ".join(f"round {t}" for t in range(1, sizes.rounds + 1)) + " |",
         "|---|" + "---|" * sizes.rounds,
     ]
     for m in summary["methods"]:
         by_round: dict[int, list[float]] = {}
-        for (_, mm), run in runs.items():
+        for (_, mm), run in compared.items():
             for per in run["allocation"].values() if mm == m else ():
                 for t, v in per.items():
                     if v["own_share"] is not None:
@@ -633,19 +698,19 @@ def report(
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "## Per client and round (mean over seeds)",
+        f"## Per client and round (mean over seeds{only})",
         "",
         "| method | client | " + " | ".join(f"round {t}" for t in range(sizes.rounds + 1)) + " |",
         "|---|---|" + "---|" * (sizes.rounds + 1),
     ]
     for m in summary["methods"]:
-        names = sorted({n for (s, mm), run in runs.items() if mm == m for n in run["clients"]})
+        names = sorted({n for (s, mm), run in compared.items() if mm == m for n in run["clients"]})
         for n in names:
-            cells = [statistics.mean(z[n] for z in zero.values())]
+            cells = [statistics.mean(zero[s][n] for s in both if s in zero)]
             for t in range(1, sizes.rounds + 1):
                 vals = [
                     next((r["test_accuracy"] for r in run["clients"][n] if r["round"] == t), None)
-                    for (s, mm), run in runs.items()
+                    for (s, mm), run in compared.items()
                     if mm == m
                 ]
                 vals = [v for v in vals if v is not None]

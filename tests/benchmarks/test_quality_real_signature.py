@@ -59,20 +59,40 @@ def test_one_student_is_recorded_as_runs_always_recorded_it_and_a_mixed_fleet_is
 
 def test_the_ablation_table_pairs_each_switch_by_seed_and_leaves_out_what_did_not_run(quality_real) -> None:
     summary = {
+        "seeds": [3, 4, 5],
         "methods": {
             "lada-cover": {"final_mean_accuracy": [0.20, 0.15, None]},
             "sft": {"final_mean_accuracy": [0.10, 0.20, 0.30]},
             "lada": {"final_mean_accuracy": [0.12]},
             "lada-ppl": {"final_mean_accuracy": [0.02]},
-        }
+        },
     }
     lines = quality_real.ablation_lines(summary)
     rows = [line for line in lines if line.startswith("| lada")]
     assert rows == [
         "| lada-cover − sft | the contrastive term L_CD (α = 0.5 against 0), same allocation rule "
-        "| +0.100, -0.050 | +0.025 ± 0.106 |",  # seed 3 of lada-cover missing: not paired
-        "| lada-cover − lada | the coverage share (0.25 against 0) | +0.080 | +0.080 (one seed) |",
+        "| +0.100, -0.050 (seeds 3, 4) | +0.025 ± 0.106 |",  # seed 5 of lada-cover missing: not paired
+        "| lada-cover − lada | the coverage share (0.25 against 0) | +0.080 (seed 3) | +0.080 (one seed) |",
         "| lada − lada-ppl | the reward on the device's own task against the method's PPL drop "
-        "| +0.100 | +0.100 (one seed) |",
+        "| +0.100 (seed 3) | +0.100 (one seed) |",
     ]
     assert quality_real.ablation_lines({"methods": {"lada": {"final_mean_accuracy": [0.1]}}}) == []
+
+
+def test_targets_are_judged_on_the_seeds_both_methods_ran_and_need_two(quality_real) -> None:
+    """A resumable benchmark reports while runs are missing: a target compares the same seeds on
+    both sides, and one seed cannot show a difference larger than the seed-to-seed spread."""
+    summary = {
+        "seeds": [6, 7, 8],
+        "methods": {
+            "random": {"final_mean_accuracy": [0.10, 0.12, 0.20], "own_domain_share": [0.25, 0.25, 0.90]},
+            "local": {"final_mean_accuracy": [0.05, None, None], "own_domain_share": [None, None, None]},
+            "sft": {"final_mean_accuracy": [0.20, 0.18, None], "own_domain_share": [0.50, 0.60, None]},
+        },
+    }
+    rows = [line for line in quality_real.target_lines(summary) if line.startswith("| sft") or "share" in line]
+    assert rows == [
+        "| sft − random | +0.100, +0.060 (seeds 6, 7) | +0.080 ± 0.028 | ≥ +0.05 and > std | yes |",
+        "| sft − local | +0.150 (seed 6) | +0.150 (one seed) | ≥ +0.10 and > std | — (needs 2 seeds) |",
+        "| own-family share sft / random | 0.55 / 0.25 (seeds 6, 7) | ratio 2.20 | ≥ 2 | yes |",
+    ]
