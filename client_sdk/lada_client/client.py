@@ -144,6 +144,9 @@ class LadaClient:
         self._trainer: TrainerBackend | None = None
         self._trainer_future: Future[TrainerBackend] | None = None
         self._round_start_adapter: np.ndarray | None = None
+        # The held-out probe (pairs, answer NLL) measured on the current scorer: the "after" of one
+        # round is the "before" of the next unless the scorer changed in between (`_reload_slm`).
+        self._probe_memo: tuple[list[tuple[str, str]], float] | None = None
         self._done_rounds: set[int] = set()
         self.privacy = GaussianMechanism(config.dp)
         self.model_name = config.model_name or self._default_model_name()
@@ -503,7 +506,9 @@ class LadaClient:
             return
         rcfg, heldout = self.config.reward, self._heldout
         if heldout and (rcfg.kind == "heldout" or (when == "before" and rcfg.credit == "gradient")):
-            pairs, nll = HeldoutProbe(heldout, self.config.batch_size).measure(self.slm)
+            if when == "after" or self._probe_memo is None:  # greedy: one scorer, one result
+                self._probe_memo = HeldoutProbe(heldout, self.config.batch_size).measure(self.slm)
+            pairs, nll = self._probe_memo
             if when == "before":
                 outcome.heldout_pairs = pairs
         if rcfg.kind == "heldout" and heldout:
@@ -665,6 +670,7 @@ class LadaClient:
         both alive a client holds two copies of the weights and the old session's arena at once,
         its memory peak (Gemma-3-270M, 262k vocabulary: a 1.7 GB graph)."""
         del self.slm
+        self._probe_memo = None
         gc.collect()
         self.slm = self.load_slm(path)
 

@@ -140,3 +140,42 @@ def test_step_waits_runs_once_and_leaves_a_round_it_was_set_aside_in(
             assert not left.ran and left.left is not None and "quarantined" in left.left
             assert client.done_rounds == {1, 2}
             assert client.step(2).already_done  # a round it left is not run again
+
+
+def test_the_held_out_probe_of_a_rounds_end_is_the_next_rounds_start_until_the_scorer_changes(tiny_world, tmp_path):
+    """The probe generates the SLM's own reasoning for every held-out question, the costliest part
+    of the reward: a round's "after" on a scorer is reused as the next round's "before" on the same
+    scorer, and measured anew, to the same figures, once the scorer has been reloaded."""
+    from lada_client.client import _Outcome
+    from lada_client.common.wire import Candidate
+
+    generated: list[int] = []
+
+    class Counting(LadaClient):  # counts the probe's generations on the real scorer
+        def load_slm(self, path):
+            slm = super().load_slm(path)
+            generate = slm.generate
+
+            def counted(prompts, *args, **kwargs):
+                generated.append(len(prompts))
+                return generate(prompts, *args, **kwargs)
+
+            slm.generate = counted
+            return slm
+
+    allocated = [
+        Candidate(sample_id="p0", question="2 + 3?", path="2 + 3 = 5. The answer is 5.", llm_logprob=-3.0, llm_tokens=9)
+    ]
+    config = _config(tiny_world, tmp_path, tiny_world["client0"] / "base")
+    with Counting(config) as client:
+        n = len(client._heldout)
+        assert n > 0
+        end, start, fresh = _Outcome(), _Outcome(), _Outcome()
+        client._measure(end, allocated, "after")
+        client._measure(start, allocated, "before")
+        assert generated == [n]  # one probe for both
+        assert start.before == end.after and start.heldout_pairs
+        client._reload_slm(config.scoring_model)
+        client._measure(fresh, allocated, "before")
+        assert generated == [n, n]  # a reloaded scorer is probed again
+        assert (fresh.before, fresh.heldout_pairs) == (start.before, start.heldout_pairs)  # same model, same figures
