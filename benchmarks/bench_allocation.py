@@ -29,7 +29,7 @@ and vectorised (now).
 Before the warm rounds, every client gets one reward (observe + refit + save, the per-client work of
 closing a round), timed side by side on three thirds of the clients: one commit per client; one
 commit for all (``Allocator.saving_together``) with each filter refit on its own; and one commit with
-all the filters refit at the block's end in one batched call (``eenet.refit_many``, what a round
+all the filters refit at the block's end in one batched call (``batched.refit_many``, what a round
 close runs). ``--history batched`` gives every client its reward the last way only (for large N).
 
     python benchmarks/bench_allocation.py [--quick] [--clients 10 100 1000] [--candidates 64 256]
@@ -361,7 +361,7 @@ def main() -> int:
             # side by side on three thirds of the rest: one commit per client (each reward refits
             # and saves its filter); a round close's saving_together() with each reward refitting its
             # filter (one commit for all); and saving_together() as a round close runs it, every
-            # filter refit at the block's end in one batched call (eenet.refit_many), one commit
+            # filter refit at the block's end in one batched call (batched.refit_many), one commit
             rest = clients[k + 1 :]
             third = len(rest) // 3
 

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from lada_coordinator.allocation.eenet import FilterConfig, LearnabilityFilter, refit_many, select_many
+from lada_coordinator.allocation.batched import refit_many, select_many
+from lada_coordinator.allocation.eenet import FilterConfig, LearnabilityFilter
 from lada_coordinator.stores import CoordinatorStore
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class Allocator:
     @contextmanager
     def saving_together(self) -> Iterator[None]:
         """Refit every filter rewarded in the block at its end, all in one batched call
-        (:func:`~lada_coordinator.allocation.eenet.refit_many`), then write them in one
+        (:func:`~lada_coordinator.allocation.batched.refit_many`), then write them in one
         transaction: closing a round costs one commit, and a fraction of the refit time, instead of
         one of each per client. The refits run outside any transaction, so devices' requests are
         not held up by them; their losses are in :attr:`last_refits` afterwards. If the block, the
@@ -147,7 +148,7 @@ class Allocator:
         with it).
 
         In ``lada`` mode the filters are decided together
-        (:func:`~lada_coordinator.allocation.eenet.select_many`): round 1's k-means for all
+        (:func:`~lada_coordinator.allocation.batched.select_many`): round 1's k-means for all
         clients in stacked arrays, and the scoring of filters with history in batched products,
         so a round of many clients costs a fraction of one :meth:`allocate` per client; each
         client's selection is the one :meth:`allocate` makes (k-means: the same indices; scores:

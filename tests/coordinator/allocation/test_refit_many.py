@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from lada_coordinator.allocation import allocator as allocator_module
-from lada_coordinator.allocation import eenet
+from lada_coordinator.allocation import batched
 from lada_coordinator.allocation.allocator import SLM, Allocator
-from lada_coordinator.allocation.eenet import FilterConfig, LearnabilityFilter, refit_many
+from lada_coordinator.allocation.batched import refit_many
+from lada_coordinator.allocation.eenet import FilterConfig, LearnabilityFilter
 from lada_coordinator.store import Store
 
 # Not bit for bit: batched products and masked sums add in another order (float32 rounding), and
@@ -119,7 +120,7 @@ def test_refit_many_in_chunks_equals_one_chunk(monkeypatch) -> None:
     whole = [_filter(n, config, seed=k) for k, n in enumerate(SIZES)]
     chunked = copy.deepcopy(whole)
     refit_many(whole)
-    monkeypatch.setattr(eenet, "_CHUNK_ELEMENTS", 2_000)  # a few filters per chunk
+    monkeypatch.setattr(batched, "_CHUNK_ELEMENTS", 2_000)  # a few filters per chunk
     refit_many(chunked)
     for a, b in zip(whole, chunked):
         _assert_same(a, b)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lada_coordinator.allocation import eenet
-from lada_coordinator.allocation.eenet import FilterConfig, LearnabilityFilter, refit_many, select_many
+from lada_coordinator.allocation import batched, eenet
+from lada_coordinator.allocation.batched import refit_many, select_many
+from lada_coordinator.allocation.eenet import FilterConfig, LearnabilityFilter
 
 TOL = 1e-5  # scores: the batched products add in another order (float32; measured ~2e-7)
 
@@ -86,11 +87,11 @@ def test_batched_scores_equal_score_and_build_no_network() -> None:
                 continue
             unbuilt = [LearnabilityFilter.from_bytes(f.to_bytes()) for f, _ in group]
             z = np.stack([z.astype(np.float32) for _, z in group])
-            got = eenet._score_many(unbuilt, z)
+            got = batched._score_many(unbuilt, z)
             assert all(f._nets is None for f in unbuilt)  # scored from the saved arrays
             for (flt, rows), scores in zip(group, got):
                 np.testing.assert_allclose(scores, flt.score(rows), rtol=0, atol=TOL)
-            np.testing.assert_allclose(eenet._score_many([f for f, _ in group], z), got, rtol=0, atol=TOL)
+            np.testing.assert_allclose(batched._score_many([f for f, _ in group], z), got, rtol=0, atol=TOL)
 
 
 def test_coverage_as_select() -> None:
@@ -159,8 +160,8 @@ def test_a_failing_batch_is_decided_one_by_one(monkeypatch: pytest.MonkeyPatch) 
     def broken(*args: object, **kwargs: object) -> object:
         raise RuntimeError("batched code failed")
 
-    monkeypatch.setattr(eenet, "_score_many", broken)
-    monkeypatch.setattr(eenet, "kmeans_representatives_many", broken)
+    monkeypatch.setattr(batched, "_score_many", broken)
+    monkeypatch.setattr(batched, "kmeans_representatives_many", broken)
     got = select_many(_blob_copies(requests), round_index=3)
     assert [g.sample_ids for g in got if isinstance(g, eenet.Selection)] == expected  # select's own
 
