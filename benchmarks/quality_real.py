@@ -510,15 +510,13 @@ def _mean_and_spread(d: list[float]) -> str:
 
 
 def side_by_side_seeds(summary: dict) -> list[int]:
-    """The seeds on which every method of the report ran (all seeds when none is complete): tables
-    and plots that set methods side by side average over these, so that no method's mean includes
-    a seed another's lacks."""
+    """The seeds on which every method of the report that ran at all ran (all seeds when none is
+    complete): tables and plots that set methods side by side average over these, so that no
+    method's mean includes a seed another's lacks."""
     seeds = summary["seeds"]
-    done = [
-        s
-        for i, s in enumerate(seeds)
-        if all(e["final_mean_accuracy"][i] is not None for e in summary["methods"].values())
-    ]
+    ran = [e["final_mean_accuracy"] for e in summary["methods"].values()]
+    ran = [finals for finals in ran if any(v is not None for v in finals)]
+    done = [s for i, s in enumerate(seeds) if all(finals[i] is not None for finals in ran)]
     return done or list(seeds)
 
 
@@ -658,8 +656,9 @@ def report(
         per = ", ".join("–" if v is None else f"{v:.3f}" for v in e["final_mean_accuracy"])
         n_shares = sum(v is not None for v in e["own_domain_share"])
         share = "—" if smu != smu else f"{smu:.2f}" + (f" ± {ssd:.2f}" if n_shares > 1 else "")  # nan: no allocation
-        spread = f" ± {sd:.3f}" if len(ran) > 1 else (" (one seed)" if ran else "")
-        lines.append(f"| {m} | {mu:.3f}{spread} | {per} | {share} | {e['what']} |")
+        spread = f" ± {sd:.3f}" if len(ran) > 1 else " (one seed)"
+        mean = f"{mu:.3f}{spread}" if ran else "— (not run yet)"
+        lines.append(f"| {m} | {mean} | {per} | {share} | {e['what']} |")
     missing = [
         f"seed {s} {m}"
         for m, e in summary["methods"].items()

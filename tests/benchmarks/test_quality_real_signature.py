@@ -101,5 +101,7 @@ def test_targets_are_judged_on_the_seeds_both_methods_ran_and_need_two(quality_r
 def test_methods_are_set_side_by_side_on_the_seeds_every_method_ran(quality_real) -> None:
     complete = {"local": {"final_mean_accuracy": [0.1, 0.1, 0.1]}, "sft": {"final_mean_accuracy": [0.2, None, 0.2]}}
     assert quality_real.side_by_side_seeds({"seeds": [6, 7, 8], "methods": complete}) == [6, 8]
+    not_started = {**complete, "lada-cover": {"final_mean_accuracy": [None, None, None]}}  # leaves no seed out
+    assert quality_real.side_by_side_seeds({"seeds": [6, 7, 8], "methods": not_started}) == [6, 8]
     none_complete = {"local": {"final_mean_accuracy": [0.1, None]}, "sft": {"final_mean_accuracy": [None, 0.2]}}
     assert quality_real.side_by_side_seeds({"seeds": [6, 7], "methods": none_complete}) == [6, 7]
