@@ -482,11 +482,6 @@ def common(summary: dict, a: str, b: str, key: str = "final_mean_accuracy") -> d
     return {s: (x, y) for s, x, y in zip(seeds, xa, xb) if x is not None and y is not None}
 
 
-def paired(summary: dict, a: str, b: str, key: str = "final_mean_accuracy") -> list[float]:
-    """a − b per seed, over the seeds both methods ran (:func:`common`)."""
-    return [x - y for x, y in common(summary, a, b, key).values()]
-
-
 def _seed_list(seeds: list[int]) -> str:
     return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
 
@@ -497,16 +492,19 @@ def _which_seeds(summary: dict, seeds: Iterable[int]) -> str:
     return "" if len(used) >= len(summary.get("seeds") or used) else f" ({_seed_list(used)})"
 
 
-def _differences(summary: dict, a: str, b: str) -> str:
-    """The paired differences, naming the seeds when some of the report's seeds are not paired."""
+def _paired_cells(summary: dict, a: str, b: str) -> tuple[list[float], str, str]:
+    """a − b per seed over the seeds both methods ran (:func:`common`), with the report's two cells
+    for them: the differences (naming the seeds when some of the report's are not paired) and
+    their mean ± std."""
     pairs = common(summary, a, b)
-    return _signed([x - y for x, y in pairs.values()]) + _which_seeds(summary, pairs)
+    d = [x - y for x, y in pairs.values()]
+    return d, _signed(d) + _which_seeds(summary, pairs), _mean_and_spread(d)
 
 
-def _mean_and_spread(d: list[float]) -> str:
+def _mean_and_spread(d: list[float], spec: str = "+.3f") -> str:
     """``mean ± std``, or the mean alone with "(one seed)": one seed has no seed-to-seed spread."""
     mu, sd = _ms(d)
-    return f"{mu:+.3f} ± {sd:.3f}" if len(d) > 1 else f"{mu:+.3f} (one seed)"
+    return f"{mu:{spec}} ± {sd:.3f}" if len(d) > 1 else f"{mu:{spec}} (one seed)"
 
 
 def side_by_side_seeds(summary: dict) -> list[int]:
@@ -531,14 +529,11 @@ def target_lines(summary: dict) -> list[str]:
     ]
     for a in (m for m in summary["methods"] if METHODS[m].allocation == "lada"):  # LaDa and its variants
         for b, target in (("random", 0.05), ("local", 0.10)):
-            d = paired(summary, a, b)
+            d, differences, mean = _paired_cells(summary, a, b)
             if d:
                 mu, sd = _ms(d)
                 met = ("yes" if mu >= target and mu > sd else "no") if len(d) > 1 else "— (needs 2 seeds)"
-                lines.append(
-                    f"| {a} − {b} | {_differences(summary, a, b)} | {_mean_and_spread(d)} | "
-                    f"≥ {target:+.2f} and > std | {met} |"
-                )
+                lines.append(f"| {a} − {b} | {differences} | {mean} | ≥ {target:+.2f} and > std | {met} |")
         shares = common(summary, a, "random", "own_domain_share")  # the same seeds on both sides
         if shares:
             sl, sr = (statistics.mean(v) for v in zip(*shares.values()))
@@ -554,8 +549,9 @@ def ablation_lines(summary: dict) -> list[str]:
     """The report's ablation table: each pair of :data:`ABLATIONS` whose two methods both ran."""
     rows = []
     for a, b, what in ABLATIONS:
-        if d := paired(summary, a, b):
-            rows.append(f"| {a} − {b} | {what} | {_differences(summary, a, b)} | {_mean_and_spread(d)} |")
+        d, differences, mean = _paired_cells(summary, a, b)
+        if d:
+            rows.append(f"| {a} − {b} | {what} | {differences} | {mean} |")
     if not rows:
         return []
     head = ["", "## Ablations (paired over seeds)", "", "| comparison | what differs | differences | mean ± std |"]
@@ -651,13 +647,11 @@ def report(
     ]
     for m, e in summary["methods"].items():
         ran = [v for v in e["final_mean_accuracy"] if v is not None]
-        mu, sd = _ms(ran)
         smu, ssd = _ms(e["own_domain_share"])
         per = ", ".join("–" if v is None else f"{v:.3f}" for v in e["final_mean_accuracy"])
         n_shares = sum(v is not None for v in e["own_domain_share"])
         share = "—" if smu != smu else f"{smu:.2f}" + (f" ± {ssd:.2f}" if n_shares > 1 else "")  # nan: no allocation
-        spread = f" ± {sd:.3f}" if len(ran) > 1 else " (one seed)"
-        mean = f"{mu:.3f}{spread}" if ran else "— (not run yet)"
+        mean = _mean_and_spread(ran, ".3f") if ran else "— (not run yet)"
         lines.append(f"| {m} | {mean} | {per} | {share} | {e['what']} |")
     missing = [
         f"seed {s} {m}"

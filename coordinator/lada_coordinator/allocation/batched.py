@@ -142,7 +142,7 @@ def _score_many(flts: Sequence[LearnabilityFilter], z: np.ndarray) -> np.ndarray
 
 # ---------------------------------------------------------------------------- batched refit
 
-# Adam's defaults, as torch.optim.Adam(params, lr=lr) uses them in _train
+# Adam's defaults, as torch.optim.Adam(params, lr=lr) uses them in eenet._train
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
 # Most float32 values one chunk of a batched refit stacks per network input (a filter's padded
@@ -291,7 +291,7 @@ def _train_many(
     generators: Sequence[torch.Generator],
     config: FilterConfig,
 ) -> list[float]:
-    """:func:`_train` for G two-layer MLPs (``fc1 -> relu -> fc2 -> output``) of one shape at once.
+    """``eenet._train`` for G two-layer MLPs (``fc1 -> relu -> fc2 -> output``) of one shape at once.
 
     ``params`` (from :func:`_stacked`) are trained in place on each net's first ``size_list[k]``
     rows of ``x_all`` [G, N, k] / ``y_all`` [G, N]; returns each net's last-epoch mean loss. The
