@@ -184,6 +184,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--llm-epochs", type=int, help=f"the LLM's training passes per round (default {DEFAULT.llm_epochs})")
     p.add_argument(
+        "--llm-rehearsal",
+        type=float,
+        default=0.0,
+        help="the LLM's own verified paths trained alongside, per SLM path it chose (0 = off)",
+    )
+    p.add_argument(
         "--llm-warmup-steps", type=int, help=f"teacher warm-start steps (default {DEFAULT.llm_warmup_steps})"
     )
     p.add_argument("--slm-warmup-steps", type=int, help=f"SLM warm-start steps (default {DEFAULT.slm_warmup_steps})")
@@ -309,6 +315,7 @@ def settings_for(
         slm_warmup_steps=sizes.slm_warmup_steps,
         offer_questions=sizes.offer_questions,
         llm_epochs=sizes.llm_epochs,
+        llm_rehearsal=args.llm_rehearsal,
         alpha=method.alpha if method else 0.5,
         coverage=method.coverage if method else 0.0,
         epochs=sizes.epochs,
@@ -931,6 +938,10 @@ def write_report(
     add(f"| public pool | {sizes.n_public} |")
     add(f"| public questions offered to the LLM per round | {sizes.offer_questions} |")
     add(f"| the LLM's training passes per round over the SLM paths it chose | {sizes.llm_epochs} |")
+    add(
+        f"| the LLM's own verified paths trained alongside, per SLM path (`--llm-rehearsal`) | "
+        f"{args.llm_rehearsal:g}{' (off)' if not args.llm_rehearsal else ''} |"
+    )
     add(f"| teacher warm-up steps | {sizes.llm_warmup_steps} (batch 32) |")
     add(f"| SLM warm-up steps | {sizes.slm_warmup_steps} (batch 32) |")
     add(f"| learnability features (`--features`) | {', '.join(f'`{f}`' for f in args.features)} |")
@@ -1566,7 +1577,7 @@ def _world_key(sizes: Sizes, seed: int, host: str, args: argparse.Namespace) -> 
     workdir = args.cache_dir / f"seed{seed}-{host}"
     key = {"seed": seed, "host": host, **signature(settings_for(sizes, seed, host, None, args, workdir))}
     run_settings = ("allocation", "alpha", "coverage", "epochs", "rounds", "candidates", "budget")
-    for name in (*run_settings, "offer_questions", "llm_epochs"):
+    for name in (*run_settings, "offer_questions", "llm_epochs", "llm_rehearsal"):
         key.pop(name)
     return key, args.results_dir / host / "warmstart" / f"seed{seed}.json"
 

@@ -119,6 +119,10 @@ class CoordinatorConfig:
     llm_server: LLMServerSettings | None = None
     max_new_tokens: PositiveInt = 48  # generation cap for LLM paths (longer is never a right answer here)
     offer_questions: NonNegativeInt = 64
+    # The LLM direction's rehearsal: per SLM path the LLM trains on, this many of the round's own
+    # verified teacher paths join its LoRA step as plain L_SFT, so a few student paths do not
+    # overwrite what the teacher already answers (0 = off; docs/method.md, LLM direction).
+    llm_rehearsal: NonNegativeFloat = 0.0
     allocation: AllocationMode = "lada"
     host_framework: HostFramework = "mkt"
     feature_names: Annotated[tuple[FeatureName, ...], Field(min_length=1)] = FEATURE_NAMES

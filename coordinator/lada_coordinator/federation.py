@@ -112,6 +112,7 @@ class FederationSettings:
     slm_warmup_steps: NonNegativeInt = 150
     offer_questions: NonNegativeInt = 32
     llm_epochs: NonNegativeInt = LLM_DISTILL.epochs  # CoordinatorConfig.llm_distill.epochs
+    llm_rehearsal: NonNegativeFloat = _default(CoordinatorConfig, "llm_rehearsal")
     alpha: NonNegativeFloat = _default(DistillSettings, "alpha")
     # clients' passes per round over private data + allocated paths
     epochs: NonNegativeInt = _default(DistillSettings, "epochs")
@@ -691,6 +692,7 @@ def start_processes(
         "min_clients": settings.clients,
         "candidates_per_round": settings.candidates,
         "offer_questions": settings.offer_questions,
+        "llm_rehearsal": settings.llm_rehearsal,
         "llm_distill": asdict(replace(LLM_DISTILL, epochs=settings.llm_epochs)),
         "allocation": settings.allocation,
         "host_framework": settings.host_framework,

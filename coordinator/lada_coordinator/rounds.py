@@ -654,8 +654,9 @@ class RoundEngine(threading.Thread):
         if not chosen:
             return {"n_trained": 0, **self._llm_accuracy()}
         samples, paths, own = [c[0] for c in chosen], [c[1] for c in chosen], [c[2] for c in chosen]
+        rehearsal = self._rehearsal(t, len(chosen))
         before = self.llm.perplexity(samples, paths)
-        report = self.llm.train(samples, paths, own, self.config.llm_distill)
+        report = self.llm.train(samples, paths, own, self.config.llm_distill, rehearsal)
         after = self.llm.perplexity(samples, paths)
         reward = relative_drop(before, after)
         for client_id in sorted({c[4] for c in chosen}):
@@ -663,12 +664,31 @@ class RoundEngine(threading.Thread):
             self._isolated(t, client_id, "llm_reward", partial(self.allocator.reward, t, LLM, client_id, rows, reward))
         return {
             "n_trained": len(chosen),
+            "n_rehearsed": len(rehearsal),
             "ppl_before": before,
             "ppl_after": after,
             "reward": reward,
             "sft_loss": report.sft_loss,
             **self._llm_accuracy(),
         }
+
+    def _rehearsal(self, t: int, n_chosen: int) -> list[tuple[str, str]]:
+        """``llm_rehearsal`` × ``n_chosen`` of this round's candidates whose path the LLM itself
+        sampled and verified, as (question, path), drawn with the round's seed.
+
+        Why: a handful of student paths, trained on for several passes, pull the LLM's LoRA
+        towards them and away from what it answered right before (measured on the toy benchmark:
+        pooled accuracy fell with every extra pass). Its own verified paths are the cheapest
+        anchor: already generated this round, on public questions, and right by construction.
+        Gold fallbacks are left out: they are the pool's text, not the LLM's knowledge."""
+        want = math.ceil(self.config.llm_rehearsal * n_chosen)
+        if want == 0:
+            return []
+        info, provenance = self.store.round_info(t)
+        own = [c for c in info.candidates if provenance.path_sources.get(c.sample_id) == "llm"]
+        rng = np.random.default_rng([self.config.seed, t, 6])
+        picked = rng.permutation(len(own))[:want]
+        return [(own[i].question, own[i].path) for i in sorted(picked)]
 
     def _llm_accuracy(self) -> dict[str, Any]:
         """The LLM on the evaluation hook's questions (local federations): pooled and per domain,

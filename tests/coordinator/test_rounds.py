@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from lada_client.common.reasoning import format_prompt, format_target
 from lada_client.common.wire import (
     Candidate,
     Capabilities,
@@ -24,6 +26,7 @@ from lada_coordinator.allocation.eenet import FilterConfig
 from lada_coordinator.config import CoordinatorConfig
 from lada_coordinator.server.run import build
 from lada_coordinator.store import ClientRecord
+from lada_coordinator.stores.records import PathProvenance
 from lada_coordinator.validation import feature_matrix
 
 NAMES = ["slm_path_nll", "logp_gap"]
@@ -53,7 +56,8 @@ def engine(tmp_path, tiny_world):
     store.close()
 
 
-def _open(store, n: int = 6) -> RoundInfo:
+def _open(store, n: int = 6, sources: dict[str, str] | None = None) -> RoundInfo:
+    """Open round 1 with ``n`` candidates; ``sources`` records where each one's path came from."""
     info = RoundInfo(
         round=1,
         phase="features",
@@ -71,7 +75,7 @@ def _open(store, n: int = 6) -> RoundInfo:
         offer_questions=[PublicQuestion(sample_id=f"o{i}", question=f"{i} + 2?", answer=str(i + 2)) for i in range(2)],
         feature_names=NAMES,
     )
-    store.open_round(1, info)
+    store.open_round(1, info, PathProvenance(path_sources=sources or {}))
     return info
 
 
@@ -318,3 +322,28 @@ def test_offers_that_break_the_llms_batch_are_scored_again_client_by_client(engi
     aside = engine.store.quarantined(1)
     assert list(aside) == ["huge-1"] and "tokenizer refused" in aside["huge-1"]
     assert report["n_trained"] >= 1
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+def test_the_llms_own_verified_paths_are_rehearsed_alongside_the_slm_paths(engine, ratio):
+    """With ``llm_rehearsal`` r, the LLM's LoRA step trains on ⌈r × chosen⌉ of the round's paths
+    that the LLM itself sampled and verified (never a gold fallback), as plain SFT rows."""
+    engine.config = replace(engine.config, llm_rehearsal=ratio)
+    sources = {f"p{i}": "llm" if i % 2 == 0 else "gold" for i in range(6)}
+    info = _open(engine.store, sources=sources)
+    first, second = list(engine.public_by_id)[:2]
+    offers = [
+        PathOffer(sample_id=first, path="0 + 2 = 2. The answer is 2."),
+        PathOffer(sample_id=second, path="1 + 2 = 3. The answer is 3."),
+    ]
+    features = {"honest-1": FeatureUpload.model_validate_json(_features(info, offers=offers))}
+    rehearsed: list = []
+    real = engine.llm.trainer.train_round
+    engine.llm.trainer.train_round = lambda teacher, pairs, private, *a, **k: (
+        rehearsed.extend(private) or real(teacher, pairs, private, *a, **k)
+    )
+    report = engine._llm_direction(1, features)
+    assert report["n_trained"] >= 1
+    assert report["n_rehearsed"] == len(rehearsed) == min(int(np.ceil(ratio * report["n_trained"])), 3)
+    own = {(format_prompt(c.question), format_target(c.path)) for c in info.candidates if sources[c.sample_id] == "llm"}
+    assert set(rehearsed) <= own

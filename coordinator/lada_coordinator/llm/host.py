@@ -164,9 +164,15 @@ class LLMHost:
         return float(np.mean(np.exp(-lp / np.maximum(tok, 1))))
 
     def train(
-        self, samples: Sequence[Sample], slm_paths: Sequence[str], own_paths: Sequence[str], settings: DistillSettings
+        self,
+        samples: Sequence[Sample],
+        slm_paths: Sequence[str],
+        own_paths: Sequence[str],
+        settings: DistillSettings,
+        rehearsal: Sequence[tuple[str, str]] = (),
     ) -> TrainReport:
-        """Mirrored loss: chosen = the SLM's verified path, rejected = the LLM's own wrong path."""
+        """Mirrored loss: chosen = the SLM's verified path, rejected = the LLM's own wrong path;
+        ``rehearsal`` (question, path) pairs of the LLM's own verified paths join L_SFT."""
         prompts = [format_prompt(s.question) for s in samples]
         teacher = [(p, format_target(path)) for p, path in zip(prompts, slm_paths)]
         pairs = [
@@ -176,7 +182,8 @@ class LLMHost:
         ]
         if self.trainer is None:
             raise ValueError("the LLM trains in-process: train_llm needs llm_dir")
-        report = self.trainer.train_round(teacher, pairs, [], settings)
+        own = [(format_prompt(q), format_target(path)) for q, path in rehearsal]
+        report = self.trainer.train_round(teacher, pairs, own, settings)
         self._weights_version += 1
         self.trainer.save(self.adapter_dir)
         self._adapter_updated()
