@@ -170,7 +170,7 @@ def _json_default(obj: Any) -> Any:
 #: runs had: a saved signature without one ran with it. Explicit rather than "today's default", so
 #: that changing a default later (e.g. turning coverage on) does not make old runs look as if they
 #: had run with the new value.
-ADDED_SETTINGS: dict[str, Any] = {"coverage": 0.0, "llm_epochs": 1, "llm_rehearsal": 0.0}
+ADDED_SETTINGS: dict[str, Any] = {"coverage": 0.0, "llm_epochs": 1, "llm_alpha": 0.5, "llm_rehearsal": 0.0}
 ADDED_FILTER_SETTINGS: dict[str, Any] = {"coverage_fraction": 0.0}
 
 

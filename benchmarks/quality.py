@@ -183,6 +183,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--offer-questions", type=int, help=f"public questions offered to the LLM (default {DEFAULT.offer_questions})"
     )
     p.add_argument("--llm-epochs", type=int, help=f"the LLM's training passes per round (default {DEFAULT.llm_epochs})")
+    p.add_argument("--llm-alpha", type=float, default=0.5, help="weight of L_CD in the LLM's LoRA step (0 = SFT-only)")
     p.add_argument(
         "--llm-rehearsal",
         type=float,
@@ -315,6 +316,7 @@ def settings_for(
         slm_warmup_steps=sizes.slm_warmup_steps,
         offer_questions=sizes.offer_questions,
         llm_epochs=sizes.llm_epochs,
+        llm_alpha=args.llm_alpha,
         llm_rehearsal=args.llm_rehearsal,
         alpha=method.alpha if method else 0.5,
         coverage=method.coverage if method else 0.0,
@@ -938,6 +940,7 @@ def write_report(
     add(f"| public pool | {sizes.n_public} |")
     add(f"| public questions offered to the LLM per round | {sizes.offer_questions} |")
     add(f"| the LLM's training passes per round over the SLM paths it chose | {sizes.llm_epochs} |")
+    add(f"| weight of L_CD in the LLM's LoRA step (`--llm-alpha`) | {args.llm_alpha:g} |")
     add(
         f"| the LLM's own verified paths trained alongside, per SLM path (`--llm-rehearsal`) | "
         f"{args.llm_rehearsal:g}{' (off)' if not args.llm_rehearsal else ''} |"
@@ -1577,7 +1580,7 @@ def _world_key(sizes: Sizes, seed: int, host: str, args: argparse.Namespace) -> 
     workdir = args.cache_dir / f"seed{seed}-{host}"
     key = {"seed": seed, "host": host, **signature(settings_for(sizes, seed, host, None, args, workdir))}
     run_settings = ("allocation", "alpha", "coverage", "epochs", "rounds", "candidates", "budget")
-    for name in (*run_settings, "offer_questions", "llm_epochs", "llm_rehearsal"):
+    for name in (*run_settings, "offer_questions", "llm_epochs", "llm_alpha", "llm_rehearsal"):
         key.pop(name)
     return key, args.results_dir / host / "warmstart" / f"seed{seed}.json"
 

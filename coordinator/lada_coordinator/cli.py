@@ -390,6 +390,7 @@ def _federation_flags(p: argparse.ArgumentParser) -> None:
     flag("--n-public", "public pool size")
     flag("--offer-questions", "public questions clients may answer for the LLM")
     flag("--llm-epochs", "the LLM's training passes per round over the SLM paths it chose")
+    flag("--llm-alpha", "weight of L_CD in the LLM's LoRA step (0 = SFT-only)")
     flag("--llm-rehearsal", "the LLM's own verified paths trained alongside, per SLM path it chose (0 = off)")
     flag("--llm-warmup-steps", "warm-start steps of the tiny LLM teacher (0 = none: random weights)")
     flag("--slm-warmup-steps", "warm-start steps of each SLM (0 = none)")

@@ -112,6 +112,7 @@ class FederationSettings:
     slm_warmup_steps: NonNegativeInt = 150
     offer_questions: NonNegativeInt = 32
     llm_epochs: NonNegativeInt = LLM_DISTILL.epochs  # CoordinatorConfig.llm_distill.epochs
+    llm_alpha: NonNegativeFloat = LLM_DISTILL.alpha  # CoordinatorConfig.llm_distill.alpha (0 = SFT-only)
     llm_rehearsal: NonNegativeFloat = _default(CoordinatorConfig, "llm_rehearsal")
     alpha: NonNegativeFloat = _default(DistillSettings, "alpha")
     # clients' passes per round over private data + allocated paths
@@ -693,7 +694,7 @@ def start_processes(
         "candidates_per_round": settings.candidates,
         "offer_questions": settings.offer_questions,
         "llm_rehearsal": settings.llm_rehearsal,
-        "llm_distill": asdict(replace(LLM_DISTILL, epochs=settings.llm_epochs)),
+        "llm_distill": asdict(replace(LLM_DISTILL, epochs=settings.llm_epochs, alpha=settings.llm_alpha)),
         "allocation": settings.allocation,
         "host_framework": settings.host_framework,
         "slm_filter": settings.slm_filter(),

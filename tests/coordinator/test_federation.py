@@ -115,7 +115,7 @@ def _run_watched(settings: FederationSettings, **overrides) -> tuple[int, list[s
 
 @pytest.mark.e2e
 def test_a_failing_client_ends_the_run_with_its_name_and_its_log_tail(tiny_world, free_port, tmp_path):
-    settings = replace(_tiny(tiny_world, free_port), llm_rehearsal=0.5)
+    settings = replace(_tiny(tiny_world, free_port), llm_alpha=0.0, llm_rehearsal=0.5)
     missing = tmp_path / "no-such-model.onnx"
     code, out, err = _run_watched(settings, client_overrides={"client1": {"scoring_model": str(missing)}})
     log = settings.workdir / "run" / "logs" / "client1.log"
@@ -128,7 +128,7 @@ def test_a_failing_client_ends_the_run_with_its_name_and_its_log_tail(tiny_world
     assert [line.split()[1] for line in out if line.startswith("✓ ")][-1] == "processes"  # set-up went through
     written = json.loads((settings.workdir / "run" / "coordinator.json").read_text())
     assert written["llm_distill"]["epochs"] == settings.llm_epochs  # the LLM's passes, as set
-    assert written["llm_rehearsal"] == settings.llm_rehearsal  # and its rehearsal share
+    assert written["llm_distill"]["alpha"] == 0.0 and written["llm_rehearsal"] == 0.5  # its loss and rehearsal
 
 
 @pytest.mark.e2e
