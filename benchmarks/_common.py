@@ -170,14 +170,28 @@ def _json_default(obj: Any) -> Any:
 #: runs had: a saved signature without one ran with it. Explicit rather than "today's default", so
 #: that changing a default later (e.g. turning coverage on) does not make old runs look as if they
 #: had run with the new value.
-ADDED_SETTINGS: dict[str, Any] = {"coverage": 0.0, "llm_epochs": 1, "llm_alpha": 0.5, "llm_rehearsal": 0.0}
+ADDED_SETTINGS: dict[str, Any] = {
+    "coverage": 0.0,
+    "llm_epochs": 1,
+    "llm_alpha": 0.5,
+    "llm_rehearsal": 0.0,
+    "students": [],  # the toy worlds' signature; the real-model one records "student" instead
+}
 ADDED_FILTER_SETTINGS: dict[str, Any] = {"coverage_fraction": 0.0}
+#: Settings that runs were saved with and that no longer exist, at the value that means the same
+#: as not having them: the toy worlds' ``student`` (None) before imported students became a list.
+REMOVED_SETTINGS: dict[str, Any] = {"student": None}
 
 
 def same_run(saved: dict[str, Any], expected: dict[str, Any]) -> bool:
     """Whether a saved run's settings are ``expected``, counting a setting it lacks at the value it
-    ran with (:data:`ADDED_SETTINGS`), so a new option does not throw away hours of saved runs."""
-    filled = {**ADDED_SETTINGS, **saved}
+    ran with (:data:`ADDED_SETTINGS`, where ``expected`` has it) and one it has that no longer
+    exists at its neutral value (:data:`REMOVED_SETTINGS`), so a new option does not throw away
+    hours of saved runs."""
+    filled = {**{k: v for k, v in ADDED_SETTINGS.items() if k in expected}, **saved}
+    for key, neutral in REMOVED_SETTINGS.items():
+        if key not in expected and key in filled and filled[key] == neutral:
+            del filled[key]
     if "slm_filter" in saved:
         filled["slm_filter"] = {**ADDED_FILTER_SETTINGS, **saved["slm_filter"]}
     return filled == expected
