@@ -64,6 +64,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 from lada_client.config import FEATURE_NAMES
+from lada_coordinator.config import LLM_DISTILL
 from lada_coordinator.simulation.domains import DOMAIN_SETS
 
 NAME = "quality"
@@ -183,7 +184,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--offer-questions", type=int, help=f"public questions offered to the LLM (default {DEFAULT.offer_questions})"
     )
     p.add_argument("--llm-epochs", type=int, help=f"the LLM's training passes per round (default {DEFAULT.llm_epochs})")
-    p.add_argument("--llm-alpha", type=float, default=0.5, help="weight of L_CD in the LLM's LoRA step (0 = SFT-only)")
+    p.add_argument(
+        "--llm-alpha",
+        type=float,
+        default=LLM_DISTILL.alpha,
+        help="weight of L_CD in the LLM's LoRA step (0 = SFT-only)",
+    )
     p.add_argument(
         "--llm-rehearsal",
         type=float,

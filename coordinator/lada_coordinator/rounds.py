@@ -685,10 +685,10 @@ class RoundEngine(threading.Thread):
         if want == 0:
             return []
         info, provenance = self.store.round_info(t)
-        own = [c for c in info.candidates if provenance.path_sources.get(c.sample_id) == "llm"]
+        verified = [c for c in info.candidates if provenance.path_sources.get(c.sample_id) == "llm"]
         rng = np.random.default_rng([self.config.seed, t, 6])
-        picked = rng.permutation(len(own))[:want]
-        return [(own[i].question, own[i].path) for i in sorted(picked)]
+        picked = rng.permutation(len(verified))[:want]
+        return [(verified[i].question, verified[i].path) for i in sorted(picked)]
 
     def _llm_accuracy(self) -> dict[str, Any]:
         """The LLM on the evaluation hook's questions (local federations): pooled and per domain,

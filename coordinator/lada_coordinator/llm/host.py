@@ -182,8 +182,8 @@ class LLMHost:
         ]
         if self.trainer is None:
             raise ValueError("the LLM trains in-process: train_llm needs llm_dir")
-        own = [(format_prompt(q), format_target(path)) for q, path in rehearsal]
-        report = self.trainer.train_round(teacher, pairs, own, settings)
+        rehearsed = [(format_prompt(q), format_target(path)) for q, path in rehearsal]
+        report = self.trainer.train_round(teacher, pairs, rehearsed, settings)
         self._weights_version += 1
         self.trainer.save(self.adapter_dir)
         self._adapter_updated()
