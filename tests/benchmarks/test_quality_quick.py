@@ -2,8 +2,8 @@
 
 It builds a tiny federation and runs two real federations (coordinator + three client processes,
 about a minute on two cores), then runs ``benchmarks/fit_check.py`` on the work directories it
-built. Everything they write (work directories, per-run results, report, plots) goes to a
-temporary directory.
+built, and ``benchmarks/llm_uptake.py`` on its teacher. Everything they write (work directories,
+per-run results, report, plots) goes to a temporary directory.
 """
 
 from __future__ import annotations
@@ -64,3 +64,35 @@ def test_quality_quick_writes_its_report(tmp_path: Path) -> None:
     for r in rows:
         for key in ("train_accuracy", "test_accuracy", "test_seen_in_train", "test_seen_in_public"):
             assert 0.0 <= r[key] <= 1.0, (key, r)
+
+    uptake = tmp_path / "llm_uptake.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "llm_uptake.py"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--seeds",
+            "0",
+            "--arms",
+            "2x2,2x1+r",
+            "--eval",
+            "4",
+            "--out",
+            str(uptake),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    world = json.loads(uptake.read_text())["worlds"]["seed0-mkt"]
+    assert [len(world["arms"][a]) for a in ("2x2", "2x1+r")] == [3, 2]  # round 0 plus each trained round
+    assert [r["paths"] for r in world["arms"]["2x2"]] == [0, 2, 4]
+    for rounds in world["arms"].values():
+        for r in rounds:
+            assert set(r) == {"round", "paths", "client0", "client1", "client2"}
+            assert all(0.0 <= r[c] <= 1.0 for c in ("client0", "client1", "client2")), r
+    # the quick run's last federation (lada) offered paths, which the script reads from its database
+    assert world["offered_last_federation"] is not None
