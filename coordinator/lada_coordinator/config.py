@@ -72,8 +72,8 @@ class LLMServerSettings:
 #: the LLM's LoRA step: a larger learning rate than a device's, one pass over what SLMs contributed
 LLM_DISTILL = DistillSettings(lr=1e-3, epochs=1)
 #: the SLM filters: a quarter of each scored selection spread over the pool (FilterConfig's
-#: coverage_fraction; 0 is the method as written). Measured on real models over six seeds, three
-#: of them fresh after the value was fixed: above random allocation on five and above the method
+#: coverage_fraction; 0 is the method as written). Measured on real models over nine seeds, six
+#: of them fresh after the value was fixed: above random allocation on eight and above the method
 #: as written on every seed compared (docs/method.md, "Filters"; docs/benchmarks.md)
 SLM_FILTER = FilterConfig(coverage_fraction=0.25)
 #: the LLM's filter: a smaller budget (the LLM trains on what SLMs offer, a few paths a round)
