@@ -94,9 +94,10 @@ def run_arm(
     pool = [s for s in fed.public if s.domain == domain]
     others = [s for s in fed.public if s.domain != domain]
     need = arm.per_round * arm.rounds
-    if len(pool) < need:
+    if len(pool) < need or (arm.rehearsal and len(others) < arm.per_round):
         raise SystemExit(
-            f"llm_uptake: arm {arm.name} needs {need} {domain} paths; {workdir.name}'s pool has {len(pool)}"
+            f"llm_uptake: arm {arm.name} needs {need} {domain} paths (and {arm.per_round} of other domains with +r);"
+            f" {workdir.name}'s pool has {len(pool)} and {len(others)}"
         )
     rng = np.random.default_rng(seed)
     pool = [pool[i] for i in rng.permutation(len(pool))]
@@ -154,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         p.error(f"--seeds: {args.seeds!r} is not a comma-separated list of integers")
+    if not seeds:
+        p.error("--seeds names no seed")
     worlds = [args.cache_dir / f"seed{s}-mkt" for s in seeds]
     teacher = args.teacher or worlds[0] / "models" / "llm"
     missing = [str(w / "data") for w in worlds if not (w / "data" / "manifest.json").is_file()]
