@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -93,6 +94,23 @@ def summary(values: Sequence[float]) -> dict[str, float]:
     if not values:
         return {"n": 0}
     return {"median": median(values), "min": float(min(values)), "max": float(max(values)), "n": len(values)}
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
+    """Mean, std and count of the values that are numbers (None and NaN left out); std is NaN
+    for one value: a spread needs two."""
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan"), 0
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else float("nan")), len(vals)
+
+
+def pm(values: Sequence[float | None], digits: int = 3) -> str:
+    """``mean ± std`` over seeds, the mean alone for one seed, ``n/a`` for none."""
+    m, s, n = mean_std(values)
+    if n == 0:
+        return "n/a"
+    return f"{m:.{digits}f}" if n == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import re
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
+from lada_client.data.federation import FederationData
 
 _ARM = re.compile(r"^(\d+)x(\d+)(\+r)?$")
 
@@ -80,17 +80,22 @@ def offered(workdir: Path, domain_of: dict[str, str]) -> dict[str, dict[str, int
 
 
 def run_arm(
-    workdir: Path, teacher: Path, domain: str, arm: Arm, n_eval: int, seed: int, start: dict[str, float] | None
+    workdir: Path,
+    fed: FederationData,
+    teacher: Path,
+    domain: str,
+    arm: Arm,
+    n_eval: int,
+    seed: int,
+    start: dict[str, float] | None,
 ) -> list[dict[str, Any]]:
     """The LLM's accuracy per client test split after each round of ``arm``, from a fresh adapter;
     ``start``, when given, is round 0's (the same untrained adapter in every arm: evaluated once)."""
     import numpy as np
 
-    from lada_client.data.federation import FederationData
     from lada_coordinator.config import LLM_DISTILL, CoordinatorConfig
     from lada_coordinator.llm.host import LLMHost
 
-    fed = FederationData.load(workdir / "data")
     pool = [s for s in fed.public if s.domain == domain]
     others = [s for s in fed.public if s.domain != domain]
     need = arm.per_round * arm.rounds
@@ -131,10 +136,6 @@ def run_arm(
     return rows
 
 
-def _std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache-dir", type=Path, default=C.CACHE_DIR / "quality", help="work directories of quality.py")
@@ -168,8 +169,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    from lada_client.data.federation import FederationData
-
     started = time.perf_counter()
     results: dict[str, Any] = {"domain": args.domain, "eval": args.eval, "worlds": {}}
     for seed, world in zip(seeds, worlds):
@@ -181,15 +180,15 @@ def main(argv: list[str] | None = None) -> int:
             "offered_last_federation": offered(world, {s.sample_id: s.domain for s in fed.public}),
             "arms": {},
         }
+        names = [c.name for c in fed.clients]
         start = None
         for arm in arms:
-            entry["arms"][arm.name] = run_arm(world, teacher, args.domain, arm, args.eval, seed, start)
-            start = {k: v for k, v in entry["arms"][arm.name][0].items() if k not in ("round", "paths")}
+            entry["arms"][arm.name] = run_arm(world, fed, teacher, args.domain, arm, args.eval, seed, start)
+            start = {n: entry["arms"][arm.name][0][n] for n in names}
         results["worlds"][world.name] = entry
     results["seconds"] = round(time.perf_counter() - started, 1)
 
-    owner = next(c.name for c in FederationData.load(worlds[0] / "data").clients if c.domain == args.domain)
-    names = [n for n in results["worlds"][worlds[0].name]["arms"][arms[0].name][0] if n not in ("round", "paths")]
+    owner = next(c.name for c in fed.clients if c.domain == args.domain)
     names.sort(key=lambda n: n != owner)  # the unseen domain's client first
     rows = []
     for arm in arms:
@@ -197,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for n in names:
             first, last = [s[0][n] for s in series], [s[-1][n] for s in series]
-            cells.append(f"{statistics.mean(first):.3f} → {statistics.mean(last):.3f} ± {_std(last):.3f}")
+            cells.append(f"{C.mean_std(first)[0]:.3f} → {C.pm(last)}")
         rows.append([arm.name, arm.per_round * arm.rounds, *cells])
     C.say(
         C.table(

@@ -63,6 +63,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
+from _common import mean_std, pm
 from lada_client.config import FEATURE_NAMES
 from lada_coordinator.config import LLM_DISTILL
 from lada_coordinator.simulation.domains import DOMAIN_SETS
@@ -552,20 +553,6 @@ def _share(flags: list[bool]) -> float | None:
 
 
 # -------------------------------------------------------------------------------- aggregation
-
-
-def mean_std(values: list[float]) -> tuple[float, float, int]:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return float("nan"), float("nan"), 0
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else float("nan")), len(vals)
-
-
-def pm(values: list[float], digits: int = 3) -> str:
-    m, s, n = mean_std(values)
-    if n == 0:
-        return "n/a"
-    return f"{m:.{digits}f}" if n == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 def load_runs(
